@@ -1,0 +1,85 @@
+"""Inference throughput (windows/s) vs batch size: ONNX Runtime and torch eager, same model.
+
+Run: ``python bench/inference_bench.py [--seconds 1.0]``; writes bench/results/inference.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import RESULTS, print_table, save  # noqa: E402
+from model.export import export_onnx  # noqa: E402
+from model.network import WindowTransformer  # noqa: E402
+from model.runtime import OnnxRunner, TorchRunner  # noqa: E402
+from model.spec import ModelSpec  # noqa: E402
+
+BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+
+
+def windows_per_second(runner, batch: np.ndarray, seconds: float) -> float:
+    runner.predict_proba(batch)  # warm-up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        runner.predict_proba(batch)
+        done += len(batch)
+    return done / (time.perf_counter() - started)
+
+
+def measure(seconds: float, batches: list[int]) -> list[dict]:
+    spec = ModelSpec()
+    net = WindowTransformer(spec).eval()
+    onnx = OnnxRunner(export_onnx(net, spec))
+    torch_runner = TorchRunner(net)
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in batches:
+        x = rng.normal(size=(b, spec.window, spec.n_channels)).astype(np.float32)
+        rows.append({"batch": b, "onnx": windows_per_second(onnx, x, seconds),
+                     "torch": windows_per_second(torch_runner, x, seconds), "provider": onnx.provider})
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("onnx", f"ONNX Runtime ({rows[0]['provider']})"), ("torch", "torch eager")):
+        ax.plot([r["batch"] for r in rows], [r[key] for r in rows], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (windows)")
+    ax.set_ylabel("windows / s")
+    ax.set_title("Window classifier inference throughput")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=1.0, help="measuring time per point")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    args = parser.parse_args()
+    rows = measure(args.seconds, [int(b) for b in args.batches.split(",")])
+    print_table("Inference throughput (windows/s)", ["batch", "ONNX Runtime", "torch eager", "ONNX / torch"],
+                [[r["batch"], r["onnx"], r["torch"], f"{r['onnx'] / r['torch']:.2f}x"] for r in rows])
+    save("inference", {"rows": rows})
+    try:
+        plot(rows, RESULTS / "inference.png")
+        print(f"plot: {RESULTS / 'inference.png'}")
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install -e .[bench])")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""End-to-end serving benchmark on the embedded broker and a local Flink MiniCluster.
+
+Measured in the same run, each on a fresh broker:
+- throughput: readings/s the serving job sustains on a preloaded backlog, next to the
+  pass-through job (same KafkaSource and KafkaSink, no Python operator);
+- latency: p50/p99 reading→prediction latency at several input rates (a reading's
+  Kafka timestamp to the moment a consumer receives the prediction of the window it ends),
+  next to the pass-through job's reading→copy latency at the same rate;
+- inference inside the job: windows/s with stride 1 (every reading makes a window) on a
+  backlog, against standalone ONNX Runtime at the same batch size.
+
+Run: ``python bench/serving_bench.py [--rates 500,1000,2500,5000] [--seconds 20] [--preload 60000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import RESULTS, print_table, save  # noqa: E402
+from infra.broker import EmbeddedBroker, create_topics, ensure_topics  # noqa: E402
+from infra.kafka_tools import TopicTail  # noqa: E402
+from schemas import Topics  # noqa: E402
+from stream_jobs.launcher import JobProcess, serving_job  # noqa: E402
+from stream_jobs.replayer import ReplayStats, replay  # noqa: E402
+
+TOPICS = Topics()
+PASS_TOPIC = "passthrough"
+
+
+class Scenario:
+    """A fresh broker and one job; ``stop`` tears both down."""
+
+    def __init__(self, work: Path, name: str, job_kind: str, **job_options) -> None:
+        self.broker = EmbeddedBroker(log_path=work / f"{name}-broker.log").start()
+        ensure_topics(self.broker.bootstrap)
+        create_topics(self.broker.bootstrap, {PASS_TOPIC: 4})
+        self.bootstrap = self.broker.bootstrap
+        log = work / f"{name}-job.log"
+        if job_kind == "serving":
+            self.job = serving_job(self.bootstrap, log, checkpoint_dir=str(work / f"{name}-ck"), **job_options)
+            self.out_topic = TOPICS.predictions
+        else:
+            self.job = JobProcess("stream_jobs.passthrough_job",
+                                  ["--bootstrap", self.bootstrap, "--checkpoint-dir", str(work / f"{name}-ck")], log)
+            self.out_topic = PASS_TOPIC
+        self.kind = job_kind
+
+    def stop(self) -> None:
+        self.job.stop()
+        self.broker.stop()
+
+    def ingest_ms(self, value: bytes) -> float:
+        """When the reading behind an output record entered Kafka."""
+        record = orjson.loads(value)
+        if self.kind == "serving":
+            return record["emitted_at"] - record["latency_ms"]
+        return float(record["ts"])
+
+
+def wait_first_output(sc: Scenario, tail: TopicTail, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if tail.poll(200):
+            return
+        if not sc.job.alive():
+            raise RuntimeError("job died:\n" + sc.job.log_tail())
+    raise TimeoutError("no output from the job")
+
+
+def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry: str) -> dict:
+    options = {"registry": registry} if kind == "serving" else {}
+    sc = Scenario(work, f"lat-{kind}-{int(rate)}", kind, **options)
+    try:
+        sc.job.start()
+        tail = TopicTail(sc.bootstrap, [sc.out_topic])
+        stop = threading.Event()
+        warm = threading.Thread(target=replay, kwargs=dict(bootstrap=sc.bootstrap, topic=TOPICS.readings,
+                                                           rate=min(rate, 500), stop=stop, n_devices=16,
+                                                           device_prefix="warm"), daemon=True)
+        warm.start()
+        wait_first_output(sc, tail)
+        time.sleep(3)
+        stop.set()
+        warm.join()
+        while tail.poll(500):
+            pass
+        measure_from = time.time() * 1000
+        stats = ReplayStats()
+        sender = threading.Thread(target=replay, kwargs=dict(bootstrap=sc.bootstrap, topic=TOPICS.readings,
+                                                             rate=rate, duration_s=seconds, n_devices=64,
+                                                             stats=stats), daemon=True)
+        sender.start()
+        latencies, outputs, in_job = [], 0, []
+        quiet_until = None
+        while sender.is_alive() or quiet_until is None or time.monotonic() < quiet_until:
+            batch = tail.poll(100)
+            received = time.time() * 1000
+            for record in batch:
+                ingest = sc.ingest_ms(record.value)
+                if ingest >= measure_from:
+                    latencies.append(received - ingest)
+                    if sc.kind == "serving":
+                        in_job.append(orjson.loads(record.value)["latency_ms"])
+                    outputs += 1
+            if not sender.is_alive():
+                quiet_until = quiet_until or time.monotonic() + 5.0
+                if batch:
+                    quiet_until = time.monotonic() + 2.0
+        tail.close()
+        lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
+        return {"kind": kind, "rate": rate, "sent_per_s": stats.sent / max(stats.seconds, 1e-9),
+                "outputs": outputs, "p50_ms": float(np.percentile(lat, 50)),
+                "p99_ms": float(np.percentile(lat, 99)),
+                "in_job_p50_ms": float(np.percentile(in_job, 50)) if in_job else None,
+                "in_job_p99_ms": float(np.percentile(in_job, 99)) if in_job else None}
+    finally:
+        sc.stop()
+
+
+def preload(bootstrap: str, count: int, n_devices: int = 64) -> float:
+    """Write ``count`` readings as fast as the client allows; returns seconds taken."""
+    stats = replay(bootstrap, TOPICS.readings, rate=0, count=count, n_devices=n_devices)
+    return stats.seconds
+
+
+def expected_windows(count: int, n_devices: int, window: int, stride: int) -> int:
+    per_device = count // n_devices
+    return n_devices * (max(0, (per_device - window) // stride + 1))
+
+
+def measure_throughput(work: Path, kind: str, count: int, registry: str, stride: int = 8,
+                       max_batch: int = 64) -> dict:
+    options = {"registry": registry, "stride": stride, "max_batch": max_batch} if kind == "serving" else {}
+    sc = Scenario(work, f"tput-{kind}-{stride}", kind, **options)
+    try:
+        n_devices = 64
+        preload(sc.bootstrap, count, n_devices)
+        expected = expected_windows(count, n_devices, 32, stride) if kind == "serving" else count
+        tail = TopicTail(sc.bootstrap, [sc.out_topic])
+        sc.job.start()
+        got, first, last = 0, None, None
+        deadline = time.monotonic() + 600
+        idle_since = time.monotonic()
+        while got < expected and time.monotonic() < deadline:
+            batch = tail.poll(200)
+            now = time.monotonic()
+            if batch:
+                first = first or now
+                last = now
+                got += len(batch)
+                idle_since = now
+            elif first and now - idle_since > 20:
+                break
+            if not sc.job.alive():
+                raise RuntimeError("job died:\n" + sc.job.log_tail())
+        tail.close()
+        seconds = (last - first) if first and last and last > first else float("nan")
+        # the first output appears once a window is full: readings before it are not timed
+        timed = count * (got / expected) - (n_devices * 32 if kind == "serving" else 0)
+        result = {"kind": kind, "stride": stride, "readings": count, "outputs": got, "expected": expected,
+                  "seconds": seconds, "readings_per_s": timed / seconds,
+                  "outputs_per_s": got / seconds}
+        return result
+    finally:
+        sc.stop()
+
+
+def standalone_onnx(registry: str, batch: int, seconds: float = 2.0) -> float:
+    from bench.inference_bench import windows_per_second
+    from operators.serving_model import load_from_registry
+
+    model = load_from_registry(registry, "basic-motions")
+    x = np.random.default_rng(0).normal(size=(batch, model.spec.window, model.spec.n_channels)).astype(np.float32)
+    return windows_per_second(model.runner, x, seconds)
+
+
+def plot(latency_rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for kind in ("serving", "passthrough"):
+        rows = [r for r in latency_rows if r["kind"] == kind]
+        ax.plot([r["rate"] for r in rows], [r["p99_ms"] for r in rows], marker="o", label=f"{kind} p99")
+        ax.plot([r["rate"] for r in rows], [r["p50_ms"] for r in rows], marker="x", ls="--", label=f"{kind} p50")
+    ax.set_xlabel("input rate (readings/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("Reading → output latency")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rates", default="500,1000,2500,5000")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--preload", type=int, default=60_000)
+    parser.add_argument("--registry", default="var/registry")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: latency,throughput,inference")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    work = Path(tempfile.mkdtemp(prefix="sensorloop-bench-"))
+    results: dict = {}
+    if "throughput" not in skip:
+        rows = [measure_throughput(work, "passthrough", args.preload, args.registry),
+                measure_throughput(work, "serving", args.preload, args.registry)]
+        base = rows[0]["readings_per_s"]
+        print_table("Sustained throughput on a backlog (readings/s)",
+                    ["job", "readings", "outputs (expected)", "seconds", "readings/s", "vs pass-through"],
+                    [[r["kind"], r["readings"], f"{r['outputs']} ({r['expected']})", r["seconds"],
+                      r["readings_per_s"], f"{r['readings_per_s'] / base:.3f}"] for r in rows])
+        results["throughput"] = rows
+    if "latency" not in skip:
+        rows = []
+        for rate in [float(r) for r in args.rates.split(",")]:
+            for kind in ("passthrough", "serving"):
+                rows.append(measure_latency(work, kind, rate, args.seconds, args.registry))
+                print(rows[-1], flush=True)
+        table = []
+        for rate in sorted({r["rate"] for r in rows}):
+            p, s = [next(r for r in rows if r["rate"] == rate and r["kind"] == k) for k in ("passthrough", "serving")]
+            table.append([int(rate), s["sent_per_s"], s["outputs"], s["p50_ms"], s["p99_ms"], p["p50_ms"],
+                          p["p99_ms"], f"{s['p99_ms'] / p['p99_ms']:.2f}"])
+        print_table("Reading → prediction latency at fixed input rates (ms)",
+                    ["rate", "sent/s", "predictions", "serving p50", "serving p99", "pass-through p50",
+                     "pass-through p99", "p99 ratio"], table)
+        results["latency"] = rows
+        try:
+            plot(rows, RESULTS / "serving_latency.png")
+        except ImportError:
+            print("matplotlib not installed: no plot")
+    if "inference" not in skip:
+        batch = 64
+        job = measure_throughput(work, "serving", min(args.preload, 40_000), args.registry, stride=1,
+                                 max_batch=batch)
+        alone = standalone_onnx(args.registry, batch)
+        print_table(f"Batched inference inside the job (stride 1, batch {batch}) vs standalone ONNX Runtime",
+                    ["windows/s in job", "standalone windows/s", "ratio"],
+                    [[job["outputs_per_s"], alone, f"{job['outputs_per_s'] / alone:.3f}"]])
+        results["inference_in_job"] = {"job": job, "standalone": alone}
+    print(f"results: {save('serving', results)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Score a micro-batch of windows: one prediction each, and review requests where routed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from operators.routing import ReviewRouter
+from operators.serving_model import ServingModel
+from operators.windowing import Window
+from schemas import Prediction, ReviewRequest
+
+
+def review_id_for(window: Window) -> str:
+    """Stable id of a window's review request (same window, same id after a replay)."""
+    return f"{window.device_id}:{window.end}"
+
+
+@dataclass
+class ScoreStats:
+    batches: int = 0
+    windows: int = 0
+    inference_s: float = 0.0
+    batch_sizes: list = field(default_factory=list)
+
+
+class WindowScorer:
+    """Runs the model over a batch of windows and routes unsure ones to review."""
+
+    def __init__(self, model: ServingModel, router: ReviewRouter) -> None:
+        self.model = model
+        self.router = router
+        self.stats = ScoreStats()
+
+    def swap(self, model: ServingModel) -> None:
+        """Serve a new version from the next batch on (the caller has verified it)."""
+        self.model = model
+
+    def score(self, windows: list[Window], now_ms: int, clock: Callable[[], int] | None = None
+              ) -> tuple[list[Prediction], list[ReviewRequest]]:
+        if not windows:
+            return [], []
+        model = self.model
+
+        started = time.perf_counter()
+        probs = model.runner.predict_proba(np.stack([w.values for w in windows]))
+        self.stats.inference_s += time.perf_counter() - started
+        self.stats.batches += 1
+        self.stats.windows += len(windows)
+        emitted = int(time.time() * 1000) if clock is None else clock()
+        classes = model.spec.classes
+        best = probs.argmax(axis=1)
+        predictions, reviews = [], []
+        for window, row, top in zip(windows, probs, best):
+            confidence = float(row[top])
+            probabilities = {c: round(float(p), 6) for c, p in zip(classes, row)}
+            predictions.append(Prediction(
+                device_id=window.device_id, window_end=window.end, window_start=window.start,
+                label=classes[top], confidence=confidence, probabilities=probabilities,
+                model_name=model.name, model_version=model.version,
+                latency_ms=float(max(0, emitted - window.ingest_ms)), emitted_at=emitted,
+                truth=window.truth))
+            review_id = review_id_for(window)
+            reason = self.router.decide(review_id, confidence, now_ms)
+            if reason is not None:
+                reviews.append(ReviewRequest(
+                    review_id=review_id, device_id=window.device_id, window_start=window.start,
+                    window_end=window.end, channels=list(model.spec.channels),
+                    values=np.round(window.values, 5).tolist(), predicted=classes[top],
+                    confidence=confidence, probabilities=probabilities,
+                    model_version=model.version, reason=reason, created_at=emitted))
+        return predictions, reviews

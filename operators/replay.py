@@ -1,0 +1,86 @@
+"""Real recordings replayed as per-device reading streams, optionally with a concept drift.
+
+Each simulated device plays labeled recordings back to back (a fresh shuffled order each
+cycle), one reading per step, so a device's stream looks like a smartwatch worn all day.
+
+>>> import numpy as np
+>>> from model.datasets import Recordings
+>>> rec = Recordings(np.arange(12, dtype=np.float32).reshape(2, 3, 2), np.array(["a", "b"]), ("x", "y"))
+>>> stream = ReadingStream(rec, n_devices=2, seed=0)
+>>> first = [next(stream) for _ in range(4)]
+>>> [(r["device_id"], r["seq"]) for r in first]
+[('device-000', 0), ('device-001', 0), ('device-000', 1), ('device-001', 1)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from model.datasets import Recordings
+
+
+@dataclass(frozen=True)
+class DriftPlan:
+    """From reading ``after`` on, the affected devices' sensors change gain and their
+    activity mix changes to ``classes`` (empty: unchanged)."""
+
+    after: int
+    gain: dict[int, float] = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
+    device_fraction: float = 1.0
+
+
+class ReadingStream(Iterator[dict]):
+    """Round-robin readings of ``n_devices`` devices; each dict has device_id, seq, values, label."""
+
+    def __init__(self, recordings: Recordings, n_devices: int = 8, seed: int = 0,
+                 drift: DriftPlan | None = None, device_prefix: str = "device") -> None:
+        self.rec = recordings
+        self.rng = np.random.default_rng(seed)
+        self.drift = drift
+        self.devices = [f"{device_prefix}-{i:03d}" for i in range(n_devices)]
+        self.queues: list[list[int]] = [[] for _ in range(n_devices)]
+        self.position = [0] * n_devices
+        self.current = [self._next_recording(i) for i in range(n_devices)]
+        self.seq = [0] * n_devices
+        self.emitted = 0
+        n_drifting = int(round(n_devices * (drift.device_fraction if drift else 0)))
+        self.drifting = set(range(n_drifting))
+
+    @property
+    def drifted(self) -> bool:
+        return self.drift is not None and self.emitted >= self.drift.after
+
+    def _allowed(self, device: int) -> np.ndarray:
+        if self.drifted and device in self.drifting and self.drift.classes:
+            return np.flatnonzero(np.isin(self.rec.labels, self.drift.classes))
+        return np.arange(len(self.rec))
+
+    def _next_recording(self, device: int) -> int:
+        if not self.queues[device]:
+            self.queues[device] = list(self.rng.permutation(self._allowed(device)))
+        return int(self.queues[device].pop())
+
+    def __next__(self) -> dict:
+        device = self.emitted % len(self.devices)
+        if self.drift is not None and self.emitted == self.drift.after:
+            self.queues = [[] for _ in self.devices]  # draw from the new class mix right away
+        series = self.rec.series[self.current[device]]
+        values = series[self.position[device]]
+        if self.drifted and device in self.drifting and self.drift.gain:
+            values = values.copy()
+            for channel, gain in self.drift.gain.items():
+                values[channel] *= gain
+        reading = {"device_id": self.devices[device], "seq": self.seq[device],
+                   "values": [round(float(v), 6) for v in values],
+                   "label": str(self.rec.labels[self.current[device]])}
+        self.seq[device] += 1
+        self.position[device] += 1
+        if self.position[device] >= series.shape[0]:
+            self.position[device] = 0
+            self.current[device] = self._next_recording(device)
+        self.emitted += 1
+        return reading

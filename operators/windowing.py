@@ -1,0 +1,176 @@
+"""Per-device sliding windows in event-time order, with out-of-order and late readings handled.
+
+Readings that carry a sequence number are put back in order: a gap waits for the
+missing reading until ``max_seq_gap_buffer`` readings are held or the newest is
+``seq_gap_timeout_ms`` past the oldest held one, then the gap is skipped (counted); an
+in-order reading is used at once.
+Readings without one are ordered by timestamp, held until the watermark
+(newest timestamp minus ``max_out_of_order_ms``) passes them; with the default bound
+of 0 an in-order reading is used at once, so windows add no waiting latency.
+A reading behind what was already used is late: it is refused with a reason.
+
+>>> w = SlidingWindower(length=3, stride=2, n_channels=1)
+>>> state = w.new_state()
+>>> out = [w.add(state, SensorReading("d", ts, [float(ts)], seq=ts), ingest_ms=ts) for ts in (0, 1, 3, 2, 4)]
+>>> [(win.start, win.end) for wins, _ in out for win in wins]
+[(0, 2), (2, 4)]
+>>> w.add(state, SensorReading("d", 1, [1.0], seq=1), ingest_ms=9)[1][0].reason
+'late or duplicate: seq 1 already used (next expected 5)'
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas import SensorReading
+
+
+@dataclass(slots=True)
+class Window:
+    """``length`` consecutive readings of one device, oldest first."""
+
+    device_id: str
+    start: int
+    end: int
+    values: np.ndarray
+    truth: str | None
+    ingest_ms: int
+
+
+@dataclass(slots=True)
+class Rejection:
+    """A reading the windower could not use, and why."""
+
+    reading: SensorReading
+    reason: str
+
+
+@dataclass
+class DeviceState:
+    """Everything the windower keeps for one device; small and picklable (Flink keyed state)."""
+
+    ring: np.ndarray
+    ts: np.ndarray
+    labels: list
+    count: int = 0
+    last_ts: int | None = None
+    next_seq: int | None = None
+    pending: list = field(default_factory=list)  # heap of (order key, ts, values, label, ingest)
+    pending_keys: set = field(default_factory=set)
+    max_ts: int | None = None
+    device_id: str = ""
+    late: int = 0
+    gaps: int = 0
+    resets: int = 0
+
+
+class SlidingWindower:
+    """Cuts each device's readings into windows of ``length`` every ``stride`` readings."""
+
+    def __init__(self, length: int, stride: int, n_channels: int, max_out_of_order_ms: int = 0,
+                 max_seq_gap_buffer: int = 32, reset_gap_ms: int = 0, seq_gap_timeout_ms: int = 1000) -> None:
+        if length < 1 or stride < 1:
+            raise ValueError("length and stride must be >= 1")
+        self.length = length
+        self.stride = stride
+        self.n_channels = n_channels
+        self.max_out_of_order_ms = max_out_of_order_ms
+        self.max_seq_gap_buffer = max_seq_gap_buffer
+        self.reset_gap_ms = reset_gap_ms
+        self.seq_gap_timeout_ms = seq_gap_timeout_ms
+
+    def new_state(self) -> DeviceState:
+        return DeviceState(np.zeros((self.length, self.n_channels), np.float32),
+                           np.zeros(self.length, np.int64), [None] * self.length)
+
+    def add(self, state: DeviceState, reading: SensorReading, ingest_ms: int
+            ) -> tuple[list[Window], list[Rejection]]:
+        """Take one reading; return the windows it completes and anything refused."""
+        state.device_id = reading.device_id
+        if reading.seq is not None:
+            return self._add_sequenced(state, reading, ingest_ms)
+        return self._add_timestamped(state, reading, ingest_ms)
+
+    # ordering by sequence number
+    def _add_sequenced(self, state: DeviceState, reading: SensorReading, ingest_ms: int):
+        seq = reading.seq
+        if state.next_seq is None:
+            state.next_seq = seq
+        if seq < state.next_seq or seq in state.pending_keys:
+            state.late += 1
+            return [], [Rejection(reading, f"late or duplicate: seq {seq} already used "
+                                           f"(next expected {state.next_seq})")]
+        heapq.heappush(state.pending, (seq, reading.ts, reading.values, reading.label, ingest_ms))
+        state.pending_keys.add(seq)
+        windows: list[Window] = []
+        self._drain_sequenced(state, windows)
+        if state.pending:
+            oldest_ts = min(item[1] for item in state.pending)
+            if (len(state.pending) > self.max_seq_gap_buffer
+                    or reading.ts - oldest_ts > self.seq_gap_timeout_ms):
+                first = state.pending[0][0]
+                state.gaps += first - state.next_seq
+                state.next_seq = first
+                self._drain_sequenced(state, windows)
+        return windows, []
+
+    def _drain_sequenced(self, state: DeviceState, windows: list[Window]) -> None:
+        while state.pending and state.pending[0][0] == state.next_seq:
+            seq, ts, values, label, ingest = heapq.heappop(state.pending)
+            state.pending_keys.discard(seq)
+            state.next_seq = seq + 1
+            self._commit(state, ts, values, label, ingest, windows)
+
+    # ordering by timestamp
+    def _add_timestamped(self, state: DeviceState, reading: SensorReading, ingest_ms: int):
+        ts = reading.ts
+        if (state.last_ts is not None and ts <= state.last_ts) or ts in state.pending_keys:
+            state.late += 1
+            return [], [Rejection(reading, f"late or duplicate: ts {ts} is not after the last "
+                                           f"used reading ({state.last_ts})")]
+        heapq.heappush(state.pending, (ts, ts, reading.values, reading.label, ingest_ms))
+        state.pending_keys.add(ts)
+        state.max_ts = ts if state.max_ts is None else max(state.max_ts, ts)
+        watermark = state.max_ts - self.max_out_of_order_ms
+        windows: list[Window] = []
+        while state.pending and state.pending[0][0] <= watermark:
+            key, ts_, values, label, ingest = heapq.heappop(state.pending)
+            state.pending_keys.discard(key)
+            self._commit(state, ts_, values, label, ingest, windows)
+        return windows, []
+
+    def _commit(self, state: DeviceState, ts: int, values, label, ingest: int,
+                windows: list[Window]) -> None:
+        if self.reset_gap_ms and state.last_ts is not None and ts - state.last_ts > self.reset_gap_ms:
+            state.count = 0
+            state.resets += 1
+        state.last_ts = ts
+        slot = state.count % self.length
+        state.ring[slot] = values
+        state.ts[slot] = ts
+        state.labels[slot] = label
+        state.count += 1
+        if state.count >= self.length and (state.count - self.length) % self.stride == 0:
+            order = (np.arange(self.length) + state.count) % self.length
+            labels = [state.labels[i] for i in order]
+            known = [lab for lab in labels if lab is not None]
+            truth = Counter(known).most_common(1)[0][0] if len(known) == len(labels) else None
+            windows.append(Window(state.device_id, int(state.ts[order[0]]), int(state.ts[order[-1]]),
+                                  state.ring[order].copy(), truth, ingest))
+
+    def flush(self, state: DeviceState) -> list[Window]:
+        """Use every held reading now (end of stream or idle device), skipping open gaps."""
+        windows: list[Window] = []
+        while state.pending:
+            key, ts, values, label, ingest = heapq.heappop(state.pending)
+            state.pending_keys.discard(key)
+            if state.next_seq is not None and key > state.next_seq:
+                state.gaps += key - state.next_seq
+            if state.next_seq is not None:
+                state.next_seq = key + 1
+            self._commit(state, ts, values, label, ingest, windows)
+        return windows

@@ -1,0 +1,126 @@
+"""Shared machinery of the message contracts: orjson encode/decode and field validation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+import orjson
+
+SCHEMA_VERSION = 1
+DEFAULT_MAX_BYTES = 64 * 1024
+
+
+class SchemaError(ValueError):
+    """A record that does not match its contract; ``field`` names the offending field.
+
+    >>> str(SchemaError("ts", "must be an integer"))
+    'ts: must be an integer'
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def decode_json(raw: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """Parse one JSON object, refusing oversize payloads and non-objects.
+
+    >>> decode_json(b'{"a": 1}')
+    {'a': 1}
+    >>> decode_json(b'[1]')
+    Traceback (most recent call last):
+    ...
+    schemas.base.SchemaError: $: expected a JSON object, got list
+    """
+    size = len(raw)
+    if size > max_bytes:
+        raise SchemaError("$", f"message of {size} bytes exceeds the limit of {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SchemaError("$", f"malformed JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise SchemaError("$", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def encode_json(obj: Mapping[str, Any]) -> bytes:
+    """Serialise a record to compact JSON; numpy arrays and scalars are accepted."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def check_fields(obj: Mapping[str, Any], required: Iterable[str], optional: Iterable[str]) -> None:
+    """Refuse missing required fields and fields the contract does not know."""
+    required = tuple(required)
+    for name in required:
+        if name not in obj:
+            raise SchemaError(name, "missing required field")
+    known = set(required) | set(optional)
+    for name in obj:
+        if name not in known:
+            raise SchemaError(name, "unknown field")
+
+
+def check_version(obj: Mapping[str, Any]) -> None:
+    version = obj.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise SchemaError("schema_version", f"unsupported version {version!r}, expected {SCHEMA_VERSION}")
+
+
+def require_str(obj: Mapping[str, Any], name: str, max_len: int = 256) -> str:
+    value = obj[name]
+    if not isinstance(value, str) or not value:
+        raise SchemaError(name, "must be a non-empty string")
+    if len(value) > max_len:
+        raise SchemaError(name, f"longer than {max_len} characters")
+    return value
+
+
+def require_id(obj: Mapping[str, Any], name: str, max_len: int = 128) -> str:
+    """An identifier (device, review, model, labeler): a string without control characters.
+
+    >>> require_id({"id": "dev\x1f1"}, "id")
+    Traceback (most recent call last):
+    ...
+    schemas.base.SchemaError: id: must not contain control characters
+    """
+    value = require_str(obj, name, max_len)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise SchemaError(name, "must not contain control characters")
+    return value
+
+
+def require_int(obj: Mapping[str, Any], name: str, minimum: int | None = None) -> int:
+    value = obj[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SchemaError(name, f"must be an integer, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise SchemaError(name, f"must be >= {minimum}")
+    return value
+
+
+def require_float(obj: Mapping[str, Any], name: str, low: float | None = None, high: float | None = None) -> float:
+    value = obj[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SchemaError(name, f"must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise SchemaError(name, "must be finite")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise SchemaError(name, f"must lie in [{low}, {high}]")
+    return value
+
+
+def finite_floats(values: Iterable[Any], name: str) -> list[float]:
+    """Validate a sequence of finite numbers, naming the first bad element."""
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SchemaError(f"{name}[{i}]", f"must be a number, got {type(v).__name__}")
+        f = float(v)
+        if not math.isfinite(f):
+            raise SchemaError(f"{name}[{i}]", "must be finite (NaN/inf refused)")
+        out.append(f)
+    return out

@@ -1,0 +1,304 @@
+"""One contract per topic. Each record decodes from JSON with validation that names the bad field.
+
+>>> r = SensorReading.decode(b'{"device_id": "d1", "ts": 5, "values": [1, 2.5]}', channels=2)
+>>> r.values, r.seq, r.label
+([1.0, 2.5], None, None)
+>>> SensorReading.decode(b'{"device_id": "d1", "ts": 5, "values": [1]}', channels=2)
+Traceback (most recent call last):
+...
+schemas.base.SchemaError: values: expected 2 channels, got 1
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from schemas.base import (
+    DEFAULT_MAX_BYTES,
+    SCHEMA_VERSION,
+    SchemaError,
+    check_fields,
+    check_version,
+    decode_json,
+    encode_json,
+    finite_floats,
+    require_float,
+    require_int,
+    require_id,
+    require_str,
+)
+
+
+class _Record:
+    """Encode helpers shared by every contract."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"schema_version": SCHEMA_VERSION}
+        out.update({k: v for k, v in asdict(self).items() if v is not None})
+        return out
+
+    def encode(self) -> bytes:
+        return encode_json(self.to_dict())
+
+
+@dataclass(slots=True)
+class SensorReading(_Record):
+    """One reading of one device: values per channel, event time in epoch ms.
+
+    ``values`` may arrive as a list (channel order) or a name→value map; with a map,
+    ``channel_names`` gives the order. ``label`` is optional ground truth.
+    """
+
+    device_id: str
+    ts: int
+    values: list[float]
+    seq: int | None = None
+    label: str | None = None
+
+    REQUIRED = ("device_id", "ts", "values")
+    OPTIONAL = ("schema_version", "seq", "label")
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any], channels: int | None = None,
+                  channel_names: Sequence[str] | None = None) -> "SensorReading":
+        check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
+        check_version(obj)
+        device_id = require_id(obj, "device_id")
+        ts = require_int(obj, "ts", minimum=0)
+        raw = obj["values"]
+        if isinstance(raw, dict):
+            if channel_names is None:
+                raise SchemaError("values", "a name->value map needs configured channel names")
+            missing = [n for n in channel_names if n not in raw]
+            if missing:
+                raise SchemaError(f"values.{missing[0]}", "missing channel")
+            extra = [n for n in raw if n not in channel_names]
+            if extra:
+                raise SchemaError(f"values.{extra[0]}", "unknown channel")
+            values = finite_floats((raw[n] for n in channel_names), "values")
+        elif isinstance(raw, list):
+            values = finite_floats(raw, "values")
+        else:
+            raise SchemaError("values", f"must be a list or an object, got {type(raw).__name__}")
+        expected = channels if channels is not None else (len(channel_names) if channel_names else None)
+        if expected is not None and len(values) != expected:
+            raise SchemaError("values", f"expected {expected} channels, got {len(values)}")
+        seq = require_int(obj, "seq", minimum=0) if obj.get("seq") is not None else None
+        label = require_str(obj, "label") if obj.get("label") is not None else None
+        return cls(device_id, ts, values, seq, label)
+
+    @classmethod
+    def decode(cls, raw: bytes | str, channels: int | None = None,
+               channel_names: Sequence[str] | None = None,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> "SensorReading":
+        return cls.from_dict(decode_json(raw, max_bytes), channels, channel_names)
+
+
+@dataclass(slots=True)
+class Prediction(_Record):
+    """What the serving job says about one window of one device."""
+
+    device_id: str
+    window_end: int
+    window_start: int
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    model_name: str
+    model_version: int
+    latency_ms: float
+    emitted_at: int
+    truth: str | None = None
+
+    REQUIRED = ("device_id", "window_end", "window_start", "label", "confidence", "probabilities",
+                "model_name", "model_version", "latency_ms", "emitted_at")
+    OPTIONAL = ("schema_version", "truth")
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "Prediction":
+        check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
+        check_version(obj)
+        probs = obj["probabilities"]
+        if not isinstance(probs, dict) or not probs:
+            raise SchemaError("probabilities", "must be a non-empty object")
+        for k in probs:
+            require_float(probs, k, 0.0, 1.0)
+        return cls(
+            device_id=require_id(obj, "device_id"),
+            window_end=require_int(obj, "window_end", 0),
+            window_start=require_int(obj, "window_start", 0),
+            label=require_str(obj, "label"),
+            confidence=require_float(obj, "confidence", 0.0, 1.0),
+            probabilities={k: float(v) for k, v in probs.items()},
+            model_name=require_id(obj, "model_name"),
+            model_version=require_int(obj, "model_version", 1),
+            latency_ms=require_float(obj, "latency_ms"),
+            emitted_at=require_int(obj, "emitted_at", 0),
+            truth=require_str(obj, "truth") if obj.get("truth") is not None else None,
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> "Prediction":
+        return cls.from_dict(decode_json(raw))
+
+
+@dataclass(slots=True)
+class ReviewRequest(_Record):
+    """A window the model was unsure about (or an audit sample), sent to labelers."""
+
+    review_id: str
+    device_id: str
+    window_start: int
+    window_end: int
+    channels: list[str]
+    values: list[list[float]]
+    predicted: str
+    confidence: float
+    probabilities: dict[str, float]
+    model_version: int
+    reason: str
+    created_at: int
+
+    REASONS = ("low_confidence", "audit", "drift")
+    REQUIRED = ("review_id", "device_id", "window_start", "window_end", "channels", "values",
+                "predicted", "confidence", "probabilities", "model_version", "reason", "created_at")
+    OPTIONAL = ("schema_version",)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "ReviewRequest":
+        check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
+        check_version(obj)
+        reason = require_str(obj, "reason")
+        if reason not in cls.REASONS:
+            raise SchemaError("reason", f"must be one of {cls.REASONS}")
+        channels = obj["channels"]
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise SchemaError("channels", "must be a list of strings")
+        rows = obj["values"]
+        if not isinstance(rows, list) or not rows:
+            raise SchemaError("values", "must be a non-empty list of rows")
+        values = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, list) or len(row) != len(channels):
+                raise SchemaError(f"values[{i}]", f"must be a list of {len(channels)} numbers")
+            values.append(finite_floats(row, f"values[{i}]"))
+        probs = obj["probabilities"]
+        if not isinstance(probs, dict):
+            raise SchemaError("probabilities", "must be an object")
+        return cls(
+            review_id=require_id(obj, "review_id"),
+            device_id=require_id(obj, "device_id"),
+            window_start=require_int(obj, "window_start", 0),
+            window_end=require_int(obj, "window_end", 0),
+            channels=channels,
+            values=values,
+            predicted=require_str(obj, "predicted"),
+            confidence=require_float(obj, "confidence", 0.0, 1.0),
+            probabilities={k: require_float(probs, k, 0.0, 1.0) for k in probs},
+            model_version=require_int(obj, "model_version", 1),
+            reason=reason,
+            created_at=require_int(obj, "created_at", 0),
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> "ReviewRequest":
+        return cls.from_dict(decode_json(raw, max_bytes=1024 * 1024))
+
+
+@dataclass(slots=True)
+class Label(_Record):
+    """A labeler's answer to a review request (or a device's own ground truth)."""
+
+    review_id: str
+    label: str
+    labeler: str
+    answered_at: int
+    status: str = "answered"
+
+    STATUSES = ("answered", "skipped", "unsure")
+    REQUIRED = ("review_id", "label", "labeler", "answered_at")
+    OPTIONAL = ("schema_version", "status")
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any], classes: Sequence[str] | None = None) -> "Label":
+        check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
+        check_version(obj)
+        status = obj.get("status", "answered")
+        if status not in cls.STATUSES:
+            raise SchemaError("status", f"must be one of {cls.STATUSES}")
+        label = require_str(obj, "label")
+        if status == "answered" and classes is not None and label not in classes:
+            raise SchemaError("label", f"unknown class {label!r}; known: {list(classes)}")
+        return cls(require_id(obj, "review_id"), label, require_id(obj, "labeler"),
+                   require_int(obj, "answered_at", 0), status)
+
+    @classmethod
+    def decode(cls, raw: bytes | str, classes: Sequence[str] | None = None) -> "Label":
+        return cls.from_dict(decode_json(raw), classes)
+
+
+@dataclass(slots=True)
+class ModelSnapshot(_Record):
+    """Announces a model version; the artifact itself lives in the registry."""
+
+    model_name: str
+    version: int
+    artifact_uri: str
+    sha256: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    parent_version: int | None = None
+    created_at: int = 0
+
+    REQUIRED = ("model_name", "version", "artifact_uri", "sha256")
+    OPTIONAL = ("schema_version", "metrics", "parent_version", "created_at")
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "ModelSnapshot":
+        check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
+        check_version(obj)
+        sha = require_str(obj, "sha256")
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise SchemaError("sha256", "must be 64 lowercase hex digits")
+        metrics = obj.get("metrics") or {}
+        if not isinstance(metrics, dict):
+            raise SchemaError("metrics", "must be an object")
+        return cls(
+            model_name=require_id(obj, "model_name"),
+            version=require_int(obj, "version", 1),
+            artifact_uri=require_str(obj, "artifact_uri", max_len=4096),
+            sha256=sha,
+            metrics={k: require_float(metrics, k) for k in metrics},
+            parent_version=require_int(obj, "parent_version", 1) if obj.get("parent_version") is not None else None,
+            created_at=require_int(obj, "created_at", 0) if "created_at" in obj else 0,
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> "ModelSnapshot":
+        return cls.from_dict(decode_json(raw))
+
+
+@dataclass(slots=True)
+class DeadLetter(_Record):
+    """Bad input kept with where it came from and why it was refused."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    raw: str
+    field: str | None = None
+    stage: str = "parse"
+    failed_at: int = 0
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "DeadLetter":
+        check_fields(obj, ("source_topic", "partition", "offset", "reason", "raw"),
+                     ("schema_version", "field", "stage", "failed_at"))
+        return cls(require_str(obj, "source_topic"), require_int(obj, "partition"),
+                   require_int(obj, "offset"), require_str(obj, "reason", 4096), str(obj["raw"]),
+                   obj.get("field"), obj.get("stage", "parse"), int(obj.get("failed_at", 0)))
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> "DeadLetter":
+        return cls.from_dict(decode_json(raw, max_bytes=4 * 1024 * 1024))

@@ -1,0 +1,46 @@
+"""Topic names and partition counts: the one place they are defined (env overrides allowed).
+
+>>> Topics().readings
+'sensor-readings'
+>>> Topics.from_env({"SENSORLOOP_TOPIC_PREDICTIONS": "preds"}).predictions
+'preds'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Default topic names; every name can be overridden with ``SENSORLOOP_TOPIC_<FIELD>``."""
+
+    readings: str = "sensor-readings"
+    predictions: str = "predictions"
+    review_requests: str = "review-requests"
+    labels: str = "labels"
+    model_snapshots: str = "model-snapshots"
+    dead_letters: str = "dead-letters"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Topics":
+        env = os.environ if env is None else env
+        overrides = {f.name: env[f"SENSORLOOP_TOPIC_{f.name.upper()}"]
+                     for f in fields(cls) if f"SENSORLOOP_TOPIC_{f.name.upper()}" in env}
+        return replace(cls(), **overrides)
+
+    def partitions(self) -> dict[str, int]:
+        """Partition count per topic: readings and predictions are spread by device."""
+        return {
+            self.readings: 4,
+            self.predictions: 4,
+            self.review_requests: 2,
+            self.labels: 2,
+            self.model_snapshots: 1,
+            self.dead_letters: 1,
+        }
+
+    def all(self) -> list[str]:
+        return [getattr(self, f.name) for f in fields(self)]

@@ -1,0 +1,233 @@
+"""``sensorloop`` command line: set-up, embedded broker, topics, jobs, replay and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+from schemas import Topics
+
+log = logging.getLogger("sensorloop")
+DEFAULT_REGISTRY = "var/registry"
+DEFAULT_MODEL = "basic-motions"
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    """Connector jars (verified), Java helpers, and model version 1 if the registry has none."""
+    from infra.jars import ensure_all
+    from model.registry import ModelRegistry
+
+    for jar in ensure_all(args.jars):
+        print(f"jar ready: {jar}")
+    registry = ModelRegistry(args.registry)
+    if registry.latest_version(args.model_name) is None or args.retrain:
+        from model.train import bootstrap
+
+        result = bootstrap(registry, args.model_name, epochs=args.epochs)
+        meta = result.metadata
+        print(f"trained {meta.model_name} v{meta.version} in {result.train_seconds:.1f}s: "
+              f"test accuracy {meta.metrics['test_accuracy']:.3f}")
+    else:
+        version = registry.latest_version(args.model_name)
+        print(f"model ready: {args.model_name} v{version} in {args.registry}")
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    """Run the embedded broker in the foreground with the topics created."""
+    from infra.broker import EmbeddedBroker, ensure_topics
+
+    broker = EmbeddedBroker(port=args.port, storage=args.storage).start()
+    created = ensure_topics(broker.bootstrap)
+    print(f"broker on {broker.bootstrap} (topics created: {', '.join(created) or 'none'}); Ctrl-C stops it",
+          flush=True)
+    try:
+        while broker.process and broker.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from infra.broker import ensure_topics
+
+    created = ensure_topics(args.bootstrap)
+    topics = Topics.from_env()
+    for name, parts in topics.partitions().items():
+        print(f"{name:20s} partitions={parts} {'(created)' if name in created else ''}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from operators.replay import DriftPlan
+    from stream_jobs.replayer import replay
+
+    drift = None
+    if args.drift_after is not None:
+        drift = DriftPlan(args.drift_after, gain={0: args.drift_gain, 1: args.drift_gain, 2: args.drift_gain},
+                          classes=tuple(args.drift_classes.split(",")) if args.drift_classes else ())
+    stats = replay(args.bootstrap, Topics.from_env().readings, args.rate, args.count, args.duration,
+                   args.devices, args.seed, args.split, drift)
+    print(f"sent {stats.sent} readings in {stats.seconds:.1f}s ({stats.sent / max(stats.seconds, 1e-9):.0f}/s)")
+    return 0
+
+
+def _bad_records() -> list[bytes]:
+    """A few kinds of bad input the demo mixes in, to show dead-lettering."""
+    return [b"{not json", b'{"device_id": "device-bad", "ts": 1, "values": [1, 2]}',
+            b'{"device_id": "device-bad", "ts": 1, "values": [1, 2, 3, 4, 5, "x"]}',
+            b'{"device_id": "device-bad", "ts": 1, "values": [1, 2, 3, 4, 5, 6], "colour": "red"}']
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Broker + serving job + replayed real data; prints a live status line."""
+    from infra.broker import EmbeddedBroker, ensure_topics, resolve_bootstrap
+    from infra.kafka_tools import TopicTail, produce
+    from operators.monitor import ServingMonitor, status_line
+    from stream_jobs.launcher import serving_job
+    from stream_jobs.replayer import ReplayStats, replay
+
+    cmd_setup(args)
+    topics = Topics.from_env()
+    run_dir = Path(args.run_dir)
+    bootstrap = resolve_bootstrap(args.bootstrap)
+    broker = None
+    if bootstrap is None:
+        broker = EmbeddedBroker(log_path=run_dir / "broker.log").start()
+        bootstrap = broker.bootstrap
+    ensure_topics(bootstrap, topics)
+    print(f"broker {bootstrap}; starting the serving job (log: {run_dir / 'serving.log'})", flush=True)
+    job = serving_job(bootstrap, run_dir / "serving.log", registry=args.registry, model_name=args.model_name,
+                      checkpoint_dir=str(run_dir / "checkpoints"), group_id=f"sensorloop-demo-{int(time.time())}")
+    job.start()
+    stop = threading.Event()
+    stats = ReplayStats()
+    replayer = threading.Thread(target=replay, kwargs=dict(
+        bootstrap=bootstrap, topic=topics.readings, rate=args.rate, duration_s=args.duration,
+        n_devices=args.devices, stop=stop, stats=stats), daemon=True)
+    tail = TopicTail(bootstrap, [topics.predictions, topics.review_requests, topics.dead_letters])
+    monitor = ServingMonitor()
+    started = time.monotonic()
+    next_line, next_bad = started + 1.0, started + 5.0
+    replayer.start()
+    try:
+        while time.monotonic() - started < args.duration + args.drain:
+            for record in tail.poll(200):
+                if record.topic == topics.predictions:
+                    monitor.observe_prediction(orjson.loads(record.value))
+                elif record.topic == topics.review_requests:
+                    monitor.observe_review()
+                else:
+                    monitor.observe_dead_letter()
+            now = time.monotonic()
+            if now >= next_bad and now - started < args.duration:
+                produce(bootstrap, topics.readings, [(b"device-bad", raw) for raw in _bad_records()])
+                next_bad = now + 10.0
+            if now >= next_line:
+                print(status_line(monitor.snapshot(stats.sent, now - started)), flush=True)
+                next_line = now + args.interval
+            if not job.alive():
+                print("serving job exited unexpectedly:\n" + job.log_tail(), file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        tail.close()
+        job.stop()
+        if broker:
+            broker.stop()
+    final = monitor.snapshot(stats.sent, time.monotonic() - started)
+    print(f"done: {stats.sent} readings -> {final['predictions']} predictions, "
+          f"{final['review_requests']} review requests, {final['dead_letters']} dead letters, "
+          f"accuracy {final['accuracy'] if final['accuracy'] is not None else float('nan'):.3f}")
+    return 0 if final["predictions"] > 0 else 1
+
+
+def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
+    from stream_jobs import serving_job
+
+    serving_job.main(["--bootstrap", args.bootstrap, *rest])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sensorloop", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--registry", default=DEFAULT_REGISTRY, help="model registry folder")
+        p.add_argument("--model-name", default=DEFAULT_MODEL)
+        p.add_argument("--jars", default=None, help="folder with the Flink Kafka connector jars (else fetched)")
+        p.add_argument("--epochs", type=int, default=25, help="epochs of the bootstrap training")
+        p.add_argument("--retrain", action="store_true", help="train a new version even if one exists")
+
+    p = sub.add_parser("setup", help="fetch and verify connector jars, build helpers, train model v1")
+    model_args(p)
+    p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--storage", default="memory://tansu/", help="Tansu storage engine URL")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("topics", help="create the topics on a broker")
+    p.add_argument("--bootstrap", required=True)
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("replay", help="publish real BasicMotions readings at a chosen rate")
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--rate", type=float, default=200.0, help="readings per second (0: as fast as possible)")
+    p.add_argument("--count", type=int, default=None)
+    p.add_argument("--duration", type=float, default=None)
+    p.add_argument("--devices", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--drift-after", type=int, default=None, help="readings before the drift starts")
+    p.add_argument("--drift-gain", type=float, default=1.8, help="accelerometer gain after the drift")
+    p.add_argument("--drift-classes", default="", help="comma-separated activity mix after the drift")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("serve", help="run the serving job (other flags go to the job; see serve --help)",
+                       add_help=False)
+    p.add_argument("--bootstrap", required=True)
+    p.set_defaults(func=None, passthrough=cmd_serve)
+
+    p = sub.add_parser("demo", help="broker + serving job + replayed data, with a live status line")
+    model_args(p)
+    p.add_argument("--bootstrap", default=None, help="use this broker instead of the embedded one")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of replay")
+    p.add_argument("--drain", type=float, default=5.0, help="seconds to keep watching after the replay")
+    p.add_argument("--rate", type=float, default=400.0, help="readings per second")
+    p.add_argument("--devices", type=int, default=16)
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between status lines")
+    p.add_argument("--run-dir", default="var/demo", help="logs and checkpoints")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "passthrough", None):
+        return args.passthrough(args, rest)
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

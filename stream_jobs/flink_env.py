@@ -1,0 +1,59 @@
+"""A configured StreamExecutionEnvironment: local MiniCluster by default, or a remote cluster."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyflink.common import Configuration
+from pyflink.datastream import StreamExecutionEnvironment
+
+from infra.jars import pipeline_jar_urls
+
+
+@dataclass(frozen=True)
+class FlinkSettings:
+    """Runtime settings of a job (latency-oriented defaults; see DESIGN.md pitfalls)."""
+
+    parallelism: int = 1
+    checkpoint_interval_ms: int = 5_000
+    checkpoint_dir: str = "var/checkpoints"
+    bundle_time_ms: int = 5
+    bundle_size: int = 500
+    buffer_timeout_ms: int = 5
+    restart_attempts: int = 3
+    exactly_once: bool = False
+    savepoint_path: str | None = None
+    execution_mode: str = "thread"
+
+
+def make_env(settings: FlinkSettings, jars_source: str | None = None) -> StreamExecutionEnvironment:
+    config = Configuration()
+    config.set_string("pipeline.jars", pipeline_jar_urls(jars_source))
+    config.set_string("python.executable", sys.executable)
+    config.set_string("python.client.executable", sys.executable)
+    config.set_string("python.execution-mode", settings.execution_mode)
+    if settings.execution_mode == "thread":  # the embedded interpreter needs the venv on its path
+        config.set_string("python.pythonpath", os.pathsep.join(p for p in sys.path if p))
+    config.set_string("python.fn-execution.bundle.time", str(settings.bundle_time_ms))
+    config.set_string("python.fn-execution.bundle.size", str(settings.bundle_size))
+    config.set_string("execution.buffer-timeout.interval", f"{settings.buffer_timeout_ms} ms")
+    config.set_string("execution.checkpointing.interval", f"{settings.checkpoint_interval_ms} ms")
+    config.set_string("execution.checkpointing.mode",
+                      "EXACTLY_ONCE")
+    checkpoints = Path(settings.checkpoint_dir).resolve()
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    config.set_string("execution.checkpointing.dir", checkpoints.as_uri())
+    config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    config.set_string("restart-strategy.type", "fixed-delay")
+    config.set_string("restart-strategy.fixed-delay.attempts", str(settings.restart_attempts))
+    config.set_string("restart-strategy.fixed-delay.delay", "1 s")
+    if settings.savepoint_path:
+        config.set_string("execution.state-recovery.path", settings.savepoint_path)
+    config.set_string("taskmanager.memory.process.size", os.environ.get("SENSORLOOP_TM_MEMORY", "2g"))
+    env = StreamExecutionEnvironment.get_execution_environment(config)
+    env.set_parallelism(settings.parallelism)
+    env.set_buffer_timeout(settings.buffer_timeout_ms)
+    return env

@@ -1,0 +1,65 @@
+"""Publish replayed real sensor readings to Kafka at a chosen rate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from operators.replay import DriftPlan, ReadingStream
+
+
+@dataclass
+class ReplayStats:
+    sent: int = 0
+    seconds: float = 0.0
+
+
+def make_producer(bootstrap: str):
+    from kafka import KafkaProducer
+
+    return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024, acks=1, enable_idempotence=False,
+                         max_in_flight_requests_per_connection=5)
+
+
+def replay(bootstrap: str, topic: str, rate: float, count: int | None = None, duration_s: float | None = None,
+           n_devices: int = 8, seed: int = 0, split: str = "test", drift: DriftPlan | None = None,
+           device_prefix: str = "device", stop=None, stats: ReplayStats | None = None) -> ReplayStats:
+    """Send readings (timestamp = send time) until ``count`` readings or ``duration_s`` seconds.
+
+    ``rate`` is readings per second across all devices (0 = as fast as possible).
+    """
+    from model.datasets import load_basic_motions
+
+    stats = stats or ReplayStats()
+    stream = ReadingStream(load_basic_motions(split), n_devices, seed, drift, device_prefix)
+    producer = make_producer(bootstrap)
+    started = time.perf_counter()
+    try:
+        while True:
+            elapsed = time.perf_counter() - started
+            if (count is not None and stats.sent >= count) or (duration_s is not None and elapsed >= duration_s):
+                break
+            if stop is not None and stop.is_set():
+                break
+            if rate > 0:
+                due = int(elapsed * rate) + 1 - stats.sent
+                if due <= 0:
+                    time.sleep(min(0.002, (stats.sent + 1) / rate - elapsed))
+                    continue
+            else:
+                due = 1000
+            if count is not None:
+                due = min(due, count - stats.sent)
+            now = int(time.time() * 1000)
+            for _ in range(due):
+                reading = next(stream)
+                reading["ts"] = now
+                producer.send(topic, key=reading["device_id"].encode(), value=orjson.dumps(reading))
+            stats.sent += due
+        producer.flush()
+    finally:
+        producer.close()
+        stats.seconds = time.perf_counter() - started
+    return stats

@@ -1,0 +1,227 @@
+"""The serving job: sensor-readings → parse → per-device windows → micro-batched inference →
+predictions, review requests and dead letters.
+
+Run: ``python -m stream_jobs.serving_job --bootstrap HOST:PORT`` (the CLI wraps this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import zlib
+from dataclasses import fields
+
+from pyflink.common import Types
+from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+
+from operators.batching import BatchPolicy
+from operators.config import ServingConfig
+from operators.inference import WindowScorer
+from operators.parse import ReadingParser, raw_text
+from operators.routing import ReviewRouter
+from operators.serving_model import load_from_registry
+from operators.windowing import SlidingWindower
+from schemas import DeadLetter, Topics
+from stream_jobs.flink_env import FlinkSettings, make_env
+from stream_jobs.kafka_io import kafka_source, route, routed_sink, split_envelope
+
+log = logging.getLogger(__name__)
+DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
+IDLE_FLUSH_MS = 2_000
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ParseReadings(ProcessFunction):
+    """Validate each raw record; bad ones become dead letters with partition and offset."""
+
+    def __init__(self, cfg: ServingConfig, topics: Topics, channels: list[str]) -> None:
+        self.cfg, self.topics, self.channels = cfg, topics, channels
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.parser = ReadingParser(self.channels, self.topics.readings, self.cfg.max_message_bytes)
+        group = runtime_context.get_metrics_group()
+        self.readings_in = group.counter("readings_in")
+        self.dead = group.counter("dead_letters")
+
+    def process_element(self, value: bytes, ctx: ProcessFunction.Context):
+        partition, offset, kafka_ts, payload = split_envelope(value)
+        self.readings_in.inc()
+        result = self.parser.parse(payload, partition, offset)
+        if isinstance(result, DeadLetter):
+            self.dead.inc()
+            yield DEAD_LETTERS, route(self.topics.dead_letters, self.topics.readings, result.encode())
+        else:
+            yield result.device_id, result, kafka_ts, partition, offset
+
+
+class WindowReadings(KeyedProcessFunction):
+    """Per-device sliding windows kept in keyed state (checkpointed)."""
+
+    def __init__(self, cfg: ServingConfig, topics: Topics, n_channels: int) -> None:
+        self.cfg, self.topics, self.n_channels = cfg, topics, n_channels
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        cfg = self.cfg
+        self.windower = SlidingWindower(cfg.window, cfg.stride, self.n_channels, cfg.max_out_of_order_ms,
+                                        cfg.max_seq_gap_buffer, cfg.reset_gap_ms, cfg.seq_gap_timeout_ms)
+        self.state = runtime_context.get_state(ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY()))
+        group = runtime_context.get_metrics_group()
+        self.windows_out = group.counter("windows")
+        self.late = group.counter("late_readings")
+
+    def process_element(self, value, ctx: KeyedProcessFunction.Context):
+        device_id, reading, ingest_ms, partition, offset = value
+        state = self.state.value() or self.windower.new_state()
+        windows, rejections = self.windower.add(state, reading, ingest_ms)
+        self.state.update(state)
+        for window in windows:
+            self.windows_out.inc()
+            yield window
+        for rejection in rejections:
+            self.late.inc()
+            letter = DeadLetter(self.topics.readings, partition, offset, rejection.reason,
+                                raw_text(rejection.reading.encode()), "seq" if reading.seq is not None else "ts",
+                                "window", _now_ms())
+            yield DEAD_LETTERS, route(self.topics.dead_letters, self.topics.readings, letter.encode())
+        if state.pending:
+            ctx.timer_service().register_processing_time_timer(
+                ctx.timer_service().current_processing_time() + IDLE_FLUSH_MS)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        state = self.state.value()
+        if state is None or not state.pending:
+            return
+        newest_ingest = max(item[4] for item in state.pending)
+        if _now_ms() - newest_ingest < IDLE_FLUSH_MS:
+            ctx.timer_service().register_processing_time_timer(timestamp + IDLE_FLUSH_MS)
+            return
+        windows = self.windower.flush(state)
+        self.state.update(state)
+        for window in windows:
+            self.windows_out.inc()
+            yield window
+
+
+class InferBatches(KeyedProcessFunction):
+    """Micro-batches windows across devices (pending ones in checkpointed list state) and
+    scores each batch; flushes on batch size or after ``max_wait_ms``."""
+
+    def __init__(self, cfg: ServingConfig, topics: Topics) -> None:
+        self.cfg, self.topics = cfg, topics
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        cfg = self.cfg
+        model = load_from_registry(cfg.registry, cfg.model_name, None, cfg.runtime, cfg.device)
+        self.scorer = WindowScorer(model, ReviewRouter(cfg.confidence_threshold, cfg.audit_rate,
+                                                       cfg.review_budget_per_minute))
+        self.policy = BatchPolicy(cfg.max_batch, cfg.max_wait_ms)
+        self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
+        self.count = runtime_context.get_state(ValueStateDescriptor("count", Types.INT()))
+        self.oldest = runtime_context.get_state(ValueStateDescriptor("oldest", Types.LONG()))
+        group = runtime_context.get_metrics_group()
+        self.predictions = group.counter("predictions")
+        self.reviews = group.counter("review_requests")
+        self.batch_size = group.histogram("batch_size", 512) if hasattr(group, "histogram") else None
+        group.gauge("model_version", lambda: int(self.scorer.model.version))
+
+    def process_element(self, window, ctx: KeyedProcessFunction.Context):
+        now = ctx.timer_service().current_processing_time()
+        self.pending.add(window)
+        count = (self.count.value() or 0) + 1
+        oldest = self.oldest.value()
+        if oldest is None:
+            oldest = now
+            self.oldest.update(now)
+        if self.policy.should_flush(count, oldest, now):
+            yield from self._flush(now)
+        else:
+            self.count.update(count)
+            ctx.timer_service().register_processing_time_timer(self.policy.deadline(oldest))
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        now = ctx.timer_service().current_processing_time()
+        count = self.count.value() or 0
+        if count and self.policy.should_flush(count, self.oldest.value(), now):
+            yield from self._flush(now)
+
+    def _flush(self, now: int):
+        windows = list(self.pending.get())
+        self.pending.clear()
+        self.count.clear()
+        self.oldest.clear()
+        predictions, reviews = self.scorer.score(windows, now)
+        if self.batch_size is not None:
+            self.batch_size.update(len(windows))
+        self.predictions.inc(len(predictions))
+        self.reviews.inc(len(reviews))
+        for p in predictions:
+            yield route(self.topics.predictions, p.device_id, p.encode())
+        for r in reviews:
+            yield route(self.topics.review_requests, r.review_id, r.encode())
+
+
+def shard_of(device_id: str, shards: int) -> int:
+    """Inference shard of a device (one micro-batcher per shard)."""
+    return zlib.crc32(device_id.encode()) % shards
+
+
+def build_serving_job(env, bootstrap: str, cfg: ServingConfig, topics: Topics, settings: FlinkSettings,
+                      group_id: str = "sensorloop-serving") -> None:
+    """Add the serving pipeline to ``env``."""
+    from model.registry import ModelRegistry
+
+    meta = ModelRegistry(cfg.registry).metadata(cfg.model_name,
+                                                ModelRegistry(cfg.registry).latest_version(cfg.model_name) or 1)
+    channels = list(meta.spec["channels"])
+    shards = max(1, settings.parallelism)
+    raw = kafka_source(env, bootstrap, [topics.readings], group_id, "sensor-readings")
+    parsed = raw.process(ParseReadings(cfg, topics, channels), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse")
+    windows = (parsed.key_by(lambda r: r[0], key_type=Types.STRING())
+               .process(WindowReadings(cfg, topics, len(channels)), output_type=Types.PICKLED_BYTE_ARRAY())
+               .name("windows"))
+    scored = (windows.key_by(lambda w: shard_of(w.device_id, shards), key_type=Types.INT())
+              .process(InferBatches(cfg, topics), output_type=Types.STRING()).name("inference"))
+    out = scored.union(parsed.get_side_output(DEAD_LETTERS), windows.get_side_output(DEAD_LETTERS))
+    out.sink_to(routed_sink(bootstrap, settings.exactly_once, f"{group_id}-tx")).name("kafka-out")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per field of a settings dataclass."""
+    for f in fields(config_cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", default=default)
+        else:
+            parser.add_argument(flag, type=type(default) if default is not None else str, default=default)
+
+
+def config_from_args(args: argparse.Namespace, config_cls, skip: tuple[str, ...] = ()):
+    return config_cls(**{f.name: getattr(args, f.name) for f in fields(config_cls) if f.name not in skip})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the sensorloop serving job on Flink")
+    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
+    parser.add_argument("--group-id", default="sensorloop-serving")
+    parser.add_argument("--jars", default=None, help="folder holding the two Flink Kafka connector jars")
+    add_config_arguments(parser, ServingConfig)
+    add_config_arguments(parser, FlinkSettings)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_from_args(args, ServingConfig)
+    settings = config_from_args(args, FlinkSettings)
+    env = make_env(settings, args.jars)
+    build_serving_job(env, args.bootstrap, cfg, Topics.from_env(), settings, args.group_id)
+    env.execute("sensorloop-serving")
+
+
+if __name__ == "__main__":
+    main()
