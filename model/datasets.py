@@ -39,7 +39,7 @@ def sliding_windows(rec: Recordings, window: int, stride: int) -> tuple[np.ndarr
 
     >>> rec = Recordings(np.zeros((2, 10, 3), np.float32), np.array(["a", "b"]), ("x", "y", "z"))
     >>> X, y = sliding_windows(rec, window=4, stride=3)
-    >>> X.shape, list(y)
+    >>> X.shape, y.tolist()
     ((6, 4, 3), ['a', 'a', 'a', 'b', 'b', 'b'])
     """
     xs, ys = [], []

@@ -41,7 +41,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, epochs: int = 20, lr: floa
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+    Xt, yt = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
     losses = []
     net.train()
     for _ in range(epochs):

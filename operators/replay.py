@@ -44,11 +44,10 @@ class ReadingStream(Iterator[dict]):
         self.devices = [f"{device_prefix}-{i:03d}" for i in range(n_devices)]
         self.queues: list[list[int]] = [[] for _ in range(n_devices)]
         self.position = [0] * n_devices
-        self.current = [self._next_recording(i) for i in range(n_devices)]
         self.seq = [0] * n_devices
         self.emitted = 0
-        n_drifting = int(round(n_devices * (drift.device_fraction if drift else 0)))
-        self.drifting = set(range(n_drifting))
+        self.drifting = set(range(int(round(n_devices * (drift.device_fraction if drift else 0)))))
+        self.current = [self._next_recording(i) for i in range(n_devices)]
 
     @property
     def drifted(self) -> bool:
@@ -67,7 +66,10 @@ class ReadingStream(Iterator[dict]):
     def __next__(self) -> dict:
         device = self.emitted % len(self.devices)
         if self.drift is not None and self.emitted == self.drift.after:
-            self.queues = [[] for _ in self.devices]  # draw from the new class mix right away
+            for d in self.drifting:  # drifting devices switch to the new activity mix right away
+                self.queues[d] = []
+                self.current[d] = self._next_recording(d)
+                self.position[d] = 0
         series = self.rec.series[self.current[device]]
         values = series[self.position[device]]
         if self.drifted and device in self.drifting and self.drift.gain:

@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+import torch
+
+from model.datasets import load_basic_motions, sliding_windows
+from model.export import export_onnx
+from model.network import WindowTransformer
+from model.registry import ArtifactError, ModelRegistry
+from model.runtime import OnnxRunner, TorchRunner, choose_providers
+from model.spec import ModelSpec
+from model.train import accuracy, encode_labels, fit, load_network, predict_proba, weights_bytes
+from operators.serving_model import build_serving_model, smoke_test
+
+SPEC = ModelSpec(window=8, channels=("a", "b", "c"), classes=("lo", "hi"), d_model=16, n_heads=2, n_layers=1, d_ff=32)
+
+
+def synthetic(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    X = rng.normal(size=(n, SPEC.window, SPEC.n_channels)).astype(np.float32) + (y * 2.0)[:, None, None] + 5.0
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def trained():
+    X, y = synthetic()
+    net = WindowTransformer(SPEC)
+    net.set_normalisation(X)
+    losses = fit(net, X, y, epochs=8, batch_size=32)
+    return net, X, y, losses
+
+
+@pytest.fixture(scope="module")
+def onnx_bytes(trained):
+    return export_onnx(trained[0], SPEC)
+
+
+def test_training_learns_a_separable_task(trained):
+    net, X, y, losses = trained
+    assert losses[-1] < losses[0] * 0.5
+    Xv, yv = synthetic(seed=1)
+    assert accuracy(predict_proba(net, Xv), yv) > 0.9
+
+
+def test_normalisation_is_inside_the_network(trained):
+    net = trained[0]
+    assert net.mean.mean().item() > 4.0  # fitted on data centred near 5-7
+
+
+def test_onnx_matches_torch_at_every_batch_size(trained, onnx_bytes):
+    net = trained[0]
+    runner = OnnxRunner(onnx_bytes, prefer="cpu")
+    assert runner.provider == "CPUExecutionProvider"
+    for b in (1, 3, 64):
+        x = synthetic(b, seed=b)[0]
+        np.testing.assert_allclose(runner.predict_proba(x), predict_proba(net, x), atol=1e-5)
+
+
+def test_torch_runner_and_weights_round_trip(trained):
+    net = trained[0]
+    clone = load_network(SPEC, weights_bytes(net))
+    x = synthetic(5)[0]
+    np.testing.assert_allclose(TorchRunner(clone).predict_proba(x), predict_proba(net, x), atol=1e-6)
+
+
+def test_cpu_machine_chooses_cpu_provider():
+    providers = choose_providers("auto")
+    assert providers[-1] == "CPUExecutionProvider"
+    if not torch.cuda.is_available():
+        assert providers == ["CPUExecutionProvider"]
+
+
+def test_registry_versions_and_checksums(tmp_path, trained, onnx_bytes):
+    reg = ModelRegistry(tmp_path)
+    w = weights_bytes(trained[0])
+    m1 = reg.publish("m", onnx_bytes, w, SPEC.to_dict(), {"acc": 0.9})
+    m2 = reg.publish("m", onnx_bytes, w, SPEC.to_dict(), {"acc": 0.95}, parent_version=1)
+    assert (m1.version, m2.version, m2.parent_version) == (1, 2, 1)
+    assert reg.versions("m") == [1, 2]
+    loaded = reg.load("m")
+    assert loaded.metadata.version == 2 and loaded.artifact_uri.startswith("file://")
+    model = build_serving_model(loaded)
+    assert model.version == 2 and model.spec == SPEC
+    # corrupt the artifact: the registry refuses it
+    path = reg.version_dir("m", 2) / "model.onnx"
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        reg.load("m", 2)
+    assert reg.load("m", 1).metadata.version == 1
+
+
+def test_garbage_onnx_with_matching_checksum_is_refused(tmp_path, trained):
+    reg = ModelRegistry(tmp_path)
+    reg.publish("m", b"not an onnx graph", weights_bytes(trained[0]), SPEC.to_dict())
+    with pytest.raises(ArtifactError, match="cannot load"):
+        build_serving_model(reg.load("m"))
+
+
+def test_smoke_test_refuses_wrong_output_shape(onnx_bytes):
+    runner = OnnxRunner(onnx_bytes, prefer="cpu")
+    wrong = ModelSpec(window=8, channels=("a", "b", "c"), classes=("x", "y", "z"))
+    with pytest.raises(ArtifactError, match="shape"):
+        smoke_test(runner, wrong)
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ArtifactError, match="no version"):
+        ModelRegistry(tmp_path).load("absent")
+
+
+def test_unknown_label_is_an_error():
+    with pytest.raises(ValueError, match="not one of the classes"):
+        encode_labels(["lo", "sideways"], SPEC.classes)
+
+
+def test_basic_motions_ships_offline():
+    rec = load_basic_motions("test")
+    assert rec.series.shape == (40, 100, 6) and set(rec.labels) == {"badminton", "running", "standing", "walking"}
+    X, y = sliding_windows(rec, 32, 16)
+    assert X.shape == (40 * 5, 32, 6) and len(y) == len(X)

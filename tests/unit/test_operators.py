@@ -1,0 +1,108 @@
+import numpy as np
+
+from model.datasets import Recordings
+from model.spec import ModelSpec
+from operators.config import ServingConfig
+from operators.inference import WindowScorer, review_id_for
+from operators.monitor import ServingMonitor, status_line
+from operators.parse import ReadingParser
+from operators.replay import DriftPlan, ReadingStream
+from operators.routing import ReviewRouter
+from operators.serving_model import ServingModel
+from operators.windowing import Window
+from schemas import DeadLetter, Prediction, ReviewRequest, SensorReading
+
+SPEC = ModelSpec(window=4, channels=("a", "b"), classes=("x", "y", "z"))
+
+
+class FixedRunner:
+    """Returns the probabilities it was given, one row per window in turn."""
+
+    provider = "fixed"
+
+    def __init__(self, rows):
+        self.rows = np.asarray(rows, dtype=np.float32)
+
+    def predict_proba(self, windows):
+        assert windows.shape[1:] == (SPEC.window, SPEC.n_channels)
+        return self.rows[: len(windows)]
+
+
+def window(device, end, truth=None):
+    return Window(device, end - 3, end, np.ones((4, 2), np.float32) * end, truth, ingest_ms=end - 100)
+
+
+def test_scorer_predicts_every_window_and_routes_unsure_ones():
+    model = ServingModel("m", 3, SPEC, FixedRunner([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25]]))
+    scorer = WindowScorer(model, ReviewRouter(threshold=0.6, audit_rate=0.0, budget_per_minute=100))
+    preds, reviews = scorer.score([window("d1", 1000, "x"), window("d2", 2000)], now_ms=0, clock=lambda: 2050)
+    assert [p.label for p in preds] == ["x", "x"]
+    assert preds[0].model_version == 3 and preds[0].truth == "x" and preds[0].latency_ms == 1150.0
+    assert abs(sum(preds[1].probabilities.values()) - 1.0) < 1e-5
+    assert len(reviews) == 1 and reviews[0].review_id == "d2:2000" and reviews[0].reason == "low_confidence"
+    assert reviews[0].values[0] == [2000.0, 2000.0] and reviews[0].channels == ["a", "b"]
+    # every record passes its own contract
+    assert Prediction.decode(preds[0].encode()) == preds[0]
+    assert ReviewRequest.decode(reviews[0].encode()).review_id == "d2:2000"
+    assert scorer.stats.windows == 2 and scorer.stats.batches == 1
+
+
+def test_scorer_swap_changes_version_between_batches():
+    scorer = WindowScorer(ServingModel("m", 1, SPEC, FixedRunner([[1, 0, 0]])), ReviewRouter(0.0, 0.0, 10))
+    assert scorer.score([window("d", 10)], 0)[0][0].model_version == 1
+    scorer.swap(ServingModel("m", 2, SPEC, FixedRunner([[0, 1, 0]])))
+    p = scorer.score([window("d", 20)], 0)[0][0]
+    assert (p.model_version, p.label) == (2, "y")
+
+
+def test_review_id_is_stable():
+    assert review_id_for(window("dev-7", 123)) == "dev-7:123"
+
+
+def test_parser_dead_letters_keep_position_and_payload():
+    p = ReadingParser(["a", "b"], "sensor-readings")
+    dl = p.parse(b"\xff\xfe garbage", partition=3, offset=41)
+    assert isinstance(dl, DeadLetter)
+    assert (dl.source_topic, dl.partition, dl.offset, dl.stage) == ("sensor-readings", 3, 41, "parse")
+    assert dl.raw == "\\xff\\xfe garbage" and dl.reason.startswith("$: malformed JSON")
+    big = p.parse(b"x" * 200_000, 0, 1)
+    assert "exceeds the limit" in big.reason and big.raw.endswith("more bytes]")
+    ok = p.parse(SensorReading("d", 1, [1.0, 2.0]).encode(), 0, 2)
+    assert isinstance(ok, SensorReading)
+
+
+def test_replay_devices_keep_their_own_sequence_and_labels():
+    rec = Recordings(np.arange(2 * 5 * 2, dtype=np.float32).reshape(2, 5, 2), np.array(["p", "q"]), ("a", "b"))
+    stream = ReadingStream(rec, n_devices=3, seed=1)
+    items = [next(stream) for _ in range(30)]
+    for dev in ("device-000", "device-001", "device-002"):
+        seqs = [r["seq"] for r in items if r["device_id"] == dev]
+        assert seqs == list(range(10))
+    assert {r["label"] for r in items} <= {"p", "q"}
+
+
+def test_drift_changes_gain_and_class_mix():
+    rec = Recordings(np.ones((4, 5, 2), np.float32), np.array(["p", "q", "p", "q"]), ("a", "b"))
+    stream = ReadingStream(rec, n_devices=2, seed=0, drift=DriftPlan(after=20, gain={0: 3.0}, classes=("q",)))
+    before = [next(stream) for _ in range(20)]
+    after = [next(stream) for _ in range(40)]
+    assert all(r["values"] == [1.0, 1.0] for r in before)
+    assert all(r["values"] == [3.0, 1.0] for r in after)
+    assert {r["label"] for r in after} == {"q"}
+
+
+def test_config_rejects_unknown_and_bad_settings():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown serving settings"):
+        ServingConfig.from_dict({"windw": 3})
+    with pytest.raises(ValueError, match="runtime"):
+        ServingConfig(runtime="tensorflow")
+    assert ServingConfig.from_dict({"window": 16}).window == 16
+
+
+def test_status_line_reads_well():
+    m = ServingMonitor()
+    m.observe_dead_letter()
+    line = status_line(m.snapshot(10, 1.0))
+    assert "dead letters 1" in line and "model v-" in line
