@@ -53,7 +53,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, epochs: int = 20, lr: floa
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         sched.step()
         losses.append(total / len(X))
     net.eval()

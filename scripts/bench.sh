@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Benchmarks: inference throughput vs batch size, then the end-to-end serving benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+.venv/bin/python bench/inference_bench.py
+.venv/bin/python bench/serving_bench.py "$@"

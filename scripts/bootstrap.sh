@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set-up on a fresh machine: virtual environment, the project and its pinned dependencies,
+# a JDK for Flink's helpers, the verified Flink Kafka connector jars, and model version 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3.11}"
+EXTRAS="${SENSORLOOP_EXTRAS:-test,bench}"
+
+if ! command -v java >/dev/null || ! command -v javac >/dev/null; then
+  echo "installing a JDK (Flink runs on Java; javac builds sensorloop's two small connector helpers)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless >/dev/null
+  else
+    echo "need java and javac 11+ on PATH (e.g. apt-get install openjdk-17-jdk-headless)" >&2; exit 1
+  fi
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
+.venv/bin/sensorloop setup "$@"

@@ -1,0 +1,60 @@
+"""Shared pieces of the end-to-end tests: readings, job start, collection."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from infra.kafka_tools import read_until
+from model.datasets import load_basic_motions
+from operators.replay import ReadingStream
+
+
+def replayed_readings(n_devices: int, per_device: int, start_seq: int = 0, seed: int = 0) -> list[dict]:
+    """Real BasicMotions readings, ``per_device`` for each device, timestamps 100 ms apart."""
+    stream = ReadingStream(load_basic_motions("test"), n_devices=n_devices, seed=seed)
+    out = []
+    for _ in range((start_seq + per_device) * n_devices):
+        r = next(stream)
+        if r["seq"] >= start_seq:
+            r["ts"] = 1_700_000_000_000 + r["seq"] * 100
+            out.append(r)
+    return out
+
+
+def encoded(readings: list[dict]) -> list[tuple[bytes, bytes]]:
+    return [(r["device_id"].encode(), orjson.dumps(r)) for r in readings]
+
+
+def expected_window_ends(readings: list[dict], window: int, stride: int) -> set[tuple[str, int]]:
+    """(device, window end ts) of every window the readings make, fed in sequence order."""
+    ends = set()
+    by_device: dict[str, list[dict]] = {}
+    for r in readings:
+        by_device.setdefault(r["device_id"], []).append(r)
+    for device, items in by_device.items():
+        items.sort(key=lambda r: r["seq"])
+        for i in range(window - 1, len(items), 1):
+            if (i + 1 - window) % stride == 0:
+                ends.add((device, items[i]["ts"]))
+    return ends
+
+
+def collect(bootstrap: str, topic_counts: dict[str, int], timeout_s: float, job=None,
+            isolation_level: str = "read_uncommitted") -> dict[str, list]:
+    """Read until each topic has at least its count (or time runs out); fail fast if the job died."""
+    def done(records):
+        if job is not None and not job.alive():
+            raise AssertionError("job died:\n" + job.log_tail(60))
+        counts = {t: 0 for t in topic_counts}
+        for r in records:
+            counts[r.topic] += 1
+        return all(counts[t] >= n for t, n in topic_counts.items())
+
+    records = read_until(bootstrap, list(topic_counts), done, timeout_s, isolation_level)
+    time.sleep(0.5)
+    out = {t: [] for t in topic_counts}
+    for r in records:
+        out[r.topic].append(r)
+    return out

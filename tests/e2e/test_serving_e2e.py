@@ -1,0 +1,82 @@
+"""Serving path end to end: real Tansu broker, real Flink MiniCluster, official Kafka connector."""
+
+import orjson
+import pytest
+
+from infra.broker import EmbeddedBroker, ensure_topics
+from infra.kafka_tools import produce, read_quiet
+from schemas import DeadLetter, Prediction, ReviewRequest, Topics
+from stream_jobs.launcher import serving_job
+from tests.e2e.helpers import collect, encoded, expected_window_ends, replayed_readings
+
+pytestmark = pytest.mark.e2e
+TOPICS = Topics()
+BAD = [  # (payload, field the dead letter must name)
+    (b"{this is not json", "$"),
+    (b'{"device_id": "device-x", "values": [1, 2, 3, 4, 5, 6]}', "ts"),
+    (b'{"device_id": "device-x", "ts": 5, "values": [1, NaN, 3, 4, 5, 6]}', "$"),
+    (b'{"device_id": "device-x", "ts": 5, "values": [1, 2, 3]}', "values"),
+    (b'{"device_id": 17, "ts": 5, "values": [1, 2, 3, 4, 5, 6]}', "device_id"),
+    (b'{"device_id": "device-x", "ts": 5, "values": "1;2;3;4;5;6"}', "values"),
+    (b'{"device_id": "device-x", "ts": 5, "values": [1, 2, 3, 4, 5, 6], "firmware": "2.1"}', "firmware"),
+    (b'{"device_id": "device-x", "ts": 5, "values": [1, 2, 3, 4, 5, 6], "pad": "' + b"x" * 70_000 + b'"}', "$"),
+]
+
+
+@pytest.fixture
+def broker(tmp_path):
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
+        ensure_topics(b.bootstrap)
+        yield b
+
+
+def test_readings_to_predictions_reviews_and_dead_letters(broker, trained_registry, tmp_path):
+    first = replayed_readings(n_devices=8, per_device=64)
+    second = replayed_readings(n_devices=8, per_device=64, start_seq=64)
+    expected = expected_window_ends(first + second, window=32, stride=8)
+    assert len(expected) == 8 * 13
+    job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
+                      checkpoint_dir=str(tmp_path / "ck"), confidence_threshold=0.999, audit_rate=0.0,
+                      review_budget_per_minute=100_000)
+    with job:
+        produce(broker.bootstrap, TOPICS.readings, encoded(first))
+        produce(broker.bootstrap, TOPICS.readings, [(b"device-x", raw) for raw, _ in BAD])
+        # a replayed (duplicate) reading is refused by the windower, also as a dead letter
+        produce(broker.bootstrap, TOPICS.readings, encoded(first[:1]))
+        out = collect(broker.bootstrap, {TOPICS.dead_letters: len(BAD) + 1, TOPICS.predictions: 8 * 5},
+                      timeout_s=180, job=job)
+        # the job survived the bad input: later readings are still served
+        produce(broker.bootstrap, TOPICS.readings, encoded(second))
+        out = collect(broker.bootstrap, {TOPICS.predictions: len(expected), TOPICS.dead_letters: len(BAD) + 1},
+                      timeout_s=180, job=job)
+        assert job.alive()
+        extra = read_quiet(broker.bootstrap, [TOPICS.review_requests], quiet_s=3)
+
+    predictions = [Prediction.decode(r.value) for r in out[TOPICS.predictions]]
+    assert {(p.device_id, p.window_end) for p in predictions} == expected
+    assert len(predictions) == len(expected), "no window may be predicted twice"
+    for record, p in zip(out[TOPICS.predictions], predictions):
+        assert record.key == p.device_id.encode()
+        assert p.model_name == "basic-motions" and p.model_version == 1
+        assert abs(sum(p.probabilities.values()) - 1) < 1e-3 and p.label in p.probabilities
+        assert p.window_end - p.window_start == 31 * 100 and p.latency_ms >= 0
+    judged = [p for p in predictions if p.truth is not None]
+    assert len(judged) > 0.5 * len(predictions)
+    assert sum(p.label == p.truth for p in judged) / len(judged) > 0.7
+
+    reviews = [ReviewRequest.decode(r.value) for r in extra]
+    unsure = {f"{p.device_id}:{p.window_end}" for p in predictions if p.confidence < 0.999}
+    assert {r.review_id for r in reviews} == unsure and len(reviews) == len(unsure)
+    for r in reviews:
+        assert r.reason == "low_confidence" and len(r.values) == 32 and len(r.values[0]) == 6
+        assert r.channels == ["acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"]
+
+    letters = [DeadLetter.decode(r.value) for r in out[TOPICS.dead_letters]]
+    assert len(letters) == len(BAD) + 1
+    parse_letters = sorted((d for d in letters if d.stage == "parse"), key=lambda d: d.offset)
+    assert [d.field for d in parse_letters] == [field for _, field in BAD]
+    for d in letters:
+        assert d.source_topic == TOPICS.readings and d.partition >= 0 and d.offset >= 0 and d.reason and d.raw
+    assert any(d.stage == "window" and "already used" in d.reason for d in letters)
+    assert any("exceeds the limit" in d.reason for d in letters)
+    assert all(orjson.loads(r.value)["schema_version"] == 1 for r in out[TOPICS.dead_letters])
