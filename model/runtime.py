@@ -76,13 +76,15 @@ class OnnxRunner:
     ``provider`` reports what the session really runs on, not what was asked.
     """
 
-    def __init__(self, onnx_bytes: bytes, prefer: str = "auto", threads: int = 0) -> None:
+    def __init__(self, onnx_bytes: bytes, prefer: str = "auto", threads: int = 0, spin: bool = True) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:  # inside a busy process (a Flink TaskManager) spinning threads steal the CPU
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(onnx_bytes, options, providers=choose_providers(prefer))
         self.provider = self.session.get_providers()[0]

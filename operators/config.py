@@ -27,13 +27,15 @@ class ServingConfig:
     seq_gap_timeout_ms: int = 1_000
     reset_gap_ms: int = 10_000
     max_batch: int = 64
-    max_wait_ms: int = 20
+    max_wait_ms: int = 10
     confidence_threshold: float = 0.6
     audit_rate: float = 0.01
     review_budget_per_minute: int = 120
     max_message_bytes: int = 64 * 1024
     runtime: str = "onnx"
     device: str = "auto"
+    inference_threads: int = 1
+    stats_file: str = ""
 
     def __post_init__(self) -> None:
         for name in ("window", "stride", "max_batch", "max_seq_gap_buffer"):

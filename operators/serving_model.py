@@ -37,12 +37,13 @@ def smoke_test(runner: Runner, spec: ModelSpec) -> None:
         raise ArtifactError("smoke inference did not return finite probabilities")
 
 
-def build_serving_model(loaded: LoadedVersion, runtime: str = "onnx", device: str = "auto") -> ServingModel:
+def build_serving_model(loaded: LoadedVersion, runtime: str = "onnx", device: str = "auto",
+                        threads: int = 0) -> ServingModel:
     """Make a verified, smoke-tested serving model from a loaded registry version."""
     spec = ModelSpec.from_dict(loaded.metadata.spec)
     try:
         if runtime == "onnx":
-            runner: Runner = OnnxRunner(loaded.onnx_bytes, prefer=device)
+            runner: Runner = OnnxRunner(loaded.onnx_bytes, prefer=device, threads=threads, spin=threads == 0)
         else:
             from model.train import load_network
 
@@ -59,7 +60,9 @@ def build_serving_model(loaded: LoadedVersion, runtime: str = "onnx", device: st
 
 
 def load_from_registry(root: str, name: str, version: int | None = None, runtime: str = "onnx",
-                       device: str = "auto") -> ServingModel:
-    model = build_serving_model(ModelRegistry(root).load(name, version), runtime, device)
+                       device: str = "auto", threads: int = 0) -> ServingModel:
+    """Load, verify and smoke-test a registry version; ``threads`` > 0 pins ONNX Runtime's
+    intra-op threads (and turns spinning off), 0 keeps its defaults."""
+    model = build_serving_model(ModelRegistry(root).load(name, version), runtime, device, threads)
     log.info("serving %s v%d on %s", model.name, model.version, model.provider)
     return model

@@ -7,11 +7,13 @@ Run: ``python -m stream_jobs.serving_job --bootstrap HOST:PORT`` (the CLI wraps 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import time
 import zlib
 from dataclasses import fields
 
+import orjson
 from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
@@ -30,6 +32,7 @@ from stream_jobs.kafka_io import kafka_source, route, routed_sink, split_envelop
 log = logging.getLogger(__name__)
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 IDLE_FLUSH_MS = 2_000
+STATS_EVERY_S = 5.0
 
 
 def _now_ms() -> int:
@@ -116,9 +119,12 @@ class InferBatches(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         cfg = self.cfg
-        model = load_from_registry(cfg.registry, cfg.model_name, None, cfg.runtime, cfg.device)
+        model = load_from_registry(cfg.registry, cfg.model_name, None, cfg.runtime, cfg.device,
+                                   cfg.inference_threads)
         self.scorer = WindowScorer(model, ReviewRouter(cfg.confidence_threshold, cfg.audit_rate,
                                                        cfg.review_budget_per_minute))
+        gc.collect()
+        gc.freeze()  # the loaded libraries and model stay out of the collector's way on the hot path
         self.policy = BatchPolicy(cfg.max_batch, cfg.max_wait_ms)
         self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
         self.count = runtime_context.get_state(ValueStateDescriptor("count", Types.INT()))
@@ -128,6 +134,7 @@ class InferBatches(KeyedProcessFunction):
         self.reviews = group.counter("review_requests")
         self.batch_size = group.histogram("batch_size", 512) if hasattr(group, "histogram") else None
         group.gauge("model_version", lambda: int(self.scorer.model.version))
+        self.next_report = time.monotonic() + STATS_EVERY_S
 
     def process_element(self, window, ctx: KeyedProcessFunction.Context):
         now = ctx.timer_service().current_processing_time()
@@ -163,6 +170,21 @@ class InferBatches(KeyedProcessFunction):
             yield route(self.topics.predictions, p.device_id, p.encode())
         for r in reviews:
             yield route(self.topics.review_requests, r.review_id, r.encode())
+        if time.monotonic() >= self.next_report:
+            self.next_report = time.monotonic() + STATS_EVERY_S
+            self.report()
+
+    def report(self) -> None:
+        """Append the model's own throughput inside the job to ``stats_file`` (if set)."""
+        s = self.scorer.stats
+        if s.batches and self.cfg.stats_file:
+            with open(self.cfg.stats_file, "a") as fh:
+                fh.write(orjson.dumps({"windows": s.windows, "batches": s.batches, "model_seconds": s.inference_s,
+                                       "provider": self.scorer.model.provider}).decode() + "\n")
+
+    def close(self) -> None:
+        if hasattr(self, "scorer"):
+            self.report()
 
 
 def shard_of(device_id: str, shards: int) -> int:
