@@ -153,6 +153,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if final["predictions"] > 0 else 1
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    """Serve the labeling page."""
+    from labeling.server import LabelingServer, resolve_token
+
+    token = resolve_token(args.token)
+    if args.classes:
+        classes = args.classes.split(",")
+    else:
+        from model.registry import ModelRegistry
+
+        registry = ModelRegistry(args.registry)
+        version = registry.latest_version(args.model_name)
+        if version is None:
+            raise SystemExit(f"no model {args.model_name!r} in {args.registry}: run `sensorloop setup` or pass --classes")
+        classes = list(registry.metadata(args.model_name, version).spec["classes"])
+    server = LabelingServer(args.bootstrap, token, classes, args.host, args.port, args.lease_seconds,
+                            args.answers_needed)
+    print(f"labeling page on {server.url}/?token=<your token> (classes: {', '.join(classes)})", flush=True)
+    server.run()
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
     from stream_jobs import serving_job
 
@@ -202,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("--bootstrap", required=True)
     p.set_defaults(func=None, passthrough=cmd_serve)
+
+    p = sub.add_parser("label", help="serve the labeling web page (review-requests in, labels out)")
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--token", default=None, help="access token (default: $SENSORLOOP_LABEL_TOKEN)")
+    p.add_argument("--classes", default="", help="comma-separated classes (default: the model's)")
+    p.add_argument("--registry", default=DEFAULT_REGISTRY)
+    p.add_argument("--model-name", default=DEFAULT_MODEL)
+    p.add_argument("--lease-seconds", type=float, default=120.0, help="how long a request stays with one labeler")
+    p.add_argument("--answers-needed", type=int, default=1, help="2 or more asks for double labeling")
+    p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("demo", help="broker + serving job + replayed data, with a live status line")
     model_args(p)

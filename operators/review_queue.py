@@ -1,0 +1,159 @@
+"""The labelers' queue: review requests handed out one at a time under expiring leases.
+
+A request is given to one labeler at a time (``answers_needed`` > 1 asks for double
+labeling: that many distinct labelers answer it). A lease that is not answered within
+``lease_s`` seconds expires and the request goes back to the queue. "Skip" and "not sure"
+are recorded answers too, but the request then goes to someone else.
+
+>>> from schemas import ReviewRequest
+>>> q = ReviewQueue(classes=["run", "walk"], lease_s=30)
+>>> req = ReviewRequest("d:1", "d", 0, 1, ["x"], [[0.0]], "run", 0.4, {"run": 0.4, "walk": 0.6}, 1,
+...                     "low_confidence", 0)
+>>> q.add(req, partition=0, offset=0)
+True
+>>> q.lease("alice", now=0).review_id, q.lease("bob", now=0)
+('d:1', None)
+>>> answer = q.answer("d:1", "alice", "walk", now=5)  # validated, not yet recorded
+>>> q.record(answer)  # once it is safely on the labels topic
+>>> answer.label, q.waiting()
+('walk', 0)
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from schemas import Label, ReviewRequest
+
+
+class ReviewError(ValueError):
+    """An answer that cannot be accepted; ``status`` is the HTTP status that fits."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _Entry:
+    request: ReviewRequest
+    partition: int
+    offset: int
+    answered_by: set = field(default_factory=set)
+    passed_by: set = field(default_factory=set)
+    leases: dict = field(default_factory=dict)  # labeler -> expiry (seconds)
+    done: bool = False
+
+
+class ReviewQueue:
+    """In-memory queue over the ``review-requests`` topic; the topic stays the source of truth."""
+
+    def __init__(self, classes: list[str], lease_s: float = 120.0, answers_needed: int = 1,
+                 recent: int = 200) -> None:
+        self.classes = list(classes)
+        self.lease_s = lease_s
+        self.answers_needed = answers_needed
+        self.entries: dict[str, _Entry] = {}
+        self.order: list[str] = []
+        self.per_labeler: Counter = Counter()
+        self.recent: deque = deque(maxlen=recent)  # (predicted, answered label)
+        self.model_version: int | None = None
+        self._early: dict[str, list[Label]] = {}
+
+    def add(self, request: ReviewRequest, partition: int, offset: int) -> bool:
+        """Queue a request (False when it is already known)."""
+        if request.review_id in self.entries:
+            return False
+        entry = _Entry(request, partition, offset)
+        self.entries[request.review_id] = entry
+        self.order.append(request.review_id)
+        self.model_version = max(self.model_version or 0, request.model_version)
+        for label in self._early.pop(request.review_id, []):
+            self.record(label)
+        return True
+
+    def _leasable(self, entry: _Entry, labeler: str, now: float) -> bool:
+        if entry.done or labeler in entry.answered_by or labeler in entry.passed_by:
+            return False
+        live = {who for who, until in entry.leases.items() if until > now}
+        return labeler not in live and len(live) + len(entry.answered_by) < self.answers_needed
+
+    def lease(self, labeler: str, now: float) -> ReviewRequest | None:
+        """The oldest request this labeler may answer now, or ``None``; re-asking renews a live lease."""
+        for review_id in self.order:
+            entry = self.entries[review_id]
+            if not entry.done and entry.leases.get(labeler, -1) > now:
+                entry.leases[labeler] = now + self.lease_s
+                return entry.request
+        for review_id in self.order:
+            entry = self.entries[review_id]
+            if self._leasable(entry, labeler, now):
+                entry.leases[labeler] = now + self.lease_s
+                return entry.request
+        return None
+
+    def lease_expiry(self, review_id: str, labeler: str) -> float | None:
+        entry = self.entries.get(review_id)
+        return entry.leases.get(labeler) if entry else None
+
+    def answer(self, review_id: str, labeler: str, label: str, now: float, status: str = "answered") -> Label:
+        """Validate an answer against the lease and the classes; returns the record to publish.
+
+        The queue changes only when that record is passed to :meth:`record` (after publishing)."""
+        entry = self.entries.get(review_id)
+        if entry is None:
+            raise ReviewError(f"unknown review id {review_id!r}", 404)
+        if status not in Label.STATUSES:
+            raise ReviewError(f"unknown status {status!r}; use one of {list(Label.STATUSES)}")
+        if status == "answered" and label not in self.classes:
+            raise ReviewError(f"unknown class {label!r}; known classes: {self.classes}")
+        if entry.done or labeler in entry.answered_by:
+            raise ReviewError(f"review {review_id!r} is already answered", 409)
+        if entry.leases.get(labeler, -1) <= now:
+            raise ReviewError(f"review {review_id!r} is not leased to {labeler!r} (the lease may have expired)", 409)
+        return Label(review_id, label if status == "answered" else status, labeler, int(now * 1000), status)
+
+    def record(self, label: Label) -> None:
+        """Apply an answer seen on the ``labels`` topic (ours or anyone's)."""
+        entry = self.entries.get(label.review_id)
+        if entry is None:  # the answer arrived before its request
+            self._early.setdefault(label.review_id, []).append(label)
+            return
+        entry.leases.pop(label.labeler, None)
+        if label.status != "answered":
+            entry.passed_by.add(label.labeler)
+            return
+        if label.labeler in entry.answered_by:
+            return
+        entry.answered_by.add(label.labeler)
+        self.per_labeler[label.labeler] += 1
+        self.recent.append((entry.request.predicted, label.label))
+        if len(entry.answered_by) >= self.answers_needed:
+            entry.done = True
+
+    def waiting(self) -> int:
+        return sum(1 for e in self.entries.values() if not e.done)
+
+    def recent_accuracy(self) -> float | None:
+        """How often the model's prediction matched the labelers' answer, over recent answers."""
+        if not self.recent:
+            return None
+        return sum(p == a for p, a in self.recent) / len(self.recent)
+
+    def resume_offsets(self) -> dict[int, int]:
+        """Per partition, the first offset still needed (everything before it is answered)."""
+        by_partition: dict[int, list[_Entry]] = {}
+        for entry in self.entries.values():
+            by_partition.setdefault(entry.partition, []).append(entry)
+        out = {}
+        for partition, entries in by_partition.items():
+            entries.sort(key=lambda e: e.offset)
+            pending = [e.offset for e in entries if not e.done]
+            out[partition] = pending[0] if pending else entries[-1].offset + 1
+        return out
+
+    def status(self) -> dict:
+        return {"waiting": self.waiting(), "total": len(self.entries), "answers_per_labeler": dict(self.per_labeler),
+                "model_version": self.model_version, "recent_accuracy": self.recent_accuracy(),
+                "recent_answers": len(self.recent)}
