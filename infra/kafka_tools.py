@@ -7,7 +7,7 @@ consuming is reliable against any broker (Tansu's reported end offsets are not).
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -91,10 +91,3 @@ def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, byte
     finally:
         producer.close()
     return n
-
-
-def by_topic(records: list) -> Iterator[tuple[str, list]]:
-    topics: dict[str, list] = {}
-    for r in records:
-        topics.setdefault(r.topic, []).append(r)
-    yield from topics.items()

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from infra.kafka_tools import partitions_of
@@ -90,8 +90,6 @@ class LabelingBridge:
     def _commit(self, consumer: KafkaConsumer) -> None:
         with self.lock:
             offsets = self.queue.resume_offsets()
-        from kafka import TopicPartition
-
         if offsets:
             try:
                 consumer.commit({TopicPartition(self.topics.review_requests, p): OffsetAndMetadata(o, "", -1)

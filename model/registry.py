@@ -112,6 +112,13 @@ class ModelRegistry:
         except (OSError, ValueError, TypeError) as exc:
             raise ArtifactError(f"metadata of {name} v{version} unreadable: {exc}") from None
 
+    def latest_metadata(self, name: str) -> VersionMetadata:
+        """Metadata of the newest version; a clear error when the model has none."""
+        version = self.latest_version(name)
+        if version is None:
+            raise ArtifactError(f"no version of model {name!r} in {self.root} (run `sensorloop setup`)")
+        return self.metadata(name, version)
+
     def publish(self, name: str, onnx_bytes: bytes, weights_bytes: bytes, spec: dict[str, Any],
                 metrics: dict[str, float] | None = None, parent_version: int | None = None,
                 data_seen: int = 0, note: str = "") -> VersionMetadata:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -24,7 +24,6 @@ class ScoreStats:
     batches: int = 0
     windows: int = 0
     inference_s: float = 0.0
-    batch_sizes: list = field(default_factory=list)
 
 
 class WindowScorer:

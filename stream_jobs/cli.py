@@ -163,11 +163,12 @@ def cmd_label(args: argparse.Namespace) -> int:
     else:
         from model.registry import ModelRegistry
 
-        registry = ModelRegistry(args.registry)
-        version = registry.latest_version(args.model_name)
-        if version is None:
-            raise SystemExit(f"no model {args.model_name!r} in {args.registry}: run `sensorloop setup` or pass --classes")
-        classes = list(registry.metadata(args.model_name, version).spec["classes"])
+        from model.registry import ArtifactError
+
+        try:
+            classes = list(ModelRegistry(args.registry).latest_metadata(args.model_name).spec["classes"])
+        except ArtifactError as exc:
+            raise SystemExit(f"{exc}; or pass --classes") from None
     server = LabelingServer(args.bootstrap, token, classes, args.host, args.port, args.lease_seconds,
                             args.answers_needed)
     print(f"labeling page on {server.url}/?token=<your token> (classes: {', '.join(classes)})", flush=True)

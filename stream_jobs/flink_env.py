@@ -20,7 +20,7 @@ class FlinkSettings:
     parallelism: int = 1
     checkpoint_interval_ms: int = 5_000
     checkpoint_dir: str = "var/checkpoints"
-    bundle_time_ms: int = 2
+    bundle_time_ms: int = 5
     bundle_size: int = 500
     buffer_timeout_ms: int = 5
     restart_attempts: int = 3

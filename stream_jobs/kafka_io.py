@@ -1,14 +1,14 @@
 """Kafka I/O for the Flink jobs: the official KafkaSource/KafkaSink with sensorloop's helpers.
 
-Sources hand Python ``b"partition offset timestamp\\n" + payload`` (see
-``EnvelopeDeserializer``); every Python operator emits routed strings
+Sources hand Python ``b"partition offset timestamp\\n" + payload``, keyed by device id
+(see ``DeviceKeyedDeserializer``); every Python operator emits routed strings
 ``topic \\x1f key \\x1f json`` that one KafkaSink writes with the right topic and key.
 """
 
 from __future__ import annotations
 
 from pyflink.common import Types, WatermarkStrategy
-from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream import KeyedStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetsInitializer,
@@ -40,9 +40,12 @@ def split_envelope(data: bytes) -> tuple[int, int, int, bytes]:
     return int(partition), int(offset), int(timestamp), payload
 
 
-def kafka_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[str], group_id: str,
-                 name: str, from_committed: bool = True) -> DataStream:
-    """KafkaSource over ``topics`` yielding enveloped bytes; resumes from committed offsets."""
+def keyed_by_device(env: StreamExecutionEnvironment, bootstrap: str, topics: list[str], group_id: str,
+                    name: str, from_committed: bool = True) -> KeyedStream:
+    """KafkaSource over ``topics`` keyed by device id, the key taken in Java from the payload.
+
+    Elements are the enveloped bytes; the source resumes from committed offsets (and from
+    checkpointed ones when restored)."""
     jvm = get_gateway().jvm
     if from_committed:  # PyFlink's own helper points at the shaded SQL-connector class
         offsets = KafkaOffsetsInitializer(
@@ -58,9 +61,14 @@ def kafka_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[s
                .set_property("partition.discovery.interval.ms", "10000")
                .set_property("fetch.max.wait.ms", "10")
                .set_property("commit.offsets.on.checkpoint", "true"))
-    builder._j_builder.setDeserializer(jvm.io.sensorloop.flink.EnvelopeDeserializer())
-    return env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), name,
-                           type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    builder._j_builder.setDeserializer(jvm.io.sensorloop.flink.DeviceKeyedDeserializer())
+    payload_type = Types.PRIMITIVE_ARRAY(Types.BYTE())
+    rows = env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), name,
+                           type_info=Types.ROW([Types.STRING(), payload_type]))
+    # the same Row(key, value) + KeyByKeySelector shape PyFlink's own key_by builds, minus its Python map
+    j_keyed = rows._j_data_stream.keyBy(jvm.org.apache.flink.streaming.api.functions.python.KeyByKeySelector(),
+                                        Types.ROW([Types.STRING()]).get_java_type_info())
+    return KeyedStream(j_keyed, payload_type, rows)
 
 
 def routed_sink(bootstrap: str, exactly_once: bool = False, transactional_prefix: str = "sensorloop") -> KafkaSink:

@@ -14,20 +14,20 @@ import zlib
 from dataclasses import fields
 
 import orjson
-from pyflink.common import Types
-from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.common import Row, Types
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from operators.batching import BatchPolicy
 from operators.config import ServingConfig
 from operators.inference import WindowScorer
-from operators.parse import ReadingParser, raw_text
+from operators.parse import ReadingParser
 from operators.routing import ReviewRouter
 from operators.serving_model import load_from_registry
 from operators.windowing import SlidingWindower
 from schemas import DeadLetter, Topics
 from stream_jobs.flink_env import FlinkSettings, make_env
-from stream_jobs.kafka_io import kafka_source, route, routed_sink, split_envelope
+from stream_jobs.kafka_io import keyed_by_device, route, routed_sink, split_envelope
 
 log = logging.getLogger(__name__)
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
@@ -39,46 +39,45 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class ParseReadings(ProcessFunction):
-    """Validate each raw record; bad ones become dead letters with partition and offset."""
+class ReadingsToWindows(KeyedProcessFunction):
+    """Validate each record and cut per-device sliding windows, in one keyed operator.
+
+    The stream is keyed in Java by the payload's ``device_id`` (``DeviceKeyedDeserializer``),
+    so each reading crosses into Python once. Bad records become dead letters with their
+    partition and offset; window state lives in Flink keyed state (checkpointed).
+    """
 
     def __init__(self, cfg: ServingConfig, topics: Topics, channels: list[str]) -> None:
         self.cfg, self.topics, self.channels = cfg, topics, channels
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.parser = ReadingParser(self.channels, self.topics.readings, self.cfg.max_message_bytes)
-        group = runtime_context.get_metrics_group()
-        self.readings_in = group.counter("readings_in")
-        self.dead = group.counter("dead_letters")
-
-    def process_element(self, value: bytes, ctx: ProcessFunction.Context):
-        partition, offset, kafka_ts, payload = split_envelope(value)
-        self.readings_in.inc()
-        result = self.parser.parse(payload, partition, offset)
-        if isinstance(result, DeadLetter):
-            self.dead.inc()
-            yield DEAD_LETTERS, route(self.topics.dead_letters, self.topics.readings, result.encode())
-        else:
-            yield result.device_id, result, kafka_ts, partition, offset
-
-
-class WindowReadings(KeyedProcessFunction):
-    """Per-device sliding windows kept in keyed state (checkpointed)."""
-
-    def __init__(self, cfg: ServingConfig, topics: Topics, n_channels: int) -> None:
-        self.cfg, self.topics, self.n_channels = cfg, topics, n_channels
-
-    def open(self, runtime_context: RuntimeContext) -> None:
         cfg = self.cfg
-        self.windower = SlidingWindower(cfg.window, cfg.stride, self.n_channels, cfg.max_out_of_order_ms,
+        self.parser = ReadingParser(self.channels, self.topics.readings, cfg.max_message_bytes)
+        self.windower = SlidingWindower(cfg.window, cfg.stride, len(self.channels), cfg.max_out_of_order_ms,
                                         cfg.max_seq_gap_buffer, cfg.reset_gap_ms, cfg.seq_gap_timeout_ms)
         self.state = runtime_context.get_state(ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY()))
         group = runtime_context.get_metrics_group()
+        self.readings_in = group.counter("readings_in")
+        self.dead = group.counter("dead_letters")
         self.windows_out = group.counter("windows")
         self.late = group.counter("late_readings")
 
+    def _dead_letter(self, letter: DeadLetter):
+        self.dead.inc()
+        return DEAD_LETTERS, route(self.topics.dead_letters, self.topics.readings, letter.encode())
+
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
-        device_id, reading, ingest_ms, partition, offset = value
+        partition, offset, ingest_ms, payload = split_envelope(value[1] if isinstance(value, Row) else value)
+        self.readings_in.inc()
+        reading = self.parser.parse(payload, partition, offset)
+        if isinstance(reading, DeadLetter):
+            yield self._dead_letter(reading)
+            return
+        if reading.device_id != ctx.get_current_key():  # e.g. a duplicated "device_id" field
+            yield self._dead_letter(self.parser.dead_letter(payload, partition, offset,
+                                                            "device_id: ambiguous (appears more than once)",
+                                                            "device_id"))
+            return
         state = self.state.value() or self.windower.new_state()
         windows, rejections = self.windower.add(state, reading, ingest_ms)
         self.state.update(state)
@@ -87,10 +86,8 @@ class WindowReadings(KeyedProcessFunction):
             yield window
         for rejection in rejections:
             self.late.inc()
-            letter = DeadLetter(self.topics.readings, partition, offset, rejection.reason,
-                                raw_text(rejection.reading.encode()), "seq" if reading.seq is not None else "ts",
-                                "window", _now_ms())
-            yield DEAD_LETTERS, route(self.topics.dead_letters, self.topics.readings, letter.encode())
+            yield self._dead_letter(self.parser.dead_letter(payload, partition, offset, rejection.reason,
+                                                            "seq" if reading.seq is not None else "ts", "window"))
         if state.pending:
             ctx.timer_service().register_processing_time_timer(
                 ctx.timer_service().current_processing_time() + IDLE_FLUSH_MS)
@@ -197,18 +194,14 @@ def build_serving_job(env, bootstrap: str, cfg: ServingConfig, topics: Topics, s
     """Add the serving pipeline to ``env``."""
     from model.registry import ModelRegistry
 
-    meta = ModelRegistry(cfg.registry).metadata(cfg.model_name,
-                                                ModelRegistry(cfg.registry).latest_version(cfg.model_name) or 1)
-    channels = list(meta.spec["channels"])
+    channels = list(ModelRegistry(cfg.registry).latest_metadata(cfg.model_name).spec["channels"])
     shards = max(1, settings.parallelism)
-    raw = kafka_source(env, bootstrap, [topics.readings], group_id, "sensor-readings")
-    parsed = raw.process(ParseReadings(cfg, topics, channels), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse")
-    windows = (parsed.key_by(lambda r: r[0], key_type=Types.STRING())
-               .process(WindowReadings(cfg, topics, len(channels)), output_type=Types.PICKLED_BYTE_ARRAY())
-               .name("windows"))
+    readings = keyed_by_device(env, bootstrap, [topics.readings], group_id, "sensor-readings")
+    windows = (readings.process(ReadingsToWindows(cfg, topics, channels), output_type=Types.PICKLED_BYTE_ARRAY())
+               .name("parse-and-window"))
     scored = (windows.key_by(lambda w: shard_of(w.device_id, shards), key_type=Types.INT())
               .process(InferBatches(cfg, topics), output_type=Types.STRING()).name("inference"))
-    out = scored.union(parsed.get_side_output(DEAD_LETTERS), windows.get_side_output(DEAD_LETTERS))
+    out = scored.union(windows.get_side_output(DEAD_LETTERS))
     out.sink_to(routed_sink(bootstrap, settings.exactly_once, f"{group_id}-tx")).name("kafka-out")
 
 

@@ -20,6 +20,7 @@ BAD = [  # (payload, field the dead letter must name)
     (b'{"device_id": "device-x", "ts": 5, "values": "1;2;3;4;5;6"}', "values"),
     (b'{"device_id": "device-x", "ts": 5, "values": [1, 2, 3, 4, 5, 6], "firmware": "2.1"}', "firmware"),
     (b'{"device_id": "device-x", "ts": 5, "values": [1, 2, 3, 4, 5, 6], "pad": "' + b"x" * 70_000 + b'"}', "$"),
+    (b'{"device_id": "device-x", "device_id": "device-y", "ts": 5, "values": [1, 2, 3, 4, 5, 6]}', "device_id"),
 ]
 
 
@@ -79,4 +80,5 @@ def test_readings_to_predictions_reviews_and_dead_letters(broker, trained_regist
         assert d.source_topic == TOPICS.readings and d.partition >= 0 and d.offset >= 0 and d.reason and d.raw
     assert any(d.stage == "window" and "already used" in d.reason for d in letters)
     assert any("exceeds the limit" in d.reason for d in letters)
+    assert any("ambiguous" in d.reason for d in letters)
     assert all(orjson.loads(r.value)["schema_version"] == 1 for r in out[TOPICS.dead_letters])
