@@ -27,3 +27,26 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def line_plot(path: Path, series: list[tuple[str, list, list, dict]], xlabel: str, ylabel: str, title: str,
+              log2_x: bool = False) -> None:
+    """Write a small line chart: ``series`` holds (label, xs, ys, matplotlib style) tuples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, xs, ys, style in series:
+        ax.plot(xs, ys, label=label, **style)
+    if log2_x:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

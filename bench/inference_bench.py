@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, print_table, save  # noqa: E402
+from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
 from model.export import export_onnx  # noqa: E402
 from model.network import WindowTransformer  # noqa: E402
 from model.runtime import OnnxRunner, TorchRunner  # noqa: E402
@@ -47,22 +47,10 @@ def measure(seconds: float, batches: list[int]) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key, label in (("onnx", f"ONNX Runtime ({rows[0]['provider']})"), ("torch", "torch eager")):
-        ax.plot([r["batch"] for r in rows], [r[key] for r in rows], marker="o", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size (windows)")
-    ax.set_ylabel("windows / s")
-    ax.set_title("Window classifier inference throughput")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    batches = [r["batch"] for r in rows]
+    line_plot(path, [(f"ONNX Runtime ({rows[0]['provider']})", batches, [r["onnx"] for r in rows], {"marker": "o"}),
+                     ("torch eager", batches, [r["torch"] for r in rows], {"marker": "o"})],
+              "batch size (windows)", "windows / s", "Window classifier inference throughput", log2_x=True)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, print_table, save  # noqa: E402
+from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
 from infra.broker import EmbeddedBroker, create_topics, ensure_topics  # noqa: E402
 from infra.kafka_tools import TopicTail  # noqa: E402
 from schemas import Topics  # noqa: E402
@@ -199,23 +199,13 @@ def standalone_onnx(registry: str, batch: int, seconds: float = 2.0, threads: in
 
 
 def plot(latency_rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    series = []
     for kind in ("serving", "passthrough"):
         rows = [r for r in latency_rows if r["kind"] == kind]
-        ax.plot([r["rate"] for r in rows], [r["p99_ms"] for r in rows], marker="o", label=f"{kind} p99")
-        ax.plot([r["rate"] for r in rows], [r["p50_ms"] for r in rows], marker="x", ls="--", label=f"{kind} p50")
-    ax.set_xlabel("input rate (readings/s)")
-    ax.set_ylabel("latency (ms)")
-    ax.set_title("Reading → output latency")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        rates = [r["rate"] for r in rows]
+        series += [(f"{kind} p99", rates, [r["p99_ms"] for r in rows], {"marker": "o"}),
+                   (f"{kind} p50", rates, [r["p50_ms"] for r in rows], {"marker": "x", "ls": "--"})]
+    line_plot(path, series, "input rate (readings/s)", "latency (ms)", "Reading → output latency")
 
 
 def main() -> None:

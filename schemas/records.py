@@ -31,7 +31,9 @@ from schemas.base import (
 
 
 class _Record:
-    """Encode helpers shared by every contract."""
+    """Encode/decode helpers shared by every contract."""
+
+    MAX_BYTES = DEFAULT_MAX_BYTES
 
     def to_dict(self) -> dict[str, Any]:
         out = {"schema_version": SCHEMA_VERSION}
@@ -40,6 +42,11 @@ class _Record:
 
     def encode(self) -> bytes:
         return encode_json(self.to_dict())
+
+    @classmethod
+    def decode(cls, raw: bytes | str, **options):
+        """Parse and validate one record (``options`` go to ``from_dict``)."""
+        return cls.from_dict(decode_json(raw, cls.MAX_BYTES), **options)
 
 
 @dataclass(slots=True)
@@ -138,10 +145,6 @@ class Prediction(_Record):
             truth=require_str(obj, "truth") if obj.get("truth") is not None else None,
         )
 
-    @classmethod
-    def decode(cls, raw: bytes | str) -> "Prediction":
-        return cls.from_dict(decode_json(raw))
-
 
 @dataclass(slots=True)
 class ReviewRequest(_Record):
@@ -160,6 +163,7 @@ class ReviewRequest(_Record):
     reason: str
     created_at: int
 
+    MAX_BYTES = 1024 * 1024
     REASONS = ("low_confidence", "audit", "drift")
     REQUIRED = ("review_id", "device_id", "window_start", "window_end", "channels", "values",
                 "predicted", "confidence", "probabilities", "model_version", "reason", "created_at")
@@ -201,10 +205,6 @@ class ReviewRequest(_Record):
             created_at=require_int(obj, "created_at", 0),
         )
 
-    @classmethod
-    def decode(cls, raw: bytes | str) -> "ReviewRequest":
-        return cls.from_dict(decode_json(raw, max_bytes=1024 * 1024))
-
 
 @dataclass(slots=True)
 class Label(_Record):
@@ -232,10 +232,6 @@ class Label(_Record):
             raise SchemaError("label", f"unknown class {label!r}; known: {list(classes)}")
         return cls(require_id(obj, "review_id"), label, require_id(obj, "labeler"),
                    require_int(obj, "answered_at", 0), status)
-
-    @classmethod
-    def decode(cls, raw: bytes | str, classes: Sequence[str] | None = None) -> "Label":
-        return cls.from_dict(decode_json(raw), classes)
 
 
 @dataclass(slots=True)
@@ -273,10 +269,6 @@ class ModelSnapshot(_Record):
             created_at=require_int(obj, "created_at", 0) if "created_at" in obj else 0,
         )
 
-    @classmethod
-    def decode(cls, raw: bytes | str) -> "ModelSnapshot":
-        return cls.from_dict(decode_json(raw))
-
 
 @dataclass(slots=True)
 class DeadLetter(_Record):
@@ -291,6 +283,8 @@ class DeadLetter(_Record):
     stage: str = "parse"
     failed_at: int = 0
 
+    MAX_BYTES = 4 * 1024 * 1024
+
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "DeadLetter":
         check_fields(obj, ("source_topic", "partition", "offset", "reason", "raw"),
@@ -298,7 +292,3 @@ class DeadLetter(_Record):
         return cls(require_str(obj, "source_topic"), require_int(obj, "partition"),
                    require_int(obj, "offset"), require_str(obj, "reason", 4096), str(obj["raw"]),
                    obj.get("field"), obj.get("stage", "parse"), int(obj.get("failed_at", 0)))
-
-    @classmethod
-    def decode(cls, raw: bytes | str) -> "DeadLetter":
-        return cls.from_dict(decode_json(raw, max_bytes=4 * 1024 * 1024))
