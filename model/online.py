@@ -1,0 +1,179 @@
+"""Online learning from labeled windows: replay reservoir, EWC penalty, mini-batch updates.
+
+>>> import numpy as np
+>>> r = ReplayReservoir(capacity=4, seed=0)
+>>> for i in range(100):
+...     r.add(np.full((2, 1), i, np.float32), i % 2)
+>>> len(r), r.seen
+(4, 100)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class ReplayReservoir:
+    """Bounded memory of labeled windows by reservoir sampling (every window seen has the same
+    chance to be kept). ``per_class`` keeps a separate reservoir of ``capacity / n_classes``
+    per class, so rare classes are not crowded out. Plain numpy, so it pickles into Flink state.
+    """
+
+    def __init__(self, capacity: int, per_class: bool = False, n_classes: int = 0, seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        if per_class and n_classes < 1:
+            raise ValueError("a class-balanced reservoir needs n_classes")
+        self.capacity = capacity
+        self.per_class = per_class
+        self.n_classes = n_classes
+        self.rng = np.random.default_rng(seed)
+        self.items: dict[int, list] = {}  # bucket -> [(window, label)]
+        self.bucket_seen: dict[int, int] = {}
+        self.seen = 0
+
+    def _bucket_capacity(self) -> int:
+        return max(1, self.capacity // self.n_classes) if self.per_class else self.capacity
+
+    def add(self, window: np.ndarray, label: int) -> None:
+        bucket = int(label) if self.per_class else 0
+        items = self.items.setdefault(bucket, [])
+        seen = self.bucket_seen.get(bucket, 0) + 1
+        self.bucket_seen[bucket] = seen
+        self.seen += 1
+        if len(items) < self._bucket_capacity():
+            items.append((window, int(label)))
+        else:
+            slot = int(self.rng.integers(0, seen))
+            if slot < len(items):
+                items[slot] = (window, int(label))
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.items.values())
+
+    def all(self) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [p for v in self.items.values() for p in v]
+        if not pairs:
+            return np.empty((0,)), np.empty((0,), np.int64)
+        return np.stack([w for w, _ in pairs]), np.asarray([y for _, y in pairs], np.int64)
+
+    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``n`` stored windows drawn uniformly (balanced over classes when per_class)."""
+        X, y = self.all()
+        if len(y) == 0 or n <= 0:
+            return X[:0], y[:0]
+        idx = self.rng.choice(len(y), size=min(n, len(y)), replace=False)
+        return X[idx], y[idx]
+
+
+class EWC:
+    """Elastic weight consolidation: a quadratic pull towards consolidated weights, weighted by
+    the diagonal Fisher information estimated on (replayed) data."""
+
+    def __init__(self, net: nn.Module, X: np.ndarray, y: np.ndarray, batch_size: int = 64) -> None:
+        self.anchor = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+        self.fisher = {n: torch.zeros_like(p) for n, p in self.anchor.items()}
+        was_training = net.training
+        net.eval()
+        Xt, yt = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+        for start in range(0, len(Xt), batch_size):
+            net.zero_grad()
+            loss = nn.functional.cross_entropy(net(Xt[start:start + batch_size]), yt[start:start + batch_size],
+                                               reduction="sum")
+            loss.backward()
+            for n, p in net.named_parameters():
+                if p.grad is not None and n in self.fisher:
+                    self.fisher[n] += p.grad.detach() ** 2
+        for n in self.fisher:
+            self.fisher[n] /= max(1, len(Xt))
+        net.zero_grad()
+        net.train(was_training)
+
+    def penalty(self, net: nn.Module) -> torch.Tensor:
+        total = torch.zeros(())
+        for n, p in net.named_parameters():
+            if n in self.fisher:
+                total = total + (self.fisher[n] * (p - self.anchor[n]) ** 2).sum()
+        return total
+
+
+@dataclass
+class OnlineConfig:
+    """Settings of online learning."""
+
+    lr: float = 5e-4
+    batch_size: int = 16
+    replay_ratio: float = 1.0  # replayed windows per new window in each update
+    ewc_strength: float = 0.0  # 0 turns EWC off
+    reservoir_capacity: int = 2000
+    class_balanced: bool = True
+    seed: int = 0
+
+
+class OnlineTrainer:
+    """Learns from labeled windows as they arrive: each update mixes the new mini-batch with
+    replayed windows and adds the EWC penalty against the last consolidated weights.
+
+    ``learn_one`` buffers a window and runs an update when ``batch_size`` are waiting.
+    """
+
+    def __init__(self, net: nn.Module, n_classes: int, config: OnlineConfig | None = None) -> None:
+        self.config = config or OnlineConfig()
+        self.net = net
+        self.n_classes = n_classes
+        self.reservoir = ReplayReservoir(self.config.reservoir_capacity, self.config.class_balanced, n_classes,
+                                         self.config.seed)
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=self.config.lr)
+        self.ewc: EWC | None = None
+        self.pending: list[tuple[np.ndarray, int]] = []
+        self.updates = 0
+        self.learned = 0
+
+    def learn_one(self, window: np.ndarray, label: int) -> bool:
+        """Take one labeled window; returns True when it triggered an update."""
+        if not 0 <= label < self.n_classes:
+            raise ValueError(f"label index {label} outside 0..{self.n_classes - 1}")
+        self.pending.append((np.asarray(window, np.float32), int(label)))
+        if len(self.pending) >= self.config.batch_size:
+            self.update()
+            return True
+        return False
+
+    def update(self) -> float:
+        """One gradient step on the pending windows plus replay; returns the loss."""
+        if not self.pending:
+            return 0.0
+        X_new = np.stack([w for w, _ in self.pending])
+        y_new = np.asarray([y for _, y in self.pending], np.int64)
+        X_old, y_old = self.reservoir.sample(int(round(len(y_new) * self.config.replay_ratio)))
+        X = np.concatenate([X_new, X_old]) if len(y_old) else X_new
+        y = np.concatenate([y_new, y_old]) if len(y_old) else y_new
+        self.net.train()
+        loss = nn.functional.cross_entropy(self.net(torch.as_tensor(X)), torch.as_tensor(y))
+        if self.ewc is not None and self.config.ewc_strength > 0:
+            loss = loss + self.config.ewc_strength * self.ewc.penalty(self.net)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.net.eval()
+        for w, label in self.pending:
+            self.reservoir.add(w, label)
+        self.learned += len(self.pending)
+        self.pending = []
+        self.updates += 1
+        return float(loss.item())
+
+    def consolidate(self) -> None:
+        """Make the current weights the EWC anchor, with Fisher information from the reservoir."""
+        X, y = self.reservoir.all()
+        if len(y):
+            self.ewc = EWC(self.net, X, y)
+
+    def snapshot(self) -> nn.Module:
+        """A frozen copy of the current network (what a candidate version is built from)."""
+        return copy.deepcopy(self.net).eval()

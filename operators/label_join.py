@@ -1,0 +1,108 @@
+"""Join labelers' answers to review requests by review id, with a TTL and a stated conflict rule.
+
+State is per review id (Flink keyed state in the learning job). An answer may arrive before
+its request and waits for it. Rule: a request is resolved once ``answers_needed`` distinct
+labelers answered; the label is their majority, ties going to the latest answer. Every answer
+that cannot be used is returned as a rejection with the reason (for ``dead-letters``), never
+dropped silently: unknown class, repeated answer, an answer after resolution, and answers whose
+request did not arrive within the TTL.
+
+>>> from schemas import Label, ReviewRequest
+>>> j = LabelJoiner(classes=["run", "walk"], ttl_ms=60_000)
+>>> state = j.new_state()
+>>> j.on_label(state, Label("d:1", "walk", "ann", 5), now_ms=5)
+([], [])
+>>> req = ReviewRequest("d:1", "d", 0, 1, ["x"], [[0.5]], "run", 0.4, {}, 1, "low_confidence", 0)
+>>> done, rejected = j.on_request(state, req, now_ms=9)
+>>> done[0].label, done[0].labelers, rejected
+('walk', ['ann'], [])
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas import Label, ReviewRequest
+
+
+@dataclass
+class LabeledWindow:
+    """A window with the label people gave it: what the online trainer learns from."""
+
+    review_id: str
+    device_id: str
+    values: np.ndarray
+    label: str
+    predicted: str
+    model_version: int
+    labelers: list[str]
+
+
+@dataclass
+class JoinState:
+    request: ReviewRequest | None = None
+    answers: list = field(default_factory=list)  # [(labeler, label, answered_at)], arrival order
+    first_seen_ms: int | None = None
+    resolved: bool = False
+
+
+@dataclass
+class Rejection:
+    label: Label
+    reason: str
+
+
+class LabelJoiner:
+    def __init__(self, classes: list[str], ttl_ms: int = 3_600_000, answers_needed: int = 1) -> None:
+        self.classes = list(classes)
+        self.ttl_ms = ttl_ms
+        self.answers_needed = answers_needed
+
+    def new_state(self) -> JoinState:
+        return JoinState()
+
+    def on_request(self, state: JoinState, request: ReviewRequest, now_ms: int):
+        if state.first_seen_ms is None:
+            state.first_seen_ms = now_ms
+        if state.request is None:
+            state.request = request
+        return self._resolve(state), []
+
+    def on_label(self, state: JoinState, label: Label, now_ms: int):
+        if state.first_seen_ms is None:
+            state.first_seen_ms = now_ms
+        if label.status != "answered":
+            return [], []  # skip / not sure: recorded on the topic, nothing to learn
+        if label.label not in self.classes:
+            return [], [Rejection(label, f"label: unknown class {label.label!r}; known: {self.classes}")]
+        if state.resolved:
+            return [], [Rejection(label, f"review {label.review_id!r} was already resolved")]
+        if any(who == label.labeler for who, _, _ in state.answers):
+            return [], [Rejection(label, f"repeated answer by {label.labeler!r} (the first one counts)")]
+        state.answers.append((label.labeler, label.label, label.answered_at))
+        return self._resolve(state), []
+
+    def _resolve(self, state: JoinState) -> list[LabeledWindow]:
+        if state.resolved or state.request is None or len(state.answers) < self.answers_needed:
+            return []
+        votes = Counter(lab for _, lab, _ in state.answers)
+        best = max(votes.values())
+        label = next(lab for _, lab, _ in reversed(state.answers) if votes[lab] == best)  # ties: latest wins
+        state.resolved = True
+        r = state.request
+        return [LabeledWindow(r.review_id, r.device_id, np.asarray(r.values, np.float32), label, r.predicted,
+                              r.model_version, [who for who, _, _ in state.answers])]
+
+    def expired(self, state: JoinState, now_ms: int) -> bool:
+        return state.first_seen_ms is not None and now_ms - state.first_seen_ms >= self.ttl_ms
+
+    def expire(self, state: JoinState, review_id: str) -> list[Rejection]:
+        """At TTL: answers whose request never came are rejected (the caller then clears the state)."""
+        if state.request is not None:
+            return []
+        return [Rejection(Label(review_id, lab, who, at), f"unknown review id {review_id!r}: no request "
+                                                          f"within {self.ttl_ms} ms")
+                for who, lab, at in state.answers]

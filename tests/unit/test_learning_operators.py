@@ -1,0 +1,78 @@
+import numpy as np
+
+from operators.drift import DriftMonitor
+from operators.gate import ValidationGate
+from operators.label_join import LabelJoiner
+from schemas import Label, ReviewRequest
+
+CLASSES = ["run", "walk", "sit"]
+
+
+def req(review_id="d:1"):
+    return ReviewRequest(review_id, "d", 0, 1, ["x"], [[0.5], [0.7]], "run", 0.4, {}, 3, "low_confidence", 0)
+
+
+def test_request_first_then_answer():
+    j = LabelJoiner(CLASSES)
+    s = j.new_state()
+    assert j.on_request(s, req(), 0) == ([], [])
+    done, rejected = j.on_label(s, Label("d:1", "sit", "ann", 1), 1)
+    assert not rejected and done[0].label == "sit" and done[0].model_version == 3
+    assert done[0].values.shape == (2, 1)
+
+
+def test_bad_and_repeated_answers_are_rejected_with_reasons():
+    j = LabelJoiner(CLASSES, answers_needed=2)
+    s = j.new_state()
+    j.on_request(s, req(), 0)
+    assert "unknown class" in j.on_label(s, Label("d:1", "fly", "ann", 1), 1)[1][0].reason
+    assert j.on_label(s, Label("d:1", "run", "ann", 2), 2) == ([], [])
+    assert "repeated answer" in j.on_label(s, Label("d:1", "walk", "ann", 3), 3)[1][0].reason
+    assert j.on_label(s, Label("d:1", "-", "bob", 3, "skipped"), 3) == ([], [])
+    done, _ = j.on_label(s, Label("d:1", "walk", "bob", 4), 4)
+    assert done[0].label == "walk" and done[0].labelers == ["ann", "bob"]  # tie: the latest answer wins
+    assert "already resolved" in j.on_label(s, Label("d:1", "run", "cy", 5), 5)[1][0].reason
+
+
+def test_majority_of_three():
+    j = LabelJoiner(CLASSES, answers_needed=3)
+    s = j.new_state()
+    j.on_request(s, req(), 0)
+    for who, lab in (("a", "run"), ("b", "walk"), ("c", "run")):
+        done, _ = j.on_label(s, Label("d:1", lab, who, 1), 1)
+    assert done[0].label == "run"
+
+
+def test_answer_without_request_expires_as_unknown():
+    j = LabelJoiner(CLASSES, ttl_ms=100)
+    s = j.new_state()
+    j.on_label(s, Label("d:9", "run", "ann", 1), now_ms=0)
+    assert not j.expired(s, 99) and j.expired(s, 100)
+    rejected = j.expire(s, "d:9")
+    assert len(rejected) == 1 and "unknown review id" in rejected[0].reason
+
+
+def test_drift_monitor_detects_a_jump_in_error_only_when_it_happens():
+    m = DriftMonitor()
+    rng = np.random.default_rng(0)
+    early = [m.update(correct=bool(rng.random() < 0.9)) for _ in range(1000)]
+    assert m.drifts["error"] == 0 and not any(early)
+    for _ in range(400):
+        m.update(correct=bool(rng.random() < 0.4))
+    assert m.drifts["error"] >= 1 and m.error_rate > 0.3
+
+
+def test_gate_needs_enough_samples_and_respects_margin():
+    gate = ValidationGate(margin=0.05, min_samples=10, holdout=100)
+    for i in range(9):
+        gate.hold_out(np.array([i % 2], np.float32), i % 2)
+    assert "only 9" in gate.judge(lambda X: np.ones((len(X), 2)), lambda X: np.ones((len(X), 2))).reason
+    gate.hold_out(np.array([1], np.float32), 1)
+    right = lambda X: np.eye(2)[X[:, 0].astype(int)]  # noqa: E731
+    mostly = lambda X: np.eye(2)[np.r_[X[:-1, 0], 1 - X[-1:, 0]].astype(int)]  # noqa: E731  one mistake in 10
+    gate_strict, gate_loose = ValidationGate(0.05, 1), ValidationGate(0.15, 1)
+    for g in (gate_strict, gate_loose):
+        for w, lab in gate.windows:
+            g.hold_out(w, lab)
+    assert not gate_strict.judge(mostly, right).accept  # 0.9 < 1.0 - 0.05
+    assert gate_loose.judge(mostly, right).accept       # 0.9 >= 1.0 - 0.15
