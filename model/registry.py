@@ -144,6 +144,13 @@ class ModelRegistry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def announcement(self, name: str, version: int) -> dict[str, Any]:
+        """What a ``model-snapshots`` message says about a stored version."""
+        meta = self.metadata(name, version)
+        return {"model_name": name, "version": version, "artifact_uri": self.artifact_uri(name, version),
+                "sha256": meta.sha256, "metrics": meta.metrics, "parent_version": meta.parent_version,
+                "created_at": meta.created_at}
+
     def load(self, name: str, version: int | None = None) -> LoadedVersion:
         """Load a version (latest by default), verifying both checksums."""
         version = version if version is not None else self.latest_version(name)

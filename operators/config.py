@@ -19,6 +19,7 @@ class ServingConfig:
     """
 
     model_name: str = "basic-motions"
+    model_version: int = 0  # 0: the registry's latest at start; announcements on model-snapshots swap it
     registry: str = "var/registry"
     window: int = 32
     stride: int = 8
@@ -38,6 +39,8 @@ class ServingConfig:
     stats_file: str = ""
 
     def __post_init__(self) -> None:
+        if self.model_version < 0:
+            raise ValueError("model_version must be >= 0 (0 means the latest)")
         for name in ("window", "stride", "max_batch", "max_seq_gap_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

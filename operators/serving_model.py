@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-from model.registry import ArtifactError, LoadedVersion, ModelRegistry
+from model.registry import ArtifactError, LoadedVersion, ModelRegistry, VersionMetadata, load_verified, read_artifact
 from model.runtime import OnnxRunner, Runner, TorchRunner
 from model.spec import ModelSpec
 
@@ -26,6 +27,16 @@ class ServingModel:
     @property
     def provider(self) -> str:
         return self.runner.provider
+
+
+@dataclass
+class SnapshotControl:
+    """A model announcement (``ModelSnapshot``) addressed to one inference shard, with where it was read."""
+
+    shard: int
+    snapshot: object
+    partition: int
+    offset: int
 
 
 def smoke_test(runner: Runner, spec: ModelSpec) -> None:
@@ -66,3 +77,33 @@ def load_from_registry(root: str, name: str, version: int | None = None, runtime
     model = build_serving_model(ModelRegistry(root).load(name, version), runtime, device, threads)
     log.info("serving %s v%d on %s", model.name, model.version, model.provider)
     return model
+
+
+def sibling_uri(artifact_uri: str, name: str) -> str:
+    """A file beside a version's ``model.onnx`` (``metadata.json``, ``weights.pt``).
+
+    >>> sibling_uri("file:///r/m/v000002/model.onnx", "metadata.json")
+    'file:///r/m/v000002/metadata.json'
+    """
+    head, _, _ = artifact_uri.rpartition("/")
+    return f"{head}/{name}"
+
+
+def load_snapshot(snapshot, runtime: str = "onnx", device: str = "auto", threads: int = 0) -> ServingModel:
+    """Load the version a ``model-snapshots`` message announces: sha256-verified artifact,
+    metadata beside it, smoke inference. Raises :class:`ArtifactError` with the reason."""
+    onnx_bytes = load_verified(snapshot.artifact_uri, snapshot.sha256)
+    try:
+        meta = VersionMetadata(**json.loads(read_artifact(sibling_uri(snapshot.artifact_uri, "metadata.json"))))
+    except (ValueError, TypeError) as exc:
+        raise ArtifactError(f"metadata of {snapshot.model_name} v{snapshot.version} unreadable: {exc}") from None
+    if (meta.model_name, meta.version) != (snapshot.model_name, snapshot.version):
+        raise ArtifactError(f"artifact is {meta.model_name} v{meta.version}, "
+                            f"announced as {snapshot.model_name} v{snapshot.version}")
+    if meta.sha256 != snapshot.sha256:
+        raise ArtifactError(f"announced sha256 differs from the registry's for {meta.model_name} v{meta.version}")
+    weights = None
+    if runtime == "torch":
+        weights = load_verified(sibling_uri(snapshot.artifact_uri, "weights.pt"), meta.weights_sha256)
+    loaded = LoadedVersion(meta, onnx_bytes, weights, snapshot.artifact_uri)
+    return build_serving_model(loaded, runtime, device, threads)

@@ -176,6 +176,37 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from model.registry import ModelRegistry
+
+    registry = ModelRegistry(args.registry)
+    versions = registry.versions(args.model_name)
+    if not versions:
+        print(f"no versions of {args.model_name} in {args.registry}")
+        return 1
+    print(f"{'version':>7}  {'parent':>6}  {'created (UTC)':19}  {'sha256':12}  metrics")
+    for v in versions:
+        m = registry.metadata(args.model_name, v)
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m.created_at / 1000))
+        metrics = ", ".join(f"{k}={val:.3f}" for k, val in m.metrics.items())
+        print(f"{v:>7}  {m.parent_version or '-':>6}  {created:19}  {m.sha256[:12]}  {metrics}")
+    return 0
+
+
+def cmd_model_announce(args: argparse.Namespace) -> int:
+    """Announce a stored version on model-snapshots: serving swaps to it (promote or roll back)."""
+    from infra.kafka_tools import produce
+    from model.registry import ModelRegistry
+    from schemas import ModelSnapshot
+
+    registry = ModelRegistry(args.registry)
+    snapshot = ModelSnapshot.from_dict(registry.announcement(args.model_name, args.version))
+    registry.load(args.model_name, args.version)  # refuse to announce an artifact that fails its checksum
+    produce(args.bootstrap, Topics.from_env().model_snapshots, [(args.model_name.encode(), snapshot.encode())])
+    print(f"announced {args.model_name} v{args.version} ({snapshot.artifact_uri})")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
     from stream_jobs import serving_job
 
@@ -225,6 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("--bootstrap", required=True)
     p.set_defaults(func=None, passthrough=cmd_serve)
+
+    p = sub.add_parser("model", help="model registry: list versions, announce one (promote / roll back)")
+    model_sub = p.add_subparsers(dest="model_command", required=True)
+    q = model_sub.add_parser("list", help="versions with parent, sha256 and metrics")
+    q.add_argument("--registry", default=DEFAULT_REGISTRY)
+    q.add_argument("--model-name", default=DEFAULT_MODEL)
+    q.set_defaults(func=cmd_model_list)
+    q = model_sub.add_parser("announce", help="publish a stored version on model-snapshots; serving swaps to it")
+    q.add_argument("--bootstrap", required=True)
+    q.add_argument("--version", type=int, required=True)
+    q.add_argument("--registry", default=DEFAULT_REGISTRY)
+    q.add_argument("--model-name", default=DEFAULT_MODEL)
+    q.set_defaults(func=cmd_model_announce)
 
     p = sub.add_parser("label", help="serve the labeling web page (review-requests in, labels out)")
     p.add_argument("--bootstrap", required=True)

@@ -1,7 +1,7 @@
 """Kafka I/O for the Flink jobs: the official KafkaSource/KafkaSink with sensorloop's helpers.
 
 Sources hand Python ``b"partition offset timestamp\\n" + payload``, keyed by device id
-(see ``DeviceKeyedDeserializer``); every Python operator emits routed strings
+(see ``JsonKeyedDeserializer``); every Python operator emits routed strings
 ``topic \\x1f key \\x1f json`` that one KafkaSink writes with the right topic and key.
 """
 
@@ -40,9 +40,9 @@ def split_envelope(data: bytes) -> tuple[int, int, int, bytes]:
     return int(partition), int(offset), int(timestamp), payload
 
 
-def keyed_by_device(env: StreamExecutionEnvironment, bootstrap: str, topics: list[str], group_id: str,
-                    name: str, from_committed: bool = True) -> KeyedStream:
-    """KafkaSource over ``topics`` keyed by device id, the key taken in Java from the payload.
+def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[str], group_id: str,
+                 name: str, key_field: str = "device_id", from_committed: bool = True) -> KeyedStream:
+    """KafkaSource over ``topics`` keyed by a top-level JSON field of the payload, read in Java.
 
     Elements are the enveloped bytes; the source resumes from committed offsets (and from
     checkpointed ones when restored)."""
@@ -61,7 +61,7 @@ def keyed_by_device(env: StreamExecutionEnvironment, bootstrap: str, topics: lis
                .set_property("partition.discovery.interval.ms", "10000")
                .set_property("fetch.max.wait.ms", "10")
                .set_property("commit.offsets.on.checkpoint", "true"))
-    builder._j_builder.setDeserializer(jvm.io.sensorloop.flink.DeviceKeyedDeserializer())
+    builder._j_builder.setDeserializer(jvm.io.sensorloop.flink.JsonKeyedDeserializer(key_field))
     payload_type = Types.PRIMITIVE_ARRAY(Types.BYTE())
     rows = env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), name,
                            type_info=Types.ROW([Types.STRING(), payload_type]))

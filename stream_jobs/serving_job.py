@@ -18,16 +18,17 @@ from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
+from model.registry import ArtifactError
 from operators.batching import BatchPolicy
 from operators.config import ServingConfig
 from operators.inference import WindowScorer
-from operators.parse import ReadingParser
+from operators.parse import ReadingParser, raw_text
 from operators.routing import ReviewRouter
-from operators.serving_model import load_from_registry
+from operators.serving_model import SnapshotControl, load_from_registry, load_snapshot
 from operators.windowing import SlidingWindower
-from schemas import DeadLetter, Topics
+from schemas import DeadLetter, ModelSnapshot, SchemaError, Topics
 from stream_jobs.flink_env import FlinkSettings, make_env
-from stream_jobs.kafka_io import keyed_by_device, route, routed_sink, split_envelope
+from stream_jobs.kafka_io import keyed_source, route, routed_sink, split_envelope
 
 log = logging.getLogger(__name__)
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
@@ -107,17 +108,42 @@ class ReadingsToWindows(KeyedProcessFunction):
             yield window
 
 
+class FanOutSnapshots(KeyedProcessFunction):
+    """Validates ``model-snapshots`` messages and sends each to every inference shard."""
+
+    def __init__(self, topics: Topics, shards: int) -> None:
+        self.topics, self.shards = topics, shards
+
+    def process_element(self, value, ctx: KeyedProcessFunction.Context):
+        partition, offset, _, payload = split_envelope(value)
+        try:
+            snapshot = ModelSnapshot.decode(payload)
+        except SchemaError as exc:
+            letter = DeadLetter(self.topics.model_snapshots, partition, offset, str(exc), raw_text(payload),
+                                exc.field, "snapshot", _now_ms())
+            yield DEAD_LETTERS, route(self.topics.dead_letters, self.topics.model_snapshots, letter.encode())
+            return
+        for shard in range(self.shards):
+            yield SnapshotControl(shard, snapshot, partition, offset)
+
+
 class InferBatches(KeyedProcessFunction):
     """Micro-batches windows across devices (pending ones in checkpointed list state) and
-    scores each batch; flushes on batch size or after ``max_wait_ms``."""
+    scores each batch; flushes on batch size or after ``max_wait_ms``.
+
+    Model announcements arrive on the same keyed stream: pending windows are scored with the
+    old model, then the new version is verified (sha256, smoke inference) and swapped in; a
+    refused one is reported on ``dead-letters`` and the old model keeps serving. The accepted
+    announcement is kept in keyed state, so a restored job serves the same version.
+    """
 
     def __init__(self, cfg: ServingConfig, topics: Topics) -> None:
         self.cfg, self.topics = cfg, topics
 
     def open(self, runtime_context: RuntimeContext) -> None:
         cfg = self.cfg
-        model = load_from_registry(cfg.registry, cfg.model_name, None, cfg.runtime, cfg.device,
-                                   cfg.inference_threads)
+        model = load_from_registry(cfg.registry, cfg.model_name, cfg.model_version or None, cfg.runtime,
+                                   cfg.device, cfg.inference_threads)
         self.scorer = WindowScorer(model, ReviewRouter(cfg.confidence_threshold, cfg.audit_rate,
                                                        cfg.review_budget_per_minute))
         gc.collect()
@@ -126,15 +152,29 @@ class InferBatches(KeyedProcessFunction):
         self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
         self.count = runtime_context.get_state(ValueStateDescriptor("count", Types.INT()))
         self.oldest = runtime_context.get_state(ValueStateDescriptor("oldest", Types.LONG()))
+        self.accepted = runtime_context.get_state(ValueStateDescriptor("accepted", Types.PICKLED_BYTE_ARRAY()))
+        self.restore_checked = False
         group = runtime_context.get_metrics_group()
         self.predictions = group.counter("predictions")
         self.reviews = group.counter("review_requests")
+        self.swaps = group.counter("model_swaps")
+        self.refused = group.counter("model_refused")
         self.batch_size = group.histogram("batch_size", 512) if hasattr(group, "histogram") else None
         group.gauge("model_version", lambda: int(self.scorer.model.version))
         self.next_report = time.monotonic() + STATS_EVERY_S
 
     def process_element(self, window, ctx: KeyedProcessFunction.Context):
         now = ctx.timer_service().current_processing_time()
+        if not self.restore_checked:
+            self.restore_checked = True
+            restored = self.accepted.value()
+            if restored is not None and restored.version != self.scorer.model.version:
+                yield from self._swap(restored, None)
+        if isinstance(window, SnapshotControl):
+            if self.count.value():
+                yield from self._flush(now)  # windows that came first are scored by the old model
+            yield from self._swap(window.snapshot, window)
+            return
         self.pending.add(window)
         count = (self.count.value() or 0) + 1
         oldest = self.oldest.value()
@@ -171,6 +211,26 @@ class InferBatches(KeyedProcessFunction):
             self.next_report = time.monotonic() + STATS_EVERY_S
             self.report()
 
+    def _swap(self, snapshot: ModelSnapshot, control: SnapshotControl | None):
+        if snapshot.model_name != self.cfg.model_name:
+            return
+        try:
+            model = load_snapshot(snapshot, self.cfg.runtime, self.cfg.device, self.cfg.inference_threads)
+        except ArtifactError as exc:
+            self.refused.inc()
+            log.warning("refused %s v%d: %s", snapshot.model_name, snapshot.version, exc)
+            if control is not None and control.shard == 0:  # one report per announcement
+                letter = DeadLetter(self.topics.model_snapshots, control.partition, control.offset,
+                                    f"refused {snapshot.model_name} v{snapshot.version}, still serving "
+                                    f"v{self.scorer.model.version}: {exc}", raw_text(snapshot.encode()),
+                                    "artifact_uri", "snapshot", _now_ms())
+                yield route(self.topics.dead_letters, self.topics.model_snapshots, letter.encode())
+            return
+        self.scorer.swap(model)
+        self.accepted.update(snapshot)
+        self.swaps.inc()
+        log.info("now serving %s v%d", model.name, model.version)
+
     def report(self) -> None:
         """Append the model's own throughput inside the job to ``stats_file`` (if set)."""
         s = self.scorer.stats
@@ -196,12 +256,18 @@ def build_serving_job(env, bootstrap: str, cfg: ServingConfig, topics: Topics, s
 
     channels = list(ModelRegistry(cfg.registry).latest_metadata(cfg.model_name).spec["channels"])
     shards = max(1, settings.parallelism)
-    readings = keyed_by_device(env, bootstrap, [topics.readings], group_id, "sensor-readings")
+    readings = keyed_source(env, bootstrap, [topics.readings], group_id, "sensor-readings", "device_id")
     windows = (readings.process(ReadingsToWindows(cfg, topics, channels), output_type=Types.PICKLED_BYTE_ARRAY())
                .name("parse-and-window"))
-    scored = (windows.key_by(lambda w: shard_of(w.device_id, shards), key_type=Types.INT())
+    announcements = keyed_source(env, bootstrap, [topics.model_snapshots], f"{group_id}-snapshots",
+                                 "model-snapshots", "model_name")
+    controls = (announcements.process(FanOutSnapshots(topics, shards), output_type=Types.PICKLED_BYTE_ARRAY())
+                .name("model-announcements"))
+    scored = (windows.union(controls)
+              .key_by(lambda x: x.shard if isinstance(x, SnapshotControl) else shard_of(x.device_id, shards),
+                      key_type=Types.INT())
               .process(InferBatches(cfg, topics), output_type=Types.STRING()).name("inference"))
-    out = scored.union(windows.get_side_output(DEAD_LETTERS))
+    out = scored.union(windows.get_side_output(DEAD_LETTERS), controls.get_side_output(DEAD_LETTERS))
     out.sink_to(routed_sink(bootstrap, settings.exactly_once, f"{group_id}-tx")).name("kafka-out")
 
 

@@ -118,3 +118,25 @@ def test_basic_motions_ships_offline():
     assert rec.series.shape == (40, 100, 6) and set(rec.labels) == {"badminton", "running", "standing", "walking"}
     X, y = sliding_windows(rec, 32, 16)
     assert X.shape == (40 * 5, 32, 6) and len(y) == len(X)
+
+
+def test_snapshot_loading_verifies_everything(tmp_path, trained, onnx_bytes):
+    from operators.serving_model import load_snapshot
+    from schemas import ModelSnapshot
+
+    reg = ModelRegistry(tmp_path)
+    w = weights_bytes(trained[0])
+    reg.publish("m", onnx_bytes, w, SPEC.to_dict())
+    reg.publish("m", onnx_bytes, w, SPEC.to_dict(), parent_version=1)
+    good = ModelSnapshot.from_dict(reg.announcement("m", 2))
+    assert load_snapshot(good).version == 2
+    assert load_snapshot(good, runtime="torch").runner.provider == "torch-cpu"
+    wrong_sha = ModelSnapshot.from_dict({**reg.announcement("m", 2), "sha256": "0" * 64})
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        load_snapshot(wrong_sha)
+    misnamed = ModelSnapshot.from_dict({**reg.announcement("m", 2), "version": 7})
+    with pytest.raises(ArtifactError, match="announced as m v7"):
+        load_snapshot(misnamed)
+    missing = ModelSnapshot.from_dict({**reg.announcement("m", 2), "artifact_uri": "file:///nowhere/model.onnx"})
+    with pytest.raises(ArtifactError, match="cannot read"):
+        load_snapshot(missing)

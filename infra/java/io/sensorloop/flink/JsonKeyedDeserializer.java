@@ -13,14 +13,19 @@ import org.apache.flink.util.Collector;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 
 /**
- * Emits Row(device id, "partition offset timestamp\n" + payload) for each Kafka record, with the
- * device id read from the payload's top-level "device_id" string ("" when there is none). The row
- * is keyed in Java, so the Python side needs no separate key-extraction operator per reading.
- * Python still validates the whole payload and dead-letters what is wrong.
+ * Emits Row(key, "partition offset timestamp\n" + payload) for each Kafka record, with the key read
+ * from the payload's top-level string field {@code field} (for example "device_id"; "" when there is
+ * none). The row is keyed in Java, so the Python side needs no separate key-extraction operator per
+ * record. Python still validates the whole payload and dead-letters what is wrong.
  */
-public class DeviceKeyedDeserializer implements KafkaRecordDeserializationSchema<Row> {
+public class JsonKeyedDeserializer implements KafkaRecordDeserializationSchema<Row> {
     private static final long serialVersionUID = 1L;
+    private final String field;
     private transient JsonFactory factory;
+
+    public JsonKeyedDeserializer(String field) {
+        this.field = field;
+    }
 
     @Override
     public void deserialize(ConsumerRecord<byte[], byte[]> record, Collector<Row> out) {
@@ -30,10 +35,10 @@ public class DeviceKeyedDeserializer implements KafkaRecordDeserializationSchema
         byte[] joined = new byte[head.length + value.length];
         System.arraycopy(head, 0, joined, 0, head.length);
         System.arraycopy(value, 0, joined, head.length, value.length);
-        out.collect(Row.of(deviceId(value), joined));
+        out.collect(Row.of(key(value), joined));
     }
 
-    String deviceId(byte[] value) {
+    String key(byte[] value) {
         if (factory == null) {
             factory = new JsonFactory();
         }
@@ -44,7 +49,7 @@ public class DeviceKeyedDeserializer implements KafkaRecordDeserializationSchema
             while (parser.nextToken() == JsonToken.FIELD_NAME) {
                 String name = parser.currentName();
                 JsonToken token = parser.nextToken();
-                if ("device_id".equals(name)) {
+                if (field.equals(name)) {
                     return token == JsonToken.VALUE_STRING ? parser.getText() : "";
                 }
                 parser.skipChildren();

@@ -1,0 +1,85 @@
+"""Model hot swap in the running serving job: promote, refuse corrupt artifacts, roll back."""
+
+import shutil
+import threading
+import time
+
+import orjson
+import pytest
+
+from infra.broker import EmbeddedBroker, ensure_topics
+from infra.kafka_tools import TopicTail, produce
+from model.registry import ModelRegistry
+from schemas import DeadLetter, ModelSnapshot, Topics
+from stream_jobs.launcher import serving_job
+from stream_jobs.replayer import replay
+
+pytestmark = pytest.mark.e2e
+TOPICS = Topics()
+NAME = "basic-motions"
+
+
+def announce(bootstrap: str, registry: ModelRegistry, version: int) -> None:
+    snapshot = ModelSnapshot.from_dict(registry.announcement(NAME, version))
+    produce(bootstrap, TOPICS.model_snapshots, [(NAME.encode(), snapshot.encode())])
+
+
+def test_promote_refuse_corrupt_and_roll_back(tmp_path, trained_registry):
+    root = tmp_path / "registry"
+    shutil.copytree(trained_registry, root)
+    registry = ModelRegistry(root)
+    v1 = registry.load(NAME, 1)
+    registry.publish(NAME, v1.onnx_bytes, v1.weights_bytes, v1.metadata.spec, {"test_accuracy": 0.99}, 1)  # v2
+    registry.publish(NAME, v1.onnx_bytes, v1.weights_bytes, v1.metadata.spec, {}, 2)  # v3, corrupted below
+    onnx = registry.version_dir(NAME, 3) / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:1000])
+
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        ensure_topics(broker.bootstrap)
+        job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=str(root), model_version=1,
+                          checkpoint_dir=str(tmp_path / "ck"))
+        stop = threading.Event()
+        sender = threading.Thread(target=replay, kwargs=dict(bootstrap=broker.bootstrap, topic=TOPICS.readings,
+                                                             rate=300, n_devices=8, stop=stop), daemon=True)
+        tail = TopicTail(broker.bootstrap, [TOPICS.predictions, TOPICS.dead_letters])
+        versions, letters = [], []
+
+        def wait_for(condition, timeout_s=120):
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                for r in tail.poll(200):
+                    if r.topic == TOPICS.predictions:
+                        versions.append(orjson.loads(r.value)["model_version"])
+                    else:
+                        letters.append(DeadLetter.decode(r.value))
+                if condition():
+                    return
+                assert job.alive(), job.log_tail(60)
+            raise AssertionError(f"timed out; versions so far {sorted(set(versions))}, letters {letters}")
+
+        with job:
+            sender.start()
+            try:
+                wait_for(lambda: versions.count(1) >= 20)
+                announce(broker.bootstrap, registry, 2)
+                wait_for(lambda: versions[-20:] == [2] * 20)
+                announce(broker.bootstrap, registry, 3)  # corrupt artifact: refused, v2 keeps serving
+                produce(broker.bootstrap, TOPICS.model_snapshots, [(NAME.encode(), b'{"model_name": "x"}')])
+                wait_for(lambda: len(letters) >= 2)
+                mark = len(versions)
+                wait_for(lambda: len(versions) >= mark + 30)
+                assert set(versions[mark:]) == {2}
+                announce(broker.bootstrap, registry, 1)  # roll back
+                wait_for(lambda: versions[-20:] == [1] * 20)
+            finally:
+                stop.set()
+                tail.close()
+
+    # each shard swaps between micro-batches: the versions form three clean phases, never v3
+    phases = [v for i, v in enumerate(versions) if i == 0 or v != versions[i - 1]]
+    assert phases == [1, 2, 1], phases
+    refused = [d for d in letters if d.stage == "snapshot" and "refused" in d.reason]
+    assert len(refused) == 1 and "v3" in refused[0].reason and "sha256 mismatch" in refused[0].reason
+    assert "still serving v2" in refused[0].reason
+    malformed = [d for d in letters if "missing required field" in d.reason]
+    assert len(malformed) == 1 and malformed[0].source_topic == TOPICS.model_snapshots
