@@ -12,26 +12,30 @@ from model.network import ProbabilityModel
 from model.spec import ModelSpec
 
 
-def export_onnx(net: nn.Module, spec: ModelSpec) -> bytes:
-    """Return ONNX bytes of ``softmax(net(x))`` for ``x: float32[batch, window, channels]``."""
+def export_onnx(net: nn.Module, spec: ModelSpec, dynamo: bool = False) -> bytes:
+    """Return ONNX bytes of ``softmax(net(x))`` for ``x: float32[batch, window, channels]``.
+
+    The TorchScript exporter (default) takes ~0.15 s for the reference model, the dynamo
+    exporter ~2-4 s; both give the same graph semantics (tests check parity with torch).
+    """
     was_training = net.training
     net.eval()
     wrapped = ProbabilityModel(net).eval()
     example = torch.zeros(2, spec.window, spec.n_channels)
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    # grad stays enabled: under no_grad, eval-mode encoder layers take a fused fast path
+    # (aten::_transformer_encoder_layer_fwd) that the TorchScript exporter cannot translate
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            wrapped,
-            (example,),
-            dynamo=True,
-            input_names=["window"],
-            output_names=["probabilities"],
-            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=65536)}},
-            external_data=False,
-            verbose=False,
-        )
-        program.save(buf, external_data=False) if hasattr(program, "save") else None
+        if dynamo:
+            program = torch.onnx.export(
+                wrapped, (example,), dynamo=True, input_names=["window"], output_names=["probabilities"],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=65536)}}, external_data=False)
+            program.save(buf, external_data=False)
+        else:
+            torch.onnx.export(wrapped, (example,), buf, dynamo=False, input_names=["window"],
+                              output_names=["probabilities"], dynamic_axes={"window": {0: "batch"}},
+                              opset_version=17)
     net.train(was_training)
     data = buf.getvalue()
     if not data:

@@ -83,6 +83,14 @@ def load_network(spec: ModelSpec, weights: bytes) -> WindowTransformer:
     return net.eval()
 
 
+def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: ModelSpec,
+                    metrics: dict[str, float], parent_version: int | None = None, data_seen: int = 0,
+                    note: str = "") -> VersionMetadata:
+    """Export a network to ONNX and write it, with its weights, as the next registry version."""
+    return registry.publish(name, export_onnx(net, spec), weights_bytes(net), spec.to_dict(), metrics=metrics,
+                            parent_version=parent_version, data_seen=data_seen, note=note)
+
+
 @dataclass
 class BootstrapResult:
     metadata: VersionMetadata
@@ -106,7 +114,7 @@ def bootstrap(registry: ModelRegistry, name: str = "basic-motions", spec: ModelS
     metrics = {"test_accuracy": accuracy(predict_proba(net, Xte), yte),
                "train_accuracy": accuracy(predict_proba(net, X), y),
                "train_windows": float(len(X))}
-    meta = registry.publish(name, export_onnx(net, spec), weights_bytes(net), spec.to_dict(),
-                            metrics=metrics, data_seen=len(X), note="bootstrap: BasicMotions train split")
+    meta = publish_version(registry, name, net, spec, metrics, data_seen=len(X),
+                           note="bootstrap: BasicMotions train split")
     log.info("published %s v%d: %s", name, meta.version, metrics)
     return BootstrapResult(meta, seconds, losses)

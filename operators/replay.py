@@ -24,11 +24,12 @@ from model.datasets import Recordings
 
 @dataclass(frozen=True)
 class DriftPlan:
-    """From reading ``after`` on, the affected devices' sensors change gain and their
-    activity mix changes to ``classes`` (empty: unchanged)."""
+    """From reading ``after`` on, the affected devices' sensors change gain and offset (a
+    calibration drift) and their activity mix changes to ``classes`` (empty: unchanged)."""
 
     after: int
     gain: dict[int, float] = field(default_factory=dict)
+    offset: dict[int, float] = field(default_factory=dict)
     classes: tuple[str, ...] = ()
     device_fraction: float = 1.0
 
@@ -72,10 +73,12 @@ class ReadingStream(Iterator[dict]):
                 self.position[d] = 0
         series = self.rec.series[self.current[device]]
         values = series[self.position[device]]
-        if self.drifted and device in self.drifting and self.drift.gain:
+        if self.drifted and device in self.drifting and (self.drift.gain or self.drift.offset):
             values = values.copy()
             for channel, gain in self.drift.gain.items():
                 values[channel] *= gain
+            for channel, offset in self.drift.offset.items():
+                values[channel] += offset
         reading = {"device_id": self.devices[device], "seq": self.seq[device],
                    "values": [round(float(v), 6) for v in values],
                    "label": str(self.rec.labels[self.current[device]])}

@@ -1,6 +1,6 @@
 """Kafka I/O for the Flink jobs: the official KafkaSource/KafkaSink with sensorloop's helpers.
 
-Sources hand Python ``b"partition offset timestamp\\n" + payload``, keyed by device id
+Sources hand Python ``b"topic partition offset timestamp\\n" + payload``, keyed by device id
 (see ``JsonKeyedDeserializer``); every Python operator emits routed strings
 ``topic \\x1f key \\x1f json`` that one KafkaSink writes with the right topic and key.
 """
@@ -29,15 +29,15 @@ def route(topic: str, key: str | None, payload: bytes) -> str:
     return f"{topic}{SEP}{key or ''}{SEP}{payload.decode()}"
 
 
-def split_envelope(data: bytes) -> tuple[int, int, int, bytes]:
-    """``(partition, offset, kafka timestamp ms, payload)`` of an enveloped source record.
+def split_envelope(data: bytes) -> tuple[str, int, int, int, bytes]:
+    """``(topic, partition, offset, kafka timestamp ms, payload)`` of an enveloped source record.
 
-    >>> split_envelope(b"3 17 1700000000000\\n{}")
-    (3, 17, 1700000000000, b'{}')
+    >>> split_envelope(b"labels 3 17 1700000000000\\n{}")
+    ('labels', 3, 17, 1700000000000, b'{}')
     """
     head, _, payload = data.partition(b"\n")
-    partition, offset, timestamp = head.split(b" ")
-    return int(partition), int(offset), int(timestamp), payload
+    topic, partition, offset, timestamp = head.split(b" ")
+    return topic.decode(), int(partition), int(offset), int(timestamp), payload
 
 
 def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[str], group_id: str,

@@ -68,7 +68,7 @@ class ReadingsToWindows(KeyedProcessFunction):
         return DEAD_LETTERS, route(self.topics.dead_letters, self.topics.readings, letter.encode())
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
-        partition, offset, ingest_ms, payload = split_envelope(value[1] if isinstance(value, Row) else value)
+        _, partition, offset, ingest_ms, payload = split_envelope(value[1] if isinstance(value, Row) else value)
         self.readings_in.inc()
         reading = self.parser.parse(payload, partition, offset)
         if isinstance(reading, DeadLetter):
@@ -115,7 +115,7 @@ class FanOutSnapshots(KeyedProcessFunction):
         self.topics, self.shards = topics, shards
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
-        partition, offset, _, payload = split_envelope(value)
+        _, partition, offset, _, payload = split_envelope(value)
         try:
             snapshot = ModelSnapshot.decode(payload)
         except SchemaError as exc:

@@ -140,3 +140,10 @@ def test_snapshot_loading_verifies_everything(tmp_path, trained, onnx_bytes):
     missing = ModelSnapshot.from_dict({**reg.announcement("m", 2), "artifact_uri": "file:///nowhere/model.onnx"})
     with pytest.raises(ArtifactError, match="cannot read"):
         load_snapshot(missing)
+
+
+def test_dynamo_export_matches_too(trained):
+    net = trained[0]
+    runner = OnnxRunner(export_onnx(net, SPEC, dynamo=True), prefer="cpu")
+    x = synthetic(7, seed=3)[0]
+    np.testing.assert_allclose(runner.predict_proba(x), predict_proba(net, x), atol=1e-5)

@@ -13,7 +13,7 @@ import org.apache.flink.util.Collector;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 
 /**
- * Emits Row(key, "partition offset timestamp\n" + payload) for each Kafka record, with the key read
+ * Emits Row(key, "topic partition offset timestamp\n" + payload) for each Kafka record, with the key read
  * from the payload's top-level string field {@code field} (for example "device_id"; "" when there is
  * none). The row is keyed in Java, so the Python side needs no separate key-extraction operator per
  * record. Python still validates the whole payload and dead-letters what is wrong.
@@ -29,7 +29,7 @@ public class JsonKeyedDeserializer implements KafkaRecordDeserializationSchema<R
 
     @Override
     public void deserialize(ConsumerRecord<byte[], byte[]> record, Collector<Row> out) {
-        byte[] head = (record.partition() + " " + record.offset() + " " + record.timestamp() + "\n")
+        byte[] head = (record.topic() + " " + record.partition() + " " + record.offset() + " " + record.timestamp() + "\n")
                 .getBytes(StandardCharsets.US_ASCII);
         byte[] value = record.value() == null ? new byte[0] : record.value();
         byte[] joined = new byte[head.length + value.length];

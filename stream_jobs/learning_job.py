@@ -1,0 +1,168 @@
+"""The learning job: review-requests + labels → join by review id → online learning →
+validation gate → registry version → announcement on model-snapshots (serving swaps to it).
+
+Run: ``python -m stream_jobs.learning_job --bootstrap HOST:PORT`` (or ``sensorloop learn``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+
+import torch
+from pyflink.common import Row, Types
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream.state import ValueStateDescriptor
+
+from model.registry import ModelRegistry
+from model.spec import ModelSpec
+from model.train import load_network, publish_version
+from operators.label_join import LabelJoiner
+from operators.learning import LearningConfig, LearningLoop
+from operators.parse import raw_text
+from schemas import DeadLetter, Label, ModelSnapshot, ReviewRequest, SchemaError, Topics
+from stream_jobs.flink_env import FlinkSettings, make_env
+from stream_jobs.kafka_io import keyed_source, route, routed_sink, split_envelope
+from stream_jobs.serving_job import add_config_arguments, config_from_args
+
+log = logging.getLogger(__name__)
+DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class JoinAnswers(KeyedProcessFunction):
+    """Per review id: waits for the request and its answers (either order), with a TTL."""
+
+    def __init__(self, topics: Topics, classes: list[str], ttl_ms: int, answers_needed: int) -> None:
+        self.topics, self.classes, self.ttl_ms, self.answers_needed = topics, classes, ttl_ms, answers_needed
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.joiner = LabelJoiner(self.classes, self.ttl_ms, self.answers_needed)
+        self.state = runtime_context.get_state(ValueStateDescriptor("join", Types.PICKLED_BYTE_ARRAY()))
+        self.joined = runtime_context.get_metrics_group().counter("labeled_windows")
+
+    def _letter(self, topic: str, partition: int, offset: int, reason: str, raw: bytes | str, field=None):
+        text = raw if isinstance(raw, str) else raw_text(raw)
+        letter = DeadLetter(topic, partition, offset, reason, text, field, "label-join", _now_ms())
+        return DEAD_LETTERS, route(self.topics.dead_letters, topic, letter.encode())
+
+    def process_element(self, value, ctx: KeyedProcessFunction.Context):
+        topic, partition, offset, _, payload = split_envelope(value[1] if isinstance(value, Row) else value)
+        now = _now_ms()
+        state = self.state.value() or self.joiner.new_state()
+        try:
+            if topic == self.topics.review_requests:
+                done, rejected = self.joiner.on_request(state, ReviewRequest.decode(payload), now)
+            else:
+                done, rejected = self.joiner.on_label(state, Label.decode(payload), now)
+        except SchemaError as exc:
+            yield self._letter(topic, partition, offset, str(exc), payload, exc.field)
+            return
+        self.state.update(state)
+        if state.first_seen_ms == now:
+            ctx.timer_service().register_processing_time_timer(now + self.ttl_ms)
+        for item in done:
+            self.joined.inc()
+            yield item
+        for r in rejected:
+            yield self._letter(self.topics.labels, partition, offset, r.reason, r.label.encode(), "label")
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        state = self.state.value()
+        if state is None:
+            return
+        if not self.joiner.expired(state, timestamp):
+            ctx.timer_service().register_processing_time_timer(state.first_seen_ms + self.ttl_ms)
+            return
+        for r in self.joiner.expire(state, ctx.get_current_key()):
+            yield self._letter(self.topics.labels, -1, -1, r.reason, r.label.encode(), "review_id")
+        self.state.clear()
+
+
+class LearnAndPublish(KeyedProcessFunction):
+    """Online learning for one model (keyed by model name, so parallelism 1 per model).
+
+    The whole learning loop (weights, optimizer, replay reservoir, holdout, drift detector)
+    lives in keyed state, so a restored job resumes it; version numbers come from the registry.
+    """
+
+    def __init__(self, topics: Topics, registry: str, model_name: str, config: LearningConfig) -> None:
+        self.topics, self.registry_root, self.model_name, self.config = topics, registry, model_name, config
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        torch.set_num_threads(1)
+        self.registry = ModelRegistry(self.registry_root)
+        self.state = runtime_context.get_state(ValueStateDescriptor("loop", Types.PICKLED_BYTE_ARRAY()))
+        group = runtime_context.get_metrics_group()
+        self.published = group.counter("versions_published")
+        self.refused = group.counter("candidates_refused")
+
+    def _new_loop(self) -> LearningLoop:
+        loaded = self.registry.load(self.model_name)
+        spec = ModelSpec.from_dict(loaded.metadata.spec)
+        return LearningLoop(load_network(spec, loaded.weights_bytes), spec, loaded.metadata.version, self.config)
+
+    def process_element(self, item, ctx: KeyedProcessFunction.Context):
+        loop = self.state.value() or self._new_loop()
+        candidate = loop.learn(item)
+        if candidate is not None:
+            d = candidate.decision
+            metrics = {"holdout_accuracy": d.candidate_accuracy, "serving_holdout_accuracy": d.serving_accuracy,
+                       "holdout_windows": float(d.samples), "prequential_accuracy": loop.prequential_accuracy,
+                       "labeled_windows": float(loop.labeled), "drift_events": float(loop.drift_events)}
+            meta = publish_version(self.registry, self.model_name, candidate.net, loop.spec, metrics,
+                                   parent_version=loop.version, data_seen=loop.labeled,
+                                   note=f"online: {d.reason}")
+            loop.accepted(candidate, meta.version)
+            self.published.inc()
+            snapshot = ModelSnapshot.from_dict(self.registry.announcement(self.model_name, meta.version))
+            log.info("published %s v%d: %s", self.model_name, meta.version, d.reason)
+            yield route(self.topics.model_snapshots, self.model_name, snapshot.encode())
+        self.state.update(loop)
+
+
+def build_learning_job(env, bootstrap: str, registry: str, model_name: str, config: LearningConfig,
+                       topics: Topics, settings: FlinkSettings, group_id: str = "sensorloop-learning",
+                       ttl_ms: int = 3_600_000, answers_needed: int = 1) -> None:
+    classes = list(ModelRegistry(registry).latest_metadata(model_name).spec["classes"])
+    records = keyed_source(env, bootstrap, [topics.review_requests, topics.labels], group_id,
+                           "reviews-and-labels", "review_id")
+    labeled = (records.process(JoinAnswers(topics, classes, ttl_ms, answers_needed),
+                               output_type=Types.PICKLED_BYTE_ARRAY()).name("join-answers"))
+    published = (labeled.key_by(lambda item: model_name, key_type=Types.STRING())
+                 .process(LearnAndPublish(topics, registry, model_name, config), output_type=Types.STRING())
+                 .name("learn-and-publish"))
+    out = published.union(labeled.get_side_output(DEAD_LETTERS))
+    out.sink_to(routed_sink(bootstrap, settings.exactly_once, f"{group_id}-tx")).name("kafka-out")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the sensorloop learning job on Flink")
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--registry", default="var/registry")
+    parser.add_argument("--model-name", default="basic-motions")
+    parser.add_argument("--group-id", default="sensorloop-learning")
+    parser.add_argument("--label-ttl-ms", type=int, default=3_600_000)
+    parser.add_argument("--answers-needed", type=int, default=1)
+    parser.add_argument("--execution-mode", default="process", choices=["process", "thread"],
+                        help="process by default: training runs torch, kept out of the TaskManager JVM")
+    add_config_arguments(parser, LearningConfig)
+    add_config_arguments(parser, FlinkSettings, skip=("execution_mode",))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args, LearningConfig)
+    settings = dataclasses.replace(config_from_args(args, FlinkSettings, skip=("execution_mode",)),
+                                   execution_mode=args.execution_mode)
+    env = make_env(settings)
+    build_learning_job(env, args.bootstrap, args.registry, args.model_name, config, Topics.from_env(), settings,
+                       args.group_id, args.label_ttl_ms, args.answers_needed)
+    env.execute("sensorloop-learning")
+
+
+if __name__ == "__main__":
+    main()

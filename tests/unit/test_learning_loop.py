@@ -1,0 +1,49 @@
+import numpy as np
+import torch
+
+from model.network import WindowTransformer
+from model.spec import ModelSpec
+from model.train import accuracy, fit, predict_proba
+from operators.label_join import LabeledWindow
+from operators.learning import LearningConfig, LearningLoop
+
+SPEC = ModelSpec(window=8, channels=("a", "b"), classes=("c0", "c1", "c2"), d_model=16, n_heads=2, n_layers=1,
+                 d_ff=32, dropout=0.0)
+
+
+def data(n, seed, offset=0.0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    X = rng.normal(0, 0.5, size=(n, SPEC.window, SPEC.n_channels)).astype(np.float32)
+    X[:, :, 0] += 2.0 * y[:, None]
+    X[:, :, 1] += offset  # a calibration drift on channel b
+    X[:, :, 1] += np.where(offset, 1.5 * (y[:, None] == 1), 0.0)  # ...which also carries class information
+    return X, y
+
+
+def test_loop_proposes_a_better_candidate_after_drift():
+    torch.manual_seed(0)
+    net = WindowTransformer(SPEC)
+    X, y = data(600, 0)
+    net.set_normalisation(X)
+    fit(net, X, y, epochs=10, batch_size=32)
+    loop = LearningLoop(net, SPEC, version=1, config=LearningConfig(gate_every=40, batch_size=8, lr=3e-3))
+    Xd, yd = data(800, 1, offset=3.0)
+    with torch.inference_mode():
+        served = torch.softmax(net(torch.as_tensor(Xd)), -1).numpy().argmax(1)
+    candidates = []
+    for i, (w, label, p) in enumerate(zip(Xd, yd, served)):
+        item = LabeledWindow(f"d:{i}", "d", w, SPEC.classes[label], SPEC.classes[p], 1, ["sim"])
+        c = loop.learn(item)
+        if c is not None:
+            candidates.append(c)
+            loop.accepted(c, loop.version + 1)
+    assert candidates, "no candidate passed the gate"
+    last = candidates[-1].decision
+    assert last.candidate_accuracy >= last.serving_accuracy
+    assert loop.version == 1 + len(candidates) and loop.labeled == 800
+    assert len(loop.gate.windows) > 100  # about a quarter held out, never trained on
+    Xv, yv = data(400, 2, offset=3.0)
+    before = accuracy(predict_proba(net, Xv), yv)
+    after = accuracy(predict_proba(loop.serving, Xv), yv)
+    assert after > before + 0.2, (before, after)
