@@ -19,11 +19,13 @@ import numpy as np
 class ServingMonitor:
     predictions: int = 0
     reviews: int = 0
+    labels: int = 0
     dead_letters: int = 0
     correct: int = 0
     judged: int = 0
     model_version: int | None = None
     latencies: list = field(default_factory=list)
+    per_version: dict = field(default_factory=dict)  # version -> [correct, judged]
     _last: dict = field(default_factory=dict)
 
     def observe_prediction(self, p: dict) -> None:
@@ -31,8 +33,19 @@ class ServingMonitor:
         self.latencies.append(float(p["latency_ms"]))
         self.model_version = p["model_version"]
         if p.get("truth") is not None:
+            hit = int(p["label"] == p["truth"])
             self.judged += 1
-            self.correct += int(p["label"] == p["truth"])
+            self.correct += hit
+            tally = self.per_version.setdefault(p["model_version"], [0, 0])
+            tally[0] += hit
+            tally[1] += 1
+
+    def observe_label(self) -> None:
+        self.labels += 1
+
+    def version_accuracy(self) -> dict[int, tuple[float, int]]:
+        """Accuracy against ground truth of each model version's predictions, with their count."""
+        return {v: (c / n, n) for v, (c, n) in sorted(self.per_version.items()) if n}
 
     def observe_review(self) -> None:
         self.reviews += 1
@@ -54,6 +67,7 @@ class ServingMonitor:
             "p50_ms": float(np.percentile(recent, 50)) if recent is not None else None,
             "p99_ms": float(np.percentile(recent, 99)) if recent is not None else None,
             "review_requests": self.reviews,
+            "labels": self.labels,
             "dead_letters": self.dead_letters,
             "model_version": self.model_version,
             "accuracy": self.correct / self.judged if self.judged else None,
@@ -71,5 +85,5 @@ def status_line(s: dict) -> str:
     return (f"[{s['elapsed_s']:6.1f}s] readings {s['readings']:>7} ({s['readings_per_s']:6.0f}/s) | "
             f"predictions {s['predictions']:>6} ({s['predictions_per_s']:5.0f}/s) | "
             f"latency p50 {fmt(s['p50_ms'], '.0f')} ms p99 {fmt(s['p99_ms'], '.0f')} ms | "
-            f"reviews {s['review_requests']} | dead letters {s['dead_letters']} | "
+            f"reviews {s['review_requests']} | labels {s['labels']} | dead letters {s['dead_letters']} | "
             f"model v{fmt(s['model_version'], 'd')} | accuracy {fmt(s['accuracy'], '.3f')}")

@@ -88,13 +88,41 @@ def _bad_records() -> list[bytes]:
             b'{"device_id": "device-bad", "ts": 1, "values": [1, 2, 3, 4, 5, 6], "colour": "red"}']
 
 
+def _classes(registry: str, model_name: str) -> list[str]:
+    from model.registry import ArtifactError, ModelRegistry
+
+    try:
+        return list(ModelRegistry(registry).latest_metadata(model_name).spec["classes"])
+    except ArtifactError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def cmd_simulate_labelers(args: argparse.Namespace) -> int:
+    from stream_jobs.simulated_labelers import run_simulated_labelers
+
+    answered = run_simulated_labelers(args.bootstrap, _classes(args.registry, args.model_name), args.delay_ms,
+                                      args.error_rate, duration_s=args.duration)
+    print(f"answered {answered} review requests")
+    return 0
+
+
+def cmd_learn(args: argparse.Namespace, rest: list[str]) -> int:
+    from stream_jobs import learning_job
+
+    learning_job.main(["--bootstrap", args.bootstrap, *rest])
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Broker + serving job + replayed real data; prints a live status line."""
+    """Broker + serving job (+ learning job and simulated labelers) + replayed real data, with a
+    gyroscope calibration drift partway through; prints a live status line."""
     from infra.broker import EmbeddedBroker, ensure_topics, resolve_bootstrap
     from infra.kafka_tools import TopicTail, produce
     from operators.monitor import ServingMonitor, status_line
-    from stream_jobs.launcher import serving_job
+    from operators.replay import DriftPlan
+    from stream_jobs.launcher import JobProcess, serving_job
     from stream_jobs.replayer import ReplayStats, replay
+    from stream_jobs.simulated_labelers import run_simulated_labelers
 
     cmd_setup(args)
     topics = Topics.from_env()
@@ -106,15 +134,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
         bootstrap = broker.bootstrap
     ensure_topics(bootstrap, topics)
     print(f"broker {bootstrap}; starting the serving job (log: {run_dir / 'serving.log'})", flush=True)
+    run_id = int(time.time())
     job = serving_job(bootstrap, run_dir / "serving.log", registry=args.registry, model_name=args.model_name,
-                      checkpoint_dir=str(run_dir / "checkpoints"), group_id=f"sensorloop-demo-{int(time.time())}")
+                      checkpoint_dir=str(run_dir / "checkpoints"), group_id=f"sensorloop-demo-{run_id}",
+                      audit_rate=args.audit_rate)
     job.start()
+    learner = None
+    if not args.no_learning:
+        learner = JobProcess("stream_jobs.learning_job", [
+            "--bootstrap", bootstrap, "--registry", args.registry, "--model-name", args.model_name,
+            "--checkpoint-dir", str(run_dir / "checkpoints-learning"), "--group-id", f"sensorloop-learn-{run_id}"],
+            run_dir / "learning.log").start()
+        print(f"learning job started (log: {run_dir / 'learning.log'})", flush=True)
     stop = threading.Event()
     stats = ReplayStats()
+    drift = None
+    if args.drift_after_s > 0:
+        drift = DriftPlan(after=int(args.drift_after_s * args.rate), offset={3: 2.0, 4: 2.0, 5: 2.0})
+        print(f"the devices' gyroscopes pick up a +2.0 calibration bias after {args.drift_after_s:.0f} s", flush=True)
     replayer = threading.Thread(target=replay, kwargs=dict(
         bootstrap=bootstrap, topic=topics.readings, rate=args.rate, duration_s=args.duration,
-        n_devices=args.devices, stop=stop, stats=stats), daemon=True)
-    tail = TopicTail(bootstrap, [topics.predictions, topics.review_requests, topics.dead_letters])
+        n_devices=args.devices, stop=stop, stats=stats, drift=drift), daemon=True)
+    if learner is not None:
+        threading.Thread(target=run_simulated_labelers, daemon=True, kwargs=dict(
+            bootstrap=bootstrap, classes=_classes(args.registry, args.model_name), delay_ms=300,
+            error_rate=args.label_error_rate, stop=stop)).start()
+    tail = TopicTail(bootstrap, [topics.predictions, topics.review_requests, topics.dead_letters, topics.labels])
     monitor = ServingMonitor()
     started = time.monotonic()
     next_line, next_bad = started + 1.0, started + 5.0
@@ -126,6 +171,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     monitor.observe_prediction(orjson.loads(record.value))
                 elif record.topic == topics.review_requests:
                     monitor.observe_review()
+                elif record.topic == topics.labels:
+                    monitor.observe_label()
                 else:
                     monitor.observe_dead_letter()
             now = time.monotonic()
@@ -135,21 +182,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if now >= next_line:
                 print(status_line(monitor.snapshot(stats.sent, now - started)), flush=True)
                 next_line = now + args.interval
-            if not job.alive():
-                print("serving job exited unexpectedly:\n" + job.log_tail(), file=sys.stderr)
-                return 1
+            for name, process in (("serving", job), ("learning", learner)):
+                if process is not None and not process.alive():
+                    print(f"{name} job exited unexpectedly:\n" + process.log_tail(), file=sys.stderr)
+                    return 1
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
         tail.close()
         job.stop()
+        if learner is not None:
+            learner.stop()
         if broker:
             broker.stop()
     final = monitor.snapshot(stats.sent, time.monotonic() - started)
     print(f"done: {stats.sent} readings -> {final['predictions']} predictions, "
           f"{final['review_requests']} review requests, {final['dead_letters']} dead letters, "
-          f"accuracy {final['accuracy'] if final['accuracy'] is not None else float('nan'):.3f}")
+          f"{final['labels']} labels, accuracy {final['accuracy'] if final['accuracy'] is not None else float('nan'):.3f}")
+    for version, (acc, n) in monitor.version_accuracy().items():
+        print(f"  model v{version}: accuracy {acc:.3f} on {n} windows")
     return 0 if final["predictions"] > 0 else 1
 
 
@@ -285,13 +337,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="broker + serving job + replayed data, with a live status line")
     model_args(p)
     p.add_argument("--bootstrap", default=None, help="use this broker instead of the embedded one")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of replay")
+    p.add_argument("--duration", type=float, default=90.0, help="seconds of replay")
     p.add_argument("--drain", type=float, default=5.0, help="seconds to keep watching after the replay")
     p.add_argument("--rate", type=float, default=400.0, help="readings per second")
     p.add_argument("--devices", type=int, default=16)
     p.add_argument("--interval", type=float, default=2.0, help="seconds between status lines")
     p.add_argument("--run-dir", default="var/demo", help="logs and checkpoints")
+    p.add_argument("--drift-after-s", type=float, default=30.0,
+                   help="seconds of replay before the gyroscope calibration drift (0: no drift)")
+    p.add_argument("--no-learning", action="store_true", help="serving only: no learning job, no labelers")
+    p.add_argument("--audit-rate", type=float, default=0.2, help="share of confident windows also sent to review")
+    p.add_argument("--label-error-rate", type=float, default=0.02, help="how often simulated labelers are wrong")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("learn", help="run the learning job (other flags go to the job; see learn --help)",
+                       add_help=False)
+    p.add_argument("--bootstrap", required=True)
+    p.set_defaults(func=None, passthrough=cmd_learn)
+
+    p = sub.add_parser("simulate-labelers", help="answer review requests from the replayed ground truth")
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--delay-ms", type=int, default=500)
+    p.add_argument("--error-rate", type=float, default=0.0)
+    p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
+    p.add_argument("--registry", default=DEFAULT_REGISTRY)
+    p.add_argument("--model-name", default=DEFAULT_MODEL)
+    p.set_defaults(func=cmd_simulate_labelers)
     return parser
 
 
@@ -301,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # kafka-python warns about slow event-loop tasks on a busy 2-core machine
+        logging.getLogger("kafka").setLevel(logging.ERROR)
     if getattr(args, "passthrough", None):
         return args.passthrough(args, rest)
     if rest:

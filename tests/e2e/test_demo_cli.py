@@ -1,4 +1,5 @@
-"""The README's demo command, shortened: broker + job + replay, and a status line that shows it working."""
+"""The README's demo command, shortened: broker + serving and learning jobs + simulated labelers +
+replay with a drift, and a status line that shows it working."""
 
 import re
 import subprocess
@@ -11,15 +12,18 @@ pytestmark = pytest.mark.e2e
 
 def test_demo_runs_and_reports(tmp_path, trained_registry):
     result = subprocess.run(
-        [sys.executable, "-m", "stream_jobs.cli", "demo", "--duration", "25", "--rate", "400", "--drain", "8",
-         "--interval", "1", "--registry", trained_registry, "--run-dir", str(tmp_path)],
+        [sys.executable, "-m", "stream_jobs.cli", "demo", "--duration", "30", "--rate", "400", "--drain", "8",
+         "--interval", "1", "--drift-after-s", "10", "--registry", trained_registry, "--run-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    done = re.search(r"done: (\d+) readings -> (\d+) predictions, (\d+) review requests, (\d+) dead letters",
-                     result.stdout)
+    done = re.search(r"done: (\d+) readings -> (\d+) predictions, (\d+) review requests, (\d+) dead letters, "
+                     r"(\d+) labels", result.stdout)
     assert done, result.stdout[-2000:]
-    readings, predictions, _, dead = map(int, done.groups())
-    assert readings >= 25 * 400 * 0.9
+    readings, predictions, reviews, dead, labels = map(int, done.groups())
+    assert readings >= 30 * 400 * 0.9
     assert predictions > 0.5 * readings / 8  # one prediction per device every 8 readings
     assert dead >= 4  # the demo mixes in bad records every 10 s
     assert re.search(r"latency p50 \d+ ms p99 \d+ ms", result.stdout)
+    assert reviews > 0 and labels > 0  # the simulated labelers answered review requests
+    assert re.search(r"model v1: accuracy 0\.\d+ on \d+ windows", result.stdout)
+    assert "WARNING kafka" not in result.stdout + result.stderr
