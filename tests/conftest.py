@@ -1,4 +1,5 @@
 import logging
+import shutil
 
 import pytest
 
@@ -12,4 +13,12 @@ def trained_registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     bootstrap(ModelRegistry(root), "basic-motions", epochs=8)
     logging.getLogger().info("test registry at %s", root)
+    return str(root)
+
+
+@pytest.fixture
+def registry_copy(tmp_path, trained_registry):
+    """A private copy of the trained registry, for tests whose jobs publish new versions."""
+    root = tmp_path / "registry"
+    shutil.copytree(trained_registry, root)
     return str(root)

@@ -1,6 +1,5 @@
 """Model hot swap in the running serving job: promote, refuse corrupt artifacts, roll back."""
 
-import shutil
 import threading
 import time
 
@@ -24,9 +23,8 @@ def announce(bootstrap: str, registry: ModelRegistry, version: int) -> None:
     produce(bootstrap, TOPICS.model_snapshots, [(NAME.encode(), snapshot.encode())])
 
 
-def test_promote_refuse_corrupt_and_roll_back(tmp_path, trained_registry):
-    root = tmp_path / "registry"
-    shutil.copytree(trained_registry, root)
+def test_promote_refuse_corrupt_and_roll_back(tmp_path, registry_copy):
+    root = registry_copy
     registry = ModelRegistry(root)
     v1 = registry.load(NAME, 1)
     registry.publish(NAME, v1.onnx_bytes, v1.weights_bytes, v1.metadata.spec, {"test_accuracy": 0.99}, 1)  # v2

@@ -1,7 +1,6 @@
 """The closed loop: serving → review requests → simulated labelers → learning job → new version
 → hot swap in serving, on a stream whose gyroscopes drifted (a calibration bias)."""
 
-import shutil
 import threading
 import time
 
@@ -23,9 +22,8 @@ NAME = "basic-motions"
 GYRO_BIAS = DriftPlan(after=0, offset={3: 2.0, 4: 2.0, 5: 2.0})
 
 
-def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_path, trained_registry):
-    root = tmp_path / "registry"
-    shutil.copytree(trained_registry, root)
+def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_path, registry_copy):
+    root = registry_copy
     classes = list(ModelRegistry(root).latest_metadata(NAME).spec["classes"])
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         ensure_topics(broker.bootstrap)
