@@ -30,7 +30,7 @@ class LearningConfig:
     holdout_every: int = 4  # 1 labeled window in this many is held out for the gate, never trained on
     gate_every: int = 32  # labeled windows between gate checks
     gate_margin: float = 0.0
-    min_holdout: int = 8
+    min_holdout: int = 30
     holdout_size: int = 300
 
     def online(self) -> OnlineConfig:

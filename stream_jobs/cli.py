@@ -137,7 +137,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_id = int(time.time())
     job = serving_job(bootstrap, run_dir / "serving.log", registry=args.registry, model_name=args.model_name,
                       checkpoint_dir=str(run_dir / "checkpoints"), group_id=f"sensorloop-demo-{run_id}",
-                      audit_rate=args.audit_rate)
+                      audit_rate=args.audit_rate, review_budget_per_minute=args.review_budget)
     job.start()
     learner = None
     if not args.no_learning:
@@ -347,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of replay before the gyroscope calibration drift (0: no drift)")
     p.add_argument("--no-learning", action="store_true", help="serving only: no learning job, no labelers")
     p.add_argument("--audit-rate", type=float, default=0.2, help="share of confident windows also sent to review")
+    p.add_argument("--review-budget", type=int, default=600, help="review requests per minute at most")
     p.add_argument("--label-error-rate", type=float, default=0.02, help="how often simulated labelers are wrong")
     p.set_defaults(func=cmd_demo)
 
