@@ -32,6 +32,8 @@ class LearningConfig:
     gate_margin: float = 0.0
     min_holdout: int = 30
     holdout_size: int = 300
+    drift_budget_per_minute: int = 600  # review budget serving uses for a while after a drift
+    drift_boost_seconds: int = 120
 
     def online(self) -> OnlineConfig:
         return OnlineConfig(lr=self.lr, batch_size=self.batch_size, replay_ratio=self.replay_ratio,
@@ -73,6 +75,7 @@ class LearningLoop:
         self.correct = 0
         self.since_gate = 0
         self.drift_events = 0
+        self.new_drifts: list[str] = []
 
     def learn(self, item: LabeledWindow) -> Candidate | None:
         label = self.index[item.label]  # the join already refused unknown classes
@@ -81,6 +84,7 @@ class LearningLoop:
         self.correct += int(hit)
         if "error" in self.drift.update(correct=hit):
             self.drift_events += 1
+            self.new_drifts.append("error")
             self.trainer.consolidate()
         if zlib.crc32(item.review_id.encode()) % self.config.holdout_every == 0:
             self.gate.hold_out(item.values, label)
@@ -95,6 +99,11 @@ class LearningLoop:
         if not decision.accept:
             return None
         return Candidate(self.trainer.snapshot(), decision, self.labeled)
+
+    def take_drifts(self) -> list[str]:
+        """Drift signals detected since the last call (each to be published once)."""
+        out, self.new_drifts = self.new_drifts, []
+        return out
 
     def accepted(self, candidate: Candidate, version: int) -> None:
         self.serving = copy.deepcopy(candidate.net).eval()

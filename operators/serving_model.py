@@ -30,11 +30,11 @@ class ServingModel:
 
 
 @dataclass
-class SnapshotControl:
-    """A model announcement (``ModelSnapshot``) addressed to one inference shard, with where it was read."""
+class ControlMessage:
+    """A ``ModelSnapshot`` or ``DriftEvent`` addressed to one inference shard, with where it was read."""
 
     shard: int
-    snapshot: object
+    message: object
     partition: int
     offset: int
 

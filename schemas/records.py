@@ -271,6 +271,35 @@ class ModelSnapshot(_Record):
 
 
 @dataclass(slots=True)
+class DriftEvent(_Record):
+    """The learning path saw a drift: serving raises its review budget for a while."""
+
+    model_name: str
+    signal: str
+    detected_at: int
+    model_version: int
+    boost_budget_per_minute: int
+    boost_seconds: int
+    error_rate: float | None = None
+
+    SIGNALS = ("error", "confidence")
+    REQUIRED = ("model_name", "signal", "detected_at", "model_version", "boost_budget_per_minute", "boost_seconds")
+    OPTIONAL = ("schema_version", "error_rate")
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "DriftEvent":
+        check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
+        check_version(obj)
+        signal = require_str(obj, "signal")
+        if signal not in cls.SIGNALS:
+            raise SchemaError("signal", f"must be one of {cls.SIGNALS}")
+        return cls(require_id(obj, "model_name"), signal, require_int(obj, "detected_at", 0),
+                   require_int(obj, "model_version", 1), require_int(obj, "boost_budget_per_minute", 0),
+                   require_int(obj, "boost_seconds", 0),
+                   require_float(obj, "error_rate", 0.0, 1.0) if obj.get("error_rate") is not None else None)
+
+
+@dataclass(slots=True)
 class DeadLetter(_Record):
     """Bad input kept with where it came from and why it was refused."""
 

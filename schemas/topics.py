@@ -23,6 +23,7 @@ class Topics:
     labels: str = "labels"
     model_snapshots: str = "model-snapshots"
     dead_letters: str = "dead-letters"
+    drift_events: str = "drift-events"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Topics":
@@ -40,6 +41,7 @@ class Topics:
             self.labels: 2,
             self.model_snapshots: 1,
             self.dead_letters: 1,
+            self.drift_events: 1,
         }
 
     def all(self) -> list[str]:

@@ -22,7 +22,7 @@ from model.train import load_network, publish_version
 from operators.label_join import LabelJoiner
 from operators.learning import LearningConfig, LearningLoop
 from operators.parse import raw_text
-from schemas import DeadLetter, Label, ModelSnapshot, ReviewRequest, SchemaError, Topics
+from schemas import DeadLetter, DriftEvent, Label, ModelSnapshot, ReviewRequest, SchemaError, Topics
 from stream_jobs.flink_env import FlinkSettings, make_env
 from stream_jobs.kafka_io import keyed_source, route, routed_sink, split_envelope
 from stream_jobs.serving_job import add_config_arguments, config_from_args
@@ -110,6 +110,11 @@ class LearnAndPublish(KeyedProcessFunction):
     def process_element(self, item, ctx: KeyedProcessFunction.Context):
         loop = self.state.value() or self._new_loop()
         candidate = loop.learn(item)
+        for signal in loop.take_drifts():
+            event = DriftEvent(self.model_name, signal, _now_ms(), loop.version, self.config.drift_budget_per_minute,
+                               self.config.drift_boost_seconds, loop.drift.error_rate)
+            log.info("drift (%s) detected after %d labeled windows", signal, loop.labeled)
+            yield route(self.topics.drift_events, self.model_name, event.encode())
         if candidate is not None:
             d = candidate.decision
             metrics = {"holdout_accuracy": d.candidate_accuracy, "serving_holdout_accuracy": d.serving_accuracy,

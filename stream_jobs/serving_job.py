@@ -24,9 +24,9 @@ from operators.config import ServingConfig
 from operators.inference import WindowScorer
 from operators.parse import ReadingParser, raw_text
 from operators.routing import ReviewRouter
-from operators.serving_model import SnapshotControl, load_from_registry, load_snapshot
+from operators.serving_model import ControlMessage, load_from_registry, load_snapshot
 from operators.windowing import SlidingWindower
-from schemas import DeadLetter, ModelSnapshot, SchemaError, Topics
+from schemas import DeadLetter, DriftEvent, ModelSnapshot, SchemaError, Topics
 from stream_jobs.flink_env import FlinkSettings, make_env
 from stream_jobs.kafka_io import keyed_source, route, routed_sink, split_envelope
 
@@ -108,23 +108,24 @@ class ReadingsToWindows(KeyedProcessFunction):
             yield window
 
 
-class FanOutSnapshots(KeyedProcessFunction):
-    """Validates ``model-snapshots`` messages and sends each to every inference shard."""
+class FanOutControls(KeyedProcessFunction):
+    """Validates ``model-snapshots`` and ``drift-events`` messages and sends each to every inference shard."""
 
     def __init__(self, topics: Topics, shards: int) -> None:
         self.topics, self.shards = topics, shards
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
-        _, partition, offset, _, payload = split_envelope(value)
+        topic, partition, offset, _, payload = split_envelope(value[1] if isinstance(value, Row) else value)
+        contract = DriftEvent if topic == self.topics.drift_events else ModelSnapshot
         try:
-            snapshot = ModelSnapshot.decode(payload)
+            message = contract.decode(payload)
         except SchemaError as exc:
-            letter = DeadLetter(self.topics.model_snapshots, partition, offset, str(exc), raw_text(payload),
-                                exc.field, "snapshot", _now_ms())
-            yield DEAD_LETTERS, route(self.topics.dead_letters, self.topics.model_snapshots, letter.encode())
+            letter = DeadLetter(topic, partition, offset, str(exc), raw_text(payload), exc.field, "control",
+                                _now_ms())
+            yield DEAD_LETTERS, route(self.topics.dead_letters, topic, letter.encode())
             return
         for shard in range(self.shards):
-            yield SnapshotControl(shard, snapshot, partition, offset)
+            yield ControlMessage(shard, message, partition, offset)
 
 
 class InferBatches(KeyedProcessFunction):
@@ -154,6 +155,7 @@ class InferBatches(KeyedProcessFunction):
         self.oldest = runtime_context.get_state(ValueStateDescriptor("oldest", Types.LONG()))
         self.accepted = runtime_context.get_state(ValueStateDescriptor("accepted", Types.PICKLED_BYTE_ARRAY()))
         self.restore_checked = False
+        self.boost_until: int | None = None
         group = runtime_context.get_metrics_group()
         self.predictions = group.counter("predictions")
         self.reviews = group.counter("review_requests")
@@ -170,10 +172,13 @@ class InferBatches(KeyedProcessFunction):
             restored = self.accepted.value()
             if restored is not None and restored.version != self.scorer.model.version:
                 yield from self._swap(restored, None)
-        if isinstance(window, SnapshotControl):
+        if isinstance(window, ControlMessage):
+            if isinstance(window.message, DriftEvent):
+                self._boost(window.message, now)
+                return
             if self.count.value():
                 yield from self._flush(now)  # windows that came first are scored by the old model
-            yield from self._swap(window.snapshot, window)
+            yield from self._swap(window.message, window)
             return
         self.pending.add(window)
         count = (self.count.value() or 0) + 1
@@ -194,6 +199,9 @@ class InferBatches(KeyedProcessFunction):
             yield from self._flush(now)
 
     def _flush(self, now: int):
+        if self.boost_until is not None and now >= self.boost_until:
+            self.scorer.router.set_budget(self.cfg.review_budget_per_minute)
+            self.boost_until = None
         windows = list(self.pending.get())
         self.pending.clear()
         self.count.clear()
@@ -211,7 +219,16 @@ class InferBatches(KeyedProcessFunction):
             self.next_report = time.monotonic() + STATS_EVERY_S
             self.report()
 
-    def _swap(self, snapshot: ModelSnapshot, control: SnapshotControl | None):
+    def _boost(self, event: DriftEvent, now: int) -> None:
+        """After a drift, more windows go to review for a while."""
+        if event.model_name != self.cfg.model_name:
+            return
+        self.scorer.router.set_budget(event.boost_budget_per_minute)
+        self.boost_until = now + event.boost_seconds * 1000
+        log.info("drift (%s): review budget %d/min for %d s", event.signal, event.boost_budget_per_minute,
+                 event.boost_seconds)
+
+    def _swap(self, snapshot: ModelSnapshot, control: ControlMessage | None):
         if snapshot.model_name != self.cfg.model_name:
             return
         try:
@@ -259,12 +276,12 @@ def build_serving_job(env, bootstrap: str, cfg: ServingConfig, topics: Topics, s
     readings = keyed_source(env, bootstrap, [topics.readings], group_id, "sensor-readings", "device_id")
     windows = (readings.process(ReadingsToWindows(cfg, topics, channels), output_type=Types.PICKLED_BYTE_ARRAY())
                .name("parse-and-window"))
-    announcements = keyed_source(env, bootstrap, [topics.model_snapshots], f"{group_id}-snapshots",
-                                 "model-snapshots", "model_name")
-    controls = (announcements.process(FanOutSnapshots(topics, shards), output_type=Types.PICKLED_BYTE_ARRAY())
+    announcements = keyed_source(env, bootstrap, [topics.model_snapshots, topics.drift_events],
+                                 f"{group_id}-controls", "model-snapshots-and-drift-events", "model_name")
+    controls = (announcements.process(FanOutControls(topics, shards), output_type=Types.PICKLED_BYTE_ARRAY())
                 .name("model-announcements"))
     scored = (windows.union(controls)
-              .key_by(lambda x: x.shard if isinstance(x, SnapshotControl) else shard_of(x.device_id, shards),
+              .key_by(lambda x: x.shard if isinstance(x, ControlMessage) else shard_of(x.device_id, shards),
                       key_type=Types.INT())
               .process(InferBatches(cfg, topics), output_type=Types.STRING()).name("inference"))
     out = scored.union(windows.get_side_output(DEAD_LETTERS), controls.get_side_output(DEAD_LETTERS))

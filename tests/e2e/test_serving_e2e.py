@@ -1,5 +1,7 @@
 """Serving path end to end: real Tansu broker, real Flink MiniCluster, official Kafka connector."""
 
+import time
+
 import orjson
 import pytest
 
@@ -82,3 +84,31 @@ def test_readings_to_predictions_reviews_and_dead_letters(broker, trained_regist
     assert any("exceeds the limit" in d.reason for d in letters)
     assert any("ambiguous" in d.reason for d in letters)
     assert all(orjson.loads(r.value)["schema_version"] == 1 for r in out[TOPICS.dead_letters])
+
+
+def test_drift_event_raises_the_review_budget(broker, trained_registry, tmp_path):
+    from infra.kafka_tools import TopicTail
+    from schemas import DriftEvent
+
+    first = replayed_readings(n_devices=8, per_device=64)
+    second = replayed_readings(n_devices=8, per_device=64, start_seq=64)
+    job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
+                      checkpoint_dir=str(tmp_path / "ck"), confidence_threshold=1.0, audit_rate=0.0,
+                      review_budget_per_minute=1)  # every window wants review; one per minute allowed
+    with job:
+        produce(broker.bootstrap, TOPICS.readings, encoded(first))
+        out = collect(broker.bootstrap, {TOPICS.predictions: 8 * 5}, timeout_s=180, job=job)
+        tail = TopicTail(broker.bootstrap, [TOPICS.review_requests])
+        time.sleep(2)
+        assert len(tail.poll(1000)) <= 1, "the budget of 1/minute was exceeded"
+        event = DriftEvent("basic-motions", "error", int(time.time() * 1000), 1, 6000, 60, 0.5)
+        produce(broker.bootstrap, TOPICS.drift_events, [(b"basic-motions", event.encode())])
+        time.sleep(3)  # the event travels on its own source
+        produce(broker.bootstrap, TOPICS.readings, encoded(second))
+        reviews = []
+        deadline = time.monotonic() + 60
+        while len(reviews) < 10 and time.monotonic() < deadline:
+            reviews += tail.poll(500)
+        tail.close()
+    assert len(out[TOPICS.predictions]) >= 40
+    assert len(reviews) >= 10, f"only {len(reviews)} review requests after the drift event"

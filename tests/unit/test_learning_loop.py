@@ -47,3 +47,18 @@ def test_loop_proposes_a_better_candidate_after_drift():
     before = accuracy(predict_proba(net, Xv), yv)
     after = accuracy(predict_proba(loop.serving, Xv), yv)
     assert after > before + 0.2, (before, after)
+
+
+def test_loop_reports_each_detected_drift_once():
+    torch.manual_seed(0)
+    net = WindowTransformer(SPEC)
+    loop = LearningLoop(net, SPEC, version=1, config=LearningConfig(gate_every=10_000))
+    X, y = data(1400, 3)
+    for i, (w, label) in enumerate(zip(X, y)):
+        predicted = label if i < 900 else (label + 1) % 3  # serving starts being wrong at window 900
+        loop.learn(LabeledWindow(f"d:{i}", "d", w, SPEC.classes[label], SPEC.classes[predicted], 1, ["s"]))
+        if i == 899:
+            assert loop.take_drifts() == []
+    drifts = loop.take_drifts()
+    assert drifts and set(drifts) == {"error"} and loop.drift_events == len(drifts)
+    assert loop.take_drifts() == [] and loop.trainer.ewc is not None  # the drift consolidated EWC

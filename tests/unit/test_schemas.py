@@ -96,3 +96,13 @@ def test_snapshot_requires_hex_sha():
 def test_dead_letter_round_trip():
     d = DeadLetter("sensor-readings", 2, 17, "ts: must be an integer", "{...}", "ts", "parse", 9)
     assert DeadLetter.decode(d.encode()) == d
+
+
+def test_drift_event_round_trip_and_signal_check():
+    from schemas import DriftEvent
+
+    e = DriftEvent("m", "error", 5, 2, 600, 120, 0.4)
+    assert DriftEvent.decode(e.encode()) == e
+    with pytest.raises(SchemaError) as err:
+        DriftEvent.from_dict({**orjson.loads(e.encode()), "signal": "vibes"})
+    assert err.value.field == "signal"
