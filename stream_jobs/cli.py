@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import threading
@@ -103,13 +104,6 @@ def cmd_simulate_labelers(args: argparse.Namespace) -> int:
     answered = run_simulated_labelers(args.bootstrap, _classes(args.registry, args.model_name), args.delay_ms,
                                       args.error_rate, duration_s=args.duration)
     print(f"answered {answered} review requests")
-    return 0
-
-
-def cmd_learn(args: argparse.Namespace, rest: list[str]) -> int:
-    from stream_jobs import learning_job
-
-    learning_job.main(["--bootstrap", args.bootstrap, *rest])
     return 0
 
 
@@ -259,11 +253,12 @@ def cmd_model_announce(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
-    from stream_jobs import serving_job
-
-    serving_job.main(["--bootstrap", args.bootstrap, *rest])
-    return 0
+def run_job(module: str):
+    """A subcommand that hands its remaining flags to a job module's ``main``."""
+    def run(args: argparse.Namespace, rest: list[str]) -> int:
+        importlib.import_module(module).main(["--bootstrap", args.bootstrap, *rest])
+        return 0
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the serving job (other flags go to the job; see serve --help)",
                        add_help=False)
     p.add_argument("--bootstrap", required=True)
-    p.set_defaults(func=None, passthrough=cmd_serve)
+    p.set_defaults(func=None, passthrough=run_job("stream_jobs.serving_job"))
 
     p = sub.add_parser("model", help="model registry: list versions, announce one (promote / roll back)")
     model_sub = p.add_subparsers(dest="model_command", required=True)
@@ -354,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("learn", help="run the learning job (other flags go to the job; see learn --help)",
                        add_help=False)
     p.add_argument("--bootstrap", required=True)
-    p.set_defaults(func=None, passthrough=cmd_learn)
+    p.set_defaults(func=None, passthrough=run_job("stream_jobs.learning_job"))
 
     p = sub.add_parser("simulate-labelers", help="answer review requests from the replayed ground truth")
     p.add_argument("--bootstrap", required=True)
