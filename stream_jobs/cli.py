@@ -253,6 +253,15 @@ def cmd_model_announce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from stream_jobs.retrain import describe, retrain
+
+    result = retrain(args.bootstrap, args.registry, args.model_name, args.epochs, args.lr, args.gate_margin,
+                     announce=not args.no_announce)
+    print(describe(result))
+    return 0
+
+
 def run_job(module: str):
     """A subcommand that hands its remaining flags to a job module's ``main``."""
     def run(args: argparse.Namespace, rest: list[str]) -> int:
@@ -350,6 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("--bootstrap", required=True)
     p.set_defaults(func=None, passthrough=run_job("stream_jobs.learning_job"))
+
+    p = sub.add_parser("retrain", help="train on the whole labeled archive; gate, publish and announce")
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--registry", default=DEFAULT_REGISTRY)
+    p.add_argument("--model-name", default=DEFAULT_MODEL)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--gate-margin", type=float, default=0.0)
+    p.add_argument("--no-announce", action="store_true", help="write the version but do not announce it")
+    p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("simulate-labelers", help="answer review requests from the replayed ground truth")
     p.add_argument("--bootstrap", required=True)
