@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Benchmarks: inference throughput vs batch size, then the end-to-end serving benchmark.
+# Benchmarks: inference throughput vs batch size, online learning vs river, then the end-to-end serving benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/python bench/inference_bench.py
+.venv/bin/python bench/learning_bench.py
 .venv/bin/python bench/serving_bench.py "$@"
