@@ -39,6 +39,7 @@ class LabeledWindow:
     predicted: str
     model_version: int
     labelers: list[str]
+    answered_at: int = 0  # when the answer that resolved it was given (epoch ms)
 
 
 @dataclass
@@ -94,7 +95,8 @@ class LabelJoiner:
         state.resolved = True
         r = state.request
         return [LabeledWindow(r.review_id, r.device_id, np.asarray(r.values, np.float32), label, r.predicted,
-                              r.model_version, [who for who, _, _ in state.answers])]
+                              r.model_version, [who for who, _, _ in state.answers],
+                              max(at for _, _, at in state.answers))]
 
     def expired(self, state: JoinState, now_ms: int) -> bool:
         return state.first_seen_ms is not None and now_ms - state.first_seen_ms >= self.ttl_ms

@@ -45,6 +45,7 @@ class Candidate:
     net: torch.nn.Module
     decision: GateDecision
     labeled: int
+    trigger_answered_at: int  # when the answer that completed this candidate was given (epoch ms)
 
 
 def _predictor(net: torch.nn.Module):
@@ -98,7 +99,7 @@ class LearningLoop:
         decision = self.gate.judge(_predictor(self.trainer.net), _predictor(self.serving))
         if not decision.accept:
             return None
-        return Candidate(self.trainer.snapshot(), decision, self.labeled)
+        return Candidate(self.trainer.snapshot(), decision, self.labeled, item.answered_at)
 
     def take_drifts(self) -> list[str]:
         """Drift signals detected since the last call (each to be published once)."""

@@ -119,7 +119,8 @@ class LearnAndPublish(KeyedProcessFunction):
             d = candidate.decision
             metrics = {"holdout_accuracy": d.candidate_accuracy, "serving_holdout_accuracy": d.serving_accuracy,
                        "holdout_windows": float(d.samples), "prequential_accuracy": loop.prequential_accuracy,
-                       "labeled_windows": float(loop.labeled), "drift_events": float(loop.drift_events)}
+                       "labeled_windows": float(loop.labeled), "drift_events": float(loop.drift_events),
+                       "trigger_label_at_ms": float(candidate.trigger_answered_at)}
             meta = publish_version(self.registry, self.model_name, candidate.net, loop.spec, metrics,
                                    parent_version=loop.version, data_seen=loop.labeled,
                                    note=f"online: {d.reason}")

@@ -74,3 +74,10 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
     print(f"prequential accuracy: v1 {acc_before:.3f} on {len(before)} windows; "
           f"v{after[-1]['model_version']} {acc_after:.3f} on the last 300")
     assert acc_after > acc_before + 0.1
+    # label → serving: from the answer that completed a version to its first prediction (reported only)
+    seconds = []
+    for version in sorted({p["model_version"] for p in predictions} - {1}):
+        first = min(p["emitted_at"] for p in predictions if p["model_version"] == version)
+        seconds.append((first - ModelRegistry(root).metadata(NAME, version).metrics["trigger_label_at_ms"]) / 1000)
+    assert all(s > 0 for s in seconds), seconds
+    print(f"label -> serving seconds per version: {[round(s, 2) for s in seconds]}")
