@@ -78,6 +78,20 @@ def require_str(obj: Mapping[str, Any], name: str, max_len: int = 256) -> str:
     return value
 
 
+def require_choice(obj: Mapping[str, Any], name: str, choices: tuple[str, ...], default: str | None = None) -> str:
+    """A string that must be one of ``choices`` (``default`` when the field is absent).
+
+    >>> require_choice({"signal": "vibes"}, "signal", ("error",))
+    Traceback (most recent call last):
+    ...
+    schemas.base.SchemaError: signal: must be one of ('error',)
+    """
+    value = obj.get(name, default)
+    if value not in choices:
+        raise SchemaError(name, f"must be one of {choices}")
+    return value
+
+
 def require_id(obj: Mapping[str, Any], name: str, max_len: int = 128) -> str:
     """An identifier (device, review, model, labeler): a string without control characters.
 

@@ -23,6 +23,7 @@ from schemas.base import (
     decode_json,
     encode_json,
     finite_floats,
+    require_choice,
     require_float,
     require_int,
     require_id,
@@ -173,9 +174,7 @@ class ReviewRequest(_Record):
     def from_dict(cls, obj: Mapping[str, Any]) -> "ReviewRequest":
         check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
         check_version(obj)
-        reason = require_str(obj, "reason")
-        if reason not in cls.REASONS:
-            raise SchemaError("reason", f"must be one of {cls.REASONS}")
+        reason = require_choice(obj, "reason", cls.REASONS)
         channels = obj["channels"]
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
             raise SchemaError("channels", "must be a list of strings")
@@ -224,9 +223,7 @@ class Label(_Record):
     def from_dict(cls, obj: Mapping[str, Any], classes: Sequence[str] | None = None) -> "Label":
         check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
         check_version(obj)
-        status = obj.get("status", "answered")
-        if status not in cls.STATUSES:
-            raise SchemaError("status", f"must be one of {cls.STATUSES}")
+        status = require_choice(obj, "status", cls.STATUSES, default="answered")
         label = require_str(obj, "label")
         if status == "answered" and classes is not None and label not in classes:
             raise SchemaError("label", f"unknown class {label!r}; known: {list(classes)}")
@@ -290,9 +287,7 @@ class DriftEvent(_Record):
     def from_dict(cls, obj: Mapping[str, Any]) -> "DriftEvent":
         check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
         check_version(obj)
-        signal = require_str(obj, "signal")
-        if signal not in cls.SIGNALS:
-            raise SchemaError("signal", f"must be one of {cls.SIGNALS}")
+        signal = require_choice(obj, "signal", cls.SIGNALS)
         return cls(require_id(obj, "model_name"), signal, require_int(obj, "detected_at", 0),
                    require_int(obj, "model_version", 1), require_int(obj, "boost_budget_per_minute", 0),
                    require_int(obj, "boost_seconds", 0),

@@ -7,6 +7,8 @@ Sources hand Python ``b"topic partition offset timestamp\\n" + payload``, keyed 
 
 from __future__ import annotations
 
+import time
+
 from pyflink.common import Types, WatermarkStrategy
 from pyflink.datastream import KeyedStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
@@ -16,6 +18,8 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 from pyflink.java_gateway import get_gateway
+
+from schemas import DeadLetter
 
 SEP = "\x1f"
 
@@ -29,12 +33,24 @@ def route(topic: str, key: str | None, payload: bytes) -> str:
     return f"{topic}{SEP}{key or ''}{SEP}{payload.decode()}"
 
 
-def split_envelope(data: bytes) -> tuple[str, int, int, int, bytes]:
-    """``(topic, partition, offset, kafka timestamp ms, payload)`` of an enveloped source record.
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def route_dead_letter(dead_letters_topic: str, letter: DeadLetter) -> str:
+    """A dead letter as a routed record, keyed by the topic the bad input came from."""
+    return route(dead_letters_topic, letter.source_topic, letter.encode())
+
+
+def split_envelope(data) -> tuple[str, int, int, int, bytes]:
+    """``(topic, partition, offset, kafka timestamp ms, payload)`` of an enveloped source record
+    (the bytes themselves, or the ``Row(key, bytes)`` of a keyed source).
 
     >>> split_envelope(b"labels 3 17 1700000000000\\n{}")
     ('labels', 3, 17, 1700000000000, b'{}')
     """
+    if not isinstance(data, (bytes, bytearray)):
+        data = data[1]
     head, _, payload = data.partition(b"\n")
     topic, partition, offset, timestamp = head.split(b" ")
     return topic.decode(), int(partition), int(offset), int(timestamp), payload

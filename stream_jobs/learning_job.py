@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import time
 
 import torch
-from pyflink.common import Row, Types
+from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
@@ -24,15 +23,11 @@ from operators.learning import LearningConfig, LearningLoop
 from operators.parse import raw_text
 from schemas import DeadLetter, DriftEvent, Label, ModelSnapshot, ReviewRequest, SchemaError, Topics
 from stream_jobs.flink_env import FlinkSettings, make_env
-from stream_jobs.kafka_io import keyed_source, route, routed_sink, split_envelope
+from stream_jobs.kafka_io import keyed_source, now_ms, route, route_dead_letter, routed_sink, split_envelope
 from stream_jobs.serving_job import add_config_arguments, config_from_args
 
 log = logging.getLogger(__name__)
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class JoinAnswers(KeyedProcessFunction):
@@ -48,12 +43,12 @@ class JoinAnswers(KeyedProcessFunction):
 
     def _letter(self, topic: str, partition: int, offset: int, reason: str, raw: bytes | str, field=None):
         text = raw if isinstance(raw, str) else raw_text(raw)
-        letter = DeadLetter(topic, partition, offset, reason, text, field, "label-join", _now_ms())
-        return DEAD_LETTERS, route(self.topics.dead_letters, topic, letter.encode())
+        letter = DeadLetter(topic, partition, offset, reason, text, field, "label-join", now_ms())
+        return DEAD_LETTERS, route_dead_letter(self.topics.dead_letters, letter)
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
-        topic, partition, offset, _, payload = split_envelope(value[1] if isinstance(value, Row) else value)
-        now = _now_ms()
+        topic, partition, offset, _, payload = split_envelope(value)
+        now = now_ms()
         state = self.state.value() or self.joiner.new_state()
         try:
             if topic == self.topics.review_requests:
@@ -111,7 +106,7 @@ class LearnAndPublish(KeyedProcessFunction):
         loop = self.state.value() or self._new_loop()
         candidate = loop.learn(item)
         for signal in loop.take_drifts():
-            event = DriftEvent(self.model_name, signal, _now_ms(), loop.version, self.config.drift_budget_per_minute,
+            event = DriftEvent(self.model_name, signal, now_ms(), loop.version, self.config.drift_budget_per_minute,
                                self.config.drift_boost_seconds, loop.drift.error_rate)
             log.info("drift (%s) detected after %d labeled windows", signal, loop.labeled)
             yield route(self.topics.drift_events, self.model_name, event.encode())

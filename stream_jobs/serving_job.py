@@ -14,7 +14,7 @@ import zlib
 from dataclasses import fields
 
 import orjson
-from pyflink.common import Row, Types
+from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
@@ -28,16 +28,12 @@ from operators.serving_model import ControlMessage, load_from_registry, load_sna
 from operators.windowing import SlidingWindower
 from schemas import DeadLetter, DriftEvent, ModelSnapshot, SchemaError, Topics
 from stream_jobs.flink_env import FlinkSettings, make_env
-from stream_jobs.kafka_io import keyed_source, route, routed_sink, split_envelope
+from stream_jobs.kafka_io import keyed_source, now_ms, route, route_dead_letter, routed_sink, split_envelope
 
 log = logging.getLogger(__name__)
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 IDLE_FLUSH_MS = 2_000
 STATS_EVERY_S = 5.0
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class ReadingsToWindows(KeyedProcessFunction):
@@ -65,10 +61,10 @@ class ReadingsToWindows(KeyedProcessFunction):
 
     def _dead_letter(self, letter: DeadLetter):
         self.dead.inc()
-        return DEAD_LETTERS, route(self.topics.dead_letters, self.topics.readings, letter.encode())
+        return DEAD_LETTERS, route_dead_letter(self.topics.dead_letters, letter)
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
-        _, partition, offset, ingest_ms, payload = split_envelope(value[1] if isinstance(value, Row) else value)
+        _, partition, offset, ingest_ms, payload = split_envelope(value)
         self.readings_in.inc()
         reading = self.parser.parse(payload, partition, offset)
         if isinstance(reading, DeadLetter):
@@ -98,7 +94,7 @@ class ReadingsToWindows(KeyedProcessFunction):
         if state is None or not state.pending:
             return
         newest_ingest = max(item[4] for item in state.pending)
-        if _now_ms() - newest_ingest < IDLE_FLUSH_MS:
+        if now_ms() - newest_ingest < IDLE_FLUSH_MS:
             ctx.timer_service().register_processing_time_timer(timestamp + IDLE_FLUSH_MS)
             return
         windows = self.windower.flush(state)
@@ -115,14 +111,14 @@ class FanOutControls(KeyedProcessFunction):
         self.topics, self.shards = topics, shards
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
-        topic, partition, offset, _, payload = split_envelope(value[1] if isinstance(value, Row) else value)
+        topic, partition, offset, _, payload = split_envelope(value)
         contract = DriftEvent if topic == self.topics.drift_events else ModelSnapshot
         try:
             message = contract.decode(payload)
         except SchemaError as exc:
             letter = DeadLetter(topic, partition, offset, str(exc), raw_text(payload), exc.field, "control",
-                                _now_ms())
-            yield DEAD_LETTERS, route(self.topics.dead_letters, topic, letter.encode())
+                                now_ms())
+            yield DEAD_LETTERS, route_dead_letter(self.topics.dead_letters, letter)
             return
         for shard in range(self.shards):
             yield ControlMessage(shard, message, partition, offset)
@@ -240,8 +236,8 @@ class InferBatches(KeyedProcessFunction):
                 letter = DeadLetter(self.topics.model_snapshots, control.partition, control.offset,
                                     f"refused {snapshot.model_name} v{snapshot.version}, still serving "
                                     f"v{self.scorer.model.version}: {exc}", raw_text(snapshot.encode()),
-                                    "artifact_uri", "snapshot", _now_ms())
-                yield route(self.topics.dead_letters, self.topics.model_snapshots, letter.encode())
+                                    "artifact_uri", "snapshot", now_ms())
+                yield route_dead_letter(self.topics.dead_letters, letter)
             return
         self.scorer.swap(model)
         self.accepted.update(snapshot)
