@@ -106,6 +106,7 @@ def bootstrap(registry: ModelRegistry, name: str = "basic-motions", spec: ModelS
     X, labels = sliding_windows(load_basic_motions("train"), spec.window, stride)
     Xte, labels_te = sliding_windows(load_basic_motions("test"), spec.window, spec.window // 2)
     y, yte = encode_labels(labels, spec.classes), encode_labels(labels_te, spec.classes)
+    torch.manual_seed(seed)  # the initial weights too, so a version 1 is reproducible
     net = WindowTransformer(spec)
     net.set_normalisation(X)
     started = time.perf_counter()

@@ -144,8 +144,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stats = ReplayStats()
     drift = None
     if args.drift_after_s > 0:
-        drift = DriftPlan(after=int(args.drift_after_s * args.rate), offset={3: 2.0, 4: 2.0, 5: 2.0})
-        print(f"the devices' gyroscopes pick up a +2.0 calibration bias after {args.drift_after_s:.0f} s", flush=True)
+        drift = DriftPlan(after=int(args.drift_after_s * args.rate), offset={3: 4.0, 4: 4.0, 5: 4.0})
+        print(f"the devices' gyroscopes pick up a +4.0 calibration bias after {args.drift_after_s:.0f} s", flush=True)
     replayer = threading.Thread(target=replay, kwargs=dict(
         bootstrap=bootstrap, topic=topics.readings, rate=args.rate, duration_s=args.duration,
         n_devices=args.devices, stop=stop, stats=stats, drift=drift), daemon=True)

@@ -19,7 +19,7 @@ from stream_jobs.simulated_labelers import run_simulated_labelers
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()
 NAME = "basic-motions"
-GYRO_BIAS = DriftPlan(after=0, offset={3: 2.0, 4: 2.0, 5: 2.0})
+GYRO_BIAS = DriftPlan(after=0, offset={3: 4.0, 4: 4.0, 5: 4.0})
 
 
 def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_path, registry_copy):

@@ -25,7 +25,7 @@ def labeled_batch(start: int, count: int):
     """Review requests and their answers for real windows with a gyroscope bias."""
     X, y = sliding_windows(load_basic_motions("test"), 32, 4)
     X = X.copy()
-    X[:, :, 3:] += 2.0
+    X[:, :, 3:] += 4.0
     requests, labels = [], []
     for i in range(start, start + count):
         k = i % len(X)
