@@ -46,3 +46,12 @@ class Topics:
 
     def all(self) -> list[str]:
         return [getattr(self, f.name) for f in fields(self)]
+
+
+def topic_environment(topics: Topics) -> dict[str, str]:
+    """``SENSORLOOP_TOPIC_*`` variables that make ``Topics.from_env()`` return ``topics``.
+
+    >>> Topics.from_env(topic_environment(Topics(labels="answers"))).labels
+    'answers'
+    """
+    return {f"SENSORLOOP_TOPIC_{f.name.upper()}": getattr(topics, f.name) for f in fields(topics)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 import threading
 import time
@@ -13,10 +15,12 @@ from pathlib import Path
 import orjson
 
 from schemas import Topics
+from schemas.topics import topic_environment
+from stream_jobs.cli_ops import add_operator_commands, config_of, resolve_bootstrap
+from stream_jobs.flink_rest import FlinkRestError
 
 log = logging.getLogger("sensorloop")
-DEFAULT_REGISTRY = "var/registry"
-DEFAULT_MODEL = "basic-motions"
+BOOTSTRAP_HELP = "Kafka bootstrap servers (default: broker.bootstrap from the configuration, else the embedded stack's)"
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
@@ -44,6 +48,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
     """Run the embedded broker in the foreground with the topics created."""
     from infra.broker import EmbeddedBroker, ensure_topics
 
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)  # stop Tansu too when asked to stop
     broker = EmbeddedBroker(port=args.port, storage=args.storage).start()
     created = ensure_topics(broker.bootstrap)
     print(f"broker on {broker.bootstrap} (topics created: {', '.join(created) or 'none'}); Ctrl-C stops it",
@@ -273,11 +281,14 @@ def run_job(module: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sensorloop", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--config", default=None,
+                        help="TOML configuration file (default: $SENSORLOOP_CONFIG, else ./sensorloop.toml if present)")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_operator_commands(sub)
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--registry", default=DEFAULT_REGISTRY, help="model registry folder")
-        p.add_argument("--model-name", default=DEFAULT_MODEL)
+        p.add_argument("--registry", default=None, help="model registry folder")
+        p.add_argument("--model-name", default=None)
         p.add_argument("--jars", default=None, help="folder with the Flink Kafka connector jars (else fetched)")
         p.add_argument("--epochs", type=int, default=25, help="epochs of the bootstrap training")
         p.add_argument("--retrain", action="store_true", help="train a new version even if one exists")
@@ -292,11 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("topics", help="create the topics on a broker")
-    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
+    p.set_defaults(needs_bootstrap=True)
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("replay", help="publish real BasicMotions readings at a chosen rate")
-    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
+    p.set_defaults(needs_bootstrap=True)
     p.add_argument("--rate", type=float, default=200.0, help="readings per second (0: as fast as possible)")
     p.add_argument("--count", type=int, default=None)
     p.add_argument("--duration", type=float, default=None)
@@ -310,30 +323,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the serving job (other flags go to the job; see serve --help)",
                        add_help=False)
-    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
+    p.set_defaults(needs_bootstrap=True)
     p.set_defaults(func=None, passthrough=run_job("stream_jobs.serving_job"))
 
     p = sub.add_parser("model", help="model registry: list versions, announce one (promote / roll back)")
     model_sub = p.add_subparsers(dest="model_command", required=True)
     q = model_sub.add_parser("list", help="versions with parent, sha256 and metrics")
-    q.add_argument("--registry", default=DEFAULT_REGISTRY)
-    q.add_argument("--model-name", default=DEFAULT_MODEL)
+    q.add_argument("--registry", default=None)
+    q.add_argument("--model-name", default=None)
     q.set_defaults(func=cmd_model_list)
     q = model_sub.add_parser("announce", help="publish a stored version on model-snapshots; serving swaps to it")
-    q.add_argument("--bootstrap", required=True)
+    q.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
+    q.set_defaults(needs_bootstrap=True)
     q.add_argument("--version", type=int, required=True)
-    q.add_argument("--registry", default=DEFAULT_REGISTRY)
-    q.add_argument("--model-name", default=DEFAULT_MODEL)
+    q.add_argument("--registry", default=None)
+    q.add_argument("--model-name", default=None)
     q.set_defaults(func=cmd_model_announce)
 
     p = sub.add_parser("label", help="serve the labeling web page (review-requests in, labels out)")
-    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
+    p.set_defaults(needs_bootstrap=True)
     p.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--token", default=None, help="access token (default: $SENSORLOOP_LABEL_TOKEN)")
     p.add_argument("--classes", default="", help="comma-separated classes (default: the model's)")
-    p.add_argument("--registry", default=DEFAULT_REGISTRY)
-    p.add_argument("--model-name", default=DEFAULT_MODEL)
+    p.add_argument("--registry", default=None)
+    p.add_argument("--model-name", default=None)
     p.add_argument("--lease-seconds", type=float, default=120.0, help="how long a request stays with one labeler")
     p.add_argument("--answers-needed", type=int, default=1, help="2 or more asks for double labeling")
     p.set_defaults(func=cmd_label)
@@ -357,13 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("learn", help="run the learning job (other flags go to the job; see learn --help)",
                        add_help=False)
-    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
+    p.set_defaults(needs_bootstrap=True)
     p.set_defaults(func=None, passthrough=run_job("stream_jobs.learning_job"))
 
     p = sub.add_parser("retrain", help="train on the whole labeled archive; gate, publish and announce")
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--registry", default=DEFAULT_REGISTRY)
-    p.add_argument("--model-name", default=DEFAULT_MODEL)
+    p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
+    p.set_defaults(needs_bootstrap=True)
+    p.add_argument("--registry", default=None)
+    p.add_argument("--model-name", default=None)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--gate-margin", type=float, default=0.0)
@@ -371,12 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("simulate-labelers", help="answer review requests from the replayed ground truth")
-    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
+    p.set_defaults(needs_bootstrap=True)
     p.add_argument("--delay-ms", type=int, default=500)
     p.add_argument("--error-rate", type=float, default=0.0)
     p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
-    p.add_argument("--registry", default=DEFAULT_REGISTRY)
-    p.add_argument("--model-name", default=DEFAULT_MODEL)
+    p.add_argument("--registry", default=None)
+    p.add_argument("--model-name", default=None)
     p.set_defaults(func=cmd_simulate_labelers)
     return parser
 
@@ -389,11 +408,23 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # kafka-python warns about slow event-loop tasks on a busy 2-core machine
         logging.getLogger("kafka").setLevel(logging.ERROR)
-    if getattr(args, "passthrough", None):
-        return args.passthrough(args, rest)
-    if rest:
-        parser.error(f"unrecognised arguments: {' '.join(rest)}")
-    return args.func(args)
+    cfg = config_of(args)
+    os.environ.update(topic_environment(cfg.topics))  # jobs and tools started from here see the file's topics
+    if getattr(args, "registry", "-") is None:
+        args.registry = cfg.registry.path
+    if getattr(args, "model_name", "-") is None:
+        args.model_name = cfg.registry.model_name
+    if getattr(args, "needs_bootstrap", False):
+        args.bootstrap = resolve_bootstrap(args)
+    try:
+        if getattr(args, "passthrough", None):
+            return args.passthrough(args, rest)
+        if rest:
+            parser.error(f"unrecognised arguments: {' '.join(rest)}")
+        return args.func(args)
+    except FlinkRestError as exc:
+        print(f"sensorloop: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

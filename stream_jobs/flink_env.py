@@ -27,15 +27,32 @@ class FlinkSettings:
     exactly_once: bool = False
     savepoint_path: str | None = None
     execution_mode: str = "thread"
+    python_executable: str = ""  # Python on the TaskManagers (a cluster's); empty: this interpreter
+
+
+def state_uri(location: str) -> str:
+    """A checkpoint/savepoint location as a URI: URLs (s3://, file://) as they are, paths made absolute.
+
+    >>> state_uri("s3://bucket/checkpoints")
+    's3://bucket/checkpoints'
+    >>> state_uri("/tmp/ck")
+    'file:///tmp/ck'
+    """
+    if "://" in location:
+        return location
+    path = Path(location).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path.as_uri()
 
 
 def make_env(settings: FlinkSettings, jars_source: str | None = None) -> StreamExecutionEnvironment:
     config = Configuration()
     config.set_string("pipeline.jars", pipeline_jar_urls(jars_source))
-    config.set_string("python.executable", sys.executable)
+    config.set_string("python.executable", settings.python_executable or sys.executable)
     config.set_string("python.client.executable", sys.executable)
     config.set_string("python.execution-mode", settings.execution_mode)
-    if settings.execution_mode == "thread":  # the embedded interpreter needs the venv on its path
+    if settings.execution_mode == "thread" and not settings.python_executable:
+        # the embedded interpreter needs the venv on its path (a cluster's image sets its own)
         config.set_string("python.pythonpath", os.pathsep.join(p for p in sys.path if p))
     config.set_string("python.fn-execution.bundle.time", str(settings.bundle_time_ms))
     config.set_string("python.fn-execution.bundle.size", str(settings.bundle_size))
@@ -43,9 +60,7 @@ def make_env(settings: FlinkSettings, jars_source: str | None = None) -> StreamE
     config.set_string("execution.checkpointing.interval", f"{settings.checkpoint_interval_ms} ms")
     config.set_string("execution.checkpointing.mode",
                       "EXACTLY_ONCE")
-    checkpoints = Path(settings.checkpoint_dir).resolve()
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    config.set_string("execution.checkpointing.dir", checkpoints.as_uri())
+    config.set_string("execution.checkpointing.dir", state_uri(settings.checkpoint_dir))
     config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     config.set_string("restart-strategy.type", "fixed-delay")
     config.set_string("restart-strategy.fixed-delay.attempts", str(settings.restart_attempts))

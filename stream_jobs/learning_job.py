@@ -96,6 +96,11 @@ class LearnAndPublish(KeyedProcessFunction):
         group = runtime_context.get_metrics_group()
         self.published = group.counter("versions_published")
         self.refused = group.counter("candidates_refused")
+        self.drifts = group.counter("drift_events")
+        self.trained = group.counter("labeled_windows_learned")
+        self.progress = (0.0, 0)  # (prequential accuracy, model version) after the latest labeled window
+        group.gauge("prequential_accuracy_pct", lambda: int(round(self.progress[0] * 100)))
+        group.gauge("model_version", lambda: int(self.progress[1]))
 
     def _new_loop(self) -> LearningLoop:
         loaded = self.registry.load(self.model_name)
@@ -109,6 +114,7 @@ class LearnAndPublish(KeyedProcessFunction):
             event = DriftEvent(self.model_name, signal, now_ms(), loop.version, self.config.drift_budget_per_minute,
                                self.config.drift_boost_seconds, loop.drift.error_rate)
             log.info("drift (%s) detected after %d labeled windows", signal, loop.labeled)
+            self.drifts.inc()
             yield route(self.topics.drift_events, self.model_name, event.encode())
         if candidate is not None:
             d = candidate.decision
@@ -124,6 +130,8 @@ class LearnAndPublish(KeyedProcessFunction):
             snapshot = ModelSnapshot.from_dict(self.registry.announcement(self.model_name, meta.version))
             log.info("published %s v%d: %s", self.model_name, meta.version, d.reason)
             yield route(self.topics.model_snapshots, self.model_name, snapshot.encode())
+        self.trained.inc()
+        self.progress = (loop.prequential_accuracy, loop.version)
         self.state.update(loop)
 
 

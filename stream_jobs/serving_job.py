@@ -157,7 +157,11 @@ class InferBatches(KeyedProcessFunction):
         self.reviews = group.counter("review_requests")
         self.swaps = group.counter("model_swaps")
         self.refused = group.counter("model_refused")
-        self.batch_size = group.histogram("batch_size", 512) if hasattr(group, "histogram") else None
+        self.batches = group.counter("batches")
+        self.inference_us = group.counter("inference_us_total")  # model time; / batches = mean per batch
+        self.last_batch = (0, 0.0)  # (windows, model ms) of the latest micro-batch
+        group.gauge("batch_size", lambda: self.last_batch[0])
+        group.gauge("inference_ms", lambda: int(round(self.last_batch[1])))
         group.gauge("model_version", lambda: int(self.scorer.model.version))
         self.next_report = time.monotonic() + STATS_EVERY_S
 
@@ -202,9 +206,12 @@ class InferBatches(KeyedProcessFunction):
         self.pending.clear()
         self.count.clear()
         self.oldest.clear()
+        model_s = self.scorer.stats.inference_s
         predictions, reviews = self.scorer.score(windows, now)
-        if self.batch_size is not None:
-            self.batch_size.update(len(windows))
+        model_s = self.scorer.stats.inference_s - model_s
+        self.last_batch = (len(windows), model_s * 1000.0)
+        self.batches.inc()
+        self.inference_us.inc(int(model_s * 1e6))
         self.predictions.inc(len(predictions))
         self.reviews.inc(len(reviews))
         for p in predictions:

@@ -1,0 +1,286 @@
+"""Operator commands of the ``sensorloop`` CLI: configuration, the embedded stack, jobs on a Flink
+cluster (submit, list, cancel, savepoint, resume) and ``status``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from stream_jobs.config import Config, ConfigError, load_config, to_toml
+
+
+def table(rows: list[list], headers: list[str]) -> str:
+    """A plain-text table, columns as wide as their widest cell.
+
+    >>> print(table([["serving", 3]], ["job", "n"]))
+    job      n
+    -------  -
+    serving  3
+    """
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    """The validated configuration (``--config``, env overrides); exits with every problem listed."""
+    cached = getattr(args, "_config", None)
+    if cached is not None:
+        return cached
+    try:
+        cfg = load_config(args.config if args.config else "")
+    except ConfigError as exc:
+        print(f"sensorloop: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    args._config = cfg
+    return cfg
+
+
+def resolve_bootstrap(args: argparse.Namespace) -> str:
+    """``--bootstrap``, else ``broker.bootstrap`` from the configuration, else the running embedded stack's."""
+    from stream_jobs.stack import read_state
+
+    explicit = getattr(args, "bootstrap", None)
+    if explicit:
+        return explicit
+    cfg = config_of(args)
+    if cfg.broker.bootstrap:
+        return cfg.broker.bootstrap
+    state = read_state(cfg.stack.run_dir)
+    if state:
+        return state.bootstrap
+    raise SystemExit("sensorloop: no Kafka broker: pass --bootstrap, set broker.bootstrap "
+                     "(or $SENSORLOOP_BROKER_BOOTSTRAP), or run `sensorloop stack start`")
+
+
+def resolve_jobmanager(args: argparse.Namespace) -> str:
+    from stream_jobs.stack import read_state
+
+    explicit = getattr(args, "jobmanager", None)
+    if explicit:
+        return explicit
+    cfg = config_of(args)
+    if cfg.flink.jobmanager:
+        return cfg.flink.jobmanager
+    state = read_state(cfg.stack.run_dir)
+    if state:
+        return state.jobmanager
+    raise SystemExit("sensorloop: no Flink cluster: pass --jobmanager host:port, set flink.jobmanager "
+                     "(or $SENSORLOOP_FLINK_JOBMANAGER), or run `sensorloop stack start`")
+
+
+def registry_of(args: argparse.Namespace) -> tuple[str, str]:
+    """(registry folder, model name): flags, else the configuration's [registry]."""
+    cfg = config_of(args)
+    return (getattr(args, "registry", None) or cfg.registry.path,
+            getattr(args, "model_name", None) or cfg.registry.model_name)
+
+
+def _rest(args: argparse.Namespace):
+    from stream_jobs.flink_rest import FlinkRest
+
+    return FlinkRest(resolve_jobmanager(args))
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    print(to_toml(config_of(args)), end="")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config_of(args)
+    print(f"configuration valid ({args.config or 'defaults, $SENSORLOOP_CONFIG or ./sensorloop.toml'} + environment)")
+    return 0
+
+
+def cmd_stack_start(args: argparse.Namespace) -> int:
+    from infra.jars import ensure_all
+    from stream_jobs.stack import start_stack
+
+    cfg = config_of(args)
+    ensure_all(None)
+    state = start_stack(cfg)
+    print(f"broker      {state.bootstrap}{'' if state.broker_pid else ' (external)'}")
+    print(f"flink       {state.jobmanager}  (web UI and REST API)")
+    print(f"prometheus  localhost:{state.prometheus_ports}  (/metrics)")
+    print(f"logs        {Path(cfg.stack.run_dir).resolve()}")
+    return 0
+
+
+def cmd_stack_stop(args: argparse.Namespace) -> int:
+    from stream_jobs.flink_rest import FlinkRestError
+    from stream_jobs.stack import read_state, record_savepoint, stop_stack
+
+    cfg = config_of(args)
+    state = read_state(cfg.stack.run_dir)
+    if state and args.savepoint:
+        rest = _rest(args)
+        try:
+            for job in rest.jobs():
+                if job.state == "RUNNING":
+                    location = rest.savepoint(job.job_id, stop=True)
+                    record_savepoint(cfg, job.name.removeprefix("sensorloop-"), location)
+                    print(f"stopped {job.name} with savepoint {location}")
+        except FlinkRestError as exc:
+            print(f"could not take savepoints: {exc}")
+    stopped = stop_stack(cfg)
+    print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    return 0
+
+
+def cmd_stack_status(args: argparse.Namespace) -> int:
+    from infra.broker import broker_answers
+    from infra.flink_cluster import rest_answers
+    from stream_jobs.stack import read_state
+
+    state = read_state(config_of(args).stack.run_dir)
+    if state is None:
+        print("the embedded stack is not running (`sensorloop stack start`)")
+        return 1
+    broker_ok = broker_answers(state.bootstrap, 2.0)
+    overview = rest_answers(state.jobmanager)
+    print(table([["broker", state.bootstrap, "up" if broker_ok else "DOWN"],
+                 ["flink", state.jobmanager, f"up, {overview['slots-available']}/{overview['slots-total']} slots free"
+                  if overview else "DOWN"]], ["part", "address", "state"]))
+    return 0 if broker_ok and overview else 1
+
+
+def cmd_job_submit(args: argparse.Namespace) -> int:
+    from stream_jobs.stack import latest_savepoint
+    from stream_jobs.submit import SubmitError, submit
+
+    cfg = config_of(args)
+    savepoint = args.from_savepoint
+    if savepoint == "latest":
+        savepoint = latest_savepoint(cfg, args.job)
+        if savepoint is None:
+            raise SystemExit(f"sensorloop: no savepoint of the {args.job} job recorded in {cfg.stack.run_dir}")
+    bootstrap, jobmanager = resolve_bootstrap(args), resolve_jobmanager(args)
+    started = time.monotonic()
+    try:
+        submission = submit(args.job, cfg, bootstrap, jobmanager, savepoint)
+    except SubmitError as exc:
+        raise SystemExit(f"sensorloop: {exc}") from None
+    resumed = f" from savepoint {savepoint}" if savepoint else ""
+    print(f"submitted {args.job} job {submission.job_id} to {jobmanager}{resumed} "
+          f"({time.monotonic() - started:.1f}s)")
+    if args.wait_running:
+        state = _rest(args).wait_state(submission.job_id, ("RUNNING", "FAILED", "CANCELED", "FINISHED"))
+        print(f"job {submission.job_id} is {state}")
+        return 0 if state == "RUNNING" else 1
+    return 0
+
+
+def cmd_job_list(args: argparse.Namespace) -> int:
+    jobs = _rest(args).jobs()
+    if not args.all:
+        jobs = [j for j in jobs if j.state not in ("FINISHED", "CANCELED", "FAILED")] or jobs[:0]
+    rows = [[j.job_id, j.name, j.state, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time_ms / 1000)),
+             f"{j.duration_ms / 1000:.0f}s"] for j in jobs]
+    print(table(rows, ["job id", "name", "state", "started", "running for"]) if rows else "no jobs"
+          + ("" if args.all else " running (--all lists finished ones too)"))
+    return 0
+
+
+def cmd_job_cancel(args: argparse.Namespace) -> int:
+    rest = _rest(args)
+    job = rest.find(args.job)
+    rest.cancel(job.job_id)
+    state = rest.wait_state(job.job_id, ("CANCELED", "FAILED", "FINISHED"))
+    print(f"{job.name} {job.job_id}: {state}")
+    return 0
+
+
+def cmd_job_savepoint(args: argparse.Namespace) -> int:
+    from stream_jobs.stack import record_savepoint
+
+    cfg = config_of(args)
+    rest = _rest(args)
+    job = rest.find(args.job)
+    target = args.target_dir or None
+    location = rest.savepoint(job.job_id, target, stop=args.stop)
+    record_savepoint(cfg, job.name.removeprefix("sensorloop-"), location)
+    print(f"savepoint of {job.name} {job.job_id}: {location}" + (" (job stopped)" if args.stop else ""))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Jobs on the cluster and their metrics from the Prometheus reporter."""
+    from stream_jobs.flink_rest import FlinkRestError
+    from stream_jobs.metrics import LEARNING, SERVING, endpoints, job_metrics
+
+    cfg = config_of(args)
+    try:
+        jobs = [j for j in _rest(args).jobs() if j.state == "RUNNING"]
+    except FlinkRestError as exc:
+        print(f"flink: {exc}")
+        return 1
+    urls = [u.strip() for u in args.metrics_url] if args.metrics_url else endpoints(cfg.stack.prometheus_ports)
+    metrics = job_metrics(urls)
+    if not jobs:
+        print("no running jobs")
+    for job in jobs:
+        values = metrics.get(job.name, {})
+        wanted = SERVING if "serving" in job.name else LEARNING if "learning" in job.name else sorted(values)
+        shown = ", ".join(f"{k}={values[k]:.0f}" for k in wanted if k in values)
+        print(f"{job.name} {job.job_id[:8]} RUNNING {job.duration_ms / 1000:.0f}s: {shown or 'no metrics yet'}")
+    return 0
+
+
+def add_operator_commands(sub) -> None:
+    p = sub.add_parser("config", help="show or check the effective configuration (file + environment)")
+    q = p.add_subparsers(dest="config_command", required=True)
+    q.add_parser("show", help="print the effective configuration as TOML").set_defaults(func=cmd_config_show)
+    q.add_parser("check", help="validate the configuration; exit 2 with every problem listed").set_defaults(
+        func=cmd_config_check)
+
+    p = sub.add_parser("stack", help="the embedded stack: broker + Flink session cluster in the background")
+    q = p.add_subparsers(dest="stack_command", required=True)
+    q.add_parser("start", help="start broker, topics and Flink (REST/web UI, Prometheus)").set_defaults(
+        func=cmd_stack_start)
+    r = q.add_parser("stop", help="stop Flink and the broker")
+    r.add_argument("--savepoint", action="store_true", help="stop running jobs with a savepoint first")
+    r.set_defaults(func=cmd_stack_stop)
+    q.add_parser("status", help="is each part up").set_defaults(func=cmd_stack_status)
+
+    p = sub.add_parser("job", help="jobs on a Flink cluster: submit, list, cancel, savepoint, resume")
+    q = p.add_subparsers(dest="job_command", required=True)
+
+    def cluster_args(r: argparse.ArgumentParser) -> None:
+        r.add_argument("--jobmanager", default=None, help="host:port of the JobManager REST API "
+                       "(default: flink.jobmanager, else the embedded stack)")
+
+    for name, help_text in (("submit", "submit the serving or learning job (detached)"),
+                            ("resume", "submit a job from a savepoint (default: the newest recorded)")):
+        r = q.add_parser(name, help=help_text)
+        r.add_argument("job", choices=["serving", "learning"])
+        r.add_argument("--bootstrap", default=None, help="Kafka (default: broker.bootstrap, else the stack's)")
+        r.add_argument("--from-savepoint", default="latest" if name == "resume" else None,
+                       help="savepoint path or 'latest'")
+        r.add_argument("--wait-running", action="store_true", help="wait until the job runs")
+        cluster_args(r)
+        r.set_defaults(func=cmd_job_submit)
+    r = q.add_parser("list", help="jobs on the cluster")
+    r.add_argument("--all", action="store_true", help="finished and cancelled ones too")
+    cluster_args(r)
+    r.set_defaults(func=cmd_job_list)
+    r = q.add_parser("cancel", help="cancel a job (id, id prefix, or serving/learning)")
+    r.add_argument("job")
+    cluster_args(r)
+    r.set_defaults(func=cmd_job_cancel)
+    r = q.add_parser("savepoint", help="take a savepoint (--stop: and stop the job)")
+    r.add_argument("job")
+    r.add_argument("--stop", action="store_true")
+    r.add_argument("--target-dir", default="", help="default: the cluster's savepoint directory")
+    cluster_args(r)
+    r.set_defaults(func=cmd_job_savepoint)
+
+    p = sub.add_parser("status", help="running jobs and their metrics (Prometheus reporter)")
+    p.add_argument("--metrics-url", action="append", default=[],
+                   help="a Prometheus /metrics URL (repeatable; default: the stack's reporter ports)")
+    cluster_args(p)
+    p.set_defaults(func=cmd_status)

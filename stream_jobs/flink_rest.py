@@ -1,0 +1,123 @@
+"""A small client for the Flink JobManager REST API: list, cancel, savepoint, stop-with-savepoint, checkpoints.
+
+It talks to any JobManager: the embedded stack's session cluster, a standalone or Kubernetes cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+
+class FlinkRestError(RuntimeError):
+    """The REST API answered with an error, or did not answer."""
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    job_id: str
+    name: str
+    state: str
+    start_time_ms: int
+    duration_ms: int
+
+
+def normalise_url(address: str) -> str:
+    """``host:port`` or a URL → ``http://host:port``.
+
+    >>> normalise_url("jobmanager:8081")
+    'http://jobmanager:8081'
+    >>> normalise_url("https://flink.example.com/")
+    'https://flink.example.com'
+    """
+    address = address.strip().rstrip("/")
+    return address if address.startswith(("http://", "https://")) else f"http://{address}"
+
+
+class FlinkRest:
+    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
+        self.url = normalise_url(address)
+        self.timeout_s = timeout_s
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            try:
+                detail = "; ".join(json.loads(detail).get("errors", [detail]))
+            except ValueError:
+                pass
+            raise FlinkRestError(f"{method} {path}: HTTP {exc.code}: {detail.strip()[:500]}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise FlinkRestError(f"no Flink JobManager answers at {self.url}: {exc}") from None
+        return json.loads(raw) if raw else {}
+
+    def overview(self) -> dict:
+        return self._call("GET", "/overview")
+
+    def jobs(self) -> list[JobSummary]:
+        listed = self._call("GET", "/jobs/overview").get("jobs", [])
+        jobs = [JobSummary(j["jid"], j["name"], j["state"], j.get("start-time", 0), j.get("duration", 0))
+                for j in listed]
+        return sorted(jobs, key=lambda j: -j.start_time_ms)
+
+    def job(self, job_id: str) -> dict:
+        return self._call("GET", f"/jobs/{job_id}")
+
+    def find(self, ref: str) -> JobSummary:
+        """A job by id, id prefix, or name (the newest running one of that name)."""
+        jobs = self.jobs()
+        by_id = [j for j in jobs if j.job_id.startswith(ref)]
+        if len(by_id) == 1:
+            return by_id[0]
+        named = [j for j in jobs if j.name in (ref, f"sensorloop-{ref}") and j.state == "RUNNING"]
+        if named:
+            return named[0]
+        raise FlinkRestError(f"no running job matches {ref!r} at {self.url} "
+                             f"(jobs: {', '.join(f'{j.name} {j.job_id[:8]} {j.state}' for j in jobs) or 'none'})")
+
+    def cancel(self, job_id: str) -> None:
+        self._call("PATCH", f"/jobs/{job_id}?mode=cancel")
+
+    def savepoint(self, job_id: str, target_dir: str | None = None, stop: bool = False,
+                  timeout_s: float = 120.0) -> str:
+        """Trigger a savepoint (``stop=True``: stop the job with it) and wait; returns its location."""
+        body: dict[str, Any] = {"cancel-job": False} if not stop else {"drain": False}
+        if target_dir:
+            body["targetDirectory"] = target_dir
+        trigger = self._call("POST", f"/jobs/{job_id}/{'stop' if stop else 'savepoints'}", body)
+        request_id = trigger["request-id"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self._call("GET", f"/jobs/{job_id}/savepoints/{request_id}")
+            if status.get("status", {}).get("id") == "COMPLETED":
+                operation = status.get("operation", {})
+                if "location" in operation:
+                    return operation["location"]
+                cause = operation.get("failure-cause", {})
+                first_line = (str(cause.get("stack-trace", cause)).strip().splitlines() or ["unknown cause"])[0]
+                raise FlinkRestError(f"savepoint of {job_id} failed: {first_line}")
+            time.sleep(0.5)
+        raise FlinkRestError(f"savepoint of {job_id} not done within {timeout_s:.0f}s")
+
+    def checkpoints(self, job_id: str) -> dict:
+        return self._call("GET", f"/jobs/{job_id}/checkpoints")
+
+    def wait_state(self, job_id: str, states: tuple[str, ...], timeout_s: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        state = "?"
+        while time.monotonic() < deadline:
+            state = self.job(job_id).get("state", "?")
+            if state in states:
+                return state
+            time.sleep(0.5)
+        raise FlinkRestError(f"job {job_id} is {state}, not {'/'.join(states)}, after {timeout_s:.0f}s")

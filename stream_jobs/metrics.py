@@ -1,0 +1,98 @@
+"""Read the jobs' Flink metrics from Prometheus reporter endpoints and sum them per job.
+
+The jobs register their metrics on Flink operators (``readings_in``, ``predictions``, ``review_requests``,
+``dead_letters``, ``batch_size``, ``inference_ms``, ``model_version``, ``prequential_accuracy_pct``,
+``drift_events``, ...); Flink's Prometheus reporter exposes them as
+``flink_taskmanager_job_task_operator_<name>{job_name=...}``.
+
+>>> text = 'flink_taskmanager_job_task_operator_predictions{job_name="sensorloop_serving",subtask_index="0",} 7.0\\n'
+>>> summarize(parse_prometheus(text))
+{'sensorloop-serving': {'predictions': 7.0}}
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+OPERATOR_PREFIX = "flink_taskmanager_job_task_operator_"
+GAUGES = {"batch_size", "inference_ms", "model_version", "prequential_accuracy_pct"}  # max over subtasks
+SERVING = ("readings_in", "windows", "late_readings", "dead_letters", "predictions", "review_requests",
+           "batches", "inference_us_total", "batch_size", "inference_ms", "model_version", "model_swaps",
+           "model_refused")
+LEARNING = ("labeled_windows", "labeled_windows_learned", "versions_published", "candidates_refused",
+            "drift_events", "prequential_accuracy_pct", "model_version", "dead_letters")
+OURS = set(SERVING) | set(LEARNING)
+_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: dict
+    value: float
+
+
+def parse_prometheus(text: str) -> list[Sample]:
+    """Samples from Prometheus text exposition format (comments skipped)."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _LINE.match(line)
+        if not match:
+            continue
+        try:
+            value = float(match.group(3))
+        except ValueError:
+            continue
+        samples.append(Sample(match.group(1), dict(_LABEL.findall(match.group(2) or "")), value))
+    return samples
+
+
+def summarize(samples: list[Sample]) -> dict[str, dict[str, float]]:
+    """Our operator metrics per job name (``sensorloop-serving``): counters summed, gauges' maximum."""
+    jobs: dict[str, dict[str, float]] = {}
+    for s in samples:
+        if not s.name.startswith(OPERATOR_PREFIX):
+            continue
+        metric = s.name[len(OPERATOR_PREFIX):]
+        if metric not in OURS or s.value != s.value:  # NaN
+            continue
+        job = s.labels.get("job_name", "?").replace("_", "-")
+        values = jobs.setdefault(job, {})
+        if metric in GAUGES:
+            values[metric] = max(values.get(metric, s.value), s.value)
+        else:
+            values[metric] = values.get(metric, 0.0) + s.value
+    return jobs
+
+
+def endpoints(ports: str, host: str = "localhost") -> list[str]:
+    """``9249-9251`` → the /metrics URLs of that port range.
+
+    >>> endpoints("9249-9250")
+    ['http://localhost:9249/metrics', 'http://localhost:9250/metrics']
+    """
+    low, _, high = ports.partition("-")
+    return [f"http://{host}:{port}/metrics" for port in range(int(low), int(high or low) + 1)]
+
+
+def scrape(urls: list[str], timeout_s: float = 2.0) -> tuple[list[Sample], list[str]]:
+    """Samples from every URL that answers, and the URLs that did."""
+    samples, answered = [], []
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                samples += parse_prometheus(response.read().decode(errors="replace"))
+            answered.append(url)
+        except (urllib.error.URLError, OSError):
+            continue
+    return samples, answered
+
+
+def job_metrics(urls: list[str]) -> dict[str, dict[str, float]]:
+    return summarize(scrape(urls)[0])

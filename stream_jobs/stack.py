@@ -1,0 +1,142 @@
+"""The embedded single-machine stack: the Tansu broker and a Flink session cluster, started in the
+background by ``sensorloop stack start`` and found again by every later command through a state file.
+
+It also remembers the savepoints taken through the CLI, so ``sensorloop job resume serving`` picks
+the newest one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from infra.broker import broker_answers, ensure_topics
+from infra.flink_cluster import ClusterSettings, LocalFlinkCluster, rest_answers
+from stream_jobs.config import Config
+
+STATE_FILE = "stack.json"
+SAVEPOINTS_FILE = "savepoints.json"
+
+
+@dataclass
+class StackState:
+    bootstrap: str
+    jobmanager: str
+    broker_pid: int | None
+    prometheus_ports: str
+    started_at: float = field(default_factory=time.time)
+
+
+def cluster_for(cfg: Config) -> LocalFlinkCluster:
+    s = cfg.stack
+    return LocalFlinkCluster(Path(s.run_dir), ClusterSettings(
+        rest_port=s.rest_port, taskmanager_slots=s.taskmanager_slots, taskmanager_memory=s.taskmanager_memory,
+        jobmanager_memory=s.jobmanager_memory, prometheus_ports=s.prometheus_ports, state_dir=cfg.flink.state_dir))
+
+
+def read_state(run_dir: str | os.PathLike[str]) -> StackState | None:
+    try:
+        return StackState(**json.loads((Path(run_dir) / STATE_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_stack(cfg: Config, timeout_s: float = 90.0) -> StackState:
+    """Broker (unless ``broker.bootstrap`` names one), topics, Flink session cluster; returns the state."""
+    run_dir = Path(cfg.stack.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    existing = read_state(run_dir)
+    if existing and rest_answers(existing.jobmanager):
+        raise RuntimeError(f"the stack is already running (Flink {existing.jobmanager}, broker {existing.bootstrap}); "
+                           "`sensorloop stack stop` first")
+    broker_pid = None
+    bootstrap = cfg.broker.bootstrap
+    if not bootstrap:
+        bootstrap = f"127.0.0.1:{cfg.broker.embedded_port}"
+        if broker_answers(bootstrap, 1.0):
+            raise RuntimeError(f"something already answers on {bootstrap}: set broker.embedded_port or broker.bootstrap")
+        log = open(run_dir / "broker.log", "ab")
+        process = subprocess.Popen([sys.executable, "-m", "stream_jobs.cli", "broker", "--port",
+                                    str(cfg.broker.embedded_port), "--storage", cfg.broker.storage],
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        broker_pid = process.pid
+        deadline = time.monotonic() + 30
+        while not broker_answers(bootstrap, 1.0):
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"the embedded broker did not start; see {run_dir / 'broker.log'}")
+            time.sleep(0.3)
+    ensure_topics(bootstrap, cfg.topics)
+    cluster = cluster_for(cfg)
+    try:
+        cluster.start(timeout_s)
+    except Exception:
+        if broker_pid:
+            os.killpg(broker_pid, signal.SIGTERM)
+        raise
+    state = StackState(bootstrap, cluster.rest_url, broker_pid, cfg.stack.prometheus_ports)
+    (run_dir / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+    return state
+
+
+def stop_stack(cfg: Config) -> list[str]:
+    """Stops the Flink daemons and the embedded broker; returns what it stopped."""
+    run_dir = Path(cfg.stack.run_dir)
+    state = read_state(run_dir)
+    stopped = []
+    cluster = cluster_for(cfg)
+    if cluster.conf_dir.exists():
+        cluster.stop()
+        stopped.append("flink")
+    if state and _pid_alive(state.broker_pid):
+        try:
+            os.kill(state.broker_pid, signal.SIGTERM)  # `sensorloop broker` stops Tansu on SIGTERM
+            for _ in range(100):
+                if not _pid_alive(state.broker_pid):
+                    break
+                time.sleep(0.1)
+            else:
+                os.killpg(state.broker_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        stopped.append("broker")
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def record_savepoint(cfg: Config, job: str, location: str) -> None:
+    path = Path(cfg.stack.run_dir) / SAVEPOINTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known.setdefault(job, []).append({"location": location, "taken_at": time.time()})
+    path.write_text(json.dumps(known, indent=2))
+
+
+def latest_savepoint(cfg: Config, job: str) -> str | None:
+    try:
+        known = json.loads((Path(cfg.stack.run_dir) / SAVEPOINTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    entries = known.get(job) or []
+    return entries[-1]["location"] if entries else None
