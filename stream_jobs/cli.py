@@ -16,7 +16,7 @@ import orjson
 
 from schemas import Topics
 from schemas.topics import topic_environment
-from stream_jobs.cli_ops import add_operator_commands, config_of, resolve_bootstrap
+from stream_jobs.cli_ops import add_operator_commands, config_of, resolve_bootstrap, table
 from stream_jobs.flink_rest import FlinkRestError
 
 log = logging.getLogger("sensorloop")
@@ -238,26 +238,70 @@ def cmd_model_list(args: argparse.Namespace) -> int:
     if not versions:
         print(f"no versions of {args.model_name} in {args.registry}")
         return 1
-    print(f"{'version':>7}  {'parent':>6}  {'created (UTC)':19}  {'sha256':12}  metrics")
+    rows = []
     for v in versions:
         m = registry.metadata(args.model_name, v)
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m.created_at / 1000))
-        metrics = ", ".join(f"{k}={val:.3f}" for k, val in m.metrics.items())
-        print(f"{v:>7}  {m.parent_version or '-':>6}  {created:19}  {m.sha256[:12]}  {metrics}")
+        accuracy = m.metrics.get("holdout_accuracy", m.metrics.get("test_accuracy"))
+        rows.append([v, m.parent_version or "-", created, m.sha256[:12], m.data_seen,
+                     "-" if accuracy is None else f"{accuracy:.3f}", m.note or "-"])
+    print(table(rows, ["version", "parent", "created (UTC)", "sha256", "data seen", "accuracy", "note"]))
     return 0
 
 
+def cmd_model_show(args: argparse.Namespace) -> int:
+    from model.registry import ModelRegistry
+
+    registry = ModelRegistry(args.registry)
+    version = args.version or registry.latest_version(args.model_name)
+    if version is None:
+        raise SystemExit(f"sensorloop: no versions of {args.model_name} in {args.registry}")
+    m = registry.metadata(args.model_name, version)
+    rows = [["version", m.version], ["parent", m.parent_version or "-"], ["created (UTC)", time.strftime(
+        "%Y-%m-%d %H:%M:%S", time.gmtime(m.created_at / 1000))], ["sha256", m.sha256], ["data seen", m.data_seen],
+        ["note", m.note or "-"], ["artifact", registry.announcement(args.model_name, version)["artifact_uri"]],
+        ["classes", ", ".join(m.spec.get("classes", []))]]
+    rows += [[f"metric {k}", f"{v:.4f}"] for k, v in sorted(m.metrics.items())]
+    print(table(rows, ["field", "value"]))
+    return 0
+
+
+def serving_announcement(bootstrap: str, model_name: str) -> dict | None:
+    """The newest announcement of ``model_name`` on model-snapshots (what serving swapped to last)."""
+    from infra.kafka_tools import read_quiet
+
+    latest = None
+    for record in read_quiet(bootstrap, [Topics.from_env().model_snapshots], quiet_s=1.5, timeout_s=30):
+        try:
+            message = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(message, dict) and message.get("model_name") == model_name:
+            latest = message
+    return latest
+
+
 def cmd_model_announce(args: argparse.Namespace) -> int:
-    """Announce a stored version on model-snapshots: serving swaps to it (promote or roll back)."""
+    """Announce a stored version on model-snapshots: serving swaps to it (promote or roll back).
+
+    ``rollback`` without ``--version`` goes back to the parent of the version announced last."""
     from infra.kafka_tools import produce
     from model.registry import ModelRegistry
     from schemas import ModelSnapshot
 
     registry = ModelRegistry(args.registry)
-    snapshot = ModelSnapshot.from_dict(registry.announcement(args.model_name, args.version))
-    registry.load(args.model_name, args.version)  # refuse to announce an artifact that fails its checksum
+    version = args.version
+    if version is None:
+        current = serving_announcement(args.bootstrap, args.model_name)
+        if current is None:
+            raise SystemExit("sensorloop: nothing was announced on model-snapshots yet; pass --version")
+        version = current.get("parent_version") or None
+        if version is None:
+            raise SystemExit(f"sensorloop: v{current.get('version')} has no parent to roll back to; pass --version")
+    snapshot = ModelSnapshot.from_dict(registry.announcement(args.model_name, version))
+    registry.load(args.model_name, version)  # refuse to announce an artifact that fails its checksum
     produce(args.bootstrap, Topics.from_env().model_snapshots, [(args.model_name.encode(), snapshot.encode())])
-    print(f"announced {args.model_name} v{args.version} ({snapshot.artifact_uri})")
+    print(f"announced {args.model_name} v{version} ({snapshot.artifact_uri})")
     return 0
 
 
@@ -327,19 +371,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(needs_bootstrap=True)
     p.set_defaults(func=None, passthrough=run_job("stream_jobs.serving_job"))
 
-    p = sub.add_parser("model", help="model registry: list versions, announce one (promote / roll back)")
+    p = sub.add_parser("model", help="model registry: list, show, promote, roll back")
     model_sub = p.add_subparsers(dest="model_command", required=True)
     q = model_sub.add_parser("list", help="versions with parent, sha256 and metrics")
     q.add_argument("--registry", default=None)
     q.add_argument("--model-name", default=None)
     q.set_defaults(func=cmd_model_list)
-    q = model_sub.add_parser("announce", help="publish a stored version on model-snapshots; serving swaps to it")
-    q.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
-    q.set_defaults(needs_bootstrap=True)
-    q.add_argument("--version", type=int, required=True)
+    q = model_sub.add_parser("show", help="one version's lineage, checksum, artifact and metrics")
+    q.add_argument("--version", type=int, default=None, help="default: the newest")
     q.add_argument("--registry", default=None)
     q.add_argument("--model-name", default=None)
-    q.set_defaults(func=cmd_model_announce)
+    q.set_defaults(func=cmd_model_show)
+    for name, help_text in (
+            ("announce", "publish a stored version on model-snapshots; serving swaps to it"),
+            ("promote", "make serving use a stored version (same as announce)"),
+            ("rollback", "make serving go back: to --version, else to the parent of the version announced last")):
+        q = model_sub.add_parser(name, help=help_text)
+        q.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
+        q.set_defaults(needs_bootstrap=True)
+        q.add_argument("--version", type=int, required=name != "rollback", default=None)
+        q.add_argument("--registry", default=None)
+        q.add_argument("--model-name", default=None)
+        q.set_defaults(func=cmd_model_announce)
 
     p = sub.add_parser("label", help="serve the labeling web page (review-requests in, labels out)")
     p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
