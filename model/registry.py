@@ -78,21 +78,50 @@ def load_verified(uri: str, expected_sha256: str) -> bytes:
 
 
 class ModelRegistry:
-    """Versions of named models under one root directory."""
+    """Versions of named models under one root: a local folder, or an fsspec URL (``s3://bucket/registry``)
+    on shared storage that every node of a cluster reads.
+
+    Locally a version is written to a staging folder and renamed into place; on an object store its
+    ``metadata.json`` is written last, and a version only counts once that file exists. Either way,
+    readers never see half a version. Object-store credentials and endpoint come from the usual
+    variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``).
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+        text = str(root)
+        self.remote = "://" in text and not text.startswith("file://")
+        if self.remote:
+            import fsspec
 
-    def _model_dir(self, name: str) -> Path:
+            self.url = text.rstrip("/")
+            self.fs, self._base = fsspec.core.url_to_fs(self.url)
+            self.root = self.url
+        else:
+            self.root = Path(text.removeprefix("file://"))
+
+    def _model_dir(self, name: str):
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"invalid model name {name!r}")
-        return self.root / name
+        return f"{self._base}/{name}" if self.remote else self.root / name
 
-    def version_dir(self, name: str, version: int) -> Path:
-        return self._model_dir(name) / f"v{version:06d}"
+    def version_dir(self, name: str, version: int):
+        folder = self._model_dir(name)
+        return f"{folder}/v{version:06d}" if self.remote else folder / f"v{version:06d}"
+
+    def _read(self, name: str, version: int, file: str) -> bytes:
+        if self.remote:
+            return self.fs.cat_file(f"{self.version_dir(name, version)}/{file}")
+        return (self.version_dir(name, version) / file).read_bytes()
 
     def versions(self, name: str) -> list[int]:
         folder = self._model_dir(name)
+        if self.remote:
+            try:
+                found = [p for p in self.fs.glob(f"{folder}/v*/metadata.json")]
+            except FileNotFoundError:
+                return []
+            names = [p.rstrip("/").split("/")[-2] for p in found]
+            return sorted(int(n[1:]) for n in names if n[1:].isdigit())
         if not folder.is_dir():
             return []
         return sorted(int(p.name[1:]) for p in folder.iterdir()
@@ -103,12 +132,13 @@ class ModelRegistry:
         return found[-1] if found else None
 
     def artifact_uri(self, name: str, version: int) -> str:
+        if self.remote:
+            return f"{self.url}/{name}/v{version:06d}/model.onnx"
         return (self.version_dir(name, version) / "model.onnx").resolve().as_uri()
 
     def metadata(self, name: str, version: int) -> VersionMetadata:
-        path = self.version_dir(name, version) / "metadata.json"
         try:
-            return VersionMetadata(**json.loads(path.read_text()))
+            return VersionMetadata(**json.loads(self._read(name, version, "metadata.json")))
         except (OSError, ValueError, TypeError) as exc:
             raise ArtifactError(f"metadata of {name} v{version} unreadable: {exc}") from None
 
@@ -122,7 +152,13 @@ class ModelRegistry:
     def publish(self, name: str, onnx_bytes: bytes, weights_bytes: bytes, spec: dict[str, Any],
                 metrics: dict[str, float] | None = None, parent_version: int | None = None,
                 data_seen: int = 0, note: str = "") -> VersionMetadata:
-        """Write a new version (the next number) atomically and return its metadata."""
+        """Write a new version (the next number) and return its metadata."""
+        def metadata_for(version: int) -> VersionMetadata:
+            return VersionMetadata(name, version, sha256_hex(onnx_bytes), sha256_hex(weights_bytes), spec,
+                                   dict(metrics or {}), parent_version, data_seen, int(time.time() * 1000), note)
+
+        if self.remote:
+            return self._publish_remote(name, onnx_bytes, weights_bytes, metadata_for)
         folder = self._model_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
@@ -130,19 +166,28 @@ class ModelRegistry:
             (staging / "model.onnx").write_bytes(onnx_bytes)
             (staging / "weights.pt").write_bytes(weights_bytes)
             while True:
-                version = (self.latest_version(name) or 0) + 1
-                meta = VersionMetadata(name, version, sha256_hex(onnx_bytes), sha256_hex(weights_bytes),
-                                       spec, dict(metrics or {}), parent_version, data_seen,
-                                       int(time.time() * 1000), note)
+                meta = metadata_for((self.latest_version(name) or 0) + 1)
                 (staging / "metadata.json").write_text(json.dumps(asdict(meta), indent=2))
                 try:
-                    os.rename(staging, self.version_dir(name, version))
+                    os.rename(staging, self.version_dir(name, meta.version))
                     return meta
                 except OSError:
-                    if not self.version_dir(name, version).exists():
+                    if not self.version_dir(name, meta.version).exists():
                         raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _publish_remote(self, name: str, onnx_bytes: bytes, weights_bytes: bytes, metadata_for) -> VersionMetadata:
+        """Artifacts first, ``metadata.json`` last: the version exists once that file does."""
+        while True:
+            meta = metadata_for((self.latest_version(name) or 0) + 1)
+            folder = self.version_dir(name, meta.version)
+            if self.fs.exists(f"{folder}/metadata.json"):
+                continue  # another writer took this number
+            self.fs.pipe_file(f"{folder}/model.onnx", onnx_bytes)
+            self.fs.pipe_file(f"{folder}/weights.pt", weights_bytes)
+            self.fs.pipe_file(f"{folder}/metadata.json", json.dumps(asdict(meta), indent=2).encode())
+            return meta
 
     def announcement(self, name: str, version: int) -> dict[str, Any]:
         """What a ``model-snapshots`` message says about a stored version."""
@@ -159,8 +204,10 @@ class ModelRegistry:
         meta = self.metadata(name, version)
         uri = self.artifact_uri(name, version)
         onnx_bytes = load_verified(uri, meta.sha256)
-        weights_path = self.version_dir(name, version) / "weights.pt"
-        weights = weights_path.read_bytes() if weights_path.exists() else None
+        try:
+            weights = self._read(name, version, "weights.pt")
+        except (OSError, FileNotFoundError):
+            weights = None
         if weights is not None and sha256_hex(weights) != meta.weights_sha256:
             raise ArtifactError(f"weights of {name} v{version} do not match their sha256")
         return LoadedVersion(meta, onnx_bytes, weights, uri)

@@ -30,6 +30,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
     for jar in ensure_all(args.jars):
         print(f"jar ready: {jar}")
+    if args.jars_only:
+        return 0
     registry = ModelRegistry(args.registry)
     if registry.latest_version(args.model_name) is None or args.retrain:
         from model.train import bootstrap
@@ -339,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("setup", help="fetch and verify connector jars, build helpers, train model v1")
     model_args(p)
+    p.add_argument("--jars-only", action="store_true", help="jars and helpers only (container images)")
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")

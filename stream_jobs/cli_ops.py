@@ -80,6 +80,15 @@ def registry_of(args: argparse.Namespace) -> tuple[str, str]:
             getattr(args, "model_name", None) or cfg.registry.model_name)
 
 
+def metrics_urls(args: argparse.Namespace) -> list[str]:
+    """``--metrics-url`` flags, else ``flink.metrics_urls``, else the embedded stack's reporter ports."""
+    from stream_jobs.metrics import endpoints
+
+    cfg = config_of(args)
+    given = getattr(args, "metrics_url", None) or [u for u in cfg.flink.metrics_urls.split(",") if u.strip()]
+    return [u.strip() for u in given] if given else endpoints(cfg.stack.prometheus_ports)
+
+
 def _rest(args: argparse.Namespace):
     from stream_jobs.flink_rest import FlinkRest
 
@@ -175,6 +184,21 @@ def cmd_job_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_job_args(args: argparse.Namespace) -> int:
+    """The job's flags for this configuration, e.g. for a FlinkDeployment's ``job.args``."""
+    from stream_jobs.submit import JOB_MODULES, job_arguments
+
+    cfg = config_of(args)
+    bootstrap = args.bootstrap or cfg.broker.bootstrap or "<broker>"
+    flags = ["-pyclientexec", cfg.flink.python_executable or sys.executable, "-pym", JOB_MODULES[args.job],
+             *job_arguments(args.job, cfg, bootstrap)]
+    if args.yaml:
+        print("\n".join(f'- "{flag}"' for flag in flags))
+    else:
+        print(" ".join(flags))
+    return 0
+
+
 def cmd_job_list(args: argparse.Namespace) -> int:
     jobs = _rest(args).jobs()
     if not args.all:
@@ -211,7 +235,7 @@ def cmd_job_savepoint(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Jobs on the cluster and their metrics from the Prometheus reporter."""
     from stream_jobs.flink_rest import FlinkRestError
-    from stream_jobs.metrics import LEARNING, SERVING, endpoints, job_metrics
+    from stream_jobs.metrics import LEARNING, SERVING, job_metrics
 
     cfg = config_of(args)
     try:
@@ -219,8 +243,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except FlinkRestError as exc:
         print(f"flink: {exc}")
         return 1
-    urls = [u.strip() for u in args.metrics_url] if args.metrics_url else endpoints(cfg.stack.prometheus_ports)
-    metrics = job_metrics(urls)
+    metrics = job_metrics(metrics_urls(args))
     if not jobs:
         print("no running jobs")
     for job in jobs:
@@ -264,6 +287,11 @@ def add_operator_commands(sub) -> None:
         r.add_argument("--wait-running", action="store_true", help="wait until the job runs")
         cluster_args(r)
         r.set_defaults(func=cmd_job_submit)
+    r = q.add_parser("args", help="print a job's flags for this configuration (e.g. for a FlinkDeployment)")
+    r.add_argument("job", choices=["serving", "learning"])
+    r.add_argument("--bootstrap", default=None)
+    r.add_argument("--yaml", action="store_true", help="as a YAML list")
+    r.set_defaults(func=cmd_job_args)
     r = q.add_parser("list", help="jobs on the cluster")
     r.add_argument("--all", action="store_true", help="finished and cancelled ones too")
     cluster_args(r)

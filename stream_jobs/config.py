@@ -68,6 +68,7 @@ class FlinkSection:
     exactly_once: bool = False
     execution_mode: str = "thread"  # serving job; the learning job runs torch in process mode
     python_executable: str = ""  # Python on the TaskManagers; empty: this interpreter
+    metrics_urls: str = ""  # comma-separated Prometheus /metrics URLs of the TaskManagers; empty: the stack's
     restart_attempts: int = 3
     bundle_time_ms: int = 5
     buffer_timeout_ms: int = 5
@@ -252,6 +253,16 @@ def load_config(path: str | os.PathLike[str] | None = "", env: Mapping[str, str]
         except (ValueError, TypeError) as exc:
             problems.append(f"[{name}]: {exc}")
             built[name] = defaults
+    for key in sorted(env):
+        for name, section_field in sections.items():
+            prefix = _env_prefix(name)
+            if key.startswith(prefix):
+                known = [f.name for f in _section_fields(name, section_field.default_factory)]
+                setting = key[len(prefix):].lower()
+                if setting not in known:
+                    hint = difflib.get_close_matches(setting, known, n=1)
+                    problems.append(f"${key}: no setting {name}.{setting}"
+                                    + (f" (did you mean ${prefix}{hint[0].upper()}?)" if hint else ""))
     cfg = Config(**built)
     problems += _check_ranges(cfg)
     if problems:

@@ -150,7 +150,7 @@ def build_learning_job(env, bootstrap: str, registry: str, model_name: str, conf
     out.sink_to(routed_sink(bootstrap, settings.exactly_once, f"{group_id}-tx")).name("kafka-out")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run the sensorloop learning job on Flink")
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--registry", default="var/registry")
@@ -162,7 +162,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="process by default: training runs torch, kept out of the TaskManager JVM")
     add_config_arguments(parser, LearningConfig)
     add_config_arguments(parser, FlinkSettings, skip=("execution_mode",))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args, LearningConfig)
     settings = dataclasses.replace(config_from_args(args, FlinkSettings, skip=("execution_mode",)),

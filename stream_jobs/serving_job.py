@@ -308,14 +308,18 @@ def config_from_args(args: argparse.Namespace, config_cls, skip: tuple[str, ...]
     return config_cls(**{f.name: getattr(args, f.name) for f in fields(config_cls) if f.name not in skip})
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run the sensorloop serving job on Flink")
     parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
     parser.add_argument("--group-id", default="sensorloop-serving")
     parser.add_argument("--jars", default=None, help="folder holding the two Flink Kafka connector jars")
     add_config_arguments(parser, ServingConfig)
     add_config_arguments(parser, FlinkSettings)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config_from_args(args, ServingConfig)
     settings = config_from_args(args, FlinkSettings)

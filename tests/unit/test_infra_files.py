@@ -1,0 +1,154 @@
+"""The cluster files in infra/ (compose, Kubernetes, Dockerfile, Prometheus) cannot run here (no Docker engine,
+no Kubernetes): check them with the tools that can, and check that every command, module, flag and setting
+they name exists in this project."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stream_jobs.cli import build_parser
+from stream_jobs.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+COMPOSE = INFRA / "compose" / "compose.yaml"
+K8S = sorted((INFRA / "k8s").glob("*.yaml"))
+JOB_PARSERS = {"stream_jobs.serving_job": "stream_jobs.serving_job", "stream_jobs.learning_job": "stream_jobs.learning_job"}
+
+
+def _documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _sensorloop_command(argv: list[str]) -> None:
+    """``sensorloop ...`` as a container would run it: must parse with this project's CLI."""
+    if argv == ["--help"]:
+        return
+    build_parser().parse_args(argv)  # exits (SystemExit) on an unknown command or flag
+
+
+def _job_flags(module: str, flags: list[str]) -> None:
+    import importlib
+
+    importlib.import_module(module).build_parser().parse_args(flags)
+
+
+def test_yaml_files_pass_yamllint():
+    from yamllint import linter
+    from yamllint.config import YamlLintConfig
+
+    config = YamlLintConfig("{extends: default, rules: {line-length: {max: 130}, document-start: disable}}")
+    files = [COMPOSE, INFRA / "compose" / "prometheus.yml", *K8S]
+    problems = [f"{f.name}:{p.line}: {p.desc}" for f in files for p in linter.run(f.read_text(), config)
+                if p.level == "error"]
+    assert problems == []
+
+
+def _compose_services() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def test_compose_commands_settings_and_ports_exist():
+    services = _compose_services()
+    ours = {name: s for name, s in services.items() if s.get("image", "").startswith("sensorloop")}
+    assert {"jobmanager", "taskmanager", "setup", "submit", "labeling", "cli"} <= set(ours)
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    for name, service in ours.items():
+        env = service.get("environment", {})
+        load_config(path=None, env={k: str(v) for k, v in env.items()})  # unknown or invalid settings raise
+        command = service.get("command")
+        entrypoint = service.get("entrypoint")
+        if entrypoint == ["sensorloop"]:
+            _sensorloop_command(list(command))
+        elif entrypoint == ["/bin/sh", "-c"]:
+            for part in command[0].split("&&"):
+                words = shlex.split(part)
+                assert words[0] == "sensorloop", part
+                _sensorloop_command(words[1:])
+        else:
+            assert command in ("jobmanager", "taskmanager"), name  # the Flink image's entrypoint
+    properties = dict(line.split(": ", 1) for line in
+                      services["jobmanager"]["environment"]["FLINK_PROPERTIES"].strip().splitlines())
+    assert properties["metrics.reporter.prom.factory.class"].endswith("PrometheusReporterFactory")
+    python = properties["python.executable"]
+    assert python == services["jobmanager"]["environment"]["SENSORLOOP_FLINK_PYTHON_EXECUTABLE"]
+    prometheus = yaml.safe_load((INFRA / "compose" / "prometheus.yml").read_text())
+    targets = [c.get("static_configs", [{}])[0].get("targets", []) or [f"{n}:{c['dns_sd_configs'][0]['port']}"
+               for n in c.get("dns_sd_configs", [{}])[0].get("names", [])] for c in prometheus["scrape_configs"]]
+    assert {t.split(":")[1] for group in targets for t in group} == {properties["metrics.reporter.prom.port"]}
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None and shutil.which("docker") is None,
+                    reason="no compose client installed (scripts/bootstrap.sh installs Debian's docker-compose as root)")
+def test_compose_file_is_valid_for_the_compose_client():
+    client = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
+    result = subprocess.run([*client, "-f", str(COMPOSE), "config", "--quiet"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_dockerfile_copies_what_exists_and_builds_the_jars():
+    text = (INFRA / "docker" / "Dockerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), line
+    assert "sensorloop setup --jars-only" in text
+    _sensorloop_command(["setup", "--jars-only"])
+    assert "flink-python-" in text and "/opt/flink/lib/" in text  # PyFlink's runtime jar on the cluster classpath
+    services = _compose_services()
+    assert services["jobmanager"]["build"]["dockerfile"] == "infra/docker/Dockerfile"
+    assert (COMPOSE.parent / services["jobmanager"]["build"]["context"] / "infra/docker/Dockerfile").is_file()
+
+
+def test_kubernetes_core_resources_validate_against_the_api_schema():
+    import kubernetes_validate
+
+    for path in K8S:
+        for doc in _documents(path):
+            if doc["kind"] == "FlinkDeployment":
+                pod = dict(doc["spec"]["podTemplate"], metadata={"name": "template"})
+                kubernetes_validate.validate(pod, "1.31", strict=True)
+            else:
+                kubernetes_validate.validate(doc, "1.31", strict=True)
+
+
+def test_flink_deployments_run_our_jobs_with_flags_they_accept(tmp_path):
+    deployments = [d for p in K8S for d in _documents(p) if d["kind"] == "FlinkDeployment"]
+    assert {d["metadata"]["name"] for d in deployments} == {"sensorloop-serving", "sensorloop-learning"}
+    config_map = next(d for p in K8S for d in _documents(p) if d["kind"] == "ConfigMap")
+    settings = tmp_path / "sensorloop.toml"
+    settings.write_text(config_map["data"]["sensorloop.toml"])
+    cfg = load_config(settings, env={})
+    for d in deployments:
+        assert d["apiVersion"] == "flink.apache.org/v1beta1"
+        spec = d["spec"]
+        assert spec["flinkVersion"].startswith("v2_")
+        job = spec["job"]
+        assert job["entryClass"] == "org.apache.flink.client.python.PythonDriver"
+        assert job["jarURI"].startswith("local:///opt/flink/opt/flink-python-")
+        assert job["upgradeMode"] == "savepoint" and spec["flinkConfiguration"][
+            "execution.checkpointing.savepoint-dir"].startswith("s3://")
+        args = job["args"]
+        module = args[args.index("-pym") + 1]
+        assert module in JOB_PARSERS and d["metadata"]["name"].endswith(module.split(".")[1].removesuffix("_job"))
+        flags = args[args.index("-pym") + 2:]
+        _job_flags(module, flags)
+        assert flags[flags.index("--bootstrap") + 1] == cfg.broker.bootstrap
+        assert flags[flags.index("--registry") + 1] == cfg.registry.path
+        assert args[args.index("-pyclientexec") + 1] == cfg.flink.python_executable
+        assert spec["flinkConfiguration"]["python.executable"] == cfg.flink.python_executable
+
+
+def test_unknown_environment_settings_are_refused():
+    from stream_jobs.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"SENSORLOOP_FLINK_PARALELISM: no setting flink.paralelism "
+                                          r"\(did you mean \$SENSORLOOP_FLINK_PARALLELISM\?\)"):
+        load_config(path=None, env={"SENSORLOOP_FLINK_PARALELISM": "2"})
