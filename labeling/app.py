@@ -26,8 +26,10 @@ REFUSED = "<!doctype html><title>sensorloop labeling</title><h1>Access refused</
 
 
 def create_app(queue: ReviewQueue, publish: Callable[[Label], None], token: str, lock=None,
-               clock: Callable[[], float] = time.time) -> Starlette:
-    """Build the app over a queue; ``publish`` writes an answer to Kafka (the bridge's)."""
+               clock: Callable[[], float] = time.time,
+               pipeline_metrics: Callable[[], dict] | None = None) -> Starlette:
+    """Build the app over a queue; ``publish`` writes an answer to Kafka (the bridge's);
+    ``pipeline_metrics`` (optional) gives the Flink jobs' metrics for the status view."""
     if not token:
         raise ValueError("an access token is required (config or SENSORLOOP_LABEL_TOKEN)")
     import contextlib
@@ -113,7 +115,13 @@ def create_app(queue: ReviewQueue, publish: Callable[[Label], None], token: str,
         if not authorised(request):
             return refuse_api()
         with lock:
-            return JSONResponse(queue.status())
+            body = queue.status()
+        if pipeline_metrics is not None:
+            try:
+                body["pipeline"] = pipeline_metrics()
+            except Exception as exc:  # the page still works when the metrics endpoint does not
+                body["pipeline_error"] = str(exc)
+        return JSONResponse(body)
 
     async def script(request: Request) -> Response:
         return FileResponse(STATIC / "app.js", media_type="text/javascript")

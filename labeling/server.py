@@ -27,10 +27,11 @@ class LabelingServer:
 
     def __init__(self, bootstrap: str, token: str, classes: list[str], host: str = "127.0.0.1",
                  port: int = 8080, lease_s: float = 120.0, answers_needed: int = 1,
-                 group_id: str = "sensorloop-labeling") -> None:
+                 group_id: str = "sensorloop-labeling", pipeline_metrics=None) -> None:
         self.queue = ReviewQueue(classes, lease_s, answers_needed)
         self.bridge = LabelingBridge(bootstrap, self.queue, group_id=group_id)
-        self.app = create_app(self.queue, self.bridge.publish, token, lock=self.bridge.lock)
+        self.app = create_app(self.queue, self.bridge.publish, token, lock=self.bridge.lock,
+                              pipeline_metrics=pipeline_metrics)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning"))
         self.host, self.port = host, port
         self.thread: threading.Thread | None = None

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
-EXTRAS="${SENSORLOOP_EXTRAS:-test,bench,browser-test}"
+EXTRAS="${SENSORLOOP_EXTRAS:-test,bench,browser-test,s3}"
 
 if ! command -v java >/dev/null || ! command -v javac >/dev/null; then
   echo "installing a JDK (Flink runs on Java; javac builds sensorloop's two small connector helpers)"
@@ -21,6 +21,10 @@ if [[ "$EXTRAS" == *browser-test* ]] && ! command -v chromium >/dev/null; then
   else
     echo "chromium not installed: the browser tests will be skipped (apt-get install chromium)" >&2
   fi
+fi
+if [[ "$EXTRAS" == *test* ]] && ! command -v docker-compose >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "installing Debian's docker-compose client to validate infra/compose (no engine needed)"
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose) >/dev/null || echo "docker-compose not installed" >&2
 fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

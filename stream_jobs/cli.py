@@ -16,7 +16,7 @@ import orjson
 
 from schemas import Topics
 from schemas.topics import topic_environment
-from stream_jobs.cli_ops import add_operator_commands, config_of, resolve_bootstrap, table
+from stream_jobs.cli_ops import add_operator_commands, config_of, progress_bar, resolve_bootstrap, table
 from stream_jobs.flink_rest import FlinkRestError
 
 log = logging.getLogger("sensorloop")
@@ -80,14 +80,34 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from operators.replay import DriftPlan
-    from stream_jobs.replayer import replay
+    from stream_jobs.replayer import ReplayStats, replay
 
     drift = None
     if args.drift_after is not None:
         drift = DriftPlan(args.drift_after, gain={0: args.drift_gain, 1: args.drift_gain, 2: args.drift_gain},
                           classes=tuple(args.drift_classes.split(",")) if args.drift_classes else ())
-    stats = replay(args.bootstrap, Topics.from_env().readings, args.rate, args.count, args.duration,
-                   args.devices, args.seed, args.split, drift)
+    stats, failures = ReplayStats(), []
+
+    def send() -> None:
+        try:
+            replay(args.bootstrap, Topics.from_env().readings, args.rate, args.count, args.duration, args.devices,
+                   args.seed, args.split, drift, stats=stats)
+        except Exception as exc:  # re-raised below, on the command's own thread
+            failures.append(exc)
+
+    worker = threading.Thread(target=send, daemon=True)
+    started = time.monotonic()
+    worker.start()
+    show = sys.stdout.isatty() and (args.count or args.duration)
+    while worker.is_alive():
+        worker.join(0.5)
+        if show:
+            done, total = (stats.sent, args.count) if args.count else (time.monotonic() - started, args.duration)
+            print("\r" + progress_bar(done, total, label=f"{stats.sent} readings"), end="", flush=True)
+    if show:
+        print()
+    if failures:
+        raise failures[0]
     print(f"sent {stats.sent} readings in {stats.seconds:.1f}s ({stats.sent / max(stats.seconds, 1e-9):.0f}/s)")
     return 0
 
@@ -225,8 +245,12 @@ def cmd_label(args: argparse.Namespace) -> int:
             classes = list(ModelRegistry(args.registry).latest_metadata(args.model_name).spec["classes"])
         except ArtifactError as exc:
             raise SystemExit(f"{exc}; or pass --classes") from None
+    from stream_jobs.cli_ops import metrics_urls
+    from stream_jobs.metrics import job_metrics
+
+    urls = metrics_urls(args)
     server = LabelingServer(args.bootstrap, token, classes, args.host, args.port, args.lease_seconds,
-                            args.answers_needed)
+                            args.answers_needed, pipeline_metrics=lambda: job_metrics(urls))
     print(f"labeling page on {server.url}/?token=<your token> (classes: {', '.join(classes)})", flush=True)
     server.run()
     return 0
@@ -408,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None)
     p.add_argument("--lease-seconds", type=float, default=120.0, help="how long a request stays with one labeler")
     p.add_argument("--answers-needed", type=int, default=1, help="2 or more asks for double labeling")
+    p.add_argument("--metrics-url", action="append", default=[],
+                   help="Prometheus /metrics URL shown on /status (repeatable; default: flink.metrics_urls, "
+                        "else the embedded stack's)")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("demo", help="broker + serving job + replayed data, with a live status line")

@@ -26,6 +26,17 @@ def table(rows: list[list], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
+def progress_bar(done: float, total: float, width: int = 30, label: str = "") -> str:
+    """A one-line progress bar.
+
+    >>> progress_bar(25, 100, width=10, label="readings")
+    '[##--------]  25% readings'
+    """
+    share = 0.0 if total <= 0 else min(1.0, done / total)
+    filled = int(share * width)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {share * 100:3.0f}% {label}".rstrip()
+
+
 def config_of(args: argparse.Namespace) -> Config:
     """The validated configuration (``--config``, env overrides); exits with every problem listed."""
     cached = getattr(args, "_config", None)

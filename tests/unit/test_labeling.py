@@ -133,3 +133,22 @@ def test_failed_publish_keeps_the_request(client):
     c.get("/api/next?labeler=a", headers=h)
     r = c.post("/api/answer", headers=h, json={"review_id": "dev:0", "label": "running", "labeler": "a"})
     assert r.status_code == 503 and q.waiting() == 1
+
+
+def test_status_shows_the_pipeline_metrics():
+    from stream_jobs.metrics import parse_prometheus, summarize
+
+    exposition = ('flink_taskmanager_job_task_operator_predictions{job_name="sensorloop_serving",subtask_index="0",} 40.0\n'
+                  'flink_taskmanager_job_task_operator_predictions{job_name="sensorloop_serving",subtask_index="1",} 2.0\n'
+                  'flink_taskmanager_job_task_operator_model_version{job_name="sensorloop_serving",subtask_index="1",} 3.0\n')
+    app = create_app(filled(), lambda label: None, "s3cret",
+                     pipeline_metrics=lambda: summarize(parse_prometheus(exposition)))
+    status = TestClient(app).get("/api/status", headers={"Authorization": "Bearer s3cret"}).json()
+    assert status["pipeline"] == {"sensorloop-serving": {"predictions": 42.0, "model_version": 3.0}}
+
+    def unreachable():
+        raise OSError("connection refused")
+
+    app = create_app(filled(), lambda label: None, "s3cret", pipeline_metrics=unreachable)
+    status = TestClient(app).get("/api/status", headers={"Authorization": "Bearer s3cret"}).json()
+    assert status["pipeline_error"] == "connection refused" and status["waiting"] == 3

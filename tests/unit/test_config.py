@@ -1,0 +1,89 @@
+"""The configuration file, its environment overrides and validation; job flags built from it."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream_jobs.config import Config, ConfigError, load_config, to_toml
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "sensorloop.toml"
+    path.write_text(text)
+    return path
+
+
+def test_file_then_environment_precedence(tmp_path):
+    path = write(tmp_path, '[flink]\nparallelism = 3\nstate_dir = "s3://bucket/flink"\n[serving]\nmax_batch = 128\n'
+                           '[topics]\nlabels = "answers"\n')
+    cfg = load_config(path, env={"SENSORLOOP_FLINK_PARALLELISM": "5", "SENSORLOOP_SERVING_AUDIT_RATE": "0.25",
+                                 "SENSORLOOP_FLINK_EXACTLY_ONCE": "yes"})
+    assert cfg.flink.parallelism == 5 and cfg.flink.state_dir == "s3://bucket/flink"
+    assert cfg.serving.max_batch == 128 and cfg.serving.audit_rate == 0.25 and cfg.flink.exactly_once is True
+    assert cfg.topics.labels == "answers" and cfg.topics.readings == "sensor-readings"
+    assert load_config(path, env={"SENSORLOOP_TOPIC_LABELS": "from-env"}).topics.labels == "from-env"
+    assert cfg.serving_config().registry == cfg.registry.path
+
+
+def test_every_problem_is_reported_with_its_origin(tmp_path):
+    path = write(tmp_path, '[flnk]\nparallelism = 2\n[serving]\nmax_bach = 3\nstride = 0\n[stack]\nrest_port = 70000\n'
+                           'prometheus_ports = "high"\n[broker]\nembedded_port = "x"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={"SENSORLOOP_LEARNING_LR": "fast"})
+    problems = "\n".join(caught.value.problems)
+    assert "[flnk]: unknown section" in problems and "did you mean [flink]" in problems
+    assert "serving.max_bach: unknown key" in problems and "did you mean max_batch" in problems
+    assert "stride must be >= 1, got 0" in problems
+    assert "stack.rest_port: port must lie in 1..65535, got 70000" in problems
+    assert "stack.prometheus_ports: expected a port or a range" in problems
+    assert f"broker.embedded_port: expected an integer, got 'x' (from {path})" in problems
+    assert "learning.lr: expected a number, got 'fast' (from $SENSORLOOP_LEARNING_LR)" in problems
+
+
+def test_unreadable_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml", env={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[flink\n"), env={})
+    with pytest.raises(ConfigError, match="two topics share the name same"):
+        load_config(write(tmp_path, '[topics]\nlabels = "same"\npredictions = "same"\n'), env={})
+
+
+def test_config_file_is_found_from_the_environment(tmp_path):
+    path = write(tmp_path, '[registry]\nmodel_name = "pump-vibration"\n')
+    assert load_config("", env={"SENSORLOOP_CONFIG": str(path)}).registry.model_name == "pump-vibration"
+
+
+def test_shown_configuration_loads_back_unchanged(tmp_path):
+    cfg = load_config(write(tmp_path, '[flink]\njobmanager = "flink:8081"\n[learning]\newc_strength = 5.0\n'), env={})
+    again = load_config(write(tmp_path, to_toml(cfg)), env={})
+    assert again == cfg and again != Config()
+
+
+@pytest.mark.parametrize("job", ["serving", "learning"])
+def test_job_flags_from_the_configuration_parse_back_to_it(tmp_path, job):
+    import importlib
+
+    from stream_jobs.submit import JOB_MODULES, job_arguments
+
+    cfg = load_config(write(tmp_path, '[flink]\nparallelism = 2\nexactly_once = true\nstate_dir = "s3://b/f"\n'
+                                      '[serving]\nmax_batch = 96\nconfidence_threshold = 0.7\n'
+                                      '[learning]\nreplay_ratio = 2.0\nanswers_needed = 2\n'), env={})
+    args = importlib.import_module(JOB_MODULES[job]).build_parser().parse_args(job_arguments(job, cfg, "k:9092"))
+    assert args.bootstrap == "k:9092" and args.parallelism == 2 and args.exactly_once is True
+    assert args.checkpoint_dir == f"s3://b/f/checkpoints/{job}"
+    if job == "serving":
+        assert args.max_batch == 96 and args.confidence_threshold == 0.7 and args.execution_mode == "thread"
+    else:
+        assert args.replay_ratio == 2.0 and args.answers_needed == 2
+
+
+def test_flink_run_failures_are_explained_without_stack_frames():
+    from stream_jobs.submit import explain_failure
+
+    output = ("2026 INFO pyflink: starting\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+              "org.apache.flink.client.program.ProgramInvocationException: The main method caused an error\n"
+              "\tat org.apache.flink.Foo.bar(Foo.java:1)\n"
+              "Caused by: java.net.ConnectException: Connection refused: localhost/127.0.0.1:8081\n")
+    explained = explain_failure(output)
+    assert "Connection refused: localhost/127.0.0.1:8081" in explained and "Foo.java" not in explained
