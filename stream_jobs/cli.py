@@ -234,6 +234,10 @@ def cmd_label(args: argparse.Namespace) -> int:
     from labeling.server import LabelingServer, resolve_token
 
     token = resolve_token(args.token)
+    settings = config_of(args).labeling
+    for name in ("host", "port", "lease_seconds", "answers_needed"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(settings, name))
     if args.classes:
         classes = args.classes.split(",")
     else:
@@ -424,14 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("label", help="serve the labeling web page (review-requests in, labels out)")
     p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
     p.set_defaults(needs_bootstrap=True)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default=None, help="bind address (default: labeling.host, loopback)")
+    p.add_argument("--port", type=int, default=None, help="default: labeling.port (8080)")
     p.add_argument("--token", default=None, help="access token (default: $SENSORLOOP_LABEL_TOKEN)")
     p.add_argument("--classes", default="", help="comma-separated classes (default: the model's)")
     p.add_argument("--registry", default=None)
     p.add_argument("--model-name", default=None)
-    p.add_argument("--lease-seconds", type=float, default=120.0, help="how long a request stays with one labeler")
-    p.add_argument("--answers-needed", type=int, default=1, help="2 or more asks for double labeling")
+    p.add_argument("--lease-seconds", type=float, default=None, help="how long a request stays with one labeler")
+    p.add_argument("--answers-needed", type=int, default=None, help="2 or more asks for double labeling")
     p.add_argument("--metrics-url", action="append", default=[],
                    help="Prometheus /metrics URL shown on /status (repeatable; default: flink.metrics_urls, "
                         "else the embedded stack's)")

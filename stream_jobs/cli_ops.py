@@ -51,37 +51,33 @@ def config_of(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def resolve_bootstrap(args: argparse.Namespace) -> str:
-    """``--bootstrap``, else ``broker.bootstrap`` from the configuration, else the running embedded stack's."""
+def _resolve(args: argparse.Namespace, flag: str, configured: str, from_stack: str, missing: str) -> str:
+    """A flag's value, else the configured one, else the running embedded stack's, else exit with ``missing``."""
     from stream_jobs.stack import read_state
 
-    explicit = getattr(args, "bootstrap", None)
+    explicit = getattr(args, flag, None)
     if explicit:
         return explicit
-    cfg = config_of(args)
-    if cfg.broker.bootstrap:
-        return cfg.broker.bootstrap
-    state = read_state(cfg.stack.run_dir)
+    if configured:
+        return configured
+    state = read_state(config_of(args).stack.run_dir)
     if state:
-        return state.bootstrap
-    raise SystemExit("sensorloop: no Kafka broker: pass --bootstrap, set broker.bootstrap "
-                     "(or $SENSORLOOP_BROKER_BOOTSTRAP), or run `sensorloop stack start`")
+        return getattr(state, from_stack)
+    raise SystemExit(f"sensorloop: {missing}")
+
+
+def resolve_bootstrap(args: argparse.Namespace) -> str:
+    """``--bootstrap``, else ``broker.bootstrap`` from the configuration, else the running embedded stack's."""
+    return _resolve(args, "bootstrap", config_of(args).broker.bootstrap, "bootstrap",
+                    "no Kafka broker: pass --bootstrap, set broker.bootstrap (or $SENSORLOOP_BROKER_BOOTSTRAP), "
+                    "or run `sensorloop stack start`")
 
 
 def resolve_jobmanager(args: argparse.Namespace) -> str:
-    from stream_jobs.stack import read_state
-
-    explicit = getattr(args, "jobmanager", None)
-    if explicit:
-        return explicit
-    cfg = config_of(args)
-    if cfg.flink.jobmanager:
-        return cfg.flink.jobmanager
-    state = read_state(cfg.stack.run_dir)
-    if state:
-        return state.jobmanager
-    raise SystemExit("sensorloop: no Flink cluster: pass --jobmanager host:port, set flink.jobmanager "
-                     "(or $SENSORLOOP_FLINK_JOBMANAGER), or run `sensorloop stack start`")
+    """``--jobmanager``, else ``flink.jobmanager``, else the running embedded stack's JobManager."""
+    return _resolve(args, "jobmanager", config_of(args).flink.jobmanager, "jobmanager",
+                    "no Flink cluster: pass --jobmanager host:port, set flink.jobmanager "
+                    "(or $SENSORLOOP_FLINK_JOBMANAGER), or run `sensorloop stack start`")
 
 
 def registry_of(args: argparse.Namespace) -> tuple[str, str]:

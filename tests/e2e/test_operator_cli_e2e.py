@@ -110,6 +110,10 @@ def test_operator_cli_on_the_embedded_stack(tmp_path, registry_copy):
         # The rolled-back model is keyed state: the resumed job still serves v1, not the registry's latest v2.
         assert {p["model_version"] for p in after} == {1}
 
+        assert "is RUNNING" in cli(config, "job", "submit", "learning", "--wait-running")
+        listed = cli(config, "job", "list")
+        assert "sensorloop-learning" in listed and "sensorloop-serving" in listed
+        assert "CANCELED" in cli(config, "job", "cancel", "learning")
         out = cli(config, "job", "cancel", "serving")
         assert "CANCELED" in out
         assert "no jobs running" in cli(config, "job", "list")

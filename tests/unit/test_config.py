@@ -87,3 +87,10 @@ def test_flink_run_failures_are_explained_without_stack_frames():
               "Caused by: java.net.ConnectException: Connection refused: localhost/127.0.0.1:8081\n")
     explained = explain_failure(output)
     assert "Connection refused: localhost/127.0.0.1:8081" in explained and "Foo.java" not in explained
+
+
+def test_the_example_file_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "sensorloop.example.toml"
+    assert load_config(example, env={}).serving.max_batch == 64
