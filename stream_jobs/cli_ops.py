@@ -175,6 +175,8 @@ def cmd_job_submit(args: argparse.Namespace) -> int:
         savepoint = latest_savepoint(cfg, args.job)
         if savepoint is None:
             raise SystemExit(f"sensorloop: no savepoint of the {args.job} job recorded in {cfg.stack.run_dir}")
+    if args.local:
+        return _submit_local(args, cfg, savepoint)
     bootstrap, jobmanager = resolve_bootstrap(args), resolve_jobmanager(args)
     started = time.monotonic()
     try:
@@ -206,6 +208,40 @@ def cmd_job_args(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit_local(args: argparse.Namespace, cfg: Config, savepoint: str | None) -> int:
+    """The job on its own MiniCluster in a background process, its REST API on a fixed port."""
+    from infra.broker import free_port
+    from stream_jobs.flink_rest import FlinkRest, FlinkRestError
+    from stream_jobs.launcher import JobProcess
+    from stream_jobs.submit import JOB_MODULES, job_arguments
+
+    port = args.rest_port or free_port()
+    from infra.flink_cluster import rest_answers
+
+    if rest_answers(f"http://localhost:{port}"):
+        raise SystemExit(f"sensorloop: a Flink REST API already answers on localhost:{port}; pick another --rest-port")
+    flags = job_arguments(args.job, cfg, resolve_bootstrap(args)) + ["--rest-port", str(port)]
+    flags += ["--savepoint-path", savepoint] if savepoint else []
+    log_path = Path(cfg.stack.run_dir) / f"local-{args.job}-{port}.log"
+    process = JobProcess(JOB_MODULES[args.job], flags, log_path).start()
+    rest = FlinkRest(f"localhost:{port}", timeout_s=2)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise SystemExit(f"sensorloop: the {args.job} job exited:\n{process.log_tail(20)}")
+        try:
+            jobs = rest.jobs()
+        except FlinkRestError:
+            jobs = []
+        if jobs and (not args.wait_running or jobs[0].state == "RUNNING"):
+            print(f"{args.job} job {jobs[0].job_id} {jobs[0].state} on a local MiniCluster (pid {process.process.pid}, "
+                  f"log {log_path}); manage it with --jobmanager localhost:{port}")
+            return 0
+        time.sleep(0.5)
+    process.stop()
+    raise SystemExit(f"sensorloop: the {args.job} job did not start within 180 s; see {log_path}")
+
+
 def cmd_job_list(args: argparse.Namespace) -> int:
     jobs = _rest(args).jobs()
     if not args.all:
@@ -218,23 +254,48 @@ def cmd_job_list(args: argparse.Namespace) -> int:
 
 
 def cmd_job_cancel(args: argparse.Namespace) -> int:
+    from stream_jobs.flink_rest import JobManagerGone
+
     rest = _rest(args)
     job = rest.find(args.job)
     rest.cancel(job.job_id)
-    state = rest.wait_state(job.job_id, ("CANCELED", "FAILED", "FINISHED"))
+    try:
+        state = rest.wait_state(job.job_id, ("CANCELED", "FAILED", "FINISHED"))
+    except JobManagerGone:  # a local MiniCluster shuts down with its job
+        state = "CANCELED (its local MiniCluster shut down with it)"
     print(f"{job.name} {job.job_id}: {state}")
     return 0
 
 
+def newest_savepoint(target_dir: str, job_id: str, since: float) -> str | None:
+    """The savepoint Flink wrote for ``job_id`` into a local ``target_dir`` after ``since`` (epoch s)."""
+    if "://" in target_dir and not target_dir.startswith("file:"):
+        return None
+    folder = Path(target_dir.removeprefix("file://").removeprefix("file:"))
+    found = [p for p in folder.glob(f"savepoint-{job_id[:6]}-*") if (p / "_metadata").is_file()
+             and p.stat().st_mtime >= since - 1]
+    return max(found, key=lambda p: p.stat().st_mtime).as_uri() if found else None
+
+
 def cmd_job_savepoint(args: argparse.Namespace) -> int:
+    from stream_jobs.flink_env import state_uri
+    from stream_jobs.flink_rest import JobManagerGone
     from stream_jobs.stack import record_savepoint
 
     cfg = config_of(args)
     rest = _rest(args)
     job = rest.find(args.job)
-    target = args.target_dir or None
-    location = rest.savepoint(job.job_id, target, stop=args.stop)
-    record_savepoint(cfg, job.name.removeprefix("sensorloop-"), location)
+    name = job.name.removeprefix("sensorloop-")
+    target = args.target_dir or state_uri(f"{cfg.flink.state_dir.rstrip('/')}/savepoints/{name}")
+    started = time.time()
+    try:
+        location = rest.savepoint(job.job_id, target, stop=args.stop)
+    except JobManagerGone:
+        # A local MiniCluster shuts down as soon as its job stops; the savepoint is complete on disk by then.
+        location = newest_savepoint(target, job.job_id, started) if args.stop else None
+        if location is None:
+            raise
+    record_savepoint(cfg, name, location)
     print(f"savepoint of {job.name} {job.job_id}: {location}" + (" (job stopped)" if args.stop else ""))
     return 0
 
@@ -292,6 +353,9 @@ def add_operator_commands(sub) -> None:
         r.add_argument("--from-savepoint", default="latest" if name == "resume" else None,
                        help="savepoint path or 'latest'")
         r.add_argument("--wait-running", action="store_true", help="wait until the job runs")
+        r.add_argument("--local", action="store_true",
+                       help="run it on its own local MiniCluster in the background instead of a cluster")
+        r.add_argument("--rest-port", type=int, default=0, help="with --local: its REST port (default: a free one)")
         cluster_args(r)
         r.set_defaults(func=cmd_job_submit)
     r = q.add_parser("args", help="print a job's flags for this configuration (e.g. for a FlinkDeployment)")

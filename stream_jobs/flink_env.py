@@ -28,6 +28,8 @@ class FlinkSettings:
     savepoint_path: str | None = None
     execution_mode: str = "thread"
     python_executable: str = ""  # Python on the TaskManagers (a cluster's); empty: this interpreter
+    rest_port: int = 0  # local MiniCluster's REST API (job list/cancel/savepoint); 0: a free port
+    savepoint_dir: str = ""  # default target of savepoints triggered without one
 
 
 def state_uri(location: str) -> str:
@@ -65,6 +67,11 @@ def make_env(settings: FlinkSettings, jars_source: str | None = None) -> StreamE
     config.set_string("restart-strategy.type", "fixed-delay")
     config.set_string("restart-strategy.fixed-delay.attempts", str(settings.restart_attempts))
     config.set_string("restart-strategy.fixed-delay.delay", "1 s")
+    if settings.savepoint_dir:
+        config.set_string("execution.checkpointing.savepoint-dir", state_uri(settings.savepoint_dir))
+    if settings.rest_port:
+        config.set_string("rest.port", str(settings.rest_port))
+        config.set_string("rest.address", "localhost")
     if settings.savepoint_path:
         config.set_string("execution.state-recovery.path", settings.savepoint_path)
     config.set_string("taskmanager.memory.process.size", os.environ.get("SENSORLOOP_TM_MEMORY", "2g"))
@@ -72,3 +79,4 @@ def make_env(settings: FlinkSettings, jars_source: str | None = None) -> StreamE
     env.set_parallelism(settings.parallelism)
     env.set_buffer_timeout(settings.buffer_timeout_ms)
     return env
+

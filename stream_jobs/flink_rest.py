@@ -17,6 +17,10 @@ class FlinkRestError(RuntimeError):
     """The REST API answered with an error, or did not answer."""
 
 
+class JobManagerGone(FlinkRestError):
+    """The JobManager stopped answering (a local MiniCluster ends with its only job)."""
+
+
 @dataclass(frozen=True)
 class JobSummary:
     job_id: str
@@ -53,12 +57,13 @@ class FlinkRest:
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
             try:
-                detail = "; ".join(json.loads(detail).get("errors", [detail]))
-            except ValueError:
+                errors = json.loads(detail).get("errors", [detail])
+                detail = "; ".join(str(e).strip().splitlines()[0] for e in errors if str(e).strip())
+            except (ValueError, AttributeError):
                 pass
             raise FlinkRestError(f"{method} {path}: HTTP {exc.code}: {detail.strip()[:500]}") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise FlinkRestError(f"no Flink JobManager answers at {self.url}: {exc}") from None
+            raise JobManagerGone(f"no Flink JobManager answers at {self.url}: {exc}") from None
         return json.loads(raw) if raw else {}
 
     def overview(self) -> dict:

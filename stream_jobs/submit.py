@@ -55,6 +55,7 @@ def job_arguments(job: str, cfg: Config, bootstrap: str) -> list[str]:
     state = flink.state_dir.rstrip("/")
     common = ["--parallelism", str(flink.parallelism), "--checkpoint-interval-ms", str(flink.checkpoint_interval_ms),
               "--checkpoint-dir", _local_or_url(f"{state}/checkpoints/{job}"),
+              "--savepoint-dir", _local_or_url(f"{state}/savepoints/{job}"),
               "--bundle-time-ms", str(flink.bundle_time_ms), "--buffer-timeout-ms", str(flink.buffer_timeout_ms),
               "--restart-attempts", str(flink.restart_attempts)]
     common += ["--exactly-once"] if flink.exactly_once else []

@@ -123,3 +123,36 @@ def test_operator_cli_on_the_embedded_stack(tmp_path, registry_copy):
     result = subprocess.run([sys.executable, "-m", "stream_jobs.cli", "--config", str(config), "stack", "status"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "not running" in result.stdout
+
+
+def test_jobs_on_a_local_minicluster_are_managed_through_its_rest_api(tmp_path, trained_registry):
+    """``job submit --local``: the job on its own MiniCluster in the background, then the same
+    list / stop-with-savepoint / resume / cancel commands through that MiniCluster's REST API."""
+    from infra.broker import EmbeddedBroker, ensure_topics
+
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        ensure_topics(broker.bootstrap)
+        config = _config(tmp_path, trained_registry)
+        config.write_text(config.read_text().replace("[broker]\n", f'[broker]\nbootstrap = "{broker.bootstrap}"\n'))
+        first_port, second_port = free_port(), free_port()
+        out = cli(config, "job", "submit", "serving", "--local", "--rest-port", str(first_port), "--wait-running")
+        assert "RUNNING on a local MiniCluster" in out
+        manage = ["--jobmanager", f"localhost:{first_port}"]
+        try:
+            assert "sensorloop-serving  RUNNING" in cli(config, "job", "list", *manage)
+            readings = replayed_readings(n_devices=2, per_device=60)
+            first, second = readings[:len(readings) // 2], readings[len(readings) // 2:]
+            produce(broker.bootstrap, TOPICS.readings, encoded(first))
+            _predictions(broker.bootstrap, len(expected_window_ends(first, WINDOW, STRIDE)))
+            out = cli(config, "job", "savepoint", "serving", "--stop", *manage)
+            assert "(job stopped)" in out
+            produce(broker.bootstrap, TOPICS.readings, encoded(second))
+            out = cli(config, "job", "resume", "serving", "--local", "--rest-port", str(second_port), "--wait-running")
+            assert "RUNNING on a local MiniCluster" in out
+            expected = expected_window_ends(readings, WINDOW, STRIDE)
+            keys = [(p["device_id"], p["window_end"]) for p in _predictions(broker.bootstrap, len(expected))]
+            assert set(keys) == expected and len(keys) == len(expected)
+        finally:
+            for port in (first_port, second_port):
+                subprocess.run([sys.executable, "-m", "stream_jobs.cli", "--config", str(config), "job", "cancel",
+                                "serving", "--jobmanager", f"localhost:{port}"], capture_output=True, timeout=60)
