@@ -30,7 +30,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
     for jar in ensure_all(args.jars):
         print(f"jar ready: {jar}")
-    if args.jars_only:
+    if getattr(args, "jars_only", False):
         return 0
     registry = ModelRegistry(args.registry)
     if registry.latest_version(args.model_name) is None or args.retrain:

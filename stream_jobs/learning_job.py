@@ -13,13 +13,14 @@ import logging
 import torch
 from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
-from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from model.registry import ModelRegistry
 from model.spec import ModelSpec
-from model.train import load_network, publish_version
+from model.train import load_network, publish_version, weights_bytes
 from operators.label_join import LabelJoiner
 from operators.learning import LearningConfig, LearningLoop
+from operators.learning_state import AcceptedVersion, LoopJournal
 from operators.parse import raw_text
 from schemas import DeadLetter, DriftEvent, Label, ModelSnapshot, ReviewRequest, SchemaError, Topics
 from stream_jobs.flink_env import FlinkSettings, make_env
@@ -82,23 +83,33 @@ class JoinAnswers(KeyedProcessFunction):
 class LearnAndPublish(KeyedProcessFunction):
     """Online learning for one model (keyed by model name, so parallelism 1 per model).
 
-    The whole learning loop (weights, optimizer, replay reservoir, holdout, drift detector)
-    lives in keyed state, so a restored job resumes it; version numbers come from the registry.
+    The learning loop (weights, optimizer, replay reservoir, holdout, drift detector) lives in memory
+    and in keyed state as a snapshot plus a journal of the steps since (``operators.learning_state``),
+    so a restored job resumes it exactly while a label costs a small journal append, not a rewrite of
+    the whole loop. Version numbers come from the registry.
     """
 
-    def __init__(self, topics: Topics, registry: str, model_name: str, config: LearningConfig) -> None:
+    def __init__(self, topics: Topics, registry: str, model_name: str, config: LearningConfig,
+                 snapshot_every: int = 64) -> None:
         self.topics, self.registry_root, self.model_name, self.config = topics, registry, model_name, config
+        self.snapshot_every = snapshot_every
 
     def open(self, runtime_context: RuntimeContext) -> None:
         torch.set_num_threads(1)
         self.registry = ModelRegistry(self.registry_root)
-        self.state = runtime_context.get_state(ValueStateDescriptor("loop", Types.PICKLED_BYTE_ARRAY()))
+        self.snapshot = runtime_context.get_state(ValueStateDescriptor("loop", Types.PICKLED_BYTE_ARRAY()))
+        self.journal_state = runtime_context.get_list_state(
+            ListStateDescriptor("journal", Types.PICKLED_BYTE_ARRAY()))
+        self.journal = LoopJournal(self.snapshot_every)
+        self.loops: dict[str, LearningLoop] = {}  # by key (the model name): restored once, then kept in memory
         group = runtime_context.get_metrics_group()
         self.published = group.counter("versions_published")
         self.refused = group.counter("candidates_refused")
         self.drifts = group.counter("drift_events")
         self.trained = group.counter("labeled_windows_learned")
         self.progress = (0.0, 0)  # (prequential accuracy, model version) after the latest labeled window
+        self.label_lag_ms = 0  # from a label's answer to its learning step, latest
+        group.gauge("label_lag_ms", lambda: int(self.label_lag_ms))
         group.gauge("prequential_accuracy_pct", lambda: int(round(self.progress[0] * 100)))
         group.gauge("model_version", lambda: int(self.progress[1]))
 
@@ -107,9 +118,25 @@ class LearnAndPublish(KeyedProcessFunction):
         spec = ModelSpec.from_dict(loaded.metadata.spec)
         return LearningLoop(load_network(spec, loaded.weights_bytes), spec, loaded.metadata.version, self.config)
 
+    def _loop(self, key: str) -> LearningLoop:
+        loop = self.loops.get(key)
+        if loop is None:
+            loop = self.journal.restore(self.snapshot.value(), list(self.journal_state.get() or []), self._new_loop)
+            self.loops[key] = loop
+        return loop
+
+    def _journal(self, entry, loop: LearningLoop) -> None:
+        self.journal_state.add(entry)
+        if self.journal.record():
+            self.snapshot.update(loop)
+            self.journal_state.clear()
+
     def process_element(self, item, ctx: KeyedProcessFunction.Context):
-        loop = self.state.value() or self._new_loop()
+        loop = self._loop(ctx.get_current_key())
+        if item.answered_at:
+            self.label_lag_ms = max(0, now_ms() - item.answered_at)
         candidate = loop.learn(item)
+        self._journal(item, loop)
         for signal in loop.take_drifts():
             event = DriftEvent(self.model_name, signal, now_ms(), loop.version, self.config.drift_budget_per_minute,
                                self.config.drift_boost_seconds, loop.drift.error_rate)
@@ -126,13 +153,14 @@ class LearnAndPublish(KeyedProcessFunction):
                                    parent_version=loop.version, data_seen=loop.labeled,
                                    note=f"online: {d.reason}")
             loop.accepted(candidate, meta.version)
+            self._journal(AcceptedVersion(meta.version, weights_bytes(candidate.net)), loop)
             self.published.inc()
             snapshot = ModelSnapshot.from_dict(self.registry.announcement(self.model_name, meta.version))
-            log.info("published %s v%d: %s", self.model_name, meta.version, d.reason)
+            log.info("published %s v%d %d ms after the answer that completed it: %s", self.model_name,
+                     meta.version, now_ms() - candidate.trigger_answered_at, d.reason)
             yield route(self.topics.model_snapshots, self.model_name, snapshot.encode())
         self.trained.inc()
         self.progress = (loop.prequential_accuracy, loop.version)
-        self.state.update(loop)
 
 
 def build_learning_job(env, bootstrap: str, registry: str, model_name: str, config: LearningConfig,
@@ -158,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--group-id", default="sensorloop-learning")
     parser.add_argument("--label-ttl-ms", type=int, default=3_600_000)
     parser.add_argument("--answers-needed", type=int, default=1)
-    parser.add_argument("--execution-mode", default="process", choices=["process", "thread"],
-                        help="process by default: training runs torch, kept out of the TaskManager JVM")
+    parser.add_argument("--execution-mode", default="thread", choices=["process", "thread"],
+                        help="thread (default): labels reach the trainer in milliseconds; process keeps torch "
+                             "in a separate Python worker, at several seconds of label -> serving latency")
     add_config_arguments(parser, LearningConfig)
     add_config_arguments(parser, FlinkSettings, skip=("execution_mode",))
     return parser

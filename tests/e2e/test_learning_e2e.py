@@ -7,11 +7,12 @@ import time
 import orjson
 import pytest
 
-from infra.broker import EmbeddedBroker, ensure_topics
+from infra.broker import EmbeddedBroker, ensure_topics, free_port
 from infra.kafka_tools import TopicTail
 from model.registry import ModelRegistry
 from operators.replay import DriftPlan
 from schemas import ModelSnapshot, Topics
+from stream_jobs.flink_rest import FlinkRest, FlinkRestError
 from stream_jobs.launcher import JobProcess, serving_job
 from stream_jobs.replayer import replay
 from stream_jobs.simulated_labelers import run_simulated_labelers
@@ -22,6 +23,21 @@ NAME = "basic-motions"
 GYRO_BIAS = DriftPlan(after=0, offset={3: 4.0, 4: 4.0, 5: 4.0})
 
 
+def wait_all_tasks_running(rest_port: int, job: JobProcess, timeout_s: float = 180) -> None:
+    rest = FlinkRest(f"localhost:{rest_port}", timeout_s=2)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert job.alive(), job.log_tail(40)
+        try:
+            jobs = rest.jobs()
+            if jobs and all(v["status"] == "RUNNING" for v in rest.job(jobs[0].job_id)["vertices"]):
+                return
+        except FlinkRestError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("the learning job did not start:\n" + job.log_tail(40))
+
+
 def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_path, registry_copy):
     root = registry_copy
     classes = list(ModelRegistry(root).latest_metadata(NAME).spec["classes"])
@@ -30,9 +46,11 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
         serving = serving_job(broker.bootstrap, tmp_path / "serving.log", registry=str(root),
                               checkpoint_dir=str(tmp_path / "ck-serving"), confidence_threshold=0.9,
                               audit_rate=0.5, review_budget_per_minute=100_000)
+        rest_port = free_port()
         learning = JobProcess("stream_jobs.learning_job", [
             "--bootstrap", broker.bootstrap, "--registry", str(root), "--checkpoint-dir", str(tmp_path / "ck-learn"),
-            "--gate-every", "48", "--batch-size", "8", "--lr", "0.002"], tmp_path / "learning.log")
+            "--gate-every", "48", "--batch-size", "8", "--lr", "0.002", "--rest-port", str(rest_port)],
+            tmp_path / "learning.log")
         stop = threading.Event()
         threads = [
             threading.Thread(target=replay, daemon=True, kwargs=dict(
@@ -43,7 +61,8 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
         ]
         tail = TopicTail(broker.bootstrap, [TOPICS.predictions, TOPICS.model_snapshots])
         predictions, snapshots = [], []
-        with serving, learning:
+        with learning, serving:
+            wait_all_tasks_running(rest_port, learning)  # label -> serving is measured once both jobs run
             for t in threads:
                 t.start()
             deadline = time.monotonic() + 300
@@ -75,9 +94,12 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
           f"v{after[-1]['model_version']} {acc_after:.3f} on the last 300")
     assert acc_after > acc_before + 0.1
     # label → serving: from the answer that completed a version to its first prediction (reported only)
-    seconds = []
+    seconds, published = [], []
     for version in sorted({p["model_version"] for p in predictions} - {1}):
         first = min(p["emitted_at"] for p in predictions if p["model_version"] == version)
-        seconds.append((first - ModelRegistry(root).metadata(NAME, version).metrics["trigger_label_at_ms"]) / 1000)
+        meta = ModelRegistry(root).metadata(NAME, version)
+        seconds.append((first - meta.metrics["trigger_label_at_ms"]) / 1000)
+        published.append((meta.created_at - meta.metrics["trigger_label_at_ms"]) / 1000)
     assert all(s > 0 for s in seconds), seconds
-    print(f"label -> serving seconds per version: {[round(s, 2) for s in seconds]}")
+    print(f"label -> serving seconds per version: {[round(s, 2) for s in seconds]} "
+          f"(of which label -> published: {[round(s, 2) for s in published]})")

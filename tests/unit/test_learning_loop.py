@@ -62,3 +62,48 @@ def test_loop_reports_each_detected_drift_once():
     drifts = loop.take_drifts()
     assert drifts and set(drifts) == {"error"} and loop.drift_events == len(drifts)
     assert loop.take_drifts() == [] and loop.trainer.ewc is not None  # the drift consolidated EWC
+
+
+def test_snapshot_plus_journal_restores_the_loop_at_any_step():
+    """The learning job's state: a snapshot every few steps plus a journal; a restore at any point
+    (a checkpoint between two elements) gives back what was learned, including accepted versions."""
+    import copy
+    import pickle
+
+    from model.train import weights_bytes
+    from operators.learning_state import AcceptedVersion, LoopJournal
+
+    torch.manual_seed(0)
+    net = WindowTransformer(SPEC)
+    X, y = data(300, 0)
+    net.set_normalisation(X)
+    fit(net, X, y, epochs=5, batch_size=32)
+    config = LearningConfig(gate_every=24, batch_size=8, lr=3e-3, min_holdout=5)
+    loop = LearningLoop(net, SPEC, version=1, config=config)
+    journal = LoopJournal(snapshot_every=10)
+    stored = {"snapshot": None, "journal": []}  # what keyed state holds
+    checkpoints = []
+    Xd, yd = data(200, 1, offset=3.0)
+    for i, (w, label) in enumerate(zip(Xd, yd)):
+        item = LabeledWindow(f"d:{i}", "d", w, SPEC.classes[label], SPEC.classes[0], 1, ["sim"])
+        entries = [item]
+        candidate = loop.learn(item)
+        if candidate is not None:
+            loop.accepted(candidate, loop.version + 1)
+            entries.append(AcceptedVersion(loop.version, weights_bytes(candidate.net)))
+        for entry in entries:
+            stored["journal"].append(entry)
+            if journal.record():
+                stored = {"snapshot": pickle.dumps(loop), "journal": []}
+        checkpoints.append((copy.deepcopy(stored), loop.labeled, loop.version, len(loop.gate.windows),
+                            len(loop.trainer.reservoir)))
+    assert loop.version > 2, "the stream should have produced accepted versions"
+    for state, labeled, version, held_out, replayed in checkpoints[5::37] + checkpoints[-1:]:
+        snapshot = pickle.loads(state["snapshot"]) if state["snapshot"] else None
+        restored = LoopJournal(10).restore(snapshot, state["journal"],
+                                           lambda: LearningLoop(net, SPEC, version=1, config=config))
+        assert (restored.labeled, restored.version, len(restored.gate.windows),
+                len(restored.trainer.reservoir)) == (labeled, version, held_out, replayed)
+    final = LoopJournal(10).restore(pickle.loads(stored["snapshot"]), stored["journal"], lambda: None)
+    Xv, yv = data(200, 2, offset=3.0)
+    assert accuracy(predict_proba(final.serving, Xv), yv) == accuracy(predict_proba(loop.serving, Xv), yv)
