@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Benchmarks: inference throughput vs batch size, online learning vs river, then the end-to-end serving benchmark.
+# Benchmarks: inference throughput vs batch size, online learning vs river, label -> serving latency of the
+# closed loop, then the end-to-end serving benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/python bench/inference_bench.py
 .venv/bin/python bench/learning_bench.py
+.venv/bin/python bench/label_latency_bench.py
 .venv/bin/python bench/serving_bench.py "$@"

@@ -11,16 +11,17 @@ from infra.broker import EmbeddedBroker, ensure_topics, free_port
 from infra.kafka_tools import TopicTail
 from model.registry import ModelRegistry
 from operators.replay import DriftPlan
-from schemas import ModelSnapshot, Topics
+from schemas import DriftEvent, ModelSnapshot, Topics
 from stream_jobs.flink_rest import FlinkRest, FlinkRestError
 from stream_jobs.launcher import JobProcess, serving_job
-from stream_jobs.replayer import replay
+from stream_jobs.replayer import ReplayStats, replay
 from stream_jobs.simulated_labelers import run_simulated_labelers
 
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()
 NAME = "basic-motions"
-GYRO_BIAS = DriftPlan(after=0, offset={3: 4.0, 4: 4.0, 5: 4.0})
+DRIFT_AFTER = 3600  # readings (12 s at 300/s) before the devices' gyroscopes pick up a +4.0 bias
+GYRO_BIAS = DriftPlan(after=DRIFT_AFTER, offset={3: 4.0, 4: 4.0, 5: 4.0})
 
 
 def wait_all_tasks_running(rest_port: int, job: JobProcess, timeout_s: float = 180) -> None:
@@ -52,15 +53,17 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
             "--gate-every", "48", "--batch-size", "8", "--lr", "0.002", "--rest-port", str(rest_port)],
             tmp_path / "learning.log")
         stop = threading.Event()
+        sent = ReplayStats()
         threads = [
             threading.Thread(target=replay, daemon=True, kwargs=dict(
                 bootstrap=broker.bootstrap, topic=TOPICS.readings, rate=300, n_devices=8, drift=GYRO_BIAS,
-                stop=stop)),
+                stop=stop, stats=sent)),
             threading.Thread(target=run_simulated_labelers, daemon=True, kwargs=dict(
                 bootstrap=broker.bootstrap, classes=classes, delay_ms=200, stop=stop)),
         ]
-        tail = TopicTail(broker.bootstrap, [TOPICS.predictions, TOPICS.model_snapshots])
-        predictions, snapshots = [], []
+        tail = TopicTail(broker.bootstrap, [TOPICS.predictions, TOPICS.model_snapshots, TOPICS.drift_events])
+        predictions, snapshots, drifts = [], [], []
+        drift_at_ms = None
         with learning, serving:
             wait_all_tasks_running(rest_port, learning)  # label -> serving is measured once both jobs run
             for t in threads:
@@ -68,13 +71,18 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
             deadline = time.monotonic() + 300
             try:
                 while time.monotonic() < deadline:
+                    if drift_at_ms is None and sent.sent >= DRIFT_AFTER:
+                        drift_at_ms = int(time.time() * 1000)  # readings are stamped with their send time
                     for r in tail.poll(200):
                         if r.topic == TOPICS.predictions:
                             predictions.append(orjson.loads(r.value))
+                        elif r.topic == TOPICS.drift_events:
+                            drifts.append(DriftEvent.decode(r.value))
                         else:
                             snapshots.append(ModelSnapshot.decode(r.value))
-                    newer = [p for p in predictions if p["model_version"] > 1]
-                    if len(newer) >= 300:
+                    newer = [p for p in predictions if p["model_version"] > 1 and drift_at_ms is not None
+                             and p["window_start"] > drift_at_ms]
+                    if len(newer) >= 800:  # newer versions serving the drifted stream for a while
                         break
                     assert serving.alive(), serving.log_tail(60)
                     assert learning.alive(), learning.log_tail(60)
@@ -85,14 +93,25 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
     assert snapshots[0].version == 2 and snapshots[0].parent_version == 1
     meta = ModelRegistry(root).metadata(NAME, 2)
     assert meta.metrics["holdout_accuracy"] >= meta.metrics["serving_holdout_accuracy"]
-    before = [p for p in predictions if p["model_version"] == 1 and p.get("truth")]
-    after = [p for p in predictions if p["model_version"] > 1 and p.get("truth")]
-    assert len(after) >= 300, f"only {len(after)} predictions by a new version"
-    acc_before = sum(p["label"] == p["truth"] for p in before) / len(before)
-    acc_after = sum(p["label"] == p["truth"] for p in after[-300:]) / 300
-    print(f"prequential accuracy: v1 {acc_before:.3f} on {len(before)} windows; "
-          f"v{after[-1]['model_version']} {acc_after:.3f} on the last 300")
-    assert acc_after > acc_before + 0.1
+    def accuracy(items):
+        return sum(p["label"] == p["truth"] for p in items) / len(items)
+
+    assert drift_at_ms is not None
+    v1 = [p for p in predictions if p["model_version"] == 1 and p.get("truth")]
+    v1_clean = [p for p in v1 if p["window_end"] < drift_at_ms]
+    v1_drifted = [p for p in v1 if p["window_start"] > drift_at_ms]
+    after = [p for p in predictions if p["model_version"] > 1 and p.get("truth") and p["window_start"] > drift_at_ms]
+    assert len(after) >= 300 and len(v1_drifted) >= 30 and len(v1_clean) >= 30, (len(after), len(v1_drifted))
+    acc_clean, acc_drifted, acc_after = accuracy(v1_clean), accuracy(v1_drifted), accuracy(after[-300:])
+    print(f"prequential accuracy: v1 {acc_clean:.3f} before the drift, {acc_drifted:.3f} after it "
+          f"({len(v1_drifted)} windows); v{after[-1]['model_version']} {acc_after:.3f} on the last 300")
+    assert acc_drifted < acc_clean - 0.2  # the bias really hurts the served model
+    assert acc_after > acc_drifted + 0.2  # and learning from the labels repairs it
+    # the learner saw the drift (ADWIN on the prequential error) and told serving (raised label budget)
+    onset = [d for d in drifts if d.signal == "error" and d.detected_at > drift_at_ms]
+    assert onset, f"no drift detected after the bias began: {drifts}"
+    print(f"drift detected {(onset[0].detected_at - drift_at_ms) / 1000:.1f} s after the bias began "
+          f"(serving v{onset[0].model_version}); all events: {[(d.signal, d.model_version) for d in drifts]}")
     # label → serving: from the answer that completed a version to its first prediction (reported only)
     seconds, published = [], []
     for version in sorted({p["model_version"] for p in predictions} - {1}):
