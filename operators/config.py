@@ -37,6 +37,9 @@ class ServingConfig:
     device: str = "auto"
     inference_threads: int = 1
     stats_file: str = ""
+    confidence_drift_delta: float = 0.002  # ADWIN on served confidence (a fall is a drift event); 0: off
+    drift_budget_per_minute: int = 600  # review budget for a while after a confidence drift
+    drift_boost_seconds: int = 120
 
     def __post_init__(self) -> None:
         if self.model_version < 0:
@@ -49,6 +52,10 @@ class ServingConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.confidence_threshold <= 1.0:
             raise ValueError("confidence_threshold must lie in [0, 1]")
+        if not 0.0 <= self.confidence_drift_delta < 1.0:
+            raise ValueError("confidence_drift_delta must lie in [0, 1)")
+        if self.drift_budget_per_minute < 0 or self.drift_boost_seconds < 0:
+            raise ValueError("drift_budget_per_minute and drift_boost_seconds must be >= 0")
         if not 0.0 <= self.audit_rate <= 1.0:
             raise ValueError("audit_rate must lie in [0, 1]")
         if self.runtime not in ("onnx", "torch"):

@@ -21,6 +21,7 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from model.registry import ArtifactError
 from operators.batching import BatchPolicy
 from operators.config import ServingConfig
+from operators.confidence_watch import ConfidenceWatch
 from operators.inference import WindowScorer
 from operators.parse import ReadingParser, raw_text
 from operators.routing import ReviewRouter
@@ -146,6 +147,9 @@ class InferBatches(KeyedProcessFunction):
         gc.collect()
         gc.freeze()  # the loaded libraries and model stay out of the collector's way on the hot path
         self.policy = BatchPolicy(cfg.max_batch, cfg.max_wait_ms)
+        self.watch = (ConfidenceWatch(cfg.model_name, cfg.confidence_drift_delta,
+                                      boost_budget_per_minute=cfg.drift_budget_per_minute,
+                                      boost_seconds=cfg.drift_boost_seconds) if cfg.confidence_drift_delta else None)
         self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
         self.count = runtime_context.get_state(ValueStateDescriptor("count", Types.INT()))
         self.oldest = runtime_context.get_state(ValueStateDescriptor("oldest", Types.LONG()))
@@ -158,6 +162,7 @@ class InferBatches(KeyedProcessFunction):
         self.swaps = group.counter("model_swaps")
         self.refused = group.counter("model_refused")
         self.batches = group.counter("batches")
+        self.confidence_drifts = group.counter("confidence_drifts")
         self.inference_us = group.counter("inference_us_total")  # model time; / batches = mean per batch
         self.last_batch = (0, 0.0)  # (windows, model ms) of the latest micro-batch
         group.gauge("batch_size", lambda: self.last_batch[0])
@@ -218,6 +223,12 @@ class InferBatches(KeyedProcessFunction):
             yield route(self.topics.predictions, p.device_id, p.encode())
         for r in reviews:
             yield route(self.topics.review_requests, r.review_id, r.encode())
+        if self.watch is not None and predictions:
+            event = self.watch.observe([p.confidence for p in predictions], self.scorer.model.version, now)
+            if event is not None:  # more labels where the model is unsure, and the learner hears of it
+                self._boost(event, now)
+                self.confidence_drifts.inc()
+                yield route(self.topics.drift_events, self.cfg.model_name, event.encode())
         if time.monotonic() >= self.next_report:
             self.next_report = time.monotonic() + STATS_EVERY_S
             self.report()
@@ -247,6 +258,8 @@ class InferBatches(KeyedProcessFunction):
                 yield route_dead_letter(self.topics.dead_letters, letter)
             return
         self.scorer.swap(model)
+        if self.watch is not None:
+            self.watch.reset()  # the new model has its own confidence level
         self.accepted.update(snapshot)
         self.swaps.inc()
         log.info("now serving %s v%d", model.name, model.version)

@@ -94,7 +94,8 @@ def test_drift_event_raises_the_review_budget(broker, trained_registry, tmp_path
     second = replayed_readings(n_devices=8, per_device=64, start_seq=64)
     job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
                       checkpoint_dir=str(tmp_path / "ck"), confidence_threshold=1.0, audit_rate=0.0,
-                      review_budget_per_minute=1)  # every window wants review; one per minute allowed
+                      review_budget_per_minute=1,  # every window wants review; one per minute allowed
+                      confidence_drift_delta=0.0)  # only the learning path's event may raise it here
     with job:
         produce(broker.bootstrap, TOPICS.readings, encoded(first))
         out = collect(broker.bootstrap, {TOPICS.predictions: 8 * 5}, timeout_s=180, job=job)

@@ -76,3 +76,25 @@ def test_gate_needs_enough_samples_and_respects_margin():
             g.hold_out(w, lab)
     assert not gate_strict.judge(mostly, right).accept  # 0.9 < 1.0 - 0.05
     assert gate_loose.judge(mostly, right).accept       # 0.9 >= 1.0 - 0.15
+
+
+def test_confidence_watch_reports_a_fall_once_per_gap_and_not_a_rise():
+    import numpy as np
+
+    from operators.confidence_watch import ConfidenceWatch
+
+    rng = np.random.default_rng(0)
+    watch = ConfidenceWatch("basic-motions", min_gap_ms=60_000, boost_budget_per_minute=900, boost_seconds=30)
+    events = []
+    for step, level in enumerate([0.95] * 20 + [0.6] * 20 + [0.95] * 20):  # batches of 32 windows
+        confidences = np.clip(rng.normal(level, 0.05, 32), 0, 1)
+        event = watch.observe(confidences, model_version=3, now_ms=step * 1000)
+        if event is not None:
+            events.append((step, event))
+    assert len(events) == 1, events  # the fall, once; the recovery is not a drift to report
+    step, event = events[0]
+    assert 20 <= step < 25 and event.signal == "confidence" and event.model_version == 3
+    assert (event.boost_budget_per_minute, event.boost_seconds) == (900, 30)
+    watch.reset()
+    later = [watch.observe([0.5] * 32, 4, 200_000 + i) for i in range(5)]
+    assert all(e is None for e in later)  # a fresh detector has no earlier level to fall from

@@ -1,0 +1,48 @@
+"""Serving-side drift detection: ADWIN (river) on the confidence of every served prediction.
+
+A fall in mean confidence means the model sees inputs unlike what it learned from, before any
+label says so. The watch turns such a fall into a :class:`DriftEvent` (signal ``confidence``),
+at most one per ``min_gap_ms``; a rise (a better model, easier inputs) is not reported.
+
+>>> watch = ConfidenceWatch("m", min_gap_ms=0)
+>>> [watch.observe([0.95] * 50, model_version=1, now_ms=i) for i in range(8)].count(None)
+8
+>>> events = [watch.observe([0.55] * 50, model_version=1, now_ms=100 + i) for i in range(8)]
+>>> [(e.signal, e.model_version) for e in events if e is not None]
+[('confidence', 1)]
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from river import drift
+
+from schemas import DriftEvent
+
+
+class ConfidenceWatch:
+    def __init__(self, model_name: str, delta: float = 0.002, min_gap_ms: int = 60_000,
+                 boost_budget_per_minute: int = 600, boost_seconds: int = 120, min_fall: float = 0.02) -> None:
+        self.model_name, self.delta, self.min_gap_ms = model_name, delta, min_gap_ms
+        self.boost_budget_per_minute, self.boost_seconds, self.min_fall = boost_budget_per_minute, boost_seconds, min_fall
+        self.last_event_ms: int | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Start over (a new model has its own confidence level)."""
+        self.detector = drift.ADWIN(delta=self.delta)
+
+    def observe(self, confidences: Iterable[float], model_version: int, now_ms: int) -> DriftEvent | None:
+        """Feed one micro-batch's confidences; a DriftEvent when their mean fell significantly."""
+        fell = False
+        for confidence in confidences:
+            before = self.detector.estimation
+            self.detector.update(float(confidence))
+            if self.detector.drift_detected and self.detector.estimation < before - self.min_fall:
+                fell = True
+        if not fell or (self.last_event_ms is not None and now_ms - self.last_event_ms < self.min_gap_ms):
+            return None
+        self.last_event_ms = now_ms
+        return DriftEvent(self.model_name, "confidence", now_ms, model_version, self.boost_budget_per_minute,
+                          self.boost_seconds, None)
