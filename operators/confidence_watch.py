@@ -37,10 +37,13 @@ class ConfidenceWatch:
         """Feed one micro-batch's confidences; a DriftEvent when their mean fell significantly."""
         fell = False
         for confidence in confidences:
-            before = self.detector.estimation
-            self.detector.update(float(confidence))
-            if self.detector.drift_detected and self.detector.estimation < before - self.min_fall:
-                fell = True
+            d = self.detector
+            total, width = d.estimation * d.width + float(confidence), d.width + 1
+            d.update(float(confidence))
+            if d.drift_detected and width > d.width:
+                # ADWIN dropped the older part of its window: compare that part's mean with what is left
+                older = (total - d.estimation * d.width) / (width - d.width)
+                fell = fell or d.estimation < older - self.min_fall
         if not fell or (self.last_event_ms is not None and now_ms - self.last_event_ms < self.min_gap_ms):
             return None
         self.last_event_ms = now_ms

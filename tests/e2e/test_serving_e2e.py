@@ -113,3 +113,35 @@ def test_drift_event_raises_the_review_budget(broker, trained_registry, tmp_path
         tail.close()
     assert len(out[TOPICS.predictions]) >= 40
     assert len(reviews) >= 10, f"only {len(reviews)} review requests after the drift event"
+
+
+def test_a_fall_in_served_confidence_is_published_as_a_drift(broker, trained_registry, tmp_path):
+    """Serving watches its own confidence (ADWIN): after the gyroscopes pick up a +4.0 bias the
+    model is less sure (0.99 -> ~0.93 on average), which the job publishes on drift-events."""
+    from schemas import DriftEvent
+
+    clean = replayed_readings(n_devices=8, per_device=240)
+    drifted = replayed_readings(n_devices=8, per_device=960, start_seq=240)
+    for r in drifted:
+        r["values"] = [v + 4.0 if i >= 3 else v for i, v in enumerate(r["values"])]
+    job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
+                      checkpoint_dir=str(tmp_path / "ck"), audit_rate=0.0, max_batch=16)
+    with job:
+        produce(broker.bootstrap, TOPICS.readings, encoded(clean))
+        n_clean = len(expected_window_ends(clean, window=32, stride=8))
+        collect(broker.bootstrap, {TOPICS.predictions: n_clean}, timeout_s=180, job=job)
+        quiet = collect(broker.bootstrap, {TOPICS.drift_events: 1}, timeout_s=3, job=job)[TOPICS.drift_events]
+        assert quiet == [], "a drift was reported on the clean stream"
+        produce(broker.bootstrap, TOPICS.readings, encoded(drifted))
+        n_all = len(expected_window_ends(clean + drifted, window=32, stride=8))
+        out = collect(broker.bootstrap, {TOPICS.predictions: n_all, TOPICS.drift_events: 1}, timeout_s=180, job=job)
+    events = [DriftEvent.decode(r.value) for r in out[TOPICS.drift_events]]
+    confidence = [(orjson.loads(r.value)["window_start"], orjson.loads(r.value)["confidence"])
+                  for r in out[TOPICS.predictions]]
+    first_drifted = drifted[0]["ts"]
+    before = [c for start, c in confidence if start < first_drifted - 3200]
+    after = [c for start, c in confidence if start >= first_drifted]
+    summary = f"mean confidence {sum(before) / len(before):.3f} -> {sum(after) / len(after):.3f} ({len(after)} windows)"
+    assert events and events[0].signal == "confidence" and events[0].model_version == 1, (events, summary)
+    assert events[0].boost_budget_per_minute == 600  # serving raised its own review budget for a while
+    print(summary)
