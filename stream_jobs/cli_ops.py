@@ -80,13 +80,6 @@ def resolve_jobmanager(args: argparse.Namespace) -> str:
                     "(or $SENSORLOOP_FLINK_JOBMANAGER), or run `sensorloop stack start`")
 
 
-def registry_of(args: argparse.Namespace) -> tuple[str, str]:
-    """(registry folder, model name): flags, else the configuration's [registry]."""
-    cfg = config_of(args)
-    return (getattr(args, "registry", None) or cfg.registry.path,
-            getattr(args, "model_name", None) or cfg.registry.model_name)
-
-
 def metrics_urls(args: argparse.Namespace) -> list[str]:
     """``--metrics-url`` flags, else ``flink.metrics_urls``, else the embedded stack's reporter ports."""
     from stream_jobs.metrics import endpoints
