@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/python bench/inference_bench.py
 .venv/bin/python bench/learning_bench.py
+.venv/bin/python bench/synthetic_learning_bench.py
 .venv/bin/python bench/label_latency_bench.py
 .venv/bin/python bench/serving_bench.py "$@"
