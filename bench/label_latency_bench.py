@@ -32,29 +32,13 @@ from infra.kafka_tools import TopicTail  # noqa: E402
 from model.registry import ModelRegistry  # noqa: E402
 from operators.replay import DriftPlan  # noqa: E402
 from schemas import Topics  # noqa: E402
-from stream_jobs.flink_rest import FlinkRest, FlinkRestError  # noqa: E402
+from stream_jobs.flink_rest import FlinkRest  # noqa: E402
 from stream_jobs.launcher import JobProcess, serving_job  # noqa: E402
 from stream_jobs.replayer import replay  # noqa: E402
 from stream_jobs.simulated_labelers import run_simulated_labelers  # noqa: E402
 
 NAME = "basic-motions"
 TOPICS = Topics()
-
-
-def wait_running(port: int, job: JobProcess, timeout_s: float = 180) -> None:
-    rest = FlinkRest(f"localhost:{port}", timeout_s=2)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not job.alive():
-            raise RuntimeError(job.log_tail(30))
-        try:
-            jobs = rest.jobs()
-            if jobs and all(v["status"] == "RUNNING" for v in rest.job(jobs[0].job_id)["vertices"]):
-                return
-        except FlinkRestError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("the learning job did not start")
 
 
 def run_loop(mode: str, source_registry: str, duration_s: float, rate: float, work: Path) -> list[dict]:
@@ -74,7 +58,7 @@ def run_loop(mode: str, source_registry: str, duration_s: float, rate: float, wo
         stop = threading.Event()
         first_emitted: dict[int, int] = {}
         with learning, serving:
-            wait_running(port, learning)
+            FlinkRest(f"localhost:{port}", timeout_s=2).wait_all_tasks_running(learning.alive)
             tail = TopicTail(broker.bootstrap, [TOPICS.predictions])
             time.sleep(5)  # the serving job's start
             started_ms = int(time.time() * 1000)

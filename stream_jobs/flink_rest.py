@@ -126,3 +126,19 @@ class FlinkRest:
                 return state
             time.sleep(0.5)
         raise FlinkRestError(f"job {job_id} is {state}, not {'/'.join(states)}, after {timeout_s:.0f}s")
+
+    def wait_all_tasks_running(self, still_alive=lambda: True, timeout_s: float = 180.0) -> str:
+        """Wait until the cluster's newest job has every task running; returns its id. ``still_alive``
+        (e.g. the job's process) is checked in between, so a job that died fails fast."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not still_alive():
+                raise FlinkRestError("the job's process exited before it ran")
+            try:
+                jobs = self.jobs()
+                if jobs and all(v["status"] == "RUNNING" for v in self.job(jobs[0].job_id).get("vertices", [])):
+                    return jobs[0].job_id
+            except FlinkRestError:
+                pass
+            time.sleep(0.5)
+        raise FlinkRestError(f"no job with every task running at {self.url} after {timeout_s:.0f}s")

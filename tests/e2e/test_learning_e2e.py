@@ -25,18 +25,10 @@ GYRO_BIAS = DriftPlan(after=DRIFT_AFTER, offset={3: 4.0, 4: 4.0, 5: 4.0})
 
 
 def wait_all_tasks_running(rest_port: int, job: JobProcess, timeout_s: float = 180) -> None:
-    rest = FlinkRest(f"localhost:{rest_port}", timeout_s=2)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert job.alive(), job.log_tail(40)
-        try:
-            jobs = rest.jobs()
-            if jobs and all(v["status"] == "RUNNING" for v in rest.job(jobs[0].job_id)["vertices"]):
-                return
-        except FlinkRestError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("the learning job did not start:\n" + job.log_tail(40))
+    try:
+        FlinkRest(f"localhost:{rest_port}", timeout_s=2).wait_all_tasks_running(job.alive, timeout_s)
+    except FlinkRestError as exc:
+        raise AssertionError(f"{exc}:\n{job.log_tail(40)}") from None
 
 
 def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_path, registry_copy):
