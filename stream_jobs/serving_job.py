@@ -225,7 +225,7 @@ class InferBatches(KeyedProcessFunction):
             yield route(self.topics.review_requests, r.review_id, r.encode())
         if self.watch is not None and predictions:
             event = self.watch.observe([p.confidence for p in predictions], self.scorer.model.version, now)
-            if event is not None:  # more labels where the model is unsure, and the learner hears of it
+            if event is not None:  # more labels where the model is unsure; operators see it on drift-events
                 self._boost(event, now)
                 self.confidence_drifts.inc()
                 yield route(self.topics.drift_events, self.cfg.model_name, event.encode())
