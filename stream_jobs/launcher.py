@@ -17,6 +17,8 @@ class JobProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "JobProcess":
+        if self.alive():
+            raise RuntimeError(f"{self.module} is already running (pid {self.process.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args], stdout=log,
@@ -50,7 +52,7 @@ class JobProcess:
             return ""
 
     def __enter__(self) -> "JobProcess":
-        return self.start()
+        return self if self.alive() else self.start()  # `with JobProcess(...).start():` must not start a second one
 
     def __exit__(self, *exc) -> None:
         self.stop()
