@@ -238,7 +238,7 @@ def _submit_local(args: argparse.Namespace, cfg: Config, savepoint: str | None) 
 def cmd_job_list(args: argparse.Namespace) -> int:
     jobs = _rest(args).jobs()
     if not args.all:
-        jobs = [j for j in jobs if j.state not in ("FINISHED", "CANCELED", "FAILED")] or jobs[:0]
+        jobs = [j for j in jobs if j.state not in ("FINISHED", "CANCELED", "FAILED")]
     rows = [[j.job_id, j.name, j.state, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time_ms / 1000)),
              f"{j.duration_ms / 1000:.0f}s"] for j in jobs]
     print(table(rows, ["job id", "name", "state", "started", "running for"]) if rows else "no jobs"
