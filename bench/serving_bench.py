@@ -5,7 +5,8 @@ Measured in the same run, each on a fresh broker:
   pass-through job (same KafkaSource and KafkaSink, no Python operator);
 - latency: p50/p99 reading→prediction latency at several input rates (a reading's
   Kafka timestamp to the moment a consumer receives the prediction of the window it ends),
-  next to the pass-through job's reading→copy latency at the same rate;
+  next to the pass-through job's reading→copy latency and the broker alone (the same
+  sender and consumer, no job: reading→reading) at the same rate;
 - inference inside the job: windows/s with stride 1 (every reading makes a window) on a
   backlog, against standalone ONNX Runtime at the same batch size.
 
@@ -15,6 +16,7 @@ Run: ``python bench/serving_bench.py [--rates 500,1000,2500,5000] [--seconds 20]
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -40,7 +42,8 @@ PASS_TOPIC = "passthrough"
 
 
 class Scenario:
-    """A fresh broker and one job; ``stop`` tears both down."""
+    """A fresh broker and one job (none for ``broker``: the consumer reads the readings
+    themselves); ``stop`` tears both down."""
 
     def __init__(self, work: Path, name: str, job_kind: str, **job_options) -> None:
         self.broker = EmbeddedBroker(log_path=work / f"{name}-broker.log").start()
@@ -48,17 +51,28 @@ class Scenario:
         create_topics(self.broker.bootstrap, {PASS_TOPIC: 4})
         self.bootstrap = self.broker.bootstrap
         log = work / f"{name}-job.log"
+        self.job: JobProcess | None = None
         if job_kind == "serving":
             self.job = serving_job(self.bootstrap, log, checkpoint_dir=str(work / f"{name}-ck"), **job_options)
             self.out_topic = TOPICS.predictions
+        elif job_kind == "broker":
+            self.out_topic = TOPICS.readings
         else:
             self.job = JobProcess("stream_jobs.passthrough_job",
                                   ["--bootstrap", self.bootstrap, "--checkpoint-dir", str(work / f"{name}-ck")], log)
             self.out_topic = PASS_TOPIC
         self.kind = job_kind
 
+    def start_job(self) -> None:
+        if self.job is not None:
+            self.job.start()
+
+    def job_died(self) -> bool:
+        return self.job is not None and not self.job.alive()
+
     def stop(self) -> None:
-        self.job.stop()
+        if self.job is not None:
+            self.job.stop()
         self.broker.stop()
 
     def ingest_ms(self, value: bytes) -> float:
@@ -68,13 +82,18 @@ class Scenario:
             return record["emitted_at"] - record["latency_ms"]
         return float(record["ts"])
 
+    def broker_cpu_s(self) -> float:
+        """CPU seconds the broker process has used so far."""
+        fields_ = Path(f"/proc/{self.broker.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
+
 
 def wait_first_output(sc: Scenario, tail: TopicTail, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if tail.poll(200):
             return
-        if not sc.job.alive():
+        if sc.job_died():
             raise RuntimeError("job died:\n" + sc.job.log_tail())
     raise TimeoutError("no output from the job")
 
@@ -84,7 +103,7 @@ def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry
     options = {"registry": registry, **job_options} if kind == "serving" else {}
     sc = Scenario(work, f"lat-{kind}-{int(rate)}{tag}", kind, **options)
     try:
-        sc.job.start()
+        sc.start_job()
         tail = TopicTail(sc.bootstrap, [sc.out_topic])
         stop = threading.Event()
         warm = threading.Thread(target=replay, kwargs=dict(bootstrap=sc.bootstrap, topic=TOPICS.readings,
@@ -98,6 +117,7 @@ def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry
         while tail.poll(500):
             pass
         measure_from = time.time() * 1000
+        broker_cpu_from, measure_started = sc.broker_cpu_s(), time.monotonic()
         # the sender is its own process, so it never competes with this consumer for the GIL
         sender = subprocess.Popen([sys.executable, "-m", "stream_jobs.cli", "replay", "--bootstrap", sc.bootstrap,
                                    "--rate", str(rate), "--duration", str(seconds), "--devices", "64"],
@@ -118,14 +138,16 @@ def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry
                 quiet_until = quiet_until or time.monotonic() + 5.0
                 if batch:
                     quiet_until = time.monotonic() + 2.0
+        broker_cpu = (sc.broker_cpu_s() - broker_cpu_from) / (time.monotonic() - measure_started)
         tail.close()
         sent, secs = re.search(r"sent (\d+) readings in ([\d.]+)s", sender.stdout.read()).groups()
         lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
-        return {"kind": kind, "rate": rate, "sent_per_s": int(sent) / max(float(secs), 1e-9),
+        return {"kind": kind, "rate": rate, "measured_from_s": measure_from / 1000, "sent_per_s": int(sent) / max(float(secs), 1e-9),
                 "outputs": outputs, "p50_ms": float(np.percentile(lat, 50)),
                 "p99_ms": float(np.percentile(lat, 99)),
                 "in_job_p50_ms": float(np.percentile(in_job, 50)) if in_job else None,
-                "in_job_p99_ms": float(np.percentile(in_job, 99)) if in_job else None}
+                "in_job_p99_ms": float(np.percentile(in_job, 99)) if in_job else None,
+                "broker_cpu_pct": 100.0 * broker_cpu}
     finally:
         sc.stop()
 
@@ -152,7 +174,7 @@ def measure_throughput(work: Path, kind: str, count: int, registry: str, stride:
         preload(sc.bootstrap, count, n_devices)
         expected = expected_windows(count, n_devices, 32, stride) if kind == "serving" else count
         tail = TopicTail(sc.bootstrap, [sc.out_topic])
-        sc.job.start()
+        sc.start_job()
         got, first, last = 0, None, None
         deadline = time.monotonic() + 600
         idle_since = time.monotonic()
@@ -166,7 +188,7 @@ def measure_throughput(work: Path, kind: str, count: int, registry: str, stride:
                 idle_since = now
             elif first and now - idle_since > 20:
                 break
-            if not sc.job.alive():
+            if sc.job_died():
                 raise RuntimeError("job died:\n" + sc.job.log_tail())
         tail.close()
         seconds = (last - first) if first and last and last > first else float("nan")
@@ -180,13 +202,20 @@ def measure_throughput(work: Path, kind: str, count: int, registry: str, stride:
         sc.stop()
 
 
-def in_job_model_rate(stats_file: Path) -> tuple[float, float]:
-    """(mean batch, model windows/s) from the last line the inference operator wrote."""
-    lines = stats_file.read_text().splitlines() if stats_file.exists() else []
+def in_job_model_rate(stats_file: Path, since: float = 0.0) -> dict:
+    """The model's own numbers inside the job from the lines the inference operator wrote
+    (cumulative, one every few seconds), counted from the last line before ``since`` (epoch s)."""
+    lines = [orjson.loads(line) for line in stats_file.read_text().splitlines()] if stats_file.exists() else []
     if not lines:
-        return float("nan"), float("nan")
-    last = orjson.loads(lines[-1])
-    return last["windows"] / last["batches"], last["windows"] / last["model_seconds"]
+        return {"mean_batch": float("nan"), "in_job": float("nan"), "in_job_cpu": float("nan"), "runqueue_share": float("nan")}
+    before = [line for line in lines if line["at"] < since]
+    first = before[-1] if before and before[-1] is not lines[-1] else {k: 0 for k in lines[-1]}
+    last = lines[-1]
+    d = {k: last[k] - first[k] for k in ("windows", "batches", "model_seconds", "model_cpu_seconds",
+                                          "model_runqueue_seconds")}
+    return {"mean_batch": d["windows"] / d["batches"], "in_job": d["windows"] / d["model_seconds"],
+            "in_job_cpu": d["windows"] / max(d["model_cpu_seconds"], 1e-9),
+            "runqueue_share": d["model_runqueue_seconds"] / d["model_seconds"]}
 
 
 def standalone_onnx(registry: str, batch: int, seconds: float = 2.0, threads: int = 0) -> float:
@@ -200,7 +229,7 @@ def standalone_onnx(registry: str, batch: int, seconds: float = 2.0, threads: in
 
 def plot(latency_rows: list[dict], path: Path) -> None:
     series = []
-    for kind in ("serving", "passthrough"):
+    for kind in ("serving", "passthrough", "broker"):
         rows = [r for r in latency_rows if r["kind"] == kind]
         rates = [r["rate"] for r in rows]
         series += [(f"{kind} p99", rates, [r["p99_ms"] for r in rows], {"marker": "o"}),
@@ -231,17 +260,20 @@ def main() -> None:
     if "latency" not in skip:
         rows = []
         for rate in [float(r) for r in args.rates.split(",")]:
-            for kind in ("passthrough", "serving"):
+            for kind in ("broker", "passthrough", "serving"):
                 rows.append(measure_latency(work, kind, rate, args.seconds, args.registry))
                 print(rows[-1], flush=True)
         table = []
         for rate in sorted({r["rate"] for r in rows}):
-            p, s = [next(r for r in rows if r["rate"] == rate and r["kind"] == k) for k in ("passthrough", "serving")]
+            b, p, s = [next(r for r in rows if r["rate"] == rate and r["kind"] == k)
+                       for k in ("broker", "passthrough", "serving")]
             table.append([int(rate), s["sent_per_s"], s["outputs"], s["p50_ms"], s["p99_ms"], p["p50_ms"],
-                          p["p99_ms"], f"{s['p99_ms'] / p['p99_ms']:.2f}"])
+                          p["p99_ms"], b["p50_ms"], b["p99_ms"], f"{s['p99_ms'] / p['p99_ms']:.2f}",
+                          f"{b['broker_cpu_pct']:.0f} / {s['broker_cpu_pct']:.0f}"])
         print_table("Reading → prediction latency at fixed input rates (ms)",
                     ["rate", "sent/s", "predictions", "serving p50", "serving p99", "pass-through p50",
-                     "pass-through p99", "p99 ratio"], table)
+                     "pass-through p99", "broker alone p50", "broker alone p99", "p99 serving / pass-through",
+                     "broker CPU % (alone / serving)"], table)
         results["latency"] = rows
         try:
             plot(rows, RESULTS / "serving_latency.png")
@@ -249,23 +281,30 @@ def main() -> None:
             print("matplotlib not installed: no plot")
     if "inference" not in skip:
         rows = []
-        # (a) a job that is not CPU-bound: 1,500 windows/s (stride 1), batches filled by a 50 ms wait
-        stats_a = work / "inference-unsaturated.jsonl"
-        measure_latency(work, "serving", 1500, 15, args.registry, tag="-inference", stride=1, max_batch=64,
-                        max_wait_ms=50, stats_file=str(stats_a))
-        # (b) saturated: a backlog, stride 1, the whole pipeline competing for the two cores
-        stats_b = work / "inference-saturated.jsonl"
+        # steady input rates (stride 1: one window per reading), batches filled by the batch wait;
+        # then a backlog, with the whole pipeline competing for the cores
+        cases = []
+        for rate, wait_ms in ((500, 100), (1500, 50)):
+            stats = work / f"inference-steady-{rate}.jsonl"
+            run = measure_latency(work, "serving", rate, 15, args.registry, tag=f"-inference-{rate}", stride=1,
+                                  max_batch=64, max_wait_ms=wait_ms, stats_file=str(stats))
+            cases.append((f"steady {rate:,} windows/s, {wait_ms} ms batch wait", stats, run["measured_from_s"]))
+        stats = work / "inference-saturated.jsonl"
         measure_throughput(work, "serving", min(args.preload, 40_000), args.registry, stride=1, max_batch=64,
-                           stats_file=str(stats_b))
-        for name, path in (("steady 1,500 windows/s", stats_a), ("saturated backlog", stats_b)):
-            mean_batch, in_job = in_job_model_rate(path)
-            alone = standalone_onnx(args.registry, max(1, round(mean_batch)), threads=1)
-            rows.append({"case": name, "mean_batch": mean_batch, "in_job": in_job, "standalone": alone})
+                           stats_file=str(stats))
+        cases.append(("saturated backlog", stats, 0.0))
+        for name, path, since in cases:
+            row = {"case": name, **in_job_model_rate(path, since)}
+            row["standalone"] = standalone_onnx(args.registry, max(1, round(row["mean_batch"])), threads=1)
+            rows.append(row)
         print_table("Model throughput inside the job vs standalone ONNX Runtime at the same batch size "
-                    "(windows/s, 1 intra-op thread in both)",
-                    ["case", "mean batch", "in job", "standalone", "ratio"],
+                    "(windows/s, 1 intra-op thread in both; the job's numbers from its measured period)",
+                    ["case", "mean batch", "in job", "standalone", "ratio", "in job per CPU-second",
+                     "CPU ratio", "model call waiting for a CPU"],
                     [[r["case"], f"{r['mean_batch']:.1f}", r["in_job"], r["standalone"],
-                      f"{r['in_job'] / r['standalone']:.3f}"] for r in rows])
+                      f"{r['in_job'] / r['standalone']:.3f}", r["in_job_cpu"],
+                      f"{r['in_job_cpu'] / r['standalone']:.3f}", f"{100 * r['runqueue_share']:.0f} %"]
+                     for r in rows])
         results["inference_in_job"] = rows
     print(f"results: {save('serving', results)}")
 

@@ -19,11 +19,27 @@ def review_id_for(window: Window) -> str:
     return f"{window.device_id}:{window.end}"
 
 
+def thread_runqueue_s() -> float | None:
+    """Seconds the calling thread has spent runnable but waiting for a CPU (Linux's
+    ``/proc/thread-self/schedstat``); None where the kernel does not report it."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 @dataclass
 class ScoreStats:
+    """Where the model calls' time went: ``inference_s`` of wall-clock time, of which
+    ``inference_cpu_s`` on a CPU (ONNX Runtime with one intra-op thread computes on the calling
+    thread) and ``inference_runqueue_s`` waiting for one (other threads and processes had it)."""
+
     batches: int = 0
     windows: int = 0
     inference_s: float = 0.0
+    inference_cpu_s: float = 0.0
+    inference_runqueue_s: float = 0.0
 
 
 class WindowScorer:
@@ -44,9 +60,15 @@ class WindowScorer:
             return [], []
         model = self.model
 
-        started = time.perf_counter()
-        probs = model.runner.predict_proba(np.stack([w.values for w in windows]))
+        batch = np.stack([w.values for w in windows])
+        waited = thread_runqueue_s()
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        probs = model.runner.predict_proba(batch)
         self.stats.inference_s += time.perf_counter() - started
+        self.stats.inference_cpu_s += time.thread_time() - started_cpu
+        waited_after = thread_runqueue_s()
+        if waited is not None and waited_after is not None:
+            self.stats.inference_runqueue_s += waited_after - waited
         self.stats.batches += 1
         self.stats.windows += len(windows)
         emitted = int(time.time() * 1000) if clock is None else clock()

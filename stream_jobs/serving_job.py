@@ -15,7 +15,7 @@ from dataclasses import fields
 
 import orjson
 from pyflink.common import Types
-from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from model.registry import ArtifactError
@@ -125,11 +125,14 @@ class FanOutControls(KeyedProcessFunction):
             yield ControlMessage(shard, message, partition, offset)
 
 
-class InferBatches(KeyedProcessFunction):
+class InferBatches(KeyedCoProcessFunction):
     """Micro-batches windows across devices (pending ones in checkpointed list state) and
     scores each batch; flushes on batch size or after ``max_wait_ms``.
 
-    Model announcements arrive on the same keyed stream: pending windows are scored with the
+    Windows come on the first input, keyed by inference shard; model announcements and drift
+    events on the second, keyed the same way. Each input is keyed right after the operator
+    that makes it, so the key selector runs chained inside that Python operator and a window
+    is pickled once on its way here. On an announcement, pending windows are scored with the
     old model, then the new version is verified (sha256, smoke inference) and swapped in; a
     refused one is reported on ``dead-letters`` and the old model keeps serving. The accepted
     announcement is kept in keyed state, so a restored job serves the same version.
@@ -170,21 +173,27 @@ class InferBatches(KeyedProcessFunction):
         group.gauge("model_version", lambda: int(self.scorer.model.version))
         self.next_report = time.monotonic() + STATS_EVERY_S
 
-    def process_element(self, window, ctx: KeyedProcessFunction.Context):
-        now = ctx.timer_service().current_processing_time()
+    def _check_restored(self):
+        """Once per shard after a (re)start: serve the version this shard had accepted."""
         if not self.restore_checked:
             self.restore_checked = True
             restored = self.accepted.value()
             if restored is not None and restored.version != self.scorer.model.version:
                 yield from self._swap(restored, None)
-        if isinstance(window, ControlMessage):
-            if isinstance(window.message, DriftEvent):
-                self._boost(window.message, now)
-                return
-            if self.count.value():
-                yield from self._flush(now)  # windows that came first are scored by the old model
-            yield from self._swap(window.message, window)
+
+    def process_element2(self, control: ControlMessage, ctx: KeyedCoProcessFunction.Context):
+        now = ctx.timer_service().current_processing_time()
+        yield from self._check_restored()
+        if isinstance(control.message, DriftEvent):
+            self._boost(control.message, now)
             return
+        if self.count.value():
+            yield from self._flush(now)  # windows that came first are scored by the old model
+        yield from self._swap(control.message, control)
+
+    def process_element1(self, window, ctx: KeyedCoProcessFunction.Context):
+        now = ctx.timer_service().current_processing_time()
+        yield from self._check_restored()
         self.pending.add(window)
         count = (self.count.value() or 0) + 1
         oldest = self.oldest.value()
@@ -197,7 +206,7 @@ class InferBatches(KeyedProcessFunction):
             self.count.update(count)
             ctx.timer_service().register_processing_time_timer(self.policy.deadline(oldest))
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+    def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
         now = ctx.timer_service().current_processing_time()
         count = self.count.value() or 0
         if count and self.policy.should_flush(count, self.oldest.value(), now):
@@ -269,7 +278,9 @@ class InferBatches(KeyedProcessFunction):
         s = self.scorer.stats
         if s.batches and self.cfg.stats_file:
             with open(self.cfg.stats_file, "a") as fh:
-                fh.write(orjson.dumps({"windows": s.windows, "batches": s.batches, "model_seconds": s.inference_s,
+                fh.write(orjson.dumps({"at": time.time(), "windows": s.windows, "batches": s.batches, "model_seconds": s.inference_s,
+                                       "model_cpu_seconds": s.inference_cpu_s,
+                                       "model_runqueue_seconds": s.inference_runqueue_s,
                                        "provider": self.scorer.model.provider}).decode() + "\n")
 
     def close(self) -> None:
@@ -296,9 +307,9 @@ def build_serving_job(env, bootstrap: str, cfg: ServingConfig, topics: Topics, s
                                  f"{group_id}-controls", "model-snapshots-and-drift-events", "model_name")
     controls = (announcements.process(FanOutControls(topics, shards), output_type=Types.PICKLED_BYTE_ARRAY())
                 .name("model-announcements"))
-    scored = (windows.union(controls)
-              .key_by(lambda x: x.shard if isinstance(x, ControlMessage) else shard_of(x.device_id, shards),
-                      key_type=Types.INT())
+    by_shard = windows.key_by(lambda w: shard_of(w.device_id, shards), key_type=Types.INT())
+    controls_by_shard = controls.key_by(lambda c: c.shard, key_type=Types.INT())
+    scored = (by_shard.connect(controls_by_shard)
               .process(InferBatches(cfg, topics), output_type=Types.STRING()).name("inference"))
     out = scored.union(windows.get_side_output(DEAD_LETTERS), controls.get_side_output(DEAD_LETTERS))
     out.sink_to(routed_sink(bootstrap, settings.exactly_once, f"{group_id}-tx")).name("kafka-out")

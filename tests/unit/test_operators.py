@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 
 from model.datasets import Recordings
@@ -53,6 +55,21 @@ def test_scorer_swap_changes_version_between_batches():
     scorer.swap(ServingModel("m", 2, SPEC, FixedRunner([[0, 1, 0]])))
     p = scorer.score([window("d", 20)], 0)[0][0]
     assert (p.model_version, p.label) == (2, "y")
+
+
+class SleepyRunner(FixedRunner):
+    """Waits without using the CPU, as a model call does when the thread is not scheduled."""
+
+    def predict_proba(self, windows):
+        time.sleep(0.05)
+        return super().predict_proba(windows)
+
+
+def test_scorer_separates_model_wall_time_from_its_cpu_time():
+    scorer = WindowScorer(ServingModel("m", 1, SPEC, SleepyRunner([[1, 0, 0]])), ReviewRouter(0.0, 0.0, 10))
+    scorer.score([window("d", 10)], 0)
+    assert scorer.stats.inference_s >= 0.05
+    assert 0.0 <= scorer.stats.inference_cpu_s < 0.025
 
 
 def test_review_id_is_stable():
