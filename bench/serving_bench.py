@@ -41,6 +41,15 @@ TOPICS = Topics()
 PASS_TOPIC = "passthrough"
 
 
+def process_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far; NaN when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return float("nan")
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Scenario:
     """A fresh broker and one job (none for ``broker``: the consumer reads the readings
     themselves); ``stop`` tears both down."""
@@ -84,8 +93,7 @@ class Scenario:
 
     def broker_cpu_s(self) -> float:
         """CPU seconds the broker process has used so far."""
-        fields_ = Path(f"/proc/{self.broker.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_s(self.broker.process.pid)
 
 
 def wait_first_output(sc: Scenario, tail: TopicTail, timeout_s: float = 120.0) -> None:
