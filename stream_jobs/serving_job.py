@@ -278,8 +278,8 @@ class InferBatches(KeyedCoProcessFunction):
         s = self.scorer.stats
         if s.batches and self.cfg.stats_file:
             with open(self.cfg.stats_file, "a") as fh:
-                fh.write(orjson.dumps({"at": time.time(), "windows": s.windows, "batches": s.batches, "model_seconds": s.inference_s,
-                                       "model_cpu_seconds": s.inference_cpu_s,
+                fh.write(orjson.dumps({"at": time.time(), "windows": s.windows, "batches": s.batches,
+                                       "model_seconds": s.inference_s, "model_cpu_seconds": s.inference_cpu_s,
                                        "model_runqueue_seconds": s.inference_runqueue_s,
                                        "provider": self.scorer.model.provider}).decode() + "\n")
 
