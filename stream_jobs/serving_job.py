@@ -243,13 +243,13 @@ class InferBatches(KeyedCoProcessFunction):
             self.report()
 
     def _boost(self, event: DriftEvent, now: int) -> None:
-        """After a drift, more windows go to review for a while."""
+        """After a drift, more windows go to review for a while (never fewer than the configured budget)."""
         if event.model_name != self.cfg.model_name:
             return
-        self.scorer.router.set_budget(event.boost_budget_per_minute)
+        budget = max(self.cfg.review_budget_per_minute, event.boost_budget_per_minute)
+        self.scorer.router.set_budget(budget)
         self.boost_until = now + event.boost_seconds * 1000
-        log.info("drift (%s): review budget %d/min for %d s", event.signal, event.boost_budget_per_minute,
-                 event.boost_seconds)
+        log.info("drift (%s): review budget %d/min for %d s", event.signal, budget, event.boost_seconds)
 
     def _swap(self, snapshot: ModelSnapshot, control: ControlMessage | None):
         if snapshot.model_name != self.cfg.model_name:
