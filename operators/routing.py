@@ -56,3 +56,12 @@ class ReviewRouter:
         self.capacity = float(budget_per_minute)
         self.refill_per_ms = budget_per_minute / 60_000.0
         self.tokens = min(self.tokens, self.capacity)
+
+
+def boosted_budget(configured_per_minute: int, boost_per_minute: int) -> int:
+    """The review budget while a drift boost lasts: the boost raises it, never lowers it.
+
+    >>> boosted_budget(120, 600), boosted_budget(100_000, 600)
+    (600, 100000)
+    """
+    return max(configured_per_minute, boost_per_minute)

@@ -24,7 +24,7 @@ from operators.config import ServingConfig
 from operators.confidence_watch import ConfidenceWatch
 from operators.inference import WindowScorer
 from operators.parse import ReadingParser, raw_text
-from operators.routing import ReviewRouter
+from operators.routing import ReviewRouter, boosted_budget
 from operators.serving_model import ControlMessage, load_from_registry, load_snapshot
 from operators.windowing import SlidingWindower
 from schemas import DeadLetter, DriftEvent, ModelSnapshot, SchemaError, Topics
@@ -246,7 +246,7 @@ class InferBatches(KeyedCoProcessFunction):
         """After a drift, more windows go to review for a while (never fewer than the configured budget)."""
         if event.model_name != self.cfg.model_name:
             return
-        budget = max(self.cfg.review_budget_per_minute, event.boost_budget_per_minute)
+        budget = boosted_budget(self.cfg.review_budget_per_minute, event.boost_budget_per_minute)
         self.scorer.router.set_budget(budget)
         self.boost_until = now + event.boost_seconds * 1000
         log.info("drift (%s): review budget %d/min for %d s", event.signal, budget, event.boost_seconds)
