@@ -61,7 +61,8 @@ def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[s
     """KafkaSource over ``topics`` keyed by a top-level JSON field of the payload, read in Java.
 
     Elements are the enveloped bytes; the source resumes from committed offsets (and from
-    checkpointed ones when restored)."""
+    checkpointed ones when restored). ``name`` is also the source's uid, which keys its offsets
+    in savepoints."""
     jvm = get_gateway().jvm
     if from_committed:  # PyFlink's own helper points at the shaded SQL-connector class
         offsets = KafkaOffsetsInitializer(
@@ -80,7 +81,7 @@ def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[s
     builder._j_builder.setDeserializer(jvm.io.sensorloop.flink.JsonKeyedDeserializer(key_field))
     payload_type = Types.PRIMITIVE_ARRAY(Types.BYTE())
     rows = env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), name,
-                           type_info=Types.ROW([Types.STRING(), payload_type]))
+                           type_info=Types.ROW([Types.STRING(), payload_type])).uid(name)
     # the same Row(key, value) + KeyByKeySelector shape PyFlink's own key_by builds, minus its Python map
     j_keyed = rows._j_data_stream.keyBy(jvm.org.apache.flink.streaming.api.functions.python.KeyByKeySelector(),
                                         Types.ROW([Types.STRING()]).get_java_type_info())

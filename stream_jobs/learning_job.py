@@ -170,12 +170,12 @@ def build_learning_job(env, bootstrap: str, registry: str, model_name: str, conf
     records = keyed_source(env, bootstrap, [topics.review_requests, topics.labels], group_id,
                            "reviews-and-labels", "review_id")
     labeled = (records.process(JoinAnswers(topics, classes, ttl_ms, answers_needed),
-                               output_type=Types.PICKLED_BYTE_ARRAY()).name("join-answers"))
+                               output_type=Types.PICKLED_BYTE_ARRAY()).name("join-answers").uid("join-answers"))
     published = (labeled.key_by(lambda item: model_name, key_type=Types.STRING())
                  .process(LearnAndPublish(topics, registry, model_name, config), output_type=Types.STRING())
-                 .name("learn-and-publish"))
+                 .name("learn-and-publish").uid("learn-and-publish"))
     out = published.union(labeled.get_side_output(DEAD_LETTERS))
-    out.sink_to(routed_sink(bootstrap, settings.exactly_once, f"{group_id}-tx")).name("kafka-out")
+    out.sink_to(routed_sink(bootstrap, settings.exactly_once, f"{group_id}-tx")).name("kafka-out").uid("kafka-out")
 
 
 def build_parser() -> argparse.ArgumentParser:

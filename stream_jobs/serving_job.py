@@ -302,17 +302,17 @@ def build_serving_job(env, bootstrap: str, cfg: ServingConfig, topics: Topics, s
     shards = max(1, settings.parallelism)
     readings = keyed_source(env, bootstrap, [topics.readings], group_id, "sensor-readings", "device_id")
     windows = (readings.process(ReadingsToWindows(cfg, topics, channels), output_type=Types.PICKLED_BYTE_ARRAY())
-               .name("parse-and-window"))
+               .name("parse-and-window").uid("parse-and-window"))
     announcements = keyed_source(env, bootstrap, [topics.model_snapshots, topics.drift_events],
                                  f"{group_id}-controls", "model-snapshots-and-drift-events", "model_name")
     controls = (announcements.process(FanOutControls(topics, shards), output_type=Types.PICKLED_BYTE_ARRAY())
-                .name("model-announcements"))
+                .name("model-announcements").uid("model-announcements"))
     by_shard = windows.key_by(lambda w: shard_of(w.device_id, shards), key_type=Types.INT())
     controls_by_shard = controls.key_by(lambda c: c.shard, key_type=Types.INT())
     scored = (by_shard.connect(controls_by_shard)
-              .process(InferBatches(cfg, topics), output_type=Types.STRING()).name("inference"))
+              .process(InferBatches(cfg, topics), output_type=Types.STRING()).name("inference").uid("inference"))
     out = scored.union(windows.get_side_output(DEAD_LETTERS), controls.get_side_output(DEAD_LETTERS))
-    out.sink_to(routed_sink(bootstrap, settings.exactly_once, f"{group_id}-tx")).name("kafka-out")
+    out.sink_to(routed_sink(bootstrap, settings.exactly_once, f"{group_id}-tx")).name("kafka-out").uid("kafka-out")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = ()) -> None:
