@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
-from bench.serving_bench import process_cpu_s  # noqa: E402
+from bench.serving_bench import process_cpu_s, start_sender  # noqa: E402
 from infra.broker import EmbeddedBroker, ensure_topics  # noqa: E402
 from infra.kafka_tools import TopicTail  # noqa: E402
 from schemas import Topics  # noqa: E402
@@ -34,9 +34,7 @@ def run(bootstrap: str, rate: float, seconds: float, every: float, broker_pid: i
     topic = Topics().readings
     tail = TopicTail(bootstrap, [topic])
     held = len(tail.poll(500))
-    sender = subprocess.Popen([sys.executable, "-m", "stream_jobs.cli", "replay", "--bootstrap", bootstrap,
-                               "--rate", str(rate), "--duration", str(seconds), "--devices", "64"],
-                              stdout=subprocess.DEVNULL)
+    sender = start_sender(bootstrap, rate, seconds, stdout=subprocess.DEVNULL)
     rows: list[dict] = []
     latencies: list[float] = []
     slice_start, cpu_start = time.monotonic(), process_cpu_s(broker_pid)

@@ -50,6 +50,14 @@ def process_cpu_s(pid: int | None) -> float:
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def start_sender(bootstrap: str, rate: float, seconds: float, stdout=subprocess.PIPE) -> subprocess.Popen:
+    """The replayer at a fixed rate from 64 devices, in its own process so that it never competes
+    with the measuring consumer for the GIL; it prints what it sent on ``stdout``."""
+    return subprocess.Popen([sys.executable, "-m", "stream_jobs.cli", "replay", "--bootstrap", bootstrap,
+                             "--rate", str(rate), "--duration", str(seconds), "--devices", "64"],
+                            stdout=stdout, text=True)
+
+
 class Scenario:
     """A fresh broker and one job (none for ``broker``: the consumer reads the readings
     themselves); ``stop`` tears both down."""
@@ -126,10 +134,7 @@ def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry
             pass
         measure_from = time.time() * 1000
         broker_cpu_from, measure_started = sc.broker_cpu_s(), time.monotonic()
-        # the sender is its own process, so it never competes with this consumer for the GIL
-        sender = subprocess.Popen([sys.executable, "-m", "stream_jobs.cli", "replay", "--bootstrap", sc.bootstrap,
-                                   "--rate", str(rate), "--duration", str(seconds), "--devices", "64"],
-                                  stdout=subprocess.PIPE, text=True)
+        sender = start_sender(sc.bootstrap, rate, seconds)
         latencies, outputs, in_job = [], 0, []
         quiet_until = None
         while sender.poll() is None or quiet_until is None or time.monotonic() < quiet_until:
@@ -150,7 +155,8 @@ def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry
         tail.close()
         sent, secs = re.search(r"sent (\d+) readings in ([\d.]+)s", sender.stdout.read()).groups()
         lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
-        return {"kind": kind, "rate": rate, "measured_from_s": measure_from / 1000, "sent_per_s": int(sent) / max(float(secs), 1e-9),
+        return {"kind": kind, "rate": rate, "measured_from_s": measure_from / 1000,
+                "sent_per_s": int(sent) / max(float(secs), 1e-9),
                 "outputs": outputs, "p50_ms": float(np.percentile(lat, 50)),
                 "p99_ms": float(np.percentile(lat, 99)),
                 "in_job_p50_ms": float(np.percentile(in_job, 50)) if in_job else None,
@@ -215,10 +221,11 @@ def in_job_model_rate(stats_file: Path, since: float = 0.0) -> dict:
     (cumulative, one every few seconds), counted from the last line before ``since`` (epoch s)."""
     lines = [orjson.loads(line) for line in stats_file.read_text().splitlines()] if stats_file.exists() else []
     if not lines:
-        return {"mean_batch": float("nan"), "in_job": float("nan"), "in_job_cpu": float("nan"), "runqueue_share": float("nan")}
+        raise RuntimeError(f"the inference operator wrote no stats to {stats_file}")
     before = [line for line in lines if line["at"] < since]
-    first = before[-1] if before and before[-1] is not lines[-1] else {k: 0 for k in lines[-1]}
-    last = lines[-1]
+    first, last = (before[-1] if before else {k: 0 for k in lines[-1]}), lines[-1]
+    if first is last:
+        raise RuntimeError(f"no stats line in {stats_file} after the measured period began")
     d = {k: last[k] - first[k] for k in ("windows", "batches", "model_seconds", "model_cpu_seconds",
                                           "model_runqueue_seconds")}
     return {"mean_batch": d["windows"] / d["batches"], "in_job": d["windows"] / d["model_seconds"],
