@@ -25,16 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
 from bench.serving_bench import process_cpu_s, start_sender  # noqa: E402
+from stream_jobs.replayer import DEFAULT_LINGER_MS  # noqa: E402
 from infra.broker import EmbeddedBroker, ensure_topics  # noqa: E402
 from infra.kafka_tools import TopicTail  # noqa: E402
 from schemas import Topics  # noqa: E402
 
 
-def run(bootstrap: str, rate: float, seconds: float, every: float, broker_pid: int | None) -> list[dict]:
+def run(bootstrap: str, rate: float, seconds: float, every: float, broker_pid: int | None,
+        linger_ms: int = DEFAULT_LINGER_MS) -> list[dict]:
     topic = Topics().readings
     tail = TopicTail(bootstrap, [topic])
     held = len(tail.poll(500))
-    sender = start_sender(bootstrap, rate, seconds, stdout=subprocess.DEVNULL)
+    sender = start_sender(bootstrap, rate, seconds, stdout=subprocess.DEVNULL, linger_ms=linger_ms)
     rows: list[dict] = []
     latencies: list[float] = []
     slice_start, cpu_start = time.monotonic(), process_cpu_s(broker_pid)
@@ -62,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--linger-ms", type=int, default=DEFAULT_LINGER_MS, help="the sender's batching wait")
     parser.add_argument("--every", type=float, default=10.0, help="seconds per row")
     parser.add_argument("--bootstrap", default=None, help="an existing broker (its CPU is not measured)")
     args = parser.parse_args()
@@ -71,7 +74,8 @@ def main() -> None:
     bootstrap = args.bootstrap or broker.bootstrap
     try:
         ensure_topics(bootstrap)
-        rows = run(bootstrap, args.rate, args.seconds, args.every, broker.process.pid if broker else None)
+        rows = run(bootstrap, args.rate, args.seconds, args.every, broker.process.pid if broker else None,
+                   args.linger_ms)
     finally:
         if broker is not None:
             broker.stop()

@@ -35,7 +35,7 @@ from infra.broker import EmbeddedBroker, create_topics, ensure_topics  # noqa: E
 from infra.kafka_tools import TopicTail  # noqa: E402
 from schemas import Topics  # noqa: E402
 from stream_jobs.launcher import JobProcess, serving_job  # noqa: E402
-from stream_jobs.replayer import replay  # noqa: E402
+from stream_jobs.replayer import DEFAULT_LINGER_MS, replay  # noqa: E402
 
 TOPICS = Topics()
 PASS_TOPIC = "passthrough"
@@ -50,11 +50,13 @@ def process_cpu_s(pid: int | None) -> float:
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_sender(bootstrap: str, rate: float, seconds: float, stdout=subprocess.PIPE) -> subprocess.Popen:
+def start_sender(bootstrap: str, rate: float, seconds: float, stdout=subprocess.PIPE,
+                 linger_ms: int = DEFAULT_LINGER_MS) -> subprocess.Popen:
     """The replayer at a fixed rate from 64 devices, in its own process so that it never competes
     with the measuring consumer for the GIL; it prints what it sent on ``stdout``."""
     return subprocess.Popen([sys.executable, "-m", "stream_jobs.cli", "replay", "--bootstrap", bootstrap,
-                             "--rate", str(rate), "--duration", str(seconds), "--devices", "64"],
+                             "--rate", str(rate), "--duration", str(seconds), "--devices", "64",
+                             "--linger-ms", str(linger_ms)],
                             stdout=stdout, text=True)
 
 
@@ -115,7 +117,7 @@ def wait_first_output(sc: Scenario, tail: TopicTail, timeout_s: float = 120.0) -
 
 
 def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry: str, tag: str = "",
-                    **job_options) -> dict:
+                    linger_ms: int = DEFAULT_LINGER_MS, **job_options) -> dict:
     options = {"registry": registry, **job_options} if kind == "serving" else {}
     sc = Scenario(work, f"lat-{kind}-{int(rate)}{tag}", kind, **options)
     try:
@@ -124,7 +126,8 @@ def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry
         stop = threading.Event()
         warm = threading.Thread(target=replay, kwargs=dict(bootstrap=sc.bootstrap, topic=TOPICS.readings,
                                                            rate=min(rate, 500), stop=stop, n_devices=16,
-                                                           device_prefix="warm"), daemon=True)
+                                                           device_prefix="warm", linger_ms=linger_ms),
+                                daemon=True)
         warm.start()
         wait_first_output(sc, tail)
         time.sleep(3)
@@ -134,7 +137,7 @@ def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry
             pass
         measure_from = time.time() * 1000
         broker_cpu_from, measure_started = sc.broker_cpu_s(), time.monotonic()
-        sender = start_sender(sc.bootstrap, rate, seconds)
+        sender = start_sender(sc.bootstrap, rate, seconds, linger_ms=linger_ms)
         latencies, outputs, in_job = [], 0, []
         quiet_until = None
         while sender.poll() is None or quiet_until is None or time.monotonic() < quiet_until:
@@ -258,6 +261,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--preload", type=int, default=60_000)
     parser.add_argument("--registry", default="var/registry")
+    parser.add_argument("--linger-ms", type=int, default=DEFAULT_LINGER_MS,
+                        help="the sender's batching wait (Tansu's fetch cost grows with the batches a topic holds)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: latency,throughput,inference")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -276,7 +281,7 @@ def main() -> None:
         rows = []
         for rate in [float(r) for r in args.rates.split(",")]:
             for kind in ("broker", "passthrough", "serving"):
-                rows.append(measure_latency(work, kind, rate, args.seconds, args.registry))
+                rows.append(measure_latency(work, kind, rate, args.seconds, args.registry, linger_ms=args.linger_ms))
                 print(rows[-1], flush=True)
         table = []
         for rate in sorted({r["rate"] for r in rows}):

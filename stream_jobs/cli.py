@@ -18,6 +18,7 @@ from schemas import Topics
 from schemas.topics import topic_environment
 from stream_jobs.cli_ops import add_operator_commands, config_of, progress_bar, resolve_bootstrap, table
 from stream_jobs.flink_rest import FlinkRestError
+from stream_jobs.replayer import DEFAULT_LINGER_MS
 
 log = logging.getLogger("sensorloop")
 BOOTSTRAP_HELP = "Kafka bootstrap servers (default: broker.bootstrap from the configuration, else the embedded stack's)"
@@ -91,7 +92,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def send() -> None:
         try:
             replay(args.bootstrap, Topics.from_env().readings, args.rate, args.count, args.duration, args.devices,
-                   args.seed, args.split, drift, stats=stats)
+                   args.seed, args.split, drift, stats=stats, linger_ms=args.linger_ms)
         except Exception as exc:  # re-raised below, on the command's own thread
             failures.append(exc)
 
@@ -394,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-after", type=int, default=None, help="readings before the drift starts")
     p.add_argument("--drift-gain", type=float, default=1.8, help="accelerometer gain after the drift")
     p.add_argument("--drift-classes", default="", help="comma-separated activity mix after the drift")
+    p.add_argument("--linger-ms", type=int, default=DEFAULT_LINGER_MS,
+                   help="how long the producer gathers readings into one batch before sending it")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("serve", help="run the serving job (other flags go to the job; see serve --help)",

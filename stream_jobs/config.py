@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from infra.flink_cluster import C1_ONLY
 from operators.config import ServingConfig
 from operators.learning import LearningConfig
 from schemas.topics import Topics
@@ -84,6 +85,7 @@ class StackSection:
     taskmanager_memory: str = "2g"
     jobmanager_memory: str = "1g"
     prometheus_ports: str = "9249-9259"
+    taskmanager_jvm_options: str = C1_ONLY  # "" for the JVM's defaults (C2: long runs, cores to spare)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
+from infra.flink_cluster import C1_ONLY
 from infra.jars import pipeline_jar_urls
 
 
@@ -30,6 +31,7 @@ class FlinkSettings:
     python_executable: str = ""  # Python on the TaskManagers (a cluster's); empty: this interpreter
     rest_port: int = 0  # local MiniCluster's REST API (job list/cancel/savepoint); 0: a free port
     savepoint_dir: str = ""  # default target of savepoints triggered without one
+    jvm_options: str = C1_ONLY  # the local MiniCluster's JVM (PyFlink's JVM_ARGS); "" for the JVM's defaults
 
 
 def state_uri(location: str) -> str:
@@ -47,7 +49,26 @@ def state_uri(location: str) -> str:
     return path.as_uri()
 
 
+def pass_jvm_options(options: str) -> None:
+    """Add ``options`` to ``JVM_ARGS``, which PyFlink reads when it starts its JVM (the local
+    MiniCluster); raises when that JVM already runs without them. Nothing to do under ``flink run``,
+    whose client JVM is already there (the cluster's own configuration sets its JVMs' options)."""
+    from pyflink import java_gateway
+
+    if "PYFLINK_GATEWAY_PORT" in os.environ:
+        return
+    current = os.environ.get("JVM_ARGS", "").split()
+    missing = [option for option in options.split() if option not in current]
+    if not missing:
+        return
+    if java_gateway._gateway is not None:
+        raise RuntimeError(f"PyFlink's JVM already runs without {' '.join(missing)}: "
+                           "set the JVM options before the process's first PyFlink call")
+    os.environ["JVM_ARGS"] = " ".join(current + missing)
+
+
 def make_env(settings: FlinkSettings, jars_source: str | None = None) -> StreamExecutionEnvironment:
+    pass_jvm_options(settings.jvm_options)
     config = Configuration()
     config.set_string("pipeline.jars", pipeline_jar_urls(jars_source))
     config.set_string("python.executable", settings.python_executable or sys.executable)

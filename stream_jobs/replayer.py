@@ -16,16 +16,26 @@ class ReplayStats:
     seconds: float = 0.0
 
 
-def make_producer(bootstrap: str):
+# Readings gathered per partition for up to this long go out as one batch. Tansu's in-memory
+# storage scans a partition's batches on every fetch that returns data, so a topic of one-record
+# batches makes every consumer's fetch (the job's source included) cost more as it fills:
+# at 1,000 readings/s, 5 ms left the broker at 89 % CPU after a minute, 20 ms at 31-41 %
+# (bench/broker_bench.py). The wait counts in the measured latency (the record's timestamp is
+# taken when it is handed to the producer).
+DEFAULT_LINGER_MS = 20
+
+
+def make_producer(bootstrap: str, linger_ms: int = DEFAULT_LINGER_MS):
     from kafka import KafkaProducer
 
-    return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024, acks=1, enable_idempotence=False,
+    return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, batch_size=256 * 1024, acks=1, enable_idempotence=False,
                          max_in_flight_requests_per_connection=5)
 
 
 def replay(bootstrap: str, topic: str, rate: float, count: int | None = None, duration_s: float | None = None,
            n_devices: int = 8, seed: int = 0, split: str = "test", drift: DriftPlan | None = None,
-           device_prefix: str = "device", stop=None, stats: ReplayStats | None = None) -> ReplayStats:
+           device_prefix: str = "device", stop=None, stats: ReplayStats | None = None,
+           linger_ms: int = DEFAULT_LINGER_MS) -> ReplayStats:
     """Send readings (timestamp = send time) until ``count`` readings or ``duration_s`` seconds.
 
     ``rate`` is readings per second across all devices (0 = as fast as possible).
@@ -34,7 +44,7 @@ def replay(bootstrap: str, topic: str, rate: float, count: int | None = None, du
 
     stats = stats or ReplayStats()
     stream = ReadingStream(load_basic_motions(split), n_devices, seed, drift, device_prefix)
-    producer = make_producer(bootstrap)
+    producer = make_producer(bootstrap, linger_ms)
     started = time.perf_counter()
     try:
         while True:

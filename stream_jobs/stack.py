@@ -37,7 +37,8 @@ def cluster_for(cfg: Config) -> LocalFlinkCluster:
     s = cfg.stack
     return LocalFlinkCluster(Path(s.run_dir), ClusterSettings(
         rest_port=s.rest_port, taskmanager_slots=s.taskmanager_slots, taskmanager_memory=s.taskmanager_memory,
-        jobmanager_memory=s.jobmanager_memory, prometheus_ports=s.prometheus_ports, state_dir=cfg.flink.state_dir))
+        jobmanager_memory=s.jobmanager_memory, prometheus_ports=s.prometheus_ports, state_dir=cfg.flink.state_dir,
+        taskmanager_jvm_options=s.taskmanager_jvm_options))
 
 
 def read_state(run_dir: str | os.PathLike[str]) -> StackState | None:

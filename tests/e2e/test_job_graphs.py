@@ -37,3 +37,11 @@ def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy
         assert learning[name] == name, learning
     assert learning["Source: reviews-and-labels"] == "reviews-and-labels"
     assert learning["kafka-out: Writer"] == "kafka-out"
+
+
+def test_the_local_jvm_runs_with_the_configured_options(tmp_path):
+    from pyflink.java_gateway import get_gateway
+
+    make_env(FlinkSettings(checkpoint_dir=str(tmp_path / "ck")))  # starts the JVM unless the test above did
+    arguments = list(get_gateway().jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert FlinkSettings().jvm_options in arguments, arguments

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from stream_jobs.config import Config, ConfigError, load_config, to_toml
@@ -94,3 +96,30 @@ def test_the_example_file_is_valid():
 
     example = Path(__file__).resolve().parents[2] / "sensorloop.example.toml"
     assert load_config(example, env={}).serving.max_batch == 64
+
+
+def test_jvm_options_go_to_pyflinks_jvm_args_and_fail_once_that_jvm_runs(monkeypatch):
+    from pyflink import java_gateway
+
+    from stream_jobs.flink_env import pass_jvm_options
+
+    monkeypatch.setattr(java_gateway, "_gateway", None)
+    monkeypatch.delenv("PYFLINK_GATEWAY_PORT", raising=False)
+    monkeypatch.setenv("JVM_ARGS", "-Xss2m")
+    pass_jvm_options("-XX:TieredStopAtLevel=1")
+    pass_jvm_options("-XX:TieredStopAtLevel=1")  # already there: unchanged
+    assert os.environ["JVM_ARGS"] == "-Xss2m -XX:TieredStopAtLevel=1"
+    monkeypatch.setattr(java_gateway, "_gateway", object())
+    pass_jvm_options("-XX:TieredStopAtLevel=1")  # the running JVM has it
+    with pytest.raises(RuntimeError, match="already runs without -XX:\\+UseSerialGC"):
+        pass_jvm_options("-XX:+UseSerialGC")
+    monkeypatch.setenv("PYFLINK_GATEWAY_PORT", "25333")  # under `flink run`: the client's JVM, not ours
+    pass_jvm_options("-XX:+UseSerialGC")
+
+
+def test_the_stacks_taskmanager_gets_its_jvm_options(tmp_path):
+    from infra.flink_cluster import ClusterSettings, flink_configuration
+
+    conf = flink_configuration(ClusterSettings(taskmanager_jvm_options="-XX:+UseSerialGC"), tmp_path)
+    assert conf["env.java.opts.taskmanager"] == "-XX:+UseSerialGC"
+    assert "add-opens" in conf["env"]["java"]["opts"]["all"]  # the shipped Java 17 options stay
