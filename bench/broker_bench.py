@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
 from bench.serving_bench import process_cpu_s, start_sender  # noqa: E402
-from stream_jobs.replayer import DEFAULT_LINGER_MS  # noqa: E402
 from infra.broker import EmbeddedBroker, ensure_topics  # noqa: E402
 from infra.kafka_tools import TopicTail  # noqa: E402
 from schemas import Topics  # noqa: E402
+from stream_jobs.replayer import DEFAULT_LINGER_MS  # noqa: E402
 
 
 def run(bootstrap: str, rate: float, seconds: float, every: float, broker_pid: int | None,

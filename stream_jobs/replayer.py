@@ -28,8 +28,8 @@ DEFAULT_LINGER_MS = 20
 def make_producer(bootstrap: str, linger_ms: int = DEFAULT_LINGER_MS):
     from kafka import KafkaProducer
 
-    return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, batch_size=256 * 1024, acks=1, enable_idempotence=False,
-                         max_in_flight_requests_per_connection=5)
+    return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, batch_size=256 * 1024, acks=1,
+                         enable_idempotence=False, max_in_flight_requests_per_connection=5)
 
 
 def replay(bootstrap: str, topic: str, rate: float, count: int | None = None, duration_s: float | None = None,
