@@ -7,8 +7,11 @@ Measured in the same run, each on a fresh broker:
   Kafka timestamp to the moment a consumer receives the prediction of the window it ends),
   next to the pass-through job's reading→copy latency and the broker alone (the same
   sender and consumer, no job: reading→reading) at the same rate;
-- inference inside the job: windows/s with stride 1 (every reading makes a window) on a
-  backlog, against standalone ONNX Runtime at the same batch size.
+- inference inside the job: windows/s with stride 1 (every reading makes a window) at steady
+  rates and on a backlog, against standalone ONNX Runtime at the same batch size; once with every
+  process at the same CPU priority, and once more with the broker, the load generator and the
+  measuring consumer yielding the cores to the job (their scheduler autogroups at nice 10, as if
+  they ran on other machines), which tells the job's own overhead from the co-located services'.
 
 Run: ``python bench/serving_bench.py [--rates 500,1000,2500,5000] [--seconds 20] [--preload 60000]``.
 """
@@ -39,6 +42,26 @@ from stream_jobs.replayer import DEFAULT_LINGER_MS, replay  # noqa: E402
 
 TOPICS = Topics()
 PASS_TOPIC = "passthrough"
+YIELD_NICE = 10
+# set in the pass where the other services yield: the autogroup nice given to each broker started
+OTHERS_NICE: int | None = None
+
+
+def autogroups_enabled() -> bool:
+    """Whether the kernel schedules sessions as groups (``kernel.sched_autogroup_enabled``)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def yield_cpu(pid: int | str, nice: int = YIELD_NICE) -> None:
+    """Lower the CPU priority of the scheduler autogroup (session) of ``pid`` to ``nice``, so that
+    under contention other sessions get the cores first; raising a nice value needs no privilege."""
+    group = Path(f"/proc/{pid}/autogroup")
+    group.write_text(str(nice))
+    if not group.read_text().rstrip().endswith(f"nice {nice}"):
+        raise RuntimeError(f"{group} did not take nice {nice}: {group.read_text().strip()}")
 
 
 def process_cpu_s(pid: int | None) -> float:
@@ -48,6 +71,56 @@ def process_cpu_s(pid: int | None) -> float:
     except (OSError, TypeError):
         return float("nan")
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process started below it (found through each process's parent id)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += parents.get(found[-1], [])
+    return found
+
+
+def thread_cpu_s(pids: list[int]) -> dict[str, float]:
+    """CPU seconds used so far by the threads of ``pids``, summed per thread name."""
+    out: dict[str, float] = {}
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue
+            name, fields = text[text.index("(") + 1:text.rindex(")")], text.rsplit(")", 1)[1].split()
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+class CpuSplit:
+    """Where the CPU went while a run was measured, in % of one core, per part (a list of
+    processes), with the job's busiest threads."""
+
+    def __init__(self, parts: dict[str, list[int]]) -> None:
+        self.parts = parts
+        self.started, self.before = time.monotonic(), {k: thread_cpu_s(p) for k, p in parts.items()}
+
+    def stop(self, top_threads: int = 4) -> dict:
+        seconds = time.monotonic() - self.started
+        used = {k: {n: v - self.before[k].get(n, 0.0) for n, v in thread_cpu_s(p).items()}
+                for k, p in self.parts.items()}
+        # a part whose processes all ended before the end has no figure
+        split = {k: round(100 * sum(v.values()) / seconds, 1) if v else float("nan") for k, v in used.items()}
+        if "job" in used:
+            busiest = sorted(used["job"].items(), key=lambda kv: -kv[1])[:top_threads]
+            split["job_threads"] = {n: round(100 * v / seconds, 1) for n, v in busiest}
+        return split
 
 
 def start_sender(bootstrap: str, rate: float, seconds: float, stdout=subprocess.PIPE,
@@ -69,6 +142,8 @@ class Scenario:
         ensure_topics(self.broker.bootstrap)
         create_topics(self.broker.bootstrap, {PASS_TOPIC: 4})
         self.bootstrap = self.broker.bootstrap
+        if OTHERS_NICE is not None:
+            yield_cpu(self.broker.process.pid, OTHERS_NICE)
         log = work / f"{name}-job.log"
         self.job: JobProcess | None = None
         if job_kind == "serving":
@@ -138,6 +213,19 @@ def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry
         measure_from = time.time() * 1000
         broker_cpu_from, measure_started = sc.broker_cpu_s(), time.monotonic()
         sender = start_sender(sc.bootstrap, rate, seconds, linger_ms=linger_ms)
+        parts = {"broker": [sc.broker.process.pid], "sender": [sender.pid], "harness": [os.getpid()]}
+        if sc.job is not None:
+            parts["job"] = process_tree(sc.job.process.pid)
+        cpu_split: dict = {}
+
+        def split_cpu() -> None:  # past the sender's start-up (~3 s of imports), ending before it does
+            time.sleep(5.0)
+            cpu = CpuSplit(parts)
+            time.sleep(max(1.0, seconds - 6.0))
+            cpu_split.update(cpu.stop())
+
+        splitter = threading.Thread(target=split_cpu, daemon=True)
+        splitter.start()
         latencies, outputs, in_job = [], 0, []
         quiet_until = None
         while sender.poll() is None or quiet_until is None or time.monotonic() < quiet_until:
@@ -155,6 +243,7 @@ def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry
                 if batch:
                     quiet_until = time.monotonic() + 2.0
         broker_cpu = (sc.broker_cpu_s() - broker_cpu_from) / (time.monotonic() - measure_started)
+        splitter.join()
         tail.close()
         sent, secs = re.search(r"sent (\d+) readings in ([\d.]+)s", sender.stdout.read()).groups()
         lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
@@ -164,7 +253,7 @@ def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry
                 "p99_ms": float(np.percentile(lat, 99)),
                 "in_job_p50_ms": float(np.percentile(in_job, 50)) if in_job else None,
                 "in_job_p99_ms": float(np.percentile(in_job, 99)) if in_job else None,
-                "broker_cpu_pct": 100.0 * broker_cpu}
+                "broker_cpu_pct": 100.0 * broker_cpu, "cpu_split_pct": cpu_split}
     finally:
         sc.stop()
 
@@ -236,13 +325,62 @@ def in_job_model_rate(stats_file: Path, since: float = 0.0) -> dict:
             "runqueue_share": d["model_runqueue_seconds"] / d["model_seconds"]}
 
 
-def standalone_onnx(registry: str, batch: int, seconds: float = 2.0, threads: int = 0) -> float:
+def standalone_onnx(registry: str, batch: int, seconds: float = 2.0, threads: int = 0, repeats: int = 1) -> float:
+    """Windows/s of ONNX Runtime alone at ``batch``: the median of ``repeats`` timed loops."""
     from bench.inference_bench import windows_per_second
     from operators.serving_model import load_from_registry
 
     model = load_from_registry(registry, "basic-motions", threads=threads)
     x = np.random.default_rng(0).normal(size=(batch, model.spec.window, model.spec.n_channels)).astype(np.float32)
-    return windows_per_second(model.runner, x, seconds)
+    return float(np.median([windows_per_second(model.runner, x, seconds) for _ in range(repeats)]))
+
+
+def standalone_onnx_next_to_busy_core(registry: str, batch: int, repeats: int = 3) -> float:
+    """``standalone_onnx`` on one CPU while a memory-bound loop runs on another (NaN with one CPU):
+    what the other core's work alone costs the model, without any waiting for a CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return float("nan")
+    loop = subprocess.Popen([sys.executable, "-c", f"import os, numpy as np\nos.sched_setaffinity(0, {{{cpus[1]}}})\n"
+                             "a = np.ones(8_000_000)\nwhile True:\n    a += 1"])
+    os.sched_setaffinity(0, {cpus[0]})  # this thread only: ONNX Runtime with one thread computes on it
+    try:
+        time.sleep(0.5)
+        return standalone_onnx(registry, batch, threads=1, repeats=repeats)
+    finally:
+        os.sched_setaffinity(0, cpus)
+        loop.kill()
+        loop.wait()
+
+
+def in_job_cases(work: Path, registry: str, preload_count: int) -> list[dict]:
+    """The model's numbers inside the job at stride 1 (one window per reading): at two steady
+    rates, batches filled by the batch wait, then on a backlog with the whole pipeline competing."""
+    cases = []
+    for rate, wait_ms in ((500, 100), (1500, 50)):
+        stats = work / f"inference-steady-{rate}.jsonl"
+        run = measure_latency(work, "serving", rate, 15, registry, tag=f"-inference-{rate}", stride=1,
+                              max_batch=64, max_wait_ms=wait_ms, stats_file=str(stats))
+        cases.append((f"steady {rate:,} windows/s, {wait_ms} ms batch wait", stats, run["measured_from_s"],
+                      run["cpu_split_pct"]))
+    stats = work / "inference-saturated.jsonl"
+    measure_throughput(work, "serving", min(preload_count, 40_000), registry, stride=1, max_batch=64,
+                       stats_file=str(stats))
+    cases.append(("saturated backlog", stats, 0.0, None))
+    return [{"case": name, **in_job_model_rate(path, since), "cpu_split_pct": split}
+            for name, path, since, split in cases]
+
+
+def in_job_cases_others_yielding(work: Path, registry: str, preload_count: int) -> list[dict]:
+    """``in_job_cases`` run in a new session whose autogroup (this harness: load generator,
+    measuring consumer) and every broker's yield the cores to the job's."""
+    out = work / "inference-others-yield.json"
+    child = subprocess.run([sys.executable, __file__, "--in-job-only", str(out), "--registry", registry,
+                            "--preload", str(preload_count), "--work", str(work / "others-yield")],
+                           start_new_session=True)
+    if child.returncode:
+        raise RuntimeError(f"the pass with the other services yielding failed (exit {child.returncode})")
+    return orjson.loads(out.read_bytes())
 
 
 def plot(latency_rows: list[dict], path: Path) -> None:
@@ -263,10 +401,21 @@ def main() -> None:
     parser.add_argument("--registry", default="var/registry")
     parser.add_argument("--linger-ms", type=int, default=DEFAULT_LINGER_MS,
                         help="the sender's batching wait (Tansu's fetch cost grows with the batches a topic holds)")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: latency,throughput,inference")
+    parser.add_argument("--skip", default="",
+                        help="comma list of parts to skip: latency,throughput,inference,yield (the inference "
+                             "pass with the other services yielding)")
+    parser.add_argument("--in-job-only", metavar="JSON", help=argparse.SUPPRESS)  # the yielding pass's child
+    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    work = Path(tempfile.mkdtemp(prefix="sensorloop-bench-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="sensorloop-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.in_job_only:
+        global OTHERS_NICE
+        yield_cpu("self")  # this process leads its own session: the harness and the sender it starts
+        OTHERS_NICE = YIELD_NICE
+        Path(args.in_job_only).write_bytes(orjson.dumps(in_job_cases(work, args.registry, args.preload)))
+        return
     results: dict = {}
     if "throughput" not in skip:
         rows = [measure_throughput(work, "passthrough", args.preload, args.registry),
@@ -300,31 +449,37 @@ def main() -> None:
         except ImportError:
             print("matplotlib not installed: no plot")
     if "inference" not in skip:
-        rows = []
-        # steady input rates (stride 1: one window per reading), batches filled by the batch wait;
-        # then a backlog, with the whole pipeline competing for the cores
-        cases = []
-        for rate, wait_ms in ((500, 100), (1500, 50)):
-            stats = work / f"inference-steady-{rate}.jsonl"
-            run = measure_latency(work, "serving", rate, 15, args.registry, tag=f"-inference-{rate}", stride=1,
-                                  max_batch=64, max_wait_ms=wait_ms, stats_file=str(stats))
-            cases.append((f"steady {rate:,} windows/s, {wait_ms} ms batch wait", stats, run["measured_from_s"]))
-        stats = work / "inference-saturated.jsonl"
-        measure_throughput(work, "serving", min(args.preload, 40_000), args.registry, stride=1, max_batch=64,
-                           stats_file=str(stats))
-        cases.append(("saturated backlog", stats, 0.0))
-        for name, path, since in cases:
-            row = {"case": name, **in_job_model_rate(path, since)}
-            row["standalone"] = standalone_onnx(args.registry, max(1, round(row["mean_batch"])), threads=1)
-            rows.append(row)
+        rows = [dict(r, others="same priority") for r in in_job_cases(work, args.registry, args.preload)]
+        if "yield" in skip:
+            pass
+        elif autogroups_enabled():
+            rows += [dict(r, others=f"yield (nice {YIELD_NICE})")
+                     for r in in_job_cases_others_yielding(work, args.registry, args.preload)]
+        else:
+            print("skipped the pass with the other services yielding: kernel.sched_autogroup_enabled is not 1, "
+                  "so nice values would not separate the job from the broker and the load generator")
+        for row in rows:  # measured now, on an otherwise idle machine, median of three loops
+            batch = max(1, round(row["mean_batch"]))
+            row["standalone"] = standalone_onnx(args.registry, batch, threads=1, repeats=3)
+            row["standalone_busy_core"] = standalone_onnx_next_to_busy_core(args.registry, batch)
         print_table("Model throughput inside the job vs standalone ONNX Runtime at the same batch size "
                     "(windows/s, 1 intra-op thread in both; the job's numbers from its measured period)",
-                    ["case", "mean batch", "in job", "standalone", "ratio", "in job per CPU-second",
-                     "CPU ratio", "model call waiting for a CPU"],
-                    [[r["case"], f"{r['mean_batch']:.1f}", r["in_job"], r["standalone"],
+                    ["case", "broker, load generator, consumer", "mean batch", "in job", "standalone", "ratio",
+                     "in job per CPU-second", "CPU ratio", "model call waiting for a CPU",
+                     "standalone, other core memory-bound", "its ratio to standalone"],
+                    [[r["case"], r["others"], f"{r['mean_batch']:.1f}", r["in_job"], r["standalone"],
                       f"{r['in_job'] / r['standalone']:.3f}", r["in_job_cpu"],
-                      f"{r['in_job_cpu'] / r['standalone']:.3f}", f"{100 * r['runqueue_share']:.0f} %"]
+                      f"{r['in_job_cpu'] / r['standalone']:.3f}", f"{100 * r['runqueue_share']:.0f} %",
+                      r["standalone_busy_core"], f"{r['standalone_busy_core'] / r['standalone']:.3f}"]
                      for r in rows])
+        steady = [r for r in rows if r["cpu_split_pct"]]
+        print_table("Where the CPU went in the steady cases (% of one core, over the measured period)",
+                    ["case", "broker, load generator, consumer", "broker", "load generator", "measuring consumer",
+                     "job", "job's busiest threads"],
+                    [[r["case"], r["others"], *(f"{r['cpu_split_pct'][k]:.0f}" for k in
+                                                ("broker", "sender", "harness", "job")),
+                      ", ".join(f"{n} {v:.0f}" for n, v in r["cpu_split_pct"]["job_threads"].items())]
+                     for r in steady])
         results["inference_in_job"] = rows
     print(f"results: {save('serving', results)}")
 
