@@ -64,13 +64,18 @@ def yield_cpu(pid: int | str, nice: int = YIELD_NICE) -> None:
         raise RuntimeError(f"{group} did not take nice {nice}: {group.read_text().strip()}")
 
 
+def stat_cpu_s(stat: str) -> float:
+    """User + system CPU seconds from the text of a ``/proc/<pid>[/task/<tid>]/stat`` file."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_cpu_s(pid: int | None) -> float:
     """CPU seconds (user + system) a process has used so far; NaN when unknown."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return stat_cpu_s(Path(f"/proc/{pid}/stat").read_text())
     except (OSError, TypeError):
         return float("nan")
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def process_tree(pid: int) -> list[int]:
@@ -98,8 +103,8 @@ def thread_cpu_s(pids: list[int]) -> dict[str, float]:
                 text = stat.read_text()
             except OSError:
                 continue
-            name, fields = text[text.index("(") + 1:text.rindex(")")], text.rsplit(")", 1)[1].split()
-            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            name = text[text.index("(") + 1:text.rindex(")")]
+            out[name] = out.get(name, 0.0) + stat_cpu_s(text)
     return out
 
 
@@ -450,12 +455,10 @@ def main() -> None:
             print("matplotlib not installed: no plot")
     if "inference" not in skip:
         rows = [dict(r, others="same priority") for r in in_job_cases(work, args.registry, args.preload)]
-        if "yield" in skip:
-            pass
-        elif autogroups_enabled():
+        if "yield" not in skip and autogroups_enabled():
             rows += [dict(r, others=f"yield (nice {YIELD_NICE})")
                      for r in in_job_cases_others_yielding(work, args.registry, args.preload)]
-        else:
+        elif "yield" not in skip:
             print("skipped the pass with the other services yielding: kernel.sched_autogroup_enabled is not 1, "
                   "so nice values would not separate the job from the broker and the load generator")
         for row in rows:  # measured now, on an otherwise idle machine, median of three loops
@@ -473,7 +476,7 @@ def main() -> None:
                       r["standalone_busy_core"], f"{r['standalone_busy_core'] / r['standalone']:.3f}"]
                      for r in rows])
         steady = [r for r in rows if r["cpu_split_pct"]]
-        print_table("Where the CPU went in the steady cases (% of one core, over the measured period)",
+        print_table("Where the CPU went in the steady cases (% of one core, sampled while the sender sent)",
                     ["case", "broker, load generator, consumer", "broker", "load generator", "measuring consumer",
                      "job", "job's busiest threads"],
                     [[r["case"], r["others"], *(f"{r['cpu_split_pct'][k]:.0f}" for k in
