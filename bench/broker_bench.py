@@ -28,7 +28,7 @@ from bench.serving_bench import process_cpu_s, start_sender  # noqa: E402
 from infra.broker import EmbeddedBroker, ensure_topics  # noqa: E402
 from infra.kafka_tools import TopicTail  # noqa: E402
 from schemas import Topics  # noqa: E402
-from stream_jobs.replayer import DEFAULT_LINGER_MS  # noqa: E402
+from control.replayer import DEFAULT_LINGER_MS  # noqa: E402
 
 
 def run(bootstrap: str, rate: float, seconds: float, every: float, broker_pid: int | None,

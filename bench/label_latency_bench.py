@@ -32,10 +32,10 @@ from infra.kafka_tools import TopicTail  # noqa: E402
 from model.registry import ModelRegistry  # noqa: E402
 from operators.replay import DriftPlan  # noqa: E402
 from schemas import Topics  # noqa: E402
-from stream_jobs.flink_rest import FlinkRest  # noqa: E402
-from stream_jobs.launcher import JobProcess, serving_job  # noqa: E402
-from stream_jobs.replayer import replay  # noqa: E402
-from stream_jobs.simulated_labelers import run_simulated_labelers  # noqa: E402
+from control.flink_rest import FlinkRest  # noqa: E402
+from control.launcher import JobProcess, serving_job  # noqa: E402
+from control.replayer import replay  # noqa: E402
+from labeling.simulated import run_simulated_labelers  # noqa: E402
 
 NAME = "basic-motions"
 TOPICS = Topics()

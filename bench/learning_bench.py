@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
 from model.datasets import load_basic_motions, sliding_windows  # noqa: E402
 from model.network import WindowTransformer  # noqa: E402
-from model.online import OnlineConfig, OnlineTrainer  # noqa: E402
+from model.online import OnlineTrainer  # noqa: E402
+from settings import LearningSettings  # noqa: E402
 from model.spec import ModelSpec  # noqa: E402
 from model.train import encode_labels, fit  # noqa: E402
 
@@ -61,7 +62,7 @@ def run_ours(net0, spec, X, y, fraction: float, threshold: float = 0.9) -> tuple
     import copy
 
     net = copy.deepcopy(net0)
-    trainer = OnlineTrainer(net, spec.n_classes, OnlineConfig(lr=2e-3, batch_size=8, replay_ratio=1.0,
+    trainer = OnlineTrainer(net, spec.n_classes, LearningSettings(lr=2e-3, batch_size=8, replay_ratio=1.0,
                                                               ewc_strength=0.0, reservoir_capacity=500))
     yi = encode_labels(y, spec.classes)
     hits = np.zeros(len(X))

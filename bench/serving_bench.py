@@ -37,8 +37,8 @@ from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
 from infra.broker import EmbeddedBroker, create_topics, ensure_topics  # noqa: E402
 from infra.kafka_tools import TopicTail  # noqa: E402
 from schemas import Topics  # noqa: E402
-from stream_jobs.launcher import JobProcess, serving_job  # noqa: E402
-from stream_jobs.replayer import DEFAULT_LINGER_MS, replay  # noqa: E402
+from control.launcher import JobProcess, serving_job  # noqa: E402
+from control.replayer import DEFAULT_LINGER_MS, replay  # noqa: E402
 
 TOPICS = Topics()
 PASS_TOPIC = "passthrough"
@@ -132,7 +132,7 @@ def start_sender(bootstrap: str, rate: float, seconds: float, stdout=subprocess.
                  linger_ms: int = DEFAULT_LINGER_MS) -> subprocess.Popen:
     """The replayer at a fixed rate from 64 devices, in its own process so that it never competes
     with the measuring consumer for the GIL; it prints what it sent on ``stdout``."""
-    return subprocess.Popen([sys.executable, "-m", "stream_jobs.cli", "replay", "--bootstrap", bootstrap,
+    return subprocess.Popen([sys.executable, "-m", "control.cli", "replay", "--bootstrap", bootstrap,
                              "--rate", str(rate), "--duration", str(seconds), "--devices", "64",
                              "--linger-ms", str(linger_ms)],
                             stdout=stdout, text=True)

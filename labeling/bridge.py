@@ -26,9 +26,9 @@ class LabelingBridge:
     Malformed requests and labels go to ``dead-letters``.
     """
 
-    def __init__(self, bootstrap: str, queue: ReviewQueue, topics: Topics | None = None,
+    def __init__(self, bootstrap: str, queue: ReviewQueue, topics: Topics,
                  group_id: str = "sensorloop-labeling") -> None:
-        self.bootstrap, self.queue, self.topics = bootstrap, queue, topics or Topics.from_env()
+        self.bootstrap, self.queue, self.topics = bootstrap, queue, topics
         self.group_id = group_id
         self.lock = threading.RLock()
         self.stop_event = threading.Event()

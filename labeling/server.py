@@ -11,6 +11,7 @@ import uvicorn
 from labeling.app import create_app
 from labeling.bridge import LabelingBridge
 from operators.review_queue import ReviewQueue
+from schemas import Topics
 
 TOKEN_ENV = "SENSORLOOP_LABEL_TOKEN"
 
@@ -25,11 +26,11 @@ def resolve_token(explicit: str | None) -> str:
 class LabelingServer:
     """The whole labeling service; ``start`` runs it in background threads, ``run`` in the foreground."""
 
-    def __init__(self, bootstrap: str, token: str, classes: list[str], host: str = "127.0.0.1",
+    def __init__(self, bootstrap: str, topics: Topics, token: str, classes: list[str], host: str = "127.0.0.1",
                  port: int = 8080, lease_s: float = 120.0, answers_needed: int = 1,
                  group_id: str = "sensorloop-labeling", pipeline_metrics=None) -> None:
         self.queue = ReviewQueue(classes, lease_s, answers_needed)
-        self.bridge = LabelingBridge(bootstrap, self.queue, group_id=group_id)
+        self.bridge = LabelingBridge(bootstrap, self.queue, topics, group_id=group_id)
         self.app = create_app(self.queue, self.bridge.publish, token, lock=self.bridge.lock,
                               pipeline_metrics=pipeline_metrics)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning"))

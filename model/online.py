@@ -11,11 +11,12 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from settings import LearningSettings
 
 
 class ReplayReservoir:
@@ -102,19 +103,6 @@ class EWC:
         return total
 
 
-@dataclass
-class OnlineConfig:
-    """Settings of online learning."""
-
-    lr: float = 5e-4
-    batch_size: int = 16
-    replay_ratio: float = 1.0  # replayed windows per new window in each update
-    ewc_strength: float = 0.0  # 0 turns EWC off
-    reservoir_capacity: int = 2000
-    class_balanced: bool = True
-    seed: int = 0
-
-
 class OnlineTrainer:
     """Learns from labeled windows as they arrive: each update mixes the new mini-batch with
     replayed windows and adds the EWC penalty against the last consolidated weights.
@@ -122,8 +110,8 @@ class OnlineTrainer:
     ``learn_one`` buffers a window and runs an update when ``batch_size`` are waiting.
     """
 
-    def __init__(self, net: nn.Module, n_classes: int, config: OnlineConfig | None = None) -> None:
-        self.config = config or OnlineConfig()
+    def __init__(self, net: nn.Module, n_classes: int, config: LearningSettings | None = None) -> None:
+        self.config = config or LearningSettings()
         self.net = net
         self.n_classes = n_classes
         self.reservoir = ReplayReservoir(self.config.reservoir_capacity, self.config.class_balanced, n_classes,
@@ -169,7 +157,10 @@ class OnlineTrainer:
         return float(loss.item())
 
     def consolidate(self) -> None:
-        """Make the current weights the EWC anchor, with Fisher information from the reservoir."""
+        """Make the current weights the EWC anchor, with Fisher information from the reservoir
+        (nothing to do while EWC is off)."""
+        if self.config.ewc_strength <= 0:
+            return
         X, y = self.reservoir.all()
         if len(y):
             self.ewc = EWC(self.net, X, y)

@@ -31,8 +31,6 @@ def cuda_provider_loads() -> bool:
     Asking ONNX Runtime for CUDA on a machine without CUDA libraries logs errors and
     falls back; checking with ``dlopen`` first keeps a CPU start clean.
     """
-    if os.environ.get("SENSORLOOP_DISABLE_CUDA") == "1":
-        return False
     try:
         ctypes.CDLL("libcuda.so.1")
     except OSError:

@@ -1,7 +1,9 @@
 """The learning loop for labeled windows: prequential check, drift monitor, holdout, online
-update, and a validation gate that decides when a candidate becomes a new version.
+update, and a validation gate that decides when a candidate becomes a new version; and
+:class:`VersionPublisher`, which turns what the loop decides into registry versions,
+announcements and drift events.
 
-Plain Python: the Flink learning job keeps one of these in keyed state (it pickles).
+Plain Python: the Flink learning job keeps a loop in keyed state (it pickles) and calls the publisher.
 """
 
 from __future__ import annotations
@@ -10,34 +12,23 @@ import copy
 import zlib
 from dataclasses import dataclass
 
+import logging
+
 import numpy as np
 import torch
 
-from model.online import OnlineConfig, OnlineTrainer
+from model.online import OnlineTrainer
+from model.registry import ModelRegistry
 from model.spec import ModelSpec
+from model.train import load_network, publish_version, weights_bytes
 from operators.drift import DriftMonitor
 from operators.gate import GateDecision, ValidationGate
 from operators.label_join import LabeledWindow
+from operators.outgoing import Outgoing
+from schemas import DriftEvent, ModelSnapshot, Topics
+from settings import LearningSettings, ServingSettings
 
-
-@dataclass(frozen=True)
-class LearningConfig:
-    lr: float = 1e-3
-    batch_size: int = 8
-    replay_ratio: float = 1.0
-    ewc_strength: float = 0.0
-    reservoir_capacity: int = 2000
-    holdout_every: int = 4  # 1 labeled window in this many is held out for the gate, never trained on
-    gate_every: int = 32  # labeled windows between gate checks
-    gate_margin: float = 0.0
-    min_holdout: int = 30
-    holdout_size: int = 300
-    drift_budget_per_minute: int = 600  # review budget serving uses for a while after a drift
-    drift_boost_seconds: int = 120
-
-    def online(self) -> OnlineConfig:
-        return OnlineConfig(lr=self.lr, batch_size=self.batch_size, replay_ratio=self.replay_ratio,
-                            ewc_strength=self.ewc_strength, reservoir_capacity=self.reservoir_capacity)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,13 +54,13 @@ class LearningLoop:
     """
 
     def __init__(self, serving: torch.nn.Module, spec: ModelSpec, version: int,
-                 config: LearningConfig | None = None) -> None:
-        self.config = config or LearningConfig()
+                 config: LearningSettings | None = None) -> None:
+        self.config = config or LearningSettings()
         self.spec = spec
         self.index = {c: i for i, c in enumerate(spec.classes)}
         self.serving = copy.deepcopy(serving).eval()
         self.version = version
-        self.trainer = OnlineTrainer(copy.deepcopy(serving), spec.n_classes, self.config.online())
+        self.trainer = OnlineTrainer(copy.deepcopy(serving), spec.n_classes, self.config)
         self.gate = ValidationGate(self.config.gate_margin, self.config.min_holdout, self.config.holdout_size)
         self.drift = DriftMonitor()
         self.labeled = 0
@@ -113,3 +104,58 @@ class LearningLoop:
     @property
     def prequential_accuracy(self) -> float:
         return self.correct / self.labeled if self.labeled else float("nan")
+
+
+def loop_from_registry(registry: ModelRegistry, model_name: str, config: LearningSettings) -> LearningLoop:
+    """A fresh loop that starts from the registry's newest version of ``model_name``."""
+    loaded = registry.load(model_name)
+    spec = ModelSpec.from_dict(loaded.metadata.spec)
+    return LearningLoop(load_network(spec, loaded.weights_bytes), spec, loaded.metadata.version, config)
+
+
+@dataclass
+class Learned:
+    """What one labeled window led to: records to publish, and the version accepted (with its weights)."""
+
+    outgoing: list[Outgoing]
+    accepted: tuple[int, bytes] | None = None
+
+
+class VersionPublisher:
+    """Feeds labeled windows to a :class:`LearningLoop`; publishes each candidate that passes the gate
+    as the registry's next version with its metrics, and announces it and every drift signal.
+
+    Version numbers come from the registry, so restarts and other publishers never reuse one.
+    """
+
+    def __init__(self, registry: ModelRegistry, model_name: str, topics: Topics,
+                 serving: ServingSettings = ServingSettings()) -> None:
+        self.registry, self.model_name, self.topics, self.serving = registry, model_name, topics, serving
+        self.published = 0
+        self.drift_events = 0
+
+    def learn(self, loop: LearningLoop, item: LabeledWindow, now_ms: int) -> Learned:
+        candidate = loop.learn(item)
+        out = []
+        for signal in loop.take_drifts():
+            event = DriftEvent(self.model_name, signal, now_ms, loop.version, self.serving.drift_budget_per_minute,
+                               self.serving.drift_boost_seconds, loop.drift.error_rate)
+            log.info("drift (%s) detected after %d labeled windows", signal, loop.labeled)
+            self.drift_events += 1
+            out.append(Outgoing(self.topics.drift_events, self.model_name, event.encode()))
+        if candidate is None:
+            return Learned(out)
+        d = candidate.decision
+        metrics = {"holdout_accuracy": d.candidate_accuracy, "serving_holdout_accuracy": d.serving_accuracy,
+                   "holdout_windows": float(d.samples), "prequential_accuracy": loop.prequential_accuracy,
+                   "labeled_windows": float(loop.labeled), "drift_events": float(loop.drift_events),
+                   "trigger_label_at_ms": float(candidate.trigger_answered_at)}
+        meta = publish_version(self.registry, self.model_name, candidate.net, loop.spec, metrics,
+                               parent_version=loop.version, data_seen=loop.labeled, note=f"online: {d.reason}")
+        loop.accepted(candidate, meta.version)
+        self.published += 1
+        snapshot = ModelSnapshot.from_dict(self.registry.announcement(self.model_name, meta.version))
+        log.info("published %s v%d %d ms after the answer that completed it: %s", self.model_name, meta.version,
+                 now_ms - candidate.trigger_answered_at, d.reason)
+        out.append(Outgoing(self.topics.model_snapshots, self.model_name, snapshot.encode()))
+        return Learned(out, (meta.version, weights_bytes(candidate.net)))

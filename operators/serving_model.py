@@ -39,6 +39,32 @@ class ControlMessage:
     offset: int
 
 
+class FixedRunner:
+    """A runner that gives every window the same probabilities (documentation examples and tests)."""
+
+    provider = "fixed"
+
+    def __init__(self, probabilities: tuple[float, ...]) -> None:
+        self.probabilities = np.asarray(probabilities, np.float32)
+
+    def predict_proba(self, windows: np.ndarray) -> np.ndarray:
+        return np.tile(self.probabilities, (len(windows), 1))
+
+
+def fixed_model(name: str, version: int, probabilities: tuple[float, ...] = (0.9, 0.1)) -> ServingModel:
+    """A serving model of 2 channels, window 4 and classes a, b that always answers ``probabilities``."""
+    spec = ModelSpec(window=4, channels=("x", "y"), classes=("a", "b"))
+    return ServingModel(name, version, spec, FixedRunner(probabilities))
+
+
+def serving_channels(root: str, name: str, version: int | None = None) -> list[str]:
+    """The channel names readings must carry for the version serving starts with: ``version`` when
+    pinned, else the newest."""
+    registry = ModelRegistry(root)
+    meta = registry.metadata(name, version) if version else registry.latest_metadata(name)
+    return list(meta.spec["channels"])
+
+
 def smoke_test(runner: Runner, spec: ModelSpec) -> None:
     """Run one tiny batch; refuse a model whose output is not a probability per class."""
     probs = runner.predict_proba(np.zeros((2, spec.window, spec.n_channels), np.float32))

@@ -129,6 +129,10 @@ class SlidingWindower:
         self.reset_gap_ms = reset_gap_ms
         self.seq_gap_timeout_ms = seq_gap_timeout_ms
 
+    def idle(self, state: DeviceState, now_ms: int, idle_ms: int) -> bool:
+        """True when the newest reading held back (waiting for a gap to fill) arrived ``idle_ms`` ago or more."""
+        return bool(state.pending) and now_ms - max(item[4] for item in state.pending) >= idle_ms
+
     def new_state(self) -> DeviceState:
         return DeviceState(np.zeros((self.length, self.n_channels), np.float32),
                            np.zeros(self.length, np.int64), [None] * self.length)

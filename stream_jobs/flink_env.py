@@ -1,103 +1,134 @@
-"""A configured StreamExecutionEnvironment: local MiniCluster by default, or a remote cluster."""
+"""What every job shares: its command line (configuration plus what belongs to one start), and a
+configured StreamExecutionEnvironment (a local MiniCluster by default, or the cluster ``flink run``
+submits to)."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
-from infra.flink_cluster import C1_ONLY
+from infra.flink_cluster import state_uri
 from infra.jars import pipeline_jar_urls
+from settings import Config, ConfigError, load_config, parse_assignments
 
 
 @dataclass(frozen=True)
-class FlinkSettings:
-    """Runtime settings of a job (latency-oriented defaults; see DESIGN.md pitfalls)."""
+class JobRun:
+    """What belongs to one start of a job rather than to the configuration."""
 
-    parallelism: int = 1
-    checkpoint_interval_ms: int = 5_000
-    checkpoint_dir: str = "var/checkpoints"
-    bundle_time_ms: int = 5
-    bundle_size: int = 500
-    buffer_timeout_ms: int = 5
-    restart_attempts: int = 3
-    exactly_once: bool = False
-    savepoint_path: str | None = None
-    execution_mode: str = "thread"
-    python_executable: str = ""  # Python on the TaskManagers (a cluster's); empty: this interpreter
-    rest_port: int = 0  # local MiniCluster's REST API (job list/cancel/savepoint); 0: a free port
-    savepoint_dir: str = ""  # default target of savepoints triggered without one
-    jvm_options: str = C1_ONLY  # the local MiniCluster's JVM (PyFlink's JVM_ARGS); "" for the JVM's defaults
+    savepoint_path: str = ""  # resume from this savepoint or retained checkpoint
+    rest_port: int = 0  # a local MiniCluster's REST API (job list/cancel/savepoint); 0: a free port
+    group_id: str = ""  # Kafka consumer group; empty: sensorloop-<job>
+    stats_file: str = ""  # serving: append the model's throughput inside the job here (benchmarks)
 
 
-def state_uri(location: str) -> str:
-    """A checkpoint/savepoint location as a URI: URLs (s3://, file://) as they are, paths made absolute.
+def job_parser(job: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m stream_jobs.{job}_job",
+        description=f"The sensorloop {job} job. Its settings come from the configuration: the file "
+                    "(--config, else $SENSORLOOP_CONFIG, else ./sensorloop.toml), then SENSORLOOP_<SECTION>_<KEY> "
+                    "variables, then --set flags; `sensorloop config show` prints every key.")
+    parser.add_argument("--config", default="", help="TOML configuration file")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one setting (repeatable), e.g. --set serving.confidence_threshold=0.8")
+    parser.add_argument("--bootstrap", default=None, help="same as --set broker.bootstrap=HOST:PORT")
+    parser.add_argument("--savepoint-path", default="", help="resume from this savepoint")
+    parser.add_argument("--rest-port", type=int, default=0, help="local MiniCluster's REST port (0: a free one)")
+    parser.add_argument("--group-id", default="", help=f"Kafka consumer group (default: sensorloop-{job})")
+    if job == "serving":
+        parser.add_argument("--stats-file", default="", help="append the model's own throughput here every 5 s")
+    return parser
 
-    >>> state_uri("s3://bucket/checkpoints")
-    's3://bucket/checkpoints'
-    >>> state_uri("/tmp/ck")
-    'file:///tmp/ck'
-    """
-    if "://" in location:
-        return location
-    path = Path(location).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path.as_uri()
+
+def parse_job_args(job: str, argv: list[str] | None = None,
+                   parser: argparse.ArgumentParser | None = None) -> tuple[Config, JobRun]:
+    """The validated configuration and the run's own options; exits with every problem listed."""
+    parser = parser or job_parser(job)
+    args = parser.parse_args(argv)
+    try:
+        flags = parse_assignments(args.set)
+        if args.bootstrap:
+            flags["broker.bootstrap"] = args.bootstrap
+        cfg = load_config(args.config, flags=flags)
+    except ConfigError as exc:
+        parser.exit(2, f"{parser.prog}: {exc}\n")
+    if not cfg.broker.bootstrap:
+        parser.exit(2, f"{parser.prog}: no Kafka broker: set broker.bootstrap (file, $SENSORLOOP_BROKER_BOOTSTRAP, "
+                       "--set or --bootstrap)\n")
+    return cfg, JobRun(args.savepoint_path, args.rest_port, args.group_id, getattr(args, "stats_file", ""))
 
 
-def pass_jvm_options(options: str) -> None:
-    """Add ``options`` to ``JVM_ARGS``, which PyFlink reads when it starts its JVM (the local
-    MiniCluster); raises when that JVM already runs without them. Nothing to do under ``flink run``,
-    whose client JVM is already there (the cluster's own configuration sets its JVMs' options)."""
+def under_flink_run() -> bool:
+    """True when ``flink run`` (or a FlinkDeployment) started this process: its JVM is already there."""
+    return "PYFLINK_GATEWAY_PORT" in os.environ
+
+
+def prepare_local_jvm(job: str, jvm_options: str, log_dir: str) -> Path | None:
+    """Before PyFlink starts its own JVM (a local MiniCluster): add ``jvm_options`` to ``JVM_ARGS`` and
+    give the MiniCluster's log a file of its own under ``log_dir`` (PyFlink's default is one shared
+    file that the next start overwrites). Returns that log file; None under ``flink run``."""
     from pyflink import java_gateway
 
-    if "PYFLINK_GATEWAY_PORT" in os.environ:
-        return
+    if under_flink_run():
+        return None
     current = os.environ.get("JVM_ARGS", "").split()
-    missing = [option for option in options.split() if option not in current]
-    if not missing:
-        return
+    missing = [option for option in jvm_options.split() if option not in current]
+    ident = f"sensorloop-{job}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    folder = Path(log_dir).resolve()
     if java_gateway._gateway is not None:
-        raise RuntimeError(f"PyFlink's JVM already runs without {' '.join(missing)}: "
-                           "set the JVM options before the process's first PyFlink call")
+        if missing:
+            raise RuntimeError(f"PyFlink's JVM already runs without {' '.join(missing)}: "
+                               "set the JVM options before the process's first PyFlink call")
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
     os.environ["JVM_ARGS"] = " ".join(current + missing)
+    os.environ["FLINK_LOG_DIR"] = str(folder)
+    os.environ["FLINK_IDENT_STRING"] = ident
+    return folder / f"flink-{ident}-python-{socket.gethostname()}.log"
 
 
-def make_env(settings: FlinkSettings, jars_source: str | None = None) -> StreamExecutionEnvironment:
-    pass_jvm_options(settings.jvm_options)
+def make_env(cfg: Config, job: str, run: JobRun = JobRun()) -> StreamExecutionEnvironment:
+    """The job's environment from the configuration's ``[flink]`` section; checkpoints and savepoints
+    under ``flink.state_dir``/checkpoints|savepoints/<job>."""
+    flink = cfg.flink
+    log_file = prepare_local_jvm(job, flink.local_jvm_options, flink.log_dir)
+    if log_file is not None:
+        print(f"sensorloop {job} job: local MiniCluster log {log_file}", file=sys.stderr, flush=True)
+    state = flink.state_dir.rstrip("/")
     config = Configuration()
-    config.set_string("pipeline.jars", pipeline_jar_urls(jars_source))
-    config.set_string("python.executable", settings.python_executable or sys.executable)
+    config.set_string("pipeline.jars", pipeline_jar_urls(flink.jars_dir))
+    config.set_string("python.executable", flink.python_executable or sys.executable)
     config.set_string("python.client.executable", sys.executable)
-    config.set_string("python.execution-mode", settings.execution_mode)
-    if settings.execution_mode == "thread" and not settings.python_executable:
+    config.set_string("python.execution-mode", flink.execution_mode)
+    if flink.execution_mode == "thread" and not flink.python_executable:
         # the embedded interpreter needs the venv on its path (a cluster's image sets its own)
         config.set_string("python.pythonpath", os.pathsep.join(p for p in sys.path if p))
-    config.set_string("python.fn-execution.bundle.time", str(settings.bundle_time_ms))
-    config.set_string("python.fn-execution.bundle.size", str(settings.bundle_size))
-    config.set_string("execution.buffer-timeout.interval", f"{settings.buffer_timeout_ms} ms")
-    config.set_string("execution.checkpointing.interval", f"{settings.checkpoint_interval_ms} ms")
-    config.set_string("execution.checkpointing.mode",
-                      "EXACTLY_ONCE")
-    config.set_string("execution.checkpointing.dir", state_uri(settings.checkpoint_dir))
+    config.set_string("python.fn-execution.bundle.time", str(flink.bundle_time_ms))
+    config.set_string("python.fn-execution.bundle.size", str(flink.bundle_size))
+    config.set_string("execution.buffer-timeout.interval", f"{flink.buffer_timeout_ms} ms")
+    config.set_string("execution.checkpointing.interval", f"{flink.checkpoint_interval_ms} ms")
+    config.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
+    config.set_string("execution.checkpointing.dir", state_uri(f"{state}/checkpoints/{job}"))
+    config.set_string("execution.checkpointing.savepoint-dir", state_uri(f"{state}/savepoints/{job}"))
     config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     config.set_string("restart-strategy.type", "fixed-delay")
-    config.set_string("restart-strategy.fixed-delay.attempts", str(settings.restart_attempts))
+    config.set_string("restart-strategy.fixed-delay.attempts", str(flink.restart_attempts))
     config.set_string("restart-strategy.fixed-delay.delay", "1 s")
-    if settings.savepoint_dir:
-        config.set_string("execution.checkpointing.savepoint-dir", state_uri(settings.savepoint_dir))
-    if settings.rest_port:
-        config.set_string("rest.port", str(settings.rest_port))
+    if run.rest_port:
+        config.set_string("rest.port", str(run.rest_port))
         config.set_string("rest.address", "localhost")
-    if settings.savepoint_path:
-        config.set_string("execution.state-recovery.path", settings.savepoint_path)
-    config.set_string("taskmanager.memory.process.size", os.environ.get("SENSORLOOP_TM_MEMORY", "2g"))
+    if run.savepoint_path:
+        config.set_string("execution.state-recovery.path", run.savepoint_path)
+    config.set_string("taskmanager.memory.process.size", flink.local_taskmanager_memory)
     env = StreamExecutionEnvironment.get_execution_environment(config)
-    env.set_parallelism(settings.parallelism)
-    env.set_buffer_timeout(settings.buffer_timeout_ms)
+    env.set_parallelism(flink.parallelism)
+    env.set_buffer_timeout(flink.buffer_timeout_ms)
     return env
-

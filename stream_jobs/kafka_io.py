@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from pyflink.common import Types, WatermarkStrategy
-from pyflink.datastream import KeyedStream, StreamExecutionEnvironment
+from pyflink.datastream import KeyedStream, OutputTag, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetsInitializer,
@@ -19,27 +19,29 @@ from pyflink.datastream.connectors.kafka import (
 )
 from pyflink.java_gateway import get_gateway
 
+from operators.outgoing import Outgoing, dead_letter_out
 from schemas import DeadLetter
 
 SEP = "\x1f"
+DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())  # each job's side output for bad input
 
 
-def route(topic: str, key: str | None, payload: bytes) -> str:
-    """One output record for the routed sink.
+def routed(out: Outgoing) -> str:
+    """An operator's output record as the routed sink's Java serializer reads it.
 
-    >>> route("predictions", "dev-1", b'{"a":1}').split(SEP)
+    >>> routed(Outgoing("predictions", "dev-1", b'{"a":1}')).split(SEP)
     ['predictions', 'dev-1', '{"a":1}']
     """
-    return f"{topic}{SEP}{key or ''}{SEP}{payload.decode()}"
+    return f"{out.topic}{SEP}{out.key or ''}{SEP}{out.payload.decode()}"
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def route_dead_letter(dead_letters_topic: str, letter: DeadLetter) -> str:
+def dead_letter_record(dead_letters_topic: str, letter: DeadLetter) -> str:
     """A dead letter as a routed record, keyed by the topic the bad input came from."""
-    return route(dead_letters_topic, letter.source_topic, letter.encode())
+    return routed(dead_letter_out(dead_letters_topic, letter))
 
 
 def split_envelope(data) -> tuple[str, int, int, int, bytes]:

@@ -6,8 +6,6 @@ throughput and latency against what Flink and Kafka alone cost on the same machi
 
 from __future__ import annotations
 
-import argparse
-
 from pyflink.common import Types, WatermarkStrategy
 from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream.connectors.base import DeliveryGuarantee
@@ -18,25 +16,23 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 
-from schemas import Topics
-from stream_jobs.flink_env import FlinkSettings, make_env
+from stream_jobs.flink_env import job_parser, make_env, parse_job_args
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--target", default="passthrough")
-    parser.add_argument("--group-id", default="sensorloop-passthrough")
-    parser.add_argument("--checkpoint-dir", default="var/checkpoints-passthrough")
-    args = parser.parse_args(argv)
-    env = make_env(FlinkSettings(checkpoint_dir=args.checkpoint_dir))
-    source = (KafkaSource.builder().set_bootstrap_servers(args.bootstrap)
-              .set_topics(Topics.from_env().readings).set_group_id(args.group_id)
+    parser = job_parser("passthrough")
+    parser.add_argument("--target", default="passthrough", help="topic the readings are copied to")
+    cfg, run = parse_job_args("passthrough", argv, parser)
+    target = parser.parse_args(argv).target
+    env = make_env(cfg, "passthrough", run)
+    bootstrap = cfg.broker.bootstrap
+    source = (KafkaSource.builder().set_bootstrap_servers(bootstrap)
+              .set_topics(cfg.topics.readings).set_group_id(run.group_id or "sensorloop-passthrough")
               .set_starting_offsets(KafkaOffsetsInitializer.earliest())
               .set_property("fetch.max.wait.ms", "10")
               .set_value_only_deserializer(SimpleStringSchema()).build())
-    sink = (KafkaSink.builder().set_bootstrap_servers(args.bootstrap)
-            .set_record_serializer(KafkaRecordSerializationSchema.builder().set_topic(args.target)
+    sink = (KafkaSink.builder().set_bootstrap_servers(bootstrap)
+            .set_record_serializer(KafkaRecordSerializationSchema.builder().set_topic(target)
                                    .set_value_serialization_schema(SimpleStringSchema()).build())
             .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
             .set_property("linger.ms", "2").build())

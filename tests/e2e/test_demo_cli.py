@@ -12,7 +12,7 @@ pytestmark = pytest.mark.e2e
 
 def test_demo_runs_and_reports(tmp_path, registry_copy):
     result = subprocess.run(
-        [sys.executable, "-m", "stream_jobs.cli", "demo", "--duration", "30", "--rate", "400", "--drain", "8",
+        [sys.executable, "-m", "control.cli", "demo", "--duration", "30", "--rate", "400", "--drain", "8",
          "--interval", "1", "--drift-after-s", "10", "--registry", registry_copy, "--run-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -10,8 +10,8 @@ from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_tools import TopicTail, produce
 from model.registry import ModelRegistry
 from schemas import DeadLetter, ModelSnapshot, Topics
-from stream_jobs.launcher import serving_job
-from stream_jobs.replayer import replay
+from control.launcher import serving_job
+from control.replayer import replay
 
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()

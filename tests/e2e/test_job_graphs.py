@@ -3,8 +3,8 @@ job graph (savepoint upgrades) as long as those operators keep their uids."""
 
 import pytest
 
-from operators.config import ServingConfig
-from operators.learning import LearningConfig
+from settings import ServingSettings
+from settings import LearningSettings
 from schemas import Topics
 from stream_jobs.flink_env import FlinkSettings, make_env
 from stream_jobs.learning_job import build_learning_job
@@ -21,7 +21,7 @@ def uids(env) -> dict[str, str | None]:
 def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy):
     settings = FlinkSettings(checkpoint_dir=str(tmp_path / "ck"))
     serving_env = make_env(settings)
-    build_serving_job(serving_env, "localhost:9", ServingConfig(registry=str(registry_copy)), Topics(), settings)
+    build_serving_job(serving_env, "localhost:9", ServingSettings(registry=str(registry_copy)), Topics(), settings)
     serving = uids(serving_env)
     for name in ("parse-and-window", "model-announcements", "inference"):
         assert serving[name] == name, serving
@@ -30,7 +30,7 @@ def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy
     assert serving["kafka-out: Writer"] == "kafka-out"
 
     learning_env = make_env(settings)
-    build_learning_job(learning_env, "localhost:9", str(registry_copy), "basic-motions", LearningConfig(), Topics(),
+    build_learning_job(learning_env, "localhost:9", str(registry_copy), "basic-motions", LearningSettings(), Topics(),
                        settings)
     learning = uids(learning_env)
     for name in ("join-answers", "learn-and-publish"):

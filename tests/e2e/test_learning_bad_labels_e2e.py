@@ -8,7 +8,7 @@ import pytest
 from infra.broker import EmbeddedBroker, ensure_topics, free_port
 from infra.kafka_tools import produce, read_until
 from schemas import DeadLetter, Label, Topics
-from stream_jobs.launcher import JobProcess
+from control.launcher import JobProcess
 from tests.e2e.test_learning_e2e import wait_all_tasks_running
 from tests.e2e.test_learning_restart_e2e import labeled_batch
 

@@ -14,10 +14,10 @@ from model.registry import ModelRegistry
 from operators.replay import DriftPlan
 from operators.serving_model import load_from_registry
 from schemas import DriftEvent, ModelSnapshot, ReviewRequest, Topics
-from stream_jobs.flink_rest import FlinkRest, FlinkRestError
-from stream_jobs.launcher import JobProcess, serving_job
-from stream_jobs.replayer import ReplayStats, replay
-from stream_jobs.simulated_labelers import run_simulated_labelers
+from control.flink_rest import FlinkRest, FlinkRestError
+from control.launcher import JobProcess, serving_job
+from control.replayer import ReplayStats, replay
+from labeling.simulated import run_simulated_labelers
 
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()

@@ -13,7 +13,7 @@ from infra.kafka_tools import produce, read_quiet, read_until
 from model.datasets import load_basic_motions, sliding_windows
 from model.registry import ModelRegistry
 from schemas import Label, ModelSnapshot, ReviewRequest, Topics
-from stream_jobs.launcher import JobProcess
+from control.launcher import JobProcess
 from tests.e2e.test_restart_e2e import latest_checkpoint
 
 pytestmark = pytest.mark.e2e

@@ -52,7 +52,7 @@ max_wait_ms = 20
 def cli(config: Path, *args: str, timeout: float = 300) -> str:
     """Run ``sensorloop --config <config> <args>``; fail with its output if it fails."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENSORLOOP_")}
-    result = subprocess.run([sys.executable, "-m", "stream_jobs.cli", "--config", str(config), *args],
+    result = subprocess.run([sys.executable, "-m", "control.cli", "--config", str(config), *args],
                             capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, f"sensorloop {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -120,7 +120,7 @@ def test_operator_cli_on_the_embedded_stack(tmp_path, registry_copy):
         assert first_job in cli(config, "job", "list", "--all")
     finally:
         print(cli(config, "stack", "stop"))
-    result = subprocess.run([sys.executable, "-m", "stream_jobs.cli", "--config", str(config), "stack", "status"],
+    result = subprocess.run([sys.executable, "-m", "control.cli", "--config", str(config), "stack", "status"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "not running" in result.stdout
 
@@ -154,5 +154,5 @@ def test_jobs_on_a_local_minicluster_are_managed_through_its_rest_api(tmp_path, 
             assert set(keys) == expected and len(keys) == len(expected)
         finally:
             for port in (first_port, second_port):
-                subprocess.run([sys.executable, "-m", "stream_jobs.cli", "--config", str(config), "job", "cancel",
+                subprocess.run([sys.executable, "-m", "control.cli", "--config", str(config), "job", "cancel",
                                 "serving", "--jobmanager", f"localhost:{port}"], capture_output=True, timeout=60)

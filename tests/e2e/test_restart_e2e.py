@@ -10,7 +10,7 @@ import pytest
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_tools import produce
 from schemas import Prediction, Topics
-from stream_jobs.launcher import serving_job
+from control.launcher import serving_job
 from tests.e2e.helpers import collect, encoded, expected_window_ends, replayed_readings
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ TOPICS = Topics()
 
 
 def run_retrain(bootstrap, registry, *extra):
-    result = subprocess.run([sys.executable, "-m", "stream_jobs.cli", "retrain", "--bootstrap", bootstrap,
+    result = subprocess.run([sys.executable, "-m", "control.cli", "retrain", "--bootstrap", bootstrap,
                              "--registry", registry, "--epochs", "8", *extra], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

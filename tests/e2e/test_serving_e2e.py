@@ -8,7 +8,7 @@ import pytest
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_tools import produce, read_quiet
 from schemas import DeadLetter, Prediction, ReviewRequest, Topics
-from stream_jobs.launcher import serving_job
+from control.launcher import serving_job
 from tests.e2e.helpers import collect, encoded, expected_window_ends, replayed_readings
 
 pytestmark = pytest.mark.e2e

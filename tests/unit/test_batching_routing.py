@@ -1,15 +1,18 @@
-from operators.batching import BatchPolicy, MicroBatcher
+from operators.batching import BatchPolicy, ListStore, MicroBatcher
 from operators.routing import ReviewRouter
 
 
 def test_batch_flushes_on_size_and_on_wait():
-    b = MicroBatcher(BatchPolicy(max_batch=3, max_wait_ms=50))
-    assert b.add(1, 0) is None and b.add(2, 10) is None
-    assert b.add(3, 20) == [1, 2, 3]
-    assert b.add(4, 100) is None
-    assert b.poll(149) is None
-    assert b.poll(150) == [4]
-    assert b.poll(1000) is None
+    b, store = MicroBatcher(BatchPolicy(max_batch=3, max_wait_ms=50)), ListStore()
+    assert b.add(store, 1, 0) is None and b.add(store, 2, 10) is None
+    assert b.add(store, 3, 20) == [1, 2, 3]
+    assert store.count() == 0 and b.deadline(store) is None
+    assert b.add(store, 4, 100) is None
+    assert b.deadline(store) == 150  # the oldest pending item's arrival, not the newest's
+    assert b.add(store, 5, 140) is None and b.deadline(store) == 150
+    assert b.poll(store, 149) is None
+    assert b.poll(store, 150) == [4, 5]
+    assert b.poll(store, 1000) is None
 
 
 def test_policy_never_flushes_empty():

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from stream_jobs.config import Config, ConfigError, load_config, to_toml
+from settings import Config, ConfigError, load_config, to_toml
 
 
 def write(tmp_path, text: str):
@@ -24,7 +24,17 @@ def test_file_then_environment_precedence(tmp_path):
     assert cfg.serving.max_batch == 128 and cfg.serving.audit_rate == 0.25 and cfg.flink.exactly_once is True
     assert cfg.topics.labels == "answers" and cfg.topics.readings == "sensor-readings"
     assert load_config(path, env={"SENSORLOOP_TOPIC_LABELS": "from-env"}).topics.labels == "from-env"
-    assert cfg.serving_config().registry == cfg.registry.path
+    flagged = load_config(path, env={"SENSORLOOP_FLINK_PARALLELISM": "5"},
+                          flags={"flink.parallelism": "7", "topics.labels": "from-flag"})
+    assert flagged.flink.parallelism == 7 and flagged.topics.labels == "from-flag"
+
+
+def test_flags_name_their_origin_and_unknown_keys(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, env={}, flags={"serving.confidence_treshold": "0.7", "serving.window": "wide"})
+    problems = "\n".join(caught.value.problems)
+    assert "no setting serving.confidence_treshold (did you mean serving.confidence_threshold?)" in problems
+    assert "serving.window: expected an integer, got 'wide' (from flag serving.window)" in problems
 
 
 def test_every_problem_is_reported_with_its_origin(tmp_path):
@@ -63,25 +73,28 @@ def test_shown_configuration_loads_back_unchanged(tmp_path):
 
 
 @pytest.mark.parametrize("job", ["serving", "learning"])
-def test_job_flags_from_the_configuration_parse_back_to_it(tmp_path, job):
-    import importlib
+def test_a_submitted_job_reads_back_the_configuration_it_was_submitted_with(tmp_path, monkeypatch, job):
+    from control.submit import flink_run_command, for_cluster, write_job_config
+    from stream_jobs.flink_env import parse_job_args
 
-    from stream_jobs.submit import JOB_MODULES, job_arguments
-
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SENSORLOOP_SERVING_CONFIDENCE_THRESHOLD", "0.75")  # environment, baked into the file
     cfg = load_config(write(tmp_path, '[flink]\nparallelism = 2\nexactly_once = true\nstate_dir = "s3://b/f"\n'
-                                      '[serving]\nmax_batch = 96\nconfidence_threshold = 0.7\n'
-                                      '[learning]\nreplay_ratio = 2.0\nanswers_needed = 2\n'), env={})
-    args = importlib.import_module(JOB_MODULES[job]).build_parser().parse_args(job_arguments(job, cfg, "k:9092"))
-    assert args.bootstrap == "k:9092" and args.parallelism == 2 and args.exactly_once is True
-    assert args.checkpoint_dir == f"s3://b/f/checkpoints/{job}"
-    if job == "serving":
-        assert args.max_batch == 96 and args.confidence_threshold == 0.7 and args.execution_mode == "thread"
-    else:
-        assert args.replay_ratio == 2.0 and args.answers_needed == 2
+                                      '[serving]\nmax_batch = 96\n[learning]\nreplay_ratio = 2.0\n'
+                                      '[labeling]\nanswers_needed = 2\n[topics]\npredictions = "preds"\n'))
+    path = write_job_config(job, cfg, "k:9092")
+    command = flink_run_command(job, cfg, path, "localhost:8081")
+    assert command[-2:] == ["--config", str(path)] and f"stream_jobs.{job}_job" in command
+    monkeypatch.delenv("SENSORLOOP_SERVING_CONFIDENCE_THRESHOLD")
+    again, run = parse_job_args(job, command[command.index("--config"):])
+    assert again == for_cluster(cfg, "k:9092") and run.group_id == ""
+    assert again.broker.bootstrap == "k:9092" and again.serving.confidence_threshold == 0.75
+    assert again.registry.path == str(tmp_path / "var" / "registry") and again.flink.state_dir == "s3://b/f"
+    assert again.topics.predictions == "preds" and again.labeling.answers_needed == 2
 
 
 def test_flink_run_failures_are_explained_without_stack_frames():
-    from stream_jobs.submit import explain_failure
+    from control.submit import explain_failure
 
     output = ("2026 INFO pyflink: starting\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
               "org.apache.flink.client.program.ProgramInvocationException: The main method caused an error\n"
@@ -98,28 +111,33 @@ def test_the_example_file_is_valid():
     assert load_config(example, env={}).serving.max_batch == 64
 
 
-def test_jvm_options_go_to_pyflinks_jvm_args_and_fail_once_that_jvm_runs(monkeypatch):
+def test_a_local_minicluster_gets_jvm_options_and_a_log_file_of_its_own(monkeypatch, tmp_path):
     from pyflink import java_gateway
 
-    from stream_jobs.flink_env import pass_jvm_options
+    from stream_jobs.flink_env import prepare_local_jvm
 
     monkeypatch.setattr(java_gateway, "_gateway", None)
     monkeypatch.delenv("PYFLINK_GATEWAY_PORT", raising=False)
     monkeypatch.setenv("JVM_ARGS", "-Xss2m")
-    pass_jvm_options("-XX:TieredStopAtLevel=1")
-    pass_jvm_options("-XX:TieredStopAtLevel=1")  # already there: unchanged
+    for name in ("FLINK_LOG_DIR", "FLINK_IDENT_STRING"):
+        monkeypatch.delenv(name, raising=False)
+    log_file = prepare_local_jvm("serving", "-XX:TieredStopAtLevel=1", str(tmp_path / "logs"))
+    assert log_file.parent == tmp_path / "logs" and "sensorloop-serving-" in log_file.name
+    assert os.environ["FLINK_LOG_DIR"] == str(tmp_path / "logs") and os.environ["FLINK_IDENT_STRING"] in log_file.name
+    prepare_local_jvm("serving", "-XX:TieredStopAtLevel=1", str(tmp_path / "logs"))  # already there: unchanged
     assert os.environ["JVM_ARGS"] == "-Xss2m -XX:TieredStopAtLevel=1"
     monkeypatch.setattr(java_gateway, "_gateway", object())
-    pass_jvm_options("-XX:TieredStopAtLevel=1")  # the running JVM has it
+    assert prepare_local_jvm("serving", "-XX:TieredStopAtLevel=1", str(tmp_path)) is None  # the running JVM has it
     with pytest.raises(RuntimeError, match="already runs without -XX:\\+UseSerialGC"):
-        pass_jvm_options("-XX:+UseSerialGC")
+        prepare_local_jvm("serving", "-XX:+UseSerialGC", str(tmp_path))
     monkeypatch.setenv("PYFLINK_GATEWAY_PORT", "25333")  # under `flink run`: the client's JVM, not ours
-    pass_jvm_options("-XX:+UseSerialGC")
+    assert prepare_local_jvm("serving", "-XX:+UseSerialGC", str(tmp_path)) is None
 
 
 def test_the_stacks_taskmanager_gets_its_jvm_options(tmp_path):
-    from infra.flink_cluster import ClusterSettings, flink_configuration
+    from infra.flink_cluster import flink_configuration
+    from settings import StackSettings
 
-    conf = flink_configuration(ClusterSettings(taskmanager_jvm_options="-XX:+UseSerialGC"), tmp_path)
+    conf = flink_configuration(StackSettings(taskmanager_jvm_options="-XX:+UseSerialGC"), str(tmp_path), tmp_path)
     assert conf["env.java.opts.taskmanager"] == "-XX:+UseSerialGC"
     assert "add-opens" in conf["env"]["java"]["opts"]["all"]  # the shipped Java 17 options stay

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream_jobs.cli import build_parser
-from stream_jobs.config import load_config
+from control.cli import build_parser
+from settings import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -31,12 +31,6 @@ def _sensorloop_command(argv: list[str]) -> None:
     if argv == ["--help"]:
         return
     build_parser().parse_args(argv)  # exits (SystemExit) on an unknown command or flag
-
-
-def _job_flags(module: str, flags: list[str]) -> None:
-    import importlib
-
-    importlib.import_module(module).build_parser().parse_args(flags)
 
 
 def test_yaml_files_pass_yamllint():
@@ -119,13 +113,16 @@ def test_kubernetes_core_resources_validate_against_the_api_schema():
                 kubernetes_validate.validate(doc, "1.31", strict=True)
 
 
-def test_flink_deployments_run_our_jobs_with_flags_they_accept(tmp_path):
+def test_flink_deployments_run_our_jobs_on_the_mounted_configuration(tmp_path, monkeypatch):
+    from stream_jobs.flink_env import parse_job_args
+
     deployments = [d for p in K8S for d in _documents(p) if d["kind"] == "FlinkDeployment"]
     assert {d["metadata"]["name"] for d in deployments} == {"sensorloop-serving", "sensorloop-learning"}
     config_map = next(d for p in K8S for d in _documents(p) if d["kind"] == "ConfigMap")
     settings = tmp_path / "sensorloop.toml"
     settings.write_text(config_map["data"]["sensorloop.toml"])
     cfg = load_config(settings, env={})
+    monkeypatch.setenv("SENSORLOOP_CONFIG", str(settings))  # the pod's environment, mounted file at its path
     for d in deployments:
         assert d["apiVersion"] == "flink.apache.org/v1beta1"
         spec = d["spec"]
@@ -138,16 +135,17 @@ def test_flink_deployments_run_our_jobs_with_flags_they_accept(tmp_path):
         args = job["args"]
         module = args[args.index("-pym") + 1]
         assert module in JOB_PARSERS and d["metadata"]["name"].endswith(module.split(".")[1].removesuffix("_job"))
-        flags = args[args.index("-pym") + 2:]
-        _job_flags(module, flags)
-        assert flags[flags.index("--bootstrap") + 1] == cfg.broker.bootstrap
-        assert flags[flags.index("--registry") + 1] == cfg.registry.path
+        env = {e["name"]: e["value"] for e in spec["podTemplate"]["spec"]["containers"][0]["env"]}
+        assert env["SENSORLOOP_CONFIG"].startswith(spec["podTemplate"]["spec"]["containers"][0]["volumeMounts"][0][
+            "mountPath"])
+        job_cfg, _ = parse_job_args(module.split(".")[1].removesuffix("_job"), args[args.index("-pym") + 2:])
+        assert job_cfg == cfg and job_cfg.broker.bootstrap and job_cfg.registry.path.startswith("s3://")
         assert args[args.index("-pyclientexec") + 1] == cfg.flink.python_executable
         assert spec["flinkConfiguration"]["python.executable"] == cfg.flink.python_executable
 
 
 def test_unknown_environment_settings_are_refused():
-    from stream_jobs.config import ConfigError
+    from settings import ConfigError
 
     with pytest.raises(ConfigError, match=r"SENSORLOOP_FLINK_PARALELISM: no setting flink.paralelism "
                                           r"\(did you mean \$SENSORLOOP_FLINK_PARALLELISM\?\)"):

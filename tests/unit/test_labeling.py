@@ -136,7 +136,7 @@ def test_failed_publish_keeps_the_request(client):
 
 
 def test_status_shows_the_pipeline_metrics():
-    from stream_jobs.metrics import parse_prometheus, summarize
+    from control.metrics import parse_prometheus, summarize
 
     exposition = ('flink_taskmanager_job_task_operator_predictions{job_name="sensorloop_serving",subtask_index="0",} 40.0\n'
                   'flink_taskmanager_job_task_operator_predictions{job_name="sensorloop_serving",subtask_index="1",} 2.0\n'

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from model.network import WindowTransformer
-from model.online import EWC, OnlineConfig, OnlineTrainer, ReplayReservoir
+from model.online import EWC, OnlineTrainer, ReplayReservoir
+from settings import LearningSettings
 from model.spec import ModelSpec
 from model.train import accuracy, fit, predict_proba
 
@@ -63,7 +64,7 @@ def test_online_trainer_learns_from_a_stream():
     net = WindowTransformer(SPEC)
     X, y = task([0, 1, 2], 600, 1)
     net.set_normalisation(X)
-    trainer = OnlineTrainer(net, 3, OnlineConfig(lr=3e-3, batch_size=16, reservoir_capacity=300))
+    trainer = OnlineTrainer(net, 3, LearningSettings(lr=3e-3, batch_size=16, reservoir_capacity=300))
     Xv, yv = task([0, 1, 2], 300, 2)
     before = accuracy(predict_proba(net, Xv), yv)
     for w, label in zip(X, y):
@@ -81,7 +82,7 @@ def forgetting_run(replay_ratio: float, ewc_strength: float) -> float:
     XA, yA = task([0, 1, 2], 600, 3)
     net.set_normalisation(XA)
     fit(net, XA, yA, epochs=15, batch_size=32)
-    trainer = OnlineTrainer(net, 3, OnlineConfig(lr=3e-3, batch_size=16, replay_ratio=replay_ratio,
+    trainer = OnlineTrainer(net, 3, LearningSettings(lr=3e-3, batch_size=16, replay_ratio=replay_ratio,
                                                  ewc_strength=ewc_strength, reservoir_capacity=300))
     for w, label in zip(XA[:300], yA[:300]):  # the reservoir holds the old concept
         trainer.reservoir.add(w, int(label))

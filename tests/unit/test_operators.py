@@ -4,7 +4,7 @@ import numpy as np
 
 from model.datasets import Recordings
 from model.spec import ModelSpec
-from operators.config import ServingConfig
+from settings import ServingSettings
 from operators.inference import WindowScorer, review_id_for
 from operators.monitor import ServingMonitor, status_line
 from operators.parse import ReadingParser
@@ -108,14 +108,14 @@ def test_drift_changes_gain_and_class_mix():
     assert {r["label"] for r in after} == {"q"}
 
 
-def test_config_rejects_unknown_and_bad_settings():
+def test_serving_settings_refuse_bad_values():
     import pytest
 
-    with pytest.raises(ValueError, match="unknown serving settings"):
-        ServingConfig.from_dict({"windw": 3})
     with pytest.raises(ValueError, match="runtime"):
-        ServingConfig(runtime="tensorflow")
-    assert ServingConfig.from_dict({"window": 16}).window == 16
+        ServingSettings(runtime="tensorflow")
+    with pytest.raises(ValueError, match="audit_rate must lie in"):
+        ServingSettings(audit_rate=1.5)
+    assert ServingSettings(window=16).window == 16
 
 
 def test_status_line_reads_well():

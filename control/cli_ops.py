@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from stream_jobs.config import Config, ConfigError, load_config, to_toml
+from settings import Config, ConfigError, load_config, to_toml
 
 
 def table(rows: list[list], headers: list[str]) -> str:
@@ -37,13 +37,21 @@ def progress_bar(done: float, total: float, width: int = 30, label: str = "") ->
     return f"[{'#' * filled}{'-' * (width - filled)}] {share * 100:3.0f}% {label}".rstrip()
 
 
+# command-line flags that set a configuration key (when given)
+FLAG_KEYS = {"bootstrap": "broker.bootstrap", "jobmanager": "flink.jobmanager", "registry": "registry.path",
+             "model_name": "registry.model_name", "audit_rate": "serving.audit_rate",
+             "review_budget": "serving.review_budget_per_minute"}
+
+
 def config_of(args: argparse.Namespace) -> Config:
-    """The validated configuration (``--config``, env overrides); exits with every problem listed."""
+    """The validated configuration: ``--config`` (else ``$SENSORLOOP_CONFIG``, else ./sensorloop.toml),
+    environment, then the command's own flags; exits with every problem listed."""
     cached = getattr(args, "_config", None)
     if cached is not None:
         return cached
+    flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name, None) is not None}
     try:
-        cfg = load_config(args.config if args.config else "")
+        cfg = load_config(args.config if args.config else "", flags=flags, base=getattr(args, "config_base", None))
     except ConfigError as exc:
         print(f"sensorloop: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -53,7 +61,7 @@ def config_of(args: argparse.Namespace) -> Config:
 
 def _resolve(args: argparse.Namespace, flag: str, configured: str, from_stack: str, missing: str) -> str:
     """A flag's value, else the configured one, else the running embedded stack's, else exit with ``missing``."""
-    from stream_jobs.stack import read_state
+    from control.stack import read_state
 
     explicit = getattr(args, flag, None)
     if explicit:
@@ -82,7 +90,7 @@ def resolve_jobmanager(args: argparse.Namespace) -> str:
 
 def metrics_urls(args: argparse.Namespace) -> list[str]:
     """``--metrics-url`` flags, else ``flink.metrics_urls``, else the embedded stack's reporter ports."""
-    from stream_jobs.metrics import endpoints
+    from control.metrics import endpoints
 
     cfg = config_of(args)
     given = getattr(args, "metrics_url", None) or [u for u in cfg.flink.metrics_urls.split(",") if u.strip()]
@@ -90,7 +98,7 @@ def metrics_urls(args: argparse.Namespace) -> list[str]:
 
 
 def _rest(args: argparse.Namespace):
-    from stream_jobs.flink_rest import FlinkRest
+    from control.flink_rest import FlinkRest
 
     return FlinkRest(resolve_jobmanager(args))
 
@@ -107,11 +115,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_stack_start(args: argparse.Namespace) -> int:
+    from control.stack import start_stack
     from infra.jars import ensure_all
-    from stream_jobs.stack import start_stack
 
     cfg = config_of(args)
-    ensure_all(None)
+    ensure_all(cfg.flink.jars_dir)
     state = start_stack(cfg)
     print(f"broker      {state.bootstrap}{'' if state.broker_pid else ' (external)'}")
     print(f"flink       {state.jobmanager}  (web UI and REST API)")
@@ -121,8 +129,8 @@ def cmd_stack_start(args: argparse.Namespace) -> int:
 
 
 def cmd_stack_stop(args: argparse.Namespace) -> int:
-    from stream_jobs.flink_rest import FlinkRestError
-    from stream_jobs.stack import read_state, record_savepoint, stop_stack
+    from control.flink_rest import FlinkRestError
+    from control.stack import read_state, record_savepoint, stop_stack
 
     cfg = config_of(args)
     state = read_state(cfg.stack.run_dir)
@@ -144,7 +152,7 @@ def cmd_stack_stop(args: argparse.Namespace) -> int:
 def cmd_stack_status(args: argparse.Namespace) -> int:
     from infra.broker import broker_answers
     from infra.flink_cluster import rest_answers
-    from stream_jobs.stack import read_state
+    from control.stack import read_state
 
     state = read_state(config_of(args).stack.run_dir)
     if state is None:
@@ -159,8 +167,8 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
 
 
 def cmd_job_submit(args: argparse.Namespace) -> int:
-    from stream_jobs.stack import latest_savepoint
-    from stream_jobs.submit import SubmitError, submit
+    from control.stack import latest_savepoint
+    from control.submit import SubmitError, submit
 
     cfg = config_of(args)
     savepoint = args.from_savepoint
@@ -187,13 +195,11 @@ def cmd_job_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_job_args(args: argparse.Namespace) -> int:
-    """The job's flags for this configuration, e.g. for a FlinkDeployment's ``job.args``."""
-    from stream_jobs.submit import JOB_MODULES, job_arguments
+    """A FlinkDeployment's ``job.args``: the job reads its settings from ``$SENSORLOOP_CONFIG`` there."""
+    from control.submit import JOB_MODULES
 
     cfg = config_of(args)
-    bootstrap = args.bootstrap or cfg.broker.bootstrap or "<broker>"
-    flags = ["-pyclientexec", cfg.flink.python_executable or sys.executable, "-pym", JOB_MODULES[args.job],
-             *job_arguments(args.job, cfg, bootstrap)]
+    flags = ["-pyclientexec", cfg.flink.python_executable or sys.executable, "-pym", JOB_MODULES[args.job]]
     if args.yaml:
         print("\n".join(f'- "{flag}"' for flag in flags))
     else:
@@ -203,20 +209,19 @@ def cmd_job_args(args: argparse.Namespace) -> int:
 
 def _submit_local(args: argparse.Namespace, cfg: Config, savepoint: str | None) -> int:
     """The job on its own MiniCluster in a background process, its REST API on a fixed port."""
+    from control.flink_rest import FlinkRest, FlinkRestError
+    from control.launcher import JobProcess
+    from control.submit import JOB_MODULES, job_environment, write_job_config
     from infra.broker import free_port
-    from stream_jobs.flink_rest import FlinkRest, FlinkRestError
-    from stream_jobs.launcher import JobProcess
-    from stream_jobs.submit import JOB_MODULES, job_arguments
-
-    port = args.rest_port or free_port()
     from infra.flink_cluster import rest_answers
 
+    port = args.rest_port or free_port()
     if rest_answers(f"http://localhost:{port}"):
         raise SystemExit(f"sensorloop: a Flink REST API already answers on localhost:{port}; pick another --rest-port")
-    flags = job_arguments(args.job, cfg, resolve_bootstrap(args)) + ["--rest-port", str(port)]
+    flags = ["--config", str(write_job_config(args.job, cfg, resolve_bootstrap(args))), "--rest-port", str(port)]
     flags += ["--savepoint-path", savepoint] if savepoint else []
     log_path = Path(cfg.stack.run_dir) / f"local-{args.job}-{port}.log"
-    process = JobProcess(JOB_MODULES[args.job], flags, log_path).start()
+    process = JobProcess(JOB_MODULES[args.job], flags, log_path, job_environment()).start()
     rest = FlinkRest(f"localhost:{port}", timeout_s=2)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -247,7 +252,7 @@ def cmd_job_list(args: argparse.Namespace) -> int:
 
 
 def cmd_job_cancel(args: argparse.Namespace) -> int:
-    from stream_jobs.flink_rest import JobManagerGone
+    from control.flink_rest import JobManagerGone
 
     rest = _rest(args)
     job = rest.find(args.job)
@@ -271,9 +276,9 @@ def newest_savepoint(target_dir: str, job_id: str, since: float) -> str | None:
 
 
 def cmd_job_savepoint(args: argparse.Namespace) -> int:
-    from stream_jobs.flink_env import state_uri
-    from stream_jobs.flink_rest import JobManagerGone
-    from stream_jobs.stack import record_savepoint
+    from control.flink_rest import JobManagerGone
+    from control.stack import record_savepoint
+    from infra.flink_cluster import state_uri
 
     cfg = config_of(args)
     rest = _rest(args)
@@ -295,8 +300,8 @@ def cmd_job_savepoint(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Jobs on the cluster and their metrics from the Prometheus reporter."""
-    from stream_jobs.flink_rest import FlinkRestError
-    from stream_jobs.metrics import LEARNING, SERVING, job_metrics
+    from control.flink_rest import FlinkRestError
+    from control.metrics import LEARNING, SERVING, job_metrics
 
     cfg = config_of(args)
     try:

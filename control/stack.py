@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from infra.broker import broker_answers, ensure_topics
-from infra.flink_cluster import ClusterSettings, LocalFlinkCluster, rest_answers
-from stream_jobs.config import Config
+from infra.flink_cluster import LocalFlinkCluster, rest_answers
+from settings import Config
 
 STATE_FILE = "stack.json"
 SAVEPOINTS_FILE = "savepoints.json"
@@ -34,11 +34,7 @@ class StackState:
 
 
 def cluster_for(cfg: Config) -> LocalFlinkCluster:
-    s = cfg.stack
-    return LocalFlinkCluster(Path(s.run_dir), ClusterSettings(
-        rest_port=s.rest_port, taskmanager_slots=s.taskmanager_slots, taskmanager_memory=s.taskmanager_memory,
-        jobmanager_memory=s.jobmanager_memory, prometheus_ports=s.prometheus_ports, state_dir=cfg.flink.state_dir,
-        taskmanager_jvm_options=s.taskmanager_jvm_options))
+    return LocalFlinkCluster(cfg.stack, cfg.flink.state_dir)
 
 
 def read_state(run_dir: str | os.PathLike[str]) -> StackState | None:
@@ -75,7 +71,7 @@ def start_stack(cfg: Config, timeout_s: float = 90.0) -> StackState:
         if broker_answers(bootstrap, 1.0):
             raise RuntimeError(f"something already answers on {bootstrap}: set broker.embedded_port or broker.bootstrap")
         log = open(run_dir / "broker.log", "ab")
-        process = subprocess.Popen([sys.executable, "-m", "stream_jobs.cli", "broker", "--port",
+        process = subprocess.Popen([sys.executable, "-m", "control.cli", "broker", "--port",
                                     str(cfg.broker.embedded_port), "--storage", cfg.broker.storage],
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         broker_pid = process.pid

@@ -18,10 +18,9 @@ class ReplayStats:
 
 # Readings gathered per partition for up to this long go out as one batch. Tansu's in-memory
 # storage scans a partition's batches on every fetch that returns data, so a topic of one-record
-# batches makes every consumer's fetch (the job's source included) cost more as it fills:
-# at 1,000 readings/s, 5 ms left the broker at 89 % CPU after a minute, 20 ms at 31-41 %
-# (bench/broker_bench.py). The wait counts in the measured latency (the record's timestamp is
-# taken when it is handed to the producer).
+# batches makes every consumer's fetch (the job's source included) cost more as it fills
+# (bench/broker_bench.py measures it). The wait counts in the measured latency (the record's
+# timestamp is taken when it is handed to the producer).
 DEFAULT_LINGER_MS = 20
 
 

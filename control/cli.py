@@ -14,11 +14,9 @@ from pathlib import Path
 
 import orjson
 
-from schemas import Topics
-from schemas.topics import topic_environment
-from stream_jobs.cli_ops import add_operator_commands, config_of, progress_bar, resolve_bootstrap, table
-from stream_jobs.flink_rest import FlinkRestError
-from stream_jobs.replayer import DEFAULT_LINGER_MS
+from control.cli_ops import add_operator_commands, config_of, progress_bar, resolve_bootstrap, table
+from control.flink_rest import FlinkRestError
+from control.replayer import DEFAULT_LINGER_MS
 
 log = logging.getLogger("sensorloop")
 BOOTSTRAP_HELP = "Kafka bootstrap servers (default: broker.bootstrap from the configuration, else the embedded stack's)"
@@ -29,7 +27,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
     from infra.jars import ensure_all
     from model.registry import ModelRegistry
 
-    for jar in ensure_all(args.jars):
+    for jar in ensure_all(config_of(args).flink.jars_dir, args.jars):
         print(f"jar ready: {jar}")
     if getattr(args, "jars_only", False):
         return 0
@@ -54,9 +52,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
     def terminate(signum, frame):
         raise KeyboardInterrupt
 
+    cfg = config_of(args)
     signal.signal(signal.SIGTERM, terminate)  # stop Tansu too when asked to stop
-    broker = EmbeddedBroker(port=args.port, storage=args.storage).start()
-    created = ensure_topics(broker.bootstrap)
+    broker = EmbeddedBroker(port=args.port or cfg.broker.embedded_port, storage=args.storage or cfg.broker.storage)
+    broker.start()
+    created = ensure_topics(broker.bootstrap, cfg.topics)
     print(f"broker on {broker.bootstrap} (topics created: {', '.join(created) or 'none'}); Ctrl-C stops it",
           flush=True)
     try:
@@ -72,8 +72,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from infra.broker import ensure_topics
 
-    created = ensure_topics(args.bootstrap)
-    topics = Topics.from_env()
+    topics = config_of(args).topics
+    created = ensure_topics(args.bootstrap, topics)
     for name, parts in topics.partitions().items():
         print(f"{name:20s} partitions={parts} {'(created)' if name in created else ''}")
     return 0
@@ -81,7 +81,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from operators.replay import DriftPlan
-    from stream_jobs.replayer import ReplayStats, replay
+    from control.replayer import ReplayStats, replay
 
     drift = None
     if args.drift_after is not None:
@@ -91,7 +91,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     def send() -> None:
         try:
-            replay(args.bootstrap, Topics.from_env().readings, args.rate, args.count, args.duration, args.devices,
+            replay(args.bootstrap, config_of(args).topics.readings, args.rate, args.count, args.duration, args.devices,
                    args.seed, args.split, drift, stats=stats, linger_ms=args.linger_ms)
         except Exception as exc:  # re-raised below, on the command's own thread
             failures.append(exc)
@@ -130,46 +130,56 @@ def _classes(registry: str, model_name: str) -> list[str]:
 
 
 def cmd_simulate_labelers(args: argparse.Namespace) -> int:
-    from stream_jobs.simulated_labelers import run_simulated_labelers
+    from labeling.simulated import run_simulated_labelers
 
-    answered = run_simulated_labelers(args.bootstrap, _classes(args.registry, args.model_name), args.delay_ms,
-                                      args.error_rate, duration_s=args.duration)
+    answered = run_simulated_labelers(args.bootstrap, config_of(args).topics, _classes(args.registry, args.model_name),
+                                      args.delay_ms, args.error_rate, duration_s=args.duration)
     print(f"answered {answered} review requests")
     return 0
 
 
+DEMO_DEFAULTS = {"serving.audit_rate": 0.2, "serving.review_budget_per_minute": 600}  # under the file's values
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Broker + serving job (+ learning job and simulated labelers) + replayed real data, with a
-    gyroscope calibration drift partway through; prints a live status line."""
-    from infra.broker import EmbeddedBroker, ensure_topics, resolve_bootstrap
+    gyroscope calibration drift partway through; prints a live status line.
+
+    Both jobs read the effective configuration (the demo's defaults under the file, the environment
+    and the flags) from one file written into the run folder."""
+    from control.launcher import JobProcess
+    from control.replayer import ReplayStats, replay
+    from control.submit import job_environment, write_job_config
+    from infra.broker import EmbeddedBroker, ensure_topics
     from infra.kafka_tools import TopicTail, produce
+    from labeling.simulated import run_simulated_labelers
     from operators.monitor import ServingMonitor, status_line
     from operators.replay import DriftPlan
-    from stream_jobs.launcher import JobProcess, serving_job
-    from stream_jobs.replayer import ReplayStats, replay
-    from stream_jobs.simulated_labelers import run_simulated_labelers
 
     cmd_setup(args)
-    topics = Topics.from_env()
+    cfg = config_of(args)
+    topics = cfg.topics
     run_dir = Path(args.run_dir)
-    bootstrap = resolve_bootstrap(args.bootstrap)
+    bootstrap = cfg.broker.bootstrap
     broker = None
-    if bootstrap is None:
-        broker = EmbeddedBroker(log_path=run_dir / "broker.log").start()
+    if not bootstrap:
+        broker = EmbeddedBroker(log_path=run_dir / "broker.log", storage=cfg.broker.storage).start()
         bootstrap = broker.bootstrap
     ensure_topics(bootstrap, topics)
-    print(f"broker {bootstrap}; starting the serving job (log: {run_dir / 'serving.log'})", flush=True)
     run_id = int(time.time())
-    job = serving_job(bootstrap, run_dir / "serving.log", registry=args.registry, model_name=args.model_name,
-                      checkpoint_dir=str(run_dir / "checkpoints"), group_id=f"sensorloop-demo-{run_id}",
-                      audit_rate=args.audit_rate, review_budget_per_minute=args.review_budget)
-    job.start()
+    job_cfg = cfg.with_values({"flink.state_dir": str(run_dir / "flink"), "flink.log_dir": str(run_dir / "logs")},
+                              origin="demo")
+    config_file = write_job_config("demo", job_cfg, bootstrap)
+    print(f"broker {bootstrap}; starting the serving job (configuration: {config_file}; "
+          f"log: {run_dir / 'serving.log'})", flush=True)
+    job = JobProcess("stream_jobs.serving_job", ["--config", str(config_file), "--group-id",
+                                                  f"sensorloop-demo-{run_id}"], run_dir / "serving.log",
+                     job_environment()).start()
     learner = None
     if not args.no_learning:
-        learner = JobProcess("stream_jobs.learning_job", [
-            "--bootstrap", bootstrap, "--registry", args.registry, "--model-name", args.model_name,
-            "--checkpoint-dir", str(run_dir / "checkpoints-learning"), "--group-id", f"sensorloop-learn-{run_id}"],
-            run_dir / "learning.log").start()
+        learner = JobProcess("stream_jobs.learning_job", ["--config", str(config_file), "--group-id",
+                                                          f"sensorloop-learn-{run_id}"], run_dir / "learning.log",
+                             job_environment()).start()
         print(f"learning job started (log: {run_dir / 'learning.log'})", flush=True)
     stop = threading.Event()
     stats = ReplayStats()
@@ -182,7 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         n_devices=args.devices, stop=stop, stats=stats, drift=drift), daemon=True)
     if learner is not None:
         threading.Thread(target=run_simulated_labelers, daemon=True, kwargs=dict(
-            bootstrap=bootstrap, classes=_classes(args.registry, args.model_name), delay_ms=300,
+            bootstrap=bootstrap, topics=topics, classes=_classes(args.registry, args.model_name), delay_ms=300,
             error_rate=args.label_error_rate, stop=stop)).start()
     tail = TopicTail(bootstrap, [topics.predictions, topics.review_requests, topics.dead_letters, topics.labels])
     monitor = ServingMonitor()
@@ -242,19 +252,17 @@ def cmd_label(args: argparse.Namespace) -> int:
     if args.classes:
         classes = args.classes.split(",")
     else:
-        from model.registry import ModelRegistry
-
-        from model.registry import ArtifactError
+        from model.registry import ArtifactError, ModelRegistry
 
         try:
             classes = list(ModelRegistry(args.registry).latest_metadata(args.model_name).spec["classes"])
         except ArtifactError as exc:
             raise SystemExit(f"{exc}; or pass --classes") from None
-    from stream_jobs.cli_ops import metrics_urls
-    from stream_jobs.metrics import job_metrics
+    from control.cli_ops import metrics_urls
+    from control.metrics import job_metrics
 
     urls = metrics_urls(args)
-    server = LabelingServer(args.bootstrap, token, classes, args.host, args.port, args.lease_seconds,
+    server = LabelingServer(args.bootstrap, config_of(args).topics, token, classes, args.host, args.port, args.lease_seconds,
                             args.answers_needed, pipeline_metrics=lambda: job_metrics(urls))
     print(f"labeling page on {server.url}/?token=<your token> (classes: {', '.join(classes)})", flush=True)
     server.run()
@@ -297,12 +305,12 @@ def cmd_model_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def serving_announcement(bootstrap: str, model_name: str) -> dict | None:
-    """The newest announcement of ``model_name`` on model-snapshots (what serving swapped to last)."""
+def serving_announcement(bootstrap: str, topic: str, model_name: str) -> dict | None:
+    """The newest announcement of ``model_name`` on the model-snapshots ``topic`` (what serving swapped to last)."""
     from infra.kafka_tools import read_quiet
 
     latest = None
-    for record in read_quiet(bootstrap, [Topics.from_env().model_snapshots], quiet_s=1.5, timeout_s=30):
+    for record in read_quiet(bootstrap, [topic], quiet_s=1.5, timeout_s=30):
         try:
             message = orjson.loads(record.value)
         except orjson.JSONDecodeError:
@@ -321,9 +329,10 @@ def cmd_model_announce(args: argparse.Namespace) -> int:
     from schemas import ModelSnapshot
 
     registry = ModelRegistry(args.registry)
+    topic = config_of(args).topics.model_snapshots
     version = args.version
     if version is None:
-        current = serving_announcement(args.bootstrap, args.model_name)
+        current = serving_announcement(args.bootstrap, topic, args.model_name)
         if current is None:
             raise SystemExit("sensorloop: nothing was announced on model-snapshots yet; pass --version")
         version = current.get("parent_version") or None
@@ -331,24 +340,28 @@ def cmd_model_announce(args: argparse.Namespace) -> int:
             raise SystemExit(f"sensorloop: v{current.get('version')} has no parent to roll back to; pass --version")
     snapshot = ModelSnapshot.from_dict(registry.announcement(args.model_name, version))
     registry.load(args.model_name, version)  # refuse to announce an artifact that fails its checksum
-    produce(args.bootstrap, Topics.from_env().model_snapshots, [(args.model_name.encode(), snapshot.encode())])
+    produce(args.bootstrap, topic, [(args.model_name.encode(), snapshot.encode())])
     print(f"announced {args.model_name} v{version} ({snapshot.artifact_uri})")
     return 0
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from stream_jobs.retrain import describe, retrain
+    from control.retrain import describe, retrain
 
-    result = retrain(args.bootstrap, args.registry, args.model_name, args.epochs, args.lr, args.gate_margin,
-                     announce=not args.no_announce)
+    cfg = config_of(args)
+    margin = cfg.learning.gate_margin if args.gate_margin is None else args.gate_margin
+    result = retrain(args.bootstrap, cfg.topics, args.registry, args.model_name, args.epochs, args.lr, margin,
+                     cfg.learning.holdout_every, announce=not args.no_announce)
     print(describe(result))
     return 0
 
 
 def run_job(module: str):
-    """A subcommand that hands its remaining flags to a job module's ``main``."""
+    """A subcommand that runs a job in the foreground on a local MiniCluster: the job loads the same
+    configuration (``--config``, environment) and takes the remaining flags (``--set section.key=value``)."""
     def run(args: argparse.Namespace, rest: list[str]) -> int:
-        importlib.import_module(module).main(["--bootstrap", args.bootstrap, *rest])
+        config = ["--config", args.config] if args.config else []
+        importlib.import_module(module).main([*config, "--bootstrap", args.bootstrap, *rest])
         return 0
     return run
 
@@ -374,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")
-    p.add_argument("--port", type=int, default=9092)
-    p.add_argument("--storage", default="memory://tansu/", help="Tansu storage engine URL")
+    p.add_argument("--port", type=int, default=None, help="default: broker.embedded_port (9092)")
+    p.add_argument("--storage", default=None, help="Tansu storage engine URL (default: broker.storage)")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("topics", help="create the topics on a broker")
@@ -399,8 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long the producer gathers readings into one batch before sending it")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("serve", help="run the serving job (other flags go to the job; see serve --help)",
-                       add_help=False)
+    p = sub.add_parser("serve", help="run the serving job in the foreground (--set section.key=value flags go "
+                       "to the job; see serve --help)", add_help=False)
     p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
     p.set_defaults(needs_bootstrap=True)
     p.set_defaults(func=None, passthrough=run_job("stream_jobs.serving_job"))
@@ -446,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="broker + serving job + replayed data, with a live status line")
     model_args(p)
-    p.add_argument("--bootstrap", default=None, help="use this broker instead of the embedded one")
+    p.add_argument("--bootstrap", default=None,
+                   help="use this broker instead of the embedded one (default: broker.bootstrap)")
     p.add_argument("--duration", type=float, default=90.0, help="seconds of replay")
     p.add_argument("--drain", type=float, default=5.0, help="seconds to keep watching after the replay")
     p.add_argument("--rate", type=float, default=400.0, help="readings per second")
@@ -456,13 +470,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-after-s", type=float, default=30.0,
                    help="seconds of replay before the gyroscope calibration drift (0: no drift)")
     p.add_argument("--no-learning", action="store_true", help="serving only: no learning job, no labelers")
-    p.add_argument("--audit-rate", type=float, default=0.2, help="share of confident windows also sent to review")
-    p.add_argument("--review-budget", type=int, default=600, help="review requests per minute at most")
+    p.add_argument("--audit-rate", type=float, default=None,
+                   help="share of confident windows also sent to review (default: serving.audit_rate from the "
+                        "configuration, else 0.2 in the demo)")
+    p.add_argument("--review-budget", type=int, default=None,
+                   help="review requests per minute at most (default: serving.review_budget_per_minute, else 600)")
+    p.set_defaults(config_base=DEMO_DEFAULTS)
     p.add_argument("--label-error-rate", type=float, default=0.02, help="how often simulated labelers are wrong")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("learn", help="run the learning job (other flags go to the job; see learn --help)",
-                       add_help=False)
+    p = sub.add_parser("learn", help="run the learning job in the foreground (--set section.key=value flags go "
+                       "to the job; see learn --help)", add_help=False)
     p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
     p.set_defaults(needs_bootstrap=True)
     p.set_defaults(func=None, passthrough=run_job("stream_jobs.learning_job"))
@@ -474,7 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--gate-margin", type=float, default=0.0)
+    p.add_argument("--gate-margin", type=float, default=None,
+                   help="how much worse than serving a candidate may be on the held-out labels "
+                        "(default: learning.gate_margin; negative asks for that much better)")
     p.add_argument("--no-announce", action="store_true", help="write the version but do not announce it")
     p.set_defaults(func=cmd_retrain)
 
@@ -499,7 +519,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # kafka-python warns about slow event-loop tasks on a busy 2-core machine
         logging.getLogger("kafka").setLevel(logging.ERROR)
     cfg = config_of(args)
-    os.environ.update(topic_environment(cfg.topics))  # jobs and tools started from here see the file's topics
     if getattr(args, "registry", "-") is None:
         args.registry = cfg.registry.path
     if getattr(args, "model_name", "-") is None:

@@ -52,9 +52,8 @@ def labeled_archive(bootstrap: str, classes: list[str], topics: Topics) -> tuple
     return done, skipped
 
 
-def retrain(bootstrap: str, registry_root: str, model_name: str, epochs: int = 10, lr: float = 5e-4,
+def retrain(bootstrap: str, topics: Topics, registry_root: str, model_name: str, epochs: int = 10, lr: float = 5e-4,
             margin: float = 0.0, holdout_every: int = 4, announce: bool = True) -> RetrainResult:
-    topics = Topics.from_env()
     registry = ModelRegistry(registry_root)
     serving = registry.load(model_name)
     spec = ModelSpec.from_dict(serving.metadata.spec)

@@ -1,0 +1,110 @@
+"""Start and stop a Flink job on its own local MiniCluster, in its own process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from settings import Config
+
+
+class JobProcess:
+    """``python -m <module> <args>`` with its output in ``log_path``; ``stop`` ends it and its JVM."""
+
+    def __init__(self, module: str, args: list[str], log_path: str | os.PathLike[str],
+                 env: dict[str, str] | None = None) -> None:
+        self.module, self.args, self.log_path, self.env = module, args, Path(log_path), env
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "JobProcess":
+        if self.alive():
+            raise RuntimeError(f"{self.module} is already running (pid {self.process.pid})")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args], stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        try:  # the JVM and Python workers share the session: make sure none outlives the job
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> "JobProcess":
+        return self if self.alive() else self.start()  # `with JobProcess(...).start():` must not start a second one
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+RUN_OPTIONS = ("savepoint_path", "rest_port", "group_id", "stats_file")  # a job's own flags, not settings
+
+
+def setting_key(name: str) -> str:
+    """The ``section.key`` of a keyword option: already dotted, ``registry`` for the registry's path,
+    else the one section that has a field of that name.
+
+    >>> setting_key("confidence_threshold"), setting_key("registry"), setting_key("topics.labels")
+    ('serving.confidence_threshold', 'registry.path', 'topics.labels')
+    """
+    if "." in name:
+        return name
+    if name == "registry":
+        return "registry.path"
+    owners = [f.name for f in fields(Config) if name in {g.name for g in fields(f.default_factory)}]
+    if len(owners) != 1:
+        raise ValueError(f"{name!r} names {'no' if not owners else 'more than one'} setting; use section.key")
+    return f"{owners[0]}.{name}"
+
+
+def job_process(job: str, log_path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None,
+                env: dict[str, str] | None = None, **options) -> JobProcess:
+    """``python -m stream_jobs.<job>_job`` reading ``config`` (else what the environment names), with
+    keyword options as ``--set section.key=value`` flags (or the job's own run flags).
+
+    >>> job_process("serving", "x.log", bootstrap="k:9092", window=16, group_id="g").args
+    ['--set', 'broker.bootstrap=k:9092', '--set', 'serving.window=16', '--group-id', 'g']
+    """
+    args = ["--config", str(config)] if config else []
+    for name, value in options.items():
+        if name in RUN_OPTIONS:
+            args += ["--" + name.replace("_", "-"), str(value)]
+        else:
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            args += ["--set", f"{setting_key(name)}={text}"]
+    return JobProcess(f"stream_jobs.{job}_job", args, log_path, env)
+
+
+def serving_job(bootstrap: str, log_path: str | os.PathLike[str], **options) -> JobProcess:
+    """The serving job on ``bootstrap`` with keyword options (see :func:`job_process`)."""
+    return job_process("serving", log_path, bootstrap=bootstrap, **options)
+
+
+def learning_job(bootstrap: str, log_path: str | os.PathLike[str], **options) -> JobProcess:
+    """The learning job on ``bootstrap`` with keyword options (see :func:`job_process`)."""
+    return job_process("learning", log_path, bootstrap=bootstrap, **options)

@@ -1,0 +1,186 @@
+"""One inference shard of the serving path: micro-batches windows across devices, scores each
+batch, routes reviews, watches confidence, and swaps model versions; the Flink job's
+``InferBatches`` keeps the pending windows and the accepted announcement in keyed state and calls
+this class for everything else.
+
+>>> from operators.batching import ListStore
+>>> shard = InferenceShard.for_tests(max_batch=2)
+>>> store = ListStore()
+>>> shard.on_window(store, shard.example_window("d1", 1), now_ms=0)
+[]
+>>> sorted({o.topic for o in shard.on_window(store, shard.example_window("d2", 1), now_ms=1)})
+['predictions']
+>>> shard.tally.predictions, shard.tally.batches
+(2, 1)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import orjson
+
+from model.registry import ArtifactError
+from operators.batching import BatchPolicy, MicroBatcher, PendingStore
+from operators.confidence_watch import ConfidenceWatch
+from operators.inference import WindowScorer
+from operators.outgoing import Outgoing, dead_letter_out
+from operators.parse import raw_text
+from operators.routing import ReviewRouter, boosted_budget
+from operators.serving_model import ControlMessage, ServingModel
+from operators.windowing import Window
+from schemas import DeadLetter, DriftEvent, ModelSnapshot, Topics
+from settings import ServingSettings
+
+log = logging.getLogger(__name__)
+SnapshotLoader = Callable[[ModelSnapshot], ServingModel]
+
+
+@dataclass
+class ShardTally:
+    """What one shard did since it started (the job's metrics read these)."""
+
+    predictions: int = 0
+    review_requests: int = 0
+    batches: int = 0
+    model_swaps: int = 0
+    model_refused: int = 0
+    confidence_drifts: int = 0
+    inference_us_total: int = 0
+    last_batch_size: int = 0
+    last_inference_ms: float = 0.0
+
+
+class InferenceShard:
+    """Scores windows in micro-batches with the model in service and swaps in announced versions.
+
+    On an announcement, pending windows are scored with the old model first; the new version is
+    loaded through ``load`` (sha256, metadata, smoke inference) and swapped in, or refused with a
+    dead letter (once per announcement, from shard 0) while the old model keeps serving.
+    """
+
+    def __init__(self, settings: ServingSettings, model_name: str, topics: Topics, model: ServingModel,
+                 load: SnapshotLoader, stats_file: str = "") -> None:
+        self.settings, self.model_name, self.topics, self.load = settings, model_name, topics, load
+        self.scorer = WindowScorer(model, ReviewRouter(settings.confidence_threshold, settings.audit_rate,
+                                                       settings.review_budget_per_minute))
+        self.batcher = MicroBatcher(BatchPolicy(settings.max_batch, settings.max_wait_ms))
+        self.watch = (ConfidenceWatch(model_name, settings.confidence_drift_delta,
+                                      boost_budget_per_minute=settings.drift_budget_per_minute,
+                                      boost_seconds=settings.drift_boost_seconds)
+                      if settings.confidence_drift_delta else None)
+        self.boost_until: int | None = None
+        self.stats_file = stats_file
+        self.tally = ShardTally()
+
+    @property
+    def model(self) -> ServingModel:
+        return self.scorer.model
+
+    def on_window(self, store: PendingStore, window: Window, now_ms: int) -> list[Outgoing]:
+        batch = self.batcher.add(store, window, now_ms)
+        return self._score(batch, now_ms) if batch else []
+
+    def due_at(self, store: PendingStore) -> int | None:
+        """When the pending batch must be flushed (for the job's timer)."""
+        return self.batcher.deadline(store)
+
+    def on_timer(self, store: PendingStore, now_ms: int) -> list[Outgoing]:
+        batch = self.batcher.poll(store, now_ms)
+        return self._score(batch, now_ms) if batch else []
+
+    def on_control(self, store: PendingStore, control: ControlMessage, now_ms: int
+                   ) -> tuple[list[Outgoing], ModelSnapshot | None]:
+        """A drift event or a model announcement; returns the outputs and the snapshot now served (if swapped)."""
+        message = control.message
+        if isinstance(message, DriftEvent):
+            self.boost(message, now_ms)
+            return [], None
+        pending = store.take_all() if store.count() else []
+        out = self._score(pending, now_ms) if pending else []  # windows that came first: the old model
+        refused = self.swap(message)
+        if refused is None:
+            return out, message if message.model_name == self.model_name else None
+        if control.shard == 0:  # one report per announcement
+            letter = DeadLetter(self.topics.model_snapshots, control.partition, control.offset,
+                                f"refused {message.model_name} v{message.version}, still serving "
+                                f"v{self.model.version}: {refused}", raw_text(message.encode()),
+                                "artifact_uri", "snapshot", now_ms)
+            out.append(dead_letter_out(self.topics.dead_letters, letter))
+        return out, None
+
+    def swap(self, snapshot: ModelSnapshot) -> str | None:
+        """Serve ``snapshot``'s version; returns why it was refused (None when swapped or not ours)."""
+        if snapshot.model_name != self.model_name or snapshot.version == self.model.version:
+            return None
+        try:
+            model = self.load(snapshot)
+        except ArtifactError as exc:
+            self.tally.model_refused += 1
+            log.warning("refused %s v%d: %s", snapshot.model_name, snapshot.version, exc)
+            return str(exc)
+        self.scorer.swap(model)
+        if self.watch is not None:
+            self.watch.reset()  # the new model has its own confidence level
+        self.tally.model_swaps += 1
+        log.info("now serving %s v%d", model.name, model.version)
+        return None
+
+    def boost(self, event: DriftEvent, now_ms: int) -> None:
+        """After a drift, more windows go to review for a while (never fewer than the configured budget)."""
+        if event.model_name != self.model_name:
+            return
+        budget = boosted_budget(self.settings.review_budget_per_minute, event.boost_budget_per_minute)
+        self.scorer.router.set_budget(budget)
+        self.boost_until = now_ms + event.boost_seconds * 1000
+        log.info("drift (%s): review budget %d/min for %d s", event.signal, budget, event.boost_seconds)
+
+    def _score(self, windows: list[Window], now_ms: int) -> list[Outgoing]:
+        if self.boost_until is not None and now_ms >= self.boost_until:
+            self.scorer.router.set_budget(self.settings.review_budget_per_minute)
+            self.boost_until = None
+        model_s = self.scorer.stats.inference_s
+        predictions, reviews = self.scorer.score(windows, now_ms)
+        model_s = self.scorer.stats.inference_s - model_s
+        t = self.tally
+        t.last_batch_size, t.last_inference_ms = len(windows), model_s * 1000.0
+        t.batches += 1
+        t.inference_us_total += int(model_s * 1e6)
+        t.predictions += len(predictions)
+        t.review_requests += len(reviews)
+        out = [Outgoing(self.topics.predictions, p.device_id, p.encode()) for p in predictions]
+        out += [Outgoing(self.topics.review_requests, r.review_id, r.encode()) for r in reviews]
+        if self.watch is not None and predictions:
+            event = self.watch.observe([p.confidence for p in predictions], self.model.version, now_ms)
+            if event is not None:  # more labels where the model is unsure; operators see it on drift-events
+                self.boost(event, now_ms)
+                t.confidence_drifts += 1
+                out.append(Outgoing(self.topics.drift_events, self.model_name, event.encode()))
+        return out
+
+    def report(self) -> None:
+        """Append the model's own throughput inside the job to ``stats_file`` (if set)."""
+        s = self.scorer.stats
+        if s.batches and self.stats_file:
+            with open(self.stats_file, "a") as fh:
+                fh.write(orjson.dumps({"at": time.time(), "windows": s.windows, "batches": s.batches,
+                                       "model_seconds": s.inference_s, "model_cpu_seconds": s.inference_cpu_s,
+                                       "model_runqueue_seconds": s.inference_runqueue_s,
+                                       "provider": self.model.provider}).decode() + "\n")
+
+    @classmethod
+    def for_tests(cls, max_batch: int = 4, **settings) -> "InferenceShard":
+        """A shard around a tiny fixed model of 2 channels, window 4 and classes a/b (docs and tests)."""
+        from operators.serving_model import fixed_model
+
+        cfg = ServingSettings(window=4, stride=1, max_batch=max_batch, **settings)
+        return cls(cfg, "toy", Topics(), fixed_model("toy", 1), lambda s: fixed_model(s.model_name, s.version))
+
+    def example_window(self, device_id: str, end: int) -> Window:
+        spec = self.model.spec
+        return Window(device_id, end - spec.window + 1, end, np.zeros((spec.window, spec.n_channels), np.float32),
+                      None, end)

@@ -1,0 +1,177 @@
+"""The configuration's sections: one frozen dataclass per concern, each validated on creation.
+
+Every class here is the only definition of its settings: the TOML file's ``[section]``, the
+``SENSORLOOP_<SECTION>_<KEY>`` variables, the jobs and the plain-Python operators all read the same
+fields.
+
+>>> ServingSettings(window=16, stride=4).window
+16
+>>> ServingSettings(stride=0)
+Traceback (most recent call last):
+...
+ValueError: stride must be >= 1, got 0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The JVM's optimising compiler (C2) kept about a third of a core busy for the first minutes of a job
+# on a 2-core machine; C1 alone is the default for the jobs' JVMs (see the README's benchmark section).
+C1_ONLY = "-XX:TieredStopAtLevel=1"
+
+
+def _at_least(obj: object, minimum: float, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {getattr(obj, name)}")
+
+
+def _share(obj: object, *names: str) -> None:
+    for name in names:
+        if not 0.0 <= getattr(obj, name) <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {getattr(obj, name)}")
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Kafka: an existing cluster (``bootstrap``) or the embedded broker the stack starts."""
+
+    bootstrap: str = ""  # empty: the embedded stack's broker
+    embedded_port: int = 9092
+    storage: str = "memory://tansu/"  # Tansu storage engine; s3://bucket/ keeps records across restarts
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """Where model versions live (a folder, or any fsspec URL on a cluster) and which model is served."""
+
+    path: str = "var/registry"
+    model_name: str = "basic-motions"
+
+
+@dataclass(frozen=True)
+class FlinkSettings:
+    """How both jobs run, wherever they run; ``jobmanager`` empty means the embedded stack's cluster."""
+
+    jobmanager: str = ""  # host:port of a JobManager's REST API; empty: the embedded stack
+    state_dir: str = "var/flink"  # checkpoints/<job> and savepoints/<job> under it: a path, file:// or s3:// URL
+    parallelism: int = 1
+    checkpoint_interval_ms: int = 5_000
+    exactly_once: bool = False
+    execution_mode: str = "thread"  # PyFlink's Python operators in the TaskManager's JVM (thread) or a worker
+    python_executable: str = ""  # Python on the TaskManagers; empty: this interpreter
+    metrics_urls: str = ""  # comma-separated Prometheus /metrics URLs of the TaskManagers; empty: the stack's
+    restart_attempts: int = 3
+    bundle_time_ms: int = 5
+    bundle_size: int = 500
+    buffer_timeout_ms: int = 5
+    jars_dir: str = ""  # the verified connector jars and Java helpers; empty: ~/.cache/sensorloop/jars
+    log_dir: str = "var/logs"  # a job started on its own local MiniCluster logs here, one file per start
+    local_jvm_options: str = C1_ONLY  # that local MiniCluster's JVM; "" for the JVM's defaults
+    local_taskmanager_memory: str = "2g"  # that local MiniCluster's TaskManager memory
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "parallelism", "checkpoint_interval_ms", "bundle_size")
+        _at_least(self, 0, "restart_attempts", "bundle_time_ms", "buffer_timeout_ms")
+        if self.execution_mode not in ("thread", "process"):
+            raise ValueError(f"execution_mode must be 'thread' or 'process', got {self.execution_mode!r}")
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """The embedded single-machine stack: broker + a Flink session cluster from the installed PyFlink."""
+
+    run_dir: str = "var/stack"
+    rest_port: int = 8081
+    rpc_port: int = 6123
+    taskmanager_slots: int = 4
+    taskmanager_memory: str = "2g"
+    jobmanager_memory: str = "1g"
+    prometheus_ports: str = "9249-9259"
+    taskmanager_jvm_options: str = C1_ONLY  # "" for the JVM's defaults (C2: long runs, cores to spare)
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "taskmanager_slots")
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Every knob of the serving path, with defaults that suit 10 Hz wearable sensors."""
+
+    model_version: int = 0  # 0: the registry's latest at start; announcements on model-snapshots swap it
+    window: int = 32
+    stride: int = 8
+    max_out_of_order_ms: int = 0
+    max_seq_gap_buffer: int = 32
+    seq_gap_timeout_ms: int = 1_000
+    reset_gap_ms: int = 10_000
+    max_batch: int = 64
+    max_wait_ms: int = 10
+    confidence_threshold: float = 0.6
+    audit_rate: float = 0.01
+    review_budget_per_minute: int = 120
+    max_message_bytes: int = 64 * 1024
+    runtime: str = "onnx"
+    device: str = "auto"
+    inference_threads: int = 1
+    confidence_drift_delta: float = 0.002  # ADWIN on served confidence (a fall is a drift event); 0: off
+    drift_budget_per_minute: int = 600  # review budget for a while after a drift (either job's detector)
+    drift_boost_seconds: int = 120
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "window", "stride", "max_batch", "max_seq_gap_buffer", "inference_threads")
+        _at_least(self, 0, "model_version", "max_out_of_order_ms", "seq_gap_timeout_ms", "max_wait_ms",
+                  "review_budget_per_minute", "reset_gap_ms", "drift_budget_per_minute", "drift_boost_seconds")
+        _share(self, "confidence_threshold", "audit_rate")
+        if not 0.0 <= self.confidence_drift_delta < 1.0:
+            raise ValueError("confidence_drift_delta must lie in [0, 1)")
+        if self.runtime not in ("onnx", "torch"):
+            raise ValueError(f"runtime must be 'onnx' or 'torch', got {self.runtime!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class LearningSettings:
+    """The online trainer, the holdout and gate, and the label join of the learning job.
+
+    The gate accepts a candidate whose held-out accuracy is at most ``gate_margin`` *below* the
+    serving version's (0: not worse; a negative margin asks for that much better).
+    """
+
+    lr: float = 1e-3
+    batch_size: int = 8
+    replay_ratio: float = 1.0  # replayed windows per new window in each update
+    ewc_strength: float = 0.0  # 0 turns EWC off
+    reservoir_capacity: int = 2000
+    class_balanced: bool = True  # one reservoir share per class, so rare classes are not crowded out
+    seed: int = 0
+    holdout_every: int = 4  # 1 labeled window in this many is held out for the gate, never trained on
+    gate_every: int = 32  # labeled windows between gate checks
+    gate_margin: float = 0.0
+    min_holdout: int = 30
+    holdout_size: int = 300
+    label_ttl_ms: int = 3_600_000  # how long a review request waits for its answers
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "batch_size", "reservoir_capacity", "holdout_every", "gate_every", "min_holdout",
+                  "holdout_size", "label_ttl_ms")
+        _at_least(self, 0, "replay_ratio", "ewc_strength")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class LabelingSettings:
+    """The labeling page, and how many answers make a label (the learning job's join uses the same)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    lease_seconds: float = 120.0
+    answers_needed: int = 1
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "answers_needed")
+        if not self.lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be > 0, got {self.lease_seconds}")
