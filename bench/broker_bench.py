@@ -73,7 +73,7 @@ def main() -> None:
         broker = EmbeddedBroker(log_path=Path(tempfile.mkdtemp(prefix="sensorloop-broker-")) / "broker.log").start()
     bootstrap = args.bootstrap or broker.bootstrap
     try:
-        ensure_topics(bootstrap)
+        ensure_topics(bootstrap, Topics())
         rows = run(bootstrap, args.rate, args.seconds, args.every, broker.process.pid if broker else None,
                    args.linger_ms)
     finally:

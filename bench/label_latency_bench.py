@@ -33,7 +33,7 @@ from model.registry import ModelRegistry  # noqa: E402
 from operators.replay import DriftPlan  # noqa: E402
 from schemas import Topics  # noqa: E402
 from control.flink_rest import FlinkRest  # noqa: E402
-from control.launcher import JobProcess, serving_job  # noqa: E402
+from control.launcher import learning_job, serving_job  # noqa: E402
 from control.replayer import replay  # noqa: E402
 from labeling.simulated import run_simulated_labelers  # noqa: E402
 
@@ -47,13 +47,12 @@ def run_loop(mode: str, source_registry: str, duration_s: float, rate: float, wo
     shutil.copytree(Path(source_registry) / NAME / "v000001", root / NAME / "v000001")
     classes = list(ModelRegistry(root).latest_metadata(NAME).spec["classes"])
     with EmbeddedBroker(log_path=work / f"broker-{mode}.log") as broker:
-        ensure_topics(broker.bootstrap)
+        ensure_topics(broker.bootstrap, TOPICS)
         port = free_port()
-        learning = JobProcess("stream_jobs.learning_job", [
-            "--bootstrap", broker.bootstrap, "--registry", str(root), "--checkpoint-dir", str(work / f"ck-l-{mode}"),
-            "--gate-every", "48", "--execution-mode", mode, "--rest-port", str(port)], work / f"learning-{mode}.log")
+        learning = learning_job(broker.bootstrap, work / f"learning-{mode}.log", registry=str(root),
+                                state_dir=str(work / f"ck-l-{mode}"), gate_every=48, execution_mode=mode, rest_port=port)
         serving = serving_job(broker.bootstrap, work / f"serving-{mode}.log", registry=str(root),
-                              checkpoint_dir=str(work / f"ck-s-{mode}"), confidence_threshold=0.9, audit_rate=0.3,
+                              state_dir=str(work / f"ck-s-{mode}"), confidence_threshold=0.9, audit_rate=0.3,
                               review_budget_per_minute=100_000)
         stop = threading.Event()
         first_emitted: dict[int, int] = {}

@@ -37,7 +37,7 @@ from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
 from infra.broker import EmbeddedBroker, create_topics, ensure_topics  # noqa: E402
 from infra.kafka_tools import TopicTail  # noqa: E402
 from schemas import Topics  # noqa: E402
-from control.launcher import JobProcess, serving_job  # noqa: E402
+from control.launcher import JobProcess, job_process, serving_job  # noqa: E402
 from control.replayer import DEFAULT_LINGER_MS, replay  # noqa: E402
 
 TOPICS = Topics()
@@ -144,7 +144,7 @@ class Scenario:
 
     def __init__(self, work: Path, name: str, job_kind: str, **job_options) -> None:
         self.broker = EmbeddedBroker(log_path=work / f"{name}-broker.log").start()
-        ensure_topics(self.broker.bootstrap)
+        ensure_topics(self.broker.bootstrap, TOPICS)
         create_topics(self.broker.bootstrap, {PASS_TOPIC: 4})
         self.bootstrap = self.broker.bootstrap
         if OTHERS_NICE is not None:
@@ -152,13 +152,12 @@ class Scenario:
         log = work / f"{name}-job.log"
         self.job: JobProcess | None = None
         if job_kind == "serving":
-            self.job = serving_job(self.bootstrap, log, checkpoint_dir=str(work / f"{name}-ck"), **job_options)
+            self.job = serving_job(self.bootstrap, log, state_dir=str(work / f"{name}-ck"), **job_options)
             self.out_topic = TOPICS.predictions
         elif job_kind == "broker":
             self.out_topic = TOPICS.readings
         else:
-            self.job = JobProcess("stream_jobs.passthrough_job",
-                                  ["--bootstrap", self.bootstrap, "--checkpoint-dir", str(work / f"{name}-ck")], log)
+            self.job = job_process("passthrough", log, bootstrap=self.bootstrap, state_dir=str(work / f"{name}-ck"))
             self.out_topic = PASS_TOPIC
         self.kind = job_kind
 

@@ -303,7 +303,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     from control.flink_rest import FlinkRestError
     from control.metrics import LEARNING, SERVING, job_metrics
 
-    cfg = config_of(args)
     try:
         jobs = [j for j in _rest(args).jobs() if j.state == "RUNNING"]
     except FlinkRestError as exc:

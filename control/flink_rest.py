@@ -66,9 +66,6 @@ class FlinkRest:
             raise JobManagerGone(f"no Flink JobManager answers at {self.url}: {exc}") from None
         return json.loads(raw) if raw else {}
 
-    def overview(self) -> dict:
-        return self._call("GET", "/overview")
-
     def jobs(self) -> list[JobSummary]:
         listed = self._call("GET", "/jobs/overview").get("jobs", [])
         jobs = [JobSummary(j["jid"], j["name"], j["state"], j.get("start-time", 0), j.get("duration", 0))
@@ -113,9 +110,6 @@ class FlinkRest:
                 raise FlinkRestError(f"savepoint of {job_id} failed: {first_line}")
             time.sleep(0.5)
         raise FlinkRestError(f"savepoint of {job_id} not done within {timeout_s:.0f}s")
-
-    def checkpoints(self, job_id: str) -> dict:
-        return self._call("GET", f"/jobs/{job_id}/checkpoints")
 
     def wait_state(self, job_id: str, states: tuple[str, ...], timeout_s: float = 60.0) -> str:
         deadline = time.monotonic() + timeout_s

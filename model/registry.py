@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,12 +179,18 @@ class ModelRegistry:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _publish_remote(self, name: str, onnx_bytes: bytes, weights_bytes: bytes, metadata_for) -> VersionMetadata:
-        """Artifacts first, ``metadata.json`` last: the version exists once that file does."""
+        """Claim the number with an exclusive create of ``.claim`` (S3's ``If-None-Match: *``), so two
+        publishers never take the same one, whatever their view of the listing; then the artifacts,
+        ``metadata.json`` last: the version exists once that file does."""
+        version = self.latest_version(name) or 0
         while True:
-            meta = metadata_for((self.latest_version(name) or 0) + 1)
-            folder = self.version_dir(name, meta.version)
-            if self.fs.exists(f"{folder}/metadata.json"):
+            version += 1
+            folder = self.version_dir(name, version)
+            try:
+                self.fs.pipe_file(f"{folder}/.claim", uuid.uuid4().hex.encode(), mode="create")
+            except FileExistsError:
                 continue  # another writer took this number
+            meta = metadata_for(version)
             self.fs.pipe_file(f"{folder}/model.onnx", onnx_bytes)
             self.fs.pipe_file(f"{folder}/weights.pt", weights_bytes)
             self.fs.pipe_file(f"{folder}/metadata.json", json.dumps(asdict(meta), indent=2).encode())

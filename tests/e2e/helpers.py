@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import orjson
 
 from infra.kafka_tools import read_until
@@ -53,7 +51,6 @@ def collect(bootstrap: str, topic_counts: dict[str, int], timeout_s: float, job=
         return all(counts[t] >= n for t, n in topic_counts.items())
 
     records = read_until(bootstrap, list(topic_counts), done, timeout_s, isolation_level)
-    time.sleep(0.5)
     out = {t: [] for t in topic_counts}
     for r in records:
         out[r.topic].append(r)

@@ -3,10 +3,8 @@ job graph (savepoint upgrades) as long as those operators keep their uids."""
 
 import pytest
 
-from settings import ServingSettings
-from settings import LearningSettings
-from schemas import Topics
-from stream_jobs.flink_env import FlinkSettings, make_env
+from settings import Config
+from stream_jobs.flink_env import make_env
 from stream_jobs.learning_job import build_learning_job
 from stream_jobs.serving_job import build_serving_job
 
@@ -18,10 +16,15 @@ def uids(env) -> dict[str, str | None]:
     return {node.getOperatorName(): node.getTransformationUID() for node in graph.getStreamNodes().toArray()}
 
 
+def config(tmp_path, registry) -> Config:
+    return Config().with_values({"broker.bootstrap": "localhost:9", "registry.path": str(registry),
+                                 "flink.state_dir": str(tmp_path / "flink"), "flink.log_dir": str(tmp_path / "logs")})
+
+
 def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy):
-    settings = FlinkSettings(checkpoint_dir=str(tmp_path / "ck"))
-    serving_env = make_env(settings)
-    build_serving_job(serving_env, "localhost:9", ServingSettings(registry=str(registry_copy)), Topics(), settings)
+    cfg = config(tmp_path, registry_copy)
+    serving_env = make_env(cfg, "serving")
+    build_serving_job(serving_env, cfg)
     serving = uids(serving_env)
     for name in ("parse-and-window", "model-announcements", "inference"):
         assert serving[name] == name, serving
@@ -29,9 +32,8 @@ def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy
     assert serving["Source: model-snapshots-and-drift-events"] == "model-snapshots-and-drift-events"
     assert serving["kafka-out: Writer"] == "kafka-out"
 
-    learning_env = make_env(settings)
-    build_learning_job(learning_env, "localhost:9", str(registry_copy), "basic-motions", LearningSettings(), Topics(),
-                       settings)
+    learning_env = make_env(cfg, "learning")
+    build_learning_job(learning_env, cfg)
     learning = uids(learning_env)
     for name in ("join-answers", "learn-and-publish"):
         assert learning[name] == name, learning
@@ -39,9 +41,10 @@ def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy
     assert learning["kafka-out: Writer"] == "kafka-out"
 
 
-def test_the_local_jvm_runs_with_the_configured_options(tmp_path):
+def test_the_local_jvm_runs_with_the_configured_options(tmp_path, registry_copy):
     from pyflink.java_gateway import get_gateway
 
-    make_env(FlinkSettings(checkpoint_dir=str(tmp_path / "ck")))  # starts the JVM unless the test above did
+    cfg = config(tmp_path, registry_copy)
+    make_env(cfg, "serving")  # starts the JVM unless the test above did
     arguments = list(get_gateway().jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
-    assert FlinkSettings().jvm_options in arguments, arguments
+    assert cfg.flink.local_jvm_options in arguments, arguments

@@ -8,7 +8,7 @@ import pytest
 from infra.broker import EmbeddedBroker, ensure_topics, free_port
 from infra.kafka_tools import produce, read_until
 from schemas import DeadLetter, Label, Topics
-from control.launcher import JobProcess
+from control.launcher import learning_job
 from tests.e2e.test_learning_e2e import wait_all_tasks_running
 from tests.e2e.test_learning_restart_e2e import labeled_batch
 
@@ -20,11 +20,10 @@ def test_bad_labels_are_dead_lettered_and_the_job_keeps_learning(tmp_path, regis
     requests, labels = labeled_batch(0, 3)
     (r0, _), (r1, _), (r2, _) = requests
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        ensure_topics(broker.bootstrap)
+        ensure_topics(broker.bootstrap, TOPICS)
         port = free_port()
-        job = JobProcess("stream_jobs.learning_job", [
-            "--bootstrap", broker.bootstrap, "--registry", registry_copy, "--checkpoint-dir", str(tmp_path / "ck"),
-            "--label-ttl-ms", "8000", "--rest-port", str(port)], tmp_path / "learning.log").start()
+        job = learning_job(broker.bootstrap, tmp_path / "learning.log", registry=registry_copy,
+                           state_dir=str(tmp_path / "ck"), label_ttl_ms=8000, rest_port=port).start()
         try:
             wait_all_tasks_running(port, job)
             produce(broker.bootstrap, TOPICS.review_requests, requests[:2])

@@ -15,7 +15,7 @@ from operators.replay import DriftPlan
 from operators.serving_model import load_from_registry
 from schemas import DriftEvent, ModelSnapshot, ReviewRequest, Topics
 from control.flink_rest import FlinkRest, FlinkRestError
-from control.launcher import JobProcess, serving_job
+from control.launcher import JobProcess, learning_job, serving_job
 from control.replayer import ReplayStats, replay
 from labeling.simulated import run_simulated_labelers
 
@@ -38,15 +38,14 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
     root = registry_copy
     classes = list(ModelRegistry(root).latest_metadata(NAME).spec["classes"])
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        ensure_topics(broker.bootstrap)
+        ensure_topics(broker.bootstrap, TOPICS)
         serving = serving_job(broker.bootstrap, tmp_path / "serving.log", registry=str(root),
-                              checkpoint_dir=str(tmp_path / "ck-serving"), confidence_threshold=0.9,
+                              state_dir=str(tmp_path / "ck-serving"), confidence_threshold=0.9,
                               audit_rate=AUDIT_RATE, review_budget_per_minute=100_000)
         rest_port = free_port()
-        learning = JobProcess("stream_jobs.learning_job", [
-            "--bootstrap", broker.bootstrap, "--registry", str(root), "--checkpoint-dir", str(tmp_path / "ck-learn"),
-            "--gate-every", "48", "--batch-size", "8", "--lr", "0.002", "--rest-port", str(rest_port)],
-            tmp_path / "learning.log")
+        learning = learning_job(broker.bootstrap, tmp_path / "learning.log", registry=str(root),
+                                state_dir=str(tmp_path / "ck-learn"), gate_every=48, batch_size=8, lr=0.002,
+                                rest_port=rest_port)
         stop = threading.Event()
         sent = ReplayStats()
         threads = [

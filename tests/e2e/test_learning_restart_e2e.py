@@ -13,7 +13,7 @@ from infra.kafka_tools import produce, read_quiet, read_until
 from model.datasets import load_basic_motions, sliding_windows
 from model.registry import ModelRegistry
 from schemas import Label, ModelSnapshot, ReviewRequest, Topics
-from control.launcher import JobProcess
+from control.launcher import learning_job
 from tests.e2e.test_restart_e2e import latest_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -37,12 +37,11 @@ def labeled_batch(start: int, count: int):
 
 
 def start(broker, root, tmp_path, name, restore=None):
-    args = ["--bootstrap", broker.bootstrap, "--registry", root, "--checkpoint-dir", str(tmp_path / "ck"),
-            "--checkpoint-interval-ms", "1000", "--gate-every", "32", "--gate-margin", "1.0",
-            "--group-id", "learn-restart"]
+    options = dict(registry=root, state_dir=str(tmp_path / "ck"), checkpoint_interval_ms=1000, gate_every=32,
+                   gate_margin=1.0, group_id="learn-restart")
     if restore:
-        args += ["--savepoint-path", str(restore)]
-    return JobProcess("stream_jobs.learning_job", args, tmp_path / f"{name}.log").start()
+        options["savepoint_path"] = str(restore)
+    return learning_job(broker.bootstrap, tmp_path / f"{name}.log", **options).start()
 
 
 def snapshots(bootstrap, n, timeout_s):
@@ -53,7 +52,7 @@ def snapshots(bootstrap, n, timeout_s):
 def test_learning_resumes_from_checkpoint(tmp_path, registry_copy):
     registry = ModelRegistry(registry_copy)
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        ensure_topics(broker.bootstrap)
+        ensure_topics(broker.bootstrap, TOPICS)
         job = start(broker, registry_copy, tmp_path, "learn-a")
         try:
             requests, labels = labeled_batch(0, 160)

@@ -131,7 +131,7 @@ def test_jobs_on_a_local_minicluster_are_managed_through_its_rest_api(tmp_path, 
     from infra.broker import EmbeddedBroker, ensure_topics
 
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        ensure_topics(broker.bootstrap)
+        ensure_topics(broker.bootstrap, TOPICS)
         config = _config(tmp_path, trained_registry)
         config.write_text(config.read_text().replace("[broker]\n", f'[broker]\nbootstrap = "{broker.bootstrap}"\n'))
         first_port, second_port = free_port(), free_port()

@@ -25,7 +25,7 @@ def latest_checkpoint(root: Path) -> Path:
 
 def test_restart_from_checkpoint_keeps_window_state(tmp_path, trained_registry):
     checkpoints = tmp_path / "ck"
-    options = dict(registry=trained_registry, checkpoint_dir=str(checkpoints), checkpoint_interval_ms=1000,
+    options = dict(registry=trained_registry, state_dir=str(checkpoints), checkpoint_interval_ms=1000,
                    exactly_once=True, group_id="restart-test")
     first = replayed_readings(n_devices=4, per_device=40)
     second = replayed_readings(n_devices=4, per_device=40, start_seq=40)
@@ -33,7 +33,7 @@ def test_restart_from_checkpoint_keeps_window_state(tmp_path, trained_registry):
     everything = expected_window_ends(first + second, 32, 8)
     assert len(before) == 8 and len(everything) == 4 * 7
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        ensure_topics(broker.bootstrap)
+        ensure_topics(broker.bootstrap, TOPICS)
         job = serving_job(broker.bootstrap, tmp_path / "job-a.log", **options).start()
         try:
             produce(broker.bootstrap, TOPICS.readings, encoded(first))

@@ -25,7 +25,7 @@ def run_retrain(bootstrap, registry, *extra):
 
 def test_retrain_publishes_a_better_version_and_refuses_a_worse_one(tmp_path, registry_copy):
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        ensure_topics(broker.bootstrap)
+        ensure_topics(broker.bootstrap, TOPICS)
         requests, labels = labeled_batch(0, 240)  # gyroscope-biased windows v1 gets wrong half the time
         produce(broker.bootstrap, TOPICS.review_requests, requests)
         produce(broker.bootstrap, TOPICS.labels, labels + [(b"x", b"{broken"), (requests[0][0], labels[0][1])])

@@ -29,7 +29,7 @@ BAD = [  # (payload, field the dead letter must name)
 @pytest.fixture
 def broker(tmp_path):
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
-        ensure_topics(b.bootstrap)
+        ensure_topics(b.bootstrap, TOPICS)
         yield b
 
 
@@ -39,7 +39,7 @@ def test_readings_to_predictions_reviews_and_dead_letters(broker, trained_regist
     expected = expected_window_ends(first + second, window=32, stride=8)
     assert len(expected) == 8 * 13
     job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
-                      checkpoint_dir=str(tmp_path / "ck"), confidence_threshold=0.999, audit_rate=0.0,
+                      state_dir=str(tmp_path / "ck"), confidence_threshold=0.999, audit_rate=0.0,
                       review_budget_per_minute=100_000)
     with job:
         produce(broker.bootstrap, TOPICS.readings, encoded(first))
@@ -93,7 +93,7 @@ def test_drift_event_raises_the_review_budget(broker, trained_registry, tmp_path
     first = replayed_readings(n_devices=8, per_device=64)
     second = replayed_readings(n_devices=8, per_device=64, start_seq=64)
     job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
-                      checkpoint_dir=str(tmp_path / "ck"), confidence_threshold=1.0, audit_rate=0.0,
+                      state_dir=str(tmp_path / "ck"), confidence_threshold=1.0, audit_rate=0.0,
                       review_budget_per_minute=1,  # every window wants review; one per minute allowed
                       confidence_drift_delta=0.0)  # only the learning path's event may raise it here
     with job:
@@ -125,7 +125,7 @@ def test_a_fall_in_served_confidence_is_published_as_a_drift(broker, trained_reg
     for r in drifted:
         r["values"] = [v + 4.0 if i >= 3 else v for i, v in enumerate(r["values"])]
     job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
-                      checkpoint_dir=str(tmp_path / "ck"), audit_rate=0.0, max_batch=16)
+                      state_dir=str(tmp_path / "ck"), audit_rate=0.0, max_batch=16)
     with job:
         produce(broker.bootstrap, TOPICS.readings, encoded(clean))
         n_clean = len(expected_window_ends(clean, window=32, stride=8))

@@ -152,3 +152,15 @@ def test_status_shows_the_pipeline_metrics():
     app = create_app(filled(), lambda label: None, "s3cret", pipeline_metrics=unreachable)
     status = TestClient(app).get("/api/status", headers={"Authorization": "Bearer s3cret"}).json()
     assert status["pipeline_error"] == "connection refused" and status["waiting"] == 3
+
+
+def test_simulated_labelers_remember_a_bounded_number_of_unreviewed_windows():
+    from labeling.simulated import SimulatedLabelers
+
+    labelers = SimulatedLabelers(["a", "b"], delay_ms=0, memory=100)
+    for i in range(1_000):  # most windows are never reviewed: their truths must not pile up
+        labelers.on_prediction({"device_id": "d", "window_end": i, "truth": "a"}, now_ms=i)
+        labelers.on_request({"review_id": f"other:{i}"}, now_ms=i)  # requests whose prediction never comes
+    assert len(labelers.truth) <= 100 and len(labelers.waiting) <= 100
+    labelers.on_request({"review_id": "d:999"}, now_ms=1_000)  # a recent one is still answered
+    assert [label.label for label in labelers.due(1_000)] == ["a"]

@@ -69,3 +69,16 @@ def test_a_version_without_metadata_does_not_count(s3_url):
     assert registry.versions("m") == []
     meta = registry.publish("m", b"onnx", b"weights", {"window": 4})
     assert meta.version == 1 and registry.load("m", 1).onnx_bytes == b"onnx"
+
+
+def test_publishers_with_a_stale_view_never_share_a_version_number(s3_url, monkeypatch):
+    """Two learning jobs publish at once: the second read the listing (s3fs caches it) before the first's
+    version landed. Each must get its own number, and neither may overwrite the other's artifacts."""
+    first, second = ModelRegistry(s3_url), ModelRegistry(s3_url)
+    assert first.publish("race", b"onnx-a", b"weights-a", {"window": 4}).version == 1
+    monkeypatch.setattr(second, "latest_version", lambda name: None)  # its listing predates v1
+    monkeypatch.setattr(second.fs, "exists", lambda path, **kw: False)
+    meta = second.publish("race", b"onnx-b", b"weights-b", {"window": 4})
+    fresh = ModelRegistry(s3_url)
+    assert meta.version == 2 and fresh.versions("race") == [1, 2]
+    assert fresh.load("race", 1).onnx_bytes == b"onnx-a" and fresh.load("race", 2).onnx_bytes == b"onnx-b"

@@ -1,0 +1,88 @@
+"""The serving job's inference shard, driven directly: the same class the Flink operator calls."""
+
+from __future__ import annotations
+
+import orjson
+
+from model.registry import ArtifactError, ModelRegistry
+from operators.batching import ListStore
+from operators.serving_model import ControlMessage, fixed_model, serving_channels
+from operators.serving_shard import InferenceShard
+from schemas import DriftEvent, ModelSnapshot, Topics
+from settings import ServingSettings
+
+
+def snapshot(version: int, name: str = "toy") -> ModelSnapshot:
+    return ModelSnapshot(name, version, f"file:///r/{name}/v{version}/model.onnx", "0" * 64, {}, None, 1)
+
+
+def payloads(outgoing, topic):
+    return [orjson.loads(o.payload) for o in outgoing if o.topic == topic]
+
+
+def test_pending_windows_are_scored_by_the_old_model_before_a_swap():
+    shard = InferenceShard.for_tests(max_batch=10)
+    store = ListStore()
+    for device in ("a", "b", "c"):
+        assert shard.on_window(store, shard.example_window(device, 10), now_ms=0) == []
+    assert shard.due_at(store) == 10  # max_wait_ms after the oldest
+    out, accepted = shard.on_control(store, ControlMessage(0, snapshot(2), 0, 7), now_ms=1)
+    assert {p["model_version"] for p in payloads(out, Topics().predictions)} == {1}
+    assert accepted.version == 2 and shard.model.version == 2 and store.count() == 0
+    shard.on_window(store, shard.example_window("a", 11), now_ms=2)
+    later = shard.on_timer(store, now_ms=12)
+    assert {p["model_version"] for p in payloads(later, Topics().predictions)} == {2}
+    assert shard.tally.model_swaps == 1 and shard.tally.predictions == 4
+
+
+def test_a_refused_announcement_keeps_the_old_model_and_is_reported_once():
+    def refuse(snap):
+        raise ArtifactError("sha256 mismatch")
+
+    shard = InferenceShard.for_tests()
+    shard.load = refuse
+    store = ListStore()
+    out, accepted = shard.on_control(store, ControlMessage(0, snapshot(5), 0, 3), now_ms=0)
+    letters = payloads(out, Topics().dead_letters)
+    assert accepted is None and shard.model.version == 1 and len(letters) == 1
+    assert "refused toy v5, still serving v1: sha256 mismatch" in letters[0]["reason"]
+    out, _ = shard.on_control(store, ControlMessage(1, snapshot(5), 0, 3), now_ms=0)  # shard 1: no second report
+    assert out == [] and shard.tally.model_refused == 2
+
+
+def test_announcements_of_other_models_are_ignored():
+    shard = InferenceShard.for_tests()
+    out, accepted = shard.on_control(ListStore(), ControlMessage(0, snapshot(9, "other"), 0, 1), now_ms=0)
+    assert out == [] and accepted is None and shard.model.version == 1
+
+
+def test_a_drift_boost_raises_the_budget_until_it_expires():
+    shard = InferenceShard.for_tests(max_batch=1, review_budget_per_minute=60)
+    store = ListStore()
+    event = DriftEvent("toy", "error", 0, 1, 600, 10, 0.5)
+    shard.on_control(store, ControlMessage(0, event, 0, 0), now_ms=0)
+    assert shard.scorer.router.capacity == 600
+    shard.on_control(store, ControlMessage(0, DriftEvent("other", "error", 0, 1, 6000, 10, 0.5), 0, 0), now_ms=0)
+    assert shard.scorer.router.capacity == 600  # another model's drift changes nothing here
+    shard.on_window(store, shard.example_window("a", 5), now_ms=9_999)
+    assert shard.scorer.router.capacity == 600
+    shard.on_window(store, shard.example_window("a", 6), now_ms=10_000)
+    assert shard.scorer.router.capacity == 60 and shard.boost_until is None
+
+
+def test_low_confidence_windows_go_to_review_with_the_configured_threshold():
+    shard = InferenceShard(ServingSettings(window=4, max_batch=2, confidence_threshold=0.95, audit_rate=0.0),
+                           "toy", Topics(review_requests="asks"), fixed_model("toy", 1, (0.9, 0.1)),
+                           lambda s: fixed_model("toy", s.version))
+    store = ListStore()
+    shard.on_window(store, shard.example_window("a", 4), 0)
+    out = shard.on_window(store, shard.example_window("b", 4), 0)
+    assert len(payloads(out, "asks")) == 2 and shard.tally.review_requests == 2
+
+
+def test_serving_reads_the_channels_of_the_pinned_version(tmp_path):
+    registry = ModelRegistry(str(tmp_path))
+    registry.publish("m", b"onnx", b"w", {"channels": ["a", "b"], "window": 4, "classes": ["x"]})
+    registry.publish("m", b"onnx", b"w", {"channels": ["a", "b", "c"], "window": 4, "classes": ["x"]})
+    assert serving_channels(str(tmp_path), "m") == ["a", "b", "c"]
+    assert serving_channels(str(tmp_path), "m", 1) == ["a", "b"]
