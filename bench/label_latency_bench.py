@@ -65,7 +65,7 @@ def run_loop(mode: str, source_registry: str, duration_s: float, rate: float, wo
                 bootstrap=broker.bootstrap, topic=TOPICS.readings, rate=rate, n_devices=8, stop=stop,
                 drift=DriftPlan(after=0, offset={3: 4.0, 4: 4.0, 5: 4.0}))).start()
             threading.Thread(target=run_simulated_labelers, daemon=True, kwargs=dict(
-                bootstrap=broker.bootstrap, classes=classes, delay_ms=200, stop=stop)).start()
+                bootstrap=broker.bootstrap, topics=TOPICS, classes=classes, delay_ms=200, stop=stop)).start()
             deadline = time.monotonic() + duration_s
             try:
                 while time.monotonic() < deadline:

@@ -189,6 +189,8 @@ def cmd_job_submit(args: argparse.Namespace) -> int:
           f"({time.monotonic() - started:.1f}s)")
     if args.wait_running:
         state = _rest(args).wait_state(submission.job_id, ("RUNNING", "FAILED", "CANCELED", "FINISHED"))
+        if state == "RUNNING":
+            _rest(args).wait_all_tasks_running(timeout_s=180)
         print(f"job {submission.job_id} is {state}")
         return 0 if state == "RUNNING" else 1
     return 0
@@ -229,9 +231,10 @@ def _submit_local(args: argparse.Namespace, cfg: Config, savepoint: str | None) 
             raise SystemExit(f"sensorloop: the {args.job} job exited:\n{process.log_tail(20)}")
         try:
             jobs = rest.jobs()
+            ready = bool(jobs) and (not args.wait_running or rest.tasks_running(jobs[0].job_id))
         except FlinkRestError:
-            jobs = []
-        if jobs and (not args.wait_running or jobs[0].state == "RUNNING"):
+            ready = False
+        if ready:
             print(f"{args.job} job {jobs[0].job_id} {jobs[0].state} on a local MiniCluster (pid {process.process.pid}, "
                   f"log {log_path}); manage it with --jobmanager localhost:{port}")
             return 0
@@ -349,7 +352,7 @@ def add_operator_commands(sub) -> None:
         r.add_argument("--bootstrap", default=None, help="Kafka (default: broker.bootstrap, else the stack's)")
         r.add_argument("--from-savepoint", default="latest" if name == "resume" else None,
                        help="savepoint path or 'latest'")
-        r.add_argument("--wait-running", action="store_true", help="wait until the job runs")
+        r.add_argument("--wait-running", action="store_true", help="wait until the job and all its tasks run")
         r.add_argument("--local", action="store_true",
                        help="run it on its own local MiniCluster in the background instead of a cluster")
         r.add_argument("--rest-port", type=int, default=0, help="with --local: its REST port (default: a free one)")

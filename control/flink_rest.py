@@ -121,6 +121,12 @@ class FlinkRest:
             time.sleep(0.5)
         raise FlinkRestError(f"job {job_id} is {state}, not {'/'.join(states)}, after {timeout_s:.0f}s")
 
+    def tasks_running(self, job_id: str) -> bool:
+        """True when the job and every one of its tasks run (a RUNNING job may still be deploying tasks)."""
+        detail = self.job(job_id)
+        vertices = detail.get("vertices", [])
+        return detail.get("state") == "RUNNING" and bool(vertices) and all(v["status"] == "RUNNING" for v in vertices)
+
     def wait_all_tasks_running(self, still_alive=lambda: True, timeout_s: float = 180.0) -> str:
         """Wait until the cluster's newest job has every task running; returns its id. ``still_alive``
         (e.g. the job's process) is checked in between, so a job that died fails fast."""
@@ -130,7 +136,7 @@ class FlinkRest:
                 raise FlinkRestError("the job's process exited before it ran")
             try:
                 jobs = self.jobs()
-                if jobs and all(v["status"] == "RUNNING" for v in self.job(jobs[0].job_id).get("vertices", [])):
+                if jobs and self.tasks_running(jobs[0].job_id):
                     return jobs[0].job_id
             except FlinkRestError:
                 pass

@@ -50,10 +50,19 @@ class JobProcess:
             pass
 
     def log_tail(self, lines: int = 40) -> str:
+        """The end of the job's output, and of its local MiniCluster's log (which the job names)."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            own = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return ""
+        named = [line.rsplit(" ", 1)[1] for line in own if "local MiniCluster log " in line]
+        cluster: list[str] = []
+        if named:
+            try:
+                cluster = [f"--- {named[-1]} ---"] + Path(named[-1]).read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                pass
+        return "\n".join(own[-lines:] + cluster)
 
     def __enter__(self) -> "JobProcess":
         return self if self.alive() else self.start()  # `with JobProcess(...).start():` must not start a second one
@@ -85,12 +94,15 @@ def setting_key(name: str) -> str:
 def job_process(job: str, log_path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None,
                 env: dict[str, str] | None = None, **options) -> JobProcess:
     """``python -m stream_jobs.<job>_job`` reading ``config`` (else what the environment names), with
-    keyword options as ``--set section.key=value`` flags (or the job's own run flags).
+    keyword options as ``--set section.key=value`` flags (or the job's own run flags). Without a
+    ``config``, the MiniCluster's log goes beside ``log_path`` unless ``log_dir`` says otherwise.
 
-    >>> job_process("serving", "x.log", bootstrap="k:9092", window=16, group_id="g").args
-    ['--set', 'broker.bootstrap=k:9092', '--set', 'serving.window=16', '--group-id', 'g']
+    >>> job_process("serving", "logs/x.log", bootstrap="k:9092", window=16, group_id="g").args
+    ['--set', 'broker.bootstrap=k:9092', '--set', 'serving.window=16', '--group-id', 'g', '--set', 'flink.log_dir=logs']
     """
     args = ["--config", str(config)] if config else []
+    if not config and "log_dir" not in options:  # the MiniCluster's log beside the job's own
+        options["log_dir"] = str(Path(log_path).parent)
     for name, value in options.items():
         if name in RUN_OPTIONS:
             args += ["--" + name.replace("_", "-"), str(value)]

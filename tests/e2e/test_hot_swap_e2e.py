@@ -75,12 +75,14 @@ def test_promote_refuse_corrupt_and_roll_back(tmp_path, registry_copy):
                 stop.set()
                 tail.close()
 
-    # the shard swaps between micro-batches: on every partition of predictions (each holds whole devices,
-    # in the order they were emitted) the versions form three clean phases, never v3
-    assert len(by_partition) >= 2
-    for partition, seen in by_partition.items():
-        phases = [v for i, v in enumerate(seen) if i == 0 or v != seen[i - 1]]
-        assert phases == [1, 2, 1], (partition, phases)
+    # The shard swaps between micro-batches. Kafka orders records within a partition only (each holds
+    # whole devices, in the order they were emitted), so the phases are judged per partition: on each,
+    # the versions run through 1, 2, 1 in that order (a partition may have seen no window in a phase),
+    # never v3; together they show all three phases.
+    phases = {p: [v for i, v in enumerate(seen) if i == 0 or v != seen[i - 1]] for p, seen in by_partition.items()}
+    for partition, seen in phases.items():
+        assert any(seen == [1, 2, 1][i:j] for i in range(3) for j in range(i + 1, 4)), (partition, seen)
+    assert [1, 2, 1] in phases.values(), phases
     refused = [d for d in letters if d.stage == "snapshot" and "refused" in d.reason]
     assert len(refused) == 1 and "v3" in refused[0].reason and "sha256 mismatch" in refused[0].reason
     assert "still serving v2" in refused[0].reason

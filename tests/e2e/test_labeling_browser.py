@@ -41,7 +41,7 @@ def stack(tmp_path_factory):
     logs = tmp_path_factory.mktemp("labeling")
     with EmbeddedBroker(log_path=logs / "broker.log") as broker:
         ensure_topics(broker.bootstrap, TOPICS)
-        server = LabelingServer(broker.bootstrap, TOKEN, CLASSES, port=free_port(), lease_s=60).start()
+        server = LabelingServer(broker.bootstrap, TOPICS, TOKEN, CLASSES, port=free_port(), lease_s=60).start()
         try:
             yield broker, server
         finally:

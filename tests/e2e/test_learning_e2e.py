@@ -53,7 +53,7 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
                 bootstrap=broker.bootstrap, topic=TOPICS.readings, rate=300, n_devices=8, drift=GYRO_BIAS,
                 stop=stop, stats=sent)),
             threading.Thread(target=run_simulated_labelers, daemon=True, kwargs=dict(
-                bootstrap=broker.bootstrap, classes=classes, delay_ms=200, stop=stop)),
+                bootstrap=broker.bootstrap, topics=TOPICS, classes=classes, delay_ms=200, stop=stop)),
         ]
         tail = TopicTail(broker.bootstrap, [TOPICS.predictions, TOPICS.model_snapshots, TOPICS.drift_events,
                                             TOPICS.review_requests])

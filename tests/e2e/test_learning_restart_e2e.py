@@ -66,7 +66,8 @@ def test_learning_resumes_from_checkpoint(tmp_path, registry_copy):
             job.process.wait()
         killed_at = int(time.time() * 1000)
         published_before = registry.versions(NAME)
-        job = start(broker, registry_copy, tmp_path, "learn-b", latest_checkpoint(tmp_path / "ck"))
+        restored = latest_checkpoint(tmp_path / "ck" / "checkpoints" / "learning")
+        job = start(broker, registry_copy, tmp_path, "learn-b", restored)
         with job:
             requests, labels = labeled_batch(160, 64)
             produce(broker.bootstrap, TOPICS.review_requests, requests)

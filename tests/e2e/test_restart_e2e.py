@@ -45,7 +45,7 @@ def test_restart_from_checkpoint_keeps_window_state(tmp_path, trained_registry):
             os.killpg(job.process.pid, signal.SIGKILL)  # a crash: no clean shutdown
             job.process.wait()
         produce(broker.bootstrap, TOPICS.readings, encoded(second))
-        restored = latest_checkpoint(checkpoints)
+        restored = latest_checkpoint(checkpoints / "checkpoints" / "serving")  # flink.state_dir/checkpoints/<job>
         job = serving_job(broker.bootstrap, tmp_path / "job-b.log", savepoint_path=str(restored), **options)
         with job:
             out = collect(broker.bootstrap, {TOPICS.predictions: len(everything)}, 240, job, "read_committed")
