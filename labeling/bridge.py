@@ -35,7 +35,6 @@ class LabelingBridge:
         self.ready = threading.Event()
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks="all")
         self.thread = threading.Thread(target=self._run, name="labeling-bridge", daemon=True)
-        self.bad_records = 0
 
     def start(self) -> "LabelingBridge":
         self.thread.start()
@@ -53,7 +52,6 @@ class LabelingBridge:
             self.queue.record(label)
 
     def _dead_letter(self, record, exc: Exception) -> None:
-        self.bad_records += 1
         letter = DeadLetter(record.topic, record.partition, record.offset, str(exc), raw_text(record.value or b""),
                             getattr(exc, "field", None), "labeling", int(time.time() * 1000))
         self.producer.send(self.topics.dead_letters, key=record.topic.encode(), value=letter.encode())

@@ -51,7 +51,9 @@ class JoinState:
 
 
 @dataclass
-class Rejection:
+class RefusedLabel:
+    """An answer the join could not use (unknown class, late, repeated, or for an unknown review), and why."""
+
     label: Label
     reason: str
 
@@ -78,11 +80,11 @@ class LabelJoiner:
         if label.status != "answered":
             return [], []  # skip / not sure: recorded on the topic, nothing to learn
         if label.label not in self.classes:
-            return [], [Rejection(label, f"label: unknown class {label.label!r}; known: {self.classes}")]
+            return [], [RefusedLabel(label, f"label: unknown class {label.label!r}; known: {self.classes}")]
         if state.resolved:
-            return [], [Rejection(label, f"review {label.review_id!r} was already resolved")]
+            return [], [RefusedLabel(label, f"review {label.review_id!r} was already resolved")]
         if any(who == label.labeler for who, _, _ in state.answers):
-            return [], [Rejection(label, f"repeated answer by {label.labeler!r} (the first one counts)")]
+            return [], [RefusedLabel(label, f"repeated answer by {label.labeler!r} (the first one counts)")]
         state.answers.append((label.labeler, label.label, label.answered_at))
         return self._resolve(state), []
 
@@ -101,10 +103,10 @@ class LabelJoiner:
     def expired(self, state: JoinState, now_ms: int) -> bool:
         return state.first_seen_ms is not None and now_ms - state.first_seen_ms >= self.ttl_ms
 
-    def expire(self, state: JoinState, review_id: str) -> list[Rejection]:
+    def expire(self, state: JoinState, review_id: str) -> list[RefusedLabel]:
         """At TTL: answers whose request never came are rejected (the caller then clears the state)."""
         if state.request is not None:
             return []
-        return [Rejection(Label(review_id, lab, who, at), f"unknown review id {review_id!r}: no request "
+        return [RefusedLabel(Label(review_id, lab, who, at), f"unknown review id {review_id!r}: no request "
                                                           f"within {self.ttl_ms} ms")
                 for who, lab, at in state.answers]

@@ -28,7 +28,6 @@ class ReviewRouter:
         self.tokens = float(budget_per_minute)
         self.refill_per_ms = budget_per_minute / 60_000.0
         self.last_ms: int | None = None
-        self.requested = 0
         self.suppressed = 0
 
     def _in_audit_sample(self, review_id: str) -> bool:
@@ -48,7 +47,6 @@ class ReviewRouter:
             self.suppressed += 1
             return None
         self.tokens -= 1.0
-        self.requested += 1
         return reason
 
     def set_budget(self, budget_per_minute: int) -> None:

@@ -59,7 +59,7 @@ def _array(raw: bytes, dtype: str, shape: tuple) -> np.ndarray:
 
 
 @dataclass(slots=True)
-class Rejection:
+class UnusableReading:
     """A reading the windower could not use, and why."""
 
     reading: SensorReading
@@ -138,7 +138,7 @@ class SlidingWindower:
                            np.zeros(self.length, np.int64), [None] * self.length)
 
     def add(self, state: DeviceState, reading: SensorReading, ingest_ms: int
-            ) -> tuple[list[Window], list[Rejection]]:
+            ) -> tuple[list[Window], list[UnusableReading]]:
         """Take one reading; return the windows it completes and anything refused."""
         state.device_id = reading.device_id
         if reading.seq is not None:
@@ -152,7 +152,7 @@ class SlidingWindower:
             state.next_seq = seq
         if seq < state.next_seq or seq in state.pending_keys:
             state.late += 1
-            return [], [Rejection(reading, f"late or duplicate: seq {seq} already used "
+            return [], [UnusableReading(reading, f"late or duplicate: seq {seq} already used "
                                            f"(next expected {state.next_seq})")]
         heapq.heappush(state.pending, (seq, reading.ts, reading.values, reading.label, ingest_ms))
         state.pending_keys.add(seq)
@@ -180,7 +180,7 @@ class SlidingWindower:
         ts = reading.ts
         if (state.last_ts is not None and ts <= state.last_ts) or ts in state.pending_keys:
             state.late += 1
-            return [], [Rejection(reading, f"late or duplicate: ts {ts} is not after the last "
+            return [], [UnusableReading(reading, f"late or duplicate: ts {ts} is not after the last "
                                            f"used reading ({state.last_ts})")]
         heapq.heappush(state.pending, (ts, ts, reading.values, reading.label, ingest_ms))
         state.pending_keys.add(ts)

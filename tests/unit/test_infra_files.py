@@ -101,6 +101,23 @@ def test_dockerfile_copies_what_exists_and_builds_the_jars():
     assert (COMPOSE.parent / services["jobmanager"]["build"]["context"] / "infra/docker/Dockerfile").is_file()
 
 
+def test_the_image_and_the_wheel_carry_every_package_and_nothing_else():
+    import tomllib
+
+    from infra.jars import jars_dir
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {p.rstrip("*") for p in project["packages"]["find"]["include"]}
+    copied = {line.split()[1] for line in (INFRA / "docker" / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ") and "--from" not in line}
+    assert packages <= copied, packages - copied  # the image installs the project from these folders
+    assert project["include-package-data"] is False  # the wheel ships no compose, Kubernetes or Docker files
+    assert all(not pattern.startswith(("compose", "k8s", "docker")) for pattern in project["package-data"]["infra"])
+    import infra
+
+    assert Path(infra.__file__).parent not in jars_dir("").parents  # downloads go to a cache, not the package
+
+
 def test_kubernetes_core_resources_validate_against_the_api_schema():
     import kubernetes_validate
 
