@@ -360,7 +360,8 @@ def run_job(module: str):
     configuration (``--config``, environment) and takes the remaining flags (``--set section.key=value``)."""
     def run(args: argparse.Namespace, rest: list[str]) -> int:
         config = ["--config", args.config] if args.config else []
-        importlib.import_module(module).main([*config, "--bootstrap", args.bootstrap, *rest])
+        broker = ["--bootstrap", args.bootstrap] if args.bootstrap else []
+        importlib.import_module(module).main([*config, *broker, *rest])
         return 0
     return run
 
@@ -411,11 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long the producer gathers readings into one batch before sending it")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("serve", help="run the serving job in the foreground (--set section.key=value flags go "
-                       "to the job; see serve --help)", add_help=False)
-    p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
-    p.set_defaults(needs_bootstrap=True)
-    p.set_defaults(func=None, passthrough=run_job("stream_jobs.serving_job"))
+    for command, job in (("serve", "serving"), ("learn", "learning")):
+        p = sub.add_parser(command, help=f"run the {job} job in the foreground on its own local MiniCluster "
+                           f"(--set section.key=value flags go to the job; see {command} --help)", add_help=False)
+        p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
+        p.set_defaults(needs_bootstrap=True, func=None, passthrough=run_job(f"stream_jobs.{job}_job"))
 
     p = sub.add_parser("model", help="model registry: list, show, promote, roll back")
     model_sub = p.add_subparsers(dest="model_command", required=True)
@@ -478,12 +479,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-error-rate", type=float, default=0.02, help="how often simulated labelers are wrong")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("learn", help="run the learning job in the foreground (--set section.key=value flags go "
-                       "to the job; see learn --help)", add_help=False)
-    p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
-    p.set_defaults(needs_bootstrap=True)
-    p.set_defaults(func=None, passthrough=run_job("stream_jobs.learning_job"))
-
     p = sub.add_parser("retrain", help="train on the whole labeled archive; gate, publish and announce")
     p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
     p.set_defaults(needs_bootstrap=True)
@@ -522,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         args.registry = cfg.registry.path
     if getattr(args, "model_name", "-") is None:
         args.model_name = cfg.registry.model_name
-    if getattr(args, "needs_bootstrap", False):
+    asks_help = getattr(args, "passthrough", None) and {"-h", "--help"} & set(rest)
+    if getattr(args, "needs_bootstrap", False) and not asks_help:
         args.bootstrap = resolve_bootstrap(args)
     try:
         if getattr(args, "passthrough", None):
