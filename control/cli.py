@@ -168,7 +168,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_id = int(time.time())
     job_cfg = cfg.with_values({"flink.state_dir": str(run_dir / "flink"), "flink.log_dir": str(run_dir / "logs")},
                               origin="demo")
-    config_file = write_job_config("demo", job_cfg, bootstrap)
+    config_file = write_job_config("demo", job_cfg, bootstrap, run_dir)
     print(f"broker {bootstrap}; starting the serving job (configuration: {config_file}; "
           f"log: {run_dir / 'serving.log'})", flush=True)
     job = JobProcess("stream_jobs.serving_job", ["--config", str(config_file), "--group-id",

@@ -53,10 +53,10 @@ def job_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not k.startswith("SENSORLOOP_")}
 
 
-def write_job_config(job: str, cfg: Config, bootstrap: str) -> Path:
-    """The configuration a submitted job reads, as a TOML file under ``stack.run_dir``/jobs: what
-    ``sensorloop config show`` prints, with the broker resolved and paths absolute."""
-    folder = Path(cfg.stack.run_dir).resolve() / "jobs"
+def write_job_config(job: str, cfg: Config, bootstrap: str, folder: Path | None = None) -> Path:
+    """The configuration a submitted job reads, as a TOML file in ``folder`` (default ``stack.run_dir``/jobs):
+    what ``sensorloop config show`` prints, with the broker resolved and paths absolute."""
+    folder = (folder or Path(cfg.stack.run_dir) / "jobs").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 1_000_000:06d}.toml"
     path.write_text(to_toml(for_cluster(cfg, bootstrap)))

@@ -14,6 +14,8 @@ at most one per ``min_gap_ms``; a rise (a better model, easier inputs) is not re
 
 from __future__ import annotations
 
+import math
+
 from typing import Iterable
 
 from river import drift
@@ -37,6 +39,8 @@ class ConfidenceWatch:
         """Feed one micro-batch's confidences; a DriftEvent when their mean fell significantly."""
         fell = False
         for confidence in confidences:
+            if not math.isfinite(confidence):
+                continue  # a non-finite confidence would leave ADWIN's estimate NaN for good
             d = self.detector
             total, width = d.estimation * d.width + float(confidence), d.width + 1
             d.update(float(confidence))

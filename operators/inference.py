@@ -55,9 +55,11 @@ class WindowScorer:
         self.model = model
 
     def score(self, windows: list[Window], now_ms: int, clock: Callable[[], int] | None = None
-              ) -> tuple[list[Prediction], list[ReviewRequest]]:
+              ) -> tuple[list[Prediction], list[ReviewRequest], list[Window]]:
+        """Predictions, review requests, and the windows the model gave no finite probabilities for
+        (never published as predictions; the caller dead-letters them)."""
         if not windows:
-            return [], []
+            return [], [], []
         model = self.model
 
         batch = np.stack([w.values for w in windows])
@@ -73,9 +75,13 @@ class WindowScorer:
         self.stats.windows += len(windows)
         emitted = int(time.time() * 1000) if clock is None else clock()
         classes = model.spec.classes
-        best = probs.argmax(axis=1)
-        predictions, reviews = [], []
-        for window, row, top in zip(windows, probs, best):
+        finite = np.isfinite(probs).all(axis=1)
+        best = np.where(finite, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0)
+        predictions, reviews, unscored = [], [], []
+        for window, row, top, ok in zip(windows, probs, best, finite):
+            if not ok:
+                unscored.append(window)
+                continue
             confidence = float(row[top])
             probabilities = {c: round(float(p), 6) for c, p in zip(classes, row)}
             predictions.append(Prediction(
@@ -93,4 +99,4 @@ class WindowScorer:
                     values=np.round(window.values, 5).tolist(), predicted=classes[top],
                     confidence=confidence, probabilities=probabilities,
                     model_version=model.version, reason=reason, created_at=emitted))
-        return predictions, reviews
+        return predictions, reviews, unscored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Sequence
 
@@ -25,27 +26,37 @@ def raw_text(raw: bytes) -> str:
 
 
 class ReadingParser:
-    """Validates readings against the configured channels.
+    """Validates readings against the configured channels and bounds: values of magnitude at most
+    ``max_abs``, and (when ``max_future_ms`` > 0) a timestamp at most that far ahead of the job's clock,
+    so one reading dated in the future cannot make every later reading of its device "late".
 
-    >>> p = ReadingParser(["x", "y"], source_topic="sensor-readings")
-    >>> p.parse(b'{"device_id": "d", "ts": 1, "values": {"x": 1, "y": 2}}', 0, 7).values
+    >>> p = ReadingParser(["x", "y"], source_topic="sensor-readings", max_abs=1e6, max_future_ms=60_000)
+    >>> p.parse(b'{"device_id": "d", "ts": 1, "values": {"x": 1, "y": 2}}', 0, 7, now_ms=10).values
     [1.0, 2.0]
     >>> dl = p.parse(b'{"device_id": "d", "ts": 1, "values": [1, NaN]}', 0, 8)
     >>> dl.offset, dl.field, dl.reason.startswith("$: malformed JSON")
     (8, '$', True)
+    >>> p.parse(b'{"device_id": "d", "ts": 4102444800000, "values": [1, 2]}', 0, 9, now_ms=1_800_000_000_000).reason
+    'ts: 4102444800000 lies 2302444800 s ahead of the job clock (at most 60 s allowed)'
     """
 
-    def __init__(self, channel_names: Sequence[str], source_topic: str,
-                 max_bytes: int = 64 * 1024) -> None:
+    def __init__(self, channel_names: Sequence[str], source_topic: str, max_bytes: int = 64 * 1024,
+                 max_abs: float = math.inf, max_future_ms: int = 0) -> None:
         self.channel_names = list(channel_names)
         self.source_topic = source_topic
-        self.max_bytes = max_bytes
+        self.max_bytes, self.max_abs, self.max_future_ms = max_bytes, max_abs, max_future_ms
 
-    def parse(self, raw: bytes, partition: int, offset: int) -> SensorReading | DeadLetter:
+    def parse(self, raw: bytes, partition: int, offset: int, now_ms: int | None = None) -> SensorReading | DeadLetter:
         try:
-            return SensorReading.decode(raw, channel_names=self.channel_names, max_bytes=self.max_bytes)
+            reading = SensorReading.decode(raw, channel_names=self.channel_names, max_bytes=self.max_bytes,
+                                           max_abs=self.max_abs)
         except SchemaError as exc:
             return self.dead_letter(raw, partition, offset, str(exc), exc.field)
+        if self.max_future_ms and now_ms is not None and reading.ts - now_ms > self.max_future_ms:
+            return self.dead_letter(raw, partition, offset,
+                                    f"ts: {reading.ts} lies {(reading.ts - now_ms) // 1000} s ahead of the job clock "
+                                    f"(at most {self.max_future_ms // 1000} s allowed)", "ts")
+        return reading
 
     def dead_letter(self, raw: bytes, partition: int, offset: int, reason: str,
                     field: str | None = None, stage: str = "parse") -> DeadLetter:

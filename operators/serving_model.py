@@ -57,12 +57,12 @@ def fixed_model(name: str, version: int, probabilities: tuple[float, ...] = (0.9
     return ServingModel(name, version, spec, FixedRunner(probabilities))
 
 
-def serving_channels(root: str, name: str, version: int | None = None) -> list[str]:
-    """The channel names readings must carry for the version serving starts with: ``version`` when
+def serving_spec(root: str, name: str, version: int | None = None) -> ModelSpec:
+    """The spec (window, channels, classes) of the version serving starts with: ``version`` when
     pinned, else the newest."""
     registry = ModelRegistry(root)
     meta = registry.metadata(name, version) if version else registry.latest_metadata(name)
-    return list(meta.spec["channels"])
+    return ModelSpec.from_dict(meta.spec)
 
 
 def smoke_test(runner: Runner, spec: ModelSpec) -> None:
@@ -115,9 +115,30 @@ def sibling_uri(artifact_uri: str, name: str) -> str:
     return f"{head}/{name}"
 
 
-def load_snapshot(snapshot, runtime: str = "onnx", device: str = "auto", threads: int = 0) -> ServingModel:
+def input_mismatch(spec: ModelSpec, window: int, channels) -> str | None:
+    """Why a model cannot serve windows of ``window`` readings of ``channels`` (None when it can).
+
+    >>> input_mismatch(ModelSpec(window=16), 32, ModelSpec().channels)
+    'it takes windows of 16 readings, serving cuts 32'
+    """
+    if spec.window != window:
+        return f"it takes windows of {spec.window} readings, serving cuts {window}"
+    if list(spec.channels) != list(channels):
+        return f"its channels {list(spec.channels)} differ from serving's {list(channels)}"
+    return None
+
+
+def load_snapshot(snapshot, runtime: str = "onnx", device: str = "auto", threads: int = 0,
+                  registry_root: str | None = None) -> ServingModel:
     """Load the version a ``model-snapshots`` message announces: sha256-verified artifact,
-    metadata beside it, smoke inference. Raises :class:`ArtifactError` with the reason."""
+    metadata beside it, smoke inference. With ``registry_root`` (as serving always passes it), the
+    artifact must be the one that registry keeps for that name and version: an announcement cannot
+    point serving at a file elsewhere. Raises :class:`ArtifactError` with the reason."""
+    if registry_root is not None:
+        expected = ModelRegistry(registry_root).artifact_uri(snapshot.model_name, snapshot.version)
+        if snapshot.artifact_uri != expected:
+            raise ArtifactError(f"artifact_uri {snapshot.artifact_uri!r} is not where the registry keeps "
+                                f"{snapshot.model_name} v{snapshot.version} ({expected})")
     onnx_bytes = load_verified(snapshot.artifact_uri, snapshot.sha256)
     try:
         meta = VersionMetadata(**json.loads(read_artifact(sibling_uri(snapshot.artifact_uri, "metadata.json"))))

@@ -31,7 +31,7 @@ from operators.inference import WindowScorer
 from operators.outgoing import Outgoing, dead_letter_out
 from operators.parse import raw_text
 from operators.routing import ReviewRouter, boosted_budget
-from operators.serving_model import ControlMessage, ServingModel
+from operators.serving_model import ControlMessage, ServingModel, input_mismatch
 from operators.windowing import Window
 from schemas import DeadLetter, DriftEvent, ModelSnapshot, Topics
 from settings import ServingSettings
@@ -50,6 +50,7 @@ class ShardTally:
     model_swaps: int = 0
     model_refused: int = 0
     confidence_drifts: int = 0
+    unscored_windows: int = 0
     inference_us_total: int = 0
     last_batch_size: int = 0
     last_inference_ms: float = 0.0
@@ -119,6 +120,9 @@ class InferenceShard:
             return None
         try:
             model = self.load(snapshot)
+            mismatch = input_mismatch(model.spec, self.settings.window, self.model.spec.channels)
+            if mismatch:
+                raise ArtifactError(f"{snapshot.model_name} v{snapshot.version} cannot serve here: {mismatch}")
         except ArtifactError as exc:
             self.tally.model_refused += 1
             log.warning("refused %s v%d: %s", snapshot.model_name, snapshot.version, exc)
@@ -144,7 +148,7 @@ class InferenceShard:
             self.scorer.router.set_budget(self.settings.review_budget_per_minute)
             self.boost_until = None
         model_s = self.scorer.stats.inference_s
-        predictions, reviews = self.scorer.score(windows, now_ms)
+        predictions, reviews, unscored = self.scorer.score(windows, now_ms)
         model_s = self.scorer.stats.inference_s - model_s
         t = self.tally
         t.last_batch_size, t.last_inference_ms = len(windows), model_s * 1000.0
@@ -154,6 +158,13 @@ class InferenceShard:
         t.review_requests += len(reviews)
         out = [Outgoing(self.topics.predictions, p.device_id, p.encode()) for p in predictions]
         out += [Outgoing(self.topics.review_requests, r.review_id, r.encode()) for r in reviews]
+        for window in unscored:
+            t.unscored_windows += 1
+            letter = DeadLetter(self.topics.readings, -1, -1,
+                                f"model {self.model_name} v{self.model.version} gave no finite probabilities for "
+                                f"the window of {window.device_id} ending at {window.end}", "", "values",
+                                "inference", now_ms)
+            out.append(dead_letter_out(self.topics.dead_letters, letter))
         if self.watch is not None and predictions:
             event = self.watch.observe([p.confidence for p in predictions], self.model.version, now_ms)
             if event is not None:  # more labels where the model is unsure; operators see it on drift-events

@@ -118,7 +118,8 @@ class SlidingWindower:
     """Cuts each device's readings into windows of ``length`` every ``stride`` readings."""
 
     def __init__(self, length: int, stride: int, n_channels: int, max_out_of_order_ms: int = 0,
-                 max_seq_gap_buffer: int = 32, reset_gap_ms: int = 0, seq_gap_timeout_ms: int = 1000) -> None:
+                 max_seq_gap_buffer: int = 32, reset_gap_ms: int = 0, seq_gap_timeout_ms: int = 1000,
+                 max_seq_jump: int = 0) -> None:
         if length < 1 or stride < 1:
             raise ValueError("length and stride must be >= 1")
         self.length = length
@@ -128,6 +129,7 @@ class SlidingWindower:
         self.max_seq_gap_buffer = max_seq_gap_buffer
         self.reset_gap_ms = reset_gap_ms
         self.seq_gap_timeout_ms = seq_gap_timeout_ms
+        self.max_seq_jump = max_seq_jump
 
     def idle(self, state: DeviceState, now_ms: int, idle_ms: int) -> bool:
         """True when the newest reading held back (waiting for a gap to fill) arrived ``idle_ms`` ago or more."""
@@ -150,6 +152,14 @@ class SlidingWindower:
         seq = reading.seq
         if state.next_seq is None:
             state.next_seq = seq
+        silent = (self.reset_gap_ms and state.last_ts is not None and not state.pending
+                  and reading.ts - state.last_ts > self.reset_gap_ms)
+        if silent and seq != state.next_seq:
+            state.next_seq = seq  # after a silence a device may start a new sequence (a reboot, a new counter)
+        jump = seq - state.next_seq
+        if self.max_seq_jump and jump > self.max_seq_jump:
+            return [], [UnusableReading(reading, f"seq: {seq} jumps {jump} ahead of the next expected "
+                                                 f"{state.next_seq} (at most {self.max_seq_jump} allowed)")]
         if seq < state.next_seq or seq in state.pending_keys:
             state.late += 1
             return [], [UnusableReading(reading, f"late or duplicate: seq {seq} already used "

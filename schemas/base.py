@@ -106,12 +106,24 @@ def require_id(obj: Mapping[str, Any], name: str, max_len: int = 128) -> str:
     return value
 
 
-def require_int(obj: Mapping[str, Any], name: str, minimum: int | None = None) -> int:
+MAX_SAFE_INT = 2**53 - 1  # the largest integer every JSON reader keeps exactly (and far inside int64)
+
+
+def require_int(obj: Mapping[str, Any], name: str, minimum: int | None = None, maximum: int = MAX_SAFE_INT) -> int:
+    """An integer within ``[minimum, maximum]`` (by default at most 2**53 - 1).
+
+    >>> require_int({"ts": 18446744073709551615}, "ts", minimum=0)
+    Traceback (most recent call last):
+    ...
+    schemas.base.SchemaError: ts: must be <= 9007199254740991
+    """
     value = obj[name]
     if isinstance(value, bool) or not isinstance(value, int):
         raise SchemaError(name, f"must be an integer, got {type(value).__name__}")
     if minimum is not None and value < minimum:
         raise SchemaError(name, f"must be >= {minimum}")
+    if value > maximum:
+        raise SchemaError(name, f"must be <= {maximum}")
     return value
 
 
@@ -127,14 +139,25 @@ def require_float(obj: Mapping[str, Any], name: str, low: float | None = None, h
     return value
 
 
-def finite_floats(values: Iterable[Any], name: str) -> list[float]:
-    """Validate a sequence of finite numbers, naming the first bad element."""
+def finite_floats(values: Iterable[Any], name: str, max_abs: float = math.inf) -> list[float]:
+    """Validate a sequence of finite numbers of magnitude at most ``max_abs``, naming the first bad element.
+
+    >>> finite_floats([1, 1e308], "values", max_abs=1e9)
+    Traceback (most recent call last):
+    ...
+    schemas.base.SchemaError: values[1]: magnitude 1e+308 above the limit 1e+09
+    """
     out = []
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise SchemaError(f"{name}[{i}]", f"must be a number, got {type(v).__name__}")
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:  # an integer too large for a float
+            raise SchemaError(f"{name}[{i}]", f"magnitude above the limit {max_abs:g}") from None
         if not math.isfinite(f):
             raise SchemaError(f"{name}[{i}]", "must be finite (NaN/inf refused)")
+        if abs(f) > max_abs:
+            raise SchemaError(f"{name}[{i}]", f"magnitude {abs(f):g} above the limit {max_abs:g}")
         out.append(f)
     return out

@@ -12,6 +12,7 @@ schemas.base.SchemaError: values: expected 2 channels, got 1
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
@@ -81,7 +82,7 @@ class SensorReading(_Record):
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], channels: int | None = None,
-                  channel_names: Sequence[str] | None = None) -> "SensorReading":
+                  channel_names: Sequence[str] | None = None, max_abs: float = math.inf) -> "SensorReading":
         check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
         check_version(obj)
         device_id = require_id(obj, "device_id")
@@ -96,9 +97,9 @@ class SensorReading(_Record):
             extra = [n for n in raw if n not in channel_names]
             if extra:
                 raise SchemaError(f"values.{extra[0]}", "unknown channel")
-            values = finite_floats((raw[n] for n in channel_names), "values")
+            values = finite_floats((raw[n] for n in channel_names), "values", max_abs)
         elif isinstance(raw, list):
-            values = finite_floats(raw, "values")
+            values = finite_floats(raw, "values", max_abs)
         else:
             raise SchemaError("values", f"must be a list or an object, got {type(raw).__name__}")
         expected = channels if channels is not None else (len(channel_names) if channel_names else None)
@@ -111,8 +112,8 @@ class SensorReading(_Record):
     @classmethod
     def decode(cls, raw: bytes | str, channels: int | None = None,
                channel_names: Sequence[str] | None = None,
-               max_bytes: int = DEFAULT_MAX_BYTES) -> "SensorReading":
-        return cls.from_dict(decode_json(raw, max_bytes), channels, channel_names)
+               max_bytes: int = DEFAULT_MAX_BYTES, max_abs: float = math.inf) -> "SensorReading":
+        return cls.from_dict(decode_json(raw, max_bytes), channels, channel_names, max_abs)
 
 
 @dataclass(slots=True)

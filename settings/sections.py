@@ -62,7 +62,7 @@ class FlinkSettings:
     execution_mode: str = "thread"  # PyFlink's Python operators in the TaskManager's JVM (thread) or a worker
     python_executable: str = ""  # Python on the TaskManagers; empty: this interpreter
     metrics_urls: str = ""  # comma-separated Prometheus /metrics URLs of the TaskManagers; empty: the stack's
-    restart_attempts: int = 3
+    restart_max_backoff_ms: int = 60_000  # restarts never stop: 1 s, 2 s, 4 s ... up to this, reset after 10 min
     bundle_time_ms: int = 5
     bundle_size: int = 500
     buffer_timeout_ms: int = 5
@@ -73,7 +73,8 @@ class FlinkSettings:
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "parallelism", "checkpoint_interval_ms", "bundle_size")
-        _at_least(self, 0, "restart_attempts", "bundle_time_ms", "buffer_timeout_ms")
+        _at_least(self, 1000, "restart_max_backoff_ms")
+        _at_least(self, 0, "bundle_time_ms", "buffer_timeout_ms")
         if self.execution_mode not in ("thread", "process"):
             raise ValueError(f"execution_mode must be 'thread' or 'process', got {self.execution_mode!r}")
 
@@ -112,6 +113,9 @@ class ServingSettings:
     audit_rate: float = 0.01
     review_budget_per_minute: int = 120
     max_message_bytes: int = 64 * 1024
+    max_abs_value: float = 1e9  # a reading's values beyond this magnitude are refused (float32 would overflow)
+    max_future_ms: int = 600_000  # a reading dated further ahead of the job's clock is refused; 0: no bound
+    max_seq_jump: int = 100_000  # a sequence number further ahead of the device's next one is refused; 0: none
     runtime: str = "onnx"
     device: str = "auto"
     inference_threads: int = 1
@@ -122,7 +126,10 @@ class ServingSettings:
     def __post_init__(self) -> None:
         _at_least(self, 1, "window", "stride", "max_batch", "max_seq_gap_buffer", "inference_threads")
         _at_least(self, 0, "model_version", "max_out_of_order_ms", "seq_gap_timeout_ms", "max_wait_ms",
-                  "review_budget_per_minute", "reset_gap_ms", "drift_budget_per_minute", "drift_boost_seconds")
+                  "review_budget_per_minute", "reset_gap_ms", "drift_budget_per_minute", "drift_boost_seconds",
+                  "max_future_ms", "max_seq_jump")
+        if not self.max_abs_value > 0:
+            raise ValueError(f"max_abs_value must be > 0, got {self.max_abs_value}")
         _share(self, "confidence_threshold", "audit_rate")
         if not 0.0 <= self.confidence_drift_delta < 1.0:
             raise ValueError("confidence_drift_delta must lie in [0, 1)")

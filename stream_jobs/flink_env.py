@@ -119,9 +119,14 @@ def make_env(cfg: Config, job: str, run: JobRun = JobRun()) -> StreamExecutionEn
     config.set_string("execution.checkpointing.dir", state_uri(f"{state}/checkpoints/{job}"))
     config.set_string("execution.checkpointing.savepoint-dir", state_uri(f"{state}/savepoints/{job}"))
     config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
-    config.set_string("restart-strategy.type", "fixed-delay")
-    config.set_string("restart-strategy.fixed-delay.attempts", str(flink.restart_attempts))
-    config.set_string("restart-strategy.fixed-delay.delay", "1 s")
+    # a failure that repeats (a bad dependency, a full disk) backs off instead of stopping the job for good
+    config.set_string("restart-strategy.type", "exponential-delay")
+    config.set_string("restart-strategy.exponential-delay.initial-backoff", "1 s")
+    config.set_string("restart-strategy.exponential-delay.max-backoff", f"{flink.restart_max_backoff_ms} ms")
+    config.set_string("restart-strategy.exponential-delay.backoff-multiplier", "2.0")
+    config.set_string("restart-strategy.exponential-delay.reset-backoff-threshold", "10 min")
+    config.set_string("restart-strategy.exponential-delay.jitter-factor", "0.1")
+    config.set_string("restart-strategy.exponential-delay.attempts-before-reset-backoff", str(2**31 - 1))
     if run.rest_port:
         config.set_string("rest.port", str(run.rest_port))
         config.set_string("rest.address", "localhost")

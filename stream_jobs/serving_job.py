@@ -16,7 +16,14 @@ from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, Run
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from operators.parse import ReadingParser, raw_text
-from operators.serving_model import ControlMessage, load_from_registry, load_snapshot, serving_channels
+from model.registry import ArtifactError
+from operators.serving_model import (
+    ControlMessage,
+    input_mismatch,
+    load_from_registry,
+    load_snapshot,
+    serving_spec,
+)
 from operators.serving_shard import InferenceShard
 from operators.windowing import SlidingWindower
 from schemas import DeadLetter, DriftEvent, ModelSnapshot, SchemaError
@@ -49,9 +56,10 @@ class ReadingsToWindows(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         s, topics = self.cfg.serving, self.cfg.topics
-        self.parser = ReadingParser(self.channels, topics.readings, s.max_message_bytes)
+        self.parser = ReadingParser(self.channels, topics.readings, s.max_message_bytes, s.max_abs_value,
+                                    s.max_future_ms)
         self.windower = SlidingWindower(s.window, s.stride, len(self.channels), s.max_out_of_order_ms,
-                                        s.max_seq_gap_buffer, s.reset_gap_ms, s.seq_gap_timeout_ms)
+                                        s.max_seq_gap_buffer, s.reset_gap_ms, s.seq_gap_timeout_ms, s.max_seq_jump)
         self.state = runtime_context.get_state(ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY()))
         group = runtime_context.get_metrics_group()
         self.readings_in = group.counter("readings_in")
@@ -66,7 +74,7 @@ class ReadingsToWindows(KeyedProcessFunction):
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         _, partition, offset, ingest_ms, payload = split_envelope(value)
         self.readings_in.inc()
-        reading = self.parser.parse(payload, partition, offset)
+        reading = self.parser.parse(payload, partition, offset, now_ms())
         if isinstance(reading, DeadLetter):
             yield self._dead_letter(reading)
             return
@@ -159,15 +167,19 @@ class InferBatches(KeyedCoProcessFunction):
     by inference shard; an ``operators.serving_shard.InferenceShard`` does the work. The accepted
     announcement is kept in keyed state, so a restored job serves the same version."""
 
-    def __init__(self, cfg: Config, stats_file: str = "") -> None:
-        self.cfg, self.stats_file = cfg, stats_file
+    def __init__(self, cfg: Config, channels: list[str], stats_file: str = "") -> None:
+        self.cfg, self.channels, self.stats_file = cfg, channels, stats_file
 
     def open(self, runtime_context: RuntimeContext) -> None:
         s, registry = self.cfg.serving, self.cfg.registry
         model = load_from_registry(registry.path, registry.model_name, s.model_version or None, s.runtime, s.device,
                                    s.inference_threads)
+        mismatch = input_mismatch(model.spec, s.window, self.channels)
+        if mismatch:  # build_serving_job checked the same; the registry changed in between
+            raise ArtifactError(f"{model.name} v{model.version} cannot serve: {mismatch}")
         self.shard = InferenceShard(s, registry.model_name, self.cfg.topics, model,
-                                    lambda snap: load_snapshot(snap, s.runtime, s.device, s.inference_threads),
+                                    lambda snap: load_snapshot(snap, s.runtime, s.device, s.inference_threads,
+                                                               registry.path),
                                     self.stats_file)
         gc.collect()
         gc.freeze()  # the loaded libraries and model stay out of the collector's way on the hot path
@@ -177,7 +189,7 @@ class InferBatches(KeyedCoProcessFunction):
         group = runtime_context.get_metrics_group()
         tally = self.shard.tally
         for name in ("predictions", "review_requests", "batches", "model_swaps", "model_refused",
-                     "confidence_drifts", "inference_us_total"):
+                     "confidence_drifts", "inference_us_total", "unscored_windows"):
             group.gauge(name, lambda name=name: int(getattr(tally, name)))
         group.gauge("batch_size", lambda: tally.last_batch_size)
         group.gauge("inference_ms", lambda: int(round(tally.last_inference_ms)))
@@ -229,7 +241,12 @@ def shard_of(device_id: str, shards: int) -> int:
 def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     """Add the serving pipeline to ``env``."""
     topics, group_id = cfg.topics, run.group_id or "sensorloop-serving"
-    channels = serving_channels(cfg.registry.path, cfg.registry.model_name, cfg.serving.model_version or None)
+    spec = serving_spec(cfg.registry.path, cfg.registry.model_name, cfg.serving.model_version or None)
+    mismatch = input_mismatch(spec, cfg.serving.window, spec.channels)
+    if mismatch:
+        raise SystemExit(f"sensorloop serving job: {cfg.registry.model_name} cannot serve with serving.window = "
+                         f"{cfg.serving.window}: {mismatch}")
+    channels = list(spec.channels)
     shards = max(1, cfg.flink.parallelism)
     readings = keyed_source(env, cfg.broker.bootstrap, [topics.readings], group_id, "sensor-readings", "device_id")
     windows = (readings.process(ReadingsToWindows(cfg, channels), output_type=Types.PICKLED_BYTE_ARRAY())
@@ -241,7 +258,7 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     by_shard = windows.key_by(lambda w: shard_of(w.device_id, shards), key_type=Types.INT())
     controls_by_shard = controls.key_by(lambda c: c.shard, key_type=Types.INT())
     scored = (by_shard.connect(controls_by_shard)
-              .process(InferBatches(cfg, run.stats_file), output_type=Types.STRING())
+              .process(InferBatches(cfg, channels, run.stats_file), output_type=Types.STRING())
               .name("inference").uid("inference"))
     out = scored.union(windows.get_side_output(DEAD_LETTERS), controls.get_side_output(DEAD_LETTERS))
     out.sink_to(routed_sink(cfg.broker.bootstrap, cfg.flink.exactly_once, f"{group_id}-tx")).name(

@@ -37,7 +37,9 @@ def window(device, end, truth=None):
 def test_scorer_predicts_every_window_and_routes_unsure_ones():
     model = ServingModel("m", 3, SPEC, FixedRunner([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25]]))
     scorer = WindowScorer(model, ReviewRouter(threshold=0.6, audit_rate=0.0, budget_per_minute=100))
-    preds, reviews = scorer.score([window("d1", 1000, "x"), window("d2", 2000)], now_ms=0, clock=lambda: 2050)
+    preds, reviews, unscored = scorer.score([window("d1", 1000, "x"), window("d2", 2000)], now_ms=0,
+                                            clock=lambda: 2050)
+    assert unscored == []
     assert [p.label for p in preds] == ["x", "x"]
     assert preds[0].model_version == 3 and preds[0].truth == "x" and preds[0].latency_ms == 1150.0
     assert abs(sum(preds[1].probabilities.values()) - 1.0) < 1e-5
@@ -47,6 +49,24 @@ def test_scorer_predicts_every_window_and_routes_unsure_ones():
     assert Prediction.decode(preds[0].encode()) == preds[0]
     assert ReviewRequest.decode(reviews[0].encode()).review_id == "d2:2000"
     assert scorer.stats.windows == 2 and scorer.stats.batches == 1
+
+
+def test_windows_the_model_gives_no_finite_probabilities_are_not_predicted():
+    nan = float("nan")
+    model = ServingModel("m", 3, SPEC, FixedRunner([[0.9, 0.05, 0.05], [nan, nan, nan]]))
+    scorer = WindowScorer(model, ReviewRouter(threshold=1.0, audit_rate=0.0, budget_per_minute=100))
+    preds, reviews, unscored = scorer.score([window("d1", 1000), window("d2", 2000)], now_ms=0)
+    assert [p.device_id for p in preds] == ["d1"] and [r.device_id for r in reviews] == ["d1"]
+    assert [w.device_id for w in unscored] == ["d2"]
+
+
+def test_a_nan_confidence_does_not_blind_the_confidence_watch():
+    from operators.confidence_watch import ConfidenceWatch
+
+    watch = ConfidenceWatch("m", delta=0.002, min_gap_ms=0)
+    watch.observe([0.95] * 300 + [float("nan")], 1, 0)
+    assert watch.detector.estimation == watch.detector.estimation  # not NaN
+    assert any(watch.observe([0.5] * 50, 1, i) is not None for i in range(20))  # a real fall is still seen
 
 
 def test_scorer_swap_changes_version_between_batches():

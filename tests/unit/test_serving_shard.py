@@ -6,7 +6,7 @@ import orjson
 
 from model.registry import ArtifactError, ModelRegistry
 from operators.batching import ListStore
-from operators.serving_model import ControlMessage, fixed_model, serving_channels
+from operators.serving_model import ControlMessage, fixed_model, serving_spec
 from operators.serving_shard import InferenceShard
 from schemas import DriftEvent, ModelSnapshot, Topics
 from settings import ServingSettings
@@ -84,5 +84,38 @@ def test_serving_reads_the_channels_of_the_pinned_version(tmp_path):
     registry = ModelRegistry(str(tmp_path))
     registry.publish("m", b"onnx", b"w", {"channels": ["a", "b"], "window": 4, "classes": ["x"]})
     registry.publish("m", b"onnx", b"w", {"channels": ["a", "b", "c"], "window": 4, "classes": ["x"]})
-    assert serving_channels(str(tmp_path), "m") == ["a", "b", "c"]
-    assert serving_channels(str(tmp_path), "m", 1) == ["a", "b"]
+    assert serving_spec(str(tmp_path), "m").channels == ("a", "b", "c")
+    assert serving_spec(str(tmp_path), "m", 1).channels == ("a", "b")
+
+
+def test_an_announced_model_with_another_window_or_channels_is_refused():
+    from model.spec import ModelSpec
+    from operators.serving_model import ServingModel
+
+    shard = InferenceShard.for_tests()
+    other = {6: ModelSpec(window=8, channels=("x", "y"), classes=("a", "b")),
+             7: ModelSpec(window=4, channels=("x", "z"), classes=("a", "b"))}
+    shard.load = lambda snap: ServingModel("toy", snap.version, other[snap.version], shard.model.runner)
+    for version, why in ((6, "windows of 8 readings, serving cuts 4"), (7, "channels ['x', 'z'] differ")):
+        out, accepted = shard.on_control(ListStore(), ControlMessage(0, snapshot(version), 0, 1), now_ms=0)
+        assert accepted is None and shard.model.version == 1
+        assert why in payloads(out, Topics().dead_letters)[0]["reason"]
+
+
+def test_an_announcement_must_point_at_the_registrys_own_artifact(tmp_path, trained_registry):
+    import shutil
+
+    import pytest
+
+    from operators.serving_model import load_snapshot
+
+    registry = ModelRegistry(trained_registry)
+    good = ModelSnapshot.from_dict(registry.announcement("basic-motions", 1))
+    copy = tmp_path / "elsewhere.onnx"
+    shutil.copyfile(registry.version_dir("basic-motions", 1) / "model.onnx", copy)
+    shutil.copyfile(registry.version_dir("basic-motions", 1) / "metadata.json", tmp_path / "metadata.json")
+    forged = ModelSnapshot.from_dict({**good.to_dict(), "artifact_uri": copy.as_uri()})  # its own sha256 matches
+    assert load_snapshot(forged).version == 1  # without a registry to answer to, the file alone would pass
+    with pytest.raises(ArtifactError, match="is not where the registry keeps basic-motions v1"):
+        load_snapshot(forged, registry_root=trained_registry)
+    assert load_snapshot(good, registry_root=trained_registry).version == 1

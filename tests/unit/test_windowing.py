@@ -152,3 +152,21 @@ def test_state_and_windows_pickled_by_an_earlier_version_still_load(monkeypatch)
     more, _ = feed(w, restored, seq_readings([5]))
     assert [(x.start, x.end) for x in more] == [(1020, 1050)]
     assert windows_as_tuples([pickle.loads(old_window)]) == windows_as_tuples(windows[-1:])
+
+
+def test_a_sequence_number_far_ahead_is_refused_and_the_device_keeps_being_served():
+    w = SlidingWindower(length=2, stride=1, n_channels=2, max_seq_jump=1000, reset_gap_ms=10_000)
+    state = w.new_state()
+    hostile = SensorReading("d", 1025, [0.0, 0.0], seq=10**15)
+    windows, rejected = feed(w, state, seq_readings([0, 1, 2]) + [hostile] + seq_readings([3, 4]))
+    assert len(rejected) == 1 and "jumps" in rejected[0].reason and "at most 1000" in rejected[0].reason
+    assert [x.end for x in windows] == [1010, 1020, 1030, 1040]  # seq 3 and 4 were not made "late"
+
+
+def test_after_a_silence_a_restarted_sequence_is_taken():
+    w = SlidingWindower(length=2, stride=1, n_channels=1, max_seq_jump=1000, reset_gap_ms=1000)
+    state = w.new_state()
+    before = [SensorReading("d", 10 * i, [0.0], seq=50_000 + i) for i in range(3)]
+    rebooted = [SensorReading("d", 60_000 + 10 * i, [0.0], seq=i) for i in range(3)]  # counter back at 0
+    windows, rejected = feed(w, state, before + rebooted)
+    assert rejected == [] and [x.end for x in windows] == [10, 20, 60_010, 60_020]

@@ -50,7 +50,7 @@ public class JsonKeyedDeserializer implements KafkaRecordDeserializationSchema<R
                 String name = parser.currentName();
                 JsonToken token = parser.nextToken();
                 if (field.equals(name)) {
-                    return token == JsonToken.VALUE_STRING ? parser.getText() : "";
+                    return token == JsonToken.VALUE_STRING ? usable(parser.getText()) : "";
                 }
                 parser.skipChildren();
             }
@@ -58,6 +58,23 @@ public class JsonKeyedDeserializer implements KafkaRecordDeserializationSchema<R
             // malformed JSON: the Python parser dead-letters it with the reason
         }
         return "";
+    }
+
+    /**
+     * The key as it is, or "" when Python could not take it: a lone UTF-16 surrogate (for example from
+     * "\ud800" in the JSON) cannot be encoded for the Python side and would fail the task before any of
+     * our code runs. The record still goes on, and the Python parser dead-letters it with the reason.
+     */
+    static String usable(String key) {
+        for (int i = 0; i < key.length(); i++) {
+            char c = key.charAt(i);
+            if (Character.isHighSurrogate(c) && i + 1 < key.length() && Character.isLowSurrogate(key.charAt(i + 1))) {
+                i++;
+            } else if (Character.isSurrogate(c)) {
+                return "";
+            }
+        }
+        return key;
     }
 
     @Override

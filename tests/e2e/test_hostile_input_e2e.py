@@ -1,0 +1,92 @@
+"""Records and announcements that once killed, stalled or fooled the serving job, sent to a running job
+on the real broker and MiniCluster: each becomes a dead letter with its reason, the job never fails a
+task, and every device (the ones the hostile records named too) keeps being served."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+
+from control.launcher import serving_job
+from infra.broker import EmbeddedBroker, ensure_topics
+from infra.kafka_tools import produce
+from model.export import export_onnx
+from model.network import WindowTransformer
+from model.registry import ModelRegistry
+from model.spec import ModelSpec
+from model.train import weights_bytes
+from schemas import DeadLetter, ModelSnapshot, Topics
+from tests.e2e.helpers import collect, encoded, expected_window_ends, replayed_readings
+
+pytestmark = pytest.mark.e2e
+TOPICS = Topics()
+NAME = "basic-motions"
+SIX = [1, 2, 3, 4, 5, 6]
+
+
+def reading(device: str, ts: int, values=SIX, seq: int | None = None) -> bytes:
+    body = {"device_id": device, "ts": ts, "values": values}
+    return orjson.dumps(body if seq is None else {**body, "seq": seq})
+
+
+def test_hostile_records_and_announcements_neither_kill_nor_stall_nor_fool_serving(tmp_path, registry_copy):
+    registry = ModelRegistry(registry_copy)
+    torch.manual_seed(0)
+    short = ModelSpec(window=16)  # another window length than serving cuts (32)
+    net = WindowTransformer(short).eval()
+    wrong_window = registry.publish(NAME, export_onnx(net, short), weights_bytes(net), short.to_dict(), {}, 1)
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(registry.version_dir(NAME, 1), outside / "v000001")  # the real v1, but outside the registry
+    v1 = registry.announcement(NAME, 1)
+    forged = ModelSnapshot.from_dict({**v1, "artifact_uri": (outside / "v000001" / "model.onnx").as_uri()})
+
+    first = replayed_readings(n_devices=4, per_device=48)
+    second = replayed_readings(n_devices=4, per_device=48, start_seq=48)
+    victims = sorted({r["device_id"] for r in first})[:2]  # the hostile records name two real devices
+    last_ts = {d: max(r["ts"] for r in first if r["device_id"] == d) for d in victims}
+    hostile = [
+        (b'{"device_id": "\\ud800", "ts": 1, "values": [1, 2, 3, 4, 5, 6]}', "$"),  # lone surrogate key
+        (reading("device-huge-ts", 18446744073709551615), "ts"),  # beyond int64 in the window ring
+        (reading(victims[0], 4102444800000), "ts"),  # dated 2100: would make every later reading "late"
+        (reading(victims[1], last_ts[victims[1]] + 1, seq=10**15), "seq"),  # a sequence jump of 10^15
+    ] + [(reading("device-huge-values", 1_700_000_000_000 + i, [1e308, -1e308, 1, 2, 3, 4]), "values[0]")
+         for i in range(32)]  # finite, but infinite in float32
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        ensure_topics(broker.bootstrap, TOPICS)
+        job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=registry_copy, model_version=1,
+                          state_dir=str(tmp_path / "flink"), max_seq_jump=1000, confidence_threshold=0.0,
+                          audit_rate=0.0)
+        with job:
+            produce(broker.bootstrap, TOPICS.readings, encoded(first))
+            produce(broker.bootstrap, TOPICS.readings, [(b"hostile", raw) for raw, _ in hostile])
+            for snapshot in (ModelSnapshot.from_dict(registry.announcement(NAME, wrong_window.version)), forged):
+                produce(broker.bootstrap, TOPICS.model_snapshots, [(NAME.encode(), snapshot.encode())])
+            time.sleep(2)  # the announcements travel on their own source
+            produce(broker.bootstrap, TOPICS.readings, encoded(second))
+            expected = expected_window_ends(first + second, window=32, stride=8)
+            out = collect(broker.bootstrap, {TOPICS.predictions: len(expected),
+                                             TOPICS.dead_letters: len(hostile) + 2}, timeout_s=240, job=job)
+            assert job.alive()
+            log = job.log_tail(100_000)
+
+    predictions = [orjson.loads(r.value) for r in out[TOPICS.predictions]]
+    assert {(p["device_id"], p["window_end"]) for p in predictions} == expected  # the victims too
+    assert all(p["model_version"] == 1 for p in predictions)
+    letters = [DeadLetter.decode(r.value) for r in out[TOPICS.dead_letters]]
+    readings_letters = [d for d in letters if d.source_topic == TOPICS.readings]
+    assert sorted(d.field for d in readings_letters) == sorted(field for _, field in hostile)
+    assert any("no low surrogate" in d.reason for d in readings_letters)
+    assert any("must be <= 9007199254740991" in d.reason for d in readings_letters)
+    assert any("ahead of the job clock" in d.reason for d in readings_letters)
+    assert any("jumps" in d.reason for d in readings_letters)
+    refused = sorted(d.reason for d in letters if d.source_topic == TOPICS.model_snapshots)
+    assert len(refused) == 2
+    assert any("windows of 16 readings, serving cuts 32" in r for r in refused)
+    assert any("is not where the registry keeps basic-motions v1" in r for r in refused)
+    assert " to FAILED" not in log, "a task failed (and the job restarted) on a hostile record"
+    assert Path(tmp_path / "flink").is_dir()
