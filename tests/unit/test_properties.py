@@ -1,0 +1,101 @@
+"""Property-based tests (Hypothesis, derandomized and bounded): inputs nobody wrote by hand reach the
+reading, answer, announcement and configuration paths, and every one ends as a value or a clear,
+named refusal, never an exception from inside."""
+
+from __future__ import annotations
+
+import pickle
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from operators.label_join import LabelJoiner
+from operators.parse import ReadingParser
+from operators.windowing import SlidingWindower
+from schemas import DeadLetter, DriftEvent, Label, ModelSnapshot, ReviewRequest, SchemaError, SensorReading
+from settings import Config, ConfigError, load_config
+
+BOUNDED = settings(derandomize=True, max_examples=300, deadline=None,
+                   suppress_health_check=[HealthCheck.too_slow])
+CHANNELS = ["ax", "ay", "az"]
+scalars = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
+           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20))
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
+                           | st.dictionaries(st.text(max_size=10), inner, max_size=5), max_leaves=20)
+near_readings = st.fixed_dictionaries(
+    {"device_id": st.text(min_size=0, max_size=140) | scalars,
+     "ts": st.integers(min_value=-5, max_value=2**66) | scalars,
+     "values": st.lists(st.floats() | st.integers(min_value=-2**1100 // 2**1000, max_value=2**1100)
+                        | scalars, min_size=0, max_size=5)
+     | st.dictionaries(st.sampled_from(CHANNELS + ["bz"]), st.floats() | scalars, max_size=4)},
+    optional={"seq": st.integers(min_value=-3, max_value=2**64) | scalars, "label": scalars,
+              "schema_version": scalars, "extra": scalars})
+
+
+def encode(obj) -> bytes:
+    try:
+        return orjson.dumps(obj)
+    except (TypeError, orjson.JSONEncodeError):  # NaN, huge ints: send them as Python's JSON would
+        import json
+
+        return json.dumps(obj).encode()
+
+
+@BOUNDED
+@given(raw=st.binary(max_size=200) | near_readings.map(encode) | json_values.map(encode))
+def test_any_payload_becomes_a_reading_or_a_dead_letter_that_keeps_its_contract(raw):
+    parser = ReadingParser(CHANNELS, "sensor-readings", max_bytes=4096, max_abs=1e9, max_future_ms=600_000)
+    out = parser.parse(raw, 0, 1, now_ms=1_800_000_000_000)
+    if isinstance(out, DeadLetter):
+        again = DeadLetter.decode(out.encode())
+        assert again.reason == out.reason and again.offset == 1 and out.reason
+    else:
+        assert isinstance(out, SensorReading) and len(out.values) == 3
+        assert all(abs(v) <= 1e9 for v in out.values) and 0 <= out.ts <= 2**53 - 1
+
+
+readings = st.builds(SensorReading, st.sampled_from(["a", "b"]), st.integers(min_value=0, max_value=2**53 - 1),
+                     st.lists(st.floats(min_value=-1e9, max_value=1e9), min_size=2, max_size=2),
+                     st.none() | st.integers(min_value=0, max_value=2**53 - 1), st.none() | st.sampled_from(["x"]))
+
+
+@BOUNDED
+@given(st.lists(readings, max_size=60))
+def test_the_windower_takes_any_valid_readings_in_any_order_and_its_state_pickles(items):
+    w = SlidingWindower(length=4, stride=2, n_channels=2, max_out_of_order_ms=50, max_seq_gap_buffer=4,
+                        reset_gap_ms=1000, seq_gap_timeout_ms=100, max_seq_jump=1000)
+    states = {"a": w.new_state(), "b": w.new_state()}
+    for i, r in enumerate(items):
+        windows, refused = w.add(states[r.device_id], r, ingest_ms=i)
+        assert all(x.values.shape == (4, 2) and x.device_id == r.device_id for x in windows)
+        assert all(u.reason for u in refused)
+    for state in states.values():
+        w.flush(pickle.loads(pickle.dumps(state)))
+
+
+@BOUNDED
+@given(json_values.map(encode) | st.binary(max_size=120))
+def test_any_answer_or_announcement_decodes_or_is_refused_by_name(raw):
+    joiner = LabelJoiner(["walk", "run"], ttl_ms=1000)
+    for contract in (Label, ReviewRequest, ModelSnapshot, DriftEvent):
+        try:
+            message = contract.decode(raw)
+        except SchemaError as exc:
+            assert exc.field and str(exc)
+            continue
+        if contract is Label:
+            joiner.on_label(joiner.new_state(), message, 0)
+
+
+@BOUNDED
+@given(st.dictionaries(st.sampled_from(["serving.window", "serving.audit_rate", "flink.parallelism",
+                                        "topics.readings", "flink.exactly_once", "serving.max_abs_value",
+                                        "nope.key", "serving.nope"]), st.text(max_size=12), max_size=4))
+def test_any_flag_values_give_a_config_or_every_problem_named(flags):
+    try:
+        cfg = load_config(None, env={}, flags=flags)
+    except ConfigError as exc:
+        assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
+    else:
+        assert isinstance(cfg, Config)
