@@ -56,10 +56,12 @@ class ReviewRouter:
         self.tokens = min(self.tokens, self.capacity)
 
 
-def boosted_budget(configured_per_minute: int, boost_per_minute: int) -> int:
-    """The review budget while a drift boost lasts: the boost raises it, never lowers it.
+def boosted_budget(configured_per_minute: int, boost_per_minute: int, cap_per_minute: int) -> int:
+    """The review budget while a drift boost lasts: the boost raises it, never lowers it, and never
+    beyond ``cap_per_minute`` (serving's own ``drift_budget_per_minute``: a drift event is a message
+    anyone who can write to the topic may send).
 
-    >>> boosted_budget(120, 600), boosted_budget(100_000, 600)
-    (600, 100000)
+    >>> boosted_budget(120, 600, 600), boosted_budget(100_000, 600, 600), boosted_budget(120, 10**9, 600)
+    (600, 100000, 600)
     """
-    return max(configured_per_minute, boost_per_minute)
+    return max(configured_per_minute, min(boost_per_minute, cap_per_minute))

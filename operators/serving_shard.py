@@ -138,10 +138,12 @@ class InferenceShard:
         """After a drift, more windows go to review for a while (never fewer than the configured budget)."""
         if event.model_name != self.model_name:
             return
-        budget = boosted_budget(self.settings.review_budget_per_minute, event.boost_budget_per_minute)
+        s = self.settings
+        budget = boosted_budget(s.review_budget_per_minute, event.boost_budget_per_minute, s.drift_budget_per_minute)
         self.scorer.router.set_budget(budget)
-        self.boost_until = now_ms + event.boost_seconds * 1000
-        log.info("drift (%s): review budget %d/min for %d s", event.signal, budget, event.boost_seconds)
+        self.boost_until = now_ms + min(event.boost_seconds, s.drift_boost_seconds) * 1000
+        log.info("drift (%s): review budget %d/min for %d s", event.signal, budget,
+                 (self.boost_until - now_ms) // 1000)
 
     def _score(self, windows: list[Window], now_ms: int) -> list[Outgoing]:
         if self.boost_until is not None and now_ms >= self.boost_until:

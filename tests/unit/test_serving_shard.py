@@ -119,3 +119,10 @@ def test_an_announcement_must_point_at_the_registrys_own_artifact(tmp_path, trai
     with pytest.raises(ArtifactError, match="is not where the registry keeps basic-motions v1"):
         load_snapshot(forged, registry_root=trained_registry)
     assert load_snapshot(good, registry_root=trained_registry).version == 1
+
+
+def test_a_drift_event_cannot_raise_the_budget_beyond_servings_own_cap():
+    shard = InferenceShard.for_tests(review_budget_per_minute=60, drift_budget_per_minute=600, drift_boost_seconds=30)
+    hostile = DriftEvent("toy", "error", 0, 1, 10**9, 10**6, 0.5)
+    shard.on_control(ListStore(), ControlMessage(0, hostile, 0, 0), now_ms=0)
+    assert shard.scorer.router.capacity == 600 and shard.boost_until == 30_000
