@@ -94,6 +94,8 @@ class DeviceState:
     late: int = 0
     gaps: int = 0
     resets: int = 0
+    last_seen_ms: int | None = None  # the job's clock when the device's newest reading arrived
+    expiry_check_ms: int | None = None  # when the job checks next whether the device went idle for good
 
     def __reduce__(self):
         ring, ts = self.ring, self.ts
@@ -102,7 +104,7 @@ class DeviceState:
 
 
 _DEVICE_STATE_REST = ("labels", "count", "last_ts", "next_seq", "pending", "pending_keys", "max_ts", "device_id",
-                      "late", "gaps", "resets")
+                      "late", "gaps", "resets", "last_seen_ms", "expiry_check_ms")  # new fields last: old pickles load
 
 
 def _rebuild_device_state(ring: bytes, ring_dtype: str, ring_shape: tuple, ts: bytes, ts_dtype: str,
@@ -134,6 +136,31 @@ class SlidingWindower:
     def idle(self, state: DeviceState, now_ms: int, idle_ms: int) -> bool:
         """True when the newest reading held back (waiting for a gap to fill) arrived ``idle_ms`` ago or more."""
         return bool(state.pending) and now_ms - max(item[4] for item in state.pending) >= idle_ms
+
+    @staticmethod
+    def touch(state: DeviceState, now_ms: int, expiry_ms: int) -> int | None:
+        """Note that the device was seen at ``now_ms``; returns when to check for expiry if a check must
+        be scheduled (rounded up to a tenth of ``expiry_ms``, so an active device schedules about ten
+        checks per expiry period, not one per reading), else None.
+
+        >>> state = SlidingWindower(2, 1, 1).new_state()
+        >>> SlidingWindower.touch(state, 1_000, 60_000), SlidingWindower.touch(state, 2_000, 60_000)
+        (66000, None)
+        """
+        state.last_seen_ms = now_ms
+        if not expiry_ms:
+            return None
+        step = max(1000, expiry_ms // 10)
+        check = -(-(now_ms + expiry_ms) // step) * step
+        if state.expiry_check_ms is not None and state.expiry_check_ms >= now_ms + expiry_ms:
+            return None
+        state.expiry_check_ms = check
+        return check
+
+    @staticmethod
+    def expired(state: DeviceState, now_ms: int, expiry_ms: int) -> bool:
+        """True when the device has sent nothing for ``expiry_ms`` (its state may then be dropped)."""
+        return bool(expiry_ms) and state.last_seen_ms is not None and now_ms - state.last_seen_ms >= expiry_ms
 
     def new_state(self) -> DeviceState:
         return DeviceState(np.zeros((self.length, self.n_channels), np.float32),

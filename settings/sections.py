@@ -116,6 +116,7 @@ class ServingSettings:
     max_abs_value: float = 1e9  # a reading's values beyond this magnitude are refused (float32 would overflow)
     max_future_ms: int = 600_000  # a reading dated further ahead of the job's clock is refused; 0: no bound
     max_seq_jump: int = 100_000  # a sequence number further ahead of the device's next one is refused; 0: none
+    device_expiry_ms: int = 3_600_000  # a device silent this long is forgotten (its window state); 0: never
     runtime: str = "onnx"
     device: str = "auto"
     inference_threads: int = 1
@@ -127,7 +128,7 @@ class ServingSettings:
         _at_least(self, 1, "window", "stride", "max_batch", "max_seq_gap_buffer", "inference_threads")
         _at_least(self, 0, "model_version", "max_out_of_order_ms", "seq_gap_timeout_ms", "max_wait_ms",
                   "review_budget_per_minute", "reset_gap_ms", "drift_budget_per_minute", "drift_boost_seconds",
-                  "max_future_ms", "max_seq_jump")
+                  "max_future_ms", "max_seq_jump", "device_expiry_ms")
         if not self.max_abs_value > 0:
             raise ValueError(f"max_abs_value must be > 0, got {self.max_abs_value}")
         _share(self, "confidence_threshold", "audit_rate")

@@ -66,6 +66,7 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.dead = group.counter("dead_letters")
         self.windows_out = group.counter("windows")
         self.late = group.counter("late_readings")
+        self.expired = group.counter("devices_expired")
 
     def _dead_letter(self, letter: DeadLetter):
         self.dead.inc()
@@ -85,7 +86,11 @@ class ReadingsToWindows(KeyedProcessFunction):
             return
         state = self.state.value() or self.windower.new_state()
         windows, rejections = self.windower.add(state, reading, ingest_ms)
+        now = ctx.timer_service().current_processing_time()
+        expiry_check = self.windower.touch(state, now, self.cfg.serving.device_expiry_ms)
         self.state.update(state)
+        if expiry_check is not None:
+            ctx.timer_service().register_processing_time_timer(expiry_check)
         for window in windows:
             self.windows_out.inc()
             yield window
@@ -99,7 +104,14 @@ class ReadingsToWindows(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         state = self.state.value()
-        if state is None or not state.pending:
+        if state is None:
+            return
+        expiry_ms = self.cfg.serving.device_expiry_ms
+        if self.windower.expired(state, ctx.timer_service().current_processing_time(), expiry_ms):
+            self.state.clear()  # held readings older than the expiry are of no use to any window
+            self.expired.inc()
+            return
+        if not state.pending:
             return
         if not self.windower.idle(state, now_ms(), IDLE_FLUSH_MS):
             ctx.timer_service().register_processing_time_timer(timestamp + IDLE_FLUSH_MS)

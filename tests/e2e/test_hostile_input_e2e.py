@@ -14,7 +14,7 @@ import torch
 
 from control.launcher import serving_job
 from infra.broker import EmbeddedBroker, ensure_topics
-from infra.kafka_tools import produce
+from infra.kafka_tools import produce, read_quiet
 from model.export import export_onnx
 from model.network import WindowTransformer
 from model.registry import ModelRegistry
@@ -90,3 +90,31 @@ def test_hostile_records_and_announcements_neither_kill_nor_stall_nor_fool_servi
     assert any("is not where the registry keeps basic-motions v1" in r for r in refused)
     assert " to FAILED" not in log, "a task failed (and the job restarted) on a hostile record"
     assert Path(tmp_path / "flink").is_dir()
+
+
+def test_a_silent_device_is_forgotten_after_the_expiry(tmp_path, trained_registry):
+    """Per-device state is bounded in time: a device that sent 20 readings (no window yet) and then
+    nothing for longer than ``serving.device_expiry_ms`` starts over; one that kept sending does not."""
+    readings = replayed_readings(n_devices=2, per_device=40)
+    quiet, busy = sorted({r["device_id"] for r in readings})
+    early = [r for r in readings if r["seq"] < 20]
+    trickle = [r for r in readings if r["device_id"] == busy and 20 <= r["seq"] < 28]
+    rest = [r for r in readings if r["seq"] >= 20 and r not in trickle]
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        ensure_topics(broker.bootstrap, TOPICS)
+        job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
+                          state_dir=str(tmp_path / "flink"), device_expiry_ms=4000, reset_gap_ms=0)
+        with job:
+            produce(broker.bootstrap, TOPICS.readings, encoded(early))
+            for r in trickle:  # the busy device keeps talking while the quiet one is silent for 8 s
+                time.sleep(1)
+                produce(broker.bootstrap, TOPICS.readings, encoded([r]))
+            produce(broker.bootstrap, TOPICS.readings, encoded(rest))
+            collect(broker.bootstrap, {TOPICS.predictions: 2}, timeout_s=120, job=job)
+            out = read_quiet(broker.bootstrap, [TOPICS.predictions], quiet_s=4)
+            assert job.alive()
+    ends = [(p["device_id"], p["window_end"]) for p in map(orjson.loads, (r.value for r in out))]
+    # the busy device: 40 readings, window 32, stride 8, so windows end at its 32nd and 40th reading
+    assert sorted(e for d, e in ends if d == busy) == [r["ts"] for r in readings if r["device_id"] == busy
+                                                        and r["seq"] in (31, 39)]
+    assert [e for d, e in ends if d == quiet] == []  # its first 20 readings were forgotten
