@@ -48,5 +48,6 @@ def line_plot(path: Path, series: list[tuple[str, list, list, dict]], xlabel: st
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -115,8 +115,10 @@ class InferenceShard:
         return out, None
 
     def swap(self, snapshot: ModelSnapshot) -> str | None:
-        """Serve ``snapshot``'s version; returns why it was refused (None when swapped or not ours)."""
-        if snapshot.model_name != self.model_name or snapshot.version == self.model.version:
+        """Serve ``snapshot``'s version; returns why it was refused (None when swapped or not ours).
+        An announcement of the version already served is verified like any other: a forged one must not
+        be kept as the version to restore."""
+        if snapshot.model_name != self.model_name:
             return None
         try:
             model = self.load(snapshot)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from control.launcher import serving_job
-from infra.broker import EmbeddedBroker, ensure_topics
+from control.flink_rest import FlinkRest
+from infra.broker import EmbeddedBroker, ensure_topics, free_port
 from infra.kafka_tools import produce, read_quiet
 from model.export import export_onnx
 from model.network import WindowTransformer
@@ -102,9 +103,11 @@ def test_a_silent_device_is_forgotten_after_the_expiry(tmp_path, trained_registr
     rest = [r for r in readings if r["seq"] >= 20 and r not in trickle]
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         ensure_topics(broker.bootstrap, TOPICS)
+        port = free_port()
         job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
-                          state_dir=str(tmp_path / "flink"), device_expiry_ms=4000, reset_gap_ms=0)
+                          state_dir=str(tmp_path / "flink"), device_expiry_ms=4000, reset_gap_ms=0, rest_port=port)
         with job:
+            FlinkRest(f"localhost:{port}", timeout_s=2).wait_all_tasks_running(job.alive)  # silence is job time
             produce(broker.bootstrap, TOPICS.readings, encoded(early))
             for r in trickle:  # the busy device keeps talking while the quiet one is silent for 8 s
                 time.sleep(1)
