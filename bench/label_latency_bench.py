@@ -50,7 +50,8 @@ def run_loop(mode: str, source_registry: str, duration_s: float, rate: float, wo
         ensure_topics(broker.bootstrap, TOPICS)
         port = free_port()
         learning = learning_job(broker.bootstrap, work / f"learning-{mode}.log", registry=str(root),
-                                state_dir=str(work / f"ck-l-{mode}"), gate_every=48, execution_mode=mode, rest_port=port)
+                                state_dir=str(work / f"ck-l-{mode}"), gate_every=48, execution_mode=mode,
+                                rest_port=port)
         serving = serving_job(broker.bootstrap, work / f"serving-{mode}.log", registry=str(root),
                               state_dir=str(work / f"ck-s-{mode}"), confidence_threshold=0.9, audit_rate=0.3,
                               review_budget_per_minute=100_000)
@@ -120,7 +121,7 @@ def main() -> None:
     for mode, r in results.items():
         table.append([f"learning job, {mode} mode", "first %.0f s" % args.warmup, *r["warmup"]])
         table.append([f"learning job, {mode} mode", "after", *r["steady"]])
-        table.append([f"  of which label -> published", "after", *r["steady_published"]])
+        table.append(["  of which label -> published", "after", *r["steady_published"]])
     print_table("label -> serving seconds (answer that completed a version -> its first prediction)",
                 ["learner", "answers given", "versions", "median", "p90", "max"], table)
     if "process" in results and "thread" in results and results["thread"]["steady"][0] and results["process"]["steady"][0]:

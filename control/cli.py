@@ -131,8 +131,9 @@ def _classes(registry: str, model_name: str) -> list[str]:
 def cmd_simulate_labelers(args: argparse.Namespace) -> int:
     from labeling.simulated import run_simulated_labelers
 
-    answered = run_simulated_labelers(args.bootstrap, config_of(args).topics, _classes(args.registry, args.model_name),
-                                      args.delay_ms, args.error_rate, duration_s=args.duration)
+    classes = _classes(args.registry, args.model_name)
+    answered = run_simulated_labelers(args.bootstrap, config_of(args).topics, classes, args.delay_ms, args.error_rate,
+                                      duration_s=args.duration)
     print(f"answered {answered} review requests")
     return 0
 
@@ -261,8 +262,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     from control.metrics import job_metrics
 
     urls = metrics_urls(args)
-    server = LabelingServer(args.bootstrap, config_of(args).topics, token, classes, args.host, args.port, args.lease_seconds,
-                            args.answers_needed, pipeline_metrics=lambda: job_metrics(urls))
+    server = LabelingServer(args.bootstrap, config_of(args).topics, token, classes, args.host, args.port,
+                            args.lease_seconds, args.answers_needed, pipeline_metrics=lambda: job_metrics(urls))
     print(f"labeling page on {server.url}/?token=<your token> (classes: {', '.join(classes)})", flush=True)
     server.run()
     return 0

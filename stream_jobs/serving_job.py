@@ -15,8 +15,8 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
-from operators.parse import ReadingParser, raw_text
 from model.registry import ArtifactError
+from operators.parse import ReadingParser, raw_text
 from operators.serving_model import (
     ControlMessage,
     input_mismatch,
@@ -75,7 +75,8 @@ class ReadingsToWindows(KeyedProcessFunction):
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         _, partition, offset, ingest_ms, payload = split_envelope(value)
         self.readings_in.inc()
-        reading = self.parser.parse(payload, partition, offset, now_ms())
+        now = ctx.timer_service().current_processing_time()
+        reading = self.parser.parse(payload, partition, offset, now)
         if isinstance(reading, DeadLetter):
             yield self._dead_letter(reading)
             return
@@ -86,7 +87,6 @@ class ReadingsToWindows(KeyedProcessFunction):
             return
         state = self.state.value() or self.windower.new_state()
         windows, rejections = self.windower.add(state, reading, ingest_ms)
-        now = ctx.timer_service().current_processing_time()
         expiry_check = self.windower.touch(state, now, self.cfg.serving.device_expiry_ms)
         self.state.update(state)
         if expiry_check is not None:
@@ -99,8 +99,7 @@ class ReadingsToWindows(KeyedProcessFunction):
             yield self._dead_letter(self.parser.dead_letter(payload, partition, offset, rejection.reason,
                                                             "seq" if reading.seq is not None else "ts", "window"))
         if state.pending:
-            ctx.timer_service().register_processing_time_timer(
-                ctx.timer_service().current_processing_time() + IDLE_FLUSH_MS)
+            ctx.timer_service().register_processing_time_timer(now + IDLE_FLUSH_MS)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         state = self.state.value()
