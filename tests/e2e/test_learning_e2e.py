@@ -39,10 +39,10 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
     classes = list(ModelRegistry(root).latest_metadata(NAME).spec["classes"])
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         ensure_topics(broker.bootstrap, TOPICS)
+        serving_port, rest_port = free_port(), free_port()
         serving = serving_job(broker.bootstrap, tmp_path / "serving.log", registry=str(root),
                               state_dir=str(tmp_path / "ck-serving"), confidence_threshold=0.9,
-                              audit_rate=AUDIT_RATE, review_budget_per_minute=100_000)
-        rest_port = free_port()
+                              audit_rate=AUDIT_RATE, review_budget_per_minute=100_000, rest_port=serving_port)
         learning = learning_job(broker.bootstrap, tmp_path / "learning.log", registry=str(root),
                                 state_dir=str(tmp_path / "ck-learn"), gate_every=48, batch_size=8, lr=0.002,
                                 rest_port=rest_port)
@@ -60,7 +60,10 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
         predictions, snapshots, drifts, reviews = [], [], [], []
         drift_at_ms = None
         with learning, serving:
-            wait_all_tasks_running(rest_port, learning)  # label -> serving is measured once both jobs run
+            # label -> serving is measured once both jobs run; and readings sent while serving still starts
+            # would be predicted late, by whichever version is current by then, blurring the drift's onset
+            wait_all_tasks_running(rest_port, learning)
+            wait_all_tasks_running(serving_port, serving)
             for t in threads:
                 t.start()
             deadline = time.monotonic() + 300
