@@ -27,9 +27,11 @@ class RetrainResult:
     version: int | None
 
 
-def labeled_archive(bootstrap: str, classes: list[str], topics: Topics) -> tuple[list[LabeledWindow], int]:
-    """Join every request on ``review-requests`` with its answers on ``labels`` (read from the start)."""
-    joiner = LabelJoiner(classes, ttl_ms=2**62)
+def labeled_archive(bootstrap: str, classes: list[str], topics: Topics,
+                    shape: tuple[int, int] | None = None) -> tuple[list[LabeledWindow], int]:
+    """Join every request on ``review-requests`` with its answers on ``labels`` (read from the start);
+    requests whose window is not ``shape`` are left out like malformed ones."""
+    joiner = LabelJoiner(classes, ttl_ms=2**62, shape=shape)
     states: dict[str, object] = {}
     done: list[LabeledWindow] = []
     skipped = 0
@@ -46,7 +48,11 @@ def labeled_archive(bootstrap: str, classes: list[str], topics: Topics) -> tuple
             skipped += 1  # the jobs dead-letter malformed records; the archive just leaves them out
             continue
         state = states.setdefault(message.review_id, joiner.new_state())
-        items, rejected = handler(state, message, 0)
+        try:
+            items, rejected = handler(state, message, 0)
+        except SchemaError:
+            skipped += 1
+            continue
         done += items
         skipped += len(rejected)
     return done, skipped
@@ -57,7 +63,7 @@ def retrain(bootstrap: str, topics: Topics, registry_root: str, model_name: str,
     registry = ModelRegistry(registry_root)
     serving = registry.load(model_name)
     spec = ModelSpec.from_dict(serving.metadata.spec)
-    items, skipped = labeled_archive(bootstrap, list(spec.classes), topics)
+    items, skipped = labeled_archive(bootstrap, list(spec.classes), topics, (spec.window, spec.n_channels))
     if not items:
         raise SystemExit("the labeled archive is empty: no answered review requests on Kafka")
     held = np.asarray([zlib.crc32(i.review_id.encode()) % holdout_every == 0 for i in items])

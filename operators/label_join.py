@@ -7,7 +7,7 @@ that cannot be used is returned as a rejection with the reason (for ``dead-lette
 dropped silently: unknown class, repeated answer, an answer after resolution, and answers whose
 request did not arrive within the TTL.
 
->>> from schemas import Label, ReviewRequest
+>>> from schemas import Label, ReviewRequest, SchemaError
 >>> j = LabelJoiner(classes=["run", "walk"], ttl_ms=60_000)
 >>> state = j.new_state()
 >>> j.on_label(state, Label("d:1", "walk", "ann", 5), now_ms=5)
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas import Label, ReviewRequest
+from schemas import Label, ReviewRequest, SchemaError
 
 
 @dataclass
@@ -59,15 +59,38 @@ class RefusedLabel:
 
 
 class LabelJoiner:
-    def __init__(self, classes: list[str], ttl_ms: int = 3_600_000, answers_needed: int = 1) -> None:
+    """Joins review requests with their answers. With ``shape`` (window, channels), a request whose
+    values are not a window of that shape is refused with a ``SchemaError`` naming ``values``: the
+    learner can learn only from windows the model takes.
+
+    >>> LabelJoiner(["run"], shape=(32, 6)).check_request(
+    ...     ReviewRequest("d:1", "d", 0, 1, ["x"], [[0.0]], "run", 0.4, {"run": 1.0}, 1, "audit", 0))
+    Traceback (most recent call last):
+    ...
+    schemas.base.SchemaError: values: a window of 1x1 values; the model takes 32x6
+    """
+
+    def __init__(self, classes: list[str], ttl_ms: int = 3_600_000, answers_needed: int = 1,
+                 shape: tuple[int, int] | None = None) -> None:
         self.classes = list(classes)
         self.ttl_ms = ttl_ms
         self.answers_needed = answers_needed
+        self.shape = shape
 
     def new_state(self) -> JoinState:
         return JoinState()
 
+    def check_request(self, request: ReviewRequest) -> None:
+        if self.shape is None:
+            return
+        rows = request.values
+        found = (len(rows), len(rows[0]) if rows else 0)
+        if found != self.shape or any(len(row) != self.shape[1] for row in rows):
+            raise SchemaError("values", f"a window of {found[0]}x{found[1]} values; "
+                                        f"the model takes {self.shape[0]}x{self.shape[1]}")
+
     def on_request(self, state: JoinState, request: ReviewRequest, now_ms: int):
+        self.check_request(request)
         if state.first_seen_ms is None:
             state.first_seen_ms = now_ms
         if state.request is None:

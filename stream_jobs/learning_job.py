@@ -34,12 +34,12 @@ from stream_jobs.kafka_io import (
 class JoinAnswers(KeyedProcessFunction):
     """Per review id: waits for the request and its answers (either order), with a TTL."""
 
-    def __init__(self, cfg: Config, classes: list[str]) -> None:
-        self.topics, self.classes = cfg.topics, classes
+    def __init__(self, cfg: Config, classes: list[str], shape: tuple[int, int]) -> None:
+        self.topics, self.classes, self.shape = cfg.topics, classes, shape
         self.ttl_ms, self.answers_needed = cfg.learning.label_ttl_ms, cfg.labeling.answers_needed
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.joiner = LabelJoiner(self.classes, self.ttl_ms, self.answers_needed)
+        self.joiner = LabelJoiner(self.classes, self.ttl_ms, self.answers_needed, self.shape)
         self.state = runtime_context.get_state(ValueStateDescriptor("join", Types.PICKLED_BYTE_ARRAY()))
         self.joined = runtime_context.get_metrics_group().counter("labeled_windows")
 
@@ -147,10 +147,11 @@ class LearnAndPublish(KeyedProcessFunction):
 def build_learning_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     topics, group_id = cfg.topics, run.group_id or "sensorloop-learning"
     model_name = cfg.registry.model_name
-    classes = list(ModelRegistry(cfg.registry.path).latest_metadata(model_name).spec["classes"])
+    spec = ModelRegistry(cfg.registry.path).latest_metadata(model_name).spec
+    classes, shape = list(spec["classes"]), (int(spec["window"]), len(spec["channels"]))
     records = keyed_source(env, cfg.broker.bootstrap, [topics.review_requests, topics.labels], group_id,
                            "reviews-and-labels", "review_id")
-    labeled = (records.process(JoinAnswers(cfg, classes), output_type=Types.PICKLED_BYTE_ARRAY())
+    labeled = (records.process(JoinAnswers(cfg, classes, shape), output_type=Types.PICKLED_BYTE_ARRAY())
                .name("join-answers").uid("join-answers"))
     published = (labeled.key_by(lambda item: model_name, key_type=Types.STRING())
                  .process(LearnAndPublish(cfg), output_type=Types.STRING())

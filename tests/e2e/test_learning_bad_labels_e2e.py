@@ -7,7 +7,7 @@ import pytest
 
 from infra.broker import EmbeddedBroker, ensure_topics, free_port
 from infra.kafka_tools import produce, read_until
-from schemas import DeadLetter, Label, Topics
+from schemas import DeadLetter, Label, ReviewRequest, Topics
 from control.launcher import learning_job
 from tests.e2e.test_learning_e2e import wait_all_tasks_running
 from tests.e2e.test_learning_restart_e2e import labeled_batch
@@ -37,9 +37,13 @@ def test_bad_labels_are_dead_lettered_and_the_job_keeps_learning(tmp_path, regis
                 (r1, b"{not json"),
                 (r1, b'{"review_id": "x", "labeler": "sim"}'),  # missing fields
             ])
-            records = read_until(broker.bootstrap, [TOPICS.dead_letters], lambda rs: len(rs) >= 5, 180)
+            tiny = ReviewRequest("tiny:1", "tiny", 0, 1, ["x"], [[0.0]], "walking", 0.3, {"walking": 1.0}, 1,
+                                 "low_confidence", 0)  # a 1x1 window: the learner's gate broke on these
+            produce(broker.bootstrap, TOPICS.review_requests, [(b"tiny:1", tiny.encode())])
+            records = read_until(broker.bootstrap, [TOPICS.dead_letters], lambda rs: len(rs) >= 6, 180)
             reasons = sorted(DeadLetter.decode(r.value).reason for r in records)
-            assert len(reasons) == 5, reasons
+            assert len(reasons) == 6, reasons
+            assert any("a window of 1x1 values; the model takes 32x6" in r for r in reasons), reasons
             text = "\n".join(reasons)
             assert f"review '{r0.decode()}' was already resolved" in text
             assert "unknown class 'flying'" in text
@@ -52,7 +56,7 @@ def test_bad_labels_are_dead_lettered_and_the_job_keeps_learning(tmp_path, regis
             produce(broker.bootstrap, TOPICS.labels, more_labels)
             time.sleep(3)
             assert job.alive(), job.log_tail(40)
-            extra = read_until(broker.bootstrap, [TOPICS.dead_letters], lambda rs: len(rs) > 5, 5)
-            assert len(extra) == 5, [DeadLetter.decode(r.value).reason for r in extra]
+            extra = read_until(broker.bootstrap, [TOPICS.dead_letters], lambda rs: len(rs) > 6, 5)
+            assert len(extra) == 6, [DeadLetter.decode(r.value).reason for r in extra]
         finally:
             job.stop()
