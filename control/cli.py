@@ -242,10 +242,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_label(args: argparse.Namespace) -> int:
     """Serve the labeling page."""
-    from labeling.server import LabelingServer, resolve_token
+    from labeling.credentials import CredentialError, Credentials
+    from labeling.server import LabelingServer, shared_token
 
-    token = resolve_token(args.token)
     settings = config_of(args).labeling
+    try:
+        credentials = Credentials.load(settings.labelers_file, shared_token(args.token), settings.shared_labeler)
+    except CredentialError as exc:
+        raise SystemExit(f"sensorloop: {exc}") from None
     for name in ("host", "port", "lease_seconds", "answers_needed"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(settings, name))
@@ -262,10 +266,24 @@ def cmd_label(args: argparse.Namespace) -> int:
     from control.metrics import job_metrics
 
     urls = metrics_urls(args)
-    server = LabelingServer(args.bootstrap, config_of(args).topics, token, classes, args.host, args.port,
-                            args.lease_seconds, args.answers_needed, pipeline_metrics=lambda: job_metrics(urls))
+    server = LabelingServer(args.bootstrap, config_of(args).topics, credentials, classes, args.host, args.port,
+                            args.lease_seconds, args.answers_needed, pipeline_metrics=lambda: job_metrics(urls),
+                            max_queue=settings.max_queue)
     print(f"labeling page on {server.url}/?token=<your token> (classes: {', '.join(classes)})", flush=True)
     server.run()
+    return 0
+
+
+def cmd_labeler_add(args: argparse.Namespace) -> int:
+    """Give a labeler a token of their own; only its digest is kept (``labeling.labelers_file``)."""
+    from labeling.credentials import CredentialError, add_labeler
+
+    path = config_of(args).labeling.labelers_file
+    try:
+        token = add_labeler(path, args.name)
+    except CredentialError as exc:
+        raise SystemExit(f"sensorloop: {exc}") from None
+    print(f"labeler {args.name} added to {path}; their token (shown once, give it to them): {token}")
     return 0
 
 
@@ -447,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(needs_bootstrap=True)
     p.add_argument("--host", default=None, help="bind address (default: labeling.host, loopback)")
     p.add_argument("--port", type=int, default=None, help="default: labeling.port (8080)")
-    p.add_argument("--token", default=None, help="access token (default: $SENSORLOOP_LABEL_TOKEN)")
+    p.add_argument("--token", default=None, help="a shared token, for one person or a demo (default: "
+                   "$SENSORLOOP_LABEL_TOKEN); labelers of their own: `sensorloop labeler add NAME`")
     p.add_argument("--classes", default="", help="comma-separated classes (default: the model's)")
     p.add_argument("--registry", default=None)
     p.add_argument("--model-name", default=None)
@@ -457,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prometheus /metrics URL shown on /status (repeatable; default: flink.metrics_urls, "
                         "else the embedded stack's)")
     p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("labeler", help="labelers of the labeling page: add one (a token of their own)")
+    q = p.add_subparsers(dest="labeler_command", required=True).add_parser(
+        "add", help="give a labeler a new token (printed once; only its digest is stored)")
+    q.add_argument("name")
+    q.set_defaults(func=cmd_labeler_add)
 
     p = sub.add_parser("demo", help="broker + serving job + replayed data, with a live status line")
     model_args(p)

@@ -1,78 +1,153 @@
 """The labeling web app (Starlette): one review request at a time, answers to ``labels``.
 
-Every route but the static script needs the access token, as ``Authorization: Bearer``,
-the ``sl_token`` cookie, or once as ``/?token=…`` (which sets the cookie).
+Every route but the static scripts needs a labeler's token, as ``Authorization: Bearer``, the
+``sl_token`` cookie, or once as ``/?token=…`` (which sets the cookie). The token says who the labeler
+is (``labeling.credentials``); a name in a query or body that differs is refused. Repeated wrong
+tokens from one client are slowed down (HTTP 429), bodies are size-limited, and every response
+carries a content security policy and framing, sniffing and referrer headers.
 """
 
 from __future__ import annotations
 
-import hmac
+import json
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from labeling.credentials import Credentials
 from operators.review_queue import ReviewError, ReviewQueue
-from schemas import Label, SchemaError
-from schemas.base import require_id
+from schemas import Label
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "sl_token"
 REFUSED = "<!doctype html><title>sensorloop labeling</title><h1>Access refused</h1><p>{}</p>"
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
+                               "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; "
+                               "form-action 'self'",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
 
 
-def create_app(queue: ReviewQueue, publish: Callable[[Label], None], token: str, lock=None,
+class SecurityHeaders:
+    """Adds :data:`SECURITY_HEADERS` to every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + [
+                    (k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+            await send(message)
+
+        await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+class FailureLimiter:
+    """At most ``per_minute`` wrong tokens per client in any minute; then the client waits.
+
+    >>> f = FailureLimiter(per_minute=2)
+    >>> f.failed("c", 0.0); f.failed("c", 1.0); f.blocked("c", 2.0), f.blocked("c", 61.0)
+    (True, False)
+    """
+
+    def __init__(self, per_minute: int = 10, clients: int = 10_000) -> None:
+        self.per_minute, self.clients = per_minute, clients
+        self.failures: dict[str, deque] = {}
+
+    def blocked(self, client: str, now: float) -> bool:
+        times = self.failures.get(client)
+        while times and now - times[0] >= 60.0:
+            times.popleft()
+        return bool(times) and len(times) >= self.per_minute
+
+    def failed(self, client: str, now: float) -> None:
+        if client not in self.failures and len(self.failures) >= self.clients:
+            self.failures.pop(next(iter(self.failures)))  # forget the oldest client, memory stays bounded
+        self.failures.setdefault(client, deque()).append(now)
+
+
+def create_app(queue: ReviewQueue, publish: Callable[[Label], None], credentials: Credentials, lock=None,
                clock: Callable[[], float] = time.time,
-               pipeline_metrics: Callable[[], dict] | None = None) -> Starlette:
+               pipeline_metrics: Callable[[], dict] | None = None, max_body_bytes: int = 16 * 1024,
+               failures_per_minute: int = 10) -> Starlette:
     """Build the app over a queue; ``publish`` writes an answer to Kafka (the bridge's);
     ``pipeline_metrics`` (optional) gives the Flink jobs' metrics for the status view."""
-    if not token:
-        raise ValueError("an access token is required (config or SENSORLOOP_LABEL_TOKEN)")
     import contextlib
 
     lock = lock or contextlib.nullcontext()
+    limiter = FailureLimiter(failures_per_minute)
 
-    def authorised(request: Request) -> bool:
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        given = given or request.cookies.get(COOKIE, "")
-        return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+    def client_of(request: Request) -> str:
+        return request.client.host if request.client else "?"
 
-    def refuse_api() -> JSONResponse:
-        return JSONResponse({"error": "missing or wrong access token"}, status_code=401)
+    def identify(request: Request, given: str | None = None) -> tuple[str | None, Response | None]:
+        """(labeler, None) for a valid token; (None, refusal) otherwise, counting the failure."""
+        client, now = client_of(request), clock()
+        if limiter.blocked(client, now):
+            return None, JSONResponse({"error": "too many wrong tokens; wait a minute"}, status_code=429)
+        if given is None:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            given = given or request.cookies.get(COOKIE, "")
+        labeler = credentials.labeler_of(given)
+        if labeler is None:
+            limiter.failed(client, now)
+            return None, JSONResponse({"error": "missing or wrong access token"}, status_code=401)
+        return labeler, None
 
-    def labeler_of(value: str | None) -> str:
-        try:
-            return require_id({"labeler": value}, "labeler", max_len=64)
-        except SchemaError as exc:
-            raise ReviewError(f"labeler: {exc.reason}") from None
+    def claimed(value, labeler: str) -> None:
+        if value not in (None, "", labeler):
+            raise ReviewError(f"labeler {value!r} is not who your token says ({labeler!r})", 403)
+
+    def html_refusal(refusal: Response, hint: str) -> Response:
+        status = refusal.status_code
+        reason = "Too many wrong tokens: wait a minute." if status == 429 else hint
+        return HTMLResponse(REFUSED.format(reason), status_code=status)
 
     async def page(request: Request) -> Response:
         query_token = request.query_params.get("token")
         if query_token is not None:
-            if not hmac.compare_digest(query_token.encode(), token.encode()):
-                return HTMLResponse(REFUSED.format("The access token is wrong."), status_code=401)
+            labeler, refusal = identify(request, query_token)
+            if refusal is not None:
+                return html_refusal(refusal, "The access token is wrong.")
+            secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
             response = RedirectResponse("/", status_code=303)
-            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+            response.set_cookie(COOKIE, query_token, httponly=True, samesite="strict", secure=secure)
             return response
-        if not authorised(request):
-            return HTMLResponse(REFUSED.format("Open this page with <code>/?token=YOUR_TOKEN</code>."),
-                                status_code=401)
+        labeler, refusal = identify(request)
+        if refusal is not None:
+            return html_refusal(refusal, "Open this page with <code>/?token=YOUR_TOKEN</code>.")
         return FileResponse(STATIC / "index.html")
 
     async def status_page(request: Request) -> Response:
-        if not authorised(request):
-            return HTMLResponse(REFUSED.format("The access token is missing or wrong."), status_code=401)
+        _, refusal = identify(request)
+        if refusal is not None:
+            return html_refusal(refusal, "The access token is missing or wrong.")
         return FileResponse(STATIC / "status.html")
 
+    async def whoami(request: Request) -> Response:
+        labeler, refusal = identify(request)
+        return refusal or JSONResponse({"labeler": labeler})
+
     async def next_request(request: Request) -> Response:
-        if not authorised(request):
-            return refuse_api()
+        labeler, refusal = identify(request)
+        if refusal is not None:
+            return refusal
         try:
-            labeler = labeler_of(request.query_params.get("labeler"))
+            claimed(request.query_params.get("labeler"), labeler)
         except ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         now = clock()
@@ -82,21 +157,30 @@ def create_app(queue: ReviewQueue, publish: Callable[[Label], None], token: str,
             classes = list(queue.classes)
             expiry = queue.lease_expiry(req.review_id, labeler) if req else None
         if req is None:
-            return JSONResponse({"request": None, "waiting": waiting, "classes": classes})
-        return JSONResponse({"request": req.to_dict(), "waiting": waiting, "classes": classes,
+            return JSONResponse({"request": None, "waiting": waiting, "classes": classes, "labeler": labeler})
+        return JSONResponse({"request": req.to_dict(), "waiting": waiting, "classes": classes, "labeler": labeler,
                              "lease_expires_in_s": round(expiry - now, 1)})
 
     async def answer(request: Request) -> Response:
-        if not authorised(request):
-            return refuse_api()
+        labeler, refusal = identify(request)
+        if refusal is not None:
+            return refusal
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            return JSONResponse({"error": f"the body is larger than {max_body_bytes} bytes"}, status_code=413)
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > max_body_bytes:
+                return JSONResponse({"error": f"the body is larger than {max_body_bytes} bytes"}, status_code=413)
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError:
             return JSONResponse({"error": "the body must be JSON"}, status_code=400)
         if not isinstance(body, dict):
             return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
         try:
-            labeler = labeler_of(body.get("labeler"))
+            claimed(body.get("labeler"), labeler)
             review_id, label = body.get("review_id"), body.get("label", "")
             status = body.get("status", "answered")
             if not isinstance(review_id, str) or not isinstance(label, str) or not isinstance(status, str):
@@ -112,8 +196,9 @@ def create_app(queue: ReviewQueue, publish: Callable[[Label], None], token: str,
         return JSONResponse({"ok": True, "label": record.to_dict()})
 
     async def status(request: Request) -> Response:
-        if not authorised(request):
-            return refuse_api()
+        _, refusal = identify(request)
+        if refusal is not None:
+            return refusal
         with lock:
             body = queue.status()
         if pipeline_metrics is not None:
@@ -123,11 +208,14 @@ def create_app(queue: ReviewQueue, publish: Callable[[Label], None], token: str,
                 body["pipeline_error"] = str(exc)
         return JSONResponse(body)
 
-    async def script(request: Request) -> Response:
-        return FileResponse(STATIC / "app.js", media_type="text/javascript")
+    def static_script(name: str):
+        async def script(request: Request) -> Response:
+            return FileResponse(STATIC / name, media_type="text/javascript")
+        return script
 
     return Starlette(routes=[
-        Route("/", page), Route("/status", status_page), Route("/app.js", script),
+        Route("/", page), Route("/status", status_page), Route("/app.js", static_script("app.js")),
+        Route("/status.js", static_script("status.js")), Route("/api/whoami", whoami),
         Route("/api/next", next_request), Route("/api/answer", answer, methods=["POST"]),
         Route("/api/status", status),
-    ])
+    ], middleware=[Middleware(SecurityHeaders)])

@@ -10,28 +10,27 @@ import uvicorn
 
 from labeling.app import create_app
 from labeling.bridge import LabelingBridge
+from labeling.credentials import Credentials
 from operators.review_queue import ReviewQueue
 from schemas import Topics
 
 TOKEN_ENV = "SENSORLOOP_LABEL_TOKEN"
 
 
-def resolve_token(explicit: str | None) -> str:
-    token = explicit or os.environ.get(TOKEN_ENV, "")
-    if not token:
-        raise SystemExit(f"an access token is required: pass --token or set {TOKEN_ENV}")
-    return token
+def shared_token(explicit: str | None) -> str:
+    """The shared token, if one is given (``--token``, else ``$SENSORLOOP_LABEL_TOKEN``); "" when none."""
+    return explicit or os.environ.get(TOKEN_ENV, "")
 
 
 class LabelingServer:
     """The whole labeling service; ``start`` runs it in background threads, ``run`` in the foreground."""
 
-    def __init__(self, bootstrap: str, topics: Topics, token: str, classes: list[str], host: str = "127.0.0.1",
-                 port: int = 8080, lease_s: float = 120.0, answers_needed: int = 1,
-                 group_id: str = "sensorloop-labeling", pipeline_metrics=None) -> None:
-        self.queue = ReviewQueue(classes, lease_s, answers_needed)
+    def __init__(self, bootstrap: str, topics: Topics, credentials: Credentials, classes: list[str],
+                 host: str = "127.0.0.1", port: int = 8080, lease_s: float = 120.0, answers_needed: int = 1,
+                 group_id: str = "sensorloop-labeling", pipeline_metrics=None, max_queue: int = 10_000) -> None:
+        self.queue = ReviewQueue(classes, lease_s, answers_needed, capacity=max_queue)
         self.bridge = LabelingBridge(bootstrap, self.queue, topics, group_id=group_id)
-        self.app = create_app(self.queue, self.bridge.publish, token, lock=self.bridge.lock,
+        self.app = create_app(self.queue, self.bridge.publish, credentials, lock=self.bridge.lock,
                               pipeline_metrics=pipeline_metrics)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning"))
         self.host, self.port = host, port

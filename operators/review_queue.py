@@ -50,7 +50,7 @@ class ReviewQueue:
     """In-memory queue over the ``review-requests`` topic; the topic stays the source of truth."""
 
     def __init__(self, classes: list[str], lease_s: float = 120.0, answers_needed: int = 1,
-                 recent: int = 200) -> None:
+                 recent: int = 200, capacity: int = 10_000) -> None:
         self.classes = list(classes)
         self.lease_s = lease_s
         self.answers_needed = answers_needed
@@ -59,7 +59,9 @@ class ReviewQueue:
         self.per_labeler: Counter = Counter()
         self.recent: deque = deque(maxlen=recent)  # (predicted, answered label)
         self.model_version: int | None = None
-        self._early: dict[str, list[Label]] = {}
+        self._early: dict[str, list[Label]] = {}  # answers whose request has not come (yet)
+        self.capacity = capacity
+        self.evicted = 0
 
     def add(self, request: ReviewRequest, partition: int, offset: int) -> bool:
         """Queue a request (False when it is already known)."""
@@ -71,7 +73,22 @@ class ReviewQueue:
         self.model_version = max(self.model_version or 0, request.model_version)
         for label in self._early.pop(request.review_id, []):
             self.record(label)
+        self._evict()
         return True
+
+    def _evict(self) -> None:
+        """Keep at most ``capacity`` requests: answered ones are forgotten first, oldest first; only a
+        flood of unanswered ones pushes out the oldest of those (they stay on the topic)."""
+        excess = len(self.entries) - self.capacity
+        if excess <= 0:
+            return
+        done = [rid for rid in self.order if self.entries[rid].done][:excess]
+        victims = done + [rid for rid in self.order if not self.entries[rid].done][:excess - len(done)]
+        gone = set(victims)
+        for rid in victims:
+            del self.entries[rid]
+        self.order = [rid for rid in self.order if rid not in gone]
+        self.evicted += len(victims)
 
     def _leasable(self, entry: _Entry, labeler: str, now: float) -> bool:
         if entry.done or labeler in entry.answered_by or labeler in entry.passed_by:
@@ -117,8 +134,10 @@ class ReviewQueue:
     def record(self, label: Label) -> None:
         """Apply an answer seen on the ``labels`` topic (ours or anyone's)."""
         entry = self.entries.get(label.review_id)
-        if entry is None:  # the answer arrived before its request
+        if entry is None:  # the answer arrived before its request (or its request was forgotten)
             self._early.setdefault(label.review_id, []).append(label)
+            while len(self._early) > self.capacity:
+                self._early.pop(next(iter(self._early)))
             return
         entry.leases.pop(label.labeler, None)
         if label.status != "answered":
@@ -154,6 +173,7 @@ class ReviewQueue:
         return out
 
     def status(self) -> dict:
-        return {"waiting": self.waiting(), "total": len(self.entries), "answers_per_labeler": dict(self.per_labeler),
+        return {"waiting": self.waiting(), "total": len(self.entries), "forgotten": self.evicted,
+                "answers_per_labeler": dict(self.per_labeler),
                 "model_version": self.model_version, "recent_accuracy": self.recent_accuracy(),
                 "recent_answers": len(self.recent)}

@@ -178,8 +178,11 @@ class LabelingSettings:
     port: int = 8080
     lease_seconds: float = 120.0
     answers_needed: int = 1
+    labelers_file: str = "var/labelers.toml"  # labeler -> token digest (sensorloop labeler add NAME)
+    shared_labeler: str = "labeler"  # who holds the shared token (--token, $SENSORLOOP_LABEL_TOKEN), if one is used
+    max_queue: int = 10_000  # review requests the page keeps; answered ones are forgotten first
 
     def __post_init__(self) -> None:
-        _at_least(self, 1, "answers_needed")
+        _at_least(self, 1, "answers_needed", "max_queue")
         if not self.lease_seconds > 0:
             raise ValueError(f"lease_seconds must be > 0, got {self.lease_seconds}")

@@ -8,10 +8,7 @@ let classes = [];
 let busy = false;
 
 const $ = (id) => document.getElementById(id);
-const who = $("who");
-who.value = localStorage.getItem("labeler") || "labeler-" + Math.random().toString(36).slice(2, 7);
-who.addEventListener("change", () => { localStorage.setItem("labeler", who.value.trim()); load(); });
-localStorage.setItem("labeler", who.value);
+// who the labeler is comes from their token (the server says it with every request), never from the page
 
 function text(id, value) { $(id).textContent = value; }
 function svgEl(name, attrs) {
@@ -110,7 +107,9 @@ async function api(path, options) {
 
 async function load() {
   try {
-    render(await api("/api/next?labeler=" + encodeURIComponent(who.value.trim())));
+    const next = await api("/api/next");
+    text("who", next.labeler);
+    render(next);
     clearError();
   } catch (e) { showError("Could not load the next request: " + e.message); }
 }
@@ -120,7 +119,7 @@ async function submit(label, status) {
   busy = true;
   try {
     await api("/api/answer", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ review_id: current.review_id, label, status, labeler: who.value.trim() }) });
+      body: JSON.stringify({ review_id: current.review_id, label, status }) });
     clearError();
     await load();
   } catch (e) { showError("Answer refused: " + e.message); }
@@ -128,7 +127,7 @@ async function submit(label, status) {
 }
 
 document.addEventListener("keydown", (event) => {
-  if (event.target === who || !current) return;
+  if (!current) return;
   const n = Number(event.key);
   if (n >= 1 && n <= classes.length) submit(classes[n - 1], "answered");
   else if (event.key === "s") submit("", "skipped");

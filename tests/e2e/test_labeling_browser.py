@@ -18,7 +18,7 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed (scripts/bootstrap.sh installs it as root)", allow_module_level=True)
 
 TOPICS = Topics()
-TOKEN = "test-token-123"
+TOKENS: dict[str, str] = {}  # labeler -> their own token, made by the stack fixture
 CLASSES = ["badminton", "running", "standing", "walking"]
 EVIL = '<img src=x onerror="window.__pwned=1">'
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -36,12 +36,16 @@ def review(i: int, device: str = "device-007") -> ReviewRequest:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
+    from labeling.credentials import Credentials, add_labeler
     from labeling.server import LabelingServer
 
     logs = tmp_path_factory.mktemp("labeling")
+    labelers = logs / "labelers.toml"
+    TOKENS.update({name: add_labeler(str(labelers), name) for name in ("alice", "bob", "carol")})
     with EmbeddedBroker(log_path=logs / "broker.log") as broker:
         ensure_topics(broker.bootstrap, TOPICS)
-        server = LabelingServer(broker.bootstrap, TOPICS, TOKEN, CLASSES, port=free_port(), lease_s=60).start()
+        server = LabelingServer(broker.bootstrap, TOPICS, Credentials.load(str(labelers)), CLASSES,
+                                port=free_port(), lease_s=60).start()
         try:
             yield broker, server
         finally:
@@ -59,10 +63,11 @@ def browser():
 
 
 def open_as(browser, server, labeler: str):
+    """A browser of its own for ``labeler``, signed in with their own token."""
     context = browser.new_context(viewport={"width": 1100, "height": 760})
-    context.add_init_script(f"localStorage.setItem('labeler', {orjson.dumps(labeler).decode()})")
     page = context.new_page()
-    page.goto(f"{server.url}/?token={TOKEN}")
+    response = page.goto(f"{server.url}/?token={TOKENS[labeler]}")
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     return context, page
 
 
@@ -83,6 +88,7 @@ def test_labelers_answer_in_the_browser(stack, browser):
     assert first in {r.review_id for r in requests}
     assert page.locator("#chart polyline").count() == 6
     assert page.locator("#buttons button.cls").count() == len(CLASSES)
+    assert page.text_content("#who") == "alice"  # the name comes from her token, shown, not typed
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "labeling.png"))
 
@@ -91,6 +97,12 @@ def test_labelers_answer_in_the_browser(stack, browser):
     bob_page.wait_for_selector("#review:not(.hidden)", timeout=20_000)
     bobs = bob_page.text_content("#review-id")
     assert bobs != first
+    # bob's page cannot answer as alice, nor answer alice's request
+    forged = bob_page.request.post(f"{server.url}/api/answer", data={"review_id": first, "label": "running",
+                                                                     "labeler": "alice"})
+    assert forged.status == 403
+    stolen = bob_page.request.post(f"{server.url}/api/answer", data={"review_id": first, "label": "running"})
+    assert stolen.status == 409
 
     # clicking a class writes the answer to the labels topic
     page.click("#buttons button[data-label='walking']")
@@ -133,7 +145,7 @@ def test_wrong_token_is_refused(stack, browser):
     response = page.goto(f"{server.url}/?token=not-the-token")
     assert response.status == 401 and "Access refused" in page.text_content("h1")
     assert page.goto(f"{server.url}/").status == 401
-    api = page.request.get(f"{server.url}/api/next?labeler=eve", headers={"Authorization": "Bearer nope"})
+    api = page.request.get(f"{server.url}/api/next", headers={"Authorization": "Bearer nope"})
     assert api.status == 401 and "token" in api.json()["error"]
     context.close()
 

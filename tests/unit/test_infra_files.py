@@ -81,10 +81,17 @@ def test_compose_commands_settings_and_ports_exist():
 @pytest.mark.skipif(shutil.which("docker-compose") is None and shutil.which("docker") is None,
                     reason="no compose client installed (scripts/bootstrap.sh installs Debian's docker-compose as root)")
 def test_compose_file_is_valid_for_the_compose_client():
+    import os
+
     client = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
+    env = {**os.environ, "SENSORLOOP_LABEL_TOKEN": "a-secret-of-24-characters"}
     result = subprocess.run([*client, "-f", str(COMPOSE), "config", "--quiet"], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=60, env=env)
     assert result.returncode == 0, result.stderr
+    unset = {k: v for k, v in env.items() if k != "SENSORLOOP_LABEL_TOKEN"}
+    refused = subprocess.run([*client, "-f", str(COMPOSE), "config", "--quiet"], capture_output=True, text=True,
+                             timeout=60, env=unset)
+    assert refused.returncode != 0 and "SENSORLOOP_LABEL_TOKEN" in refused.stderr  # no default token ships
 
 
 def test_dockerfile_copies_what_exists_and_builds_the_jars():
@@ -159,6 +166,12 @@ def test_flink_deployments_run_our_jobs_on_the_mounted_configuration(tmp_path, m
         assert job_cfg == cfg and job_cfg.broker.bootstrap and job_cfg.registry.path.startswith("s3://")
         assert args[args.index("-pyclientexec") + 1] == cfg.flink.python_executable
         assert spec["flinkConfiguration"]["python.executable"] == cfg.flink.python_executable
+
+
+def test_no_shipped_file_carries_a_default_labeling_token():
+    for path in [COMPOSE, *K8S, INFRA / "docker" / "Dockerfile", ROOT / "sensorloop.example.toml"]:
+        text = path.read_text()
+        assert "change-me" not in text and "LABEL_TOKEN:-" not in text, path
 
 
 def test_unknown_environment_settings_are_refused():

@@ -2,6 +2,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from labeling.app import create_app
+from labeling.credentials import CredentialError, Credentials, add_labeler, digest
 from operators.review_queue import ReviewError, ReviewQueue
 from schemas import Label, ReviewRequest
 
@@ -82,6 +83,17 @@ def test_resume_offsets_stop_at_first_unanswered():
     assert q.resume_offsets() == {0: 3}
 
 
+ALICE, BOB, SHARED = "alice-token-0123456789", "bob-token-0123456789ab", "shared-token-0123456789"
+
+
+def creds():
+    return Credentials({"alice": digest(ALICE), "bob": digest(BOB)}, shared_token=SHARED, shared_labeler="demo")
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
 @pytest.fixture
 def client():
     q = filled(2)
@@ -91,47 +103,110 @@ def client():
         published.append(label)
         q.record(label)
 
-    app = create_app(q, publish, token="s3cret", clock=lambda: 100.0)
+    app = create_app(q, publish, creds(), clock=lambda: 100.0)
     return TestClient(app), published
 
 
-def test_api_requires_the_token(client):
+def test_api_requires_a_token(client):
     c, _ = client
-    assert c.get("/api/next?labeler=a").status_code == 401
-    assert c.get("/api/next?labeler=a", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.get("/api/next").status_code == 401
+    assert c.get("/api/next", headers=bearer("wrong-wrong-wrong-wrong")).status_code == 401
     assert c.get("/").status_code == 401
     assert c.get("/?token=wrong").status_code == 401
-    ok = c.get("/?token=s3cret", follow_redirects=False)
+    ok = c.get(f"/?token={ALICE}", follow_redirects=False)
     assert ok.status_code == 303 and "sl_token" in ok.headers["set-cookie"]
-    assert c.get("/api/status").status_code == 200  # the cookie now authorises
+    assert "secure" not in ok.headers["set-cookie"].lower()  # plain http here
+    assert c.get("/api/whoami").json() == {"labeler": "alice"}  # the cookie now authorises
+    behind_tls = c.get(f"/?token={ALICE}", headers={"X-Forwarded-Proto": "https"}, follow_redirects=False)
+    assert "secure" in behind_tls.headers["set-cookie"].lower()
 
 
-def test_api_next_and_answer(client):
+def test_the_labeler_is_who_the_token_says(client):
     c, published = client
-    h = {"Authorization": "Bearer s3cret"}
-    got = c.get("/api/next?labeler=alice", headers=h).json()
-    assert got["request"]["review_id"] == "dev:0" and got["waiting"] == 2 and got["classes"] == CLASSES
-    bad = c.post("/api/answer", headers=h, json={"review_id": "dev:0", "label": "flying", "labeler": "alice"})
+    got = c.get("/api/next", headers=bearer(ALICE)).json()
+    assert got["request"]["review_id"] == "dev:0" and got["labeler"] == "alice" and got["classes"] == CLASSES
+    assert c.get("/api/next?labeler=carol", headers=bearer(ALICE)).status_code == 403  # a claimed name
+    stolen = c.post("/api/answer", headers=bearer(BOB), json={"review_id": "dev:0", "label": "walking"})
+    assert stolen.status_code == 409  # bob cannot answer alice's lease
+    forged = c.post("/api/answer", headers=bearer(BOB), json={"review_id": "dev:0", "label": "walking",
+                                                               "labeler": "alice"})
+    assert forged.status_code == 403 and "not who your token says" in forged.json()["error"]
+    bad = c.post("/api/answer", headers=bearer(ALICE), json={"review_id": "dev:0", "label": "flying"})
     assert bad.status_code == 400 and "unknown class" in bad.json()["error"]
-    unknown = c.post("/api/answer", headers=h, json={"review_id": "zzz", "label": "running", "labeler": "alice"})
+    unknown = c.post("/api/answer", headers=bearer(ALICE), json={"review_id": "zzz", "label": "running"})
     assert unknown.status_code == 404
-    ok = c.post("/api/answer", headers=h, json={"review_id": "dev:0", "label": "walking", "labeler": "alice"})
+    ok = c.post("/api/answer", headers=bearer(ALICE), json={"review_id": "dev:0", "label": "walking"})
     assert ok.status_code == 200 and published[-1].label == "walking" and published[-1].labeler == "alice"
-    assert c.get("/api/status", headers=h).json()["answers_per_labeler"] == {"alice": 1}
-    assert c.post("/api/answer", headers=h, content=b"nope").status_code == 400
-    assert c.get("/api/next?labeler=%0a", headers=h).status_code == 400
+    assert c.get("/api/status", headers=bearer(BOB)).json()["answers_per_labeler"] == {"alice": 1}
+    assert c.post("/api/answer", headers=bearer(ALICE), content=b"nope").status_code == 400
+    assert c.get("/api/whoami", headers=bearer(SHARED)).json() == {"labeler": "demo"}
 
 
-def test_failed_publish_keeps_the_request(client):
+def test_one_open_lease_per_labeler(client):
+    c, _ = client
+    first = c.get("/api/next", headers=bearer(ALICE)).json()["request"]["review_id"]
+    again = [c.get("/api/next", headers=bearer(ALICE)).json()["request"]["review_id"] for _ in range(5)]
+    assert again == [first] * 5  # asking again renews the same lease, it never takes a second request
+    assert c.get("/api/next", headers=bearer(BOB)).json()["request"]["review_id"] != first
+
+
+def test_wrong_tokens_are_slowed_down_per_client():
+    c = TestClient(create_app(filled(1), lambda label: None, creds(), failures_per_minute=5))
+    codes = [c.get("/api/next", headers=bearer(f"guess-{i:020d}")).status_code for i in range(8)]
+    assert codes == [401] * 5 + [429] * 3
+    assert c.get("/api/next", headers=bearer(ALICE)).status_code == 429  # even a right one, for a minute
+
+
+def test_bodies_are_size_limited_and_every_response_carries_security_headers(client):
+    c, _ = client
+    c.get("/api/next", headers=bearer(ALICE))
+    huge = c.post("/api/answer", headers=bearer(ALICE), content=b'{"review_id": "' + b"x" * 70_000 + b'"}')
+    assert huge.status_code == 413
+    for response in (huge, c.get("/"), c.get("/app.js"), c.get("/api/status", headers=bearer(ALICE))):
+        headers = response.headers
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert "script-src 'self'" in headers["content-security-policy"]
+        assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+
+
+def test_tokens_must_be_long_and_files_hold_only_digests(tmp_path):
+    with pytest.raises(CredentialError, match="at least 16"):
+        Credentials({}, shared_token="change-me")
+    with pytest.raises(CredentialError, match="no labeler can sign in"):
+        Credentials({})
+    path = tmp_path / "labelers.toml"
+    token = add_labeler(str(path), "carol")
+    assert len(token) >= 16 and token not in path.read_text() and "sha256:" in path.read_text()
+    assert Credentials.load(str(path)).labeler_of(token) == "carol"
+    newer = add_labeler(str(path), "carol")  # a new token replaces the old one
+    loaded = Credentials.load(str(path))
+    assert loaded.labeler_of(newer) == "carol" and loaded.labeler_of(token) is None
+    with pytest.raises(CredentialError, match="must be letters"):
+        add_labeler(str(path), "eve</script>")
+
+
+def test_the_queue_keeps_a_bounded_number_of_requests_and_early_answers():
+    q = ReviewQueue(CLASSES, lease_s=30, capacity=5)
+    for i in range(3):
+        q.add(request(i), 0, i)
+    q.record(q.answer("dev:0", "a", "running", now=0.0) if q.lease("a", 0.0) else None)
+    for i in range(3, 9):
+        q.add(request(i), 0, i)
+    assert len(q.entries) == 5 and "dev:0" not in q.entries  # the answered one went first
+    for i in range(100, 120):
+        q.record(Label(f"never:{i}", "running", "x", 0))  # answers for requests that never come
+    assert len(q._early) <= 5
+
+
+def test_failed_publish_keeps_the_request():
     q = filled(1)
 
     def broken(label):
         raise RuntimeError("broker down")
 
-    c = TestClient(create_app(q, broken, token="t", clock=lambda: 1.0))
-    h = {"Authorization": "Bearer t"}
-    c.get("/api/next?labeler=a", headers=h)
-    r = c.post("/api/answer", headers=h, json={"review_id": "dev:0", "label": "running", "labeler": "a"})
+    c = TestClient(create_app(q, broken, creds(), clock=lambda: 1.0))
+    c.get("/api/next", headers=bearer(ALICE))
+    r = c.post("/api/answer", headers=bearer(ALICE), json={"review_id": "dev:0", "label": "running"})
     assert r.status_code == 503 and q.waiting() == 1
 
 
@@ -141,16 +216,16 @@ def test_status_shows_the_pipeline_metrics():
     exposition = ('flink_taskmanager_job_task_operator_predictions{job_name="sensorloop_serving",subtask_index="0",} 40.0\n'
                   'flink_taskmanager_job_task_operator_predictions{job_name="sensorloop_serving",subtask_index="1",} 2.0\n'
                   'flink_taskmanager_job_task_operator_model_version{job_name="sensorloop_serving",subtask_index="1",} 3.0\n')
-    app = create_app(filled(), lambda label: None, "s3cret",
+    app = create_app(filled(), lambda label: None, creds(),
                      pipeline_metrics=lambda: summarize(parse_prometheus(exposition)))
-    status = TestClient(app).get("/api/status", headers={"Authorization": "Bearer s3cret"}).json()
+    status = TestClient(app).get("/api/status", headers=bearer(ALICE)).json()
     assert status["pipeline"] == {"sensorloop-serving": {"predictions": 42.0, "model_version": 3.0}}
 
     def unreachable():
         raise OSError("connection refused")
 
-    app = create_app(filled(), lambda label: None, "s3cret", pipeline_metrics=unreachable)
-    status = TestClient(app).get("/api/status", headers={"Authorization": "Bearer s3cret"}).json()
+    app = create_app(filled(), lambda label: None, creds(), pipeline_metrics=unreachable)
+    status = TestClient(app).get("/api/status", headers=bearer(ALICE)).json()
     assert status["pipeline_error"] == "connection refused" and status["waiting"] == 3
 
 
