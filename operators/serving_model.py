@@ -105,6 +105,27 @@ def load_from_registry(root: str, name: str, version: int | None = None, runtime
     return model
 
 
+def load_newest_usable(root: str, name: str, runtime: str = "onnx", device: str = "auto",
+                       threads: int = 0) -> tuple[ServingModel, list[str]]:
+    """The newest registry version that loads, verifies and passes its smoke test, with the reason
+    each newer one was passed over (a deleted or corrupt artifact must not keep serving down: the
+    caller reports every reason loudly). Raises :class:`ArtifactError` when no version loads.
+
+    >>> import tempfile
+    >>> load_newest_usable(tempfile.mkdtemp(), "m")
+    Traceback (most recent call last):
+    ...
+    model.registry.ArtifactError: no usable version of 'm': none in the registry
+    """
+    passed_over: list[str] = []
+    for version in reversed(ModelRegistry(root).versions(name)):
+        try:
+            return load_from_registry(root, name, version, runtime, device, threads), passed_over
+        except ArtifactError as exc:
+            passed_over.append(f"v{version}: {exc}")
+    raise ArtifactError(f"no usable version of {name!r}: {'; '.join(passed_over) or 'none in the registry'}")
+
+
 def sibling_uri(artifact_uri: str, name: str) -> str:
     """A file beside a version's ``model.onnx`` (``metadata.json``, ``weights.pt``).
 

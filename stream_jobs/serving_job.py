@@ -8,6 +8,7 @@ Run: ``python -m stream_jobs.serving_job [--config FILE] [--set section.key=valu
 from __future__ import annotations
 
 import gc
+import logging
 import time
 import zlib
 
@@ -21,6 +22,7 @@ from operators.serving_model import (
     ControlMessage,
     input_mismatch,
     load_from_registry,
+    load_newest_usable,
     load_snapshot,
     serving_spec,
 )
@@ -39,6 +41,7 @@ from stream_jobs.kafka_io import (
     split_envelope,
 )
 
+log = logging.getLogger(__name__)
 IDLE_FLUSH_MS = 2_000
 STATS_EVERY_S = 5.0
 
@@ -183,8 +186,15 @@ class InferBatches(KeyedCoProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         s, registry = self.cfg.serving, self.cfg.registry
-        model = load_from_registry(registry.path, registry.model_name, s.model_version or None, s.runtime, s.device,
-                                   s.inference_threads)
+        passed_over: list[str] = []
+        if s.model_version:  # pinned: that version or nothing
+            model = load_from_registry(registry.path, registry.model_name, s.model_version, s.runtime, s.device,
+                                       s.inference_threads)
+        else:
+            model, passed_over = load_newest_usable(registry.path, registry.model_name, s.runtime, s.device,
+                                                    s.inference_threads)
+        for reason in passed_over:
+            log.error("serving %s v%d: a newer version cannot be served: %s", model.name, model.version, reason)
         mismatch = input_mismatch(model.spec, s.window, self.channels)
         if mismatch:  # build_serving_job checked the same; the registry changed in between
             raise ArtifactError(f"{model.name} v{model.version} cannot serve: {mismatch}")
@@ -205,6 +215,7 @@ class InferBatches(KeyedCoProcessFunction):
         group.gauge("batch_size", lambda: tally.last_batch_size)
         group.gauge("inference_ms", lambda: int(round(tally.last_inference_ms)))
         group.gauge("model_version", lambda: int(self.shard.model.version))
+        group.gauge("model_versions_unusable", lambda: len(passed_over))
         self.next_report = time.monotonic() + STATS_EVERY_S
 
     def _check_restored(self) -> None:

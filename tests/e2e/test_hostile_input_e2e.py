@@ -15,7 +15,7 @@ import torch
 from control.launcher import serving_job
 from control.flink_rest import FlinkRest
 from infra.broker import EmbeddedBroker, ensure_topics, free_port
-from infra.kafka_tools import produce, read_quiet
+from infra.kafka_tools import produce, read_quiet, read_until
 from model.export import export_onnx
 from model.network import WindowTransformer
 from model.registry import ModelRegistry
@@ -121,3 +121,43 @@ def test_a_silent_device_is_forgotten_after_the_expiry(tmp_path, trained_registr
     assert sorted(e for d, e in ends if d == busy) == [r["ts"] for r in readings if r["device_id"] == busy
                                                         and r["seq"] in (31, 39)]
     assert [e for d, e in ends if d == quiet] == []  # its first 20 readings were forgotten
+
+
+def test_a_deleted_artifact_does_not_keep_serving_down(tmp_path, registry_copy):
+    """The newest version's artifact disappears from the registry while the job runs, and the job is
+    then killed: the restarted job serves the newest version that still loads, and every device is served."""
+    import os
+    import signal
+
+    registry = ModelRegistry(registry_copy)
+    v1 = registry.load(NAME, 1)
+    registry.publish(NAME, v1.onnx_bytes, v1.weights_bytes, v1.metadata.spec, {}, 1)  # v2, served at start
+    first = replayed_readings(n_devices=4, per_device=40)
+    second = replayed_readings(n_devices=4, per_device=40, start_seq=40)
+    options = dict(registry=registry_copy, state_dir=str(tmp_path / "flink"), checkpoint_interval_ms=1000,
+                   group_id="deleted-artifact")
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        ensure_topics(broker.bootstrap, TOPICS)
+        job = serving_job(broker.bootstrap, tmp_path / "job-a.log", **options).start()
+        try:
+            produce(broker.bootstrap, TOPICS.readings, encoded(first))
+            before = collect(broker.bootstrap, {TOPICS.predictions: len(expected_window_ends(first, 32, 8))}, 180, job)
+            assert {orjson.loads(r.value)["model_version"] for r in before[TOPICS.predictions]} == {2}
+            (registry.version_dir(NAME, 2) / "model.onnx").unlink()
+            time.sleep(2)  # a checkpoint after those readings
+        finally:
+            os.killpg(job.process.pid, signal.SIGKILL)
+            job.process.wait()
+        produce(broker.bootstrap, TOPICS.readings, encoded(second))
+        job = serving_job(broker.bootstrap, tmp_path / "job-b.log", **options)
+        expected = expected_window_ends(first + second, 32, 8)
+
+        def every_window(records) -> bool:
+            assert job.alive(), job.log_tail(40)
+            return {(p["device_id"], p["window_end"]) for p in map(orjson.loads, (r.value for r in records))} >= expected
+
+        with job:
+            out = [orjson.loads(r.value) for r in read_until(broker.bootstrap, [TOPICS.predictions], every_window, 180)]
+    assert {(p["device_id"], p["window_end"]) for p in out} == expected  # every device, every window
+    after_crash = {p["model_version"] for p in out[len(before[TOPICS.predictions]):]}
+    assert after_crash == {1}  # v2's artifact is gone: the newest version that loads serves

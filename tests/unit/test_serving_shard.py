@@ -126,3 +126,18 @@ def test_a_drift_event_cannot_raise_the_budget_beyond_servings_own_cap():
     hostile = DriftEvent("toy", "error", 0, 1, 10**9, 10**6, 0.5)
     shard.on_control(ListStore(), ControlMessage(0, hostile, 0, 0), now_ms=0)
     assert shard.scorer.router.capacity == 600 and shard.boost_until == 30_000
+
+
+def test_serving_starts_with_the_newest_version_that_loads(tmp_path, trained_registry):
+    import shutil
+
+    from operators.serving_model import load_newest_usable
+
+    root = tmp_path / "registry"
+    shutil.copytree(trained_registry, root)
+    registry = ModelRegistry(str(root))
+    v1 = registry.load("basic-motions", 1)
+    registry.publish("basic-motions", v1.onnx_bytes, v1.weights_bytes, v1.metadata.spec, {}, 1)  # v2
+    (registry.version_dir("basic-motions", 2) / "model.onnx").unlink()  # deleted under the registry
+    model, passed_over = load_newest_usable(str(root), "basic-motions")
+    assert model.version == 1 and len(passed_over) == 1 and passed_over[0].startswith("v2: ")
