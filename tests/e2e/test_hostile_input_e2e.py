@@ -154,7 +154,8 @@ def test_a_deleted_artifact_does_not_keep_serving_down(tmp_path, registry_copy):
 
         def every_window(records) -> bool:
             assert job.alive(), job.log_tail(40)
-            return {(p["device_id"], p["window_end"]) for p in map(orjson.loads, (r.value for r in records))} >= expected
+            keys = {(p["device_id"], p["window_end"]) for p in map(orjson.loads, (r.value for r in records))}
+            return keys >= expected
 
         with job:
             out = [orjson.loads(r.value) for r in read_until(broker.bootstrap, [TOPICS.predictions], every_window, 180)]
