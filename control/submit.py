@@ -7,6 +7,7 @@ absolute: the TaskManagers do not share this shell's working directory.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -47,8 +48,6 @@ def for_cluster(cfg: Config, bootstrap: str) -> Config:
 def job_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a submitted job's process: without ``SENSORLOOP_*`` settings, which the
     job's configuration file already holds (they would otherwise win over it, flags included)."""
-    import os
-
     environ = dict(os.environ if environ is None else environ)
     return {k: v for k, v in environ.items() if not k.startswith("SENSORLOOP_")}
 

@@ -143,16 +143,15 @@ def _build(base: Config, data: dict[str, Any], source: str, env: Mapping[str, st
     """``base`` with the file's ``data``, then ``env``, then ``flags`` (``section.key -> (value, origin)``)."""
     problems: list[str] = []
     sections = {f.name: f for f in fields(Config)}
+    names = {name: [f.name for f in fields(section.default_factory)] for name, section in sections.items()}
     for name in data:
         if name not in sections:
             hint = difflib.get_close_matches(name, sections, n=1)
             problems.append(f"[{name}]: unknown section in {source}" + (f" (did you mean [{hint[0]}]?)" if hint else ""))
     for key in flags:
         section, _, setting = key.partition(".")
-        known = [f.name for f in fields(sections[section].default_factory)] if section in sections else []
-        if setting not in known:
-            hint = difflib.get_close_matches(key, [f"{s}.{k.name}" for s in sections
-                                                   for k in fields(sections[s].default_factory)], n=1)
+        if setting not in names.get(section, []):
+            hint = difflib.get_close_matches(key, [f"{s}.{k}" for s, keys in names.items() for k in keys], n=1)
             problems.append(f"{flags[key][1]}: no setting {key}" + (f" (did you mean {hint[0]}?)" if hint else ""))
     built: dict[str, Any] = {}
     for name in sections:
@@ -161,7 +160,7 @@ def _build(base: Config, data: dict[str, Any], source: str, env: Mapping[str, st
         if not isinstance(table, dict):
             problems.append(f"{name}: expected a [{name}] table in {source}")
             table = {}
-        known = {f.name for f in fields(current)}
+        known = names[name]
         for key in table:
             if key not in known:
                 hint = difflib.get_close_matches(key, known, n=1)
@@ -187,13 +186,12 @@ def _build(base: Config, data: dict[str, Any], source: str, env: Mapping[str, st
             problems.append(f"[{name}]: {exc}")
             built[name] = current
     for key in sorted(env):
-        for name, section_field in sections.items():
+        for name, known in names.items():
             prefix = _env_prefix(name)
             if key.startswith(prefix):
-                known_names = [f.name for f in fields(section_field.default_factory)]
                 setting = key[len(prefix):].lower()
-                if setting not in known_names:
-                    hint = difflib.get_close_matches(setting, known_names, n=1)
+                if setting not in known:
+                    hint = difflib.get_close_matches(setting, known, n=1)
                     problems.append(f"${key}: no setting {name}.{setting}"
                                     + (f" (did you mean ${prefix}{hint[0].upper()}?)" if hint else ""))
     cfg = Config(**built)

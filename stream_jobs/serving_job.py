@@ -108,14 +108,14 @@ class ReadingsToWindows(KeyedProcessFunction):
         state = self.state.value()
         if state is None:
             return
-        expiry_ms = self.cfg.serving.device_expiry_ms
-        if self.windower.expired(state, ctx.timer_service().current_processing_time(), expiry_ms):
+        now = ctx.timer_service().current_processing_time()
+        if self.windower.expired(state, now, self.cfg.serving.device_expiry_ms):
             self.state.clear()  # held readings older than the expiry are of no use to any window
             self.expired.inc()
             return
         if not state.pending:
             return
-        if not self.windower.idle(state, now_ms(), IDLE_FLUSH_MS):
+        if not self.windower.idle(state, now, IDLE_FLUSH_MS):
             ctx.timer_service().register_processing_time_timer(timestamp + IDLE_FLUSH_MS)
             return
         windows = self.windower.flush(state)
