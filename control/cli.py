@@ -53,7 +53,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     cfg = config_of(args)
     signal.signal(signal.SIGTERM, terminate)  # stop Tansu too when asked to stop
-    broker = EmbeddedBroker(port=args.port or cfg.broker.embedded_port, storage=args.storage or cfg.broker.storage)
+    broker = EmbeddedBroker(port=args.port or cfg.broker.embedded_port, storage=args.storage or cfg.broker.storage,
+                            storage_endpoint=args.storage_endpoint or cfg.broker.storage_endpoint)
     broker.start()
     created = ensure_topics(broker.bootstrap, cfg.topics)
     print(f"broker on {broker.bootstrap} (topics created: {', '.join(created) or 'none'}); Ctrl-C stops it",
@@ -163,7 +164,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     bootstrap = cfg.broker.bootstrap
     broker = None
     if not bootstrap:
-        broker = EmbeddedBroker(log_path=run_dir / "broker.log", storage=cfg.broker.storage).start()
+        broker = EmbeddedBroker(log_path=run_dir / "broker.log", storage=cfg.broker.storage,
+                                storage_endpoint=cfg.broker.storage_endpoint).start()
         bootstrap = broker.bootstrap
     ensure_topics(bootstrap, topics)
     run_id = int(time.time())
@@ -408,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")
     p.add_argument("--port", type=int, default=None, help="default: broker.embedded_port (9092)")
     p.add_argument("--storage", default=None, help="Tansu storage engine URL (default: broker.storage)")
+    p.add_argument("--storage-endpoint", default=None,
+                   help="S3-compatible endpoint of s3:// storage (default: broker.storage_endpoint)")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("topics", help="create the topics on a broker")

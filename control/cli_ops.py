@@ -319,6 +319,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         wanted = SERVING if "serving" in job.name else LEARNING if "learning" in job.name else sorted(values)
         shown = ", ".join(f"{k}={values[k]:.0f}" for k in wanted if k in values)
         print(f"{job.name} {job.job_id[:8]} RUNNING {job.duration_ms / 1000:.0f}s: {shown or 'no metrics yet'}")
+        try:
+            checkpoints = _rest(args).checkpoints(job.job_id)
+        except FlinkRestError:
+            checkpoints = None
+        if checkpoints is not None:
+            print(f"  checkpoints: {checkpoints.completed} completed, {checkpoints.failed} failed"
+                  + (f" (latest failure: {checkpoints.latest_failure.splitlines()[0][:200]})"
+                     if checkpoints.latest_failure else ""))
+        if values.get("source_stalled_partitions", 0) > 0:
+            print(f"  STALLED: {values['source_stalled_partitions']:.0f} readings partition(s) lost records the job "
+                  "had read (broker reset?); the job waits until they grow past its position. See the README's "
+                  "'A stalled source'.")
     return 0
 
 

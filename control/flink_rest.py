@@ -42,6 +42,14 @@ def normalise_url(address: str) -> str:
     return address if address.startswith(("http://", "https://")) else f"http://{address}"
 
 
+@dataclass(frozen=True)
+class CheckpointCounts:
+    completed: int
+    failed: int
+    latest_failure: str
+    latest_failure_ms: int
+
+
 class FlinkRest:
     def __init__(self, address: str, timeout_s: float = 10.0) -> None:
         self.url = normalise_url(address)
@@ -86,6 +94,15 @@ class FlinkRest:
             return named[0]
         raise FlinkRestError(f"no running job matches {ref!r} at {self.url} "
                              f"(jobs: {', '.join(f'{j.name} {j.job_id[:8]} {j.state}' for j in jobs) or 'none'})")
+
+    def checkpoints(self, job_id: str) -> CheckpointCounts:
+        """How the job's checkpoints went: completed, failed, and the latest failure's message."""
+        stats = self._call("GET", f"/jobs/{job_id}/checkpoints")
+        counts = stats.get("counts", {})
+        failed = (stats.get("latest") or {}).get("failed") or {}
+        return CheckpointCounts(counts.get("completed", 0), counts.get("failed", 0),
+                                failed.get("failure_message") or "", failed.get("latest_ack_timestamp")
+                                or failed.get("failure_timestamp") or 0)
 
     def cancel(self, job_id: str) -> None:
         self._call("PATCH", f"/jobs/{job_id}?mode=cancel")

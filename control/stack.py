@@ -72,7 +72,8 @@ def start_stack(cfg: Config, timeout_s: float = 90.0) -> StackState:
             raise RuntimeError(f"something already answers on {bootstrap}: set broker.embedded_port or broker.bootstrap")
         log = open(run_dir / "broker.log", "ab")
         process = subprocess.Popen([sys.executable, "-m", "control.cli", "broker", "--port",
-                                    str(cfg.broker.embedded_port), "--storage", cfg.broker.storage],
+                                    str(cfg.broker.embedded_port), "--storage", cfg.broker.storage,
+                                    "--storage-endpoint", cfg.broker.storage_endpoint],
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         broker_pid = process.pid
         deadline = time.monotonic() + 30

@@ -50,14 +50,16 @@ class EmbeddedBroker:
     """Starts Tansu on loopback, waits until it answers, stops it cleanly.
 
     ``storage`` is Tansu's storage engine URL: ``memory://tansu/`` (default) or
-    ``s3://bucket/`` against an S3-compatible endpoint for records that survive a restart.
+    ``s3://bucket/`` against an S3-compatible endpoint (``storage_endpoint``, else the AWS defaults;
+    credentials from the ``AWS_*`` variables) for records that survive a restart.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None,
-                 storage: str = "memory://tansu/", log_path: str | os.PathLike[str] | None = None) -> None:
+                 storage: str = "memory://tansu/", log_path: str | os.PathLike[str] | None = None,
+                 storage_endpoint: str = "") -> None:
         self.host = host
         self.port = port or free_port(host)
-        self.storage = storage
+        self.storage, self.storage_endpoint = storage, storage_endpoint
         self.log_path = Path(log_path) if log_path else None
         self.process: subprocess.Popen | None = None
 
@@ -76,7 +78,7 @@ class EmbeddedBroker:
         self.process = subprocess.Popen(
             [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", self.storage],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=self._environment())
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -88,6 +90,20 @@ class EmbeddedBroker:
             time.sleep(0.2)
         self.stop()
         raise TimeoutError(f"broker did not answer on {self.bootstrap} within {timeout_s}s")
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.storage_endpoint:  # Tansu's object store reads the endpoint from the environment
+            env.update(AWS_ENDPOINT=self.storage_endpoint, AWS_ENDPOINT_URL=self.storage_endpoint)
+            if self.storage_endpoint.startswith("http://"):
+                env["AWS_ALLOW_HTTP"] = "true"
+        return env
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (records not yet in storage are lost with it)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -40,6 +40,7 @@ class BrokerSettings:
     bootstrap: str = ""  # empty: the embedded stack's broker
     embedded_port: int = 9092
     storage: str = "memory://tansu/"  # Tansu storage engine; s3://bucket/ keeps records across restarts
+    storage_endpoint: str = ""  # the S3-compatible endpoint of s3:// storage (credentials: AWS_* variables)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,10 @@ class FlinkSettings:
     execution_mode: str = "thread"  # PyFlink's Python operators in the TaskManager's JVM (thread) or a worker
     python_executable: str = ""  # Python on the TaskManagers; empty: this interpreter
     metrics_urls: str = ""  # comma-separated Prometheus /metrics URLs of the TaskManagers; empty: the stack's
+    # checkpoints that may fail in a row (storage unwritable or away) while the job keeps processing; one
+    # more restarts it from the last good one. Keep it × checkpoint_interval_ms well under the Kafka
+    # transaction timeout (10 min) when exactly_once is on: its open transactions commit only on a checkpoint.
+    tolerable_checkpoint_failures: int = 60
     restart_max_backoff_ms: int = 60_000  # restarts never stop: 1 s, 2 s, 4 s ... up to this, reset after 10 min
     bundle_time_ms: int = 5
     bundle_size: int = 500
@@ -74,7 +79,7 @@ class FlinkSettings:
     def __post_init__(self) -> None:
         _at_least(self, 1, "parallelism", "checkpoint_interval_ms", "bundle_size")
         _at_least(self, 1000, "restart_max_backoff_ms")
-        _at_least(self, 0, "bundle_time_ms", "buffer_timeout_ms")
+        _at_least(self, 0, "bundle_time_ms", "buffer_timeout_ms", "tolerable_checkpoint_failures")
         if self.execution_mode not in ("thread", "process"):
             raise ValueError(f"execution_mode must be 'thread' or 'process', got {self.execution_mode!r}")
 
@@ -117,6 +122,7 @@ class ServingSettings:
     max_future_ms: int = 600_000  # a reading dated further ahead of the job's clock is refused; 0: no bound
     max_seq_jump: int = 100_000  # a sequence number further ahead of the device's next one is refused; 0: none
     device_expiry_ms: int = 3_600_000  # a device silent this long is forgotten (its window state); 0: never
+    source_check_ms: int = 5_000  # how often the broker is asked whether the readings read still exist; 0: off
     runtime: str = "onnx"
     device: str = "auto"
     inference_threads: int = 1
@@ -128,7 +134,7 @@ class ServingSettings:
         _at_least(self, 1, "window", "stride", "max_batch", "max_seq_gap_buffer", "inference_threads")
         _at_least(self, 0, "model_version", "max_out_of_order_ms", "seq_gap_timeout_ms", "max_wait_ms",
                   "review_budget_per_minute", "reset_gap_ms", "drift_budget_per_minute", "drift_boost_seconds",
-                  "max_future_ms", "max_seq_jump", "device_expiry_ms")
+                  "max_future_ms", "max_seq_jump", "device_expiry_ms", "source_check_ms")
         if not self.max_abs_value > 0:
             raise ValueError(f"max_abs_value must be > 0, got {self.max_abs_value}")
         _share(self, "confidence_threshold", "audit_rate")

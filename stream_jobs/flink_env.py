@@ -119,6 +119,7 @@ def make_env(cfg: Config, job: str, run: JobRun = JobRun()) -> StreamExecutionEn
     config.set_string("execution.checkpointing.dir", state_uri(f"{state}/checkpoints/{job}"))
     config.set_string("execution.checkpointing.savepoint-dir", state_uri(f"{state}/savepoints/{job}"))
     config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    config.set_string("execution.checkpointing.tolerable-failed-checkpoints", str(flink.tolerable_checkpoint_failures))
     # a failure that repeats (a bad dependency, a full disk) backs off instead of stopping the job for good
     config.set_string("restart-strategy.type", "exponential-delay")
     config.set_string("restart-strategy.exponential-delay.initial-backoff", "1 s")

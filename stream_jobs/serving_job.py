@@ -27,6 +27,7 @@ from operators.serving_model import (
     serving_spec,
 )
 from operators.serving_shard import InferenceShard
+from operators.source_watch import SourceWatch
 from operators.windowing import SlidingWindower
 from schemas import DeadLetter, DriftEvent, ModelSnapshot, SchemaError
 from settings import Config
@@ -40,6 +41,7 @@ from stream_jobs.kafka_io import (
     routed_sink,
     split_envelope,
 )
+from stream_jobs.source_probe import KafkaRecordProbe, SourceWatchThread, report
 
 log = logging.getLogger(__name__)
 IDLE_FLUSH_MS = 2_000
@@ -70,6 +72,17 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.windows_out = group.counter("windows")
         self.late = group.counter("late_readings")
         self.expired = group.counter("devices_expired")
+        self.watch = SourceWatch(topics.readings)
+        group.gauge("source_resets", lambda: self.watch.resets)
+        group.gauge("source_stalled_partitions", self.watch.stalled_partitions)
+        self.watcher = None
+        if s.source_check_ms > 0:
+            self.watcher = SourceWatchThread(self.watch, KafkaRecordProbe(self.cfg.broker.bootstrap, topics.readings),
+                                             s.source_check_ms / 1000).start()
+
+    def close(self) -> None:
+        if getattr(self, "watcher", None) is not None:
+            self.watcher.stop()
 
     def _dead_letter(self, letter: DeadLetter):
         self.dead.inc()
@@ -78,6 +91,9 @@ class ReadingsToWindows(KeyedProcessFunction):
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         _, partition, offset, ingest_ms, payload = split_envelope(value)
         self.readings_in.inc()
+        went_back = self.watch.see(partition, offset)
+        if went_back is not None:
+            report(went_back)
         now = ctx.timer_service().current_processing_time()
         reading = self.parser.parse(payload, partition, offset, now)
         if isinstance(reading, DeadLetter):

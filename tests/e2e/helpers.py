@@ -55,3 +55,27 @@ def collect(bootstrap: str, topic_counts: dict[str, int], timeout_s: float, job=
     for r in records:
         out[r.topic].append(r)
     return out
+
+
+FAULTS_FILE = "tests/artifacts/faults.jsonl"
+
+
+def window_tally(keys: list[tuple[str, int]], expected: set[tuple[str, int]]) -> dict:
+    """Windows expected vs predictions out, duplicates and windows lost, for ``record_fault``."""
+    return dict(unit="windows", sent=len(expected), out=len(keys), duplicates=len(keys) - len(set(keys)),
+                lost=len(expected - set(keys)))
+
+
+def record_fault(fault: str, tally: dict, recover_s: float, **extra) -> dict:
+    """Append one fault run's figures (what was sent vs what came out, duplicates, lost, time to
+    recover) to ``tests/artifacts/faults.jsonl``, where the README's fault table comes from."""
+    import json
+    import time
+    from pathlib import Path
+
+    row = dict(fault=fault, **tally, recover_s=round(recover_s, 1), at=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
+    path = Path(FAULTS_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(json.dumps(row) + "\n")
+    return row

@@ -22,7 +22,7 @@ from model.registry import ModelRegistry
 from model.spec import ModelSpec
 from model.train import weights_bytes
 from schemas import DeadLetter, ModelSnapshot, Topics
-from tests.e2e.helpers import collect, encoded, expected_window_ends, replayed_readings
+from tests.e2e.helpers import collect, encoded, expected_window_ends, record_fault, replayed_readings, window_tally
 
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()
@@ -148,6 +148,7 @@ def test_a_deleted_artifact_does_not_keep_serving_down(tmp_path, registry_copy):
         finally:
             os.killpg(job.process.pid, signal.SIGKILL)
             job.process.wait()
+        killed_ms = int(time.time() * 1000)
         produce(broker.bootstrap, TOPICS.readings, encoded(second))
         job = serving_job(broker.bootstrap, tmp_path / "job-b.log", **options)
         expected = expected_window_ends(first + second, 32, 8)
@@ -158,7 +159,11 @@ def test_a_deleted_artifact_does_not_keep_serving_down(tmp_path, registry_copy):
             return keys >= expected
 
         with job:
-            out = [orjson.loads(r.value) for r in read_until(broker.bootstrap, [TOPICS.predictions], every_window, 180)]
+            records = read_until(broker.bootstrap, [TOPICS.predictions], every_window, 180)
+            out = [orjson.loads(r.value) for r in records]
     assert {(p["device_id"], p["window_end"]) for p in out} == expected  # every device, every window
+    record_fault("registry artifact deleted under the running job, then SIGKILL",
+                 window_tally([(p["device_id"], p["window_end"]) for p in out], expected),
+                 (min(r.timestamp for r in records if r.timestamp > killed_ms) - killed_ms) / 1000)
     after_crash = {p["model_version"] for p in out[len(before[TOPICS.predictions]):]}
     assert after_crash == {1}  # v2's artifact is gone: the newest version that loads serves

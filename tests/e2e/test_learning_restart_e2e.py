@@ -14,6 +14,7 @@ from model.datasets import load_basic_motions, sliding_windows
 from model.registry import ModelRegistry
 from schemas import Label, ModelSnapshot, ReviewRequest, Topics
 from control.launcher import learning_job
+from tests.e2e.helpers import record_fault
 from tests.e2e.test_restart_e2e import latest_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -93,3 +94,7 @@ def test_learning_resumes_from_checkpoint(tmp_path, registry_copy):
     assert first.parent_version in published_before and first.parent_version >= 2
     for v in registry.versions(NAME)[1:]:
         assert registry.metadata(NAME, v).parent_version < v
+    record_fault("learning job SIGKILL mid-training, resumed from its checkpoint",
+                 dict(unit="versions announced", sent=len(set(versions)), out=len(versions),
+                      duplicates=len(versions) - len(set(versions)), lost=None),
+                 (first.created_at - killed_at) / 1000, labels_sent=224, first_version_after_restart_saw=first.data_seen)

@@ -11,7 +11,7 @@ from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_tools import produce
 from schemas import Prediction, Topics
 from control.launcher import serving_job
-from tests.e2e.helpers import collect, encoded, expected_window_ends, replayed_readings
+from tests.e2e.helpers import collect, encoded, expected_window_ends, record_fault, replayed_readings, window_tally
 
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()
@@ -44,6 +44,7 @@ def test_restart_from_checkpoint_keeps_window_state(tmp_path, trained_registry):
         finally:
             os.killpg(job.process.pid, signal.SIGKILL)  # a crash: no clean shutdown
             job.process.wait()
+        killed_ms = int(time.time() * 1000)
         produce(broker.bootstrap, TOPICS.readings, encoded(second))
         restored = latest_checkpoint(checkpoints / "checkpoints" / "serving")  # flink.state_dir/checkpoints/<job>
         job = serving_job(broker.bootstrap, tmp_path / "job-b.log", savepoint_path=str(restored), **options)
@@ -56,3 +57,6 @@ def test_restart_from_checkpoint_keeps_window_state(tmp_path, trained_registry):
     # windows spanning the crash (readings 8..39 before, 40..47 after) prove the state was restored
     assert set(keys) == everything
     assert len(keys) == len(set(keys)), "a window was emitted twice"
+    after = [r.timestamp for r in out[TOPICS.predictions] if r.timestamp > killed_ms]
+    record_fault("serving job SIGKILL, exactly-once, resumed from its checkpoint", window_tally(keys, everything),
+                 (min(after) - killed_ms) / 1000)
