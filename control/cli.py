@@ -249,7 +249,8 @@ def cmd_label(args: argparse.Namespace) -> int:
 
     settings = config_of(args).labeling
     try:
-        credentials = Credentials.load(settings.labelers_file, shared_token(args.token), settings.shared_labeler)
+        credentials = Credentials.load(settings.labelers_file, shared_token(args.token), settings.shared_labeler,
+                                       behind_proxy=bool(settings.user_header))
     except CredentialError as exc:
         raise SystemExit(f"sensorloop: {exc}") from None
     for name in ("host", "port", "lease_seconds", "answers_needed"):
@@ -270,7 +271,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     urls = metrics_urls(args)
     server = LabelingServer(args.bootstrap, config_of(args).topics, credentials, classes, args.host, args.port,
                             args.lease_seconds, args.answers_needed, pipeline_metrics=lambda: job_metrics(urls),
-                            max_queue=settings.max_queue)
+                            max_queue=settings.max_queue, user_header=settings.user_header,
+                            trusted_proxies=tuple(a.strip() for a in settings.trusted_proxies.split(",") if a.strip()))
     print(f"labeling page on {server.url}/?token=<your token> (classes: {', '.join(classes)})", flush=True)
     server.run()
     return 0
@@ -346,7 +348,7 @@ def cmd_model_announce(args: argparse.Namespace) -> int:
     ``rollback`` without ``--version`` goes back to the parent of the version announced last."""
     from infra.kafka_tools import produce
     from model.registry import ModelRegistry
-    from schemas import ModelSnapshot
+    from model.signing import announcement
 
     registry = ModelRegistry(args.registry)
     topic = config_of(args).topics.model_snapshots
@@ -358,10 +360,27 @@ def cmd_model_announce(args: argparse.Namespace) -> int:
         version = current.get("parent_version") or None
         if version is None:
             raise SystemExit(f"sensorloop: v{current.get('version')} has no parent to roll back to; pass --version")
-    snapshot = ModelSnapshot.from_dict(registry.announcement(args.model_name, version))
+    snapshot = announcement(registry, args.model_name, version, config_of(args).registry.signing_key)
     registry.load(args.model_name, version)  # refuse to announce an artifact that fails its checksum
     produce(args.bootstrap, topic, [(args.model_name.encode(), snapshot.encode())])
     print(f"announced {args.model_name} v{version} ({snapshot.artifact_uri})")
+    return 0
+
+
+def cmd_model_keygen(args: argparse.Namespace) -> int:
+    """Make the key pair: the private key stays with whoever publishes (learning job, retrain, the
+    operator's CLI), the public one goes to serving."""
+    from model.signing import generate_keys
+
+    registry = config_of(args).registry
+    private = args.private or registry.signing_key or "var/keys/announce.key"
+    public = args.public or registry.verify_key or "var/keys/announce.pub"
+    try:
+        generate_keys(private, public)
+    except FileExistsError as exc:
+        raise SystemExit(f"sensorloop: {exc}") from None
+    print(f"private key {private} (mode 0600; registry.signing_key on the publishing side)\n"
+          f"public key {public} (registry.verify_key on serving: unsigned announcements are then refused)")
     return 0
 
 
@@ -371,7 +390,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     margin = cfg.learning.gate_margin if args.gate_margin is None else args.gate_margin
     result = retrain(args.bootstrap, cfg.topics, args.registry, args.model_name, args.epochs, args.lr, margin,
-                     cfg.learning.holdout_every, announce=not args.no_announce)
+                     cfg.learning.holdout_every, announce=not args.no_announce, signing_key=cfg.registry.signing_key)
     print(describe(result))
     return 0
 
@@ -463,6 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--registry", default=None)
         q.add_argument("--model-name", default=None)
         q.set_defaults(func=cmd_model_announce)
+
+    q = model_sub.add_parser("keygen", help="make the Ed25519 key pair that signs announcements "
+                             "(registry.signing_key, registry.verify_key)")
+    q.add_argument("--private", default=None, help="default: registry.signing_key, else var/keys/announce.key")
+    q.add_argument("--public", default=None, help="default: registry.verify_key, else var/keys/announce.pub")
+    q.set_defaults(func=cmd_model_keygen)
 
     p = sub.add_parser("label", help="serve the labeling web page (review-requests in, labels out)")
     p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)

@@ -12,11 +12,12 @@ import numpy as np
 
 from infra.kafka_tools import produce, read_quiet
 from model.registry import ModelRegistry
+from model.signing import announcement
 from model.spec import ModelSpec
 from model.train import encode_labels, fit, load_network, predict_proba, publish_version
 from operators.gate import GateDecision, ValidationGate
 from operators.label_join import LabeledWindow, LabelJoiner
-from schemas import Label, ModelSnapshot, ReviewRequest, SchemaError, Topics
+from schemas import Label, ReviewRequest, SchemaError, Topics
 
 
 @dataclass
@@ -59,7 +60,8 @@ def labeled_archive(bootstrap: str, classes: list[str], topics: Topics,
 
 
 def retrain(bootstrap: str, topics: Topics, registry_root: str, model_name: str, epochs: int = 10, lr: float = 5e-4,
-            margin: float = 0.0, holdout_every: int = 4, announce: bool = True) -> RetrainResult:
+            margin: float = 0.0, holdout_every: int = 4, announce: bool = True,
+            signing_key: str = "") -> RetrainResult:
     registry = ModelRegistry(registry_root)
     serving = registry.load(model_name)
     spec = ModelSpec.from_dict(serving.metadata.spec)
@@ -87,7 +89,7 @@ def retrain(bootstrap: str, topics: Topics, registry_root: str, model_name: str,
                                note=f"full retrain from the labeled archive: {decision.reason}")
         version = meta.version
         if announce:
-            snapshot = ModelSnapshot.from_dict(registry.announcement(model_name, version))
+            snapshot = announcement(registry, model_name, version, signing_key)
             produce(bootstrap, topics.model_snapshots, [(model_name.encode(), snapshot.encode())])
     return RetrainResult(len(items), skipped, decision, version)
 

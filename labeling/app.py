@@ -5,11 +5,16 @@ Every route but the static scripts needs a labeler's token, as ``Authorization: 
 is (``labeling.credentials``); a name in a query or body that differs is refused. Repeated wrong
 tokens from one client are slowed down (HTTP 429), bodies are size-limited, and every response
 carries a content security policy and framing, sniffing and referrer headers.
+
+Behind a single-sign-on reverse proxy, ``user_header`` (e.g. ``X-Forwarded-User``) names the labeler
+instead of a token, but only on requests that come from one of ``trusted_proxies``; the same header
+from anywhere else is refused as a forgery.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import deque
 from pathlib import Path
@@ -28,6 +33,7 @@ from schemas import Label
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "sl_token"
+PROXY_USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}")  # a labeler name a proxy may hand over
 REFUSED = "<!doctype html><title>sensorloop labeling</title><h1>Access refused</h1><p>{}</p>"
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -83,9 +89,11 @@ class FailureLimiter:
 def create_app(queue: ReviewQueue, publish: Callable[[Label], None], credentials: Credentials, lock=None,
                clock: Callable[[], float] = time.time,
                pipeline_metrics: Callable[[], dict] | None = None, max_body_bytes: int = 16 * 1024,
-               failures_per_minute: int = 10) -> Starlette:
+               failures_per_minute: int = 10, user_header: str = "",
+               trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")) -> Starlette:
     """Build the app over a queue; ``publish`` writes an answer to Kafka (the bridge's);
-    ``pipeline_metrics`` (optional) gives the Flink jobs' metrics for the status view."""
+    ``pipeline_metrics`` (optional) gives the Flink jobs' metrics for the status view;
+    ``user_header`` (optional) is the trusted reverse proxy's user header."""
     import contextlib
 
     lock = lock or contextlib.nullcontext()
@@ -99,6 +107,15 @@ def create_app(queue: ReviewQueue, publish: Callable[[Label], None], credentials
         client, now = client_of(request), clock()
         if limiter.blocked(client, now):
             return None, JSONResponse({"error": "too many wrong tokens; wait a minute"}, status_code=429)
+        proxied = request.headers.get(user_header) if user_header else None
+        if proxied is not None and given is None:
+            if client not in trusted_proxies:
+                limiter.failed(client, now)
+                return None, JSONResponse({"error": f"{user_header} is accepted only from the trusted proxy"},
+                                          status_code=401)
+            if not PROXY_USER.fullmatch(proxied):
+                return None, JSONResponse({"error": f"{user_header} is not a valid labeler name"}, status_code=401)
+            return proxied, None
         if given is None:
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             given = given or request.cookies.get(COOKIE, "")

@@ -38,10 +38,12 @@ def check_token(token: str, what: str = "token") -> str:
 class Credentials:
     """Labeler name → token digest, plus an optional shared token."""
 
-    def __init__(self, digests: dict[str, str], shared_token: str = "", shared_labeler: str = "labeler") -> None:
-        if not digests and not shared_token:
-            raise CredentialError("no labeler can sign in: add labelers (sensorloop label add-labeler NAME) "
-                                  "or give a shared token (--token or $SENSORLOOP_LABEL_TOKEN)")
+    def __init__(self, digests: dict[str, str], shared_token: str = "", shared_labeler: str = "labeler",
+                 behind_proxy: bool = False) -> None:
+        if not digests and not shared_token and not behind_proxy:
+            raise CredentialError("no labeler can sign in: add labelers (sensorloop labeler add NAME), "
+                                  "give a shared token (--token or $SENSORLOOP_LABEL_TOKEN) "
+                                  "or name the sign-on proxy's header (labeling.user_header)")
         if shared_token:
             check_token(shared_token, "the shared token")
         self.by_digest = {d: name for name, d in digests.items()}
@@ -61,7 +63,8 @@ class Credentials:
         return None
 
     @classmethod
-    def load(cls, path: str, shared_token: str = "", shared_labeler: str = "labeler") -> "Credentials":
+    def load(cls, path: str, shared_token: str = "", shared_labeler: str = "labeler",
+             behind_proxy: bool = False) -> "Credentials":
         digests: dict[str, str] = {}
         if path:
             try:
@@ -74,7 +77,7 @@ class Credentials:
                 if not (isinstance(value, str) and value.startswith("sha256:") and len(value) == 71):
                     raise CredentialError(f"{path}: labelers.{name}: expected \"sha256:<64 hex digits>\"")
                 digests[name] = value
-        return cls(digests, shared_token, shared_labeler)
+        return cls(digests, shared_token, shared_labeler, behind_proxy)
 
 
 def add_labeler(path: str, name: str) -> str:

@@ -19,13 +19,14 @@ import torch
 
 from model.online import OnlineTrainer
 from model.registry import ModelRegistry
+from model.signing import announcement
 from model.spec import ModelSpec
 from model.train import load_network, publish_version, weights_bytes
 from operators.drift import DriftMonitor
 from operators.gate import GateDecision, ValidationGate
 from operators.label_join import LabeledWindow
 from operators.outgoing import Outgoing
-from schemas import DriftEvent, ModelSnapshot, Topics
+from schemas import DriftEvent, Topics
 from settings import LearningSettings, ServingSettings
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,9 @@ class VersionPublisher:
     """
 
     def __init__(self, registry: ModelRegistry, model_name: str, topics: Topics,
-                 serving: ServingSettings = ServingSettings()) -> None:
+                 serving: ServingSettings = ServingSettings(), signing_key: str = "") -> None:
         self.registry, self.model_name, self.topics, self.serving = registry, model_name, topics, serving
+        self.signing_key = signing_key
         self.published = 0
         self.drift_events = 0
 
@@ -154,7 +156,7 @@ class VersionPublisher:
                                parent_version=loop.version, data_seen=loop.labeled, note=f"online: {d.reason}")
         loop.accepted(candidate, meta.version)
         self.published += 1
-        snapshot = ModelSnapshot.from_dict(self.registry.announcement(self.model_name, meta.version))
+        snapshot = announcement(self.registry, self.model_name, meta.version, self.signing_key)
         log.info("published %s v%d %d ms after the answer that completed it: %s", self.model_name, meta.version,
                  now_ms - candidate.trigger_answered_at, d.reason)
         out.append(Outgoing(self.topics.model_snapshots, self.model_name, snapshot.encode()))

@@ -150,11 +150,17 @@ def input_mismatch(spec: ModelSpec, window: int, channels) -> str | None:
 
 
 def load_snapshot(snapshot, runtime: str = "onnx", device: str = "auto", threads: int = 0,
-                  registry_root: str | None = None) -> ServingModel:
+                  registry_root: str | None = None, verifier=None) -> ServingModel:
     """Load the version a ``model-snapshots`` message announces: sha256-verified artifact,
     metadata beside it, smoke inference. With ``registry_root`` (as serving always passes it), the
     artifact must be the one that registry keeps for that name and version: an announcement cannot
-    point serving at a file elsewhere. Raises :class:`ArtifactError` with the reason."""
+    point serving at a file elsewhere. With a ``verifier`` (``model.signing.AnnouncementVerifier``),
+    the announcement must carry the publishing side's signature. Raises :class:`ArtifactError` with
+    the reason."""
+    if verifier is not None:
+        refusal = verifier.refusal(snapshot)
+        if refusal:
+            raise ArtifactError(refusal)
     if registry_root is not None:
         expected = ModelRegistry(registry_root).artifact_uri(snapshot.model_name, snapshot.version)
         if snapshot.artifact_uri != expected:

@@ -255,9 +255,10 @@ class ModelSnapshot(_Record):
     metrics: dict[str, float] = field(default_factory=dict)
     parent_version: int | None = None
     created_at: int = 0
+    signature: str | None = None  # base64 Ed25519 signature (model.signing), when the publisher signs
 
     REQUIRED = ("model_name", "version", "artifact_uri", "sha256")
-    OPTIONAL = ("schema_version", "metrics", "parent_version", "created_at")
+    OPTIONAL = ("schema_version", "metrics", "parent_version", "created_at", "signature")
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "ModelSnapshot":
@@ -277,6 +278,7 @@ class ModelSnapshot(_Record):
             metrics={k: require_float(metrics, k) for k in metrics},
             parent_version=require_int(obj, "parent_version", 1) if obj.get("parent_version") is not None else None,
             created_at=require_int(obj, "created_at", 0) if "created_at" in obj else 0,
+            signature=require_str(obj, "signature", max_len=200) if obj.get("signature") is not None else None,
         )
 
 

@@ -49,6 +49,8 @@ class RegistrySettings:
 
     path: str = "var/registry"
     model_name: str = "basic-motions"
+    signing_key: str = ""  # the publishing side's Ed25519 private key (PEM): announcements are signed with it
+    verify_key: str = ""  # its public key: serving then refuses unsigned or wrongly signed announcements
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,8 @@ class LabelingSettings:
     labelers_file: str = "var/labelers.toml"  # labeler -> token digest (sensorloop labeler add NAME)
     shared_labeler: str = "labeler"  # who holds the shared token (--token, $SENSORLOOP_LABEL_TOKEN), if one is used
     max_queue: int = 10_000  # review requests the page keeps; answered ones are forgotten first
+    user_header: str = ""  # behind a single-sign-on proxy: its user header (X-Forwarded-User) names the labeler
+    trusted_proxies: str = "127.0.0.1,::1"  # comma-separated addresses whose user header is believed
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "answers_needed", "max_queue")

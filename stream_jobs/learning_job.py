@@ -98,7 +98,8 @@ class LearnAndPublish(KeyedProcessFunction):
         torch.set_num_threads(1)
         cfg = self.cfg
         self.registry = ModelRegistry(cfg.registry.path)
-        self.publisher = VersionPublisher(self.registry, cfg.registry.model_name, cfg.topics, cfg.serving)
+        self.publisher = VersionPublisher(self.registry, cfg.registry.model_name, cfg.topics, cfg.serving,
+                                          cfg.registry.signing_key)
         self.snapshot = runtime_context.get_state(ValueStateDescriptor("loop", Types.PICKLED_BYTE_ARRAY()))
         self.journal_state = runtime_context.get_list_state(
             ListStateDescriptor("journal", Types.PICKLED_BYTE_ARRAY()))

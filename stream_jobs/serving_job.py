@@ -17,6 +17,7 @@ from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, Run
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from model.registry import ArtifactError
+from model.signing import AnnouncementVerifier
 from operators.parse import ReadingParser, raw_text
 from operators.serving_model import (
     ControlMessage,
@@ -214,9 +215,10 @@ class InferBatches(KeyedCoProcessFunction):
         mismatch = input_mismatch(model.spec, s.window, self.channels)
         if mismatch:  # build_serving_job checked the same; the registry changed in between
             raise ArtifactError(f"{model.name} v{model.version} cannot serve: {mismatch}")
+        verifier = AnnouncementVerifier.load(registry.verify_key) if registry.verify_key else None
         self.shard = InferenceShard(s, registry.model_name, self.cfg.topics, model,
                                     lambda snap: load_snapshot(snap, s.runtime, s.device, s.inference_threads,
-                                                               registry.path),
+                                                               registry.path, verifier),
                                     self.stats_file)
         gc.collect()
         gc.freeze()  # the loaded libraries and model stay out of the collector's way on the hot path
@@ -279,6 +281,11 @@ def shard_of(device_id: str, shards: int) -> int:
 def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     """Add the serving pipeline to ``env``."""
     topics, group_id = cfg.topics, run.group_id or "sensorloop-serving"
+    if cfg.registry.verify_key:
+        try:
+            AnnouncementVerifier.load(cfg.registry.verify_key)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"sensorloop serving job: registry.verify_key {cfg.registry.verify_key}: {exc}") from None
     spec = serving_spec(cfg.registry.path, cfg.registry.model_name, cfg.serving.model_version or None)
     mismatch = input_mismatch(spec, cfg.serving.window, spec.channels)
     if mismatch:

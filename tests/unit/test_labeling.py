@@ -239,3 +239,33 @@ def test_simulated_labelers_remember_a_bounded_number_of_unreviewed_windows():
     assert len(labelers.truth) <= 100 and len(labelers.waiting) <= 100
     labelers.on_request({"review_id": "d:999"}, now_ms=1_000)  # a recent one is still answered
     assert [label.label for label in labelers.due(1_000)] == ["a"]
+
+
+def test_behind_a_sign_on_proxy_the_user_header_names_the_labeler_only_from_the_proxy():
+    q = filled(2)
+    proxied = TestClient(create_app(q, q.record, creds(), user_header="X-Forwarded-User",
+                                    trusted_proxies=("testclient",), failures_per_minute=3))
+    got = proxied.get("/api/next", headers={"X-Forwarded-User": "dana"}).json()
+    assert got["labeler"] == "dana" and got["request"]["review_id"] == "dev:0"
+    forged = proxied.post("/api/answer", headers={"X-Forwarded-User": "dana"},
+                          json={"review_id": "dev:0", "label": "walking", "labeler": "alice"})
+    assert forged.status_code == 403  # the body cannot name someone else
+    assert proxied.get("/api/whoami", headers={"X-Forwarded-User": "x y<script>"}).status_code == 401
+    assert proxied.get("/api/whoami", headers=bearer(ALICE)).json() == {"labeler": "alice"}  # tokens still work
+    # the same header from an address that is not the proxy is a forgery: refused, and counted
+    direct = TestClient(create_app(filled(2), lambda label: None, creds(), user_header="X-Forwarded-User",
+                                   trusted_proxies=("10.0.0.5",), failures_per_minute=3))
+    refused = direct.get("/api/next", headers={"X-Forwarded-User": "alice"})
+    assert refused.status_code == 401 and "trusted proxy" in refused.json()["error"]
+    for _ in range(3):
+        direct.get("/api/next", headers={"X-Forwarded-User": "alice"})
+    assert direct.get("/api/whoami", headers=bearer(ALICE)).status_code == 429
+    # without the setting the header means nothing
+    plain = TestClient(create_app(filled(2), lambda label: None, creds()))
+    assert plain.get("/api/next", headers={"X-Forwarded-User": "alice"}).status_code == 401
+
+
+def test_only_a_configured_proxy_lets_the_page_start_without_tokens():
+    with pytest.raises(CredentialError, match="labeling.user_header"):
+        Credentials({}, "")
+    assert Credentials({}, "", behind_proxy=True).labeler_of("anything-at-all-long") is None

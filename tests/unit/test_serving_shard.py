@@ -141,3 +141,27 @@ def test_serving_starts_with_the_newest_version_that_loads(tmp_path, trained_reg
     (registry.version_dir("basic-motions", 2) / "model.onnx").unlink()  # deleted under the registry
     model, passed_over = load_newest_usable(str(root), "basic-motions")
     assert model.version == 1 and len(passed_over) == 1 and passed_over[0].startswith("v2: ")
+
+
+def test_with_a_verify_key_serving_loads_only_announcements_signed_by_the_publishing_key(tmp_path, trained_registry):
+    from control.cli import main
+    from model.signing import AnnouncementVerifier, announcement
+    from operators.serving_model import load_snapshot
+
+    private, public = tmp_path / "announce.key", tmp_path / "announce.pub"
+    assert main(["model", "keygen", "--private", str(private), "--public", str(public)]) == 0
+    assert oct(private.stat().st_mode & 0o777) == "0o600"
+    main(["model", "keygen", "--private", str(tmp_path / "other.key"), "--public", str(tmp_path / "other.pub")])
+    registry, name = ModelRegistry(trained_registry), "basic-motions"
+    verifier = AnnouncementVerifier.load(str(public))
+
+    def load(snap):
+        return load_snapshot(snap, registry_root=trained_registry, verifier=verifier)
+
+    assert load(announcement(registry, name, 1, str(private))).version == 1
+    for snap, reason in ((announcement(registry, name, 1), "unsigned announcement"),
+                         (announcement(registry, name, 1, str(tmp_path / "other.key")), "signature does not match")):
+        shard = InferenceShard(ServingSettings(window=4), name, Topics(), fixed_model(name, 7), load)
+        out, accepted = shard.on_control(ListStore(), ControlMessage(0, ModelSnapshot.decode(snap.encode()), 0, 1), 0)
+        assert accepted is None and shard.model.version == 7
+        assert reason in payloads(out, Topics().dead_letters)[0]["reason"]
