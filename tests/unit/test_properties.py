@@ -99,3 +99,46 @@ def test_any_flag_values_give_a_config_or_every_problem_named(flags):
         assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
     else:
         assert isinstance(cfg, Config)
+
+
+_KEYS: dict = {}
+
+
+def _signing_pair(tmp_dir: str):
+    """One key pair for the whole run (Hypothesis calls the test hundreds of times)."""
+    if not _KEYS:
+        import os
+
+        from model.signing import AnnouncementSigner, AnnouncementVerifier, generate_keys
+
+        private, public = generate_keys(os.path.join(tmp_dir, "k"), os.path.join(tmp_dir, "k.pub"))
+        _KEYS.update(signer=AnnouncementSigner.load(private), verifier=AnnouncementVerifier.load(public))
+    return _KEYS["signer"], _KEYS["verifier"]
+
+
+announcements = st.builds(ModelSnapshot, st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),
+                          st.integers(min_value=1, max_value=2**40), st.text(min_size=1, max_size=60),
+                          st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+                          st.dictionaries(st.text(max_size=8), st.floats(allow_nan=False, allow_infinity=False),
+                                          max_size=3),
+                          st.none() | st.integers(min_value=1, max_value=2**40), st.integers(min_value=0, max_value=2**50))
+
+
+@BOUNDED
+@given(announcements, st.sampled_from(["version", "artifact_uri", "sha256", "metrics", "model_name", "none"]),
+       json_values)
+def test_a_signed_announcement_verifies_and_any_change_to_it_does_not(snapshot, field, junk):
+    import dataclasses
+    import tempfile
+
+    signer, verifier = _signing_pair(tempfile.mkdtemp())
+    signed = ModelSnapshot.decode(signer.sign(ModelSnapshot.decode(snapshot.encode())).encode())
+    assert verifier.refusal(signed) is None
+    changed = {"version": signed.version + 1, "artifact_uri": signed.artifact_uri + "x",
+               "sha256": ("1" if signed.sha256[0] != "1" else "2") + signed.sha256[1:],
+               "metrics": {**signed.metrics, "accuracy": 1.0} if signed.metrics.get("accuracy") != 1.0 else {},
+               "model_name": signed.model_name + "x", "none": None}[field]
+    if field != "none":
+        assert verifier.refusal(dataclasses.replace(signed, **{field: changed})) is not None
+    forged = dataclasses.replace(signed, signature=encode(junk).decode(errors="replace")[:200])
+    assert verifier.refusal(forged) is not None
