@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from control.cli_data import add_data_commands
 from control.cli_ops import add_operator_commands, config_of, progress_bar, resolve_bootstrap, table
 from control.flink_rest import FlinkRestError
 from control.replayer import DEFAULT_LINGER_MS
@@ -31,6 +32,13 @@ def cmd_setup(args: argparse.Namespace) -> int:
     if getattr(args, "jars_only", False):
         return 0
     registry = ModelRegistry(args.registry)
+    declared = config_of(args).models.get(args.model_name)
+    if declared is not None:  # the user's own model: its first version comes from their data
+        version = registry.latest_version(args.model_name)
+        print(f"model ready: {args.model_name} v{version} in {args.registry}" if version else
+              f"{args.model_name} is declared in the configuration and has no version yet: "
+              f"`sensorloop data import FILE --model {args.model_name}` then `sensorloop train --dataset ID`")
+        return 0
     if registry.latest_version(args.model_name) is None or args.retrain:
         from model.train import bootstrap
 
@@ -79,6 +87,21 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def dataset_stream(args: argparse.Namespace):
+    """``--dataset``'s recordings as a reading stream, and the rate that replays them at recorded speed
+    times ``--speed``; (None, --rate) without a dataset."""
+    if not args.dataset:
+        return None, args.rate
+    from recordings.store import DatasetStore, DatasetStream
+
+    try:
+        dataset = DatasetStore(config_of(args).data.dir).load(args.dataset)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"sensorloop: {exc}") from None
+    stream = DatasetStream(dataset)
+    return stream, float(dataset.manifest["sample_rate_hz"]) * len(stream.devices) * args.speed
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from operators.replay import DriftPlan
     from control.replayer import ReplayStats, replay
@@ -88,11 +111,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         drift = DriftPlan(args.drift_after, gain={0: args.drift_gain, 1: args.drift_gain, 2: args.drift_gain},
                           classes=tuple(args.drift_classes.split(",")) if args.drift_classes else ())
     stats, failures = ReplayStats(), []
+    stream, rate = dataset_stream(args)
 
     def send() -> None:
         try:
-            replay(args.bootstrap, config_of(args).topics.readings, args.rate, args.count, args.duration, args.devices,
-                   args.seed, args.split, drift, stats=stats, linger_ms=args.linger_ms)
+            replay(args.bootstrap, config_of(args).topics.readings, rate, args.count, args.duration, args.devices,
+                   args.seed, args.split, drift, stats=stats, linger_ms=args.linger_ms, stream=stream)
         except Exception as exc:  # re-raised below, on the command's own thread
             failures.append(exc)
 
@@ -154,11 +178,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from infra.broker import EmbeddedBroker, ensure_topics
     from infra.kafka_tools import TopicTail, produce
     from labeling.simulated import run_simulated_labelers
+    from model.registry import ModelRegistry
     from operators.monitor import ServingMonitor, status_line
     from operators.replay import DriftPlan
 
     cmd_setup(args)
     cfg = config_of(args)
+    if ModelRegistry(args.registry).latest_version(args.model_name) is None:
+        raise SystemExit(f"sensorloop: {args.model_name} has no version to serve yet (see above)")
     topics = cfg.topics
     run_dir = Path(args.run_dir)
     bootstrap = cfg.broker.bootstrap
@@ -186,12 +213,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stop = threading.Event()
     stats = ReplayStats()
     drift = None
-    if args.drift_after_s > 0:
+    stream, rate = dataset_stream(args)
+    if stream is not None:
+        print(f"replaying dataset {args.dataset}: {len(stream.devices)} device(s) at {args.speed:g}x recorded speed "
+              f"({rate:.0f} readings/s)", flush=True)
+    elif args.drift_after_s > 0:
         drift = DriftPlan(after=int(args.drift_after_s * args.rate), offset={3: 4.0, 4: 4.0, 5: 4.0})
         print(f"the devices' gyroscopes pick up a +4.0 calibration bias after {args.drift_after_s:.0f} s", flush=True)
     replayer = threading.Thread(target=replay, kwargs=dict(
-        bootstrap=bootstrap, topic=topics.readings, rate=args.rate, duration_s=args.duration,
-        n_devices=args.devices, stop=stop, stats=stats, drift=drift), daemon=True)
+        bootstrap=bootstrap, topic=topics.readings, rate=rate, duration_s=args.duration,
+        n_devices=args.devices, stop=stop, stats=stats, drift=drift, stream=stream), daemon=True)
     if learner is not None:
         threading.Thread(target=run_simulated_labelers, daemon=True, kwargs=dict(
             bootstrap=bootstrap, topics=topics, classes=_classes(args.registry, args.model_name), delay_ms=300,
@@ -413,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TOML configuration file (default: $SENSORLOOP_CONFIG, else ./sensorloop.toml if present)")
     sub = parser.add_subparsers(dest="command", required=True)
     add_operator_commands(sub)
+    add_data_commands(sub)
 
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--registry", default=None, help="model registry folder")
@@ -438,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(needs_bootstrap=True)
     p.set_defaults(func=cmd_topics)
 
-    p = sub.add_parser("replay", help="publish real BasicMotions readings at a chosen rate")
+    p = sub.add_parser("replay", help="publish real readings: BasicMotions at a chosen rate, or an imported "
+                       "dataset (--dataset) at its recorded speed")
     p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
     p.set_defaults(needs_bootstrap=True)
     p.add_argument("--rate", type=float, default=200.0, help="readings per second (0: as fast as possible)")
@@ -447,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--dataset", default=None, help="an imported dataset (sensorloop data list); its devices, "
+                   "at recorded speed times --speed (--rate is then ignored)")
+    p.add_argument("--speed", type=float, default=1.0, help="multiple of the recorded speed (with --dataset)")
     p.add_argument("--drift-after", type=int, default=None, help="readings before the drift starts")
     p.add_argument("--drift-gain", type=float, default=1.8, help="accelerometer gain after the drift")
     p.add_argument("--drift-classes", default="", help="comma-separated activity mix after the drift")
@@ -525,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-after-s", type=float, default=30.0,
                    help="seconds of replay before the gyroscope calibration drift (0: no drift)")
     p.add_argument("--no-learning", action="store_true", help="serving only: no learning job, no labelers")
+    p.add_argument("--dataset", default=None, help="replay an imported dataset (its devices, at recorded speed "
+                   "times --speed) instead of BasicMotions; no drift is added")
+    p.add_argument("--speed", type=float, default=1.0, help="multiple of the recorded speed (with --dataset)")
     p.add_argument("--audit-rate", type=float, default=None,
                    help="share of confident windows also sent to review (default: serving.audit_rate from the "
                         "configuration, else 0.2 in the demo)")

@@ -9,7 +9,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from settings import Config
+from settings.config import sections
 
 
 class JobProcess:
@@ -85,7 +85,7 @@ def setting_key(name: str) -> str:
         return name
     if name == "registry":
         return "registry.path"
-    owners = [f.name for f in fields(Config) if name in {g.name for g in fields(f.default_factory)}]
+    owners = [f.name for f in sections() if name in {g.name for g in fields(f.default_factory)}]
     if len(owners) != 1:
         raise ValueError(f"{name!r} names {'no' if not owners else 'more than one'} setting; use section.key")
     return f"{owners[0]}.{name}"

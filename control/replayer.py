@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import orjson
 
@@ -34,15 +35,17 @@ def make_producer(bootstrap: str, linger_ms: int = DEFAULT_LINGER_MS):
 def replay(bootstrap: str, topic: str, rate: float, count: int | None = None, duration_s: float | None = None,
            n_devices: int = 8, seed: int = 0, split: str = "test", drift: DriftPlan | None = None,
            device_prefix: str = "device", stop=None, stats: ReplayStats | None = None,
-           linger_ms: int = DEFAULT_LINGER_MS) -> ReplayStats:
+           linger_ms: int = DEFAULT_LINGER_MS, stream: Iterator[dict] | None = None) -> ReplayStats:
     """Send readings (timestamp = send time) until ``count`` readings or ``duration_s`` seconds.
 
-    ``rate`` is readings per second across all devices (0 = as fast as possible).
+    ``rate`` is readings per second across all devices (0 = as fast as possible). ``stream`` gives
+    the readings (an imported dataset's ``recordings.store.DatasetStream``); else BasicMotions.
     """
     from model.datasets import load_basic_motions
 
     stats = stats or ReplayStats()
-    stream = ReadingStream(load_basic_motions(split), n_devices, seed, drift, device_prefix)
+    if stream is None:
+        stream = ReadingStream(load_basic_motions(split), n_devices, seed, drift, device_prefix)
     producer = make_producer(bootstrap, linger_ms)
     started = time.perf_counter()
     try:

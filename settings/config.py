@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from schemas.topics import Topics
+from settings.models import ModelDeclaration
 from settings.sections import (
     BrokerSettings,
+    DataSettings,
     FlinkSettings,
     LabelingSettings,
     LearningSettings,
@@ -61,6 +63,13 @@ class Config:
     serving: ServingSettings = field(default_factory=ServingSettings)
     learning: LearningSettings = field(default_factory=LearningSettings)
     labeling: LabelingSettings = field(default_factory=LabelingSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    models: dict[str, ModelDeclaration] = field(default_factory=dict)  # [models.<name>] tables
+
+    @property
+    def served_model(self) -> ModelDeclaration | None:
+        """The declaration of ``registry.model_name``, when the configuration declares it."""
+        return self.models.get(self.registry.model_name)
 
     def with_values(self, values: Mapping[str, Any], origin: str = "flags") -> "Config":
         """A copy with ``section.key`` values set (typed values or strings, as from a flag).
@@ -69,6 +78,11 @@ class Config:
         16
         """
         return _build(self, {}, "", {}, {k: (v, f"{origin} {k}") for k, v in values.items()})
+
+
+def sections() -> list:
+    """The settings sections' fields of ``Config`` (every field but ``models``)."""
+    return [f for f in fields(Config) if f.name != "models"]
 
 
 def _env_prefix(section: str) -> str:
@@ -142,11 +156,11 @@ def _build(base: Config, data: dict[str, Any], source: str, env: Mapping[str, st
            flags: Mapping[str, tuple[Any, str]]) -> Config:
     """``base`` with the file's ``data``, then ``env``, then ``flags`` (``section.key -> (value, origin)``)."""
     problems: list[str] = []
-    sections = {f.name: f for f in fields(Config)}
-    names = {name: [f.name for f in fields(section.default_factory)] for name, section in sections.items()}
+    by_name = {f.name: f for f in sections()}
+    names = {name: [f.name for f in fields(section.default_factory)] for name, section in by_name.items()}
     for name in data:
-        if name not in sections:
-            hint = difflib.get_close_matches(name, sections, n=1)
+        if name not in by_name and name != "models":
+            hint = difflib.get_close_matches(name, list(by_name) + ["models"], n=1)
             problems.append(f"[{name}]: unknown section in {source}" + (f" (did you mean [{hint[0]}]?)" if hint else ""))
     for key in flags:
         section, _, setting = key.partition(".")
@@ -154,7 +168,7 @@ def _build(base: Config, data: dict[str, Any], source: str, env: Mapping[str, st
             hint = difflib.get_close_matches(key, [f"{s}.{k}" for s, keys in names.items() for k in keys], n=1)
             problems.append(f"{flags[key][1]}: no setting {key}" + (f" (did you mean {hint[0]}?)" if hint else ""))
     built: dict[str, Any] = {}
-    for name in sections:
+    for name in by_name:
         current = getattr(base, name)
         table = data.get(name, {})
         if not isinstance(table, dict):
@@ -194,11 +208,36 @@ def _build(base: Config, data: dict[str, Any], source: str, env: Mapping[str, st
                     hint = difflib.get_close_matches(setting, known, n=1)
                     problems.append(f"${key}: no setting {name}.{setting}"
                                     + (f" (did you mean ${prefix}{hint[0].upper()}?)" if hint else ""))
-    cfg = Config(**built)
+    models = dict(base.models)
+    declared = data.get("models", {})
+    if not isinstance(declared, dict) or not all(isinstance(t, dict) for t in declared.values()):
+        problems.append(f"models: expected [models.<name>] tables in {source}")
+        declared = {}
+    for model_name, table in declared.items():
+        try:
+            models[model_name] = ModelDeclaration.from_table(model_name, table)
+        except ValueError as exc:
+            problems += [f"models.{model_name}.{p} (from {source})" for p in str(exc).split("; ")]
+    served = models.get(built["registry"].model_name)
+    if served is not None:  # the served model's window and stride, unless set explicitly to the same
+        explicit = {k: v for k, v in _explicit(built["serving"], base.serving).items() if k in ("window", "stride")}
+        for key, value in explicit.items():
+            if value != getattr(served, key):
+                problems.append(f"serving.{key}: {value} differs from models.{served.name}.{key} "
+                                f"({getattr(served, key)}); leave serving.{key} unset to follow the model")
+        built["serving"] = replace(built["serving"], window=served.window, stride=served.stride)
+    cfg = Config(**built, models=models)
     problems += _check_across(cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def _explicit(section: Any, base: Any) -> dict[str, Any]:
+    """The fields of ``section`` that differ from their defaults and from ``base``."""
+    default = type(section)()
+    return {f.name: getattr(section, f.name) for f in fields(section)
+            if getattr(section, f.name) != getattr(default, f.name) and getattr(section, f.name) != getattr(base, f.name)}
 
 
 def config_file(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> str | os.PathLike[str] | None:
@@ -252,17 +291,21 @@ def to_toml(cfg: Config) -> str:
     True
     """
     lines: list[str] = []
-    for section in fields(Config):
-        value = getattr(cfg, section.name)
-        lines.append(f"[{section.name}]")
-        for f in fields(value):
-            v = getattr(value, f.name)
-            if isinstance(v, bool):
-                text = "true" if v else "false"
-            elif isinstance(v, (int, float)):
-                text = repr(v)
-            else:
-                text = '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-            lines.append(f"{f.name} = {text}")
+    tables = [(section.name, {f.name: getattr(getattr(cfg, section.name), f.name)
+                              for f in fields(getattr(cfg, section.name))}) for section in sections()]
+    tables += [(f"models.{name}", model.to_table()) for name, model in cfg.models.items()]
+    for name, table in tables:
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'

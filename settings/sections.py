@@ -54,6 +54,13 @@ class RegistrySettings:
 
 
 @dataclass(frozen=True)
+class DataSettings:
+    """Where imported datasets live (``sensorloop data import``)."""
+
+    dir: str = "var/datasets"
+
+
+@dataclass(frozen=True)
 class FlinkSettings:
     """How both jobs run, wherever they run; ``jobmanager`` empty means the embedded stack's cluster."""
 

@@ -141,3 +141,47 @@ def test_the_stacks_taskmanager_gets_its_jvm_options(tmp_path):
     conf = flink_configuration(StackSettings(taskmanager_jvm_options="-XX:+UseSerialGC"), str(tmp_path), tmp_path)
     assert conf["env.java.opts.taskmanager"] == "-XX:+UseSerialGC"
     assert "add-opens" in conf["env"]["java"]["opts"]["all"]  # the shipped Java 17 options stay
+
+
+GESTURES = """
+[registry]
+model_name = "gestures"
+
+[models.gestures]
+channels = ["acc_z"]
+units = ["g"]
+sample_rate_hz = 100
+window = "0.32s"
+stride = 8
+classes = ["1", "2", "3"]
+d_model = 32
+"""
+
+
+def test_a_model_declared_in_the_file_sets_the_served_window_and_travels_with_the_config(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(GESTURES)
+    cfg = load_config(path, env={})
+    model = cfg.served_model
+    assert (model.channels, model.classes, model.window, model.stride, model.d_model) == (("acc_z",), ("1", "2", "3"),
+                                                                                        32, 8, 32)
+    assert (cfg.serving.window, cfg.serving.stride) == (32, 8)  # the served model's, not the defaults
+    again = tmp_path / "again.toml"
+    again.write_text(to_toml(cfg))
+    assert load_config(again, env={}) == cfg  # what a job reads back from the written file
+    assert cfg.with_values({"serving.max_batch": "8"}).serving.window == 32
+
+
+def test_every_problem_of_a_model_declaration_is_named_with_its_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(GESTURES.replace('stride = 8', 'stride = 64\nchanels = ["x"]').replace(
+        'classes = ["1", "2", "3"]', 'classes = ["1", "1"]') + '\n[serving]\nwindow = 16\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    text = str(caught.value)
+    assert f"models.gestures.chanels: unknown key (did you mean channels?) (from {path})" in text
+    assert "models.gestures.classes: '1' appears twice" in text
+    assert "models.gestures.stride: 64 is longer than the window (32)" in text
+    path.write_text(GESTURES + "\n[serving]\nwindow = 16\n")
+    with pytest.raises(ConfigError, match="serving.window: 16 differs from models.gestures.window"):
+        load_config(path, env={})
