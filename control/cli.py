@@ -144,19 +144,24 @@ def _bad_records() -> list[bytes]:
             b'{"device_id": "device-bad", "ts": 1, "values": [1, 2, 3, 4, 5, 6], "colour": "red"}']
 
 
-def _classes(registry: str, model_name: str) -> list[str]:
+def _classes(args: argparse.Namespace) -> list[str]:
+    """The served model's classes: its newest version's, else its declaration's (cold start)."""
     from model.registry import ArtifactError, ModelRegistry
 
+    registry = ModelRegistry(args.registry)
+    declared = config_of(args).models.get(args.model_name)
+    if declared is not None and registry.latest_version(args.model_name) is None:
+        return list(declared.classes)
     try:
-        return list(ModelRegistry(registry).latest_metadata(model_name).spec["classes"])
+        return list(registry.latest_metadata(args.model_name).spec["classes"])
     except ArtifactError as exc:
-        raise SystemExit(str(exc)) from None
+        raise SystemExit(f"{exc}; or declare the model as [models.{args.model_name}]") from None
 
 
 def cmd_simulate_labelers(args: argparse.Namespace) -> int:
     from labeling.simulated import run_simulated_labelers
 
-    classes = _classes(args.registry, args.model_name)
+    classes = _classes(args)
     answered = run_simulated_labelers(args.bootstrap, config_of(args).topics, classes, args.delay_ms, args.error_rate,
                                       duration_s=args.duration)
     print(f"answered {answered} review requests")
@@ -185,7 +190,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cmd_setup(args)
     cfg = config_of(args)
     if ModelRegistry(args.registry).latest_version(args.model_name) is None:
-        raise SystemExit(f"sensorloop: {args.model_name} has no version to serve yet (see above)")
+        print(f"cold start: {args.model_name} has no trained version; every window goes to review until the "
+              "learning job publishes v1 from the answers", flush=True)
     topics = cfg.topics
     run_dir = Path(args.run_dir)
     bootstrap = cfg.broker.bootstrap
@@ -225,7 +231,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         n_devices=args.devices, stop=stop, stats=stats, drift=drift, stream=stream), daemon=True)
     if learner is not None:
         threading.Thread(target=run_simulated_labelers, daemon=True, kwargs=dict(
-            bootstrap=bootstrap, topics=topics, classes=_classes(args.registry, args.model_name), delay_ms=300,
+            bootstrap=bootstrap, topics=topics, classes=_classes(args), delay_ms=300,
             error_rate=args.label_error_rate, stop=stop)).start()
     tail = TopicTail(bootstrap, [topics.predictions, topics.review_requests, topics.dead_letters, topics.labels])
     monitor = ServingMonitor()
@@ -287,15 +293,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     for name in ("host", "port", "lease_seconds", "answers_needed"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(settings, name))
-    if args.classes:
-        classes = args.classes.split(",")
-    else:
-        from model.registry import ArtifactError, ModelRegistry
-
-        try:
-            classes = list(ModelRegistry(args.registry).latest_metadata(args.model_name).spec["classes"])
-        except ArtifactError as exc:
-            raise SystemExit(f"{exc}; or pass --classes") from None
+    classes = args.classes.split(",") if args.classes else _classes(args)
     from control.cli_ops import metrics_urls
     from control.metrics import job_metrics
 

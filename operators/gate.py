@@ -45,7 +45,8 @@ class ValidationGate:
     def hold_out(self, window: np.ndarray, label: int) -> None:
         self.windows.append((np.asarray(window, np.float32), int(label)))
 
-    def judge(self, candidate: Predictor, serving: Predictor) -> GateDecision:
+    def judge(self, candidate: Predictor, serving: Predictor, must_beat: bool = False) -> GateDecision:
+        """``must_beat``: the candidate must be strictly better (a first version against a baseline)."""
         n = len(self.windows)
         if n < self.min_samples:
             return GateDecision(False, float("nan"), float("nan"), n,
@@ -54,7 +55,9 @@ class ValidationGate:
         y = np.asarray([lab for _, lab in self.windows])
         cand = float((candidate(X).argmax(axis=1) == y).mean())
         serv = float((serving(X).argmax(axis=1) == y).mean())
-        accept = cand >= serv - self.margin
+        accept = cand > serv if must_beat else cand >= serv - self.margin
         verdict = "accepted" if accept else "refused"
-        return GateDecision(accept, cand, serv, n, f"{verdict}: candidate {cand:.3f} vs serving {serv:.3f} "
-                                                   f"(margin {self.margin}) on {n} held-out windows")
+        rule = "must beat it" if must_beat else f"margin {self.margin}"
+        against = "the majority class" if must_beat else "serving"
+        return GateDecision(accept, cand, serv, n, f"{verdict}: candidate {cand:.3f} vs {against} {serv:.3f} "
+                                                   f"({rule}) on {n} held-out windows")

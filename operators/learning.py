@@ -17,6 +17,7 @@ import logging
 import numpy as np
 import torch
 
+from model.network import WindowTransformer
 from model.online import OnlineTrainer
 from model.registry import ModelRegistry
 from model.signing import announcement
@@ -47,21 +48,44 @@ def _predictor(net: torch.nn.Module):
     return predict
 
 
+COLD_START_NORMALISATION = 32  # training windows that fit a cold-started network's input normalisation
+
+
+def _majority(labels: list[int], n_classes: int):
+    """A predictor that always answers the most common of ``labels`` (the baseline a first version must beat)."""
+    common = np.bincount(labels, minlength=n_classes).argmax() if labels else 0
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        return np.tile(np.eye(n_classes)[common], (len(X), 1))
+    return predict
+
+
 class LearningLoop:
     """Learns from labeled windows and proposes candidates that pass the gate.
 
     ``serving`` is the network of the version in service (what the gate compares against);
-    after a candidate is published, :meth:`accepted` makes it the new reference.
+    after a candidate is published, :meth:`accepted` makes it the new reference. ``serving=None``
+    is a cold start: a fresh network (its input normalisation fitted on the first
+    ``COLD_START_NORMALISATION`` training windows) whose first version must beat the majority class
+    of the held-out answers, not merely match it.
     """
 
-    def __init__(self, serving: torch.nn.Module, spec: ModelSpec, version: int,
+    def __init__(self, serving: torch.nn.Module | None, spec: ModelSpec, version: int,
                  config: LearningSettings | None = None) -> None:
         self.config = config or LearningSettings()
         self.spec = spec
         self.index = {c: i for i, c in enumerate(spec.classes)}
-        self.serving = copy.deepcopy(serving).eval()
+        if serving is None:
+            torch.manual_seed(self.config.seed)
+            start = WindowTransformer(spec)
+            self.serving = None
+            self.unnormalised: list | None = []
+        else:
+            start = serving
+            self.serving = copy.deepcopy(serving).eval()
+            self.unnormalised = None
         self.version = version
-        self.trainer = OnlineTrainer(copy.deepcopy(serving), spec.n_classes, self.config)
+        self.trainer = OnlineTrainer(copy.deepcopy(start), spec.n_classes, self.config)
         self.gate = ValidationGate(self.config.gate_margin, self.config.min_holdout, self.config.holdout_size)
         self.drift = DriftMonitor()
         self.labeled = 0
@@ -82,16 +106,31 @@ class LearningLoop:
         if zlib.crc32(item.review_id.encode()) % self.config.holdout_every == 0:
             self.gate.hold_out(item.values, label)
         else:
-            self.trainer.learn_one(item.values, label)
+            self._train(item.values, label)
         self.since_gate += 1
         if self.since_gate < self.config.gate_every or self.trainer.updates == 0:
             return None
         self.since_gate = 0
         self.trainer.update()
-        decision = self.gate.judge(_predictor(self.trainer.net), _predictor(self.serving))
+        if self.serving is None:  # cold start: the first version must beat the majority class
+            baseline = _majority([label for _, label in self.gate.windows], self.spec.n_classes)
+            decision = self.gate.judge(_predictor(self.trainer.net), baseline, must_beat=True)
+        else:
+            decision = self.gate.judge(_predictor(self.trainer.net), _predictor(self.serving))
         if not decision.accept:
             return None
         return Candidate(self.trainer.snapshot(), decision, self.labeled, item.answered_at)
+
+    def _train(self, values: np.ndarray, label: int) -> None:
+        if self.unnormalised is None:
+            self.trainer.learn_one(values, label)
+            return
+        self.unnormalised.append((np.asarray(values, np.float32), label))
+        if len(self.unnormalised) >= COLD_START_NORMALISATION:
+            self.trainer.net.set_normalisation(np.stack([w for w, _ in self.unnormalised]))
+            waiting, self.unnormalised = self.unnormalised, None
+            for window, known in waiting:
+                self.trainer.learn_one(window, known)
 
     def take_drifts(self) -> list[str]:
         """Drift signals detected since the last call (each to be published once)."""
@@ -107,8 +146,12 @@ class LearningLoop:
         return self.correct / self.labeled if self.labeled else float("nan")
 
 
-def loop_from_registry(registry: ModelRegistry, model_name: str, config: LearningSettings) -> LearningLoop:
-    """A fresh loop that starts from the registry's newest version of ``model_name``."""
+def loop_from_registry(registry: ModelRegistry, model_name: str, config: LearningSettings,
+                       declared_spec: dict | None = None) -> LearningLoop:
+    """A fresh loop that starts from the registry's newest version of ``model_name``; with no version
+    and a ``declared_spec`` (the configuration's ``[models.<name>]``), a cold start."""
+    if declared_spec is not None and registry.latest_version(model_name) is None:
+        return LearningLoop(None, ModelSpec.from_dict(declared_spec), 0, config)
     loaded = registry.load(model_name)
     spec = ModelSpec.from_dict(loaded.metadata.spec)
     return LearningLoop(load_network(spec, loaded.weights_bytes), spec, loaded.metadata.version, config)
@@ -153,7 +196,8 @@ class VersionPublisher:
                    "labeled_windows": float(loop.labeled), "drift_events": float(loop.drift_events),
                    "trigger_label_at_ms": float(candidate.trigger_answered_at)}
         meta = publish_version(self.registry, self.model_name, candidate.net, loop.spec, metrics,
-                               parent_version=loop.version, data_seen=loop.labeled, note=f"online: {d.reason}")
+                               parent_version=loop.version or None, data_seen=loop.labeled,
+                               note=f"online{' (cold start)' if not loop.version else ''}: {d.reason}")
         loop.accepted(candidate, meta.version)
         self.published += 1
         snapshot = announcement(self.registry, self.model_name, meta.version, self.signing_key)

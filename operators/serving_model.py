@@ -57,10 +57,23 @@ def fixed_model(name: str, version: int, probabilities: tuple[float, ...] = (0.9
     return ServingModel(name, version, spec, FixedRunner(probabilities))
 
 
-def serving_spec(root: str, name: str, version: int | None = None) -> ModelSpec:
+def untrained_model(name: str, spec: ModelSpec) -> ServingModel:
+    """Version 0 of a declared model with no trained version yet (cold start): every class equally
+    likely, so every window is unsure and goes to review within the budget.
+
+    >>> m = untrained_model("m", ModelSpec(window=4, channels=("x",), classes=("a", "b", "c", "d")))
+    >>> m.version, m.runner.predict_proba(np.zeros((1, 4, 1), np.float32)).tolist()
+    (0, [[0.25, 0.25, 0.25, 0.25]])
+    """
+    return ServingModel(name, 0, spec, FixedRunner(tuple([1.0 / spec.n_classes] * spec.n_classes)))
+
+
+def serving_spec(root: str, name: str, version: int | None = None, declared: dict | None = None) -> ModelSpec:
     """The spec (window, channels, classes) of the version serving starts with: ``version`` when
-    pinned, else the newest."""
+    pinned, else the newest; with no version at all, the ``declared`` model's (cold start)."""
     registry = ModelRegistry(root)
+    if not version and declared is not None and registry.latest_version(name) is None:
+        return ModelSpec.from_dict(declared)
     meta = registry.metadata(name, version) if version else registry.latest_metadata(name)
     return ModelSpec.from_dict(meta.spec)
 

@@ -153,7 +153,7 @@ class Prediction(_Record):
             confidence=require_float(obj, "confidence", 0.0, 1.0),
             probabilities={k: float(v) for k, v in probs.items()},
             model_name=require_id(obj, "model_name"),
-            model_version=require_int(obj, "model_version", 1),
+            model_version=require_int(obj, "model_version", 0),  # 0: no trained version yet (cold start)
             latency_ms=require_float(obj, "latency_ms"),
             emitted_at=require_int(obj, "emitted_at", 0),
             truth=require_str(obj, "truth") if obj.get("truth") is not None else None,
@@ -212,7 +212,7 @@ class ReviewRequest(_Record):
             predicted=require_str(obj, "predicted"),
             confidence=require_float(obj, "confidence", 0.0, 1.0),
             probabilities={k: require_float(probs, k, 0.0, 1.0) for k in probs},
-            model_version=require_int(obj, "model_version", 1),
+            model_version=require_int(obj, "model_version", 0),  # 0: no trained version yet (cold start)
             reason=reason,
             created_at=require_int(obj, "created_at", 0),
         )

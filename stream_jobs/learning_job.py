@@ -121,7 +121,8 @@ class LearnAndPublish(KeyedProcessFunction):
         if loop is None:
             loop = self.journal.restore(
                 self.snapshot.value(), list(self.journal_state.get() or []),
-                lambda: loop_from_registry(self.registry, self.cfg.registry.model_name, self.cfg.learning))
+                lambda: loop_from_registry(self.registry, self.cfg.registry.model_name, self.cfg.learning,
+                                           self.cfg.served_model.spec_dict() if self.cfg.served_model else None))
             self.loops[key] = loop
         return loop
 
@@ -148,7 +149,11 @@ class LearnAndPublish(KeyedProcessFunction):
 def build_learning_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     topics, group_id = cfg.topics, run.group_id or "sensorloop-learning"
     model_name = cfg.registry.model_name
-    spec = ModelRegistry(cfg.registry.path).latest_metadata(model_name).spec
+    registry = ModelRegistry(cfg.registry.path)
+    if cfg.served_model is not None and registry.latest_version(model_name) is None:
+        spec = cfg.served_model.spec_dict()  # cold start: the declared model
+    else:
+        spec = registry.latest_metadata(model_name).spec
     classes, shape = list(spec["classes"]), (int(spec["window"]), len(spec["channels"]))
     records = keyed_source(env, cfg.broker.bootstrap, [topics.review_requests, topics.labels], group_id,
                            "reviews-and-labels", "review_id")

@@ -16,7 +16,8 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
-from model.registry import ArtifactError
+from model.registry import ArtifactError, ModelRegistry
+from model.spec import ModelSpec
 from model.signing import AnnouncementVerifier
 from operators.parse import ReadingParser, raw_text
 from operators.serving_model import (
@@ -26,6 +27,7 @@ from operators.serving_model import (
     load_newest_usable,
     load_snapshot,
     serving_spec,
+    untrained_model,
 )
 from operators.serving_shard import InferenceShard
 from operators.source_watch import SourceWatch
@@ -207,6 +209,10 @@ class InferBatches(KeyedCoProcessFunction):
         if s.model_version:  # pinned: that version or nothing
             model = load_from_registry(registry.path, registry.model_name, s.model_version, s.runtime, s.device,
                                        s.inference_threads)
+        elif self.cfg.served_model is not None and not ModelRegistry(registry.path).versions(registry.model_name):
+            model = untrained_model(registry.model_name, ModelSpec.from_dict(self.cfg.served_model.spec_dict()))
+            log.warning("cold start: %s has no trained version yet; every window goes to review until "
+                        "the learning job publishes v1", registry.model_name)
         else:
             model, passed_over = load_newest_usable(registry.path, registry.model_name, s.runtime, s.device,
                                                     s.inference_threads)
@@ -286,7 +292,8 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
             AnnouncementVerifier.load(cfg.registry.verify_key)
         except (OSError, ValueError) as exc:
             raise SystemExit(f"sensorloop serving job: registry.verify_key {cfg.registry.verify_key}: {exc}") from None
-    spec = serving_spec(cfg.registry.path, cfg.registry.model_name, cfg.serving.model_version or None)
+    declared = cfg.served_model.spec_dict() if cfg.served_model is not None else None
+    spec = serving_spec(cfg.registry.path, cfg.registry.model_name, cfg.serving.model_version or None, declared)
     mismatch = input_mismatch(spec, cfg.serving.window, spec.channels)
     if mismatch:
         raise SystemExit(f"sensorloop serving job: {cfg.registry.model_name} cannot serve with serving.window = "

@@ -150,6 +150,28 @@ def test_wrong_token_is_refused(stack, browser):
     context.close()
 
 
+def test_behind_a_sign_on_proxy_the_page_is_the_proxied_user(stack, browser):
+    """``labeling.user_header``: the browser comes through the proxy (loopback here), which names the
+    user; no token anywhere. The same page without the header is refused."""
+    from labeling.credentials import Credentials
+    from labeling.server import LabelingServer
+
+    broker, _ = stack
+    server = LabelingServer(broker.bootstrap, TOPICS, Credentials({}, "", behind_proxy=True), CLASSES,
+                            port=free_port(), group_id="labeling-proxied", user_header="X-Forwarded-User").start()
+    try:
+        context = browser.new_context(extra_http_headers={"X-Forwarded-User": "dana"})
+        page = context.new_page()
+        assert page.goto(f"{server.url}/").status == 200
+        page.wait_for_function("document.getElementById('who').textContent === 'dana'", timeout=20_000)
+        context.close()
+        plain = browser.new_context()
+        assert plain.new_page().goto(f"{server.url}/").status == 401
+        plain.close()
+    finally:
+        server.stop()
+
+
 def test_bad_requests_and_labels_go_to_dead_letters(stack):
     broker, server = stack
     produce(broker.bootstrap, TOPICS.review_requests, [(b"x", b"{broken"), (b"y", orjson.dumps({"review_id": "y"}))])

@@ -21,7 +21,8 @@ def cli(config, *args: str, timeout: float = 300) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_own_sensors_from_a_csv_to_a_served_learning_model(tmp_path):
+def project(tmp_path):
+    """The Wiimote recordings as a user's CSV, and a TOML file that declares their model."""
     model, csv_path = wiimote_csv(tmp_path)
     config = tmp_path / "sensorloop.toml"
     config.write_text(f"""
@@ -46,6 +47,20 @@ classes = {list(model.classes)!r}
 d_model = 32
 d_ff = 64
 """.replace("'", '"'))
+    return config, csv_path
+
+
+def demo_figures(out: str) -> tuple[dict, dict[int, float]]:
+    done = re.search(r"done: (\d+) readings -> (\d+) predictions, (\d+) review requests, (\d+) dead letters, "
+                     r"(\d+) labels", out)
+    assert done, out[-3000:]
+    figures = dict(zip(("readings", "predictions", "reviews", "dead", "labels"), map(int, done.groups())))
+    versions = {int(v): float(a) for v, a in re.findall(r"model v(\d+): accuracy (\d\.\d+) on \d+ windows", out)}
+    return figures, versions
+
+
+def test_own_sensors_from_a_csv_to_a_served_learning_model(tmp_path):
+    config, csv_path = project(tmp_path)
     check = cli(config, "config", "check")
     assert check.returncode == 0, check.stdout + check.stderr
     imported = cli(config, "data", "import", csv_path, "--dataset", "wii")
@@ -60,10 +75,30 @@ d_ff = 64
     out = demo.stdout
     assert demo.returncode == 0, out[-3000:] + demo.stderr[-3000:]
     assert "replaying dataset wii: 10 device(s) at 2x recorded speed (2000 readings/s)" in out
-    done = re.search(r"done: (\d+) readings -> (\d+) predictions, (\d+) review requests, (\d+) dead letters, "
-                     r"(\d+) labels", out)
-    readings, predictions, reviews, dead, labels = map(int, done.groups())
-    assert predictions > 0.5 * readings / 8 and reviews > 0 and labels > 0
-    versions = {int(v): float(a) for v, a in re.findall(r"model v(\d+): accuracy (\d\.\d+) on \d+ windows", out)}
+    figures, versions = demo_figures(out)
+    assert figures["predictions"] > 0.5 * figures["readings"] / 8 and figures["reviews"] > 0 and figures["labels"] > 0
     assert 1 in versions and max(versions) >= 2, out[-2000:]  # learned from the answers, and the new version served
-    print(f"wiimote: v1 held-out accuracy {v1_accuracy}; served per version {versions}; {labels} labels")
+    print(f"wiimote: v1 held-out accuracy {v1_accuracy}; served per version {versions}; {figures['labels']} labels")
+
+
+def test_cold_start_no_trained_version_and_a_first_one_from_the_answers(tmp_path):
+    """No labeled data for the model: serving starts with version 0 (every class equally likely, every
+    window unsure), review requests flow within the budget, simulated labelers answer them from the
+    replayed ground truth, and the learning job publishes v1 once it beats the majority class on
+    held-out answers; serving then swaps to it."""
+    from model.registry import ModelRegistry
+
+    config, csv_path = project(tmp_path)
+    imported = cli(config, "data", "import", csv_path, "--dataset", "wii")  # replayed only: nothing is trained
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    demo = cli(config, "demo", "--dataset", "wii", "--speed", "2", "--duration", "75", "--drain", "8",
+               "--interval", "2", "--run-dir", str(tmp_path / "demo"), timeout=400)
+    out = demo.stdout
+    assert demo.returncode == 0, out[-3000:] + demo.stderr[-3000:]
+    assert "cold start: wiimote has no trained version" in out
+    figures, versions = demo_figures(out)
+    assert 0 in versions and max(versions) >= 1, out[-2000:]  # served untrained first, then learned versions
+    first = ModelRegistry(str(tmp_path / "registry")).metadata("wiimote", 1)
+    assert first.parent_version is None and "cold start" in first.note and "majority class" in first.note
+    print(f"cold start: v1 after {first.data_seen} answers ({first.note}); served per version {versions}; "
+          f"{figures['labels']} labels in all")

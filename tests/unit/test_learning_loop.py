@@ -112,3 +112,26 @@ def test_snapshot_plus_journal_restores_the_loop_at_any_step():
     final = LoopJournal(10).restore(pickle.loads(stored["snapshot"]), stored["journal"], lambda: None)
     Xv, yv = data(200, 2, offset=3.0)
     assert accuracy(predict_proba(final.serving, Xv), yv) == accuracy(predict_proba(loop.serving, Xv), yv)
+
+
+def cold_start_labels(loop: LearningLoop, X, y, limit: int):
+    """Feed answers to a cold-started loop until it proposes its first version; (labels used, candidate)."""
+    for i, (w, label) in enumerate(zip(X[:limit], y[:limit])):
+        candidate = loop.learn(LabeledWindow(f"d:{i}", "d", w, SPEC.classes[label], SPEC.classes[0], 0, ["sim"]))
+        if candidate is not None:
+            return i + 1, candidate
+    return limit, None
+
+
+def test_a_cold_start_publishes_a_first_version_only_once_it_beats_the_majority_class():
+    X, y = data(1500, 3)
+    loop = LearningLoop(None, SPEC, version=0, config=LearningSettings())
+    used, candidate = cold_start_labels(loop, X, y, 1500)
+    assert candidate is not None, "no first version from 1,500 answers"
+    d = candidate.decision
+    assert d.accept and "majority class" in d.reason and d.candidate_accuracy > d.serving_accuracy
+    assert used >= 4 * 30  # one answer in four is held out, and the gate needs 30 of them
+    assert not torch.equal(candidate.net.mean, torch.zeros(SPEC.n_channels))  # normalisation fitted on the answers
+    # one class only: nothing beats "always that class", so no version is ever proposed
+    single = LearningLoop(None, SPEC, version=0, config=LearningSettings())
+    assert cold_start_labels(single, X, np.zeros_like(y), 600)[1] is None
