@@ -301,6 +301,21 @@ def cmd_job_savepoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibration_line(cfg: Config, version: int) -> str:
+    """How well the served version's confidence is calibrated (from its registry metrics)."""
+    from model.registry import ArtifactError, ModelRegistry
+
+    try:
+        metrics = ModelRegistry(cfg.registry.path).metadata(cfg.registry.model_name, version).metrics
+    except ArtifactError as exc:
+        return f"model v{version}: registry metadata unreadable ({exc})"
+    if "temperature" not in metrics:
+        return f"model v{version}: no calibration recorded (published before calibration, or with under 20 held-out windows)"
+    return (f"model v{version}: temperature {metrics['temperature']:.2f}, expected calibration error "
+            f"{metrics['ece_before']:.3f} -> {metrics['ece_after']:.3f} on {metrics['calibration_windows']:.0f} "
+            "held-out windows")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Jobs on the cluster and their metrics from the Prometheus reporter."""
     from control.flink_rest import FlinkRestError
@@ -327,6 +342,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  checkpoints: {checkpoints.completed} completed, {checkpoints.failed} failed"
                   + (f" (latest failure: {checkpoints.latest_failure.splitlines()[0][:200]})"
                      if checkpoints.latest_failure else ""))
+        if "serving" in job.name and values.get("model_version"):
+            print("  " + calibration_line(config_of(args), int(values["model_version"])))
         if values.get("source_stalled_partitions", 0) > 0:
             print(f"  STALLED: {values['source_stalled_partitions']:.0f} readings partition(s) lost records the job "
                   "had read (broker reset?); the job waits until they grow past its position. See the README's "

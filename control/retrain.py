@@ -86,7 +86,8 @@ def retrain(bootstrap: str, topics: Topics, registry_root: str, model_name: str,
                                 "serving_holdout_accuracy": decision.serving_accuracy,
                                 "holdout_windows": float(decision.samples), "labeled_windows": float(len(items))},
                                parent_version=serving.metadata.version, data_seen=len(items),
-                               note=f"full retrain from the labeled archive: {decision.reason}")
+                               note=f"full retrain from the labeled archive: {decision.reason}",
+                               calibration=(X[held], y[held]))
         version = meta.version
         if announce:
             snapshot = announcement(registry, model_name, version, signing_key)

@@ -108,6 +108,7 @@ def train_from_dataset(registry: ModelRegistry, spec_dict: dict, stride: int, da
                "train_windows": float(len(y)), "test_windows": float(len(yte))}
     fingerprint = dataset.manifest["fingerprint"]
     meta = publish_version(registry, dataset.manifest["model_name"], net, spec, metrics, data_seen=len(y),
-                           note=f"trained on dataset {dataset.dataset_id} (sha256:{fingerprint}); {split}")
+                           note=f"trained on dataset {dataset.dataset_id} (sha256:{fingerprint}); {split}",
+                           calibration=(Xte, yte))
     log.info("published %s v%d: %s", meta.model_name, meta.version, metrics)
     return TrainResult(meta, report, split, len(y), seconds)

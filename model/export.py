@@ -12,15 +12,15 @@ from model.network import ProbabilityModel
 from model.spec import ModelSpec
 
 
-def export_onnx(net: nn.Module, spec: ModelSpec, dynamo: bool = False) -> bytes:
-    """Return ONNX bytes of ``softmax(net(x))`` for ``x: float32[batch, window, channels]``.
+def export_onnx(net: nn.Module, spec: ModelSpec, dynamo: bool = False, temperature: float = 1.0) -> bytes:
+    """Return ONNX bytes of ``softmax(net(x) / temperature)`` for ``x: float32[batch, window, channels]``.
 
     The TorchScript exporter (default) takes ~0.15 s for the reference model, the dynamo
     exporter ~2-4 s; both give the same graph semantics (tests check parity with torch).
     """
     was_training = net.training
     net.eval()
-    wrapped = ProbabilityModel(net).eval()
+    wrapped = ProbabilityModel(net, temperature).eval()
     example = torch.zeros(2, spec.window, spec.n_channels)
     buf = io.BytesIO()
     # grad stays enabled: under no_grad, eval-mode encoder layers take a fused fast path

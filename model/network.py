@@ -51,11 +51,13 @@ class WindowTransformer(nn.Module):
 
 
 class ProbabilityModel(nn.Module):
-    """Wraps a classifier so it returns class probabilities (what serving exports)."""
+    """Wraps a classifier so it returns class probabilities (what serving exports), its logits
+    divided by the version's calibration ``temperature`` (``model.calibration``)."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.net = net
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x), dim=-1)
+        return torch.softmax(self.net(x) / self.temperature, dim=-1)

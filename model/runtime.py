@@ -96,10 +96,11 @@ class OnnxRunner:
 class TorchRunner:
     """Eager PyTorch inference: the fallback when no ONNX artifact can be used."""
 
-    def __init__(self, net, device: str = "cpu") -> None:
+    def __init__(self, net, device: str = "cpu", temperature: float = 1.0) -> None:
         import torch
 
         self.torch = torch
+        self.temperature = float(temperature)
         self.net = net.to(device).eval()
         self.device = device
         self.provider = f"torch-{device}"
@@ -108,4 +109,4 @@ class TorchRunner:
         torch = self.torch
         with torch.inference_mode():
             x = torch.as_tensor(np.ascontiguousarray(windows, dtype=np.float32), device=self.device)
-            return torch.softmax(self.net(x), dim=-1).cpu().numpy()
+            return torch.softmax(self.net(x) / self.temperature, dim=-1).cpu().numpy()

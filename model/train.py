@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.calibration import calibrate
 from model.datasets import load_basic_motions, sliding_windows
 from model.export import export_onnx
 from model.network import WindowTransformer
@@ -19,6 +20,7 @@ from model.registry import ModelRegistry, VersionMetadata
 from model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
+MIN_CALIBRATION = 20  # held-out windows below which a version keeps temperature 1
 
 
 def encode_labels(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
@@ -83,12 +85,27 @@ def load_network(spec: ModelSpec, weights: bytes) -> WindowTransformer:
     return net.eval()
 
 
+@torch.inference_mode()
+def logits_of(net: nn.Module, X: np.ndarray) -> np.ndarray:
+    net.eval()
+    return net(torch.as_tensor(X, dtype=torch.float32)).numpy()
+
+
 def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: ModelSpec,
                     metrics: dict[str, float], parent_version: int | None = None, data_seen: int = 0,
-                    note: str = "") -> VersionMetadata:
-    """Export a network to ONNX and write it, with its weights, as the next registry version."""
-    return registry.publish(name, export_onnx(net, spec), weights_bytes(net), spec.to_dict(), metrics=metrics,
-                            parent_version=parent_version, data_seen=data_seen, note=note)
+                    note: str = "", calibration: tuple[np.ndarray, np.ndarray] | None = None) -> VersionMetadata:
+    """Export a network to ONNX and write it, with its weights, as the next registry version. With
+    ``calibration`` (held-out windows and their labels, at least ``MIN_CALIBRATION``), a temperature
+    is fitted on them and baked into the exported probabilities; the version's metrics record it
+    with the expected calibration error before and after (``model.calibration.calibrate``)."""
+    temperature = 1.0
+    if calibration is not None and len(calibration[1]) >= MIN_CALIBRATION:
+        fitted = calibrate(logits_of(net, calibration[0]), np.asarray(calibration[1]))
+        temperature = fitted["temperature"]
+        metrics = {**metrics, **fitted}
+    return registry.publish(name, export_onnx(net, spec, temperature=temperature), weights_bytes(net),
+                            spec.to_dict(), metrics=metrics, parent_version=parent_version, data_seen=data_seen,
+                            note=note)
 
 
 @dataclass
@@ -116,6 +133,6 @@ def bootstrap(registry: ModelRegistry, name: str = "basic-motions", spec: ModelS
                "train_accuracy": accuracy(predict_proba(net, X), y),
                "train_windows": float(len(X))}
     meta = publish_version(registry, name, net, spec, metrics, data_seen=len(X),
-                           note="bootstrap: BasicMotions train split")
+                           note="bootstrap: BasicMotions train split", calibration=(Xte, yte))
     log.info("published %s v%d: %s", name, meta.version, metrics)
     return BootstrapResult(meta, seconds, losses)

@@ -195,9 +195,12 @@ class VersionPublisher:
                    "holdout_windows": float(d.samples), "prequential_accuracy": loop.prequential_accuracy,
                    "labeled_windows": float(loop.labeled), "drift_events": float(loop.drift_events),
                    "trigger_label_at_ms": float(candidate.trigger_answered_at)}
+        held = list(loop.gate.windows)
+        calibration = (np.stack([w for w, _ in held]), np.asarray([label for _, label in held])) if held else None
         meta = publish_version(self.registry, self.model_name, candidate.net, loop.spec, metrics,
                                parent_version=loop.version or None, data_seen=loop.labeled,
-                               note=f"online{' (cold start)' if not loop.version else ''}: {d.reason}")
+                               note=f"online{' (cold start)' if not loop.version else ''}: {d.reason}",
+                               calibration=calibration)
         loop.accepted(candidate, meta.version)
         self.published += 1
         snapshot = announcement(self.registry, self.model_name, meta.version, self.signing_key)

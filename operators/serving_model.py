@@ -100,7 +100,8 @@ def build_serving_model(loaded: LoadedVersion, runtime: str = "onnx", device: st
             if loaded.weights_bytes is None:
                 raise ArtifactError("torch runtime needs weights.pt, which this version lacks")
             torch_device = "cuda" if device == "cuda" else "cpu"
-            runner = TorchRunner(load_network(spec, loaded.weights_bytes), torch_device)
+            runner = TorchRunner(load_network(spec, loaded.weights_bytes), torch_device,
+                                 loaded.metadata.metrics.get("temperature", 1.0))
     except ArtifactError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs

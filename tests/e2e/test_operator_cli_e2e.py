@@ -92,6 +92,8 @@ def test_operator_cli_on_the_embedded_stack(tmp_path, registry_copy):
 
         status = cli(config, "status")
         assert f"readings_in={len(first)}" in status and f"predictions={len(expected_first)}" in status, status
+        assert "model v1: temperature" in status and "expected calibration error" in status, status
+        assert "checkpoints: " in status and "STALLED" not in status, status
 
         out = cli(config, "job", "savepoint", "serving", "--stop")
         savepoint = out.split(": ", 1)[1].split()[0]

@@ -147,3 +147,38 @@ def test_dynamo_export_matches_too(trained):
     runner = OnnxRunner(export_onnx(net, SPEC, dynamo=True), prefer="cpu")
     x = synthetic(7, seed=3)[0]
     np.testing.assert_allclose(runner.predict_proba(x), predict_proba(net, x), atol=1e-5)
+
+
+def test_a_published_version_carries_its_calibration_and_serves_calibrated_probabilities(tmp_path):
+    """A network trained to memorise noisy labels is overconfident; the temperature fitted on held-out
+    windows is baked into the ONNX graph, and the cross-fitted calibration error falls."""
+    from model.calibration import ece, softmax
+    from model.registry import ModelRegistry
+    from model.runtime import OnnxRunner
+    from model.train import fit, logits_of, publish_version
+
+    spec = ModelSpec(window=8, channels=("a", "b"), classes=("c0", "c1", "c2"), d_model=16, n_heads=2, n_layers=1,
+                     d_ff=32, dropout=0.0)
+    rng = np.random.default_rng(0)
+
+    def noisy(n):
+        y = rng.integers(0, 3, n)
+        X = rng.normal(0, 1.0, size=(n, 8, 2)).astype(np.float32)
+        X[:, :, 0] += 0.8 * y[:, None]
+        flip = rng.random(n) < 0.25
+        return X, np.where(flip, rng.integers(0, 3, n), y)
+
+    X, y = noisy(400)
+    Xh, yh = noisy(300)
+    torch.manual_seed(0)
+    net = WindowTransformer(spec)
+    net.set_normalisation(X)
+    fit(net, X, y, epochs=60, lr=3e-3, batch_size=32)
+    meta = publish_version(ModelRegistry(str(tmp_path)), "m", net, spec, {}, calibration=(Xh, yh))
+    m = meta.metrics
+    assert m["temperature"] > 1.2 and m["ece_after"] < m["ece_before"], m  # was overconfident; less so
+    served = OnnxRunner(ModelRegistry(str(tmp_path)).load("m", 1).onnx_bytes).predict_proba(Xh)
+    np.testing.assert_allclose(served, softmax(logits_of(net, Xh) / m["temperature"]), atol=1e-4)
+    assert ece(served, yh) < ece(softmax(logits_of(net, Xh)), yh)
+    few = publish_version(ModelRegistry(str(tmp_path)), "m", net, spec, {}, calibration=(Xh[:5], yh[:5]))
+    assert "temperature" not in few.metrics  # too few held-out windows to fit one

@@ -1,0 +1,76 @@
+"""Calibrated confidence: one temperature per version, fitted on held-out labeled windows, so that
+"confidence 0.9" means right about nine times in ten and the review threshold asks about the
+windows that are really in doubt.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> labels = rng.integers(0, 3, 2000)
+>>> logits = rng.normal(0, 1, (2000, 3)); logits[np.arange(2000), labels] += 1.0
+>>> overconfident = logits * 4                      # right as often, far surer of itself
+>>> t = fit_temperature(overconfident, labels)
+>>> 3.0 < t < 5.5
+True
+>>> ece(softmax(overconfident), labels) > 0.15 > ece(softmax(overconfident / t), labels)
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BINS = 10
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return float((log_norm - z[np.arange(len(labels)), labels]).mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature in [0.05, 20] that minimises the negative log-likelihood (a grid over log T,
+    then a finer one around the best); 1.0 with fewer than two windows."""
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels, int)
+    if len(labels) < 2:
+        return 1.0
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
+    best = grid[int(np.argmin([nll(logits, labels, t) for t in grid]))]
+    fine = best * np.exp(np.linspace(-0.1, 0.1, 21))
+    return float(fine[int(np.argmin([nll(logits, labels, t) for t in fine]))])
+
+
+def ece(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
+    """Expected calibration error: the window-weighted gap between confidence and accuracy over
+    ``bins`` equal-width confidence bins."""
+    probabilities, labels = np.asarray(probabilities), np.asarray(labels, int)
+    if len(labels) == 0:
+        return float("nan")
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += inside.sum() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(total / len(labels))
+
+
+def calibrate(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The temperature fitted on all the windows, and the ECE before and after it measured by
+    cross-fitting (each half scored with the temperature fitted on the other half), so the "after"
+    figure is not scored on the windows it was fitted to."""
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels, int)
+    halves = [np.arange(len(labels)) % 2 == k for k in (0, 1)]
+    scaled = np.empty_like(logits)
+    for fit_on, score_on in (halves, halves[::-1]):
+        scaled[score_on] = logits[score_on] / fit_temperature(logits[fit_on], labels[fit_on])
+    return {"temperature": fit_temperature(logits, labels), "ece_before": ece(softmax(logits), labels),
+            "ece_after": ece(softmax(scaled), labels), "calibration_windows": float(len(labels))}
