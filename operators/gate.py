@@ -1,4 +1,6 @@
-"""Validation gate: a candidate model replaces the serving one only if it is not worse.
+"""Validation gate: a candidate model replaces the serving one only if it is not worse, and, with
+``z > 0``, only if it is better beyond chance on the same held-out windows (a paired sign test:
+of the windows the two models disagree on, the candidate must win clearly more).
 
 >>> import numpy as np
 >>> gate = ValidationGate(margin=0.0, min_samples=2, holdout=10)
@@ -11,6 +13,11 @@
 (True, 1.0, 0.5)
 >>> gate.judge(always_0, perfect).accept
 False
+>>> strict = ValidationGate(margin=0.0, min_samples=2, holdout=10, z=1.645)
+>>> for i in range(4):
+...     strict.hold_out(np.array([float(i)]), i % 2)
+>>> strict.judge(perfect, always_0).reason   # 2 wins, 0 losses: not enough to tell
+'refused: candidate 1.000 vs serving 0.500 (wins 2, losses 0: needs wins - losses > 1.645 * sqrt(2)) on 4 held-out windows'
 """
 
 from __future__ import annotations
@@ -35,10 +42,13 @@ class GateDecision:
 
 class ValidationGate:
     """Keeps the most recent ``holdout`` labeled windows aside (never trained on) and compares
-    candidate and serving accuracy on them; accepts when candidate >= serving - ``margin``."""
+    candidate and serving accuracy on them; accepts when candidate >= serving - ``margin`` and, with
+    ``z > 0``, when the candidate's wins minus losses over the windows where exactly one of them is
+    right exceed ``z`` standard deviations of a fair coin (``z * sqrt(wins + losses)``)."""
 
-    def __init__(self, margin: float = 0.01, min_samples: int = 30, holdout: int = 300) -> None:
+    def __init__(self, margin: float = 0.01, min_samples: int = 30, holdout: int = 300, z: float = 0.0) -> None:
         self.margin = margin
+        self.z = z
         self.min_samples = min_samples
         self.windows: deque = deque(maxlen=holdout)
 
@@ -53,11 +63,16 @@ class ValidationGate:
                                 f"only {n} held-out windows, {self.min_samples} needed")
         X = np.stack([w for w, _ in self.windows])
         y = np.asarray([lab for _, lab in self.windows])
-        cand = float((candidate(X).argmax(axis=1) == y).mean())
-        serv = float((serving(X).argmax(axis=1) == y).mean())
+        cand_right = candidate(X).argmax(axis=1) == y
+        serv_right = serving(X).argmax(axis=1) == y
+        cand, serv = float(cand_right.mean()), float(serv_right.mean())
+        wins, losses = int((cand_right & ~serv_right).sum()), int((serv_right & ~cand_right).sum())
         accept = cand > serv if must_beat else cand >= serv - self.margin
-        verdict = "accepted" if accept else "refused"
         rule = "must beat it" if must_beat else f"margin {self.margin}"
+        if self.z > 0:
+            accept = accept and wins - losses > self.z * np.sqrt(wins + losses)
+            rule = f"wins {wins}, losses {losses}: needs wins - losses > {self.z:g} * sqrt({wins + losses})"
+        verdict = "accepted" if accept else "refused"
         against = "the majority class" if must_beat else "serving"
         return GateDecision(accept, cand, serv, n, f"{verdict}: candidate {cand:.3f} vs {against} {serv:.3f} "
                                                    f"({rule}) on {n} held-out windows")

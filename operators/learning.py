@@ -86,7 +86,8 @@ class LearningLoop:
             self.unnormalised = None
         self.version = version
         self.trainer = OnlineTrainer(copy.deepcopy(start), spec.n_classes, self.config)
-        self.gate = ValidationGate(self.config.gate_margin, self.config.min_holdout, self.config.holdout_size)
+        self.gate = ValidationGate(self.config.gate_margin, self.config.min_holdout, self.config.holdout_size,
+                                   self.config.gate_z)
         self.drift = DriftMonitor()
         self.labeled = 0
         self.correct = 0

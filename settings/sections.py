@@ -160,7 +160,9 @@ class LearningSettings:
     """The online trainer, the holdout and gate, and the label join of the learning job.
 
     The gate accepts a candidate whose held-out accuracy is at most ``gate_margin`` *below* the
-    serving version's (0: not worse; a negative margin asks for that much better).
+    serving version's (0: not worse; a negative margin asks for that much better) and, with
+    ``gate_z`` > 0, that wins clearly more of the held-out windows the two disagree on (a paired sign
+    test at ``gate_z`` standard deviations; 1.645 is one-sided 95 %; 0 turns the test off).
     """
 
     lr: float = 1e-3
@@ -173,6 +175,7 @@ class LearningSettings:
     holdout_every: int = 4  # 1 labeled window in this many is held out for the gate, never trained on
     gate_every: int = 32  # labeled windows between gate checks
     gate_margin: float = 0.0
+    gate_z: float = 1.645
     min_holdout: int = 30
     holdout_size: int = 300
     label_ttl_ms: int = 3_600_000  # how long a review request waits for its answers
@@ -180,7 +183,7 @@ class LearningSettings:
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "reservoir_capacity", "holdout_every", "gate_every", "min_holdout",
                   "holdout_size", "label_ttl_ms")
-        _at_least(self, 0, "replay_ratio", "ewc_strength")
+        _at_least(self, 0, "replay_ratio", "ewc_strength", "gate_z")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

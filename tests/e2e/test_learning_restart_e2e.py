@@ -39,7 +39,7 @@ def labeled_batch(start: int, count: int):
 
 def start(broker, root, tmp_path, name, restore=None):
     options = dict(registry=root, state_dir=str(tmp_path / "ck"), checkpoint_interval_ms=1000, gate_every=32,
-                   gate_margin=1.0, group_id="learn-restart")
+                   gate_margin=1.0, gate_z=0.0, group_id="learn-restart")
     if restore:
         options["savepoint_path"] = str(restore)
     return learning_job(broker.bootstrap, tmp_path / f"{name}.log", **options).start()
