@@ -18,6 +18,10 @@ False
 ...     strict.hold_out(np.array([float(i)]), i % 2)
 >>> strict.judge(perfect, always_0).reason   # 2 wins, 0 losses: not enough to tell
 'refused: candidate 1.000 vs serving 0.500 (wins 2, losses 0: needs wins - losses > 1.645 * sqrt(2)) on 4 held-out windows'
+>>> for i in range(4, 20):
+...     strict.hold_out(np.array([float(i)]), i % 2)
+>>> strict.judge(perfect, always_0).accept   # 10 wins, 0 losses
+True
 """
 
 from __future__ import annotations

@@ -251,7 +251,9 @@ def _parquet_rows(path: Path, model: ModelDeclaration, device: str | None, label
         for k in range(batch.num_rows):
             row_number += 1
             stamp = columns[t][k]
-            ts_text = str(int(stamp.timestamp() * 1000)) if isinstance(stamp, datetime) else str(stamp)
+            if isinstance(stamp, datetime):  # Parquet timestamps without a zone are UTC
+                stamp = int((stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+            ts_text = str(stamp)
             yield (f"{path.name} row {row_number}", str(columns[d][k]) if d is not None else device, ts_text,
                    [columns[i][k] for i in channels], "" if lab is None or columns[lab][k] is None
                    else str(columns[lab][k]))

@@ -162,7 +162,7 @@ class LearningSettings:
     The gate accepts a candidate whose held-out accuracy is at most ``gate_margin`` *below* the
     serving version's (0: not worse; a negative margin asks for that much better) and, with
     ``gate_z`` > 0, that wins clearly more of the held-out windows the two disagree on (a paired sign
-    test at ``gate_z`` standard deviations; 1.645 is one-sided 95 %; 0 turns the test off).
+    test at ``gate_z`` standard deviations; 1.645 is one-sided 95 %; 0, the default, turns it off).
     """
 
     lr: float = 1e-3
@@ -175,7 +175,7 @@ class LearningSettings:
     holdout_every: int = 4  # 1 labeled window in this many is held out for the gate, never trained on
     gate_every: int = 32  # labeled windows between gate checks
     gate_margin: float = 0.0
-    gate_z: float = 1.645
+    gate_z: float = 0.0  # 1.645: a one-sided 95 % sign test (fewer, surer versions; slower after a drift)
     min_holdout: int = 30
     holdout_size: int = 300
     label_ttl_ms: int = 3_600_000  # how long a review request waits for its answers
