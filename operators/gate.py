@@ -74,7 +74,7 @@ class ValidationGate:
         accept = cand > serv if must_beat else cand >= serv - self.margin
         rule = "must beat it" if must_beat else f"margin {self.margin}"
         if self.z > 0:
-            accept = accept and wins - losses > self.z * np.sqrt(wins + losses)
+            accept = bool(accept and wins - losses > self.z * np.sqrt(wins + losses))
             rule = f"wins {wins}, losses {losses}: needs wins - losses > {self.z:g} * sqrt({wins + losses})"
         verdict = "accepted" if accept else "refused"
         against = "the majority class" if must_beat else "serving"
