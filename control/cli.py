@@ -333,9 +333,11 @@ def cmd_model_list(args: argparse.Namespace) -> int:
         m = registry.metadata(args.model_name, v)
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m.created_at / 1000))
         accuracy = m.metrics.get("holdout_accuracy", m.metrics.get("test_accuracy"))
+        ece = m.metrics.get("ece_after")
         rows.append([v, m.parent_version or "-", created, m.sha256[:12], m.data_seen,
-                     "-" if accuracy is None else f"{accuracy:.3f}", m.note or "-"])
-    print(table(rows, ["version", "parent", "created (UTC)", "sha256", "data seen", "accuracy", "note"]))
+                     "-" if accuracy is None else f"{accuracy:.3f}", "-" if ece is None else f"{ece:.3f}",
+                     m.note or "-"])
+    print(table(rows, ["version", "parent", "created (UTC)", "sha256", "data seen", "accuracy", "ECE", "note"]))
     return 0
 
 
