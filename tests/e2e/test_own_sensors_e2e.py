@@ -50,6 +50,14 @@ d_ff = 64
     return config, csv_path
 
 
+def run_demo(config, tmp_path, seconds: int) -> str:
+    """``sensorloop demo --dataset wii`` at twice the recorded speed; its output."""
+    demo = cli(config, "demo", "--dataset", "wii", "--speed", "2", "--duration", str(seconds), "--drain", "8",
+               "--interval", "2", "--run-dir", str(tmp_path / "demo"), timeout=400)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    return demo.stdout
+
+
 def demo_figures(out: str) -> tuple[dict, dict[int, float]]:
     done = re.search(r"done: (\d+) readings -> (\d+) predictions, (\d+) review requests, (\d+) dead letters, "
                      r"(\d+) labels", out)
@@ -70,10 +78,7 @@ def test_own_sensors_from_a_csv_to_a_served_learning_model(tmp_path):
     assert "split by device" in trained.stdout and "published wiimote v1" in trained.stdout
     v1_accuracy = float(re.search(r"accuracy (\d\.\d+) on \d+ windows", trained.stdout).group(1))
     assert v1_accuracy > 0.2  # ten classes: chance is 0.1
-    demo = cli(config, "demo", "--dataset", "wii", "--speed", "2", "--duration", "60", "--drain", "8",
-               "--interval", "2", "--run-dir", str(tmp_path / "demo"), timeout=400)
-    out = demo.stdout
-    assert demo.returncode == 0, out[-3000:] + demo.stderr[-3000:]
+    out = run_demo(config, tmp_path, 60)
     assert "replaying dataset wii: 10 device(s) at 2x recorded speed (2000 readings/s)" in out
     figures, versions = demo_figures(out)
     assert figures["predictions"] > 0.5 * figures["readings"] / 8 and figures["reviews"] > 0 and figures["labels"] > 0
@@ -91,10 +96,7 @@ def test_cold_start_no_trained_version_and_a_first_one_from_the_answers(tmp_path
     config, csv_path = project(tmp_path)
     imported = cli(config, "data", "import", csv_path, "--dataset", "wii")  # replayed only: nothing is trained
     assert imported.returncode == 0, imported.stdout + imported.stderr
-    demo = cli(config, "demo", "--dataset", "wii", "--speed", "2", "--duration", "75", "--drain", "8",
-               "--interval", "2", "--run-dir", str(tmp_path / "demo"), timeout=400)
-    out = demo.stdout
-    assert demo.returncode == 0, out[-3000:] + demo.stderr[-3000:]
+    out = run_demo(config, tmp_path, 75)
     assert "cold start: wiimote has no trained version" in out
     figures, versions = demo_figures(out)
     assert 0 in versions and max(versions) >= 1, out[-2000:]  # served untrained first, then learned versions
