@@ -71,6 +71,16 @@ def open_as(browser, server, labeler: str):
     return context, page
 
 
+def wait_until(page, expression: str, timeout_s: float = 20.0) -> None:
+    """Poll a JavaScript expression until it is true. Playwright's ``wait_for_function`` evaluates a
+    string predicate with ``eval`` inside the page when it has to poll, which the page's CSP (no
+    'unsafe-eval') rightly refuses; ``evaluate`` goes through the debugger protocol instead."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for: {expression}"
+        time.sleep(0.1)
+
+
 def wait_labels(bootstrap: str, n: int) -> list[Label]:
     records = read_until(bootstrap, [TOPICS.labels], lambda rs: len(rs) >= n, timeout_s=20)
     return [Label.decode(r.value) for r in records]
@@ -83,7 +93,7 @@ def test_labelers_answer_in_the_browser(stack, browser):
 
     alice, page = open_as(browser, server, "alice")
     page.wait_for_selector("#review:not(.hidden)", timeout=20_000)
-    page.wait_for_function("document.getElementById('waiting').textContent === '3'", timeout=20_000)
+    wait_until(page, "document.getElementById('waiting').textContent === '3'")
     first = page.text_content("#review-id")
     assert first in {r.review_id for r in requests}
     assert page.locator("#chart polyline").count() == 6
@@ -110,8 +120,8 @@ def test_labelers_answer_in_the_browser(stack, browser):
     assert (labels[0].review_id, labels[0].label, labels[0].labeler, labels[0].status) == (first, "walking", "alice",
                                                                                            "answered")
     # the next request appears without a reload; a number key answers it
-    page.wait_for_function(f"document.getElementById('review-id').textContent !== {orjson.dumps(first).decode()}"
-                           " || !document.getElementById('empty').classList.contains('hidden')", timeout=20_000)
+    wait_until(page, f"document.getElementById('review-id').textContent !== {orjson.dumps(first).decode()}"
+                     " || !document.getElementById('empty').classList.contains('hidden')")
     second = page.text_content("#review-id")
     assert second not in (first, bobs)
     page.keyboard.press("2")
@@ -163,7 +173,7 @@ def test_behind_a_sign_on_proxy_the_page_is_the_proxied_user(stack, browser):
         context = browser.new_context(extra_http_headers={"X-Forwarded-User": "dana"})
         page = context.new_page()
         assert page.goto(f"{server.url}/").status == 200
-        page.wait_for_function("document.getElementById('who').textContent === 'dana'", timeout=20_000)
+        wait_until(page, "document.getElementById('who').textContent === 'dana'")
         context.close()
         plain = browser.new_context()
         assert plain.new_page().goto(f"{server.url}/").status == 401
