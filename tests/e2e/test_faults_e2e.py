@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from control.flink_rest import FlinkRest
+from control.flink_rest import FlinkRest, FlinkRestError
 from control.launcher import serving_job
 from infra.broker import EmbeddedBroker, ensure_topics, free_port
 from infra.kafka_tools import produce, read_until
@@ -25,12 +25,24 @@ pytestmark = pytest.mark.e2e
 TOPICS = Topics()
 
 
-def started(job, rest_port: int) -> FlinkRest:
-    """Wait until every task of the job runs (readings sent before are read too, but later)."""
-    rest = FlinkRest(f"localhost:{rest_port}")
-    job.start()
-    rest.wait_all_tasks_running(job.alive)
-    return rest
+def started(make_job, attempts: int = 3):
+    """Start ``make_job(rest_port)`` and wait until every task runs (readings sent before are read too,
+    but later); returns the job and its REST client. A port picked free can be taken before the
+    MiniCluster binds it (by another process's outgoing connection): then the job starts again on
+    another port."""
+    for attempt in range(attempts):
+        rest_port = free_port()
+        job = make_job(rest_port).start()
+        rest = FlinkRest(f"localhost:{rest_port}")
+        try:
+            rest.wait_all_tasks_running(job.alive)
+            return job, rest
+        except FlinkRestError:
+            taken = not job.alive() and "Could not start rest endpoint" in job.log_tail(400)
+            job.stop()
+            if not taken or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def predictions_until(bootstrap: str, job, expected: set, timeout_s: float) -> list:
@@ -49,13 +61,14 @@ def window_key(record) -> tuple[str, int]:
 
 def test_a_broker_reset_under_a_running_job_is_reported_within_seconds(tmp_path, trained_registry):
     first = replayed_readings(n_devices=4, per_device=40)
-    port, rest_port = free_port(), free_port()
+    port = free_port()
     broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log").start()
-    job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry, rest_port=rest_port,
-                      source_check_ms=1000, group_id="reset-test", state_dir=str(tmp_path / "flink"))
+    job = None
     try:
         ensure_topics(broker.bootstrap, TOPICS)
-        started(job, rest_port)
+        job, _ = started(lambda rest_port: serving_job(
+            broker.bootstrap, tmp_path / "job.log", registry=trained_registry, rest_port=rest_port,
+            source_check_ms=1000, group_id="reset-test", state_dir=str(tmp_path / "flink")))
         produce(broker.bootstrap, TOPICS.readings, encoded(first))
         predictions_until(broker.bootstrap, job, expected_window_ends(first, 32, 8), 180)
         assert "source stalled or reset" not in job.log_tail(100_000)  # no false alarm on a healthy stream
@@ -72,7 +85,8 @@ def test_a_broker_reset_under_a_running_job_is_reported_within_seconds(tmp_path,
             time.sleep(0.5)
         detect_s = time.monotonic() - reset_at
     finally:
-        job.stop()
+        if job is not None:
+            job.stop()
         broker.stop()
     assert reported is not None, "the reset was never reported"
     assert "sensor-readings partition" in reported and "no longer has offset" in reported
@@ -129,14 +143,15 @@ def test_a_broker_crash_on_s3_storage_mid_stream_is_never_silent(tmp_path, train
     how = "SIGKILL"
     readings = replayed_readings(n_devices=4, per_device=120)
     expected = expected_window_ends(readings, 32, 8)
-    port, rest_port = free_port(), free_port()
+    port = free_port()
     durable = dict(port=port, storage="s3://broker/", storage_endpoint=s3_endpoint, log_path=tmp_path / "broker.log")
     broker = EmbeddedBroker(**durable).start()
-    job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry, rest_port=rest_port,
-                      group_id="durable-test", state_dir=str(tmp_path / "flink"), checkpoint_interval_ms=1000)
+    job = None
     try:
         ensure_topics(broker.bootstrap, TOPICS)
-        started(job, rest_port)
+        job, _ = started(lambda rest_port: serving_job(
+            broker.bootstrap, tmp_path / "job.log", registry=trained_registry, rest_port=rest_port,
+            group_id="durable-test", state_dir=str(tmp_path / "flink"), checkpoint_interval_ms=1000))
         unstored: list = []
         acked: dict = {}
         sender = send_steadily(broker.bootstrap, readings, per_second=80, unstored=unstored, acked=acked)
@@ -158,7 +173,8 @@ def test_a_broker_crash_on_s3_storage_mid_stream_is_never_silent(tmp_path, train
         records = read_until(broker.bootstrap, [TOPICS.predictions], lambda r: False, 5)
         log = job.log_tail(100_000)
     finally:
-        job.stop()
+        if job is not None:
+            job.stop()
         broker.stop()
     keys = [window_key(r) for r in records]
     reported = "source stalled or reset" in log
@@ -176,14 +192,13 @@ def test_a_broker_crash_on_s3_storage_mid_stream_is_never_silent(tmp_path, train
 
 def test_an_unwritable_checkpoint_directory_does_not_stop_serving(tmp_path, trained_registry):
     phases = [replayed_readings(n_devices=4, per_device=40, start_seq=40 * i) for i in range(3)]
-    rest_port = free_port()
     options = dict(registry=trained_registry, state_dir=str(tmp_path / "flink"), checkpoint_interval_ms=1000,
-                   group_id="checkpoint-fault", rest_port=rest_port)
+                   group_id="checkpoint-fault")
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         ensure_topics(broker.bootstrap, TOPICS)
-        job = serving_job(broker.bootstrap, tmp_path / "job-a.log", **options)
+        job, rest = started(lambda rest_port: serving_job(broker.bootstrap, tmp_path / "job-a.log",
+                                                          rest_port=rest_port, **options))
         try:
-            rest = started(job, rest_port)
             job_id = rest.jobs()[0].job_id
             produce(broker.bootstrap, TOPICS.readings, encoded(phases[0]))
             predictions_until(broker.bootstrap, job, expected_window_ends(phases[0], 32, 8), 180)
