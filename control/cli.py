@@ -146,14 +146,13 @@ def _bad_records() -> list[bytes]:
 
 def _classes(args: argparse.Namespace) -> list[str]:
     """The served model's classes: its newest version's, else its declaration's (cold start)."""
-    from model.registry import ArtifactError, ModelRegistry
+    from model.registry import ArtifactError
+    from operators.serving_model import serving_spec
 
-    registry = ModelRegistry(args.registry)
     declared = config_of(args).models.get(args.model_name)
-    if declared is not None and registry.latest_version(args.model_name) is None:
-        return list(declared.classes)
     try:
-        return list(registry.latest_metadata(args.model_name).spec["classes"])
+        return list(serving_spec(args.registry, args.model_name, None,
+                                 declared.spec_dict() if declared is not None else None).classes)
     except ArtifactError as exc:
         raise SystemExit(f"{exc}; or declare the model as [models.{args.model_name}]") from None
 

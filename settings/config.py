@@ -71,6 +71,11 @@ class Config:
         """The declaration of ``registry.model_name``, when the configuration declares it."""
         return self.models.get(self.registry.model_name)
 
+    @property
+    def served_spec(self) -> dict[str, Any] | None:
+        """The served model's declared spec (what a cold start begins from), or None."""
+        return self.served_model.spec_dict() if self.served_model is not None else None
+
     def with_values(self, values: Mapping[str, Any], origin: str = "flags") -> "Config":
         """A copy with ``section.key`` values set (typed values or strings, as from a flag).
 

@@ -17,6 +17,7 @@ from operators.label_join import LabelJoiner
 from operators.learning import LearningLoop, VersionPublisher, loop_from_registry
 from operators.learning_state import AcceptedVersion, LoopJournal
 from operators.parse import raw_text
+from operators.serving_model import serving_spec
 from schemas import DeadLetter, Label, ReviewRequest, SchemaError
 from settings import Config
 from stream_jobs.flink_env import JobRun, make_env, parse_job_args
@@ -122,7 +123,7 @@ class LearnAndPublish(KeyedProcessFunction):
             loop = self.journal.restore(
                 self.snapshot.value(), list(self.journal_state.get() or []),
                 lambda: loop_from_registry(self.registry, self.cfg.registry.model_name, self.cfg.learning,
-                                           self.cfg.served_model.spec_dict() if self.cfg.served_model else None))
+                                           self.cfg.served_spec))
             self.loops[key] = loop
         return loop
 
@@ -149,12 +150,8 @@ class LearnAndPublish(KeyedProcessFunction):
 def build_learning_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     topics, group_id = cfg.topics, run.group_id or "sensorloop-learning"
     model_name = cfg.registry.model_name
-    registry = ModelRegistry(cfg.registry.path)
-    if cfg.served_model is not None and registry.latest_version(model_name) is None:
-        spec = cfg.served_model.spec_dict()  # cold start: the declared model
-    else:
-        spec = registry.latest_metadata(model_name).spec
-    classes, shape = list(spec["classes"]), (int(spec["window"]), len(spec["channels"]))
+    spec = serving_spec(cfg.registry.path, model_name, None, cfg.served_spec)  # the declared one on a cold start
+    classes, shape = list(spec.classes), (spec.window, spec.n_channels)
     records = keyed_source(env, cfg.broker.bootstrap, [topics.review_requests, topics.labels], group_id,
                            "reviews-and-labels", "review_id")
     labeled = (records.process(JoinAnswers(cfg, classes, shape), output_type=Types.PICKLED_BYTE_ARRAY())

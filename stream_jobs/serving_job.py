@@ -210,7 +210,7 @@ class InferBatches(KeyedCoProcessFunction):
             model = load_from_registry(registry.path, registry.model_name, s.model_version, s.runtime, s.device,
                                        s.inference_threads)
         elif self.cfg.served_model is not None and not ModelRegistry(registry.path).versions(registry.model_name):
-            model = untrained_model(registry.model_name, ModelSpec.from_dict(self.cfg.served_model.spec_dict()))
+            model = untrained_model(registry.model_name, ModelSpec.from_dict(self.cfg.served_spec))
             log.warning("cold start: %s has no trained version yet; every window goes to review until "
                         "the learning job publishes v1", registry.model_name)
         else:
@@ -292,8 +292,8 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
             AnnouncementVerifier.load(cfg.registry.verify_key)
         except (OSError, ValueError) as exc:
             raise SystemExit(f"sensorloop serving job: registry.verify_key {cfg.registry.verify_key}: {exc}") from None
-    declared = cfg.served_model.spec_dict() if cfg.served_model is not None else None
-    spec = serving_spec(cfg.registry.path, cfg.registry.model_name, cfg.serving.model_version or None, declared)
+    spec = serving_spec(cfg.registry.path, cfg.registry.model_name, cfg.serving.model_version or None,
+                        cfg.served_spec)
     mismatch = input_mismatch(spec, cfg.serving.window, spec.channels)
     if mismatch:
         raise SystemExit(f"sensorloop serving job: {cfg.registry.model_name} cannot serve with serving.window = "
