@@ -114,6 +114,18 @@ def parse_time(text: str, unit_ms: float | None) -> int:
     return int(round(moment.timestamp() * 1000))
 
 
+Row = tuple[str, str, str, list, str]  # where, device, timestamp text, channel values, label text
+
+
+@dataclass(frozen=True)
+class MalformedRow:
+    """A row a reader could not split into fields (the CSV's wrong-width rows)."""
+
+    where: str
+    reason: str
+    detail: str
+
+
 class RowIngest:
     """Checks rows one by one and streams the good ones per device into a ``DatasetWriter``."""
 
@@ -127,6 +139,10 @@ class RowIngest:
         self.buffers: dict[str, tuple[list, list, list]] = {}
         self.last_ts: dict[str, int] = {}
         self.intervals: dict[str, list[int]] = {}
+
+    def refuse(self, row: MalformedRow) -> None:
+        self.report.rows_read += 1
+        self.report.refuse(row.reason, row.where, row.detail)
 
     def add(self, where: str, device: str, ts_text: str, values: list[str], label_text: str) -> None:
         self.report.rows_read += 1
@@ -218,7 +234,7 @@ def _columns(header: list[str], model: ModelDeclaration, device: str | None, lab
 
 
 def _csv_rows(path: Path, model: ModelDeclaration, device: str | None, label_column: str,
-              ignore: set[str]) -> Iterator[tuple[str, str, str, list[str], str]]:
+              ignore: set[str]) -> Iterator[Row | MalformedRow]:
     with open(path, newline="", encoding="utf-8", errors="replace") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
@@ -231,14 +247,14 @@ def _csv_rows(path: Path, model: ModelDeclaration, device: str | None, label_col
             if not row:
                 continue
             if len(row) != width:
-                yield where, "", "", [], "\x00width"
+                yield MalformedRow(where, "wrong number of columns", "the row's width differs from the header's")
                 continue
             yield (where, row[d].strip() if d is not None else device, row[t], [row[i] for i in channels],
                    row[lab].strip() if lab is not None else "")
 
 
 def _parquet_rows(path: Path, model: ModelDeclaration, device: str | None, label_column: str,
-                  ignore: set[str]) -> Iterator[tuple[str, str, str, list[str], str]]:
+                  ignore: set[str]) -> Iterator[Row]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -260,7 +276,7 @@ def _parquet_rows(path: Path, model: ModelDeclaration, device: str | None, label
 
 
 def _npz_rows(path: Path, model: ModelDeclaration, device: str | None,
-              label_column: str, ignore: set[str]) -> Iterator[tuple[str, str, str, list[str], str]]:
+              label_column: str, ignore: set[str]) -> Iterator[Row]:
     """``values`` [n, C] with ``timestamps`` [n] (ms) and optional ``devices`` / ``labels`` [n]; or
     ``series`` [recordings, T, C] with optional ``labels`` / ``devices`` per recording (samples at the
     declared rate, recordings one after another with a gap). ``channels`` names the last axis."""
@@ -314,12 +330,11 @@ def import_files(paths: Iterable[str], model: ModelDeclaration, store: DatasetSt
                 raise ImportAborted(f"{path.name}: unknown format (expected {', '.join(READERS)})")
             if not path.is_file():
                 raise ImportAborted(f"{path}: no such file")
-            for where, dev, ts, values, label in reader(path, model, device, label_column, set(ignore_columns)):
-                if label == "\x00width":
-                    report.rows_read += 1
-                    report.refuse("wrong number of columns", where, "the row's width differs from the header's")
-                    continue
-                ingest.add(where, dev, ts, values, label)
+            for row in reader(path, model, device, label_column, set(ignore_columns)):
+                if isinstance(row, MalformedRow):
+                    ingest.refuse(row)
+                else:
+                    ingest.add(*row)
         ingest.finish()
     except ImportAborted as exc:
         report.problems.append(str(exc))
