@@ -303,6 +303,7 @@ def cmd_job_savepoint(args: argparse.Namespace) -> int:
 
 def calibration_line(cfg: Config, version: int) -> str:
     """How well the served version's confidence is calibrated (from its registry metrics)."""
+    from model.calibration import MIN_WINDOWS
     from model.registry import ArtifactError, ModelRegistry
 
     try:
@@ -310,7 +311,8 @@ def calibration_line(cfg: Config, version: int) -> str:
     except ArtifactError as exc:
         return f"model v{version}: registry metadata unreadable ({exc})"
     if "temperature" not in metrics:
-        return f"model v{version}: no calibration recorded (published before calibration, or with under 20 held-out windows)"
+        return (f"model v{version}: no calibration recorded (published before calibration, or with under "
+                f"{MIN_WINDOWS} held-out windows)")
     return (f"model v{version}: temperature {metrics['temperature']:.2f}, expected calibration error "
             f"{metrics['ece_before']:.3f} -> {metrics['ece_after']:.3f} on {metrics['calibration_windows']:.0f} "
             "held-out windows")
@@ -321,8 +323,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from control.flink_rest import FlinkRestError
     from control.metrics import LEARNING, SERVING, job_metrics
 
+    rest = _rest(args)
     try:
-        jobs = [j for j in _rest(args).jobs() if j.state == "RUNNING"]
+        jobs = [j for j in rest.jobs() if j.state == "RUNNING"]
     except FlinkRestError as exc:
         print(f"flink: {exc}")
         return 1
@@ -335,7 +338,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{k}={values[k]:.0f}" for k in wanted if k in values)
         print(f"{job.name} {job.job_id[:8]} RUNNING {job.duration_ms / 1000:.0f}s: {shown or 'no metrics yet'}")
         try:
-            checkpoints = _rest(args).checkpoints(job.job_id)
+            checkpoints = rest.checkpoints(job.job_id)
         except FlinkRestError:
             checkpoints = None
         if checkpoints is not None:

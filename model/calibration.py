@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 BINS = 10
+MIN_WINDOWS = 20  # held-out windows below which a version keeps temperature 1 (too few to fit one)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

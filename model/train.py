@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.calibration import calibrate
+from model.calibration import MIN_WINDOWS, calibrate
 from model.datasets import load_basic_motions, sliding_windows
 from model.export import export_onnx
 from model.network import WindowTransformer
@@ -20,7 +20,6 @@ from model.registry import ModelRegistry, VersionMetadata
 from model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
-MIN_CALIBRATION = 20  # held-out windows below which a version keeps temperature 1
 
 
 def encode_labels(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
@@ -95,11 +94,11 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
                     metrics: dict[str, float], parent_version: int | None = None, data_seen: int = 0,
                     note: str = "", calibration: tuple[np.ndarray, np.ndarray] | None = None) -> VersionMetadata:
     """Export a network to ONNX and write it, with its weights, as the next registry version. With
-    ``calibration`` (held-out windows and their labels, at least ``MIN_CALIBRATION``), a temperature
-    is fitted on them and baked into the exported probabilities; the version's metrics record it
-    with the expected calibration error before and after (``model.calibration.calibrate``)."""
+    ``calibration`` (held-out windows and their labels, at least ``MIN_WINDOWS``), a temperature is
+    fitted on them and baked into the exported probabilities; the version's metrics record it with
+    the expected calibration error before and after (``model.calibration.calibrate``)."""
     temperature = 1.0
-    if calibration is not None and len(calibration[1]) >= MIN_CALIBRATION:
+    if calibration is not None and len(calibration[1]) >= MIN_WINDOWS:
         fitted = calibrate(logits_of(net, calibration[0]), np.asarray(calibration[1]))
         temperature = fitted["temperature"]
         metrics = {**metrics, **fitted}
