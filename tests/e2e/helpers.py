@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import orjson
 
+from control.flink_rest import FlinkRest, FlinkRestError
+from infra.broker import free_port
 from infra.kafka_tools import read_until
 from model.datasets import load_basic_motions
 from operators.replay import ReadingStream
@@ -69,13 +75,29 @@ def window_tally(keys: list[tuple[str, int]], expected: set[tuple[str, int]]) ->
 def record_fault(fault: str, tally: dict, recover_s: float, **extra) -> dict:
     """Append one fault run's figures (what was sent vs what came out, duplicates, lost, time to
     recover) to ``tests/artifacts/faults.jsonl``, where the README's fault table comes from."""
-    import json
-    import time
-    from pathlib import Path
-
     row = dict(fault=fault, **tally, recover_s=round(recover_s, 1), at=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
     path = Path(FAULTS_FILE)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as out:
         out.write(json.dumps(row) + "\n")
     return row
+
+
+def started(make_job, attempts: int = 3):
+    """Start ``make_job(rest_port)`` and wait until every task runs (readings sent before are read too,
+    but later); returns the job and its REST client. A port picked free can be taken before the
+    MiniCluster binds it (by another process's outgoing connection): then the job starts again on
+    another port."""
+    for attempt in range(attempts):
+        rest_port = free_port()
+        job = make_job(rest_port).start()
+        rest = FlinkRest(f"localhost:{rest_port}")
+        try:
+            rest.wait_all_tasks_running(job.alive)
+            return job, rest
+        except FlinkRestError:
+            taken = not job.alive() and "Could not start rest endpoint" in job.log_tail(400)
+            job.stop()
+            if not taken or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")

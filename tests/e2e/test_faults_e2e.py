@@ -14,35 +14,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from control.flink_rest import FlinkRest, FlinkRestError
 from control.launcher import serving_job
 from infra.broker import EmbeddedBroker, ensure_topics, free_port
 from infra.kafka_tools import produce, read_until
 from schemas import Topics
-from tests.e2e.helpers import encoded, expected_window_ends, record_fault, replayed_readings, window_tally
+from tests.e2e.helpers import encoded, expected_window_ends, record_fault, replayed_readings, started, window_tally
 
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()
-
-
-def started(make_job, attempts: int = 3):
-    """Start ``make_job(rest_port)`` and wait until every task runs (readings sent before are read too,
-    but later); returns the job and its REST client. A port picked free can be taken before the
-    MiniCluster binds it (by another process's outgoing connection): then the job starts again on
-    another port."""
-    for attempt in range(attempts):
-        rest_port = free_port()
-        job = make_job(rest_port).start()
-        rest = FlinkRest(f"localhost:{rest_port}")
-        try:
-            rest.wait_all_tasks_running(job.alive)
-            return job, rest
-        except FlinkRestError:
-            taken = not job.alive() and "Could not start rest endpoint" in job.log_tail(400)
-            job.stop()
-            if not taken or attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 def predictions_until(bootstrap: str, job, expected: set, timeout_s: float) -> list:

@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from control.launcher import serving_job
-from control.flink_rest import FlinkRest
-from infra.broker import EmbeddedBroker, ensure_topics, free_port
+from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_tools import produce, read_quiet, read_until
 from model.export import export_onnx
 from model.network import WindowTransformer
@@ -22,7 +21,8 @@ from model.registry import ModelRegistry
 from model.spec import ModelSpec
 from model.train import weights_bytes
 from schemas import DeadLetter, ModelSnapshot, Topics
-from tests.e2e.helpers import collect, encoded, expected_window_ends, record_fault, replayed_readings, window_tally
+from tests.e2e.helpers import (collect, encoded, expected_window_ends, record_fault, replayed_readings, started,
+                               window_tally)
 
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()
@@ -103,11 +103,10 @@ def test_a_silent_device_is_forgotten_after_the_expiry(tmp_path, trained_registr
     rest = [r for r in readings if r["seq"] >= 20 and r not in trickle]
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         ensure_topics(broker.bootstrap, TOPICS)
-        port = free_port()
-        job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
-                          state_dir=str(tmp_path / "flink"), device_expiry_ms=4000, reset_gap_ms=0, rest_port=port)
+        job, _ = started(lambda port: serving_job(  # every task running first: the silence is job time
+            broker.bootstrap, tmp_path / "job.log", registry=trained_registry, state_dir=str(tmp_path / "flink"),
+            device_expiry_ms=4000, reset_gap_ms=0, rest_port=port))
         with job:
-            FlinkRest(f"localhost:{port}", timeout_s=2).wait_all_tasks_running(job.alive)  # silence is job time
             produce(broker.bootstrap, TOPICS.readings, encoded(early))
             for r in trickle:  # the busy device keeps talking while the quiet one is silent for 8 s
                 time.sleep(1)
