@@ -99,6 +99,11 @@ def dataset_stream(args: argparse.Namespace):
     except FileNotFoundError as exc:
         raise SystemExit(f"sensorloop: {exc}") from None
     stream = DatasetStream(dataset)
+    cfg = config_of(args)
+    if getattr(args, "device_type", None) is None and len(cfg.served_models) > 1:
+        name = dataset.manifest["model_name"]  # several models served: its readings name their model's type
+        declared = cfg.models.get(name)
+        args.device_type = declared.device_types[0] if declared is not None and declared.device_types else name
     return stream, float(dataset.manifest["sample_rate_hz"]) * len(stream.devices) * args.speed
 
 
@@ -116,7 +121,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def send() -> None:
         try:
             replay(args.bootstrap, config_of(args).topics.readings, rate, args.count, args.duration, args.devices,
-                   args.seed, args.split, drift, stats=stats, linger_ms=args.linger_ms, stream=stream)
+                   args.seed, args.split, drift, args.device_prefix, stats=stats, linger_ms=args.linger_ms,
+                   stream=stream, device_type=args.device_type)
         except Exception as exc:  # re-raised below, on the command's own thread
             failures.append(exc)
 
@@ -157,12 +163,27 @@ def _classes(args: argparse.Namespace) -> list[str]:
         raise SystemExit(f"{exc}; or declare the model as [models.{args.model_name}]") from None
 
 
+def _model_classes(args: argparse.Namespace) -> dict[str, list[str]] | None:
+    """Each served model's classes when several are served (None for one: ``_classes`` says it all)."""
+    from model.registry import ArtifactError
+    from operators.serving_model import serving_spec
+
+    cfg = config_of(args)
+    if len(cfg.served_models) < 2:
+        return None
+    try:
+        return {name: list(serving_spec(args.registry, name, None, cfg.declared_spec(name)).classes)
+                for name in cfg.served_models}
+    except ArtifactError as exc:
+        raise SystemExit(f"sensorloop: {exc}") from None
+
+
 def cmd_simulate_labelers(args: argparse.Namespace) -> int:
     from labeling.simulated import run_simulated_labelers
 
     classes = _classes(args)
     answered = run_simulated_labelers(args.bootstrap, config_of(args).topics, classes, args.delay_ms, args.error_rate,
-                                      duration_s=args.duration)
+                                      duration_s=args.duration, model_classes=_model_classes(args))
     print(f"answered {answered} review requests")
     return 0
 
@@ -227,11 +248,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"the devices' gyroscopes pick up a +4.0 calibration bias after {args.drift_after_s:.0f} s", flush=True)
     replayer = threading.Thread(target=replay, kwargs=dict(
         bootstrap=bootstrap, topic=topics.readings, rate=rate, duration_s=args.duration,
-        n_devices=args.devices, stop=stop, stats=stats, drift=drift, stream=stream), daemon=True)
+        n_devices=args.devices, stop=stop, stats=stats, drift=drift, stream=stream,
+        device_type=getattr(args, "device_type", None)), daemon=True)
     if learner is not None:
         threading.Thread(target=run_simulated_labelers, daemon=True, kwargs=dict(
             bootstrap=bootstrap, topics=topics, classes=_classes(args), delay_ms=300,
-            error_rate=args.label_error_rate, stop=stop)).start()
+            error_rate=args.label_error_rate, stop=stop, model_classes=_model_classes(args))).start()
     tail = TopicTail(bootstrap, [topics.predictions, topics.review_requests, topics.dead_letters, topics.labels])
     monitor = ServingMonitor()
     started = time.monotonic()
@@ -300,7 +322,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     server = LabelingServer(args.bootstrap, config_of(args).topics, credentials, classes, args.host, args.port,
                             args.lease_seconds, args.answers_needed, pipeline_metrics=lambda: job_metrics(urls),
                             max_queue=settings.max_queue, user_header=settings.user_header,
-                            trusted_proxies=tuple(a.strip() for a in settings.trusted_proxies.split(",") if a.strip()))
+                            trusted_proxies=tuple(a.strip() for a in settings.trusted_proxies.split(",") if a.strip()),
+                            model_classes=_model_classes(args))
     print(f"labeling page on {server.url}/?token=<your token> (classes: {', '.join(classes)})", flush=True)
     server.run()
     return 0
@@ -320,16 +343,30 @@ def cmd_labeler_add(args: argparse.Namespace) -> int:
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
+    """Versions of ``--model-name``, or of every served model (one table each) when it is not given."""
+    names = [args.model_name]
+    if not getattr(args, "model_chosen", True):
+        names = list(dict.fromkeys(config_of(args).served_models + names))
+    found = 0
+    for name in names:
+        if len(names) > 1:
+            print(f"model {name}")
+        found += _version_table(args.registry, name)
+    return 0 if found else 1
+
+
+def _version_table(root: str, name: str) -> int:
+    """Print one model's versions; returns how many there are."""
     from model.registry import ModelRegistry
 
-    registry = ModelRegistry(args.registry)
-    versions = registry.versions(args.model_name)
+    registry = ModelRegistry(root)
+    versions = registry.versions(name)
     if not versions:
-        print(f"no versions of {args.model_name} in {args.registry}")
-        return 1
+        print(f"no versions of {name} in {root}")
+        return 0
     rows = []
     for v in versions:
-        m = registry.metadata(args.model_name, v)
+        m = registry.metadata(name, v)
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m.created_at / 1000))
         accuracy = m.metrics.get("holdout_accuracy", m.metrics.get("test_accuracy"))
         ece = m.metrics.get("ece_after")
@@ -337,7 +374,7 @@ def cmd_model_list(args: argparse.Namespace) -> int:
                      "-" if accuracy is None else f"{accuracy:.3f}", "-" if ece is None else f"{ece:.3f}",
                      m.note or "-"])
     print(table(rows, ["version", "parent", "created (UTC)", "sha256", "data seen", "accuracy", "ECE", "note"]))
-    return 0
+    return len(versions)
 
 
 def cmd_model_show(args: argparse.Namespace) -> int:
@@ -482,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="an imported dataset (sensorloop data list); its devices, "
                    "at recorded speed times --speed (--rate is then ignored)")
     p.add_argument("--speed", type=float, default=1.0, help="multiple of the recorded speed (with --dataset)")
+    p.add_argument("--device-type", default=None, help="stamp this device_type on every reading (it picks the "
+                   "model when several are served; with --dataset and several served models: the dataset's model)")
+    p.add_argument("--device-prefix", default="device", help="BasicMotions devices are named <prefix>-000, ...")
     p.add_argument("--drift-after", type=int, default=None, help="readings before the drift starts")
     p.add_argument("--drift-gain", type=float, default=1.8, help="accelerometer gain after the drift")
     p.add_argument("--drift-classes", default="", help="comma-separated activity mix after the drift")
@@ -610,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         args.registry = cfg.registry.path
     if getattr(args, "model_name", "-") is None:
         args.model_name = cfg.registry.model_name
+        args.model_chosen = False  # not named on the command line: commands over every served model may list all
     asks_help = getattr(args, "passthrough", None) and {"-h", "--help"} & set(rest)
     if getattr(args, "needs_bootstrap", False) and not asks_help:
         args.bootstrap = resolve_bootstrap(args)

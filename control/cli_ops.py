@@ -4,6 +4,7 @@ cluster (submit, list, cancel, savepoint, resume) and ``status``."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -301,13 +302,13 @@ def cmd_job_savepoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def calibration_line(cfg: Config, version: int) -> str:
+def calibration_line(cfg: Config, version: int, model_name: str | None = None) -> str:
     """How well the served version's confidence is calibrated (from its registry metrics)."""
     from model.calibration import MIN_WINDOWS
     from model.registry import ArtifactError, ModelRegistry
 
     try:
-        metrics = ModelRegistry(cfg.registry.path).metadata(cfg.registry.model_name, version).metrics
+        metrics = ModelRegistry(cfg.registry.path).metadata(model_name or cfg.registry.model_name, version).metrics
     except ArtifactError as exc:
         return f"model v{version}: registry metadata unreadable ({exc})"
     if "temperature" not in metrics:
@@ -318,10 +319,21 @@ def calibration_line(cfg: Config, version: int) -> str:
             "held-out windows")
 
 
+def named_models(by_label: dict[str, dict], served: list[str]) -> dict[str, dict]:
+    """Per-model metrics keyed by model name: Prometheus label values have '_' for other characters
+    (``basic-motions`` arrives as ``basic_motions``).
+
+    >>> named_models({"basic_motions": {"predictions": 1.0}}, ["basic-motions"])
+    {'basic-motions': {'predictions': 1.0}}
+    """
+    names = {re.sub(r"[^A-Za-z0-9_]", "_", name): name for name in served}
+    return {names.get(label, label): values for label, values in by_label.items()}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Jobs on the cluster and their metrics from the Prometheus reporter."""
     from control.flink_rest import FlinkRestError
-    from control.metrics import LEARNING, SERVING, job_metrics
+    from control.metrics import LEARNING, SERVING, job_and_model_metrics
 
     rest = _rest(args)
     try:
@@ -329,7 +341,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except FlinkRestError as exc:
         print(f"flink: {exc}")
         return 1
-    metrics = job_metrics(metrics_urls(args))
+    metrics, per_model = job_and_model_metrics(metrics_urls(args))
     if not jobs:
         print("no running jobs")
     for job in jobs:
@@ -345,7 +357,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  checkpoints: {checkpoints.completed} completed, {checkpoints.failed} failed"
                   + (f" (latest failure: {checkpoints.latest_failure.splitlines()[0][:200]})"
                      if checkpoints.latest_failure else ""))
-        if "serving" in job.name and values.get("model_version"):
+        models = named_models(per_model.get(job.name, {}), config_of(args).served_models)
+        for name in sorted(models):  # several models served: each one's share, version and calibration
+            shown = ", ".join(f"{k}={models[name][k]:.0f}" for k in wanted if k in models[name])
+            print(f"  model {name}: {shown}")
+            if "serving" in job.name and models[name].get("model_version"):
+                print("    " + calibration_line(config_of(args), int(models[name]["model_version"]), name))
+        if "serving" in job.name and values.get("model_version") and not models:
             print("  " + calibration_line(config_of(args), int(values["model_version"])))
         if values.get("source_stalled_partitions", 0) > 0:
             print(f"  STALLED: {values['source_stalled_partitions']:.0f} readings partition(s) lost records the job "

@@ -64,8 +64,35 @@ def summarize(samples: list[Sample]) -> dict[str, dict[str, float]]:
         metric = s.name[len(OPERATOR_PREFIX):]
         if metric not in OURS or s.value != s.value:  # NaN
             continue
+        if "model" in s.labels and metric.startswith("model_"):
+            continue  # one model's share (summarize_models); the job's own gauge holds the total
         job = s.labels.get("job_name", "?").replace("_", "-")
         values = jobs.setdefault(job, {})
+        if metric in GAUGES:
+            values[metric] = max(values.get(metric, s.value), s.value)
+        else:
+            values[metric] = values.get(metric, 0.0) + s.value
+    return jobs
+
+
+def summarize_models(samples: list[Sample]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per job and model, the metrics the jobs register in a ``model`` group when they serve several
+    models (``..._operator_model_<metric>{model="<name>"}``): counters summed, gauges' maximum.
+
+    >>> text = ('flink_taskmanager_job_task_operator_model_predictions{job_name="sensorloop_serving",'
+    ...         'model="gait",subtask_index="0",} 3.0\\n')
+    >>> summarize_models(parse_prometheus(text))
+    {'sensorloop-serving': {'gait': {'predictions': 3.0}}}
+    """
+    jobs: dict[str, dict[str, dict[str, float]]] = {}
+    for s in samples:
+        if not s.name.startswith(OPERATOR_PREFIX + "model_") or "model" not in s.labels or s.value != s.value:
+            continue
+        metric = s.name[len(OPERATOR_PREFIX + "model_"):]
+        if metric not in OURS:
+            continue
+        job = s.labels.get("job_name", "?").replace("_", "-")
+        values = jobs.setdefault(job, {}).setdefault(s.labels["model"], {})
         if metric in GAUGES:
             values[metric] = max(values.get(metric, s.value), s.value)
         else:
@@ -98,3 +125,10 @@ def scrape(urls: list[str], timeout_s: float = 2.0) -> tuple[list[Sample], list[
 
 def job_metrics(urls: list[str]) -> dict[str, dict[str, float]]:
     return summarize(scrape(urls)[0])
+
+
+def job_and_model_metrics(urls: list[str]) -> tuple[dict[str, dict[str, float]],
+                                                    dict[str, dict[str, dict[str, float]]]]:
+    """``job_metrics`` and ``summarize_models`` from one scrape."""
+    samples = scrape(urls)[0]
+    return summarize(samples), summarize_models(samples)

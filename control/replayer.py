@@ -35,11 +35,13 @@ def make_producer(bootstrap: str, linger_ms: int = DEFAULT_LINGER_MS):
 def replay(bootstrap: str, topic: str, rate: float, count: int | None = None, duration_s: float | None = None,
            n_devices: int = 8, seed: int = 0, split: str = "test", drift: DriftPlan | None = None,
            device_prefix: str = "device", stop=None, stats: ReplayStats | None = None,
-           linger_ms: int = DEFAULT_LINGER_MS, stream: Iterator[dict] | None = None) -> ReplayStats:
+           linger_ms: int = DEFAULT_LINGER_MS, stream: Iterator[dict] | None = None,
+           device_type: str | None = None) -> ReplayStats:
     """Send readings (timestamp = send time) until ``count`` readings or ``duration_s`` seconds.
 
     ``rate`` is readings per second across all devices (0 = as fast as possible). ``stream`` gives
     the readings (an imported dataset's ``recordings.store.DatasetStream``); else BasicMotions.
+    ``device_type`` is stamped on every reading (it picks the model when several are served).
     """
     from model.datasets import load_basic_motions
 
@@ -68,6 +70,8 @@ def replay(bootstrap: str, topic: str, rate: float, count: int | None = None, du
             for _ in range(due):
                 reading = next(stream)
                 reading["ts"] = now
+                if device_type is not None:
+                    reading["device_type"] = device_type
                 producer.send(topic, key=reading["device_id"].encode(), value=orjson.dumps(reading))
             stats.sent += due
         producer.flush()

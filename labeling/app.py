@@ -171,7 +171,7 @@ def create_app(queue: ReviewQueue, publish: Callable[[Label], None], credentials
         with lock:
             req = queue.lease(labeler, now)
             waiting = queue.waiting()
-            classes = list(queue.classes)
+            classes = queue.classes_for(req) if req else list(queue.classes)
             expiry = queue.lease_expiry(req.review_id, labeler) if req else None
         if req is None:
             return JSONResponse({"request": None, "waiting": waiting, "classes": classes, "labeler": labeler})

@@ -79,7 +79,7 @@ class LabelingBridge:
                 with self.lock:
                     self.queue.add(request, record.partition, record.offset)
             else:
-                label = Label.decode(record.value, classes=self.queue.classes)
+                label = Label.decode(record.value, classes=self.queue.all_classes)
                 with self.lock:
                     self.queue.record(label)
         except SchemaError as exc:

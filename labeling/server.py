@@ -28,8 +28,9 @@ class LabelingServer:
     def __init__(self, bootstrap: str, topics: Topics, credentials: Credentials, classes: list[str],
                  host: str = "127.0.0.1", port: int = 8080, lease_s: float = 120.0, answers_needed: int = 1,
                  group_id: str = "sensorloop-labeling", pipeline_metrics=None, max_queue: int = 10_000,
-                 user_header: str = "", trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")) -> None:
-        self.queue = ReviewQueue(classes, lease_s, answers_needed, capacity=max_queue)
+                 user_header: str = "", trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1"),
+                 model_classes: dict[str, list[str]] | None = None) -> None:
+        self.queue = ReviewQueue(classes, lease_s, answers_needed, capacity=max_queue, model_classes=model_classes)
         self.bridge = LabelingBridge(bootstrap, self.queue, topics, group_id=group_id)
         self.app = create_app(self.queue, self.bridge.publish, credentials, lock=self.bridge.lock,
                               pipeline_metrics=pipeline_metrics, user_header=user_header,

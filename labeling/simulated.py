@@ -30,8 +30,10 @@ class SimulatedLabelers:
     """Answers review requests with the truth their window's prediction carried."""
 
     def __init__(self, classes: list[str], delay_ms: int = 500, error_rate: float = 0.0, n_labelers: int = 3,
-                 seed: int = 0, memory: int = 50_000) -> None:
+                 seed: int = 0, memory: int = 50_000, model_classes: dict[str, list[str]] | None = None) -> None:
         self.classes = list(classes)
+        self.model_classes = {k: list(v) for k, v in (model_classes or {}).items()}  # several models ask
+        self.model_of: dict[str, str] = {}  # review id -> the model that asked
         self.delay_ms, self.error_rate, self.memory = delay_ms, error_rate, memory
         self.labelers = [f"sim-labeler-{i}" for i in range(n_labelers)]
         self.rng = np.random.default_rng(seed)
@@ -53,6 +55,8 @@ class SimulatedLabelers:
 
     def on_request(self, request: dict, now_ms: int) -> None:
         review_id = request["review_id"]
+        if request.get("model_name") in self.model_classes:
+            self._remember(self.model_of, review_id, request["model_name"])
         if review_id in self.truth:
             self._schedule(review_id, now_ms)
         else:
@@ -67,13 +71,14 @@ class SimulatedLabelers:
         while self.queue and self.queue[0][0] <= now_ms:
             _, review_id = heapq.heappop(self.queue)
             truth = self.truth.pop(review_id, None)
+            classes = self.model_classes.get(self.model_of.pop(review_id, ""), self.classes)
             labeler = self.labelers[int(self.rng.integers(len(self.labelers)))]
-            if truth is None or truth not in self.classes:
+            if truth is None or truth not in classes:
                 out.append(Label(review_id, "unsure", labeler, now_ms, "unsure"))
                 continue
             answer = truth
             if self.rng.random() < self.error_rate:
-                answer = str(self.rng.choice([c for c in self.classes if c != truth]))
+                answer = str(self.rng.choice([c for c in classes if c != truth]))
             out.append(Label(review_id, answer, labeler, now_ms))
             self.answered += 1
         return out
@@ -81,13 +86,13 @@ class SimulatedLabelers:
 
 def run_simulated_labelers(bootstrap: str, topics: Topics, classes: list[str], delay_ms: int = 500,
                            error_rate: float = 0.0, stop: threading.Event | None = None,
-                           duration_s: float | None = None) -> int:
+                           duration_s: float | None = None, model_classes: dict[str, list[str]] | None = None) -> int:
     """Answer review requests on a broker until ``stop`` is set or ``duration_s`` passes; returns answers given."""
     from kafka import KafkaProducer
 
     from infra.kafka_tools import TopicTail
 
-    labelers = SimulatedLabelers(classes, delay_ms, error_rate)
+    labelers = SimulatedLabelers(classes, delay_ms, error_rate, model_classes=model_classes)
     tail = TopicTail(bootstrap, [topics.predictions, topics.review_requests])
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     started = time.monotonic()

@@ -98,5 +98,5 @@ class WindowScorer:
                     window_end=window.end, channels=list(model.spec.channels),
                     values=np.round(window.values, 5).tolist(), predicted=classes[top],
                     confidence=confidence, probabilities=probabilities,
-                    model_version=model.version, reason=reason, created_at=emitted))
+                    model_version=model.version, reason=reason, created_at=emitted, model_name=model.name))
         return predictions, reviews, unscored

@@ -40,6 +40,7 @@ class LabeledWindow:
     model_version: int
     labelers: list[str]
     answered_at: int = 0  # when the answer that resolved it was given (epoch ms)
+    model_name: str = ""  # the model that asked ("" when the request named none: the job's default model)
 
 
 @dataclass
@@ -58,52 +59,99 @@ class RefusedLabel:
     reason: str
 
 
+@dataclass(frozen=True)
+class JoinTarget:
+    """What answers to one model's requests must fit: its classes and (optionally) its window shape."""
+
+    classes: tuple[str, ...]
+    shape: tuple[int, int] | None = None
+
+
 class LabelJoiner:
     """Joins review requests with their answers. With ``shape`` (window, channels), a request whose
     values are not a window of that shape is refused with a ``SchemaError`` naming ``values``: the
     learner can learn only from windows the model takes.
+
+    With ``others`` (model name → ``JoinTarget``) it joins for several models: a request names its
+    model (one naming none is the default model's), and its answers must be that model's classes.
 
     >>> LabelJoiner(["run"], shape=(32, 6)).check_request(
     ...     ReviewRequest("d:1", "d", 0, 1, ["x"], [[0.0]], "run", 0.4, {"run": 1.0}, 1, "audit", 0))
     Traceback (most recent call last):
     ...
     schemas.base.SchemaError: values: a window of 1x1 values; the model takes 32x6
+    >>> j = LabelJoiner(["run", "walk"], others={"knee": JoinTarget(("ok", "freeze"))})
+    >>> state = j.new_state()
+    >>> j.on_label(state, Label("k:1", "run", "ann", 5), now_ms=5)
+    ([], [])
+    >>> done, rejected = j.on_request(state, ReviewRequest("k:1", "k", 0, 1, ["x"], [[0.5]], "ok", 0.4, {}, 1,
+    ...                                                    "audit", 0, model_name="knee"), now_ms=9)
+    >>> done, rejected[0].reason
+    ([], "label: unknown class 'run' for model knee; known: ['ok', 'freeze']")
     """
 
     def __init__(self, classes: list[str], ttl_ms: int = 3_600_000, answers_needed: int = 1,
-                 shape: tuple[int, int] | None = None) -> None:
+                 shape: tuple[int, int] | None = None, others: dict[str, JoinTarget] | None = None,
+                 name: str = "") -> None:
         self.classes = list(classes)
+        self.name = name  # the default model's name, when known: requests naming another unknown model are refused
         self.ttl_ms = ttl_ms
         self.answers_needed = answers_needed
         self.shape = shape
+        self.others = dict(others or {})
+        self.known = set(self.classes).union(*(t.classes for t in self.others.values()))
 
     def new_state(self) -> JoinState:
         return JoinState()
 
+    def _target(self, request: ReviewRequest) -> JoinTarget:
+        named = request.model_name
+        if named is not None and named in self.others:
+            return self.others[named]
+        if named is not None and named != self.name and (self.others or self.name):
+            raise SchemaError("model_name", f"no model {named!r} learns here "
+                                            f"(known: {sorted([self.name, *self.others])})")
+        return JoinTarget(tuple(self.classes), self.shape)
+
     def check_request(self, request: ReviewRequest) -> None:
-        if self.shape is None:
+        shape = self._target(request).shape
+        if shape is None:
             return
         rows = request.values
         found = (len(rows), len(rows[0]) if rows else 0)
-        if found != self.shape or any(len(row) != self.shape[1] for row in rows):
+        if found != shape or any(len(row) != shape[1] for row in rows):
             raise SchemaError("values", f"a window of {found[0]}x{found[1]} values; "
-                                        f"the model takes {self.shape[0]}x{self.shape[1]}")
+                                        f"the model takes {shape[0]}x{shape[1]}")
 
     def on_request(self, state: JoinState, request: ReviewRequest, now_ms: int):
         self.check_request(request)
         if state.first_seen_ms is None:
             state.first_seen_ms = now_ms
+        rejected: list[RefusedLabel] = []
         if state.request is None:
             state.request = request
-        return self._resolve(state), []
+            classes = self._target(request).classes
+            if self.others:  # answers that came first were checked against every model's classes only
+                kept = [a for a in state.answers if a[1] in classes]
+                rejected = [RefusedLabel(Label(request.review_id, lab, who, at, model_name=request.model_name),
+                                         f"label: unknown class {lab!r} for model {request.model_name}; "
+                                         f"known: {list(classes)}")
+                            for who, lab, at in state.answers if lab not in classes]
+                state.answers = kept
+        return self._resolve(state), rejected
 
     def on_label(self, state: JoinState, label: Label, now_ms: int):
         if state.first_seen_ms is None:
             state.first_seen_ms = now_ms
         if label.status != "answered":
             return [], []  # skip / not sure: recorded on the topic, nothing to learn
-        if label.label not in self.classes:
-            return [], [RefusedLabel(label, f"label: unknown class {label.label!r}; known: {self.classes}")]
+        if state.request is not None:
+            known = list(self._target(state.request).classes)
+        else:  # the request (and so the model) is not known yet: any served model's class may wait for it
+            known = sorted(self.known) if self.others else self.classes
+        if label.label not in known:
+            model = f" for model {state.request.model_name}" if state.request is not None and self.others else ""
+            return [], [RefusedLabel(label, f"label: unknown class {label.label!r}{model}; known: {known}")]
         if state.resolved:
             return [], [RefusedLabel(label, f"review {label.review_id!r} was already resolved")]
         if any(who == label.labeler for who, _, _ in state.answers):
@@ -121,7 +169,7 @@ class LabelJoiner:
         r = state.request
         return [LabeledWindow(r.review_id, r.device_id, np.asarray(r.values, np.float32), label, r.predicted,
                               r.model_version, [who for who, _, _ in state.answers],
-                              max(at for _, _, at in state.answers))]
+                              max(at for _, _, at in state.answers), r.model_name or "")]
 
     def expired(self, state: JoinState, now_ms: int) -> bool:
         return state.first_seen_ms is not None and now_ms - state.first_seen_ms >= self.ttl_ms

@@ -7,6 +7,7 @@ import time
 from typing import Sequence
 
 from schemas import DeadLetter, SchemaError, SensorReading
+from schemas.base import decode_json
 
 RAW_PREVIEW_BYTES = 16 * 1024
 
@@ -41,15 +42,24 @@ class ReadingParser:
     """
 
     def __init__(self, channel_names: Sequence[str], source_topic: str, max_bytes: int = 64 * 1024,
-                 max_abs: float = math.inf, max_future_ms: int = 0) -> None:
+                 max_abs: float = math.inf, max_future_ms: int = 0, model_name: str | None = None) -> None:
         self.channel_names = list(channel_names)
         self.source_topic = source_topic
         self.max_bytes, self.max_abs, self.max_future_ms = max_bytes, max_abs, max_future_ms
+        self.model_name = model_name  # named in its dead letters when several models are served
 
     def parse(self, raw: bytes, partition: int, offset: int, now_ms: int | None = None) -> SensorReading | DeadLetter:
         try:
-            reading = SensorReading.decode(raw, channel_names=self.channel_names, max_bytes=self.max_bytes,
-                                           max_abs=self.max_abs)
+            obj = decode_json(raw, self.max_bytes)
+        except SchemaError as exc:
+            return self.dead_letter(raw, partition, offset, str(exc), exc.field)
+        return self.parse_object(obj, raw, partition, offset, now_ms)
+
+    def parse_object(self, obj: dict, raw: bytes, partition: int, offset: int,
+                     now_ms: int | None = None) -> SensorReading | DeadLetter:
+        """As ``parse``, for a payload already decoded (``raw`` is kept for the dead letter)."""
+        try:
+            reading = SensorReading.from_dict(obj, channel_names=self.channel_names, max_abs=self.max_abs)
         except SchemaError as exc:
             return self.dead_letter(raw, partition, offset, str(exc), exc.field)
         if self.max_future_ms and now_ms is not None and reading.ts - now_ms > self.max_future_ms:
@@ -61,4 +71,43 @@ class ReadingParser:
     def dead_letter(self, raw: bytes, partition: int, offset: int, reason: str,
                     field: str | None = None, stage: str = "parse") -> DeadLetter:
         return DeadLetter(self.source_topic, partition, offset, reason, raw_text(raw), field, stage,
-                          int(time.time() * 1000))
+                          int(time.time() * 1000), self.model_name)
+
+
+class RoutedParser:
+    """Parses readings for several served models: the payload is decoded once, the router picks the
+    model (``operators.model_routing.DeviceRouter``), and that model's parser checks its channels.
+
+    >>> from operators.model_routing import DeviceRouter
+    >>> p = RoutedParser({"a": ReadingParser(["x"], "r", model_name="a"),
+    ...                   "b": ReadingParser(["x", "y"], "r", model_name="b")}, DeviceRouter({"a": "a", "b": "b"}))
+    >>> model, reading = p.parse(b'{"device_id": "d", "device_type": "b", "ts": 1, "values": [1, 2]}', 0, 1)
+    >>> model, reading.values
+    ('b', [1.0, 2.0])
+    >>> letter = p.parse(b'{"device_id": "d", "device_type": "a", "ts": 1, "values": [1, 2]}', 0, 2)
+    >>> letter.model_name, letter.reason
+    ('a', 'values: expected 1 channels, got 2')
+    >>> p.parse(b'{"device_id": "d", "ts": 1, "values": [1]}', 0, 3).field
+    'device_type'
+    """
+
+    def __init__(self, parsers: dict[str, ReadingParser], router) -> None:
+        self.parsers, self.router = parsers, router
+        self.fallback = next(iter(parsers.values()))
+
+    def parse(self, raw: bytes, partition: int, offset: int, now_ms: int | None = None
+              ) -> tuple[str, SensorReading] | DeadLetter:
+        try:
+            obj = decode_json(raw, self.fallback.max_bytes)  # every model's parser has the job's size limit
+            model = self.router.route(obj.get("device_id"), obj.get("device_type"))
+        except SchemaError as exc:
+            letter = self.fallback.dead_letter(raw, partition, offset, str(exc), exc.field)
+            letter.model_name = None
+            return letter
+        reading = self.parsers[model].parse_object(obj, raw, partition, offset, now_ms)
+        return reading if isinstance(reading, DeadLetter) else (model, reading)
+
+    def dead_letter(self, model: str | None, raw: bytes, partition: int, offset: int, reason: str,
+                    field: str | None = None, stage: str = "parse") -> DeadLetter:
+        return (self.parsers[model] if model in self.parsers else self.fallback).dead_letter(
+            raw, partition, offset, reason, field, stage)

@@ -50,8 +50,9 @@ class ReviewQueue:
     """In-memory queue over the ``review-requests`` topic; the topic stays the source of truth."""
 
     def __init__(self, classes: list[str], lease_s: float = 120.0, answers_needed: int = 1,
-                 recent: int = 200, capacity: int = 10_000) -> None:
+                 recent: int = 200, capacity: int = 10_000, model_classes: dict[str, list[str]] | None = None) -> None:
         self.classes = list(classes)
+        self.model_classes = {k: list(v) for k, v in (model_classes or {}).items()}  # when several models ask
         self.lease_s = lease_s
         self.answers_needed = answers_needed
         self.entries: dict[str, _Entry] = {}
@@ -62,6 +63,15 @@ class ReviewQueue:
         self._early: dict[str, list[Label]] = {}  # answers whose request has not come (yet)
         self.capacity = capacity
         self.evicted = 0
+
+    def classes_for(self, request: ReviewRequest) -> list[str]:
+        """The classes a request's model offers (``classes`` when the request names no other model)."""
+        return self.model_classes.get(request.model_name or "", self.classes)
+
+    @property
+    def all_classes(self) -> list[str]:
+        """Every class of every model asking here (what an answer on the labels topic may name)."""
+        return list(dict.fromkeys([*self.classes, *(c for cs in self.model_classes.values() for c in cs)]))
 
     def add(self, request: ReviewRequest, partition: int, offset: int) -> bool:
         """Queue a request (False when it is already known)."""
@@ -123,13 +133,15 @@ class ReviewQueue:
             raise ReviewError(f"unknown review id {review_id!r}", 404)
         if status not in Label.STATUSES:
             raise ReviewError(f"unknown status {status!r}; use one of {list(Label.STATUSES)}")
-        if status == "answered" and label not in self.classes:
-            raise ReviewError(f"unknown class {label!r}; known classes: {self.classes}")
+        classes = self.classes_for(entry.request)
+        if status == "answered" and label not in classes:
+            raise ReviewError(f"unknown class {label!r}; known classes: {classes}")
         if entry.done or labeler in entry.answered_by:
             raise ReviewError(f"review {review_id!r} is already answered", 409)
         if entry.leases.get(labeler, -1) <= now:
             raise ReviewError(f"review {review_id!r} is not leased to {labeler!r} (the lease may have expired)", 409)
-        return Label(review_id, label if status == "answered" else status, labeler, int(now * 1000), status)
+        return Label(review_id, label if status == "answered" else status, labeler, int(now * 1000), status,
+                     entry.request.model_name)
 
     def record(self, label: Label) -> None:
         """Apply an answer seen on the ``labels`` topic (ours or anyone's)."""

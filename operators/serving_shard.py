@@ -110,7 +110,7 @@ class InferenceShard:
             letter = DeadLetter(self.topics.model_snapshots, control.partition, control.offset,
                                 f"refused {message.model_name} v{message.version}, still serving "
                                 f"v{self.model.version}: {refused}", raw_text(message.encode()),
-                                "artifact_uri", "snapshot", now_ms)
+                                "artifact_uri", "snapshot", now_ms, message.model_name)
             out.append(dead_letter_out(self.topics.dead_letters, letter))
         return out, None
 
@@ -167,7 +167,7 @@ class InferenceShard:
             letter = DeadLetter(self.topics.readings, -1, -1,
                                 f"model {self.model_name} v{self.model.version} gave no finite probabilities for "
                                 f"the window of {window.device_id} ending at {window.end}", "", "values",
-                                "inference", now_ms)
+                                "inference", now_ms, self.model_name)
             out.append(dead_letter_out(self.topics.dead_letters, letter))
         if self.watch is not None and predictions:
             event = self.watch.observe([p.confidence for p in predictions], self.model.version, now_ms)

@@ -39,18 +39,19 @@ class Window:
     values: np.ndarray
     truth: str | None
     ingest_ms: int
+    model_name: str = ""  # the served model that scores it ("" where only one is served)
 
     def __reduce__(self):
         # Flink pickles every window two or three times on its way to inference; raw bytes pickle
         # about 3x faster than the array's own reduce
         values = self.values
         return _rebuild_window, (self.device_id, self.start, self.end, values.tobytes(), values.dtype.str,
-                                 values.shape, self.truth, self.ingest_ms)
+                                 values.shape, self.truth, self.ingest_ms, self.model_name)
 
 
 def _rebuild_window(device_id: str, start: int, end: int, raw: bytes, dtype: str, shape: tuple,
-                    truth: str | None, ingest_ms: int) -> Window:
-    return Window(device_id, start, end, _array(raw, dtype, shape), truth, ingest_ms)
+                    truth: str | None, ingest_ms: int, model_name: str = "") -> Window:
+    return Window(device_id, start, end, _array(raw, dtype, shape), truth, ingest_ms, model_name)
 
 
 def _array(raw: bytes, dtype: str, shape: tuple) -> np.ndarray:
@@ -96,6 +97,7 @@ class DeviceState:
     resets: int = 0
     last_seen_ms: int | None = None  # the job's clock when the device's newest reading arrived
     expiry_check_ms: int | None = None  # when the job checks next whether the device went idle for good
+    model_name: str = ""  # the served model whose windows this device's readings make
 
     def __reduce__(self):
         ring, ts = self.ring, self.ts
@@ -104,7 +106,8 @@ class DeviceState:
 
 
 _DEVICE_STATE_REST = ("labels", "count", "last_ts", "next_seq", "pending", "pending_keys", "max_ts", "device_id",
-                      "late", "gaps", "resets", "last_seen_ms", "expiry_check_ms")  # new fields last: old pickles load
+                      "late", "gaps", "resets", "last_seen_ms", "expiry_check_ms",
+                      "model_name")  # new fields last: old pickles load
 
 
 def _rebuild_device_state(ring: bytes, ring_dtype: str, ring_shape: tuple, ts: bytes, ts_dtype: str,
@@ -162,9 +165,9 @@ class SlidingWindower:
         """True when the device has sent nothing for ``expiry_ms`` (its state may then be dropped)."""
         return bool(expiry_ms) and state.last_seen_ms is not None and now_ms - state.last_seen_ms >= expiry_ms
 
-    def new_state(self) -> DeviceState:
+    def new_state(self, model_name: str = "") -> DeviceState:
         return DeviceState(np.zeros((self.length, self.n_channels), np.float32),
-                           np.zeros(self.length, np.int64), [None] * self.length)
+                           np.zeros(self.length, np.int64), [None] * self.length, model_name=model_name)
 
     def add(self, state: DeviceState, reading: SensorReading, ingest_ms: int
             ) -> tuple[list[Window], list[UnusableReading]]:
@@ -247,7 +250,7 @@ class SlidingWindower:
             truth = None if None in labels else Counter(labels[oldest:] + labels[:oldest]).most_common(1)[0][0]
             values = np.concatenate((state.ring[oldest:], state.ring[:oldest]))
             windows.append(Window(state.device_id, int(state.ts[oldest]), int(state.ts[oldest - 1]), values,
-                                  truth, ingest))
+                                  truth, ingest, state.model_name))
 
     def flush(self, state: DeviceState) -> list[Window]:
         """Use every held reading now (end of stream or idle device), skipping open gaps."""

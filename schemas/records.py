@@ -76,9 +76,10 @@ class SensorReading(_Record):
     values: list[float]
     seq: int | None = None
     label: str | None = None
+    device_type: str | None = None  # names the model that scores it, when several are served
 
     REQUIRED = ("device_id", "ts", "values")
-    OPTIONAL = ("schema_version", "seq", "label")
+    OPTIONAL = ("schema_version", "seq", "label", "device_type")
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], channels: int | None = None,
@@ -107,7 +108,8 @@ class SensorReading(_Record):
             raise SchemaError("values", f"expected {expected} channels, got {len(values)}")
         seq = require_int(obj, "seq", minimum=0) if obj.get("seq") is not None else None
         label = require_str(obj, "label") if obj.get("label") is not None else None
-        return cls(device_id, ts, values, seq, label)
+        device_type = require_id(obj, "device_type") if obj.get("device_type") is not None else None
+        return cls(device_id, ts, values, seq, label, device_type)
 
     @classmethod
     def decode(cls, raw: bytes | str, channels: int | None = None,
@@ -176,12 +178,13 @@ class ReviewRequest(_Record):
     model_version: int
     reason: str
     created_at: int
+    model_name: str | None = None  # None in records from before several models could be served
 
     MAX_BYTES = 1024 * 1024
     REASONS = ("low_confidence", "audit", "drift")
     REQUIRED = ("review_id", "device_id", "window_start", "window_end", "channels", "values",
                 "predicted", "confidence", "probabilities", "model_version", "reason", "created_at")
-    OPTIONAL = ("schema_version",)
+    OPTIONAL = ("schema_version", "model_name")
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "ReviewRequest":
@@ -215,6 +218,7 @@ class ReviewRequest(_Record):
             model_version=require_int(obj, "model_version", 0),  # 0: no trained version yet (cold start)
             reason=reason,
             created_at=require_int(obj, "created_at", 0),
+            model_name=require_id(obj, "model_name") if obj.get("model_name") is not None else None,
         )
 
 
@@ -227,10 +231,11 @@ class Label(_Record):
     labeler: str
     answered_at: int
     status: str = "answered"
+    model_name: str | None = None  # the model of the review it answers (the labeling page fills it in)
 
     STATUSES = ("answered", "skipped", "unsure")
     REQUIRED = ("review_id", "label", "labeler", "answered_at")
-    OPTIONAL = ("schema_version", "status")
+    OPTIONAL = ("schema_version", "status", "model_name")
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], classes: Sequence[str] | None = None) -> "Label":
@@ -241,7 +246,8 @@ class Label(_Record):
         if status == "answered" and classes is not None and label not in classes:
             raise SchemaError("label", f"unknown class {label!r}; known: {list(classes)}")
         return cls(require_id(obj, "review_id"), label, require_id(obj, "labeler"),
-                   require_int(obj, "answered_at", 0), status)
+                   require_int(obj, "answered_at", 0), status,
+                   require_id(obj, "model_name") if obj.get("model_name") is not None else None)
 
 
 @dataclass(slots=True)
@@ -321,13 +327,14 @@ class DeadLetter(_Record):
     field: str | None = None
     stage: str = "parse"
     failed_at: int = 0
+    model_name: str | None = None  # the model the refused record was meant for, where known
 
     MAX_BYTES = 4 * 1024 * 1024
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "DeadLetter":
         check_fields(obj, ("source_topic", "partition", "offset", "reason", "raw"),
-                     ("schema_version", "field", "stage", "failed_at"))
+                     ("schema_version", "field", "stage", "failed_at", "model_name"))
         return cls(require_str(obj, "source_topic"), require_int(obj, "partition"),
                    require_int(obj, "offset"), require_str(obj, "reason", 4096), str(obj["raw"]),
-                   obj.get("field"), obj.get("stage", "parse"), int(obj.get("failed_at", 0)))
+                   obj.get("field"), obj.get("stage", "parse"), int(obj.get("failed_at", 0)), obj.get("model_name"))

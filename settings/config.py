@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from schemas.topics import Topics
-from settings.models import ModelDeclaration
+from settings.models import NAME, ModelDeclaration
 from settings.sections import (
     BrokerSettings,
     DataSettings,
@@ -75,6 +75,20 @@ class Config:
     def served_spec(self) -> dict[str, Any] | None:
         """The served model's declared spec (what a cold start begins from), or None."""
         return self.served_model.spec_dict() if self.served_model is not None else None
+
+    @property
+    def served_models(self) -> list[str]:
+        """The models the jobs serve and train: ``serving.models``, or just ``registry.model_name``.
+
+        >>> Config().served_models
+        ['basic-motions']
+        """
+        return [n.strip() for n in self.serving.models.split(",") if n.strip()] or [self.registry.model_name]
+
+    def declared_spec(self, model_name: str) -> dict[str, Any] | None:
+        """``model_name``'s declared spec, or None when the configuration does not declare it."""
+        declared = self.models.get(model_name)
+        return declared.spec_dict() if declared is not None else None
 
     def with_values(self, values: Mapping[str, Any], origin: str = "flags") -> "Config":
         """A copy with ``section.key`` values set (typed values or strings, as from a flag).
@@ -145,6 +159,25 @@ def _check_across(cfg: Config) -> list[str]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         problems.append(f"topics: two topics share the name {', '.join(duplicates)}")
+    return problems + _check_served(cfg)
+
+
+def _check_served(cfg: Config) -> list[str]:
+    """Served model names are ids, each served once, and no device type is claimed by two models."""
+    problems, served = [], cfg.served_models
+    for name in served:
+        if not NAME.fullmatch(name):
+            problems.append(f"serving.models: {name!r} is not a model name (letters, digits, '.', '_', '-')")
+    repeated = sorted({n for n in served if served.count(n) > 1})
+    if repeated:
+        problems.append(f"serving.models: {', '.join(repeated)} listed twice")
+    owner: dict[str, str] = {}
+    for name in dict.fromkeys(served):
+        declared = cfg.models.get(name)
+        for kind in (declared.device_types if declared and declared.device_types else (name,)):
+            if kind in owner:
+                problems.append(f"models.{name}.device_types: {kind!r} is already {owner[kind]}'s device type")
+            owner.setdefault(kind, name)
     return problems
 
 

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 KEYS = ("channels", "units", "sample_rate_hz", "window", "stride", "classes", "d_model", "n_heads", "n_layers",
-        "d_ff", "dropout")
+        "d_ff", "dropout", "device_types", "devices")
 
 
 def _samples(value: Any, rate: float, key: str) -> int:
@@ -63,6 +63,8 @@ class ModelDeclaration:
     n_layers: int = 2
     d_ff: int = 128
     dropout: float = 0.1
+    device_types: tuple[str, ...] = ()  # a reading's "device_type" values this model scores (default: its name)
+    devices: tuple[str, ...] = ()  # device id patterns (fnmatch, e.g. "wrist-*") for readings without a type
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any]) -> "ModelDeclaration":
@@ -109,9 +111,15 @@ class ModelDeclaration:
         dropout = table.get("dropout", 0.1)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             problems.append(f"dropout: expected a number in [0, 1), got {dropout!r}")
+        device_types = _names(table.get("device_types", []), "device_types", problems)
+        for kind in device_types:
+            if not NAME.fullmatch(kind):
+                problems.append(f"device_types: {kind!r}: letters, digits, '.', '_' and '-' only, at most 64")
+        devices = _names(table.get("devices", []), "devices", problems)
         if problems:
             raise ValueError("; ".join(problems))
-        return cls(name, channels, classes, float(rate), window, stride, units, dropout=float(dropout), **sizes)
+        return cls(name, channels, classes, float(rate), window, stride, units, dropout=float(dropout),
+                   device_types=device_types, devices=devices, **sizes)
 
     def spec_dict(self) -> dict[str, Any]:
         """The registry's model spec (``model.spec.ModelSpec.from_dict`` reads it)."""
@@ -128,4 +136,8 @@ class ModelDeclaration:
                                  "d_ff": self.d_ff, "dropout": self.dropout}
         if self.units:
             table["units"] = list(self.units)
+        if self.device_types:
+            table["device_types"] = list(self.device_types)
+        if self.devices:
+            table["devices"] = list(self.devices)
         return table

@@ -138,6 +138,7 @@ class ServingSettings:
     confidence_drift_delta: float = 0.002  # ADWIN on served confidence (a fall is a drift event); 0: off
     drift_budget_per_minute: int = 600  # review budget for a while after a drift (either job's detector)
     drift_boost_seconds: int = 120
+    models: str = ""  # comma-separated models served side by side (readings pick one); empty: registry.model_name
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "window", "stride", "max_batch", "max_seq_gap_buffer", "inference_threads")

@@ -12,8 +12,8 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
-from model.registry import ModelRegistry
-from operators.label_join import LabelJoiner
+from model.registry import ArtifactError, ModelRegistry
+from operators.label_join import JoinTarget, LabelJoiner
 from operators.learning import LearningLoop, VersionPublisher, loop_from_registry
 from operators.learning_state import AcceptedVersion, LoopJournal
 from operators.parse import raw_text
@@ -35,18 +35,21 @@ from stream_jobs.kafka_io import (
 class JoinAnswers(KeyedProcessFunction):
     """Per review id: waits for the request and its answers (either order), with a TTL."""
 
-    def __init__(self, cfg: Config, classes: list[str], shape: tuple[int, int]) -> None:
-        self.topics, self.classes, self.shape = cfg.topics, classes, shape
+    def __init__(self, cfg: Config, targets: dict[str, JoinTarget]) -> None:
+        self.topics, self.targets = cfg.topics, targets
         self.ttl_ms, self.answers_needed = cfg.learning.label_ttl_ms, cfg.labeling.answers_needed
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.joiner = LabelJoiner(self.classes, self.ttl_ms, self.answers_needed, self.shape)
+        (first, default), *others = self.targets.items()
+        self.joiner = LabelJoiner(list(default.classes), self.ttl_ms, self.answers_needed, default.shape,
+                                  dict(others) if others else None, first)
         self.state = runtime_context.get_state(ValueStateDescriptor("join", Types.PICKLED_BYTE_ARRAY()))
         self.joined = runtime_context.get_metrics_group().counter("labeled_windows")
 
-    def _letter(self, topic: str, partition: int, offset: int, reason: str, raw: bytes | str, field=None):
+    def _letter(self, topic: str, partition: int, offset: int, reason: str, raw: bytes | str, field=None,
+                model_name: str | None = None):
         text = raw if isinstance(raw, str) else raw_text(raw)
-        letter = DeadLetter(topic, partition, offset, reason, text, field, "label-join", now_ms())
+        letter = DeadLetter(topic, partition, offset, reason, text, field, "label-join", now_ms(), model_name)
         return DEAD_LETTERS, dead_letter_record(self.topics.dead_letters, letter)
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
@@ -68,7 +71,8 @@ class JoinAnswers(KeyedProcessFunction):
             self.joined.inc()
             yield item
         for r in rejected:
-            yield self._letter(self.topics.labels, partition, offset, r.reason, r.label.encode(), "label")
+            yield self._letter(self.topics.labels, partition, offset, r.reason, r.label.encode(), "label",
+                               r.label.model_name)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         state = self.state.value()
@@ -83,8 +87,8 @@ class JoinAnswers(KeyedProcessFunction):
 
 
 class LearnAndPublish(KeyedProcessFunction):
-    """Online learning for one model (keyed by model name, so parallelism 1 per model); an
-    ``operators.learning.VersionPublisher`` does the work.
+    """Online learning per model (keyed by model name, so parallelism 1 per model; each model learns,
+    gates and versions on its own); an ``operators.learning.VersionPublisher`` does the work.
 
     The learning loop (weights, optimizer, replay reservoir, holdout, drift detector) lives in memory
     and in keyed state as a snapshot plus a journal of the steps since (``operators.learning_state``),
@@ -99,8 +103,8 @@ class LearnAndPublish(KeyedProcessFunction):
         torch.set_num_threads(1)
         cfg = self.cfg
         self.registry = ModelRegistry(cfg.registry.path)
-        self.publisher = VersionPublisher(self.registry, cfg.registry.model_name, cfg.topics, cfg.serving,
-                                          cfg.registry.signing_key)
+        self.publishers = {name: VersionPublisher(self.registry, name, cfg.topics, cfg.serving,
+                                                  cfg.registry.signing_key) for name in cfg.served_models}
         self.snapshot = runtime_context.get_state(ValueStateDescriptor("loop", Types.PICKLED_BYTE_ARRAY()))
         self.journal_state = runtime_context.get_list_state(
             ListStateDescriptor("journal", Types.PICKLED_BYTE_ARRAY()))
@@ -110,20 +114,27 @@ class LearnAndPublish(KeyedProcessFunction):
         self.progress = (0.0, 0)  # (prequential accuracy, model version) after the latest labeled window
         self.label_lag_ms = 0  # from a label's answer to its learning step, latest
         group = runtime_context.get_metrics_group()
-        group.gauge("versions_published", lambda: self.publisher.published)
-        group.gauge("drift_events", lambda: self.publisher.drift_events)
+        publishers = list(self.publishers.values())
+        group.gauge("versions_published", lambda: sum(p.published for p in publishers))
+        group.gauge("drift_events", lambda: sum(p.drift_events for p in publishers))
         group.gauge("labeled_windows_learned", lambda: self.learned)
         group.gauge("label_lag_ms", lambda: int(self.label_lag_ms))
         group.gauge("prequential_accuracy_pct", lambda: int(round(self.progress[0] * 100)))
         group.gauge("model_version", lambda: int(self.progress[1]))
-
+        self.by_model: dict[str, tuple[float, int]] = {}  # per model: (prequential accuracy, version)
+        if len(self.publishers) > 1:  # per model: flink_..._operator_model_<metric>{model="<name>"}
+            for name, publisher in self.publishers.items():
+                sub = group.add_group("model", name)
+                sub.gauge("versions_published", lambda p=publisher: p.published)
+                sub.gauge("prequential_accuracy_pct",
+                          lambda name=name: int(round(self.by_model.get(name, (0.0, 0))[0] * 100)))
+                sub.gauge("model_version", lambda name=name: int(self.by_model.get(name, (0.0, 0))[1]))
     def _loop(self, key: str) -> LearningLoop:
         loop = self.loops.get(key)
         if loop is None:
             loop = self.journal.restore(
                 self.snapshot.value(), list(self.journal_state.get() or []),
-                lambda: loop_from_registry(self.registry, self.cfg.registry.model_name, self.cfg.learning,
-                                           self.cfg.served_spec))
+                lambda: loop_from_registry(self.registry, key, self.cfg.learning, self.cfg.declared_spec(key)))
             self.loops[key] = loop
         return loop
 
@@ -134,29 +145,42 @@ class LearnAndPublish(KeyedProcessFunction):
             self.journal_state.clear()
 
     def process_element(self, item, ctx: KeyedProcessFunction.Context):
-        loop = self._loop(ctx.get_current_key())
+        key = ctx.get_current_key()
+        loop = self._loop(key)
         now = now_ms()
         if item.answered_at:
             self.label_lag_ms = max(0, now - item.answered_at)
-        learned = self.publisher.learn(loop, item, now)
+        learned = self.publishers[key].learn(loop, item, now)
         self._journal(item, loop)
         if learned.accepted is not None:
             self._journal(AcceptedVersion(*learned.accepted), loop)
         yield from map(routed, learned.outgoing)
         self.learned += 1
-        self.progress = (loop.prequential_accuracy, loop.version)
+        self.progress = self.by_model[key] = (loop.prequential_accuracy, loop.version)
+
+
+def join_targets(cfg: Config) -> dict[str, JoinTarget]:
+    """Each served model's classes and window shape (its newest version's, or its declaration's on a
+    cold start); the first is the model of requests that name none."""
+    targets = {}
+    for name in cfg.served_models:
+        spec = serving_spec(cfg.registry.path, name, None, cfg.declared_spec(name))
+        targets[name] = JoinTarget(tuple(spec.classes), (spec.window, spec.n_channels))
+    return targets
 
 
 def build_learning_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     topics, group_id = cfg.topics, run.group_id or "sensorloop-learning"
-    model_name = cfg.registry.model_name
-    spec = serving_spec(cfg.registry.path, model_name, None, cfg.served_spec)  # the declared one on a cold start
-    classes, shape = list(spec.classes), (spec.window, spec.n_channels)
+    try:
+        targets = join_targets(cfg)
+    except ArtifactError as exc:
+        raise SystemExit(f"sensorloop learning job: {exc}") from None
+    default = next(iter(targets))
     records = keyed_source(env, cfg.broker.bootstrap, [topics.review_requests, topics.labels], group_id,
                            "reviews-and-labels", "review_id")
-    labeled = (records.process(JoinAnswers(cfg, classes, shape), output_type=Types.PICKLED_BYTE_ARRAY())
+    labeled = (records.process(JoinAnswers(cfg, targets), output_type=Types.PICKLED_BYTE_ARRAY())
                .name("join-answers").uid("join-answers"))
-    published = (labeled.key_by(lambda item: model_name, key_type=Types.STRING())
+    published = (labeled.key_by(lambda item: item.model_name or default, key_type=Types.STRING())
                  .process(LearnAndPublish(cfg), output_type=Types.STRING())
                  .name("learn-and-publish").uid("learn-and-publish"))
     out = published.union(labeled.get_side_output(DEAD_LETTERS))

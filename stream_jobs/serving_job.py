@@ -11,6 +11,7 @@ import gc
 import logging
 import time
 import zlib
+from dataclasses import replace
 
 from pyflink.common import Types
 from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, RuntimeContext
@@ -19,14 +20,14 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from model.registry import ArtifactError, ModelRegistry
 from model.spec import ModelSpec
 from model.signing import AnnouncementVerifier
-from operators.parse import ReadingParser, raw_text
+from operators.model_routing import DeviceRouter, ServedModel, served_models
+from operators.parse import ReadingParser, RoutedParser, raw_text
 from operators.serving_model import (
     ControlMessage,
     input_mismatch,
     load_from_registry,
     load_newest_usable,
     load_snapshot,
-    serving_spec,
     untrained_model,
 )
 from operators.serving_shard import InferenceShard
@@ -55,19 +56,24 @@ class ReadingsToWindows(KeyedProcessFunction):
     """Validate each record and cut per-device sliding windows, in one keyed operator.
 
     The stream is keyed in Java by the payload's ``device_id`` (``JsonKeyedDeserializer``), so each
-    reading crosses into Python once. Bad records become dead letters with their partition and
-    offset; window state lives in Flink keyed state (checkpointed).
+    reading crosses into Python once. With several served models, each reading's device type (or
+    device id pattern) picks the model whose channels, window and stride apply. Bad records become
+    dead letters with their partition and offset; window state lives in Flink keyed state (checkpointed).
     """
 
-    def __init__(self, cfg: Config, channels: list[str]) -> None:
-        self.cfg, self.channels = cfg, channels
+    def __init__(self, cfg: Config, models: list[ServedModel]) -> None:
+        self.cfg, self.models = cfg, models
 
     def open(self, runtime_context: RuntimeContext) -> None:
         s, topics = self.cfg.serving, self.cfg.topics
-        self.parser = ReadingParser(self.channels, topics.readings, s.max_message_bytes, s.max_abs_value,
-                                    s.max_future_ms)
-        self.windower = SlidingWindower(s.window, s.stride, len(self.channels), s.max_out_of_order_ms,
-                                        s.max_seq_gap_buffer, s.reset_gap_ms, s.seq_gap_timeout_ms, s.max_seq_jump)
+        named = len(self.models) > 1  # dead letters name the model when there is a choice
+        self.parser = RoutedParser(
+            {m.name: ReadingParser(m.channels, topics.readings, s.max_message_bytes, s.max_abs_value,
+                                   s.max_future_ms, m.name if named else None) for m in self.models},
+            DeviceRouter.for_models([m.name for m in self.models], self.cfg.models))
+        self.windowers = {m.name: SlidingWindower(m.window, m.stride, len(m.channels), s.max_out_of_order_ms,
+                                                  s.max_seq_gap_buffer, s.reset_gap_ms, s.seq_gap_timeout_ms,
+                                                  s.max_seq_jump) for m in self.models}
         self.state = runtime_context.get_state(ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY()))
         group = runtime_context.get_metrics_group()
         self.readings_in = group.counter("readings_in")
@@ -91,6 +97,19 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.dead.inc()
         return DEAD_LETTERS, dead_letter_record(self.cfg.topics.dead_letters, letter)
 
+    def _device_state(self, model: str):
+        """The device's window state for ``model``'s readings, or why the reading cannot use it."""
+        state = self.state.value()
+        if state is None:
+            return self.windowers[model].new_state(model)
+        if not state.model_name and len(self.models) == 1:
+            state.model_name = model  # kept before models were named (one model served)
+        if state.model_name != model:
+            return (f"device_type: device {state.device_id!r} sends readings for model {state.model_name}; this one "
+                    f"is for {model} (a device's readings go to one model; after "
+                    f"{self.cfg.serving.device_expiry_ms // 1000} s of silence it may change)")
+        return state
+
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         _, partition, offset, ingest_ms, payload = split_envelope(value)
         self.readings_in.inc()
@@ -98,18 +117,23 @@ class ReadingsToWindows(KeyedProcessFunction):
         if went_back is not None:
             report(went_back)
         now = ctx.timer_service().current_processing_time()
-        reading = self.parser.parse(payload, partition, offset, now)
-        if isinstance(reading, DeadLetter):
-            yield self._dead_letter(reading)
+        parsed = self.parser.parse(payload, partition, offset, now)
+        if isinstance(parsed, DeadLetter):
+            yield self._dead_letter(parsed)
             return
+        model, reading = parsed
         if reading.device_id != ctx.get_current_key():  # e.g. a duplicated "device_id" field
-            yield self._dead_letter(self.parser.dead_letter(payload, partition, offset,
+            yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset,
                                                             "device_id: ambiguous (appears more than once)",
                                                             "device_id"))
             return
-        state = self.state.value() or self.windower.new_state()
-        windows, rejections = self.windower.add(state, reading, ingest_ms)
-        expiry_check = self.windower.touch(state, now, self.cfg.serving.device_expiry_ms)
+        state = self._device_state(model)
+        if isinstance(state, str):
+            yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset, state, "device_type"))
+            return
+        windower = self.windowers[model]
+        windows, rejections = windower.add(state, reading, ingest_ms)
+        expiry_check = windower.touch(state, now, self.cfg.serving.device_expiry_ms)
         self.state.update(state)
         if expiry_check is not None:
             ctx.timer_service().register_processing_time_timer(expiry_check)
@@ -118,7 +142,7 @@ class ReadingsToWindows(KeyedProcessFunction):
             yield window
         for rejection in rejections:
             self.late.inc()
-            yield self._dead_letter(self.parser.dead_letter(payload, partition, offset, rejection.reason,
+            yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset, rejection.reason,
                                                             "seq" if reading.seq is not None else "ts", "window"))
         if state.pending:
             ctx.timer_service().register_processing_time_timer(now + IDLE_FLUSH_MS)
@@ -128,16 +152,17 @@ class ReadingsToWindows(KeyedProcessFunction):
         if state is None:
             return
         now = ctx.timer_service().current_processing_time()
-        if self.windower.expired(state, now, self.cfg.serving.device_expiry_ms):
+        windower = self.windowers.get(state.model_name) or self.windowers[self.models[0].name]
+        if windower.expired(state, now, self.cfg.serving.device_expiry_ms):
             self.state.clear()  # held readings older than the expiry are of no use to any window
             self.expired.inc()
             return
         if not state.pending:
             return
-        if not self.windower.idle(state, now, IDLE_FLUSH_MS):
+        if not windower.idle(state, now, IDLE_FLUSH_MS):
             ctx.timer_service().register_processing_time_timer(timestamp + IDLE_FLUSH_MS)
             return
-        windows = self.windower.flush(state)
+        windows = windower.flush(state)
         self.state.update(state)
         for window in windows:
             self.windows_out.inc()
@@ -165,12 +190,14 @@ class FanOutControls(KeyedProcessFunction):
 
 
 class PendingState:
-    """The pending windows of one shard in Flink keyed state (an ``operators.batching.PendingStore``)."""
+    """The pending windows of one shard and model in Flink keyed state (an ``operators.batching.PendingStore``);
+    ``suffix`` tells models apart (the first served model keeps the unsuffixed names of one-model jobs)."""
 
-    def __init__(self, runtime_context: RuntimeContext) -> None:
-        self.items = runtime_context.get_list_state(ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
-        self.n = runtime_context.get_state(ValueStateDescriptor("count", Types.INT()))
-        self.oldest = runtime_context.get_state(ValueStateDescriptor("oldest", Types.LONG()))
+    def __init__(self, runtime_context: RuntimeContext, suffix: str = "") -> None:
+        self.items = runtime_context.get_list_state(ListStateDescriptor("pending" + suffix,
+                                                                        Types.PICKLED_BYTE_ARRAY()))
+        self.n = runtime_context.get_state(ValueStateDescriptor("count" + suffix, Types.INT()))
+        self.oldest = runtime_context.get_state(ValueStateDescriptor("oldest" + suffix, Types.LONG()))
 
     def append(self, item) -> int:
         self.items.add(item)
@@ -195,88 +222,120 @@ class PendingState:
         self.oldest.update(ms)
 
 
+def starting_model(cfg: Config, name: str, primary: bool):
+    """The version ``name`` starts serving with, and why newer versions were passed over."""
+    s, registry = cfg.serving, cfg.registry
+    if primary and s.model_version:  # pinned: that version or nothing
+        return load_from_registry(registry.path, name, s.model_version, s.runtime, s.device, s.inference_threads), []
+    if cfg.models.get(name) is not None and not ModelRegistry(registry.path).versions(name):
+        log.warning("cold start: %s has no trained version yet; every window goes to review until "
+                    "the learning job publishes v1", name)
+        return untrained_model(name, ModelSpec.from_dict(cfg.declared_spec(name))), []
+    return load_newest_usable(registry.path, name, s.runtime, s.device, s.inference_threads)
+
+
 class InferBatches(KeyedCoProcessFunction):
     """Windows on the first input and model announcements / drift events on the second, both keyed
-    by inference shard; an ``operators.serving_shard.InferenceShard`` does the work. The accepted
-    announcement is kept in keyed state, so a restored job serves the same version."""
+    by inference shard; per served model an ``operators.serving_shard.InferenceShard`` does the work
+    (its own batches, review budget and version). The accepted announcements are kept in keyed
+    state, so a restored job serves the same versions."""
 
-    def __init__(self, cfg: Config, channels: list[str], stats_file: str = "") -> None:
-        self.cfg, self.channels, self.stats_file = cfg, channels, stats_file
+    def __init__(self, cfg: Config, models: list[ServedModel], stats_file: str = "") -> None:
+        self.cfg, self.models, self.stats_file = cfg, models, stats_file
 
     def open(self, runtime_context: RuntimeContext) -> None:
         s, registry = self.cfg.serving, self.cfg.registry
-        passed_over: list[str] = []
-        if s.model_version:  # pinned: that version or nothing
-            model = load_from_registry(registry.path, registry.model_name, s.model_version, s.runtime, s.device,
-                                       s.inference_threads)
-        elif self.cfg.served_model is not None and not ModelRegistry(registry.path).versions(registry.model_name):
-            model = untrained_model(registry.model_name, ModelSpec.from_dict(self.cfg.served_spec))
-            log.warning("cold start: %s has no trained version yet; every window goes to review until "
-                        "the learning job publishes v1", registry.model_name)
-        else:
-            model, passed_over = load_newest_usable(registry.path, registry.model_name, s.runtime, s.device,
-                                                    s.inference_threads)
-        for reason in passed_over:
-            log.error("serving %s v%d: a newer version cannot be served: %s", model.name, model.version, reason)
-        mismatch = input_mismatch(model.spec, s.window, self.channels)
-        if mismatch:  # build_serving_job checked the same; the registry changed in between
-            raise ArtifactError(f"{model.name} v{model.version} cannot serve: {mismatch}")
         verifier = AnnouncementVerifier.load(registry.verify_key) if registry.verify_key else None
-        self.shard = InferenceShard(s, registry.model_name, self.cfg.topics, model,
-                                    lambda snap: load_snapshot(snap, s.runtime, s.device, s.inference_threads,
-                                                               registry.path, verifier),
-                                    self.stats_file)
-        gc.collect()
-        gc.freeze()  # the loaded libraries and model stay out of the collector's way on the hot path
-        self.store = PendingState(runtime_context)
-        self.accepted = runtime_context.get_state(ValueStateDescriptor("accepted", Types.PICKLED_BYTE_ARRAY()))
-        self.restore_checked = False
+        self.primary = self.models[0].name
+        self.shards: dict[str, InferenceShard] = {}
+        self.stores: dict[str, PendingState] = {}
+        self.accepted = {}
+        unusable = 0
         group = runtime_context.get_metrics_group()
-        tally = self.shard.tally
-        for name in ("predictions", "review_requests", "batches", "model_swaps", "model_refused",
-                     "confidence_drifts", "inference_us_total", "unscored_windows"):
-            group.gauge(name, lambda name=name: int(getattr(tally, name)))
-        group.gauge("batch_size", lambda: tally.last_batch_size)
-        group.gauge("inference_ms", lambda: int(round(tally.last_inference_ms)))
-        group.gauge("model_version", lambda: int(self.shard.model.version))
-        group.gauge("model_versions_unusable", lambda: len(passed_over))
+        for i, served in enumerate(self.models):
+            name = served.name
+            model, passed_over = starting_model(self.cfg, name, name == registry.model_name)
+            for reason in passed_over:
+                log.error("serving %s v%d: a newer version cannot be served: %s", name, model.version, reason)
+            unusable += len(passed_over)
+            mismatch = input_mismatch(model.spec, served.window, served.channels)
+            if mismatch:  # build_serving_job checked the same; the registry changed in between
+                raise ArtifactError(f"{name} v{model.version} cannot serve: {mismatch}")
+            settings = replace(s, window=served.window, stride=served.stride)
+            shard = InferenceShard(settings, name, self.cfg.topics, model,
+                                   lambda snap, settings=settings: load_snapshot(
+                                       snap, settings.runtime, settings.device, settings.inference_threads,
+                                       registry.path, verifier),
+                                   self.stats_file)
+            suffix = "" if i == 0 else f"-{name}"
+            self.shards[name] = shard
+            self.stores[name] = PendingState(runtime_context, suffix)
+            self.accepted[name] = runtime_context.get_state(
+                ValueStateDescriptor("accepted" + suffix, Types.PICKLED_BYTE_ARRAY()))
+            if len(self.models) > 1:  # per model: flink_..._operator_model_<metric>{model="<name>"}
+                _shard_gauges(group.add_group("model", name), [shard])
+        gc.collect()
+        gc.freeze()  # the loaded libraries and models stay out of the collector's way on the hot path
+        self.restore_checked = False
+        _shard_gauges(group, list(self.shards.values()))
+        group.gauge("model_versions_unusable", lambda: unusable)
         self.next_report = time.monotonic() + STATS_EVERY_S
 
     def _check_restored(self) -> None:
-        """Once per shard after a (re)start: serve the version this shard had accepted."""
+        """Once per shard after a (re)start: serve the versions this shard had accepted."""
         if not self.restore_checked:
             self.restore_checked = True
-            restored = self.accepted.value()
-            if restored is not None:
-                self.shard.swap(restored)
+            for name, shard in self.shards.items():
+                restored = self.accepted[name].value()
+                if restored is not None:
+                    shard.swap(restored)
 
     def _emit(self, outgoing):
         if time.monotonic() >= self.next_report:
             self.next_report = time.monotonic() + STATS_EVERY_S
-            self.shard.report()
+            for shard in self.shards.values():
+                shard.report()
         return map(routed, outgoing)
 
     def process_element1(self, window, ctx: KeyedCoProcessFunction.Context):
         self._check_restored()
+        name = window.model_name or self.primary
+        shard, store = self.shards[name], self.stores[name]
         now = ctx.timer_service().current_processing_time()
-        yield from self._emit(self.shard.on_window(self.store, window, now))
-        due = self.shard.due_at(self.store)
+        yield from self._emit(shard.on_window(store, window, now))
+        due = shard.due_at(store)
         if due is not None:
             ctx.timer_service().register_processing_time_timer(due)
 
     def process_element2(self, control: ControlMessage, ctx: KeyedCoProcessFunction.Context):
         self._check_restored()
-        outgoing, accepted = self.shard.on_control(self.store, control, ctx.timer_service().current_processing_time())
+        name = control.message.model_name
+        if name not in self.shards:
+            return  # another model's announcement or drift event
+        outgoing, accepted = self.shards[name].on_control(self.stores[name], control,
+                                                          ctx.timer_service().current_processing_time())
         if accepted is not None:
-            self.accepted.update(accepted)
+            self.accepted[name].update(accepted)
         yield from self._emit(outgoing)
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
-        yield from self._emit(self.shard.on_timer(self.store, ctx.timer_service().current_processing_time()))
+        now = ctx.timer_service().current_processing_time()
+        for name, shard in self.shards.items():
+            yield from self._emit(shard.on_timer(self.stores[name], now))
 
     def close(self) -> None:
-        if hasattr(self, "shard"):
-            self.shard.report()
+        for shard in getattr(self, "shards", {}).values():
+            shard.report()
+
+
+def _shard_gauges(group, shards: list[InferenceShard]) -> None:
+    """The shards' tallies as gauges on ``group``: counts summed, the latest batch's figures of the first."""
+    for name in ("predictions", "review_requests", "batches", "model_swaps", "model_refused",
+                 "confidence_drifts", "inference_us_total", "unscored_windows"):
+        group.gauge(name, lambda name=name: int(sum(getattr(s.tally, name) for s in shards)))
+    group.gauge("batch_size", lambda: max(s.tally.last_batch_size for s in shards))
+    group.gauge("inference_ms", lambda: int(round(max(s.tally.last_inference_ms for s in shards))))
+    group.gauge("model_version", lambda: int(shards[0].model.version))
 
 
 def shard_of(device_id: str, shards: int) -> int:
@@ -292,16 +351,13 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
             AnnouncementVerifier.load(cfg.registry.verify_key)
         except (OSError, ValueError) as exc:
             raise SystemExit(f"sensorloop serving job: registry.verify_key {cfg.registry.verify_key}: {exc}") from None
-    spec = serving_spec(cfg.registry.path, cfg.registry.model_name, cfg.serving.model_version or None,
-                        cfg.served_spec)
-    mismatch = input_mismatch(spec, cfg.serving.window, spec.channels)
-    if mismatch:
-        raise SystemExit(f"sensorloop serving job: {cfg.registry.model_name} cannot serve with serving.window = "
-                         f"{cfg.serving.window}: {mismatch}")
-    channels = list(spec.channels)
+    try:
+        models = served_models(cfg)
+    except ValueError as exc:
+        raise SystemExit(f"sensorloop serving job: {exc} (serving.window = {cfg.serving.window})") from None
     shards = max(1, cfg.flink.parallelism)
     readings = keyed_source(env, cfg.broker.bootstrap, [topics.readings], group_id, "sensor-readings", "device_id")
-    windows = (readings.process(ReadingsToWindows(cfg, channels), output_type=Types.PICKLED_BYTE_ARRAY())
+    windows = (readings.process(ReadingsToWindows(cfg, models), output_type=Types.PICKLED_BYTE_ARRAY())
                .name("parse-and-window").uid("parse-and-window"))
     announcements = keyed_source(env, cfg.broker.bootstrap, [topics.model_snapshots, topics.drift_events],
                                  f"{group_id}-controls", "model-snapshots-and-drift-events", "model_name")
@@ -310,7 +366,7 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     by_shard = windows.key_by(lambda w: shard_of(w.device_id, shards), key_type=Types.INT())
     controls_by_shard = controls.key_by(lambda c: c.shard, key_type=Types.INT())
     scored = (by_shard.connect(controls_by_shard)
-              .process(InferBatches(cfg, channels, run.stats_file), output_type=Types.STRING())
+              .process(InferBatches(cfg, models, run.stats_file), output_type=Types.STRING())
               .name("inference").uid("inference"))
     out = scored.union(windows.get_side_output(DEAD_LETTERS), controls.get_side_output(DEAD_LETTERS))
     out.sink_to(routed_sink(cfg.broker.bootstrap, cfg.flink.exactly_once, f"{group_id}-tx")).name(

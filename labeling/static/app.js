@@ -71,7 +71,7 @@ function render(data) {
   text("predicted", current.predicted);
   text("confidence", (100 * current.confidence).toFixed(1) + " %");
   text("reason", current.reason);
-  text("version", "v" + current.model_version);
+  text("version", (current.model_name ? current.model_name + " " : "") + "v" + current.model_version);
   text("review-id", current.review_id);
   text("lease", data.lease_expires_in_s + " s");
   const top = Object.entries(current.probabilities).sort((a, b) => b[1] - a[1]).slice(0, 3);

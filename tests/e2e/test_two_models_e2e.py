@@ -1,0 +1,156 @@
+"""Two device types, two models, one running pair of jobs: BasicMotions wrist devices (six channels,
+four activities, a trained v1 in the registry) and Wiimote gesture devices (one channel, ten gestures,
+declared in the TOML file with no trained version: a cold start). Each model gets only its own devices'
+windows, asks its own questions, learns, gates, versions and swaps on its own; readings of a device type
+no model serves become dead letters with the reason."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from control.replayer import replay
+from infra.broker import EmbeddedBroker, ensure_topics
+from infra.kafka_tools import TopicTail
+from labeling.simulated import run_simulated_labelers
+from control.launcher import learning_job, serving_job
+from model.registry import ModelRegistry
+from recordings.importer import import_files
+from recordings.store import DatasetStore, DatasetStream
+from schemas import DeadLetter, ModelSnapshot, ReviewRequest, Topics
+from settings import load_config
+from tests.e2e.helpers import started
+from tests.unit.test_recordings import wiimote_csv
+
+pytestmark = pytest.mark.e2e
+TOPICS = Topics()
+
+
+def write_config(tmp_path, registry: str, classes: list[str]):
+    config = tmp_path / "sensorloop.toml"
+    config.write_text(f"""
+[registry]
+path = "{registry}"
+
+[data]
+dir = "{tmp_path / 'datasets'}"
+
+[serving]
+models = "basic-motions, wiimote"
+confidence_threshold = 0.9
+audit_rate = 0.5
+review_budget_per_minute = 100000
+
+[learning]
+gate_every = 16
+min_holdout = 16
+
+[models.wiimote]
+channels = ["acc_z"]
+sample_rate_hz = 100
+window = 32
+stride = 8
+classes = {classes!r}
+devices = ["wii-*"]
+d_model = 32
+d_ff = 64
+""".replace("'", '"'))
+    return config
+
+
+def test_two_models_side_by_side_each_learning_and_swapping_on_its_own(tmp_path, registry_copy):
+    model, csv_path = wiimote_csv(tmp_path)
+    config = write_config(tmp_path, registry_copy, list(model.classes))
+    cfg = load_config(config)
+    report = import_files([csv_path], model, DatasetStore(cfg.data.dir), "wii")
+    assert report.imported, report.summary()
+    registry = ModelRegistry(registry_copy)
+    assert registry.versions("basic-motions") == [1] and registry.versions("wiimote") == []
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        ensure_topics(broker.bootstrap, TOPICS)
+        serving, _ = started(lambda port: serving_job(broker.bootstrap, tmp_path / "serving.log", config=config,
+                                                      state_dir=str(tmp_path / "ck-serving"), rest_port=port))
+        learning, _ = started(lambda port: learning_job(broker.bootstrap, tmp_path / "learning.log", config=config,
+                                                        state_dir=str(tmp_path / "ck-learning"), rest_port=port))
+        stop = threading.Event()
+        model_classes = {"basic-motions": list(registry.latest_metadata("basic-motions").spec["classes"]),
+                         "wiimote": list(model.classes)}
+        threads = [
+            threading.Thread(target=replay, daemon=True, kwargs=dict(  # wrist devices name their type
+                bootstrap=broker.bootstrap, topic=TOPICS.readings, rate=300, n_devices=8, stop=stop,
+                device_type="basic-motions")),
+            threading.Thread(target=replay, daemon=True, kwargs=dict(  # gesture devices match "wii-*"
+                bootstrap=broker.bootstrap, topic=TOPICS.readings, rate=500, stop=stop,
+                stream=DatasetStream(DatasetStore(cfg.data.dir).load("wii")))),
+            threading.Thread(target=run_simulated_labelers, daemon=True, kwargs=dict(
+                bootstrap=broker.bootstrap, topics=TOPICS, classes=model_classes["basic-motions"], delay_ms=200,
+                stop=stop, model_classes=model_classes)),
+        ]
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+        now = int(time.time() * 1000)
+        bad = [{"device_id": "thermo-1", "device_type": "thermostat", "ts": now, "values": [21.5]},
+               {"device_id": "wii-9", "ts": now, "values": [1, 2, 3, 4, 5, 6]},  # a gesture device with six values
+               {"device_id": "lamp-1", "ts": now, "values": [1.0]}]  # no type, matches no model's devices
+        for reading in bad:
+            producer.send(TOPICS.readings, key=reading["device_id"].encode(), value=orjson.dumps(reading))
+        producer.flush()
+        tail = TopicTail(broker.bootstrap, [TOPICS.predictions, TOPICS.review_requests, TOPICS.model_snapshots,
+                                            TOPICS.dead_letters])
+        predictions, reviews, snapshots, letters = [], [], [], []
+
+        def served_new(name: str, after: int) -> bool:
+            return any(p["model_name"] == name and p["model_version"] > after for p in predictions)
+
+        with serving, learning:
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 300
+            try:
+                while time.monotonic() < deadline:
+                    for r in tail.poll(200):
+                        if r.topic == TOPICS.predictions:
+                            predictions.append(orjson.loads(r.value))
+                        elif r.topic == TOPICS.review_requests:
+                            reviews.append(ReviewRequest.decode(r.value))
+                        elif r.topic == TOPICS.model_snapshots:
+                            snapshots.append(ModelSnapshot.decode(r.value))
+                        else:
+                            letters.append(DeadLetter.decode(r.value))
+                    if served_new("basic-motions", 1) and served_new("wiimote", 0):
+                        break
+                    assert serving.alive(), serving.log_tail(60)
+                    assert learning.alive(), learning.log_tail(60)
+            finally:
+                stop.set()
+                tail.close()
+                producer.close()
+    by_model = {name: [p for p in predictions if p["model_name"] == name] for name in model_classes}
+    counts = {name: len(items) for name, items in by_model.items()}
+    versions = {name: sorted({p["model_version"] for p in items}) for name, items in by_model.items()}
+    print(f"predictions per model {counts}, versions served {versions}, "
+          f"announced {[(s.model_name, s.version) for s in snapshots]}")
+    # each model got only its own devices' windows, and answered with its own classes
+    assert counts["basic-motions"] > 100 and counts["wiimote"] > 100, counts
+    assert all(p["device_id"].startswith("device-") for p in by_model["basic-motions"])
+    assert all(p["device_id"].startswith("wii-") for p in by_model["wiimote"])
+    for name, items in by_model.items():
+        assert {p["label"] for p in items} <= set(model_classes[name]), name
+    assert {len(r.channels) for r in reviews if r.model_name == "wiimote"} == {1}
+    assert {len(r.channels) for r in reviews if r.model_name == "basic-motions"} == {6}
+    # each learned and swapped on its own: basic-motions v2 from v1; wiimote v1 from a cold start
+    assert served_new("basic-motions", 1), (versions, learning.log_tail(60))
+    assert served_new("wiimote", 0), (versions, learning.log_tail(60))
+    assert registry.metadata("basic-motions", 2).parent_version == 1
+    first = registry.metadata("wiimote", 1)
+    assert first.parent_version is None and "cold start" in first.note
+    assert {s.model_name for s in snapshots} == {"basic-motions", "wiimote"}
+    # readings no model takes: dead letters with the reason, the model named where one was chosen
+    reasons = {letter.reason for letter in letters if letter.stage == "parse"}
+    assert any("no served model takes device type 'thermostat'" in r for r in reasons), reasons
+    assert any("models are served" in r for r in reasons), reasons
+    six = [letter for letter in letters if "expected 1 channels, got 6" in letter.reason]
+    assert six and six[0].model_name == "wiimote", reasons
