@@ -110,8 +110,25 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    config_of(args)
+    """Validate the configuration, and that every served model can start (a version or a declaration)."""
+    from operators.model_routing import served_models
+
+    cfg = config_of(args)
     print(f"configuration valid ({args.config or 'defaults, $SENSORLOOP_CONFIG or ./sensorloop.toml'} + environment)")
+    try:
+        models = served_models(cfg)
+    except ValueError as exc:
+        if not cfg.serving.models:  # the default model before `sensorloop setup`: a step to take, not an error
+            print(f"note: serving cannot start yet: {exc}")
+            return 0
+        print(f"sensorloop: serving.models: serving cannot start: {exc}", file=sys.stderr)
+        return 1
+    for m in models:
+        declared = cfg.models.get(m.name)
+        kinds = ", ".join(declared.device_types if declared and declared.device_types else (m.name,))
+        devices = f", devices {', '.join(declared.devices)}" if declared and declared.devices else ""
+        print(f"serves {m.name}: {len(m.channels)} channel(s), window {m.window}, stride {m.stride}; "
+              f"device_type {kinds}{devices}")
     return 0
 
 

@@ -91,7 +91,7 @@ class WindowScorer:
                 latency_ms=float(max(0, emitted - window.ingest_ms)), emitted_at=emitted,
                 truth=window.truth))
             review_id = review_id_for(window)
-            reason = self.router.decide(review_id, confidence, now_ms)
+            reason = self.router.decide(review_id, confidence, now_ms, row, window.device_id, classes[top])
             if reason is not None:
                 reviews.append(ReviewRequest(
                     review_id=review_id, device_id=window.device_id, window_start=window.start,

@@ -1,8 +1,34 @@
-"""Which predictions go to human review: low confidence, a small audit sample, within a budget."""
+"""Which predictions go to human review: unsure windows (by a query strategy), a small uniform
+audit sample, within a budget that one device or one predicted class cannot take alone."""
 
 from __future__ import annotations
 
+import math
 import zlib
+from collections import Counter
+
+import numpy as np
+
+STRATEGIES = ("confidence", "margin", "entropy")
+
+
+def unsure(row: np.ndarray, strategy: str, threshold: float) -> bool:
+    """Whether one probability row is unsure: ``confidence`` (top probability below the threshold),
+    ``margin`` (top two closer than the threshold), ``entropy`` (normalised entropy above it).
+
+    >>> row = np.array([0.5, 0.4, 0.1])
+    >>> unsure(row, "confidence", 0.6), unsure(row, "margin", 0.2), unsure(row, "entropy", 0.9)
+    (True, True, False)
+    """
+    if strategy == "confidence":
+        return float(row.max()) < threshold
+    if strategy == "margin":
+        top2 = np.partition(row, -2)[-2:] if row.size > 1 else np.array([0.0, row.max()])
+        return float(top2[1] - top2[0]) < threshold
+    if strategy == "entropy":
+        p = row[row > 0]
+        return float(-(p * np.log(p)).sum() / math.log(row.size)) > threshold if row.size > 1 else False
+    raise ValueError(f"unknown query strategy {strategy!r}; use one of {STRATEGIES}")
 
 
 class ReviewRouter:
@@ -21,23 +47,52 @@ class ReviewRouter:
     True
     """
 
-    def __init__(self, threshold: float, audit_rate: float, budget_per_minute: int) -> None:
+    def __init__(self, threshold: float, audit_rate: float, budget_per_minute: int, strategy: str = "confidence",
+                 device_share: float = 1.0, class_share: float = 1.0) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown query strategy {strategy!r}; use one of {STRATEGIES}")
         self.threshold = threshold
+        self.strategy = strategy
         self.audit_rate = audit_rate
         self.capacity = float(budget_per_minute)
         self.tokens = float(budget_per_minute)
         self.refill_per_ms = budget_per_minute / 60_000.0
         self.last_ms: int | None = None
         self.suppressed = 0
+        self.device_share, self.class_share = device_share, class_share
+        self.minute: int | None = None
+        self.by_device: Counter = Counter()  # unsure-window reviews granted this minute
+        self.by_class: Counter = Counter()
+        self.over_share = 0  # unsure windows not asked about: their device or class had its share
 
     def _in_audit_sample(self, review_id: str) -> bool:
         return zlib.crc32(review_id.encode()) / 0xFFFFFFFF < self.audit_rate
 
-    def decide(self, review_id: str, confidence: float, now_ms: int) -> str | None:
-        if confidence < self.threshold:
+    def _within_share(self, device: str | None, predicted: str | None, now_ms: int) -> bool:
+        """One device, or one predicted class, gets at most its share of a minute's budget."""
+        if self.device_share >= 1.0 and self.class_share >= 1.0:
+            return True
+        if self.minute != now_ms // 60_000:
+            self.minute = now_ms // 60_000
+            self.by_device.clear()
+            self.by_class.clear()
+        device_cap = max(1, int(self.device_share * self.capacity))
+        class_cap = max(1, int(self.class_share * self.capacity))
+        if self.by_device[device] >= device_cap or self.by_class[predicted] >= class_cap:
+            self.over_share += 1
+            return False
+        return True
+
+    def decide(self, review_id: str, confidence: float, now_ms: int, row: np.ndarray | None = None,
+               device: str | None = None, predicted: str | None = None) -> str | None:
+        """The reason to ask about a window (None: not asked). ``row`` (its probabilities) is needed by
+        the margin and entropy strategies; ``device`` and ``predicted`` by the shares."""
+        doubtful = (confidence < self.threshold if self.strategy == "confidence" or row is None
+                    else unsure(row, self.strategy, self.threshold))
+        if doubtful and self._within_share(device, predicted, now_ms):
             reason = "low_confidence"
         elif self._in_audit_sample(review_id):
-            reason = "audit"
+            reason = "audit"  # uniform over all windows: accuracy estimates from it stay unbiased
         else:
             return None
         if self.last_ms is not None:
@@ -47,6 +102,9 @@ class ReviewRouter:
             self.suppressed += 1
             return None
         self.tokens -= 1.0
+        if reason == "low_confidence" and (self.device_share < 1.0 or self.class_share < 1.0):
+            self.by_device[device] += 1
+            self.by_class[predicted] += 1
         return reason
 
     def set_budget(self, budget_per_minute: int) -> None:

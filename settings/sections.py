@@ -139,6 +139,10 @@ class ServingSettings:
     drift_budget_per_minute: int = 600  # review budget for a while after a drift (either job's detector)
     drift_boost_seconds: int = 120
     models: str = ""  # comma-separated models served side by side (readings pick one); empty: registry.model_name
+    query_strategy: str = "confidence"  # which windows are unsure: confidence, margin or entropy
+    query_threshold: float = 0.0  # margin below / entropy above it is unsure; 0: 0.2 / 0.5 (confidence_threshold)
+    review_device_share: float = 1.0  # most of a minute's review budget one device's unsure windows may take
+    review_class_share: float = 1.0  # the same for one predicted class (1.0: no cap; the audit is never capped)
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "window", "stride", "max_batch", "max_seq_gap_buffer", "inference_threads")
@@ -154,6 +158,22 @@ class ServingSettings:
             raise ValueError(f"runtime must be 'onnx' or 'torch', got {self.runtime!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.query_strategy not in ("confidence", "margin", "entropy"):
+            raise ValueError(f"query_strategy must be confidence, margin or entropy, got {self.query_strategy!r}")
+        _share(self, "query_threshold", "review_device_share", "review_class_share")
+        if not self.review_device_share > 0 or not self.review_class_share > 0:
+            raise ValueError("review_device_share and review_class_share must be > 0")
+
+    @property
+    def query_threshold_or_default(self) -> float:
+        """The unsure threshold of ``query_strategy``: ``query_threshold``, else the strategy's default.
+
+        >>> ServingSettings().query_threshold_or_default, ServingSettings(query_strategy="margin").query_threshold_or_default
+        (0.6, 0.2)
+        """
+        if self.query_threshold:
+            return self.query_threshold
+        return {"margin": 0.2, "entropy": 0.5}.get(self.query_strategy, self.confidence_threshold)
 
 
 @dataclass(frozen=True)

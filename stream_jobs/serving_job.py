@@ -102,12 +102,13 @@ class ReadingsToWindows(KeyedProcessFunction):
         state = self.state.value()
         if state is None:
             return self.windowers[model].new_state(model)
-        if not state.model_name and len(self.models) == 1:
-            state.model_name = model  # kept before models were named (one model served)
+        if not state.model_name:  # kept by a job that served one model: registry.model_name
+            state.model_name = model if len(self.models) == 1 else self.cfg.registry.model_name
         if state.model_name != model:
+            expiry_s = self.cfg.serving.device_expiry_ms // 1000
             return (f"device_type: device {state.device_id!r} sends readings for model {state.model_name}; this one "
-                    f"is for {model} (a device's readings go to one model; after "
-                    f"{self.cfg.serving.device_expiry_ms // 1000} s of silence it may change)")
+                    f"is for {model} (a device's readings go to one model"
+                    + (f"; after {expiry_s} s of silence it may change)" if expiry_s else ")"))
         return state
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
@@ -152,7 +153,8 @@ class ReadingsToWindows(KeyedProcessFunction):
         if state is None:
             return
         now = ctx.timer_service().current_processing_time()
-        windower = self.windowers.get(state.model_name) or self.windowers[self.models[0].name]
+        windower = (self.windowers.get(state.model_name or self.cfg.registry.model_name)
+                    or self.windowers[self.models[0].name])
         if windower.expired(state, now, self.cfg.serving.device_expiry_ms):
             self.state.clear()  # held readings older than the expiry are of no use to any window
             self.expired.inc()
@@ -336,6 +338,7 @@ def _shard_gauges(group, shards: list[InferenceShard]) -> None:
     group.gauge("batch_size", lambda: max(s.tally.last_batch_size for s in shards))
     group.gauge("inference_ms", lambda: int(round(max(s.tally.last_inference_ms for s in shards))))
     group.gauge("model_version", lambda: int(shards[0].model.version))
+    group.gauge("reviews_over_share", lambda: sum(s.scorer.router.over_share for s in shards))
 
 
 def shard_of(device_id: str, shards: int) -> int:

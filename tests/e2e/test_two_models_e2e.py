@@ -105,6 +105,11 @@ def test_two_models_side_by_side_each_learning_and_swapping_on_its_own(tmp_path,
         def served_new(name: str, after: int) -> bool:
             return any(p["model_name"] == name and p["model_version"] > after for p in predictions)
 
+        def changed_type_refused() -> bool:
+            return any("sends readings for model wiimote" in letter.reason for letter in letters)
+
+        changed_type_sent = False
+
         with serving, learning:
             for t in threads:
                 t.start()
@@ -120,7 +125,13 @@ def test_two_models_side_by_side_each_learning_and_swapping_on_its_own(tmp_path,
                             snapshots.append(ModelSnapshot.decode(r.value))
                         else:
                             letters.append(DeadLetter.decode(r.value))
-                    if served_new("basic-motions", 1) and served_new("wiimote", 0):
+                    if not changed_type_sent and any(p["device_id"] == "wii-0" for p in predictions):
+                        changed = {"device_id": "wii-0", "device_type": "basic-motions", "ts": int(time.time() * 1000),
+                                   "values": [0.0] * 6}  # a gesture device suddenly claims to be a wrist device
+                        producer.send(TOPICS.readings, key=b"wii-0", value=orjson.dumps(changed))
+                        producer.flush()
+                        changed_type_sent = True
+                    if served_new("basic-motions", 1) and served_new("wiimote", 0) and changed_type_refused():
                         break
                     assert serving.alive(), serving.log_tail(60)
                     assert learning.alive(), learning.log_tail(60)
@@ -154,3 +165,4 @@ def test_two_models_side_by_side_each_learning_and_swapping_on_its_own(tmp_path,
     assert any("models are served" in r for r in reasons), reasons
     six = [letter for letter in letters if "expected 1 channels, got 6" in letter.reason]
     assert six and six[0].model_name == "wiimote", reasons
+    assert changed_type_refused(), reasons  # a device's readings stay with one model

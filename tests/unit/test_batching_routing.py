@@ -1,5 +1,11 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
 from operators.batching import BatchPolicy, ListStore, MicroBatcher
-from operators.routing import ReviewRouter
+from operators.routing import ReviewRouter, unsure
 
 
 def test_batch_flushes_on_size_and_on_wait():
@@ -43,3 +49,53 @@ def test_budget_can_be_raised():
     assert r.decide("a", 0.1, 0) and r.decide("b", 0.1, 0) is None
     r.set_budget(600)
     assert r.decide("c", 0.1, 1_000) == "low_confidence"
+
+
+def test_one_noisy_device_cannot_take_the_whole_review_budget_and_the_audit_stays_uniform():
+    r = ReviewRouter(threshold=0.6, audit_rate=0.0, budget_per_minute=40, device_share=0.25)
+    noisy = [r.decide(f"noisy:{i}", 0.1, now_ms=i, device="noisy", predicted="a") for i in range(30)]
+    quiet = [r.decide(f"quiet:{i}", 0.1, now_ms=100 + i, device="quiet", predicted="a") for i in range(5)]
+    assert noisy.count("low_confidence") == 10 and r.over_share == 20  # a quarter of 40
+    assert quiet == ["low_confidence"] * 5  # the other device is still asked about
+    assert r.decide("noisy:late", 0.1, now_ms=60_000 + 1, device="noisy", predicted="a") == "low_confidence"  # next minute
+    audit = ReviewRouter(threshold=0.6, audit_rate=1.0, budget_per_minute=40, device_share=0.25)
+    reasons = [audit.decide(f"n:{i}", 0.1, now_ms=i, device="noisy", predicted="a") for i in range(12)]
+    assert reasons[:10] == ["low_confidence"] * 10 and reasons[10:] == ["audit", "audit"]
+
+
+def test_one_predicted_class_cannot_take_the_whole_review_budget():
+    r = ReviewRouter(threshold=0.6, audit_rate=0.0, budget_per_minute=20, class_share=0.5)
+    got = [r.decide(f"d{i}:{i}", 0.1, now_ms=i, device=f"d{i}", predicted="walk") for i in range(15)]
+    assert got.count("low_confidence") == 10
+    assert r.decide("x:1", 0.1, now_ms=20, device="x", predicted="run") == "low_confidence"
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from(["walk", "run"]), st.floats(0, 1)), max_size=200),
+       st.floats(0.05, 1.0), st.floats(0.05, 1.0))
+def test_within_a_minute_no_device_or_class_exceeds_its_share_and_no_more_than_the_budget_is_asked(
+        windows, device_share, class_share):
+    budget = 30
+    r = ReviewRouter(0.6, 0.0, budget, device_share=device_share, class_share=class_share)
+    granted = [(d, c) for i, (d, c, conf) in enumerate(windows)
+               if r.decide(f"{d}:{i}", conf, now_ms=i, device=d, predicted=c) is not None]
+    assert len(granted) <= budget
+    per_device, per_class = Counter(d for d, _ in granted), Counter(c for _, c in granted)
+    assert max(per_device.values(), default=0) <= max(1, int(device_share * budget))
+    assert max(per_class.values(), default=0) <= max(1, int(class_share * budget))
+    unsure = sum(conf < 0.6 for _, _, conf in windows)
+    assert len(granted) + r.over_share + r.suppressed == unsure  # every unsure window accounted for
+
+
+def test_query_strategies_pick_different_windows_from_the_same_probabilities():
+    rows = {"split": np.array([0.48, 0.47, 0.05]), "spread": np.array([0.62, 0.2, 0.18]),
+            "sure": np.array([0.9, 0.05, 0.05])}
+    picked = {s: {name for name, row in rows.items() if unsure(row, s, t)}
+              for s, t in (("confidence", 0.6), ("margin", 0.2), ("entropy", 0.75))}
+    assert picked == {"confidence": {"split"}, "margin": {"split"}, "entropy": {"split", "spread"}}
+    assert unsure(np.array([0.6, 0.35, 0.05]), "margin", 0.3) and not unsure(np.array([0.6, 0.35, 0.05]),
+                                                                                "confidence", 0.6)
+    r = ReviewRouter(0.2, 0.0, 100, strategy="margin")
+    assert r.decide("a:1", 0.48, 0, rows["split"]) == "low_confidence" and r.decide("a:2", 0.9, 0, rows["sure"]) is None
+    with pytest.raises(ValueError, match="unknown query strategy"):
+        ReviewRouter(0.5, 0.0, 10, strategy="random")

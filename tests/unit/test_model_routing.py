@@ -151,3 +151,18 @@ def test_a_device_s_window_state_remembers_its_model_and_its_windows_name_it():
     assert state.model_name == "har" and [w.model_name for w in windows] == ["har"]
     copy = pickle.loads(pickle.dumps(windows[0]))
     assert copy.model_name == "har" and np.array_equal(copy.values, windows[0].values)
+
+
+def test_config_check_names_what_each_served_model_takes_and_refuses_one_that_cannot_start(tmp_path, capsys):
+    from control.cli import main
+
+    path = tmp_path / "sensorloop.toml"
+    path.write_text(f'[registry]\npath = "{tmp_path / "registry"}"\nmodel_name = "gait"\n'
+                    '[serving]\nmodels = "gait, har"\n' + GAIT + HAR)
+    assert main(["--config", str(path), "config", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "serves gait: 3 channel(s), window 16, stride 4; device_type knee, ankle" in out
+    assert "serves har: 1 channel(s), window 8, stride 8; device_type har, devices wrist-*" in out
+    path.write_text(path.read_text().replace('models = "gait, har"', 'models = "gait, har, toaster"'))
+    assert main(["--config", str(path), "config", "check"]) == 1
+    assert "toaster: no version of model 'toaster'" in capsys.readouterr().err
