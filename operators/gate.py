@@ -42,6 +42,12 @@ class GateDecision:
     serving_accuracy: float
     samples: int
     reason: str
+    wins: int = 0  # held-out windows only the candidate gets right
+    losses: int = 0  # held-out windows only the serving version gets right
+
+    def clearly_better(self, z: float) -> bool:
+        """The candidate wins more of the windows they disagree on than a fair coin would, at ``z``."""
+        return self.wins - self.losses > z * np.sqrt(self.wins + self.losses)
 
 
 class ValidationGate:
@@ -74,9 +80,9 @@ class ValidationGate:
         accept = cand > serv if must_beat else cand >= serv - self.margin
         rule = "must beat it" if must_beat else f"margin {self.margin}"
         if self.z > 0:
-            accept = bool(accept and wins - losses > self.z * np.sqrt(wins + losses))
+            accept = bool(accept and wins - losses > self.z * np.sqrt(wins + losses))  # clearly_better(z)
             rule = f"wins {wins}, losses {losses}: needs wins - losses > {self.z:g} * sqrt({wins + losses})"
         verdict = "accepted" if accept else "refused"
         against = "the majority class" if must_beat else "serving"
         return GateDecision(accept, cand, serv, n, f"{verdict}: candidate {cand:.3f} vs {against} {serv:.3f} "
-                                                   f"({rule}) on {n} held-out windows")
+                                                   f"({rule}) on {n} held-out windows", wins, losses)

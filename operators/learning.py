@@ -19,7 +19,7 @@ import torch
 
 from model.network import WindowTransformer
 from model.online import OnlineTrainer
-from model.registry import ModelRegistry
+from model.registry import ArtifactError, ModelRegistry
 from model.signing import announcement
 from model.spec import ModelSpec
 from model.train import load_network, publish_version, weights_bytes
@@ -27,6 +27,7 @@ from operators.drift import DriftMonitor
 from operators.gate import GateDecision, ValidationGate
 from operators.label_join import LabeledWindow
 from operators.outgoing import Outgoing
+from operators.rollback import Rollback, RollbackWatch
 from schemas import DriftEvent, Topics
 from settings import LearningSettings, ServingSettings
 
@@ -94,12 +95,25 @@ class LearningLoop:
         self.since_gate = 0
         self.drift_events = 0
         self.new_drifts: list[str] = []
+        self.parent_net: torch.nn.Module | None = None  # the version before ``version``: rollback target
+        self.watch = RollbackWatch(self.config.rollback_z, self.config.rollback_min_audits)
+        self.due_rollback: Rollback | None = None
+        self.last_published_at: int | None = None  # answer time of the last candidate published
+        self.deferred = 0  # candidates the gate accepted that waited for the publish interval
 
     def learn(self, item: LabeledWindow) -> Candidate | None:
+        """Learn one labeled window; returns a candidate when one passed the gate (none while a
+        rollback is due: the next gate check compares against the version rolled back to)."""
         label = self.index[item.label]  # the join already refused unknown classes
+        self._parent()
         self.labeled += 1
         hit = item.predicted == item.label  # prequential: what serving said before the answer came
         self.correct += int(hit)
+        if item.reason == "audit" and item.model_version == self.version and self._parent() is not None:
+            old_right = self.spec.classes[int(_predictor(self.parent_net)(item.values[None]).argmax())] == item.label
+            verdict = self.watch.observe(hit, old_right)  # the same live window, both versions
+            if verdict is not None:
+                self.due_rollback = verdict
         if "error" in self.drift.update(correct=hit):
             self.drift_events += 1
             self.new_drifts.append("error")
@@ -109,6 +123,8 @@ class LearningLoop:
         else:
             self._train(item.values, label)
         self.since_gate += 1
+        if self.due_rollback is not None:
+            return None
         if self.since_gate < self.config.gate_every or self.trainer.updates == 0:
             return None
         self.since_gate = 0
@@ -120,7 +136,23 @@ class LearningLoop:
             decision = self.gate.judge(_predictor(self.trainer.net), _predictor(self.serving))
         if not decision.accept:
             return None
+        if not self._deploy_now(decision, item.answered_at):
+            return None
+        self.last_published_at = item.answered_at
         return Candidate(self.trainer.snapshot(), decision, self.labeled, item.answered_at)
+
+    def _deploy_now(self, decision: GateDecision, answered_at: int) -> bool:
+        """Periodic deployment: a candidate the gate accepted is published at once when it is clearly
+        better (``publish_now_z``), else once ``publish_interval_s`` passed since the last version (by
+        the answers' time, so a restored loop decides the same)."""
+        interval_ms = self.config.publish_interval_s * 1000
+        last = getattr(self, "last_published_at", None)
+        if not interval_ms or last is None or self.serving is None or answered_at - last >= interval_ms:
+            return True
+        if decision.clearly_better(self.config.publish_now_z):
+            return True
+        self.deferred = getattr(self, "deferred", 0) + 1
+        return False
 
     def _train(self, values: np.ndarray, label: int) -> None:
         if self.unnormalised is None:
@@ -139,8 +171,38 @@ class LearningLoop:
         return out
 
     def accepted(self, candidate: Candidate, version: int) -> None:
-        self.serving = copy.deepcopy(candidate.net).eval()
+        self.adopt(version, candidate.net)
+
+    def adopt(self, version: int, net: torch.nn.Module) -> None:
+        """``version`` (weights ``net``) now serves; the one it replaces is kept as its rollback target."""
+        self._parent()
+        self.parent_net, parent = self.serving, (self.version if self.serving is not None else None)
+        self.serving = copy.deepcopy(net).eval()
         self.version = version
+        self.watch.start(version, parent)
+
+    def _parent(self) -> torch.nn.Module | None:
+        if not hasattr(self, "watch"):  # a loop kept in state before rollbacks existed
+            self.parent_net, self.due_rollback = None, None
+            self.watch = RollbackWatch(self.config.rollback_z, self.config.rollback_min_audits)
+        return self.parent_net
+
+    def take_rollback(self) -> Rollback | None:
+        """A rollback the live audit answers call for (to be announced once), if any."""
+        self._parent()
+        out, self.due_rollback = self.due_rollback, None
+        return out
+
+    def rolled_back(self, version: int, net: torch.nn.Module) -> None:
+        """``version`` (weights ``net``) serves again: it is the gate's reference and the learner
+        starts over from it (keeping its replay reservoir); there is no version to go back to from it."""
+        self._parent()
+        self.serving = copy.deepcopy(net).eval()
+        self.version = version
+        self.parent_net = None
+        self.watch.start(version, None)
+        self.trainer.net.load_state_dict(net.state_dict())
+        self.since_gate = 0
 
     @property
     def prequential_accuracy(self) -> float:
@@ -155,15 +217,26 @@ def loop_from_registry(registry: ModelRegistry, model_name: str, config: Learnin
         return LearningLoop(None, ModelSpec.from_dict(declared_spec), 0, config)
     loaded = registry.load(model_name)
     spec = ModelSpec.from_dict(loaded.metadata.spec)
-    return LearningLoop(load_network(spec, loaded.weights_bytes), spec, loaded.metadata.version, config)
+    loop = LearningLoop(load_network(spec, loaded.weights_bytes), spec, loaded.metadata.version, config)
+    parent = loaded.metadata.parent_version
+    if parent:
+        try:
+            loop.parent_net = load_network(spec, registry.load(model_name, parent).weights_bytes).eval()
+            loop.watch.start(loop.version, parent)
+        except ArtifactError as exc:
+            log.warning("%s v%d: its parent v%d cannot be loaded, so it cannot be rolled back to: %s",
+                        model_name, loop.version, parent, exc)
+    return loop
 
 
 @dataclass
 class Learned:
-    """What one labeled window led to: records to publish, and the version accepted (with its weights)."""
+    """What one labeled window led to: records to publish, and the version accepted or rolled back to
+    (with its weights)."""
 
     outgoing: list[Outgoing]
     accepted: tuple[int, bytes] | None = None
+    rolled_back: tuple[int, bytes] | None = None
 
 
 class VersionPublisher:
@@ -179,6 +252,23 @@ class VersionPublisher:
         self.signing_key = signing_key
         self.published = 0
         self.drift_events = 0
+        self.rollbacks = 0
+
+    def _roll_back(self, loop: LearningLoop, rollback: Rollback) -> tuple[list[Outgoing], tuple[int, bytes] | None]:
+        """Announce ``rollback.to_version`` again and make it the loop's reference."""
+        try:
+            loaded = self.registry.load(self.model_name, rollback.to_version)
+            net = load_network(loop.spec, loaded.weights_bytes)
+            snapshot = announcement(self.registry, self.model_name, rollback.to_version, self.signing_key)
+        except ArtifactError as exc:
+            log.error("%s: rollback to v%d impossible, v%d keeps serving: %s", self.model_name, rollback.to_version,
+                      rollback.version, exc)
+            return [], None
+        loop.rolled_back(rollback.to_version, net)
+        self.rollbacks += 1
+        log.warning("%s: rolled back to v%d: %s", self.model_name, rollback.to_version, rollback.reason)
+        return ([Outgoing(self.topics.model_snapshots, self.model_name, snapshot.encode())],
+                (rollback.to_version, loaded.weights_bytes))
 
     def learn(self, loop: LearningLoop, item: LabeledWindow, now_ms: int) -> Learned:
         candidate = loop.learn(item)
@@ -189,6 +279,10 @@ class VersionPublisher:
             log.info("drift (%s) detected after %d labeled windows", signal, loop.labeled)
             self.drift_events += 1
             out.append(Outgoing(self.topics.drift_events, self.model_name, event.encode()))
+        rollback = loop.take_rollback()
+        if rollback is not None:
+            announced, rolled_back = self._roll_back(loop, rollback)
+            return Learned(out + announced, rolled_back=rolled_back)
         if candidate is None:
             return Learned(out)
         d = candidate.decision

@@ -3,7 +3,7 @@
 The loop (two networks, optimizer, replay reservoir, holdout) pickles to a few MB: writing it after
 every labeled window costs tens of ms, which caps the learner far below the rate labels arrive at.
 Instead the state holds a full snapshot written every ``snapshot_every`` steps plus a journal of the
-steps since: each labeled window, and each accepted version with its weights. A restore loads the
+steps since: each labeled window, each accepted version with its weights, and each rollback. A restore loads the
 snapshot and replays the journal, so nothing learned before a checkpoint is lost; replay never
 publishes again (what it re-derives is discarded; accepted versions come from the journal).
 
@@ -31,13 +31,20 @@ class AcceptedVersion:
     weights: bytes
 
 
-JournalEntry = LabeledWindow | AcceptedVersion
+@dataclass(frozen=True)
+class RolledBack:
+    """A journal entry: live audit answers rolled the model back to ``version`` (its weights)."""
+
+    version: int
+    weights: bytes
+
+
+JournalEntry = LabeledWindow | AcceptedVersion | RolledBack
 
 
 def apply_accepted(loop: LearningLoop, entry: AcceptedVersion, spec: ModelSpec) -> None:
     """Make a published version the loop's reference again (used on replay)."""
-    loop.serving = load_network(spec, entry.weights).eval()
-    loop.version = entry.version
+    loop.adopt(entry.version, load_network(spec, entry.weights))
 
 
 class LoopJournal:
@@ -66,7 +73,10 @@ class LoopJournal:
             self.pending += 1
             if isinstance(entry, AcceptedVersion):
                 apply_accepted(loop, entry, loop.spec)
+            elif isinstance(entry, RolledBack):
+                loop.rolled_back(entry.version, load_network(loop.spec, entry.weights))
             else:
                 loop.learn(entry)  # a candidate found again here was handled before the restore
                 loop.take_drifts()  # so were its drift events
+                loop.take_rollback()  # and its rollback (journaled as its own entry)
         return loop

@@ -32,8 +32,9 @@ def unsure(row: np.ndarray, strategy: str, threshold: float) -> bool:
 
 
 class ReviewRouter:
-    """Routes a window to review when its confidence is below ``threshold`` or when it falls
-    in the audit sample; a token bucket caps requests at ``budget_per_minute``.
+    """Routes a window to review when it falls in the audit sample (whatever its confidence) or is
+    unsure (confidence below ``threshold``, or the ``strategy``'s test); a token bucket caps requests
+    at ``budget_per_minute``.
 
     The audit sample is a hash of the review id, so a replay after a restart picks the
     same windows.
@@ -87,14 +88,14 @@ class ReviewRouter:
                device: str | None = None, predicted: str | None = None) -> str | None:
         """The reason to ask about a window (None: not asked). ``row`` (its probabilities) is needed by
         the margin and entropy strategies; ``device`` and ``predicted`` by the shares."""
-        doubtful = (confidence < self.threshold if self.strategy == "confidence" or row is None
-                    else unsure(row, self.strategy, self.threshold))
-        if doubtful and self._within_share(device, predicted, now_ms):
-            reason = "low_confidence"
-        elif self._in_audit_sample(review_id):
-            reason = "audit"  # uniform over all windows: accuracy estimates from it stay unbiased
+        if self._in_audit_sample(review_id):
+            reason = "audit"  # first, unsure or not: uniform over all windows, so estimates from it are unbiased
         else:
-            return None
+            doubtful = (confidence < self.threshold if self.strategy == "confidence" or row is None
+                        else unsure(row, self.strategy, self.threshold))
+            if not (doubtful and self._within_share(device, predicted, now_ms)):
+                return None
+            reason = "low_confidence"
         if self.last_ms is not None:
             self.tokens = min(self.capacity, self.tokens + (now_ms - self.last_ms) * self.refill_per_ms)
         self.last_ms = now_ms

@@ -198,13 +198,22 @@ class LearningSettings:
     gate_margin: float = 0.0
     gate_z: float = 0.0  # 1.645: a one-sided 95 % sign test (fewer, surer versions; slower after a drift)
     min_holdout: int = 30
+    rollback_z: float = 3.0  # roll back the version in service when, on the same live audit windows, its
+    #                          predecessor wins this many standard deviations more often (paired sign test,
+    #                          repeated after each answer); 0 turns automatic rollback off
+    rollback_min_audits: int = 30  # audit answers of the version in service before it is judged
+    publish_interval_s: float = 0.0  # periodic deployment: a candidate that is not worse but not clearly better
+    #                                  waits this long after the last version (by answer time); 0: no wait
+    publish_now_z: float = 1.645  # ... unless it wins clearly more held-out windows (sign test at this z)
     holdout_size: int = 300
     label_ttl_ms: int = 3_600_000  # how long a review request waits for its answers
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "reservoir_capacity", "holdout_every", "gate_every", "min_holdout",
                   "holdout_size", "label_ttl_ms")
-        _at_least(self, 0, "replay_ratio", "ewc_strength", "gate_z")
+        _at_least(self, 0, "replay_ratio", "ewc_strength", "gate_z", "rollback_z", "publish_interval_s",
+                  "publish_now_z")
+        _at_least(self, 1, "rollback_min_audits")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

@@ -135,3 +135,35 @@ def test_a_cold_start_publishes_a_first_version_only_once_it_beats_the_majority_
     # one class only: nothing beats "always that class", so no version is ever proposed
     single = LearningLoop(None, SPEC, version=0, config=LearningSettings())
     assert cold_start_labels(single, X, np.zeros_like(y), 600)[1] is None
+
+
+def test_periodic_deployment_publishes_clear_improvements_at_once_and_the_rest_at_most_once_per_interval():
+    """With ``publish_interval_s`` a candidate that is merely not worse waits for the interval (by answer
+    time); one that wins clearly more held-out windows goes out at once."""
+    torch.manual_seed(0)
+    net = WindowTransformer(SPEC)
+    X, y = data(300, 0)
+    net.set_normalisation(X)
+    fit(net, X, y, epochs=5, batch_size=32)
+    Xd, yd = data(600, 1, offset=3.0)  # drifted: the first candidates are clearly better, later ones not
+
+    def published(interval_s: float) -> tuple[list[int], LearningLoop]:
+        config = LearningSettings(gate_every=16, batch_size=8, lr=3e-3, min_holdout=8, publish_interval_s=interval_s)
+        loop, times = LearningLoop(net, SPEC, version=1, config=config), []
+        for i, (w, label) in enumerate(zip(Xd, yd)):
+            item = LabeledWindow(f"d:{i}", "d", w, SPEC.classes[label], SPEC.classes[0], loop.version, ["s"],
+                                 answered_at=i * 100)  # an answer every 0.1 s
+            candidate = loop.learn(item)
+            if candidate is not None:
+                loop.accepted(candidate, loop.version + 1)
+                times.append((item.answered_at, candidate.decision.clearly_better(1.645)))
+        return times, loop
+
+    every, _ = published(0.0)
+    paced, loop = published(20.0)
+    gaps = np.diff([at for at, _ in paced])
+    assert len(every) > len(paced) >= 2 and loop.deferred > 0
+    for gap, (_, clearly) in zip(gaps, paced[1:]):
+        assert gap >= 20_000 or clearly, (paced, gaps)  # early only when clearly better
+    print(f"versions: {len(every)} without an interval, {len(paced)} with 20 s ({loop.deferred} deferred; "
+          f"gaps {list(gaps)} ms)")
