@@ -118,7 +118,7 @@ class LearningLoop:
             self.drift_events += 1
             self.new_drifts.append("error")
             self.trainer.consolidate()
-        if zlib.crc32(item.review_id.encode()) % self.config.holdout_every == 0:
+        if self._held_out(item):
             self.gate.hold_out(item.values, label)
         else:
             self._train(item.values, label)
@@ -140,6 +140,14 @@ class LearningLoop:
             return None
         self.last_published_at = item.answered_at
         return Candidate(self.trainer.snapshot(), decision, self.labeled, item.answered_at)
+
+    def _held_out(self, item: LabeledWindow) -> bool:
+        """Whether a labeled window goes to the gate's held-out set (never trained on): one in
+        ``holdout_every`` by a hash of its review id, or with ``holdout = "audit"`` the answered audit
+        windows (a uniform sample of the stream, so the gate judges on windows like those it serves)."""
+        if self.config.holdout == "audit":
+            return item.reason == "audit"
+        return zlib.crc32(item.review_id.encode()) % self.config.holdout_every == 0
 
     def _deploy_now(self, decision: GateDecision, answered_at: int) -> bool:
         """Periodic deployment: a candidate the gate accepted is published at once when it is clearly

@@ -193,6 +193,8 @@ class LearningSettings:
     reservoir_capacity: int = 2000
     class_balanced: bool = True  # one reservoir share per class, so rare classes are not crowded out
     seed: int = 0
+    holdout: str = "hashed"  # the gate's held-out windows: "hashed" (1 in holdout_every of all answers) or
+    #                          "audit" (the answered audit windows: a uniform sample of the stream)
     holdout_every: int = 4  # 1 labeled window in this many is held out for the gate, never trained on
     gate_every: int = 32  # labeled windows between gate checks
     gate_margin: float = 0.0
@@ -216,6 +218,8 @@ class LearningSettings:
         _at_least(self, 1, "rollback_min_audits")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.holdout not in ("hashed", "audit"):
+            raise ValueError(f"holdout must be hashed or audit, got {self.holdout!r}")
 
 
 @dataclass(frozen=True)

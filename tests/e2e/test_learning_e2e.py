@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e
 TOPICS = Topics()
 NAME = "basic-motions"
 DRIFT_AFTER = 3600  # readings (12 s at 300/s) before the devices' gyroscopes pick up a +4.0 bias
-AUDIT_RATE = 0.5  # of the windows serving is sure about; the budget never caps reviews here
+AUDIT_RATE = 0.5  # of all windows (the audit comes first); the budget never caps reviews here
+THRESHOLD = 0.9  # every window under it is reviewed (as an audit or as unsure)
 GYRO_BIAS = DriftPlan(after=DRIFT_AFTER, offset={3: 4.0, 4: 4.0, 5: 4.0})
 
 
@@ -41,7 +42,7 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
         ensure_topics(broker.bootstrap, TOPICS)
         serving_port, rest_port = free_port(), free_port()
         serving = serving_job(broker.bootstrap, tmp_path / "serving.log", registry=str(root),
-                              state_dir=str(tmp_path / "ck-serving"), confidence_threshold=0.9,
+                              state_dir=str(tmp_path / "ck-serving"), confidence_threshold=THRESHOLD,
                               audit_rate=AUDIT_RATE, review_budget_per_minute=100_000, rest_port=serving_port)
         learning = learning_job(broker.bootstrap, tmp_path / "learning.log", registry=str(root),
                                 state_dir=str(tmp_path / "ck-learn"), gate_every=48, batch_size=8, lr=0.002,
@@ -106,8 +107,8 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
     after = [p for p in labeled if p["window_start"] > drift_at_ms and p["model_version"] not in clean_versions]
     # How long the versions from before the bias keep serving after it depends on when the next gate
     # passes, so their harm is judged on the drifted windows sent for review (values and ground truth),
-    # scored by the newest of them. Every unsure window is reviewed and an audit picks AUDIT_RATE of the
-    # others: weighting each by 1 / its chance of review estimates the accuracy over all drifted windows.
+    # scored by the newest of them. Every unsure window is reviewed and the audit picks AUDIT_RATE of all
+    # windows: weighting each by 1 / its chance of review estimates the accuracy over all drifted windows.
     truth = {(p["device_id"], p["window_end"]): p["truth"] for p in labeled}
     drifted_reviews = [r for r in reviews if r.window_start > drift_at_ms and (r.device_id, r.window_end) in truth]
     assert len(after) >= 300 and len(clean) >= 30 and len(drifted_reviews) >= 100, (
@@ -116,7 +117,7 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
     probs = last_clean.runner.predict_proba(np.asarray([r.values for r in drifted_reviews], dtype=np.float32))
     labels = [last_clean.spec.classes[i] for i in probs.argmax(axis=1)]
     assert {r.reason for r in drifted_reviews} <= {"low_confidence", "audit"}
-    weights = np.asarray([1.0 if r.reason == "low_confidence" else 1.0 / AUDIT_RATE for r in drifted_reviews])
+    weights = np.asarray([1.0 if r.confidence < THRESHOLD else 1.0 / AUDIT_RATE for r in drifted_reviews])
     correct = np.asarray([label == truth[(r.device_id, r.window_end)] for label, r in zip(labels, drifted_reviews)])
     acc_drifted = float((weights * correct).sum() / weights.sum())
     acc_clean, acc_after = accuracy(clean), accuracy(after[-300:])

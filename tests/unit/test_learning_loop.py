@@ -167,3 +167,15 @@ def test_periodic_deployment_publishes_clear_improvements_at_once_and_the_rest_a
         assert gap >= 20_000 or clearly, (paced, gaps)  # early only when clearly better
     print(f"versions: {len(every)} without an interval, {len(paced)} with 20 s ({loop.deferred} deferred; "
           f"gaps {list(gaps)} ms)")
+
+
+def test_with_holdout_audit_the_gate_holds_out_exactly_the_answered_audit_windows():
+    net = WindowTransformer(SPEC)
+    X, y = data(80, 3)
+    loop = LearningLoop(net, SPEC, version=1, config=LearningSettings(holdout="audit", gate_every=10**6))
+    for i, (w, label) in enumerate(zip(X, y)):
+        reason = "audit" if i % 5 == 0 else "low_confidence"
+        loop.learn(LabeledWindow(f"d:{i}", "d", w, SPEC.classes[label], SPEC.classes[0], 1, ["s"], 0, "", reason))
+    assert len(loop.gate.windows) == 16 and loop.trainer.learned + len(loop.trainer.pending) == 64
+    with pytest.raises(ValueError, match="holdout must be hashed or audit"):
+        LearningSettings(holdout="random")
