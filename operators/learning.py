@@ -143,10 +143,10 @@ class LearningLoop:
 
     def _held_out(self, item: LabeledWindow) -> bool:
         """Whether a labeled window goes to the gate's held-out set (never trained on): one in
-        ``holdout_every`` by a hash of its review id, or with ``holdout = "audit"`` the answered audit
-        windows (a uniform sample of the stream, so the gate judges on windows like those it serves)."""
-        if self.config.holdout == "audit":
-            return item.reason == "audit"
+        ``holdout_every`` by a hash of its review id; with ``holdout = "audit"`` only audit windows are
+        held out (one in ``holdout_every`` of them), so the gate judges on a uniform sample of the stream."""
+        if self.config.holdout == "audit" and item.reason != "audit":
+            return False
         return zlib.crc32(item.review_id.encode()) % self.config.holdout_every == 0
 
     def _deploy_now(self, decision: GateDecision, answered_at: int) -> bool:

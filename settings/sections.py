@@ -194,7 +194,7 @@ class LearningSettings:
     class_balanced: bool = True  # one reservoir share per class, so rare classes are not crowded out
     seed: int = 0
     holdout: str = "hashed"  # the gate's held-out windows: "hashed" (1 in holdout_every of all answers) or
-    #                          "audit" (the answered audit windows: a uniform sample of the stream)
+    #                          "audit" (1 in holdout_every of the answered audit windows: a uniform sample)
     holdout_every: int = 4  # 1 labeled window in this many is held out for the gate, never trained on
     gate_every: int = 32  # labeled windows between gate checks
     gate_margin: float = 0.0
