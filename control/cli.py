@@ -122,7 +122,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         try:
             replay(args.bootstrap, config_of(args).topics.readings, rate, args.count, args.duration, args.devices,
                    args.seed, args.split, drift, args.device_prefix, stats=stats, linger_ms=args.linger_ms,
-                   stream=stream, device_type=args.device_type)
+                   stream=stream, device_type=args.device_type, samples_per_message=args.samples_per_message)
         except Exception as exc:  # re-raised below, on the command's own thread
             failures.append(exc)
 
@@ -139,7 +139,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print()
     if failures:
         raise failures[0]
-    print(f"sent {stats.sent} readings in {stats.seconds:.1f}s ({stats.sent / max(stats.seconds, 1e-9):.0f}/s)")
+    print(f"sent {stats.sent} readings in {stats.seconds:.1f}s ({stats.sent / max(stats.seconds, 1e-9):.0f}/s)"
+          + (f" as {stats.messages} messages" if stats.messages != stats.sent else ""))
     return 0
 
 
@@ -522,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-type", default=None, help="stamp this device_type on every reading (it picks the "
                    "model when several are served; with --dataset and several served models: the dataset's model)")
     p.add_argument("--device-prefix", default="device", help="BasicMotions devices are named <prefix>-000, ...")
+    p.add_argument("--samples-per-message", type=int, default=1,
+                   help="send each device's readings as sample blocks of this many samples")
     p.add_argument("--drift-after", type=int, default=None, help="readings before the drift starts")
     p.add_argument("--drift-gain", type=float, default=1.8, help="accelerometer gain after the drift")
     p.add_argument("--drift-classes", default="", help="comma-separated activity mix after the drift")

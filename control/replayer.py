@@ -8,13 +8,14 @@ from typing import Iterator
 
 import orjson
 
-from operators.replay import DriftPlan, ReadingStream
+from operators.replay import BlockPacker, DriftPlan, ReadingStream
 
 
 @dataclass
 class ReplayStats:
-    sent: int = 0
+    sent: int = 0  # readings (samples)
     seconds: float = 0.0
+    messages: int = 0  # Kafka messages: fewer than ``sent`` with sample blocks
 
 
 # Readings gathered per partition for up to this long go out as one batch. Tansu's in-memory
@@ -36,12 +37,13 @@ def replay(bootstrap: str, topic: str, rate: float, count: int | None = None, du
            n_devices: int = 8, seed: int = 0, split: str = "test", drift: DriftPlan | None = None,
            device_prefix: str = "device", stop=None, stats: ReplayStats | None = None,
            linger_ms: int = DEFAULT_LINGER_MS, stream: Iterator[dict] | None = None,
-           device_type: str | None = None) -> ReplayStats:
+           device_type: str | None = None, samples_per_message: int = 1) -> ReplayStats:
     """Send readings (timestamp = send time) until ``count`` readings or ``duration_s`` seconds.
 
     ``rate`` is readings per second across all devices (0 = as fast as possible). ``stream`` gives
     the readings (an imported dataset's ``recordings.store.DatasetStream``); else BasicMotions.
-    ``device_type`` is stamped on every reading (it picks the model when several are served).
+    ``device_type`` is stamped on every reading (it picks the model when several are served). With
+    ``samples_per_message`` > 1 each device's readings go out as sample blocks of that many samples.
     """
     from model.datasets import load_basic_motions
 
@@ -49,6 +51,12 @@ def replay(bootstrap: str, topic: str, rate: float, count: int | None = None, du
     if stream is None:
         stream = ReadingStream(load_basic_motions(split), n_devices, seed, drift, device_prefix)
     producer = make_producer(bootstrap, linger_ms)
+    packer = BlockPacker(samples_per_message) if samples_per_message > 1 else None
+
+    def send(message: dict) -> None:
+        producer.send(topic, key=message["device_id"].encode(), value=orjson.dumps(message))
+        stats.messages += 1
+
     started = time.perf_counter()
     try:
         while True:
@@ -72,8 +80,12 @@ def replay(bootstrap: str, topic: str, rate: float, count: int | None = None, du
                 reading["ts"] = now
                 if device_type is not None:
                     reading["device_type"] = device_type
-                producer.send(topic, key=reading["device_id"].encode(), value=orjson.dumps(reading))
+                message = reading if packer is None else packer.add(reading)
+                if message is not None:
+                    send(message)
             stats.sent += due
+        for message in packer.drain() if packer is not None else ():
+            send(message)
         producer.flush()
     finally:
         producer.close()

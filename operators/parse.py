@@ -8,6 +8,7 @@ from typing import Sequence
 
 from schemas import DeadLetter, SchemaError, SensorReading
 from schemas.base import decode_json
+from schemas.blocks import MAX_BLOCK_SAMPLES, SampleBlock, reading_from_dict
 
 RAW_PREVIEW_BYTES = 16 * 1024
 
@@ -42,13 +43,16 @@ class ReadingParser:
     """
 
     def __init__(self, channel_names: Sequence[str], source_topic: str, max_bytes: int = 64 * 1024,
-                 max_abs: float = math.inf, max_future_ms: int = 0, model_name: str | None = None) -> None:
+                 max_abs: float = math.inf, max_future_ms: int = 0, model_name: str | None = None,
+                 max_block_samples: int = MAX_BLOCK_SAMPLES) -> None:
         self.channel_names = list(channel_names)
         self.source_topic = source_topic
         self.max_bytes, self.max_abs, self.max_future_ms = max_bytes, max_abs, max_future_ms
+        self.max_block_samples = max_block_samples
         self.model_name = model_name  # named in its dead letters when several models are served
 
-    def parse(self, raw: bytes, partition: int, offset: int, now_ms: int | None = None) -> SensorReading | DeadLetter:
+    def parse(self, raw: bytes, partition: int, offset: int, now_ms: int | None = None
+              ) -> SensorReading | SampleBlock | DeadLetter:
         try:
             obj = decode_json(raw, self.max_bytes)
         except SchemaError as exc:
@@ -56,15 +60,17 @@ class ReadingParser:
         return self.parse_object(obj, raw, partition, offset, now_ms)
 
     def parse_object(self, obj: dict, raw: bytes, partition: int, offset: int,
-                     now_ms: int | None = None) -> SensorReading | DeadLetter:
-        """As ``parse``, for a payload already decoded (``raw`` is kept for the dead letter)."""
+                     now_ms: int | None = None) -> SensorReading | SampleBlock | DeadLetter:
+        """As ``parse``, for a payload already decoded (``raw`` is kept for the dead letter); a sample
+        block (``schemas.blocks``) is checked sample by sample."""
         try:
-            reading = SensorReading.from_dict(obj, channel_names=self.channel_names, max_abs=self.max_abs)
+            reading = reading_from_dict(obj, self.channel_names, self.max_abs, self.max_block_samples)
         except SchemaError as exc:
             return self.dead_letter(raw, partition, offset, str(exc), exc.field)
-        if self.max_future_ms and now_ms is not None and reading.ts - now_ms > self.max_future_ms:
+        last = reading.ts if isinstance(reading, SensorReading) else int(reading.ts[-1])
+        if self.max_future_ms and now_ms is not None and last - now_ms > self.max_future_ms:
             return self.dead_letter(raw, partition, offset,
-                                    f"ts: {reading.ts} lies {(reading.ts - now_ms) // 1000} s ahead of the job clock "
+                                    f"ts: {last} lies {(last - now_ms) // 1000} s ahead of the job clock "
                                     f"(at most {self.max_future_ms // 1000} s allowed)", "ts")
         return reading
 
@@ -96,7 +102,7 @@ class RoutedParser:
         self.fallback = next(iter(parsers.values()))
 
     def parse(self, raw: bytes, partition: int, offset: int, now_ms: int | None = None
-              ) -> tuple[str, SensorReading] | DeadLetter:
+              ) -> tuple[str, SensorReading | SampleBlock] | DeadLetter:
         try:
             obj = decode_json(raw, self.fallback.max_bytes)  # every model's parser has the job's size limit
             model = self.router.route(obj.get("device_id"), obj.get("device_type"))

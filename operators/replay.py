@@ -89,3 +89,58 @@ class ReadingStream(Iterator[dict]):
             self.current[device] = self._next_recording(device)
         self.emitted += 1
         return reading
+
+
+class BlockPacker:
+    """Gathers each device's readings into sample blocks of ``size`` samples (``schemas.blocks``),
+    with one time per sample, kept strictly increasing per device (readings stamped in the same
+    millisecond are spread one millisecond apart).
+
+    >>> packer = BlockPacker(size=2)
+    >>> packer.add({"device_id": "a", "ts": 5, "seq": 0, "values": [1.0], "label": "x"}) is None
+    True
+    >>> packer.add({"device_id": "a", "ts": 5, "seq": 1, "values": [2.0], "label": "x"})
+    {'device_id': 'a', 'ts': [5, 6], 'values': [[1.0], [2.0]], 'seq': 0, 'label': 'x'}
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        self.size = size
+        self.buffers: dict[str, list[dict]] = {}
+        self.last_ts: dict[str, int] = {}
+
+    def add(self, reading: dict) -> dict | None:
+        """Buffer one reading; returns its device's block when it is full."""
+        device = reading["device_id"]
+        ts = max(int(reading["ts"]), self.last_ts.get(device, -1) + 1)
+        self.last_ts[device] = ts
+        buffer = self.buffers.setdefault(device, [])
+        buffer.append({**reading, "ts": ts})
+        if len(buffer) < self.size:
+            return None
+        del self.buffers[device]
+        return self._block(buffer)
+
+    def drain(self) -> list[dict]:
+        """The partial blocks still buffered (at the end of a replay)."""
+        out = [self._block(buffer) for buffer in self.buffers.values() if buffer]
+        self.buffers.clear()
+        return out
+
+    @staticmethod
+    def _block(readings: list[dict]) -> dict:
+        first = readings[0]
+        block = {"device_id": first["device_id"], "ts": [r["ts"] for r in readings],
+                 "values": [r["values"] for r in readings]}
+        if first.get("seq") is not None:
+            block["seq"] = first["seq"]
+        labels = [r.get("label") for r in readings]
+        if any(label is not None for label in labels):
+            if len(set(labels)) == 1:
+                block["label"] = labels[0]
+            else:
+                block["labels"] = labels
+        if first.get("device_type") is not None:
+            block["device_type"] = first["device_type"]
+        return block

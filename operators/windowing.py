@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from schemas import SensorReading
+from schemas.blocks import SampleBlock
 
 
 @dataclass(slots=True)
@@ -251,6 +252,100 @@ class SlidingWindower:
             values = np.concatenate((state.ring[oldest:], state.ring[:oldest]))
             windows.append(Window(state.device_id, int(state.ts[oldest]), int(state.ts[oldest - 1]), values,
                                   truth, ingest, state.model_name))
+
+    def add_block(self, state: DeviceState, block: SampleBlock, ingest_ms: int
+                  ) -> tuple[list[Window], list[UnusableReading]]:
+        """Take a block of samples (``schemas.blocks.SampleBlock``): all of it, or none of it when it
+        overlaps what the device already sent (one refusal with the reason). In order and with nothing
+        held back, its windows are cut with array operations; otherwise sample by sample."""
+        state.device_id = block.device_id
+        late = self._late_block(state, block)
+        if late is not None:
+            state.late += len(block)
+            return [], [UnusableReading(block, late)]
+        if not self._in_order(state, block):
+            windows: list[Window] = []
+            refusals: list[UnusableReading] = []  # none expected: _late_block ruled them out
+            for reading in block.readings():
+                done, refused = self.add(state, reading, ingest_ms)
+                windows += done
+                refusals += refused
+            return windows, refusals
+        return self._commit_block(state, block, ingest_ms), []
+
+    def _late_block(self, state: DeviceState, block: SampleBlock) -> str | None:
+        n = len(block)
+        if block.seq is not None:
+            jump = block.seq - state.next_seq if state.next_seq is not None else 0
+            if self.max_seq_jump and jump > self.max_seq_jump and not self._restarts(state, block):
+                return (f"seq: block starts at {block.seq}, {jump} ahead of the next expected {state.next_seq} "
+                        f"(at most {self.max_seq_jump} allowed)")
+            if state.next_seq is not None and block.seq < state.next_seq and not self._restarts(state, block):
+                return (f"late or duplicate: block of seq {block.seq}..{block.seq + n - 1} overlaps what was "
+                        f"already used (next expected {state.next_seq})")
+            if any(block.seq + k in state.pending_keys for k in range(n)):
+                return f"duplicate: block of seq {block.seq}..{block.seq + n - 1} overlaps readings held back"
+            return None
+        first = int(block.ts[0])
+        if state.last_ts is not None and first <= state.last_ts:
+            return (f"late or duplicate: block of ts {first}..{int(block.ts[-1])} is not after the last used "
+                    f"reading ({state.last_ts})")
+        if state.pending_keys and any(int(t) in state.pending_keys for t in block.ts):
+            return f"duplicate: block of ts {first}..{int(block.ts[-1])} overlaps readings held back"
+        return None
+
+    def _restarts(self, state: DeviceState, block: SampleBlock) -> bool:
+        """After a silence a device may start a new sequence (as the per-sample path allows)."""
+        return bool(self.reset_gap_ms and state.last_ts is not None and not state.pending
+                    and int(block.ts[0]) - state.last_ts > self.reset_gap_ms)
+
+    def _in_order(self, state: DeviceState, block: SampleBlock) -> bool:
+        """The fast path's conditions: it continues the device's stream exactly, nothing is held back,
+        and no silence inside it or before it resets the window."""
+        if state.pending:
+            return False
+        if block.seq is not None:
+            if state.next_seq is not None and block.seq != state.next_seq:
+                return False
+        elif self.max_out_of_order_ms:
+            return False
+        if self.reset_gap_ms:
+            gaps = np.diff(block.ts)
+            if (gaps.size and gaps.max() > self.reset_gap_ms) or (
+                    state.last_ts is not None and int(block.ts[0]) - state.last_ts > self.reset_gap_ms):
+                return False
+        return True
+
+    def _commit_block(self, state: DeviceState, block: SampleBlock, ingest_ms: int) -> list[Window]:
+        """Append the block to the device's ring and cut every window it completes, as arrays."""
+        length, stride, n, first = self.length, self.stride, len(block), state.count
+        held = min(first, length - 1)  # earlier samples the first windows reach back to
+        slots = np.arange(first - held, first) % length
+        values = np.concatenate((state.ring[slots], block.values)) if held else block.values
+        ts = np.concatenate((state.ts[slots], block.ts)) if held else block.ts
+        labels = [state.labels[k] for k in slots] + (block.labels or [None] * n)
+        offset = first - held  # global sample index of values[0]
+        end = max(first, length - 1)
+        end += (stride - (end + 1 - length) % stride) % stride  # the first window end at or after it
+        windows = []
+        for e in range(end, first + n, stride):
+            lo = e - length + 1 - offset
+            window_labels = labels[lo:lo + length]
+            truth = None if None in window_labels else Counter(window_labels).most_common(1)[0][0]
+            windows.append(Window(state.device_id, int(ts[lo]), int(ts[lo + length - 1]),
+                                  values[lo:lo + length].copy(), truth, ingest_ms, state.model_name))
+        tail = min(n, length)
+        last = np.arange(first + n - tail, first + n) % length
+        state.ring[last] = block.values[n - tail:]
+        state.ts[last] = block.ts[n - tail:]
+        for slot, label in zip(last.tolist(), (block.labels or [None] * n)[n - tail:]):
+            state.labels[slot] = label
+        state.count += n
+        state.last_ts = int(block.ts[-1])
+        state.max_ts = state.last_ts if state.max_ts is None else max(state.max_ts, state.last_ts)
+        if block.seq is not None:
+            state.next_seq = block.seq + n
+        return windows
 
     def flush(self, state: DeviceState) -> list[Window]:
         """Use every held reading now (end of stream or idle device), skipping open gaps."""

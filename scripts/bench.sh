@@ -11,4 +11,5 @@ bash scripts/bootstrap.sh
 .venv/bin/python bench/label_latency_bench.py
 .venv/bin/python bench/broker_bench.py
 .venv/bin/python bench/delivery_bench.py
+.venv/bin/python bench/blocks_bench.py
 .venv/bin/python bench/serving_bench.py "$@"

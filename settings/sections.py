@@ -127,6 +127,7 @@ class ServingSettings:
     audit_rate: float = 0.01
     review_budget_per_minute: int = 120
     max_message_bytes: int = 64 * 1024
+    max_block_samples: int = 1_000  # samples one message (a sample block) may carry
     max_abs_value: float = 1e9  # a reading's values beyond this magnitude are refused (float32 would overflow)
     max_future_ms: int = 600_000  # a reading dated further ahead of the job's clock is refused; 0: no bound
     max_seq_jump: int = 100_000  # a sequence number further ahead of the device's next one is refused; 0: none
@@ -145,7 +146,8 @@ class ServingSettings:
     review_class_share: float = 1.0  # the same for one predicted class (1.0: no cap; the audit is never capped)
 
     def __post_init__(self) -> None:
-        _at_least(self, 1, "window", "stride", "max_batch", "max_seq_gap_buffer", "inference_threads")
+        _at_least(self, 1, "window", "stride", "max_batch", "max_seq_gap_buffer", "inference_threads",
+                  "max_block_samples")
         _at_least(self, 0, "model_version", "max_out_of_order_ms", "seq_gap_timeout_ms", "max_wait_ms",
                   "review_budget_per_minute", "reset_gap_ms", "drift_budget_per_minute", "drift_boost_seconds",
                   "max_future_ms", "max_seq_jump", "device_expiry_ms", "source_check_ms")

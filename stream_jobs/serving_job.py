@@ -34,6 +34,7 @@ from operators.serving_shard import InferenceShard
 from operators.source_watch import SourceWatch
 from operators.windowing import SlidingWindower
 from schemas import DeadLetter, DriftEvent, ModelSnapshot, SchemaError
+from schemas.blocks import SampleBlock
 from settings import Config
 from stream_jobs.flink_env import JobRun, make_env, parse_job_args
 from stream_jobs.kafka_io import (
@@ -69,7 +70,8 @@ class ReadingsToWindows(KeyedProcessFunction):
         named = len(self.models) > 1  # dead letters name the model when there is a choice
         self.parser = RoutedParser(
             {m.name: ReadingParser(m.channels, topics.readings, s.max_message_bytes, s.max_abs_value,
-                                   s.max_future_ms, m.name if named else None) for m in self.models},
+                                   s.max_future_ms, m.name if named else None, s.max_block_samples)
+             for m in self.models},
             DeviceRouter.for_models([m.name for m in self.models], self.cfg.models))
         self.windowers = {m.name: SlidingWindower(m.window, m.stride, len(m.channels), s.max_out_of_order_ms,
                                                   s.max_seq_gap_buffer, s.reset_gap_ms, s.seq_gap_timeout_ms,
@@ -77,6 +79,7 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.state = runtime_context.get_state(ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY()))
         group = runtime_context.get_metrics_group()
         self.readings_in = group.counter("readings_in")
+        self.samples_in = group.counter("samples_in")  # a sample block counts its samples
         self.dead = group.counter("dead_letters")
         self.windows_out = group.counter("windows")
         self.late = group.counter("late_readings")
@@ -133,7 +136,12 @@ class ReadingsToWindows(KeyedProcessFunction):
             yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset, state, "device_type"))
             return
         windower = self.windowers[model]
-        windows, rejections = windower.add(state, reading, ingest_ms)
+        if isinstance(reading, SampleBlock):
+            self.samples_in.inc(len(reading))
+            windows, rejections = windower.add_block(state, reading, ingest_ms)
+        else:
+            self.samples_in.inc()
+            windows, rejections = windower.add(state, reading, ingest_ms)
         expiry_check = windower.touch(state, now, self.cfg.serving.device_expiry_ms)
         self.state.update(state)
         if expiry_check is not None:

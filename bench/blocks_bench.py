@@ -1,0 +1,114 @@
+"""Serving throughput with sample blocks: samples/s vs samples per message, next to the pass-through
+job (same KafkaSource and KafkaSink, no Python operator) on the same messages, in one run.
+
+For each block size, a fresh broker gets a preloaded backlog of BasicMotions readings from 64 devices
+packed into blocks (``--samples-per-message`` of the replayer); the serving job (window 32, stride 8)
+then drains it, timed from its first prediction to its last; the pass-through job drains the same
+messages on another fresh broker. Ratios are within one run (the machine is shared and noisy).
+
+Run: ``python bench/blocks_bench.py [--sizes 1,10,50,250] [--samples 600000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
+from bench.serving_bench import Scenario, expected_windows  # noqa: E402
+from control.replayer import replay  # noqa: E402
+from infra.kafka_tools import TopicTail  # noqa: E402
+from schemas import Topics  # noqa: E402
+
+TOPICS = Topics()
+DEVICES = 64
+
+
+def drain(sc: Scenario, expected: int, timeout_s: float = 600.0) -> tuple[int, float]:
+    """Start the job on the preloaded backlog; (outputs, seconds from the first output to the last)."""
+    tail = TopicTail(sc.bootstrap, [sc.out_topic])
+    sc.start_job()
+    got, first, last = 0, None, None
+    deadline, idle_since = time.monotonic() + timeout_s, time.monotonic()
+    try:
+        while got < expected and time.monotonic() < deadline:
+            batch = tail.poll(200)
+            now = time.monotonic()
+            if batch:
+                first, last, idle_since = first or now, now, now
+                got += len(batch)
+            elif first and now - idle_since > 20:
+                break
+            if sc.job_died():
+                raise RuntimeError("job died:\n" + sc.job.log_tail())
+    finally:
+        tail.close()
+    return got, (last - first) if first and last and last > first else float("nan")
+
+
+def measure(work: Path, kind: str, size: int, samples: int, registry: str) -> dict:
+    options = {"registry": registry, "stride": 8} if kind == "serving" else {}
+    sc = Scenario(work, f"blocks-{kind}-{size}", kind, **options)
+    try:
+        stats = replay(sc.bootstrap, TOPICS.readings, rate=0, count=samples, n_devices=DEVICES,
+                       samples_per_message=size)
+        expected = expected_windows(samples, DEVICES, 32, 8) if kind == "serving" else stats.messages
+        got, seconds = drain(sc, expected)
+        # serving: the first prediction comes once each device's first window is full; samples before it
+        # are not timed. Pass-through: every message is an output.
+        if kind == "serving":
+            timed = samples * got / expected - DEVICES * 32
+            messages_per_s = timed / size / seconds
+            samples_per_s = timed / seconds
+        else:
+            messages_per_s = got / seconds
+            samples_per_s = messages_per_s * size
+        return {"kind": kind, "samples_per_message": size, "samples": samples, "messages": stats.messages,
+                "outputs": got, "expected": expected, "seconds": seconds, "samples_per_s": samples_per_s,
+                "messages_per_s": messages_per_s}
+    finally:
+        sc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="1,10,50,250")
+    parser.add_argument("--samples", type=int, default=600_000, help="samples per run (60,000 with 1 per message)")
+    parser.add_argument("--registry", default="var/registry")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="blocks-bench-") as tmp:
+        work = Path(tmp)
+        for size in sizes:
+            samples = min(args.samples, 60_000 * size)  # single readings: the job's backlog as in serving_bench
+            serving = measure(work, "serving", size, samples, args.registry)
+            passthrough = measure(work, "passthrough", size, samples, args.registry)
+            rows.append({"samples_per_message": size, "samples": samples, "messages": serving["messages"],
+                         "serving_samples_per_s": serving["samples_per_s"],
+                         "serving_messages_per_s": serving["messages_per_s"],
+                         "passthrough_messages_per_s": passthrough["messages_per_s"],
+                         "serving_vs_passthrough": serving["messages_per_s"] / passthrough["messages_per_s"],
+                         "windows": f"{serving['outputs']}/{serving['expected']}"})
+            print(rows[-1], flush=True)
+    header = ["samples per message", "samples", "messages", "serving samples/s", "serving messages/s",
+              "pass-through messages/s", "serving / pass-through (messages)", "windows out/expected"]
+    print_table("Serving throughput with sample blocks (backlog, 64 devices, window 32, stride 8)", header,
+                [[r["samples_per_message"], r["samples"], r["messages"], r["serving_samples_per_s"],
+                  r["serving_messages_per_s"], r["passthrough_messages_per_s"], round(r["serving_vs_passthrough"], 2),
+                  r["windows"]] for r in rows])
+    print(f"results: {save('blocks', {'rows': rows})}")
+    sizes = [r["samples_per_message"] for r in rows]
+    line_plot(RESULTS / "blocks.png",
+              [("serving job", sizes, [r["serving_samples_per_s"] for r in rows], {"marker": "o"}),
+               ("pass-through job (messages/s x samples per message)", sizes,
+                [r["passthrough_messages_per_s"] * r["samples_per_message"] for r in rows], {"marker": "s"})],
+              "samples per message", "samples/s", "Throughput with sample blocks", log2_x=True)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Label efficiency: served (prequential) accuracy vs labels used, per query strategy, against random
+sampling at the same budget and river's ARF and Hoeffding Adaptive Tree at the same label counts and
+with every label, in one run.
+
+Streams, each window predicted before it may be learned from:
+- BasicMotions with a gyroscope calibration bias from the middle on (the demo's drift), from the
+  bootstrap model (trained on the train split);
+- PickupGestureWiimoteZ (a second real dataset: one accelerometer channel, ten gestures), split by
+  device: a first model trained on the recordings of devices 0-3, the stream made of devices 4-9
+  (people and recordings it never saw);
+- river's SEA stream with an abrupt concept change (window of one step), from a model warmed up on
+  its first 500 samples.
+
+sensorloop's learner is the learning job's ``OnlineTrainer`` (replay reservoir). The query strategies
+(``operators.routing.unsure`` scores: 1 - confidence, 1 - margin, normalised entropy) ask about a
+window when its score is in the top ``fraction`` of the last 200 windows' scores, so every strategy
+spends the same budget and only the choice of windows differs; ``random`` asks with probability
+``fraction``. A token bucket caps every learner at ``fraction`` of the windows. river learners learn on
+per-channel window features (mean, std, min, max) from a random sample of the same fraction, and
+from every label.
+
+Run: ``python bench/label_efficiency_bench.py [--fractions 0.05,0.1]``; writes
+bench/results/label_efficiency.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
+from bench.learning_bench import bootstrap_net, features, run_river, stream as basic_motions_stream  # noqa: E402
+from model.network import WindowTransformer  # noqa: E402
+from model.online import OnlineTrainer  # noqa: E402
+from model.spec import ModelSpec  # noqa: E402
+from model.train import encode_labels, fit  # noqa: E402
+from settings import LearningSettings  # noqa: E402
+
+STRATEGIES = ("confidence", "margin", "entropy", "random")
+
+
+def score(probs: np.ndarray, strategy: str) -> float:
+    """How unsure a probability row is, higher = less sure (the routing strategies' quantities)."""
+    if strategy == "confidence":
+        return 1.0 - float(probs.max())
+    if strategy == "margin":
+        top = np.sort(probs)[-2:]
+        return 1.0 - float(top[1] - top[0])
+    p = probs[probs > 0]
+    return float(-(p * np.log(p)).sum() / np.log(len(probs)))
+
+
+def run_strategy(net0, n_classes: int, X: np.ndarray, y: np.ndarray, fraction: float, strategy: str,
+                 seed: int = 1) -> tuple[np.ndarray, int]:
+    """Prequential hits and labels used by the online learner asking by ``strategy`` within ``fraction``."""
+    net = copy.deepcopy(net0)
+    trainer = OnlineTrainer(net, n_classes, LearningSettings(lr=2e-3, batch_size=8, replay_ratio=1.0,
+                                                             reservoir_capacity=500))
+    rng = np.random.default_rng(seed)
+    recent: deque = deque(maxlen=200)
+    hits, labeled, budget = np.zeros(len(X)), 0, 0.0
+    for i in range(len(X)):
+        with torch.inference_mode():
+            probs = torch.softmax(net.eval()(torch.as_tensor(X[i:i + 1])), -1).numpy()[0]
+        hits[i] = probs.argmax() == y[i]
+        budget = min(budget + fraction, 8.0)
+        if strategy == "random":
+            wanted = rng.random() < fraction
+        else:
+            s = score(probs, strategy)
+            wanted = len(recent) < 20 or s >= np.quantile(recent, 1.0 - fraction)
+            recent.append(s)
+        if wanted and budget >= 1.0:
+            budget -= 1.0
+            labeled += 1
+            trainer.learn_one(X[i], int(y[i]))
+    return hits, labeled
+
+
+def wiimote_stream(seed: int = 0):
+    """Windows (32 samples, stride 8) of PickupGestureWiimoteZ; devices 0-3's recordings train the first
+    model, devices 4-9's (recording i is device i % 10) make the stream, in a shuffled order."""
+    from aeon.datasets import load_classification
+
+    series, labels = load_classification("PickupGestureWiimoteZ")
+    classes = tuple(sorted({str(v) for v in labels}, key=int))
+    train, test = ([], []), ([], [])
+    for i, (s, label) in enumerate(zip(series, labels)):
+        values = np.asarray(s, np.float32)[0]
+        side = train if i % 10 < 4 else test
+        for k in range(0, len(values) - 32 + 1, 8):
+            side[0].append(values[k:k + 32, None])
+            side[1].append(classes.index(str(label)))
+    spec = ModelSpec(window=32, channels=("acc_z",), classes=classes, d_model=32, n_heads=4, n_layers=2, d_ff=64)
+    torch.manual_seed(seed)
+    net = WindowTransformer(spec)
+    Xtr, ytr = np.stack(train[0]), np.asarray(train[1])
+    net.set_normalisation(Xtr)
+    fit(net, Xtr, ytr, epochs=25, seed=seed)
+    order = np.random.default_rng(seed).permutation(len(test[1]))
+    return spec, net, Xtr, ytr, np.stack(test[0])[order], np.asarray(test[1])[order]
+
+
+def sea_stream(n: int = 6000, warmup: int = 500):
+    from river.datasets import synth
+
+    data = synth.ConceptDriftStream(synth.SEA(seed=1, variant=0), synth.SEA(seed=2, variant=3), position=n // 2,
+                                    width=50, seed=1)
+    rows = [(np.asarray([[x[k] for k in sorted(x)]], np.float32), int(label)) for x, label in data.take(n + warmup)]
+    X = np.stack([r for r, _ in rows])
+    y = np.asarray([label for _, label in rows])
+    spec = ModelSpec(window=1, channels=tuple(f"x{k}" for k in range(X.shape[2])), classes=("0", "1"), d_model=32,
+                     n_heads=4, n_layers=1, d_ff=64)
+    torch.manual_seed(0)
+    net = WindowTransformer(spec)
+    net.set_normalisation(X[:warmup])
+    fit(net, X[:warmup], y[:warmup], epochs=30, seed=0)
+    return spec, net, X[:warmup], y[:warmup], X[warmup:], y[warmup:]
+
+
+def basic_motions():
+    from model.datasets import load_basic_motions, sliding_windows
+
+    spec = ModelSpec()
+    torch.manual_seed(0)
+    net = bootstrap_net(spec)
+    X, labels, _ = basic_motions_stream(3)
+    Xtr, ytr = sliding_windows(load_basic_motions("train"), 32, 8)
+    return spec, net, Xtr, encode_labels(ytr, spec.classes), X, encode_labels(labels, spec.classes)
+
+
+def main() -> None:
+    from river import forest, tree
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--fractions", default="0.05,0.1")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    fractions = [float(f) for f in args.fractions.split(",")]
+    streams = {"BasicMotions, gyroscope drift": basic_motions, "Wiimote gestures, unseen devices": wiimote_stream,
+               "SEA, abrupt change": sea_stream}
+    rows, results = [], []
+    for name, make in streams.items():
+        spec, net0, Xtr, ytr, X, y = make()
+        for fraction in fractions:
+            for strategy in STRATEGIES:
+                hits, labeled = run_strategy(net0, spec.n_classes, X, y, fraction, strategy)
+                rows.append([name, f"sensorloop, {strategy}", f"{fraction:.2f}", labeled, f"{hits.mean():.3f}",
+                             f"{hits[-len(hits) // 6:].mean():.3f}"])
+                results.append({"stream": name, "learner": f"sensorloop {strategy}", "fraction": fraction,
+                                "labeled": labeled, "accuracy": float(hits.mean())})
+                print(rows[-1], flush=True)
+        Xtr_f, X_f = features(Xtr), features(X)
+        for learner, factory in {"river ARF": lambda: forest.ARFClassifier(n_models=10, seed=0),
+                                 "river HAT": lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=0)}.items():
+            for fraction in (*fractions, 1.0):
+                hits, labeled = run_river(factory, Xtr_f, list(ytr), X_f, list(y), fraction)
+                rows.append([name, f"{learner} (window features), random", f"{fraction:.2f}", labeled,
+                             f"{hits.mean():.3f}", f"{hits[-len(hits) // 6:].mean():.3f}"])
+                results.append({"stream": name, "learner": learner, "fraction": fraction, "labeled": labeled,
+                                "accuracy": float(hits.mean())})
+                print(rows[-1], flush=True)
+    print_table("Prequential accuracy vs labels used (one run)",
+                ["stream", "learner, query strategy", "label fraction", "labels used", "accuracy", "last sixth"], rows)
+    save("label_efficiency", {"rows": results})
+    series = []
+    for name in streams:
+        for learner in ("sensorloop confidence", "sensorloop random", "river ARF"):
+            points = sorted((r["labeled"], r["accuracy"]) for r in results
+                            if r["stream"] == name and r["learner"] == learner)
+            if points:
+                series.append((f"{name}: {learner}", [p[0] for p in points], [p[1] for p in points], {"marker": "o"}))
+    line_plot(RESULTS / "label_efficiency.png", series, "labels used", "prequential accuracy",
+              "Accuracy vs labels", log2_x=True)
+    print(f"plot: {RESULTS / 'label_efficiency.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Many samples of one device in one ``sensor-readings`` message (a sample block).
+
+Devices that sample at 50-100 Hz send a block every fraction of a second. A block carries
+``ts`` (the first sample's time, epoch ms) with ``interval_ms``, or ``ts`` as one time per sample
+(strictly increasing); ``values`` as rows (``[[...], ...]``) or as named columns
+(``{"acc_x": [...], ...}``); ``seq`` is the first sample's sequence number (the others follow on);
+``label`` applies to every sample, ``labels`` gives one per sample (``null`` where unknown).
+Every sample is checked before anything is used, and a bad one is named by its index.
+
+>>> b = decode_reading(b'{"device_id": "d", "ts": 1000, "interval_ms": 20, "values": [[1, 2], [3, 4], [5, 6]]}',
+...                    channel_names=["x", "y"])
+>>> b.ts.tolist(), b.values.shape, len(b)
+([1000, 1020, 1040], (3, 2), 3)
+>>> decode_reading(b'{"device_id": "d", "ts": [5, 9], "values": {"x": [1, 2], "y": [3, "4"]}}', ["x", "y"])
+Traceback (most recent call last):
+...
+schemas.base.SchemaError: values[1][1]: must be a number, got str
+>>> decode_reading(b'{"device_id": "d", "ts": [5, 9], "values": [[1, 2], [3, 1e300]]}', ["x", "y"], max_abs=1e9)
+Traceback (most recent call last):
+...
+schemas.base.SchemaError: values[1][1]: magnitude 1e+300 above the limit 1e+09
+>>> decode_reading(b'{"device_id": "d", "ts": [5, 5], "values": [[1, 2], [3, 4]]}', ["x", "y"])
+Traceback (most recent call last):
+...
+schemas.base.SchemaError: ts[1]: 5 is not after the sample before it (5)
+>>> decode_reading(b'{"device_id": "d", "ts": 5, "values": [1, 2]}', ["x", "y"]).values  # one sample: a SensorReading
+[1.0, 2.0]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from schemas.base import (
+    DEFAULT_MAX_BYTES,
+    SchemaError,
+    check_fields,
+    check_version,
+    decode_json,
+    finite_floats,
+    require_id,
+    require_int,
+    require_str,
+)
+from schemas.records import SensorReading
+
+MAX_BLOCK_SAMPLES = 10_000
+
+
+def is_block(obj: Mapping[str, Any]) -> bool:
+    """Whether a decoded reading is a sample block (several samples, or the block form of one)."""
+    values = obj.get("values")
+    return ("interval_ms" in obj or "labels" in obj or isinstance(obj.get("ts"), list)
+            or (isinstance(values, list) and bool(values) and isinstance(values[0], list))
+            or (isinstance(values, dict) and any(isinstance(v, list) for v in values.values())))
+
+
+@dataclass(slots=True)
+class SampleBlock:
+    """Samples of one device: ``ts`` [n] (epoch ms, increasing), ``values`` [n, channels]."""
+
+    device_id: str
+    ts: np.ndarray
+    values: np.ndarray
+    seq: int | None = None
+    labels: list | None = None  # one per sample (None where unknown), or None when no sample has one
+    device_type: str | None = None
+
+    REQUIRED = ("device_id", "ts", "values")
+    OPTIONAL = ("schema_version", "seq", "label", "labels", "device_type", "interval_ms")
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def readings(self) -> list[SensorReading]:
+        """The block as single-sample readings (the order and fields the windower's per-sample path takes)."""
+        labels = self.labels or [None] * len(self)
+        return [SensorReading(self.device_id, int(t), row.tolist(), None if self.seq is None else self.seq + k,
+                              labels[k], self.device_type)
+                for k, (t, row, _) in enumerate(zip(self.ts, self.values, labels))]
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any], channel_names: Sequence[str] | None = None, max_abs: float = math.inf,
+                  max_samples: int = MAX_BLOCK_SAMPLES) -> "SampleBlock":
+        check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
+        check_version(obj)
+        device_id = require_id(obj, "device_id")
+        rows = _rows(obj["values"], channel_names, max_samples)
+        values = _matrix(rows, len(channel_names) if channel_names else len(rows[0]), max_abs)
+        ts = _times(obj, len(rows))
+        seq = require_int(obj, "seq", minimum=0) if obj.get("seq") is not None else None
+        labels = _labels(obj, len(rows))
+        device_type = require_id(obj, "device_type") if obj.get("device_type") is not None else None
+        return cls(device_id, ts, values, seq, labels, device_type)
+
+
+def _rows(raw: Any, channel_names: Sequence[str] | None, max_samples: int) -> list:
+    """``values`` as a list of rows (columns are turned into rows), with the sample count checked."""
+    if isinstance(raw, dict):
+        if channel_names is None:
+            raise SchemaError("values", "named columns need configured channel names")
+        missing = [n for n in channel_names if n not in raw]
+        if missing:
+            raise SchemaError(f"values.{missing[0]}", "missing channel")
+        extra = [n for n in raw if n not in channel_names]
+        if extra:
+            raise SchemaError(f"values.{extra[0]}", "unknown channel")
+        columns = [raw[n] for n in channel_names]
+        for name, column in zip(channel_names, columns):
+            if not isinstance(column, list):
+                raise SchemaError(f"values.{name}", f"must be a list of samples, got {type(column).__name__}")
+            if len(column) != len(columns[0]):
+                raise SchemaError(f"values.{name}", f"{len(column)} samples where {channel_names[0]} has "
+                                                    f"{len(columns[0])}")
+        rows = [list(row) for row in zip(*columns)]
+    elif isinstance(raw, list):
+        rows = raw
+    else:
+        raise SchemaError("values", f"must be a list of rows or an object of columns, got {type(raw).__name__}")
+    if not rows:
+        raise SchemaError("values", "a block needs at least one sample")
+    if len(rows) > max_samples:
+        raise SchemaError("values", f"a block of {len(rows)} samples; at most {max_samples} allowed")
+    return rows
+
+
+def _matrix(rows: list, channels: int, max_abs: float) -> np.ndarray:
+    """The rows as a float32 [n, channels] array; the first bad sample or value is named."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            raise SchemaError(f"values[{i}]", f"must be a list of {channels} numbers, got {type(row).__name__}")
+        if len(row) != channels:
+            raise SchemaError(f"values[{i}]", f"expected {channels} channels, got {len(row)}")
+        for j, v in enumerate(row):
+            if type(v) is not float and type(v) is not int:  # bool and str are refused, as in a single reading
+                raise SchemaError(f"values[{i}][{j}]", f"must be a number, got {type(v).__name__}")
+    try:
+        values = np.asarray(rows, np.float64)
+    except OverflowError:  # an integer beyond float range: find and name it
+        for i, row in enumerate(rows):
+            finite_floats(row, f"values[{i}]", max_abs)
+        raise
+    magnitude = np.abs(values)
+    bad = ~np.isfinite(values) | (magnitude > max_abs)
+    if bad.any():
+        i, j = (int(k) for k in np.argwhere(bad)[0])
+        finite_floats(rows[i], f"values[{i}]", max_abs)  # raises with the reason for that sample
+        raise SchemaError(f"values[{i}][{j}]", "out of range")
+    if (magnitude > np.finfo(np.float32).max).any():
+        raise SchemaError("values", "a value beyond float32 range")
+    return values.astype(np.float32)
+
+
+def _times(obj: Mapping[str, Any], n: int) -> np.ndarray:
+    """One time per sample: ``ts`` as a list, or ``ts`` + k * ``interval_ms``; strictly increasing."""
+    raw = obj["ts"]
+    if isinstance(raw, list):
+        if "interval_ms" in obj:
+            raise SchemaError("interval_ms", "give either a ts per sample or interval_ms, not both")
+        if len(raw) != n:
+            raise SchemaError("ts", f"{len(raw)} times for {n} samples")
+        ts = [require_int({f"ts[{k}]": t}, f"ts[{k}]", minimum=0) for k, t in enumerate(raw)]
+    else:
+        first = require_int(obj, "ts", minimum=0)
+        if "interval_ms" not in obj:
+            if n > 1:
+                raise SchemaError("ts", f"a block of {n} samples needs interval_ms or a ts per sample")
+            ts = [first]
+        else:
+            interval = obj["interval_ms"]
+            if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0 \
+                    or not math.isfinite(interval):
+                raise SchemaError("interval_ms", f"must be a positive number of milliseconds, got {interval!r}")
+            ts = [first + int(round(k * interval)) for k in range(n)]
+            require_int({"ts": ts[-1]}, "ts", minimum=0)  # the last sample's time stays a safe integer
+    for k in range(1, n):
+        if ts[k] <= ts[k - 1]:
+            raise SchemaError(f"ts[{k}]", f"{ts[k]} is not after the sample before it ({ts[k - 1]})")
+    return np.asarray(ts, np.int64)
+
+
+def _labels(obj: Mapping[str, Any], n: int) -> list | None:
+    if obj.get("label") is not None and obj.get("labels") is not None:
+        raise SchemaError("labels", "give either label (every sample) or labels (one per sample), not both")
+    if obj.get("label") is not None:
+        return [require_str(obj, "label")] * n
+    raw = obj.get("labels")
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) != n:
+        raise SchemaError("labels", f"must be a list of {n} labels (null where unknown)")
+    return [None if v is None else require_str({f"labels[{k}]": v}, f"labels[{k}]") for k, v in enumerate(raw)]
+
+
+def decode_reading(raw: bytes | str, channel_names: Sequence[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+                   max_abs: float = math.inf, max_samples: int = MAX_BLOCK_SAMPLES) -> SensorReading | SampleBlock:
+    """A single reading or a sample block, whichever the payload is."""
+    return reading_from_dict(decode_json(raw, max_bytes), channel_names, max_abs, max_samples)
+
+
+def reading_from_dict(obj: Mapping[str, Any], channel_names: Sequence[str] | None = None, max_abs: float = math.inf,
+                      max_samples: int = MAX_BLOCK_SAMPLES) -> SensorReading | SampleBlock:
+    if is_block(obj):
+        return SampleBlock.from_dict(obj, channel_names, max_abs, max_samples)
+    return SensorReading.from_dict(obj, channel_names=channel_names, max_abs=max_abs)

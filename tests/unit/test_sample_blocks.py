@@ -1,0 +1,128 @@
+"""Sample blocks: many samples per message. The contract checks every sample and names the bad one;
+the windower takes a block whole or not at all, and cuts exactly the windows the same samples sent
+one by one would make (a Hypothesis property over random streams, block sizes and settings)."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from operators.parse import ReadingParser
+from operators.windowing import SlidingWindower
+from schemas import DeadLetter, SchemaError, SensorReading
+from schemas.blocks import SampleBlock, decode_reading
+
+CHANNELS = ["x", "y"]
+
+
+def block(device, ts, rows, seq=None, labels=None) -> SampleBlock:
+    obj = {"device_id": device, "ts": ts, "values": rows}
+    if seq is not None:
+        obj["seq"] = seq
+    if labels is not None:
+        obj["labels"] = labels
+    return decode_reading(orjson.dumps(obj), CHANNELS)
+
+
+@pytest.mark.parametrize("payload, field, reason", [
+    ({"ts": 1, "interval_ms": 10, "values": [[1, 2], [3]]}, "values[1]", "expected 2 channels, got 1"),
+    ({"ts": 1, "interval_ms": 10, "values": [[1, 2], [3, True]]}, "values[1][1]", "must be a number"),
+    ({"ts": 1, "values": [[1, 2], [3, 4]]}, "ts", "needs interval_ms or a ts per sample"),
+    ({"ts": [1, 2, 3], "values": [[1, 2], [3, 4]]}, "ts", "3 times for 2 samples"),
+    ({"ts": [1, 3, 2], "values": [[1, 2], [3, 4], [5, 6]]}, "ts[2]", "is not after"),
+    ({"ts": 1, "interval_ms": 0, "values": [[1, 2], [3, 4]]}, "interval_ms", "positive number"),
+    ({"ts": 1, "interval_ms": 10, "values": []}, "values", "at least one sample"),
+    ({"ts": 1, "interval_ms": 10, "values": {"x": [1, 2], "y": [3]}}, "values.y", "1 samples where x has 2"),
+    ({"ts": 1, "interval_ms": 10, "values": {"x": [1], "z": [3]}}, "values.y", "missing channel"),
+    ({"ts": 1, "interval_ms": 10, "values": [[1, 2]] * 11}, "values", "at most 10 allowed"),
+    ({"ts": 1, "interval_ms": 10, "values": [[1, 2], [3, 4]], "labels": ["a"]}, "labels", "a list of 2 labels"),
+    ({"ts": 1, "interval_ms": 10, "values": [[1, 2], [3, 4e300]]}, "values[1][1]", "above the limit"),
+])
+def test_a_bad_sample_anywhere_in_a_block_refuses_the_block_and_is_named(payload, field, reason):
+    parser = ReadingParser(CHANNELS, "sensor-readings", max_abs=1e9, max_block_samples=10)
+    letter = parser.parse(orjson.dumps({"device_id": "d", **payload}), 0, 5)
+    assert isinstance(letter, DeadLetter) and letter.field == field and reason in letter.reason, letter
+
+
+def test_rows_columns_and_per_sample_times_are_the_same_block():
+    single = decode_reading(orjson.dumps({"device_id": "d", "ts": 100, "values": [1, 2]}), CHANNELS)
+    assert isinstance(single, SensorReading)  # the single-sample form still works
+    one_row = block("d", 100, [[1, 2]])
+    assert isinstance(one_row, SampleBlock) and one_row.ts.tolist() == [100]
+    a = decode_reading(orjson.dumps({"device_id": "d", "ts": 100, "interval_ms": 12.5,
+                                     "values": [[1, 2], [3, 4], [5, 6]]}), CHANNELS)
+    b = decode_reading(orjson.dumps({"device_id": "d", "ts": [100, 112, 125],
+                                     "values": {"x": [1, 3, 5], "y": [2, 4, 6]}, "label": "walk"}), CHANNELS)
+    assert a.ts.tolist() == b.ts.tolist() == [100, 112, 125] and (a.values == b.values).all()
+    assert b.labels == ["walk"] * 3 and a.labels is None
+    with pytest.raises(SchemaError, match="interval_ms: give either"):
+        decode_reading(orjson.dumps({"device_id": "d", "ts": [1, 2], "interval_ms": 5, "values": [[1, 2]] * 2}),
+                       CHANNELS)
+
+
+def run(windower, items):
+    state, windows, refused = windower.new_state("m"), [], []
+    for item in items:
+        add = windower.add_block if isinstance(item, SampleBlock) else windower.add
+        done, bad = add(state, item, ingest_ms=7)
+        windows += done
+        refused += bad
+    return windows, refused, state
+
+
+def as_tuples(windows):
+    return [(w.device_id, w.start, w.end, w.values.tolist(), w.truth, w.model_name) for w in windows]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(n=st.integers(1, 120), cuts=st.lists(st.integers(1, 40), min_size=1, max_size=40),
+       length=st.integers(2, 12), stride=st.integers(1, 12), sequenced=st.booleans(),
+       gaps=st.lists(st.integers(1, 30), min_size=1, max_size=5), reset_gap_ms=st.sampled_from([0, 25]),
+       labelled=st.booleans())
+def test_blocks_make_exactly_the_windows_their_samples_make_one_by_one(n, cuts, length, stride, sequenced, gaps,
+                                                                       reset_gap_ms, labelled):
+    stride = min(stride, length)
+    ts, t = [], 1000
+    for k in range(n):
+        t += gaps[k % len(gaps)]
+        ts.append(t)
+    rows = [[float(k), float(-k)] for k in range(n)]
+    labels = [("a" if k % 7 < 4 else "b") if labelled and k % 11 else None for k in range(n)]
+    singles = [SensorReading("d", ts[k], rows[k], k if sequenced else None, labels[k]) for k in range(n)]
+    blocks, start, i = [], 0, 0
+    while start < n:
+        size = cuts[i % len(cuts)]
+        part = slice(start, min(n, start + size))
+        blocks.append(SampleBlock("d", np.asarray(ts[part]), np.asarray(rows[part], np.float32),
+                                  start if sequenced else None, labels[part] if labelled else None))
+        start, i = part.stop, i + 1
+    windower = SlidingWindower(length, stride, 2, reset_gap_ms=reset_gap_ms)
+    one_by_one, refused_one, _ = run(windower, singles)
+    by_block, refused_block, state = run(windower, blocks)
+    assert not refused_one and not refused_block
+    assert as_tuples(by_block) == as_tuples(one_by_one)
+    assert state.count == run(windower, singles)[2].count
+
+
+def test_a_block_that_overlaps_what_was_used_is_refused_whole_and_changes_nothing():
+    import pickle
+
+    windower = SlidingWindower(4, 2, 2)
+    state = windower.new_state("m")
+    windows, _ = windower.add_block(state, block("d", [10, 20, 30, 40], [[1, 1]] * 4), 1)
+    assert len(windows) == 1
+    before = pickle.dumps(state)
+    windows, refused = windower.add_block(state, block("d", [35, 50, 60], [[2, 2]] * 3), 2)
+    assert windows == [] and "late or duplicate: block of ts 35..60 is not after the last used reading (40)" \
+        in refused[0].reason
+    state.late -= 3
+    assert pickle.dumps(state) == before  # nothing of it was applied
+    windower = SlidingWindower(4, 2, 2, max_seq_jump=1000)
+    seq = windower.new_state("m")
+    windower.add_block(seq, block("d", [10, 20], [[1, 1]] * 2, seq=0), 1)
+    _, refused = windower.add_block(seq, block("d", [30, 40], [[1, 1]] * 2, seq=1), 1)
+    assert "block of seq 1..2 overlaps" in refused[0].reason
+    _, refused = windower.add_block(seq, block("d", [30, 40], [[1, 1]] * 2, seq=10**6), 1)
+    assert "ahead of the next expected 2" in refused[0].reason
