@@ -1,4 +1,5 @@
-"""Inference throughput (windows/s) vs batch size: ONNX Runtime and torch eager, same model.
+"""Inference throughput (windows/s) vs batch size: ONNX Runtime (FP32, and the INT8 graph that
+``serving.precision = "int8"`` serves, ``model.quantize``) and torch eager, same model.
 
 Run: ``python bench/inference_bench.py [--seconds 1.0]``; writes bench/results/inference.{json,png}.
 """
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
 from model.export import export_onnx  # noqa: E402
 from model.network import WindowTransformer  # noqa: E402
+from model.quantize import quantize_int8  # noqa: E402
 from model.runtime import OnnxRunner, TorchRunner  # noqa: E402
 from model.spec import ModelSpec  # noqa: E402
 
@@ -35,13 +37,16 @@ def windows_per_second(runner, batch: np.ndarray, seconds: float) -> float:
 def measure(seconds: float, batches: list[int]) -> list[dict]:
     spec = ModelSpec()
     net = WindowTransformer(spec).eval()
-    onnx = OnnxRunner(export_onnx(net, spec))
+    fp32 = export_onnx(net, spec)
+    onnx = OnnxRunner(fp32)
+    int8 = OnnxRunner(quantize_int8(fp32))
     torch_runner = TorchRunner(net)
     rng = np.random.default_rng(0)
     rows = []
     for b in batches:
         x = rng.normal(size=(b, spec.window, spec.n_channels)).astype(np.float32)
         rows.append({"batch": b, "onnx": windows_per_second(onnx, x, seconds),
+                     "onnx_int8": windows_per_second(int8, x, seconds),
                      "torch": windows_per_second(torch_runner, x, seconds), "provider": onnx.provider})
     return rows
 
@@ -49,6 +54,7 @@ def measure(seconds: float, batches: list[int]) -> list[dict]:
 def plot(rows: list[dict], path: Path) -> None:
     batches = [r["batch"] for r in rows]
     line_plot(path, [(f"ONNX Runtime ({rows[0]['provider']})", batches, [r["onnx"] for r in rows], {"marker": "o"}),
+                     ("ONNX Runtime, INT8", batches, [r["onnx_int8"] for r in rows], {"marker": "s"}),
                      ("torch eager", batches, [r["torch"] for r in rows], {"marker": "o"})],
               "batch size (windows)", "windows / s", "Window classifier inference throughput", log2_x=True)
 
@@ -59,8 +65,10 @@ def main() -> None:
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     args = parser.parse_args()
     rows = measure(args.seconds, [int(b) for b in args.batches.split(",")])
-    print_table("Inference throughput (windows/s)", ["batch", "ONNX Runtime", "torch eager", "ONNX / torch"],
-                [[r["batch"], r["onnx"], r["torch"], f"{r['onnx'] / r['torch']:.2f}x"] for r in rows])
+    print_table("Inference throughput (windows/s)",
+                ["batch", "ONNX Runtime", "ONNX Runtime INT8", "INT8 / FP32", "torch eager", "ONNX / torch"],
+                [[r["batch"], r["onnx"], r["onnx_int8"], f"{r['onnx_int8'] / r['onnx']:.2f}x", r["torch"],
+                  f"{r['onnx'] / r['torch']:.2f}x"] for r in rows])
     save("inference", {"rows": rows})
     try:
         plot(rows, RESULTS / "inference.png")

@@ -42,7 +42,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
     if registry.latest_version(args.model_name) is None or args.retrain:
         from model.train import bootstrap
 
-        result = bootstrap(registry, args.model_name, epochs=args.epochs)
+        result = bootstrap(registry, args.model_name, epochs=args.epochs,
+                           int8_min_agreement=config_of(args).int8_check(args.model_name))
         meta = result.metadata
         print(f"trained {meta.model_name} v{meta.version} in {result.train_seconds:.1f}s: "
               f"test accuracy {meta.metrics['test_accuracy']:.3f}")
@@ -358,7 +359,7 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 def _version_table(root: str, name: str) -> int:
     """Print one model's versions; returns how many there are."""
-    from model.registry import ModelRegistry
+    from model.registry import INT8_FILE, ModelRegistry
 
     registry = ModelRegistry(root)
     versions = registry.versions(name)
@@ -371,10 +372,13 @@ def _version_table(root: str, name: str) -> int:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m.created_at / 1000))
         accuracy = m.metrics.get("holdout_accuracy", m.metrics.get("test_accuracy"))
         ece = m.metrics.get("ece_after")
+        agreed = m.metrics.get("int8_agreement")
+        int8 = "-" if agreed is None else f"{'yes' if INT8_FILE in m.artifacts else 'refused'} ({agreed:.3f})"
         rows.append([v, m.parent_version or "-", created, m.sha256[:12], m.data_seen,
-                     "-" if accuracy is None else f"{accuracy:.3f}", "-" if ece is None else f"{ece:.3f}",
+                     "-" if accuracy is None else f"{accuracy:.3f}", "-" if ece is None else f"{ece:.3f}", int8,
                      m.note or "-"])
-    print(table(rows, ["version", "parent", "created (UTC)", "sha256", "data seen", "accuracy", "ECE", "note"]))
+    print(table(rows, ["version", "parent", "created (UTC)", "sha256", "data seen", "accuracy", "ECE",
+                       "INT8 (agreement)", "note"]))
     return len(versions)
 
 
@@ -458,7 +462,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     margin = cfg.learning.gate_margin if args.gate_margin is None else args.gate_margin
     result = retrain(args.bootstrap, cfg.topics, args.registry, args.model_name, args.epochs, args.lr, margin,
-                     cfg.learning.holdout_every, announce=not args.no_announce, signing_key=cfg.registry.signing_key)
+                     cfg.learning.holdout_every, announce=not args.no_announce, signing_key=cfg.registry.signing_key,
+                     int8_min_agreement=cfg.int8_check(args.model_name))
     print(describe(result))
     return 0
 

@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"not {model.name}")
     try:
         result = train_from_dataset(ModelRegistry(cfg.registry.path), model.spec_dict(), model.stride, dataset,
-                                    epochs=args.epochs, seed=args.seed)
+                                    epochs=args.epochs, seed=args.seed, int8_min_agreement=cfg.int8_check(model.name))
     except ValueError as exc:
         raise SystemExit(f"sensorloop: {exc}") from None
     print(f"{result.split}; trained on {result.train_windows} windows in {result.seconds:.1f}s")

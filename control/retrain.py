@@ -61,7 +61,7 @@ def labeled_archive(bootstrap: str, classes: list[str], topics: Topics,
 
 def retrain(bootstrap: str, topics: Topics, registry_root: str, model_name: str, epochs: int = 10, lr: float = 5e-4,
             margin: float = 0.0, holdout_every: int = 4, announce: bool = True,
-            signing_key: str = "") -> RetrainResult:
+            signing_key: str = "", int8_min_agreement: float | None = None) -> RetrainResult:
     registry = ModelRegistry(registry_root)
     serving = registry.load(model_name)
     spec = ModelSpec.from_dict(serving.metadata.spec)
@@ -87,7 +87,7 @@ def retrain(bootstrap: str, topics: Topics, registry_root: str, model_name: str,
                                 "holdout_windows": float(decision.samples), "labeled_windows": float(len(items))},
                                parent_version=serving.metadata.version, data_seen=len(items),
                                note=f"full retrain from the labeled archive: {decision.reason}",
-                               calibration=(X[held], y[held]))
+                               calibration=(X[held], y[held]), int8_min_agreement=int8_min_agreement)
         version = meta.version
         if announce:
             snapshot = announcement(registry, model_name, version, signing_key)

@@ -85,7 +85,7 @@ class TrainResult:
 
 
 def train_from_dataset(registry: ModelRegistry, spec_dict: dict, stride: int, dataset: Dataset,
-                       epochs: int = 25, seed: int = 0) -> TrainResult:
+                       epochs: int = 25, seed: int = 0, int8_min_agreement: float | None = None) -> TrainResult:
     """Train on the dataset's training side, report on its held-out side, publish the next version."""
     spec = ModelSpec.from_dict(spec_dict)
     if list(spec.channels) != dataset.channels or list(spec.classes) != dataset.classes:
@@ -109,6 +109,6 @@ def train_from_dataset(registry: ModelRegistry, spec_dict: dict, stride: int, da
     fingerprint = dataset.manifest["fingerprint"]
     meta = publish_version(registry, dataset.manifest["model_name"], net, spec, metrics, data_seen=len(y),
                            note=f"trained on dataset {dataset.dataset_id} (sha256:{fingerprint}); {split}",
-                           calibration=(Xte, yte))
+                           calibration=(Xte, yte), int8_min_agreement=int8_min_agreement)
     log.info("published %s v%d: %s", meta.model_name, meta.version, metrics)
     return TrainResult(meta, report, split, len(y), seconds)

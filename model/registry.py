@@ -25,6 +25,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 
+INT8_FILE = "model-int8.onnx"  # a version's quantized graph, when it has one (model.quantize)
+
+
 class ArtifactError(RuntimeError):
     """A model artifact that is missing, corrupt or does not match its checksum."""
 
@@ -45,6 +48,7 @@ class VersionMetadata:
     data_seen: int = 0
     created_at: int = 0
     note: str = ""
+    artifacts: dict[str, str] = field(default_factory=dict)  # further files (e.g. model-int8.onnx) -> sha256
 
 
 @dataclass
@@ -53,6 +57,7 @@ class LoadedVersion:
     onnx_bytes: bytes
     weights_bytes: bytes | None
     artifact_uri: str
+    int8_bytes: bytes | None = None  # the version's INT8 graph, when asked for and present
 
 
 def read_artifact(uri: str) -> bytes:
@@ -152,20 +157,29 @@ class ModelRegistry:
 
     def publish(self, name: str, onnx_bytes: bytes, weights_bytes: bytes, spec: dict[str, Any],
                 metrics: dict[str, float] | None = None, parent_version: int | None = None,
-                data_seen: int = 0, note: str = "") -> VersionMetadata:
-        """Write a new version (the next number) and return its metadata."""
+                data_seen: int = 0, note: str = "", extra: dict[str, bytes] | None = None) -> VersionMetadata:
+        """Write a new version (the next number) and return its metadata; ``extra`` files (such as
+        ``model-int8.onnx``) are stored beside the model with their sha256 in the metadata."""
+        extra = dict(extra or {})
+        for file in extra:
+            if file in ("model.onnx", "weights.pt", "metadata.json", ".claim") or "/" in file:
+                raise ValueError(f"extra artifact name {file!r} is reserved or not a plain file name")
+
         def metadata_for(version: int) -> VersionMetadata:
             return VersionMetadata(name, version, sha256_hex(onnx_bytes), sha256_hex(weights_bytes), spec,
-                                   dict(metrics or {}), parent_version, data_seen, int(time.time() * 1000), note)
+                                   dict(metrics or {}), parent_version, data_seen, int(time.time() * 1000), note,
+                                   {file: sha256_hex(data) for file, data in extra.items()})
 
         if self.remote:
-            return self._publish_remote(name, onnx_bytes, weights_bytes, metadata_for)
+            return self._publish_remote(name, onnx_bytes, weights_bytes, metadata_for, extra)
         folder = self._model_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
         try:
             (staging / "model.onnx").write_bytes(onnx_bytes)
             (staging / "weights.pt").write_bytes(weights_bytes)
+            for file, data in extra.items():
+                (staging / file).write_bytes(data)
             while True:
                 meta = metadata_for((self.latest_version(name) or 0) + 1)
                 (staging / "metadata.json").write_text(json.dumps(asdict(meta), indent=2))
@@ -178,7 +192,8 @@ class ModelRegistry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _publish_remote(self, name: str, onnx_bytes: bytes, weights_bytes: bytes, metadata_for) -> VersionMetadata:
+    def _publish_remote(self, name: str, onnx_bytes: bytes, weights_bytes: bytes, metadata_for,
+                        extra: dict[str, bytes]) -> VersionMetadata:
         """Claim the number with an exclusive create of ``.claim`` (S3's ``If-None-Match: *``), so two
         publishers never take the same one, whatever their view of the listing; then the artifacts,
         ``metadata.json`` last: the version exists once that file does."""
@@ -193,18 +208,24 @@ class ModelRegistry:
             meta = metadata_for(version)
             self.fs.pipe_file(f"{folder}/model.onnx", onnx_bytes)
             self.fs.pipe_file(f"{folder}/weights.pt", weights_bytes)
+            for file, data in extra.items():
+                self.fs.pipe_file(f"{folder}/{file}", data)
             self.fs.pipe_file(f"{folder}/metadata.json", json.dumps(asdict(meta), indent=2).encode())
             return meta
 
     def announcement(self, name: str, version: int) -> dict[str, Any]:
         """What a ``model-snapshots`` message says about a stored version."""
         meta = self.metadata(name, version)
-        return {"model_name": name, "version": version, "artifact_uri": self.artifact_uri(name, version),
-                "sha256": meta.sha256, "metrics": meta.metrics, "parent_version": meta.parent_version,
-                "created_at": meta.created_at}
+        out = {"model_name": name, "version": version, "artifact_uri": self.artifact_uri(name, version),
+               "sha256": meta.sha256, "metrics": meta.metrics, "parent_version": meta.parent_version,
+               "created_at": meta.created_at}
+        if INT8_FILE in meta.artifacts:
+            out["int8_sha256"] = meta.artifacts[INT8_FILE]
+        return out
 
-    def load(self, name: str, version: int | None = None) -> LoadedVersion:
-        """Load a version (latest by default), verifying both checksums."""
+    def load(self, name: str, version: int | None = None, int8: bool = False) -> LoadedVersion:
+        """Load a version (latest by default), verifying every checksum; with ``int8``, its INT8 graph
+        too where it has one."""
         version = version if version is not None else self.latest_version(name)
         if version is None:
             raise ArtifactError(f"no version of model {name!r} in {self.root}")
@@ -217,4 +238,12 @@ class ModelRegistry:
             weights = None
         if weights is not None and sha256_hex(weights) != meta.weights_sha256:
             raise ArtifactError(f"weights of {name} v{version} do not match their sha256")
-        return LoadedVersion(meta, onnx_bytes, weights, uri)
+        int8_bytes = None
+        if int8 and INT8_FILE in meta.artifacts:
+            try:
+                int8_bytes = self._read(name, version, INT8_FILE)
+            except (OSError, FileNotFoundError) as exc:
+                raise ArtifactError(f"the INT8 graph of {name} v{version} is unreadable: {exc}") from None
+            if sha256_hex(int8_bytes) != meta.artifacts[INT8_FILE]:
+                raise ArtifactError(f"the INT8 graph of {name} v{version} does not match its sha256")
+        return LoadedVersion(meta, onnx_bytes, weights, uri, int8_bytes)

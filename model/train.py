@@ -16,7 +16,8 @@ from model.calibration import MIN_WINDOWS, calibrate
 from model.datasets import load_basic_motions, sliding_windows
 from model.export import export_onnx
 from model.network import WindowTransformer
-from model.registry import ModelRegistry, VersionMetadata
+from model.quantize import agreement, quantize_int8
+from model.registry import INT8_FILE, ModelRegistry, VersionMetadata
 from model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -92,19 +93,38 @@ def logits_of(net: nn.Module, X: np.ndarray) -> np.ndarray:
 
 def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: ModelSpec,
                     metrics: dict[str, float], parent_version: int | None = None, data_seen: int = 0,
-                    note: str = "", calibration: tuple[np.ndarray, np.ndarray] | None = None) -> VersionMetadata:
+                    note: str = "", calibration: tuple[np.ndarray, np.ndarray] | None = None,
+                    int8_min_agreement: float | None = None) -> VersionMetadata:
     """Export a network to ONNX and write it, with its weights, as the next registry version. With
     ``calibration`` (held-out windows and their labels, at least ``MIN_WINDOWS``), a temperature is
     fitted on them and baked into the exported probabilities; the version's metrics record it with
-    the expected calibration error before and after (``model.calibration.calibrate``)."""
+    the expected calibration error before and after (``model.calibration.calibrate``).
+
+    With ``int8_min_agreement``, an INT8 graph (``model.quantize``) is made too and kept beside the
+    model only when it predicts the same class as the FP32 graph on at least that share of the
+    held-out windows; the metrics record the agreement either way (no held-out windows: no INT8)."""
     temperature = 1.0
     if calibration is not None and len(calibration[1]) >= MIN_WINDOWS:
         fitted = calibrate(logits_of(net, calibration[0]), np.asarray(calibration[1]))
         temperature = fitted["temperature"]
         metrics = {**metrics, **fitted}
-    return registry.publish(name, export_onnx(net, spec, temperature=temperature), weights_bytes(net),
-                            spec.to_dict(), metrics=metrics, parent_version=parent_version, data_seen=data_seen,
-                            note=note)
+    onnx_bytes, extra = export_onnx(net, spec, temperature=temperature), {}
+    if int8_min_agreement is not None:
+        windows = calibration[0] if calibration is not None else np.zeros((0, spec.window, spec.n_channels))
+        if len(windows):
+            int8 = quantize_int8(onnx_bytes)
+            check = agreement(onnx_bytes, int8, np.asarray(windows, np.float32))
+            metrics = {**metrics, "int8_agreement": check.top1, "int8_max_prob_diff": check.max_prob_diff,
+                       "int8_windows": float(check.windows)}
+            if check.accepts(int8_min_agreement):
+                extra[INT8_FILE] = int8
+            else:
+                log.warning("%s: INT8 graph refused: same class on %.3f of %d held-out windows (at least %.3f "
+                            "needed)", name, check.top1, check.windows, int8_min_agreement)
+        else:
+            log.warning("%s: no held-out windows to check an INT8 graph against: none kept", name)
+    return registry.publish(name, onnx_bytes, weights_bytes(net), spec.to_dict(), metrics=metrics,
+                            parent_version=parent_version, data_seen=data_seen, note=note, extra=extra)
 
 
 @dataclass
@@ -115,7 +135,8 @@ class BootstrapResult:
 
 
 def bootstrap(registry: ModelRegistry, name: str = "basic-motions", spec: ModelSpec | None = None,
-              epochs: int = 25, stride: int = 4, seed: int = 0) -> BootstrapResult:
+              epochs: int = 25, stride: int = 4, seed: int = 0,
+              int8_min_agreement: float | None = None) -> BootstrapResult:
     """Train on the BasicMotions train split, evaluate on the test split, publish a version."""
     spec = spec or ModelSpec()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -132,6 +153,7 @@ def bootstrap(registry: ModelRegistry, name: str = "basic-motions", spec: ModelS
                "train_accuracy": accuracy(predict_proba(net, X), y),
                "train_windows": float(len(X))}
     meta = publish_version(registry, name, net, spec, metrics, data_seen=len(X),
-                           note="bootstrap: BasicMotions train split", calibration=(Xte, yte))
+                           note="bootstrap: BasicMotions train split", calibration=(Xte, yte),
+                           int8_min_agreement=int8_min_agreement)
     log.info("published %s v%d: %s", name, meta.version, metrics)
     return BootstrapResult(meta, seconds, losses)

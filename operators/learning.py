@@ -255,9 +255,11 @@ class VersionPublisher:
     """
 
     def __init__(self, registry: ModelRegistry, model_name: str, topics: Topics,
-                 serving: ServingSettings = ServingSettings(), signing_key: str = "") -> None:
+                 serving: ServingSettings = ServingSettings(), signing_key: str = "",
+                 int8_min_agreement: float | None = None) -> None:
         self.registry, self.model_name, self.topics, self.serving = registry, model_name, topics, serving
         self.signing_key = signing_key
+        self.int8_min_agreement = int8_min_agreement  # None: no INT8 graph with each version
         self.published = 0
         self.drift_events = 0
         self.rollbacks = 0
@@ -303,7 +305,7 @@ class VersionPublisher:
         meta = publish_version(self.registry, self.model_name, candidate.net, loop.spec, metrics,
                                parent_version=loop.version or None, data_seen=loop.labeled,
                                note=f"online{' (cold start)' if not loop.version else ''}: {d.reason}",
-                               calibration=calibration)
+                               calibration=calibration, int8_min_agreement=self.int8_min_agreement)
         loop.accepted(candidate, meta.version)
         self.published += 1
         snapshot = announcement(self.registry, self.model_name, meta.version, self.signing_key)

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.registry import ArtifactError, LoadedVersion, ModelRegistry, VersionMetadata, load_verified, read_artifact
+from model.registry import (
+    INT8_FILE,
+    ArtifactError,
+    LoadedVersion,
+    ModelRegistry,
+    VersionMetadata,
+    load_verified,
+    read_artifact,
+)
 from model.runtime import OnnxRunner, Runner, TorchRunner
 from model.spec import ModelSpec
 
@@ -23,10 +31,11 @@ class ServingModel:
     version: int
     spec: ModelSpec
     runner: Runner
+    precision: str = "fp32"  # "int8" when the version's quantized graph serves
 
     @property
     def provider(self) -> str:
-        return self.runner.provider
+        return self.runner.provider if self.precision == "fp32" else f"{self.runner.provider} ({self.precision})"
 
 
 @dataclass
@@ -88,12 +97,23 @@ def smoke_test(runner: Runner, spec: ModelSpec) -> None:
 
 
 def build_serving_model(loaded: LoadedVersion, runtime: str = "onnx", device: str = "auto",
-                        threads: int = 0) -> ServingModel:
-    """Make a verified, smoke-tested serving model from a loaded registry version."""
+                        threads: int = 0, precision: str = "fp32") -> ServingModel:
+    """Make a verified, smoke-tested serving model from a loaded registry version. ``precision="int8"``
+    serves the version's INT8 graph; a version without one (not asked for when it was published, or
+    refused by the agreement check) serves FP32, and the log says so."""
     spec = ModelSpec.from_dict(loaded.metadata.spec)
+    meta = loaded.metadata
+    serve_int8 = precision == "int8" and runtime == "onnx" and loaded.int8_bytes is not None
+    if precision == "int8" and not serve_int8:
+        why = ("the torch runtime serves the weights" if runtime != "onnx" else
+               "its announcement names none" if INT8_FILE in meta.artifacts else
+               f"INT8 agreement {meta.metrics['int8_agreement']:.3f} was below the minimum when it was published"
+               if "int8_agreement" in meta.metrics else "it was published without one")
+        log.warning("%s v%d has no INT8 graph to serve (%s): serving FP32", meta.model_name, meta.version, why)
     try:
         if runtime == "onnx":
-            runner: Runner = OnnxRunner(loaded.onnx_bytes, prefer=device, threads=threads, spin=threads == 0)
+            graph = loaded.int8_bytes if serve_int8 else loaded.onnx_bytes
+            runner: Runner = OnnxRunner(graph, prefer=device, threads=threads, spin=threads == 0)
         else:
             from model.train import load_network
 
@@ -107,20 +127,21 @@ def build_serving_model(loaded: LoadedVersion, runtime: str = "onnx", device: st
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
         raise ArtifactError(f"cannot load {loaded.metadata.model_name} v{loaded.metadata.version}: {exc}") from None
     smoke_test(runner, spec)
-    return ServingModel(loaded.metadata.model_name, loaded.metadata.version, spec, runner)
+    return ServingModel(meta.model_name, meta.version, spec, runner, "int8" if serve_int8 else "fp32")
 
 
 def load_from_registry(root: str, name: str, version: int | None = None, runtime: str = "onnx",
-                       device: str = "auto", threads: int = 0) -> ServingModel:
+                       device: str = "auto", threads: int = 0, precision: str = "fp32") -> ServingModel:
     """Load, verify and smoke-test a registry version; ``threads`` > 0 pins ONNX Runtime's
     intra-op threads (and turns spinning off), 0 keeps its defaults."""
-    model = build_serving_model(ModelRegistry(root).load(name, version), runtime, device, threads)
+    model = build_serving_model(ModelRegistry(root).load(name, version, int8=precision == "int8"), runtime, device,
+                                threads, precision)
     log.info("serving %s v%d on %s", model.name, model.version, model.provider)
     return model
 
 
 def load_newest_usable(root: str, name: str, runtime: str = "onnx", device: str = "auto",
-                       threads: int = 0) -> tuple[ServingModel, list[str]]:
+                       threads: int = 0, precision: str = "fp32") -> tuple[ServingModel, list[str]]:
     """The newest registry version that loads, verifies and passes its smoke test, with the reason
     each newer one was passed over (a deleted or corrupt artifact must not keep serving down: the
     caller reports every reason loudly). Raises :class:`ArtifactError` when no version loads.
@@ -134,7 +155,7 @@ def load_newest_usable(root: str, name: str, runtime: str = "onnx", device: str 
     passed_over: list[str] = []
     for version in reversed(ModelRegistry(root).versions(name)):
         try:
-            return load_from_registry(root, name, version, runtime, device, threads), passed_over
+            return load_from_registry(root, name, version, runtime, device, threads, precision), passed_over
         except ArtifactError as exc:
             passed_over.append(f"v{version}: {exc}")
     raise ArtifactError(f"no usable version of {name!r}: {'; '.join(passed_over) or 'none in the registry'}")
@@ -164,7 +185,7 @@ def input_mismatch(spec: ModelSpec, window: int, channels) -> str | None:
 
 
 def load_snapshot(snapshot, runtime: str = "onnx", device: str = "auto", threads: int = 0,
-                  registry_root: str | None = None, verifier=None) -> ServingModel:
+                  registry_root: str | None = None, verifier=None, precision: str = "fp32") -> ServingModel:
     """Load the version a ``model-snapshots`` message announces: sha256-verified artifact,
     metadata beside it, smoke inference. With ``registry_root`` (as serving always passes it), the
     artifact must be the one that registry keeps for that name and version: an announcement cannot
@@ -193,5 +214,11 @@ def load_snapshot(snapshot, runtime: str = "onnx", device: str = "auto", threads
     weights = None
     if runtime == "torch":
         weights = load_verified(sibling_uri(snapshot.artifact_uri, "weights.pt"), meta.weights_sha256)
-    loaded = LoadedVersion(meta, onnx_bytes, weights, snapshot.artifact_uri)
-    return build_serving_model(loaded, runtime, device, threads)
+    int8 = None
+    if precision == "int8" and INT8_FILE in meta.artifacts and snapshot.int8_sha256 is not None:
+        if snapshot.int8_sha256 != meta.artifacts[INT8_FILE]:  # (the announcement's hash is the signed one)
+            raise ArtifactError(f"the announced INT8 sha256 of {meta.model_name} v{meta.version} differs from the "
+                                "registry's")
+        int8 = load_verified(sibling_uri(snapshot.artifact_uri, INT8_FILE), snapshot.int8_sha256)
+    loaded = LoadedVersion(meta, onnx_bytes, weights, snapshot.artifact_uri, int8)
+    return build_serving_model(loaded, runtime, device, threads, precision)

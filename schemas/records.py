@@ -262,17 +262,17 @@ class ModelSnapshot(_Record):
     parent_version: int | None = None
     created_at: int = 0
     signature: str | None = None  # base64 Ed25519 signature (model.signing), when the publisher signs
+    int8_sha256: str | None = None  # the version's INT8 graph (model-int8.onnx beside the artifact), if any
 
     REQUIRED = ("model_name", "version", "artifact_uri", "sha256")
-    OPTIONAL = ("schema_version", "metrics", "parent_version", "created_at", "signature")
+    OPTIONAL = ("schema_version", "metrics", "parent_version", "created_at", "signature", "int8_sha256")
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "ModelSnapshot":
         check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
         check_version(obj)
-        sha = require_str(obj, "sha256")
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise SchemaError("sha256", "must be 64 lowercase hex digits")
+        sha = _sha256(obj, "sha256")
+        int8_sha = _sha256(obj, "int8_sha256") if obj.get("int8_sha256") is not None else None
         metrics = obj.get("metrics") or {}
         if not isinstance(metrics, dict):
             raise SchemaError("metrics", "must be an object")
@@ -285,7 +285,15 @@ class ModelSnapshot(_Record):
             parent_version=require_int(obj, "parent_version", 1) if obj.get("parent_version") is not None else None,
             created_at=require_int(obj, "created_at", 0) if "created_at" in obj else 0,
             signature=require_str(obj, "signature", max_len=200) if obj.get("signature") is not None else None,
+            int8_sha256=int8_sha,
         )
+
+
+def _sha256(obj: Mapping[str, Any], name: str) -> str:
+    value = require_str(obj, name)
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise SchemaError(name, "must be 64 lowercase hex digits")
+    return value
 
 
 @dataclass(slots=True)

@@ -85,6 +85,15 @@ class Config:
         """
         return [n.strip() for n in self.serving.models.split(",") if n.strip()] or [self.registry.model_name]
 
+    def precision_of(self, model_name: str) -> str:
+        """``fp32`` or ``int8`` for one model: its declaration's ``precision``, else ``serving.precision``."""
+        declared = self.models.get(model_name)
+        return declared.precision if declared is not None and declared.precision else self.serving.precision
+
+    def int8_check(self, model_name: str) -> float | None:
+        """The INT8 agreement a new version of ``model_name`` must reach, or None when it gets no INT8 graph."""
+        return self.learning.int8_min_agreement if self.precision_of(model_name) == "int8" else None
+
     def declared_spec(self, model_name: str) -> dict[str, Any] | None:
         """``model_name``'s declared spec, or None when the configuration does not declare it."""
         declared = self.models.get(model_name)

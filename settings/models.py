@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 KEYS = ("channels", "units", "sample_rate_hz", "window", "stride", "classes", "d_model", "n_heads", "n_layers",
-        "d_ff", "dropout", "device_types", "devices")
+        "d_ff", "dropout", "device_types", "devices", "precision")
 
 
 def _samples(value: Any, rate: float, key: str) -> int:
@@ -65,6 +65,7 @@ class ModelDeclaration:
     dropout: float = 0.1
     device_types: tuple[str, ...] = ()  # a reading's "device_type" values this model scores (default: its name)
     devices: tuple[str, ...] = ()  # device id patterns (fnmatch, e.g. "wrist-*") for readings without a type
+    precision: str = ""  # "fp32" or "int8" for this model; "" follows serving.precision
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any]) -> "ModelDeclaration":
@@ -116,10 +117,13 @@ class ModelDeclaration:
             if not NAME.fullmatch(kind):
                 problems.append(f"device_types: {kind!r}: letters, digits, '.', '_' and '-' only, at most 64")
         devices = _names(table.get("devices", []), "devices", problems)
+        precision = table.get("precision", "")
+        if precision not in ("", "fp32", "int8"):
+            problems.append(f"precision: expected \"fp32\" or \"int8\", got {precision!r}")
         if problems:
             raise ValueError("; ".join(problems))
         return cls(name, channels, classes, float(rate), window, stride, units, dropout=float(dropout),
-                   device_types=device_types, devices=devices, **sizes)
+                   device_types=device_types, devices=devices, precision=precision, **sizes)
 
     def spec_dict(self) -> dict[str, Any]:
         """The registry's model spec (``model.spec.ModelSpec.from_dict`` reads it)."""
@@ -140,4 +144,6 @@ class ModelDeclaration:
             table["device_types"] = list(self.device_types)
         if self.devices:
             table["devices"] = list(self.devices)
+        if self.precision:
+            table["precision"] = self.precision
         return table

@@ -134,6 +134,7 @@ class ServingSettings:
     device_expiry_ms: int = 3_600_000  # a device silent this long is forgotten (its window state); 0: never
     source_check_ms: int = 5_000  # how often the broker is asked whether the readings read still exist; 0: off
     runtime: str = "onnx"
+    precision: str = "fp32"  # "int8": versions get an INT8 graph on publish (if it agrees) and serving uses it
     device: str = "auto"
     inference_threads: int = 1
     confidence_drift_delta: float = 0.002  # ADWIN on served confidence (a fall is a drift event); 0: off
@@ -160,6 +161,8 @@ class ServingSettings:
             raise ValueError(f"runtime must be 'onnx' or 'torch', got {self.runtime!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in ("fp32", "int8"):
+            raise ValueError(f"precision must be fp32 or int8, got {self.precision!r}")
         if self.query_strategy not in ("confidence", "margin", "entropy"):
             raise ValueError(f"query_strategy must be confidence, margin or entropy, got {self.query_strategy!r}")
         _share(self, "query_threshold", "review_device_share", "review_class_share")
@@ -209,6 +212,7 @@ class LearningSettings:
     publish_interval_s: float = 0.0  # periodic deployment: a candidate that is not worse but not clearly better
     #                                  waits this long after the last version (by answer time); 0: no wait
     publish_now_z: float = 1.645  # ... unless it wins clearly more held-out windows (sign test at this z)
+    int8_min_agreement: float = 0.98  # an INT8 graph is kept only if it predicts FP32's class this often
     holdout_size: int = 300
     label_ttl_ms: int = 3_600_000  # how long a review request waits for its answers
 
@@ -218,6 +222,7 @@ class LearningSettings:
         _at_least(self, 0, "replay_ratio", "ewc_strength", "gate_z", "rollback_z", "publish_interval_s",
                   "publish_now_z")
         _at_least(self, 1, "rollback_min_audits")
+        _share(self, "int8_min_agreement")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.holdout not in ("hashed", "audit"):

@@ -234,14 +234,15 @@ class PendingState:
 
 def starting_model(cfg: Config, name: str, primary: bool):
     """The version ``name`` starts serving with, and why newer versions were passed over."""
-    s, registry = cfg.serving, cfg.registry
+    s, registry, precision = cfg.serving, cfg.registry, cfg.precision_of(name)
     if primary and s.model_version:  # pinned: that version or nothing
-        return load_from_registry(registry.path, name, s.model_version, s.runtime, s.device, s.inference_threads), []
+        return load_from_registry(registry.path, name, s.model_version, s.runtime, s.device, s.inference_threads,
+                                  precision), []
     if cfg.models.get(name) is not None and not ModelRegistry(registry.path).versions(name):
         log.warning("cold start: %s has no trained version yet; every window goes to review until "
                     "the learning job publishes v1", name)
         return untrained_model(name, ModelSpec.from_dict(cfg.declared_spec(name))), []
-    return load_newest_usable(registry.path, name, s.runtime, s.device, s.inference_threads)
+    return load_newest_usable(registry.path, name, s.runtime, s.device, s.inference_threads, precision)
 
 
 class InferBatches(KeyedCoProcessFunction):
@@ -273,9 +274,9 @@ class InferBatches(KeyedCoProcessFunction):
                 raise ArtifactError(f"{name} v{model.version} cannot serve: {mismatch}")
             settings = replace(s, window=served.window, stride=served.stride)
             shard = InferenceShard(settings, name, self.cfg.topics, model,
-                                   lambda snap, settings=settings: load_snapshot(
+                                   lambda snap, settings=settings, precision=self.cfg.precision_of(name): load_snapshot(
                                        snap, settings.runtime, settings.device, settings.inference_threads,
-                                       registry.path, verifier),
+                                       registry.path, verifier, precision),
                                    self.stats_file)
             suffix = "" if i == 0 else f"-{name}"
             self.shards[name] = shard

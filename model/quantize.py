@@ -1,0 +1,63 @@
+"""INT8 versions of a model: ONNX Runtime's dynamic quantization (8-bit weights of the MatMul and
+Gemm nodes, activations quantized on the fly), checked against the FP32 graph before it may serve.
+
+>>> import numpy as np
+>>> from model.export import export_onnx
+>>> from model.network import WindowTransformer
+>>> from model.spec import ModelSpec
+>>> spec = ModelSpec(window=8, channels=("a", "b"), classes=("x", "y"), d_model=16, n_heads=2, n_layers=1, d_ff=32)
+>>> fp32 = export_onnx(WindowTransformer(spec).eval(), spec)
+>>> int8 = quantize_int8(fp32)
+>>> check = agreement(fp32, int8, np.random.default_rng(0).normal(size=(40, 8, 2)).astype(np.float32))
+>>> check.windows, check.top1 >= 0.9, check.max_prob_diff < 0.1
+(40, True, True)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+INT8_FILE = "model-int8.onnx"
+
+
+def quantize_int8(onnx_bytes: bytes) -> bytes:
+    """The dynamically quantized (INT8 weights) version of an ONNX graph."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().disabled, was = True, logging.getLogger().disabled  # it logs a pre-processing hint
+    try:
+        with tempfile.TemporaryDirectory(prefix="quantize-") as folder:
+            source, target = os.path.join(folder, "fp32.onnx"), os.path.join(folder, "int8.onnx")
+            with open(source, "wb") as fh:
+                fh.write(onnx_bytes)
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+            with open(target, "rb") as fh:
+                return fh.read()
+    finally:
+        logging.getLogger().disabled = was
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely the INT8 graph follows the FP32 one on the same windows."""
+
+    windows: int
+    top1: float  # share of windows with the same predicted class
+    max_prob_diff: float  # largest difference of any class probability
+
+    def accepts(self, min_top1: float) -> bool:
+        return self.windows > 0 and self.top1 >= min_top1
+
+
+def agreement(fp32: bytes, int8: bytes, X: np.ndarray) -> Agreement:
+    """Score ``X`` with both graphs (ONNX Runtime on the CPU)."""
+    from model.runtime import OnnxRunner
+
+    a = OnnxRunner(fp32, prefer="cpu", threads=1).predict_proba(X)
+    b = OnnxRunner(int8, prefer="cpu", threads=1).predict_proba(X)
+    return Agreement(len(X), float((a.argmax(1) == b.argmax(1)).mean()), float(np.abs(a - b).max()))

@@ -1,0 +1,81 @@
+"""INT8 versions: made on publish when asked, kept only when they agree with FP32 on the held-out
+windows, verified by sha256 like every artifact, announced with their hash, and served per model."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from model.datasets import load_basic_motions, sliding_windows
+from model.registry import INT8_FILE, ArtifactError, ModelRegistry
+from model.spec import ModelSpec
+from model.train import encode_labels, load_network, publish_version
+from operators.serving_model import load_from_registry, load_snapshot
+from schemas import ModelSnapshot
+from settings import Config, load_config
+
+NAME = "basic-motions"
+
+
+def held_out():
+    X, labels = sliding_windows(load_basic_motions("test"), 32, 16)
+    return X, encode_labels(labels, ModelSpec().classes)
+
+
+def test_an_int8_graph_that_agrees_is_kept_verified_announced_and_served(registry_copy):
+    registry = ModelRegistry(registry_copy)
+    v1 = registry.load(NAME, 1)
+    spec = ModelSpec.from_dict(v1.metadata.spec)
+    X, y = held_out()
+    meta = publish_version(registry, NAME, load_network(spec, v1.weights_bytes), spec, {}, parent_version=1,
+                           calibration=(X, y), int8_min_agreement=0.98)
+    assert INT8_FILE in meta.artifacts and meta.metrics["int8_agreement"] >= 0.98
+    assert meta.metrics["int8_windows"] == len(X)
+    fp32 = load_from_registry(registry_copy, NAME, meta.version)
+    int8 = load_from_registry(registry_copy, NAME, meta.version, precision="int8")
+    assert (fp32.precision, int8.precision) == ("fp32", "int8") and "int8" in int8.provider
+    a, b = fp32.runner.predict_proba(X), int8.runner.predict_proba(X)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.98 and not np.array_equal(a, b)  # a different graph
+    snapshot = ModelSnapshot.decode(ModelSnapshot.from_dict(registry.announcement(NAME, meta.version)).encode())
+    assert snapshot.int8_sha256 == meta.artifacts[INT8_FILE]
+    assert load_snapshot(snapshot, registry_root=registry_copy, precision="int8").precision == "int8"
+    forged = ModelSnapshot.from_dict({**registry.announcement(NAME, meta.version), "int8_sha256": "0" * 64})
+    with pytest.raises(ArtifactError, match="announced INT8 sha256"):
+        load_snapshot(forged, registry_root=registry_copy, precision="int8")
+    (registry.version_dir(NAME, meta.version) / INT8_FILE).write_bytes(b"tampered")
+    with pytest.raises(ArtifactError, match="INT8 graph of basic-motions v2 does not match its sha256"):
+        load_from_registry(registry_copy, NAME, meta.version, precision="int8")
+
+
+def test_an_int8_graph_that_disagrees_is_refused_and_serving_says_it_serves_fp32(registry_copy, monkeypatch,
+                                                                                   caplog):
+    import model.train as train
+    from model.export import export_onnx
+    from model.network import WindowTransformer
+
+    registry = ModelRegistry(registry_copy)
+    v1 = registry.load(NAME, 1)
+    spec = ModelSpec.from_dict(v1.metadata.spec)
+    other = export_onnx(WindowTransformer(spec).eval(), spec)  # a quantization that broke the model
+    monkeypatch.setattr(train, "quantize_int8", lambda onnx_bytes: other)
+    X, y = held_out()
+    meta = publish_version(registry, NAME, load_network(spec, v1.weights_bytes), spec, {}, calibration=(X, y),
+                           int8_min_agreement=0.98)
+    assert INT8_FILE not in meta.artifacts and meta.metrics["int8_agreement"] < 0.98
+    assert "int8_sha256" not in registry.announcement(NAME, meta.version)
+    with caplog.at_level(logging.WARNING):
+        model = load_from_registry(registry_copy, NAME, meta.version, precision="int8")
+    assert model.precision == "fp32"
+    assert any("has no INT8 graph to serve (INT8 agreement" in r.getMessage() for r in caplog.records)
+
+
+def test_precision_is_chosen_per_model(tmp_path):
+    path = tmp_path / "sensorloop.toml"
+    path.write_text('[serving]\nprecision = "int8"\n[models.g]\nchannels = ["x"]\nsample_rate_hz = 10\nwindow = 8\n'
+                    'stride = 8\nclasses = ["a", "b"]\nprecision = "fp32"\n')
+    cfg = load_config(path, env={})
+    assert cfg.precision_of("g") == "fp32" and cfg.precision_of("basic-motions") == "int8"
+    assert cfg.int8_check("g") is None and cfg.int8_check("basic-motions") == 0.98
+    assert Config().int8_check("basic-motions") is None
