@@ -1,5 +1,6 @@
 """Serving throughput with sample blocks: samples/s vs samples per message, next to the pass-through
-job (same KafkaSource and KafkaSink, no Python operator) on the same messages, in one run.
+job (same KafkaSource and KafkaSink, no Python operator) and the plain-Python consumer a user would
+write instead (``bench/plain_consumer.py``) on the same messages, in one run.
 
 For each block size, a fresh broker gets a preloaded backlog of BasicMotions readings from 64 devices
 packed into blocks (``--samples-per-message`` of the replayer); the serving job (window 32, stride 8)
@@ -20,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
+from bench import plain_consumer  # noqa: E402
 from bench.serving_bench import Scenario, expected_windows  # noqa: E402
 from control.replayer import replay  # noqa: E402
 from infra.kafka_tools import TopicTail  # noqa: E402
@@ -52,16 +54,21 @@ def drain(sc: Scenario, expected: int, timeout_s: float = 600.0) -> tuple[int, f
 
 
 def measure(work: Path, kind: str, size: int, samples: int, registry: str) -> dict:
+    """``serving`` (the job), ``passthrough`` (the job without Python) or ``plain`` (bench/plain_consumer.py,
+    no Flink) on a fresh broker with the same backlog."""
     options = {"registry": registry, "stride": 8} if kind == "serving" else {}
-    sc = Scenario(work, f"blocks-{kind}-{size}", kind, **options)
+    sc = Scenario(work, f"blocks-{kind}-{size}", "broker" if kind == "plain" else kind, **options)
     try:
         stats = replay(sc.bootstrap, TOPICS.readings, rate=0, count=samples, n_devices=DEVICES,
                        samples_per_message=size)
-        expected = expected_windows(samples, DEVICES, 32, 8) if kind == "serving" else stats.messages
-        got, seconds = drain(sc, expected)
-        # serving: the first prediction comes once each device's first window is full; samples before it
-        # are not timed. Pass-through: every message is an output.
-        if kind == "serving":
+        expected = expected_windows(samples, DEVICES, 32, 8) if kind != "passthrough" else stats.messages
+        if kind == "plain":
+            got, seconds = plain_consumer.run(sc.bootstrap, expected, registry)
+        else:
+            got, seconds = drain(sc, expected)
+        # serving and plain: the first prediction comes once each device's first window is full; samples
+        # before it are not timed. Pass-through: every message is an output.
+        if kind != "passthrough":
             timed = samples * got / expected - DEVICES * 32
             messages_per_s = timed / size / seconds
             samples_per_s = timed / seconds
@@ -89,23 +96,29 @@ def main() -> None:
             samples = min(args.samples, 60_000 * size)  # single readings: the job's backlog as in serving_bench
             serving = measure(work, "serving", size, samples, args.registry)
             passthrough = measure(work, "passthrough", size, samples, args.registry)
+            plain = measure(work, "plain", size, samples, args.registry)
             rows.append({"samples_per_message": size, "samples": samples, "messages": serving["messages"],
                          "serving_samples_per_s": serving["samples_per_s"],
+                         "plain_samples_per_s": plain["samples_per_s"],
+                         "serving_vs_plain": serving["samples_per_s"] / plain["samples_per_s"],
                          "serving_messages_per_s": serving["messages_per_s"],
                          "passthrough_messages_per_s": passthrough["messages_per_s"],
                          "serving_vs_passthrough": serving["messages_per_s"] / passthrough["messages_per_s"],
                          "windows": f"{serving['outputs']}/{serving['expected']}"})
             print(rows[-1], flush=True)
-    header = ["samples per message", "samples", "messages", "serving samples/s", "serving messages/s",
-              "pass-through messages/s", "serving / pass-through (messages)", "windows out/expected"]
+    header = ["samples per message", "samples", "messages", "serving samples/s", "plain consumer samples/s",
+              "serving / plain", "serving messages/s", "pass-through messages/s", "serving / pass-through (messages)",
+              "windows out/expected"]
     print_table("Serving throughput with sample blocks (backlog, 64 devices, window 32, stride 8)", header,
                 [[r["samples_per_message"], r["samples"], r["messages"], r["serving_samples_per_s"],
-                  r["serving_messages_per_s"], r["passthrough_messages_per_s"], round(r["serving_vs_passthrough"], 2),
-                  r["windows"]] for r in rows])
+                  r["plain_samples_per_s"], round(r["serving_vs_plain"], 2), r["serving_messages_per_s"],
+                  r["passthrough_messages_per_s"], round(r["serving_vs_passthrough"], 2), r["windows"]] for r in rows])
     print(f"results: {save('blocks', {'rows': rows})}")
     sizes = [r["samples_per_message"] for r in rows]
     line_plot(RESULTS / "blocks.png",
               [("serving job", sizes, [r["serving_samples_per_s"] for r in rows], {"marker": "o"}),
+               ("plain-Python consumer (bench/plain_consumer.py)", sizes, [r["plain_samples_per_s"] for r in rows],
+                {"marker": "^"}),
                ("pass-through job (messages/s x samples per message)", sizes,
                 [r["passthrough_messages_per_s"] * r["samples_per_message"] for r in rows], {"marker": "s"})],
               "samples per message", "samples/s", "Throughput with sample blocks", log2_x=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Iterable, Mapping
 
@@ -40,9 +41,33 @@ def decode_json(raw: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[st
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise SchemaError("$", f"malformed JSON ({exc})") from None
+        obj = _with_non_finite_numbers(raw, exc)
+        if obj is None:
+            raise SchemaError("$", f"malformed JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise SchemaError("$", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+NON_FINITE_TOKENS = (b"NaN", b"Infinity", b"-Infinity")
+
+
+def _with_non_finite_numbers(raw: bytes | str, error: orjson.JSONDecodeError) -> Any:
+    """The payload parsed anyway when what stopped orjson is a ``NaN`` or ``Infinity`` number (which
+    devices' JSON libraries do write), so that validation can name the value (``values[37][2]: must be
+    finite``) instead of a character offset; None for anything else that is not JSON.
+
+    >>> decode_json(b'{"v": [1, NaN]}')["v"][1] != decode_json(b'{"v": [1, NaN]}')["v"][1]
+    True
+    """
+    data = raw.encode() if isinstance(raw, str) else raw
+    if not data[error.pos:error.pos + 9].startswith(NON_FINITE_TOKENS):
+        return None
+    try:
+        obj = json.loads(data)
+        orjson.dumps(obj)  # anything else orjson refuses (lone surrogates, huge integers) stays refused
+    except (ValueError, TypeError, orjson.JSONEncodeError):
+        return None
     return obj
 
 

@@ -16,7 +16,7 @@ TOPICS = Topics()
 BAD = [  # (payload, field the dead letter must name)
     (b"{this is not json", "$"),
     (b'{"device_id": "device-x", "values": [1, 2, 3, 4, 5, 6]}', "ts"),
-    (b'{"device_id": "device-x", "ts": 5, "values": [1, NaN, 3, 4, 5, 6]}', "$"),
+    (b'{"device_id": "device-x", "ts": 5, "values": [1, NaN, 3, 4, 5, 6]}', "values[1]"),
     (b'{"device_id": "device-x", "ts": 5, "values": [1, 2, 3]}', "values"),
     (b'{"device_id": 17, "ts": 5, "values": [1, 2, 3, 4, 5, 6]}', "device_id"),
     (b'{"device_id": "device-x", "ts": 5, "values": "1;2;3;4;5;6"}', "values"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from operators.label_join import LabelJoiner
 from operators.parse import ReadingParser
 from operators.windowing import SlidingWindower
 from schemas import DeadLetter, DriftEvent, Label, ModelSnapshot, ReviewRequest, SchemaError, SensorReading
+from schemas.blocks import SampleBlock
 from settings import Config, ConfigError, load_config
 
 BOUNDED = settings(derandomize=True, max_examples=300, deadline=None,
@@ -33,6 +35,16 @@ near_readings = st.fixed_dictionaries(
               "schema_version": scalars, "extra": scalars})
 
 
+near_blocks = st.fixed_dictionaries(
+    {"device_id": st.sampled_from(["d", ""]) | scalars,
+     "ts": st.integers(min_value=-5, max_value=2**54) | st.lists(st.integers(min_value=-5, max_value=2**54), max_size=6),
+     "values": st.lists(st.lists(st.floats() | st.integers(min_value=-2**70, max_value=2**70) | scalars,
+                                 min_size=2, max_size=4), min_size=0, max_size=6)
+     | st.dictionaries(st.sampled_from(CHANNELS + ["bz"]), st.lists(st.floats() | scalars, max_size=6), max_size=4)},
+    optional={"interval_ms": st.floats() | st.integers(min_value=-5, max_value=2**60) | scalars, "seq": scalars,
+              "label": scalars, "labels": st.lists(scalars, max_size=6)})
+
+
 def encode(obj) -> bytes:
     try:
         return orjson.dumps(obj)
@@ -43,13 +55,18 @@ def encode(obj) -> bytes:
 
 
 @BOUNDED
-@given(raw=st.binary(max_size=200) | near_readings.map(encode) | json_values.map(encode))
+@given(raw=st.binary(max_size=200) | near_readings.map(encode) | near_blocks.map(encode) | json_values.map(encode))
 def test_any_payload_becomes_a_reading_or_a_dead_letter_that_keeps_its_contract(raw):
     parser = ReadingParser(CHANNELS, "sensor-readings", max_bytes=4096, max_abs=1e9, max_future_ms=600_000)
     out = parser.parse(raw, 0, 1, now_ms=1_800_000_000_000)
     if isinstance(out, DeadLetter):
         again = DeadLetter.decode(out.encode())
         assert again.reason == out.reason and again.offset == 1 and out.reason
+    elif isinstance(out, SampleBlock):  # every sample checked: 3 finite bounded values, times increasing
+        assert out.values.shape == (len(out), 3) and out.values.dtype == np.float32
+        assert np.isfinite(out.values).all() and (np.abs(out.values) <= 1e9).all()
+        assert (np.diff(out.ts) > 0).all() and 0 <= out.ts[0] and out.ts[-1] <= 2**53 - 1
+        assert out.labels is None or len(out.labels) == len(out)
     else:
         assert isinstance(out, SensorReading) and len(out.values) == 3
         assert all(abs(v) <= 1e9 for v in out.values) and 0 <= out.ts <= 2**53 - 1

@@ -46,6 +46,20 @@ def test_a_bad_sample_anywhere_in_a_block_refuses_the_block_and_is_named(payload
     assert isinstance(letter, DeadLetter) and letter.field == field and reason in letter.reason, letter
 
 
+def test_the_bad_blocks_a_device_really_sends_are_dead_letters_naming_the_sample():
+    parser = ReadingParser(["x", "y", "z"], "sensor-readings", max_bytes=1 << 20, max_abs=1e9, max_block_samples=1000)
+    rows = [[0.1 * k, 1.0, 2.0] for k in range(50)]
+    nan = orjson.dumps({"device_id": "d", "ts": 1000, "interval_ms": 20, "values": rows}).replace(
+        b"[3.7,1.0,2.0]", b"[3.7,NaN,2.0]")  # sample 37 (what a device's JSON library writes for NaN)
+    assert parser.parse(nan, 0, 1).reason == "values[37][1]: must be finite (NaN/inf refused)"
+    huge = orjson.dumps({"device_id": "d", "ts": 1000, "interval_ms": 1, "values": [[1, 2, 3]] * 10_000})
+    assert parser.parse(huge, 0, 2).reason == "values: a block of 10000 samples; at most 1000 allowed"
+    backwards = orjson.dumps({"device_id": "d", "ts": [5, 6, 7, 6, 8], "values": [[1, 2, 3]] * 5})
+    assert parser.parse(backwards, 0, 3).reason == "ts[3]: 6 is not after the sample before it (7)"
+    ragged = orjson.dumps({"device_id": "d", "ts": 1, "interval_ms": 10, "values": [[1, 2, 3], [1, 2], [1, 2, 3]]})
+    assert parser.parse(ragged, 0, 4).reason == "values[1]: expected 3 channels, got 2"
+
+
 def test_rows_columns_and_per_sample_times_are_the_same_block():
     single = decode_reading(orjson.dumps({"device_id": "d", "ts": 100, "values": [1, 2]}), CHANNELS)
     assert isinstance(single, SensorReading)  # the single-sample form still works

@@ -25,7 +25,9 @@ def test_reading_round_trip_list_and_map():
 @pytest.mark.parametrize("raw, field", [
     (b"{not json", "$"),
     (b"[1, 2]", "$"),
-    (b'{"device_id": "d", "ts": 1, "values": [1, NaN, 2]}', "$"),
+    (b'{"device_id": "d", "ts": 1, "values": [1, NaN, 2]}', "values[1]"),  # named, though not strict JSON
+    (b'{"device_id": "d", "ts": 1, "values": [1, 2, -Infinity]}', "values[2]"),
+    (b'{"device_id": "d", "ts": 1, "values": [1, 2, Nope]}', "$"),
     (reading(ts="soon"), "ts"),
     (reading(ts=-5), "ts"),
     (reading(ts=True), "ts"),

@@ -1,0 +1,116 @@
+"""The loop a user would write instead of the serving job: one Python process with the Kafka client,
+orjson, a NumPy ring per device and ONNX Runtime micro-batches, producing the same predictions topic.
+
+It is the honest baseline for ``blocks_bench.py``: no Flink, so no checkpointed window state (a crash
+loses every device's ring and the offsets it had not committed), no exactly-once output, no
+rescaling, no dead letters (a bad record is skipped), no model swaps, no review routing.
+
+Run alone: ``python bench/plain_consumer.py --bootstrap HOST:PORT --expected N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.registry import ModelRegistry  # noqa: E402
+from model.runtime import OnnxRunner  # noqa: E402
+from schemas import Topics  # noqa: E402
+
+
+def run(bootstrap: str, expected: int, registry: str = "var/registry", window: int = 32, stride: int = 8,
+        max_batch: int = 64, timeout_s: float = 600.0, idle_s: float = 20.0) -> tuple[int, float]:
+    """Consume the readings topic from the start until ``expected`` predictions are out (or it goes
+    quiet); returns (predictions, seconds from the first prediction to the last)."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    topics = Topics()
+    loaded = ModelRegistry(registry).load("basic-motions")
+    classes = loaded.metadata.spec["classes"]
+    runner = OnnxRunner(loaded.onnx_bytes, prefer="cpu", threads=1)
+    consumer = KafkaConsumer(topics.readings, bootstrap_servers=bootstrap, group_id=None,
+                             auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=5000,
+                             fetch_max_bytes=64 * 1024 * 1024)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024, acks=1)
+    rings: dict[str, list] = {}  # device -> [ring array, samples seen, ring of timestamps]
+    pending: list[tuple[str, int, np.ndarray]] = []
+    sent, first, last = 0, None, None
+
+    def flush() -> None:
+        nonlocal sent, first, last
+        if not pending:
+            return
+        probs = runner.predict_proba(np.stack([w for _, _, w in pending]))
+        now = int(time.time() * 1000)
+        for (device, end, _), row in zip(pending, probs):
+            top = int(row.argmax())
+            producer.send(topics.predictions, key=device.encode(), value=orjson.dumps(
+                {"device_id": device, "window_end": end, "label": classes[top], "confidence": float(row[top]),
+                 "model_name": "basic-motions", "emitted_at": now}))
+        sent += len(pending)
+        pending.clear()
+        first, last = first or time.monotonic(), time.monotonic()
+
+    started = quiet_since = time.monotonic()
+    try:
+        while sent < expected and time.monotonic() - started < timeout_s:
+            batch = consumer.poll(timeout_ms=100)
+            if not batch:
+                flush()
+                if first is not None and time.monotonic() - quiet_since > idle_s:
+                    break
+                continue
+            quiet_since = time.monotonic()
+            for records in batch.values():
+                for record in records:
+                    try:
+                        obj = orjson.loads(record.value)
+                        device = obj["device_id"]
+                        rows = obj["values"]
+                        if rows and isinstance(rows[0], list):  # a sample block
+                            values = np.asarray(rows, np.float32)
+                            ts = obj["ts"] if isinstance(obj["ts"], list) else [obj["ts"]] * len(rows)
+                        else:
+                            values, ts = np.asarray([rows], np.float32), [obj["ts"]]
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a bad record is skipped: nobody hears of it
+                    state = rings.get(device)
+                    if state is None:
+                        state = rings[device] = [np.zeros((window, values.shape[1]), np.float32), 0]
+                    ring = state[0]
+                    for row, t in zip(values, ts):
+                        ring[state[1] % window] = row
+                        state[1] += 1
+                        n = state[1]
+                        if n >= window and (n - window) % stride == 0:
+                            oldest = n % window
+                            pending.append((device, int(t), np.concatenate((ring[oldest:], ring[:oldest]))))
+                            if len(pending) >= max_batch:
+                                flush()
+            flush()
+    finally:
+        producer.flush()
+        producer.close()
+        consumer.close()
+    return sent, (last - first) if first and last and last > first else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--expected", type=int, required=True)
+    parser.add_argument("--registry", default="var/registry")
+    args = parser.parse_args()
+    sent, seconds = run(args.bootstrap, args.expected, args.registry)
+    print(f"{sent} predictions in {seconds:.2f} s ({sent / seconds:,.0f}/s)")
+
+
+if __name__ == "__main__":
+    main()
