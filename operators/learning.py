@@ -105,11 +105,10 @@ class LearningLoop:
         """Learn one labeled window; returns a candidate when one passed the gate (none while a
         rollback is due: the next gate check compares against the version rolled back to)."""
         label = self.index[item.label]  # the join already refused unknown classes
-        self._parent()
         self.labeled += 1
         hit = item.predicted == item.label  # prequential: what serving said before the answer came
         self.correct += int(hit)
-        if item.reason == "audit" and item.model_version == self.version and self._parent() is not None:
+        if item.reason == "audit" and item.model_version == self.version and self.parent_net is not None:
             old_right = self.spec.classes[int(_predictor(self.parent_net)(item.values[None]).argmax())] == item.label
             verdict = self.watch.observe(hit, old_right)  # the same live window, both versions
             if verdict is not None:
@@ -154,12 +153,12 @@ class LearningLoop:
         better (``publish_now_z``), else once ``publish_interval_s`` passed since the last version (by
         the answers' time, so a restored loop decides the same)."""
         interval_ms = self.config.publish_interval_s * 1000
-        last = getattr(self, "last_published_at", None)
+        last = self.last_published_at
         if not interval_ms or last is None or self.serving is None or answered_at - last >= interval_ms:
             return True
         if decision.clearly_better(self.config.publish_now_z):
             return True
-        self.deferred = getattr(self, "deferred", 0) + 1
+        self.deferred += 1
         return False
 
     def _train(self, values: np.ndarray, label: int) -> None:
@@ -183,28 +182,27 @@ class LearningLoop:
 
     def adopt(self, version: int, net: torch.nn.Module) -> None:
         """``version`` (weights ``net``) now serves; the one it replaces is kept as its rollback target."""
-        self._parent()
         self.parent_net, parent = self.serving, (self.version if self.serving is not None else None)
         self.serving = copy.deepcopy(net).eval()
         self.version = version
         self.watch.start(version, parent)
 
-    def _parent(self) -> torch.nn.Module | None:
-        if not hasattr(self, "watch"):  # a loop kept in state before rollbacks existed
-            self.parent_net, self.due_rollback = None, None
+    def __setstate__(self, state: dict) -> None:
+        """A loop kept in keyed state before rollbacks and periodic deployment existed loads with them off
+        until its next version."""
+        self.__dict__.update(state)
+        if "watch" not in state:
+            self.parent_net, self.due_rollback, self.last_published_at, self.deferred = None, None, None, 0
             self.watch = RollbackWatch(self.config.rollback_z, self.config.rollback_min_audits)
-        return self.parent_net
 
     def take_rollback(self) -> Rollback | None:
         """A rollback the live audit answers call for (to be announced once), if any."""
-        self._parent()
         out, self.due_rollback = self.due_rollback, None
         return out
 
     def rolled_back(self, version: int, net: torch.nn.Module) -> None:
         """``version`` (weights ``net``) serves again: it is the gate's reference and the learner
         starts over from it (keeping its replay reservoir); there is no version to go back to from it."""
-        self._parent()
         self.serving = copy.deepcopy(net).eval()
         self.version = version
         self.parent_net = None

@@ -119,7 +119,7 @@ class LearnAndPublish(KeyedProcessFunction):
         group.gauge("versions_published", lambda: sum(p.published for p in publishers))
         group.gauge("drift_events", lambda: sum(p.drift_events for p in publishers))
         group.gauge("rollbacks", lambda: sum(p.rollbacks for p in publishers))
-        group.gauge("candidates_deferred", lambda: sum(getattr(loop, "deferred", 0) for loop in self.loops.values()))
+        group.gauge("candidates_deferred", lambda: sum(loop.deferred for loop in self.loops.values()))
         group.gauge("labeled_windows_learned", lambda: self.learned)
         group.gauge("label_lag_ms", lambda: int(self.label_lag_ms))
         group.gauge("prequential_accuracy_pct", lambda: int(round(self.progress[0] * 100)))

@@ -100,3 +100,18 @@ def test_a_version_as_good_as_its_predecessor_is_rarely_rolled_back(accuracy, ag
                 alarms += 1
                 break
     assert alarms <= 3  # of 20 versions
+
+
+def test_a_loop_kept_in_state_before_rollbacks_existed_loads_and_learns(registry_copy):
+    """Keyed state written by an older job has no rollback or deployment fields: it loads with them off."""
+    registry = ModelRegistry(registry_copy)
+    loop = loop_from_registry(registry, NAME, LearningSettings(gate_every=10**6))
+    old = dict(loop.__dict__)
+    for name in ("parent_net", "watch", "due_rollback", "last_published_at", "deferred"):
+        del old[name]
+    restored = type(loop).__new__(type(loop))
+    restored.__setstate__(old)
+    X, y = windows("test", 4)
+    for i, (w, label) in enumerate(zip(X, y)):
+        restored.learn(LabeledWindow(f"d:{i}", "d", w, str(label), str(label), 1, ["s"], i, "", "audit"))
+    assert restored.labeled == 4 and restored.parent_net is None and restored.take_rollback() is None
