@@ -47,6 +47,9 @@ class PendingStore(Protocol[T]):
     def append(self, item: T) -> int:
         """Store ``item``; returns how many are pending now."""
 
+    def extend(self, items: list[T]) -> int:
+        """Store several items at once (one state write in the job); returns how many are pending now."""
+
     def take_all(self) -> list[T]: ...
 
     def count(self) -> int: ...
@@ -65,6 +68,10 @@ class ListStore(Generic[T]):
 
     def append(self, item: T) -> int:
         self.items.append(item)
+        return len(self.items)
+
+    def extend(self, items: list[T]) -> int:
+        self.items.extend(items)
         return len(self.items)
 
     def take_all(self) -> list[T]:
@@ -89,6 +96,20 @@ class MicroBatcher(Generic[T]):
 
     def add(self, store: PendingStore[T], item: T, now_ms: int) -> list[T] | None:
         count = store.append(item)
+        oldest = store.oldest_ms()
+        if oldest is None:
+            oldest = now_ms
+            store.set_oldest_ms(now_ms)
+        return store.take_all() if self.policy.should_flush(count, oldest, now_ms) else None
+
+    def add_many(self, store: PendingStore[T], items: list[T], now_ms: int) -> list[T] | None:
+        """As :meth:`add` for the items of one input record (a sample block's windows).
+
+        >>> b, store = MicroBatcher(BatchPolicy(max_batch=3, max_wait_ms=10)), ListStore()
+        >>> b.add_many(store, ["a", "b"], now_ms=0), b.add_many(store, ["c", "d"], now_ms=1)
+        (None, ['a', 'b', 'c', 'd'])
+        """
+        count = store.extend(items)
         oldest = store.oldest_ms()
         if oldest is None:
             oldest = now_ms

@@ -87,6 +87,11 @@ class InferenceShard:
         batch = self.batcher.add(store, window, now_ms)
         return self._score(batch, now_ms) if batch else []
 
+    def on_windows(self, store: PendingStore, windows: list[Window], now_ms: int) -> list[Outgoing]:
+        """The windows one sample block completed (one store write for all of them)."""
+        batch = self.batcher.add_many(store, windows, now_ms)
+        return self._score(batch, now_ms) if batch else []
+
     def due_at(self, store: PendingStore) -> int | None:
         """When the pending batch must be flushed (for the job's timer)."""
         return self.batcher.deadline(store)

@@ -136,7 +136,8 @@ class ReadingsToWindows(KeyedProcessFunction):
             yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset, state, "device_type"))
             return
         windower = self.windowers[model]
-        if isinstance(reading, SampleBlock):
+        block = isinstance(reading, SampleBlock)
+        if block:
             self.samples_in.inc(len(reading))
             windows, rejections = windower.add_block(state, reading, ingest_ms)
         else:
@@ -146,9 +147,13 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.state.update(state)
         if expiry_check is not None:
             ctx.timer_service().register_processing_time_timer(expiry_check)
-        for window in windows:
-            self.windows_out.inc()
-            yield window
+        if block and len(windows) > 1:  # a block's windows travel on as one record (one pickle, one state write)
+            self.windows_out.inc(len(windows))
+            yield windows
+        else:
+            for window in windows:
+                self.windows_out.inc()
+                yield window
         for rejection in rejections:
             self.late.inc()
             yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset, rejection.reason,
@@ -215,8 +220,19 @@ class PendingState:
         self.n.update(n)
         return n
 
+    def extend(self, items: list) -> int:
+        self.items.add(list(items))  # one entry holding them all
+        n = (self.n.value() or 0) + len(items)
+        self.n.update(n)
+        return n
+
     def take_all(self) -> list:
-        items = list(self.items.get())
+        items = []
+        for entry in self.items.get():
+            if isinstance(entry, list):
+                items.extend(entry)
+            else:
+                items.append(entry)
         self.items.clear()
         self.n.clear()
         self.oldest.clear()
@@ -309,11 +325,15 @@ class InferBatches(KeyedCoProcessFunction):
         return map(routed, outgoing)
 
     def process_element1(self, window, ctx: KeyedCoProcessFunction.Context):
+        """A window, or the list of windows one sample block completed."""
         self._check_restored()
-        name = window.model_name or self.primary
+        first = window[0] if isinstance(window, list) else window
+        name = first.model_name or self.primary
         shard, store = self.shards[name], self.stores[name]
         now = ctx.timer_service().current_processing_time()
-        yield from self._emit(shard.on_window(store, window, now))
+        outgoing = (shard.on_windows(store, window, now) if isinstance(window, list)
+                    else shard.on_window(store, window, now))
+        yield from self._emit(outgoing)
         due = shard.due_at(store)
         if due is not None:
             ctx.timer_service().register_processing_time_timer(due)
@@ -375,7 +395,8 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
                                  f"{group_id}-controls", "model-snapshots-and-drift-events", "model_name")
     controls = (announcements.process(FanOutControls(cfg, shards), output_type=Types.PICKLED_BYTE_ARRAY())
                 .name("model-announcements").uid("model-announcements"))
-    by_shard = windows.key_by(lambda w: shard_of(w.device_id, shards), key_type=Types.INT())
+    by_shard = windows.key_by(lambda w: shard_of((w[0] if isinstance(w, list) else w).device_id, shards),
+                              key_type=Types.INT())
     controls_by_shard = controls.key_by(lambda c: c.shard, key_type=Types.INT())
     scored = (by_shard.connect(controls_by_shard)
               .process(InferBatches(cfg, models, run.stats_file), output_type=Types.STRING())
