@@ -87,15 +87,18 @@ def run_strategy(net0, n_classes: int, X: np.ndarray, y: np.ndarray, fraction: f
 
 def wiimote_stream(seed: int = 0):
     """Windows (32 samples, stride 8) of PickupGestureWiimoteZ; devices 0-3's recordings train the first
-    model, devices 4-9's (recording i is device i % 10) make the stream, in a shuffled order."""
+    model, devices 4-9's make the stream, in a shuffled order (the k-th recording of each gesture is
+    device k % 10, so every device made every gesture)."""
     from aeon.datasets import load_classification
 
     series, labels = load_classification("PickupGestureWiimoteZ")
     classes = tuple(sorted({str(v) for v in labels}, key=int))
     train, test = ([], []), ([], [])
-    for i, (s, label) in enumerate(zip(series, labels)):
+    seen: dict[str, int] = {}
+    for s, label in zip(series, labels):
+        k = seen[str(label)] = seen.get(str(label), -1) + 1
         values = np.asarray(s, np.float32)[0]
-        side = train if i % 10 < 4 else test
+        side = train if k % 10 < 4 else test
         for k in range(0, len(values) - 32 + 1, 8):
             side[0].append(values[k:k + 32, None])
             side[1].append(classes.index(str(label)))
