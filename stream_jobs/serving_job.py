@@ -79,7 +79,8 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.state = runtime_context.get_state(ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY()))
         group = runtime_context.get_metrics_group()
         self.readings_in = group.counter("readings_in")
-        self.samples_in = group.counter("samples_in")  # a sample block counts its samples
+        self.samples = 0  # readings_in counts messages; a sample block adds its samples here (a gauge: no call per reading)
+        group.gauge("samples_in", lambda: self.samples)
         self.dead = group.counter("dead_letters")
         self.windows_out = group.counter("windows")
         self.late = group.counter("late_readings")
@@ -138,10 +139,10 @@ class ReadingsToWindows(KeyedProcessFunction):
         windower = self.windowers[model]
         block = isinstance(reading, SampleBlock)
         if block:
-            self.samples_in.inc(len(reading))
+            self.samples += len(reading)
             windows, rejections = windower.add_block(state, reading, ingest_ms)
         else:
-            self.samples_in.inc()
+            self.samples += 1
             windows, rejections = windower.add(state, reading, ingest_ms)
         expiry_check = windower.touch(state, now, self.cfg.serving.device_expiry_ms)
         self.state.update(state)
