@@ -95,12 +95,7 @@ class MicroBatcher(Generic[T]):
         self.policy = policy
 
     def add(self, store: PendingStore[T], item: T, now_ms: int) -> list[T] | None:
-        count = store.append(item)
-        oldest = store.oldest_ms()
-        if oldest is None:
-            oldest = now_ms
-            store.set_oldest_ms(now_ms)
-        return store.take_all() if self.policy.should_flush(count, oldest, now_ms) else None
+        return self._due(store, store.append(item), now_ms)
 
     def add_many(self, store: PendingStore[T], items: list[T], now_ms: int) -> list[T] | None:
         """As :meth:`add` for the items of one input record (a sample block's windows).
@@ -109,7 +104,10 @@ class MicroBatcher(Generic[T]):
         >>> b.add_many(store, ["a", "b"], now_ms=0), b.add_many(store, ["c", "d"], now_ms=1)
         (None, ['a', 'b', 'c', 'd'])
         """
-        count = store.extend(items)
+        return self._due(store, store.extend(items), now_ms)
+
+    def _due(self, store: PendingStore[T], count: int, now_ms: int) -> list[T] | None:
+        """After adding: the batch when it is due (the store emptied), else None."""
         oldest = store.oldest_ms()
         if oldest is None:
             oldest = now_ms

@@ -46,7 +46,7 @@ from schemas.base import (
     require_int,
     require_str,
 )
-from schemas.records import SensorReading
+from schemas.records import SensorReading, named_values
 
 MAX_BLOCK_SAMPLES = 10_000
 
@@ -101,15 +101,7 @@ class SampleBlock:
 def _rows(raw: Any, channel_names: Sequence[str] | None, max_samples: int) -> list:
     """``values`` as a list of rows (columns are turned into rows), with the sample count checked."""
     if isinstance(raw, dict):
-        if channel_names is None:
-            raise SchemaError("values", "named columns need configured channel names")
-        missing = [n for n in channel_names if n not in raw]
-        if missing:
-            raise SchemaError(f"values.{missing[0]}", "missing channel")
-        extra = [n for n in raw if n not in channel_names]
-        if extra:
-            raise SchemaError(f"values.{extra[0]}", "unknown channel")
-        columns = [raw[n] for n in channel_names]
+        columns = named_values(raw, channel_names)
         for name, column in zip(channel_names, columns):
             if not isinstance(column, list):
                 raise SchemaError(f"values.{name}", f"must be a list of samples, got {type(column).__name__}")

@@ -63,6 +63,23 @@ class _Record:
         return cls.from_dict(decode_json(raw, cls.MAX_BYTES), **options)
 
 
+def named_values(raw: Mapping[str, Any], channel_names: Sequence[str] | None) -> list:
+    """A name -> value (or column) map in channel order; every configured channel present, no other.
+
+    >>> named_values({"y": 2, "x": 1}, ["x", "y"])
+    [1, 2]
+    """
+    if channel_names is None:
+        raise SchemaError("values", "named channels need configured channel names")
+    missing = [n for n in channel_names if n not in raw]
+    if missing:
+        raise SchemaError(f"values.{missing[0]}", "missing channel")
+    extra = [n for n in raw if n not in channel_names]
+    if extra:
+        raise SchemaError(f"values.{extra[0]}", "unknown channel")
+    return [raw[n] for n in channel_names]
+
+
 @dataclass(slots=True)
 class SensorReading(_Record):
     """One reading of one device: values per channel, event time in epoch ms.
@@ -90,15 +107,7 @@ class SensorReading(_Record):
         ts = require_int(obj, "ts", minimum=0)
         raw = obj["values"]
         if isinstance(raw, dict):
-            if channel_names is None:
-                raise SchemaError("values", "a name->value map needs configured channel names")
-            missing = [n for n in channel_names if n not in raw]
-            if missing:
-                raise SchemaError(f"values.{missing[0]}", "missing channel")
-            extra = [n for n in raw if n not in channel_names]
-            if extra:
-                raise SchemaError(f"values.{extra[0]}", "unknown channel")
-            values = finite_floats((raw[n] for n in channel_names), "values", max_abs)
+            values = finite_floats(named_values(raw, channel_names), "values", max_abs)
         elif isinstance(raw, list):
             values = finite_floats(raw, "values", max_abs)
         else:
