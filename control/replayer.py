@@ -16,6 +16,7 @@ class ReplayStats:
     sent: int = 0  # readings (samples)
     seconds: float = 0.0
     messages: int = 0  # Kafka messages: fewer than ``sent`` with sample blocks
+    drift_at_ms: int | None = None  # the time stamped on the first reading a DriftPlan changed
 
 
 # Readings gathered per partition for up to this long go out as one batch. Tansu's in-memory
@@ -78,6 +79,8 @@ def replay(bootstrap: str, topic: str, rate: float, count: int | None = None, du
             for _ in range(due):
                 reading = next(stream)
                 reading["ts"] = now
+                if drift is not None and stats.drift_at_ms is None and getattr(stream, "emitted", 0) > drift.after:
+                    stats.drift_at_ms = now
                 if device_type is not None:
                     reading["device_type"] = device_type
                 message = reading if packer is None else packer.add(reading)

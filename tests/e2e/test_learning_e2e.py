@@ -72,8 +72,7 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
             deadline = time.monotonic() + 300
             try:
                 while time.monotonic() < deadline:
-                    if drift_at_ms is None and sent.sent >= DRIFT_AFTER:
-                        drift_at_ms = int(time.time() * 1000)  # readings are stamped with their send time
+                    drift_at_ms = sent.drift_at_ms  # the send time stamped on the first biased reading
                     for r in tail.poll(200):
                         if r.topic == TOPICS.predictions:
                             predictions.append(orjson.loads(r.value))
