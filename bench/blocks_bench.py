@@ -15,42 +15,18 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
 from bench import plain_consumer  # noqa: E402
-from bench.serving_bench import Scenario, expected_windows  # noqa: E402
+from bench.serving_bench import Scenario, drain, expected_windows  # noqa: E402
 from control.replayer import replay  # noqa: E402
-from infra.kafka_tools import TopicTail  # noqa: E402
 from schemas import Topics  # noqa: E402
 
 TOPICS = Topics()
 DEVICES = 64
-
-
-def drain(sc: Scenario, expected: int, timeout_s: float = 600.0) -> tuple[int, float]:
-    """Start the job on the preloaded backlog; (outputs, seconds from the first output to the last)."""
-    tail = TopicTail(sc.bootstrap, [sc.out_topic])
-    sc.start_job()
-    got, first, last = 0, None, None
-    deadline, idle_since = time.monotonic() + timeout_s, time.monotonic()
-    try:
-        while got < expected and time.monotonic() < deadline:
-            batch = tail.poll(200)
-            now = time.monotonic()
-            if batch:
-                first, last, idle_since = first or now, now, now
-                got += len(batch)
-            elif first and now - idle_since > 20:
-                break
-            if sc.job_died():
-                raise RuntimeError("job died:\n" + sc.job.log_tail())
-    finally:
-        tail.close()
-    return got, (last - first) if first and last and last > first else float("nan")
 
 
 def measure(work: Path, kind: str, size: int, samples: int, registry: str) -> dict:

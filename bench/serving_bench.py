@@ -273,6 +273,29 @@ def expected_windows(count: int, n_devices: int, window: int, stride: int) -> in
     return n_devices * (max(0, (per_device - window) // stride + 1))
 
 
+def drain(sc: Scenario, expected: int, timeout_s: float = 600.0) -> tuple[int, float]:
+    """Start the job on the preloaded backlog; (outputs, seconds from the first output to the last).
+    It stops at ``expected`` outputs, or 20 s after the last one."""
+    tail = TopicTail(sc.bootstrap, [sc.out_topic])
+    sc.start_job()
+    got, first, last = 0, None, None
+    deadline, idle_since = time.monotonic() + timeout_s, time.monotonic()
+    try:
+        while got < expected and time.monotonic() < deadline:
+            batch = tail.poll(200)
+            now = time.monotonic()
+            if batch:
+                first, last, idle_since = first or now, now, now
+                got += len(batch)
+            elif first and now - idle_since > 20:
+                break
+            if sc.job_died():
+                raise RuntimeError("job died:\n" + sc.job.log_tail())
+    finally:
+        tail.close()
+    return got, (last - first) if first and last and last > first else float("nan")
+
+
 def measure_throughput(work: Path, kind: str, count: int, registry: str, stride: int = 8,
                        max_batch: int = 64, stats_file: str = "") -> dict:
     options = {"registry": registry, "stride": stride, "max_batch": max_batch} if kind == "serving" else {}
@@ -283,25 +306,7 @@ def measure_throughput(work: Path, kind: str, count: int, registry: str, stride:
         n_devices = 64
         preload(sc.bootstrap, count, n_devices)
         expected = expected_windows(count, n_devices, 32, stride) if kind == "serving" else count
-        tail = TopicTail(sc.bootstrap, [sc.out_topic])
-        sc.start_job()
-        got, first, last = 0, None, None
-        deadline = time.monotonic() + 600
-        idle_since = time.monotonic()
-        while got < expected and time.monotonic() < deadline:
-            batch = tail.poll(200)
-            now = time.monotonic()
-            if batch:
-                first = first or now
-                last = now
-                got += len(batch)
-                idle_since = now
-            elif first and now - idle_since > 20:
-                break
-            if sc.job_died():
-                raise RuntimeError("job died:\n" + sc.job.log_tail())
-        tail.close()
-        seconds = (last - first) if first and last and last > first else float("nan")
+        got, seconds = drain(sc, expected)
         # the first output appears once a window is full: readings before it are not timed
         timed = count * (got / expected) - (n_devices * 32 if kind == "serving" else 0)
         result = {"kind": kind, "stride": stride, "readings": count, "outputs": got, "expected": expected,

@@ -102,9 +102,8 @@ def dataset_stream(args: argparse.Namespace):
     stream = DatasetStream(dataset)
     cfg = config_of(args)
     if getattr(args, "device_type", None) is None and len(cfg.served_models) > 1:
-        name = dataset.manifest["model_name"]  # several models served: its readings name their model's type
-        declared = cfg.models.get(name)
-        args.device_type = declared.device_types[0] if declared is not None and declared.device_types else name
+        # several models served: its readings name their model's type
+        args.device_type = cfg.device_types_of(dataset.manifest["model_name"])[0]
     return stream, float(dataset.manifest["sample_rate_hz"]) * len(stream.devices) * args.speed
 
 

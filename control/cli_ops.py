@@ -125,7 +125,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return 1
     for m in models:
         declared = cfg.models.get(m.name)
-        kinds = ", ".join(declared.device_types if declared and declared.device_types else (m.name,))
+        kinds = ", ".join(cfg.device_types_of(m.name))
         devices = f", devices {', '.join(declared.devices)}" if declared and declared.devices else ""
         print(f"serves {m.name}: {len(m.channels)} channel(s), window {m.window}, stride {m.stride}; "
               f"device_type {kinds}{devices}")

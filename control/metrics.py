@@ -66,13 +66,20 @@ def summarize(samples: list[Sample]) -> dict[str, dict[str, float]]:
             continue
         if "model" in s.labels and metric.startswith("model_"):
             continue  # one model's share (summarize_models); the job's own gauge holds the total
-        job = s.labels.get("job_name", "?").replace("_", "-")
-        values = jobs.setdefault(job, {})
-        if metric in GAUGES:
-            values[metric] = max(values.get(metric, s.value), s.value)
-        else:
-            values[metric] = values.get(metric, 0.0) + s.value
+        _add(jobs.setdefault(_job(s), {}), metric, s.value)
     return jobs
+
+
+def _job(sample: Sample) -> str:
+    return sample.labels.get("job_name", "?").replace("_", "-")
+
+
+def _add(values: dict[str, float], metric: str, value: float) -> None:
+    """One subtask's sample into a job's figures: counters summed, gauges' maximum."""
+    if metric in GAUGES:
+        values[metric] = max(values.get(metric, value), value)
+    else:
+        values[metric] = values.get(metric, 0.0) + value
 
 
 def summarize_models(samples: list[Sample]) -> dict[str, dict[str, dict[str, float]]]:
@@ -91,12 +98,7 @@ def summarize_models(samples: list[Sample]) -> dict[str, dict[str, dict[str, flo
         metric = s.name[len(OPERATOR_PREFIX + "model_"):]
         if metric not in OURS:
             continue
-        job = s.labels.get("job_name", "?").replace("_", "-")
-        values = jobs.setdefault(job, {}).setdefault(s.labels["model"], {})
-        if metric in GAUGES:
-            values[metric] = max(values.get(metric, s.value), s.value)
-        else:
-            values[metric] = values.get(metric, 0.0) + s.value
+        _add(jobs.setdefault(_job(s), {}).setdefault(s.labels["model"], {}), metric, s.value)
     return jobs
 
 

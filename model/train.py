@@ -110,10 +110,9 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
         metrics = {**metrics, **fitted}
     onnx_bytes, extra = export_onnx(net, spec, temperature=temperature), {}
     if int8_min_agreement is not None:
-        windows = calibration[0] if calibration is not None else np.zeros((0, spec.window, spec.n_channels))
-        if len(windows):
+        if calibration is not None and len(calibration[0]):
             int8 = quantize_int8(onnx_bytes)
-            check = agreement(onnx_bytes, int8, np.asarray(windows, np.float32))
+            check = agreement(onnx_bytes, int8, np.asarray(calibration[0], np.float32))
             metrics = {**metrics, "int8_agreement": check.top1, "int8_max_prob_diff": check.max_prob_diff,
                        "int8_windows": float(check.windows)}
             if check.accepts(int8_min_agreement):

@@ -26,6 +26,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
@@ -33,6 +34,16 @@ from typing import Callable
 import numpy as np
 
 Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def wins_clearly(wins: int, losses: int, z: float) -> bool:
+    """A paired sign test: of the cases where exactly one side was right, ``wins`` exceed ``losses`` by
+    more than ``z`` standard deviations of a fair coin (``z * sqrt(wins + losses)``).
+
+    >>> wins_clearly(10, 0, 1.645), wins_clearly(2, 0, 1.645)
+    (True, False)
+    """
+    return wins - losses > z * math.sqrt(wins + losses)
 
 
 @dataclass
@@ -47,7 +58,7 @@ class GateDecision:
 
     def clearly_better(self, z: float) -> bool:
         """The candidate wins more of the windows they disagree on than a fair coin would, at ``z``."""
-        return self.wins - self.losses > z * np.sqrt(self.wins + self.losses)
+        return wins_clearly(self.wins, self.losses, z)
 
 
 class ValidationGate:
@@ -80,7 +91,7 @@ class ValidationGate:
         accept = cand > serv if must_beat else cand >= serv - self.margin
         rule = "must beat it" if must_beat else f"margin {self.margin}"
         if self.z > 0:
-            accept = bool(accept and wins - losses > self.z * np.sqrt(wins + losses))  # clearly_better(z)
+            accept = bool(accept and wins_clearly(wins, losses, self.z))
             rule = f"wins {wins}, losses {losses}: needs wins - losses > {self.z:g} * sqrt({wins + losses})"
         verdict = "accepted" if accept else "refused"
         against = "the majority class" if must_beat else "serving"

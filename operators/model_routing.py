@@ -41,12 +41,8 @@ class DeviceRouter:
     def __init__(self, device_types: Mapping[str, str], patterns: Sequence[tuple[str, str]] = ()) -> None:
         self.device_types = dict(device_types)
         self.patterns = list(patterns)
-        models = set(self.device_types.values()) | {m for _, m in self.patterns}
-        self.default = next(iter(models)) if len(models) == 1 else None
-
-    @property
-    def models(self) -> list[str]:
-        return sorted(set(self.device_types.values()) | {m for _, m in self.patterns})
+        self.models = sorted(set(self.device_types.values()) | {m for _, m in self.patterns})
+        self.default = self.models[0] if len(self.models) == 1 else None
 
     def route(self, device_id: Any, device_type: Any) -> str:
         """The model for one reading; SchemaError (field ``device_type``) when none takes it."""
@@ -69,15 +65,15 @@ class DeviceRouter:
                                          "device id matches a models.<name>.devices pattern")
 
     @classmethod
-    def for_models(cls, served: Sequence[str], declared: Mapping[str, Any]) -> "DeviceRouter":
-        """From the served model names and their ``settings.ModelDeclaration``s (where declared)."""
+    def for_config(cls, cfg: Config) -> "DeviceRouter":
+        """For the models ``cfg`` serves: their device types, and the device id patterns they declare."""
         types: dict[str, str] = {}
         patterns: list[tuple[str, str]] = []
-        for name in served:
-            model = declared.get(name)
-            for kind in (model.device_types if model is not None and model.device_types else (name,)):
+        for name in cfg.served_models:
+            for kind in cfg.device_types_of(name):
                 types.setdefault(kind, name)
-            patterns += [(p, name) for p in (model.devices if model is not None else ())]
+            declared = cfg.models.get(name)
+            patterns += [(p, name) for p in (declared.devices if declared is not None else ())]
         return cls(types, patterns)
 
 

@@ -19,8 +19,9 @@ True
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from operators.gate import wins_clearly
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class RollbackWatch:
         self.audits += 1
         self.wins += int(new_right and not old_right)
         self.losses += int(old_right and not new_right)
-        if self.audits < self.min_audits or self.losses - self.wins <= self.z * math.sqrt(self.wins + self.losses):
+        if self.audits < self.min_audits or not wins_clearly(self.losses, self.wins, self.z):  # the older one wins
             return None
         rollback = Rollback(self.version, self.parent,
                             f"v{self.version} wrong where v{self.parent} was right on {self.losses} of {self.audits} "

@@ -60,6 +60,16 @@ def _array(raw: bytes, dtype: str, shape: tuple) -> np.ndarray:
     return np.frombuffer(bytearray(raw), dtype).reshape(shape)
 
 
+def majority_label(labels: list) -> str | None:
+    """A window's ground truth: its samples' most common label (the earliest of equals), or None when
+    any sample has none.
+
+    >>> majority_label(["a", "b", "b"]), majority_label(["a", None])
+    ('b', None)
+    """
+    return None if None in labels else Counter(labels).most_common(1)[0][0]
+
+
 @dataclass(slots=True)
 class UnusableReading:
     """A reading the windower could not use, and why."""
@@ -248,7 +258,7 @@ class SlidingWindower:
         if state.count >= self.length and (state.count - self.length) % self.stride == 0:
             oldest = state.count % self.length  # the ring's oldest slot, the one written next
             labels = state.labels
-            truth = None if None in labels else Counter(labels[oldest:] + labels[:oldest]).most_common(1)[0][0]
+            truth = majority_label(labels[oldest:] + labels[:oldest])
             values = np.concatenate((state.ring[oldest:], state.ring[:oldest]))
             windows.append(Window(state.device_id, int(state.ts[oldest]), int(state.ts[oldest - 1]), values,
                                   truth, ingest, state.model_name))
@@ -323,22 +333,22 @@ class SlidingWindower:
         slots = np.arange(first - held, first) % length
         values = np.concatenate((state.ring[slots], block.values)) if held else block.values
         ts = np.concatenate((state.ts[slots], block.ts)) if held else block.ts
-        labels = [state.labels[k] for k in slots] + (block.labels or [None] * n)
+        block_labels = block.labels or [None] * n
+        labels = [state.labels[k] for k in slots] + block_labels
         offset = first - held  # global sample index of values[0]
         end = max(first, length - 1)
         end += (stride - (end + 1 - length) % stride) % stride  # the first window end at or after it
         windows = []
         for e in range(end, first + n, stride):
             lo = e - length + 1 - offset
-            window_labels = labels[lo:lo + length]
-            truth = None if None in window_labels else Counter(window_labels).most_common(1)[0][0]
             windows.append(Window(state.device_id, int(ts[lo]), int(ts[lo + length - 1]),
-                                  values[lo:lo + length].copy(), truth, ingest_ms, state.model_name))
+                                  values[lo:lo + length].copy(), majority_label(labels[lo:lo + length]), ingest_ms,
+                                  state.model_name))
         tail = min(n, length)
         last = np.arange(first + n - tail, first + n) % length
         state.ring[last] = block.values[n - tail:]
         state.ts[last] = block.ts[n - tail:]
-        for slot, label in zip(last.tolist(), (block.labels or [None] * n)[n - tail:]):
+        for slot, label in zip(last.tolist(), block_labels[n - tail:]):
             state.labels[slot] = label
         state.count += n
         state.last_ts = int(block.ts[-1])

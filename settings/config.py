@@ -72,11 +72,6 @@ class Config:
         return self.models.get(self.registry.model_name)
 
     @property
-    def served_spec(self) -> dict[str, Any] | None:
-        """The served model's declared spec (what a cold start begins from), or None."""
-        return self.served_model.spec_dict() if self.served_model is not None else None
-
-    @property
     def served_models(self) -> list[str]:
         """The models the jobs serve and train: ``serving.models``, or just ``registry.model_name``.
 
@@ -84,6 +79,16 @@ class Config:
         ['basic-motions']
         """
         return [n.strip() for n in self.serving.models.split(",") if n.strip()] or [self.registry.model_name]
+
+    def device_types_of(self, model_name: str) -> tuple[str, ...]:
+        """The ``device_type`` values whose readings ``model_name`` scores: its declaration's
+        ``device_types``, else its own name.
+
+        >>> Config().device_types_of("basic-motions")
+        ('basic-motions',)
+        """
+        declared = self.models.get(model_name)
+        return declared.device_types if declared is not None and declared.device_types else (model_name,)
 
     def precision_of(self, model_name: str) -> str:
         """``fp32`` or ``int8`` for one model: its declaration's ``precision``, else ``serving.precision``."""
@@ -182,8 +187,7 @@ def _check_served(cfg: Config) -> list[str]:
         problems.append(f"serving.models: {', '.join(repeated)} listed twice")
     owner: dict[str, str] = {}
     for name in dict.fromkeys(served):
-        declared = cfg.models.get(name)
-        for kind in (declared.device_types if declared and declared.device_types else (name,)):
+        for kind in cfg.device_types_of(name):
             if kind in owner:
                 problems.append(f"models.{name}.device_types: {kind!r} is already {owner[kind]}'s device type")
             owner.setdefault(kind, name)

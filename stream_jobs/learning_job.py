@@ -132,6 +132,7 @@ class LearnAndPublish(KeyedProcessFunction):
                 sub.gauge("prequential_accuracy_pct",
                           lambda name=name: int(round(self.by_model.get(name, (0.0, 0))[0] * 100)))
                 sub.gauge("model_version", lambda name=name: int(self.by_model.get(name, (0.0, 0))[1]))
+
     def _loop(self, key: str) -> LearningLoop:
         loop = self.loops.get(key)
         if loop is None:

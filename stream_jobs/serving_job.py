@@ -72,7 +72,7 @@ class ReadingsToWindows(KeyedProcessFunction):
             {m.name: ReadingParser(m.channels, topics.readings, s.max_message_bytes, s.max_abs_value,
                                    s.max_future_ms, m.name if named else None, s.max_block_samples)
              for m in self.models},
-            DeviceRouter.for_models([m.name for m in self.models], self.cfg.models))
+            DeviceRouter.for_config(self.cfg))
         self.windowers = {m.name: SlidingWindower(m.window, m.stride, len(m.channels), s.max_out_of_order_ms,
                                                   s.max_seq_gap_buffer, s.reset_gap_ms, s.seq_gap_timeout_ms,
                                                   s.max_seq_jump) for m in self.models}

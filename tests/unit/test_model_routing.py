@@ -55,7 +55,7 @@ def test_served_models_follow_the_configuration_with_their_own_window_and_stride
     served = {m.name: m for m in served_models(cfg)}  # no versions yet: the declarations (a cold start)
     assert (served["gait"].window, served["gait"].stride, served["gait"].channels) == (16, 4, ("ax", "ay", "az"))
     assert (served["har"].window, served["har"].stride, served["har"].channels) == (8, 8, ("x",))
-    router = DeviceRouter.for_models(cfg.served_models, cfg.models)
+    router = DeviceRouter.for_config(cfg)
     assert router.route("k1", "knee") == router.route("k2", "ankle") == "gait"
     assert router.route("wrist-3", None) == "har"
     with pytest.raises(SchemaError, match="device_type: no served model takes device type 'gait'"):
