@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import orjson
 
@@ -61,6 +62,23 @@ def collect(bootstrap: str, topic_counts: dict[str, int], timeout_s: float, job=
     for r in records:
         out[r.topic].append(r)
     return out
+
+
+def follow(tail, decoders: dict[str, Callable[[bytes], Any]], check: Callable[[dict[str, list]], bool],
+           timeout_s: float, jobs=()) -> dict[str, list]:
+    """Read a ``TopicTail`` into one list per topic, each record decoded by its topic's decoder; after
+    every poll ``check(records)`` may act on what came and ends the reading by returning True. Fails
+    fast, with its log, when one of ``jobs`` died; returns what was read when time runs out too."""
+    records: dict[str, list] = {topic: [] for topic in decoders}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for record in tail.poll(200):
+            records[record.topic].append(decoders[record.topic](record.value))
+        if check(records):
+            break
+        for job in jobs:
+            assert job.alive(), job.log_tail(60)
+    return records
 
 
 FAULTS_FILE = "tests/artifacts/faults.jsonl"

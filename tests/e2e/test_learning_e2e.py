@@ -2,7 +2,6 @@
 → hot swap in serving, on a stream whose gyroscopes drifted (a calibration bias)."""
 
 import threading
-import time
 
 import numpy as np
 import orjson
@@ -18,6 +17,8 @@ from control.flink_rest import FlinkRest, FlinkRestError
 from control.launcher import JobProcess, learning_job, serving_job
 from control.replayer import ReplayStats, replay
 from labeling.simulated import run_simulated_labelers
+
+from tests.e2e.helpers import follow
 
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()
@@ -60,8 +61,13 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
         ]
         tail = TopicTail(broker.bootstrap, [TOPICS.predictions, TOPICS.model_snapshots, TOPICS.drift_events,
                                             TOPICS.review_requests])
-        predictions, snapshots, drifts, reviews = [], [], [], []
-        drift_at_ms = None
+        decoders = {TOPICS.predictions: orjson.loads, TOPICS.model_snapshots: ModelSnapshot.decode,
+                    TOPICS.drift_events: DriftEvent.decode, TOPICS.review_requests: ReviewRequest.decode}
+
+        def drifted_enough(records) -> bool:  # versions learned after the bias serving it for a while
+            start = sent.drift_at_ms  # the send time stamped on the first biased reading
+            return start is not None and sum(p["window_start"] > start for p in records[TOPICS.predictions]) >= 1000
+
         with learning, serving:
             # label -> serving is measured once both jobs run; and readings sent while serving still starts
             # would be predicted late, by whichever version is current by then, blurring the drift's onset
@@ -69,27 +75,14 @@ def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_
             wait_all_tasks_running(serving_port, serving)
             for t in threads:
                 t.start()
-            deadline = time.monotonic() + 300
             try:
-                while time.monotonic() < deadline:
-                    drift_at_ms = sent.drift_at_ms  # the send time stamped on the first biased reading
-                    for r in tail.poll(200):
-                        if r.topic == TOPICS.predictions:
-                            predictions.append(orjson.loads(r.value))
-                        elif r.topic == TOPICS.drift_events:
-                            drifts.append(DriftEvent.decode(r.value))
-                        elif r.topic == TOPICS.review_requests:
-                            reviews.append(ReviewRequest.decode(r.value))
-                        else:
-                            snapshots.append(ModelSnapshot.decode(r.value))
-                    drifted = [p for p in predictions if drift_at_ms is not None and p["window_start"] > drift_at_ms]
-                    if len(drifted) >= 1000:  # versions learned after the bias serving it for a while
-                        break
-                    assert serving.alive(), serving.log_tail(60)
-                    assert learning.alive(), learning.log_tail(60)
+                records = follow(tail, decoders, drifted_enough, 300, (serving, learning))
             finally:
                 stop.set()
                 tail.close()
+    predictions, snapshots = records[TOPICS.predictions], records[TOPICS.model_snapshots]
+    drifts, reviews = records[TOPICS.drift_events], records[TOPICS.review_requests]
+    drift_at_ms = sent.drift_at_ms
     assert snapshots, "the learning job announced no version:\n" + learning.log_tail(40)
     assert snapshots[0].version == 2 and snapshots[0].parent_version == 1
     meta = ModelRegistry(root).metadata(NAME, 2)

@@ -22,7 +22,7 @@ from infra.kafka_tools import TopicTail
 from labeling.simulated import run_simulated_labelers
 from model.registry import ModelRegistry
 from schemas import ModelSnapshot, Topics
-from tests.e2e.helpers import started
+from tests.e2e.helpers import follow, started
 from tests.unit.test_rollback import NAME, publish_damaged
 
 pytestmark = pytest.mark.e2e
@@ -47,27 +47,22 @@ def test_a_version_worse_on_live_audits_is_rolled_back_and_serving_swaps_back(tm
                    threading.Thread(target=run_simulated_labelers, daemon=True, kwargs=dict(
                        bootstrap=broker.bootstrap, topics=TOPICS, classes=classes, delay_ms=200, stop=stop))]
         tail = TopicTail(broker.bootstrap, [TOPICS.predictions, TOPICS.model_snapshots])
-        predictions, snapshots = [], []
+
+        def served_v1_again(records) -> bool:
+            return sum(p["model_version"] == 1 for p in records[TOPICS.predictions]) >= 200
+
         with serving, learning:
             started_at = time.time()
             for t in threads:
                 t.start()
-            deadline = time.monotonic() + 240
             try:
-                while time.monotonic() < deadline:
-                    for r in tail.poll(200):
-                        if r.topic == TOPICS.predictions:
-                            predictions.append(orjson.loads(r.value))
-                        else:
-                            snapshots.append(ModelSnapshot.decode(r.value))
-                    if sum(p["model_version"] == 1 for p in predictions) >= 200:
-                        break
-                    assert serving.alive(), serving.log_tail(60)
-                    assert learning.alive(), learning.log_tail(60)
+                records = follow(tail, {TOPICS.predictions: orjson.loads, TOPICS.model_snapshots: ModelSnapshot.decode},
+                                 served_v1_again, 240, (serving, learning))
             finally:
                 stop.set()
                 tail.close()
         log = learning.log_tail(5000)  # the job's output and its MiniCluster's log (the Python workers' lines)
+    predictions, snapshots = records[TOPICS.predictions], records[TOPICS.model_snapshots]
     assert [(s.model_name, s.version) for s in snapshots] == [(NAME, 1)], (snapshots, learning.log_tail(40))
     assert "rolled back to v1" in log
     before = [p for p in predictions if p["model_version"] == 2 and p.get("truth")]

@@ -23,7 +23,7 @@ from recordings.importer import import_files
 from recordings.store import DatasetStore, DatasetStream
 from schemas import DeadLetter, ModelSnapshot, ReviewRequest, Topics
 from settings import load_config
-from tests.e2e.helpers import started
+from tests.e2e.helpers import follow, started
 from tests.unit.test_recordings import wiimote_csv
 
 pytestmark = pytest.mark.e2e
@@ -60,6 +60,15 @@ d_model = 32
 d_ff = 64
 """.replace("'", '"'))
     return config
+
+
+def served_new(records, name: str, after: int) -> bool:
+    """Whether ``name`` served a version newer than ``after``."""
+    return any(p["model_name"] == name and p["model_version"] > after for p in records[TOPICS.predictions])
+
+
+def changed_type_refused(records) -> bool:
+    return any("sends readings for model wiimote" in letter.reason for letter in records[TOPICS.dead_letters])
 
 
 def test_two_models_side_by_side_each_learning_and_swapping_on_its_own(tmp_path, registry_copy):
@@ -100,45 +109,34 @@ def test_two_models_side_by_side_each_learning_and_swapping_on_its_own(tmp_path,
         producer.flush()
         tail = TopicTail(broker.bootstrap, [TOPICS.predictions, TOPICS.review_requests, TOPICS.model_snapshots,
                                             TOPICS.dead_letters])
-        predictions, reviews, snapshots, letters = [], [], [], []
-
-        def served_new(name: str, after: int) -> bool:
-            return any(p["model_name"] == name and p["model_version"] > after for p in predictions)
-
-        def changed_type_refused() -> bool:
-            return any("sends readings for model wiimote" in letter.reason for letter in letters)
-
+        decoders = {TOPICS.predictions: orjson.loads, TOPICS.review_requests: ReviewRequest.decode,
+                    TOPICS.model_snapshots: ModelSnapshot.decode, TOPICS.dead_letters: DeadLetter.decode}
         changed_type_sent = False
+
+        def step(records) -> bool:
+            """Once wii-0 is served, it claims to be a wrist device; done when both models swapped and
+            that reading was refused."""
+            nonlocal changed_type_sent
+            if not changed_type_sent and any(p["device_id"] == "wii-0" for p in records[TOPICS.predictions]):
+                changed = {"device_id": "wii-0", "device_type": "basic-motions", "ts": int(time.time() * 1000),
+                           "values": [0.0] * 6}  # a gesture device suddenly claims to be a wrist device
+                producer.send(TOPICS.readings, key=b"wii-0", value=orjson.dumps(changed))
+                producer.flush()
+                changed_type_sent = True
+            return (served_new(records, "basic-motions", 1) and served_new(records, "wiimote", 0)
+                    and changed_type_refused(records))
 
         with serving, learning:
             for t in threads:
                 t.start()
-            deadline = time.monotonic() + 300
             try:
-                while time.monotonic() < deadline:
-                    for r in tail.poll(200):
-                        if r.topic == TOPICS.predictions:
-                            predictions.append(orjson.loads(r.value))
-                        elif r.topic == TOPICS.review_requests:
-                            reviews.append(ReviewRequest.decode(r.value))
-                        elif r.topic == TOPICS.model_snapshots:
-                            snapshots.append(ModelSnapshot.decode(r.value))
-                        else:
-                            letters.append(DeadLetter.decode(r.value))
-                    if not changed_type_sent and any(p["device_id"] == "wii-0" for p in predictions):
-                        changed = {"device_id": "wii-0", "device_type": "basic-motions", "ts": int(time.time() * 1000),
-                                   "values": [0.0] * 6}  # a gesture device suddenly claims to be a wrist device
-                        producer.send(TOPICS.readings, key=b"wii-0", value=orjson.dumps(changed))
-                        producer.flush()
-                        changed_type_sent = True
-                    if served_new("basic-motions", 1) and served_new("wiimote", 0) and changed_type_refused():
-                        break
-                    assert serving.alive(), serving.log_tail(60)
-                    assert learning.alive(), learning.log_tail(60)
+                records = follow(tail, decoders, step, 300, (serving, learning))
             finally:
                 stop.set()
                 tail.close()
                 producer.close()
+    predictions, letters = records[TOPICS.predictions], records[TOPICS.dead_letters]
+    reviews, snapshots = records[TOPICS.review_requests], records[TOPICS.model_snapshots]
     by_model = {name: [p for p in predictions if p["model_name"] == name] for name in model_classes}
     counts = {name: len(items) for name, items in by_model.items()}
     versions = {name: sorted({p["model_version"] for p in items}) for name, items in by_model.items()}
@@ -153,8 +151,8 @@ def test_two_models_side_by_side_each_learning_and_swapping_on_its_own(tmp_path,
     assert {len(r.channels) for r in reviews if r.model_name == "wiimote"} == {1}
     assert {len(r.channels) for r in reviews if r.model_name == "basic-motions"} == {6}
     # each learned and swapped on its own: basic-motions v2 from v1; wiimote v1 from a cold start
-    assert served_new("basic-motions", 1), (versions, learning.log_tail(60))
-    assert served_new("wiimote", 0), (versions, learning.log_tail(60))
+    assert served_new(records, "basic-motions", 1), (versions, learning.log_tail(60))
+    assert served_new(records, "wiimote", 0), (versions, learning.log_tail(60))
     assert registry.metadata("basic-motions", 2).parent_version == 1
     first = registry.metadata("wiimote", 1)
     assert first.parent_version is None and "cold start" in first.note
@@ -165,4 +163,4 @@ def test_two_models_side_by_side_each_learning_and_swapping_on_its_own(tmp_path,
     assert any("models are served" in r for r in reasons), reasons
     six = [letter for letter in letters if "expected 1 channels, got 6" in letter.reason]
     assert six and six[0].model_name == "wiimote", reasons
-    assert changed_type_refused(), reasons  # a device's readings stay with one model
+    assert changed_type_refused(records), reasons  # a device's readings stay with one model
