@@ -2,10 +2,13 @@
 four activities, a trained v1 in the registry) and Wiimote gesture devices (one channel, ten gestures,
 declared in the TOML file with no trained version: a cold start). Each model gets only its own devices'
 windows, asks its own questions, learns, gates, versions and swaps on its own; readings of a device type
-no model serves become dead letters with the reason."""
+no model serves become dead letters with the reason. Killed hard and resumed from a checkpoint, the
+serving job gives every device of both models every window once."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -15,15 +18,16 @@ from kafka import KafkaProducer
 
 from control.replayer import replay
 from infra.broker import EmbeddedBroker, ensure_topics
-from infra.kafka_tools import TopicTail
+from infra.kafka_tools import TopicTail, produce
 from labeling.simulated import run_simulated_labelers
 from control.launcher import learning_job, serving_job
 from model.registry import ModelRegistry
 from recordings.importer import import_files
 from recordings.store import DatasetStore, DatasetStream
-from schemas import DeadLetter, ModelSnapshot, ReviewRequest, Topics
+from schemas import DeadLetter, ModelSnapshot, Prediction, ReviewRequest, Topics
 from settings import load_config
-from tests.e2e.helpers import follow, started
+from tests.e2e.helpers import collect, encoded, expected_window_ends, follow, replayed_readings, started
+from tests.e2e.test_restart_e2e import latest_checkpoint
 from tests.unit.test_recordings import wiimote_csv
 
 pytestmark = pytest.mark.e2e
@@ -164,3 +168,61 @@ def test_two_models_side_by_side_each_learning_and_swapping_on_its_own(tmp_path,
     six = [letter for letter in letters if "expected 1 channels, got 6" in letter.reason]
     assert six and six[0].model_name == "wiimote", reasons
     assert changed_type_refused(records), reasons  # a device's readings stay with one model
+
+
+def test_two_models_survive_a_sigkill_each_device_keeping_its_model_s_window(tmp_path, registry_copy):
+    """The serving job of two models killed hard mid-stream and resumed from its last checkpoint: every
+    device of both models gets every window exactly once, those spanning the crash included, each
+    scored by its own model (the per-model window, pending-batch and version state came back)."""
+    config = write_config(tmp_path, registry_copy, [str(k) for k in range(1, 11)])
+    first, second = wrist_readings(0) + gesture_readings(0), wrist_readings(40) + gesture_readings(40)
+    before = expected_window_ends(first, 32, 8)
+    everything = expected_window_ends(first + second, 32, 8)
+    assert len(before) == 5 * 2 and len(everything) == 5 * 7  # 3 wrist and 2 gesture devices
+    checkpoints = tmp_path / "ck"
+    options = dict(config=config, state_dir=str(checkpoints), checkpoint_interval_ms=1000, exactly_once=True,
+                   group_id="two-models-restart")
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        ensure_topics(broker.bootstrap, TOPICS)
+        job = serving_job(broker.bootstrap, tmp_path / "job-a.log", **options).start()
+        try:
+            produce(broker.bootstrap, TOPICS.readings, encoded(first))
+            got = collect_committed(broker.bootstrap, len(before), job)
+            assert len(got) == len(before)
+            time.sleep(2.5)  # one more checkpoint, so the restored state is past these readings
+        finally:
+            os.killpg(job.process.pid, signal.SIGKILL)  # a crash: no clean shutdown
+            job.process.wait()
+        produce(broker.bootstrap, TOPICS.readings, encoded(second))
+        restored = latest_checkpoint(checkpoints / "checkpoints" / "serving")
+        job = serving_job(broker.bootstrap, tmp_path / "job-b.log", savepoint_path=str(restored), **options)
+        with job:
+            collect_committed(broker.bootstrap, len(everything), job)
+            time.sleep(3)
+            out = collect_committed(broker.bootstrap, len(everything) + 1, None, timeout_s=6)
+    predictions = [Prediction.decode(raw) for raw in out]
+    keys = [(p.device_id, p.window_end) for p in predictions]
+    assert set(keys) == everything and len(keys) == len(set(keys)), "every window once"
+    assert {p.device_id for p in predictions if p.model_name == "wiimote"} == {"wii-0", "wii-1"}
+    assert {p.model_name for p in predictions if p.device_id.startswith("device-")} == {"basic-motions"}
+    resumed = gesture_readings(40)[0]["ts"]
+    spanning = [p for p in predictions if p.model_name == "wiimote" and p.window_start < resumed <= p.window_end]
+    assert spanning, "windows spanning the crash prove the restored window state"
+
+
+def wrist_readings(start: int) -> list[dict]:
+    """BasicMotions readings of three wrist devices that name their type, 40 per device from ``start``."""
+    return [{**r, "device_type": "basic-motions"} for r in replayed_readings(n_devices=3, per_device=40,
+                                                                            start_seq=start)]
+
+
+def gesture_readings(start: int) -> list[dict]:
+    """40 one-channel readings per gesture device (``wii-0``, ``wii-1``: the devices pattern) from ``start``."""
+    return [{"device_id": f"wii-{d}", "seq": k, "ts": 1_700_000_000_000 + 10 * k, "values": [float(k % 7) - 3.0]}
+            for k in range(start, start + 40) for d in range(2)]
+
+
+def collect_committed(bootstrap: str, count: int, job, timeout_s: float = 240) -> list[bytes]:
+    """At least ``count`` committed predictions (or what came in ``timeout_s``)."""
+    return [r.value for r in collect(bootstrap, {TOPICS.predictions: count}, timeout_s, job,
+                                     "read_committed")[TOPICS.predictions]]
