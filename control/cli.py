@@ -184,7 +184,8 @@ def cmd_simulate_labelers(args: argparse.Namespace) -> int:
 
     classes = _classes(args)
     answered = run_simulated_labelers(args.bootstrap, config_of(args).topics, classes, args.delay_ms, args.error_rate,
-                                      duration_s=args.duration, model_classes=_model_classes(args))
+                                      duration_s=args.duration, model_classes=_model_classes(args),
+                                      creators=config_of(args).labeling.creators)
     print(f"answered {answered} review requests")
     return 0
 
@@ -254,7 +255,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if learner is not None:
         threading.Thread(target=run_simulated_labelers, daemon=True, kwargs=dict(
             bootstrap=bootstrap, topics=topics, classes=_classes(args), delay_ms=300,
-            error_rate=args.label_error_rate, stop=stop, model_classes=_model_classes(args))).start()
+            error_rate=args.label_error_rate, stop=stop, model_classes=_model_classes(args),
+            creators=config_of(args).labeling.creators)).start()
     tail = TopicTail(bootstrap, [topics.predictions, topics.review_requests, topics.dead_letters, topics.labels])
     monitor = ServingMonitor()
     started = time.monotonic()
@@ -324,7 +326,8 @@ def cmd_label(args: argparse.Namespace) -> int:
                             args.lease_seconds, args.answers_needed, pipeline_metrics=lambda: job_metrics(urls),
                             max_queue=settings.max_queue, user_header=settings.user_header,
                             trusted_proxies=tuple(a.strip() for a in settings.trusted_proxies.split(",") if a.strip()),
-                            model_classes=_model_classes(args))
+                            model_classes=_model_classes(args), creators=settings.creators,
+                            max_classes=settings.max_classes)
     print(f"labeling page on {server.url}/?token=<your token> (classes: {', '.join(classes)})", flush=True)
     server.run()
     return 0

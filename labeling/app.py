@@ -173,10 +173,12 @@ def create_app(queue: ReviewQueue, publish: Callable[[Label], None], credentials
             waiting = queue.waiting()
             classes = queue.classes_for(req) if req else list(queue.classes)
             expiry = queue.lease_expiry(req.review_id, labeler) if req else None
+        may_name = queue.may_name_classes(labeler)
         if req is None:
-            return JSONResponse({"request": None, "waiting": waiting, "classes": classes, "labeler": labeler})
+            return JSONResponse({"request": None, "waiting": waiting, "classes": classes, "labeler": labeler,
+                                 "may_name_classes": may_name})
         return JSONResponse({"request": req.to_dict(), "waiting": waiting, "classes": classes, "labeler": labeler,
-                             "lease_expires_in_s": round(expiry - now, 1)})
+                             "lease_expires_in_s": round(expiry - now, 1), "may_name_classes": may_name})
 
     async def answer(request: Request) -> Response:
         labeler, refusal = identify(request)
@@ -199,11 +201,13 @@ def create_app(queue: ReviewQueue, publish: Callable[[Label], None], credentials
         try:
             claimed(body.get("labeler"), labeler)
             review_id, label = body.get("review_id"), body.get("label", "")
-            status = body.get("status", "answered")
+            status, new_class = body.get("status", "answered"), body.get("new_class", False)
             if not isinstance(review_id, str) or not isinstance(label, str) or not isinstance(status, str):
                 raise ReviewError("review_id, label and status must be strings")
+            if not isinstance(new_class, bool):
+                raise ReviewError("new_class must be true or false")
             with lock:
-                record = queue.answer(review_id, labeler, label, clock(), status)
+                record = queue.answer(review_id, labeler, label, clock(), status, new_class)
         except ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         try:

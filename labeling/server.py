@@ -29,8 +29,10 @@ class LabelingServer:
                  host: str = "127.0.0.1", port: int = 8080, lease_s: float = 120.0, answers_needed: int = 1,
                  group_id: str = "sensorloop-labeling", pipeline_metrics=None, max_queue: int = 10_000,
                  user_header: str = "", trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1"),
-                 model_classes: dict[str, list[str]] | None = None) -> None:
-        self.queue = ReviewQueue(classes, lease_s, answers_needed, capacity=max_queue, model_classes=model_classes)
+                 model_classes: dict[str, list[str]] | None = None, creators: frozenset[str] = frozenset(),
+                 max_classes: int = 64) -> None:
+        self.queue = ReviewQueue(classes, lease_s, answers_needed, capacity=max_queue, model_classes=model_classes,
+                                 creators=creators, max_classes=max_classes)
         self.bridge = LabelingBridge(bootstrap, self.queue, topics, group_id=group_id)
         self.app = create_app(self.queue, self.bridge.publish, credentials, lock=self.bridge.lock,
                               pipeline_metrics=pipeline_metrics, user_header=user_header,

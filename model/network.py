@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -40,6 +43,34 @@ class WindowTransformer(nn.Module):
         flat = torch.as_tensor(windows, dtype=torch.float32).reshape(-1, self.spec.n_channels)
         self.mean.copy_(flat.mean(0))
         self.std.copy_(flat.std(0).clamp_min(1e-6))
+
+    def add_classes(self, names: Sequence[str]) -> list[str]:
+        """Grow the output layer in place by the classes of ``names`` it lacks (returned, in order). Known
+        classes keep their index and weights; a new class starts with zero weights (the same on every
+        replay of a journal) and the known classes' mean bias, so it is neither
+        favoured nor impossible before it is learned.
+
+        >>> spec = ModelSpec(window=8, classes=("a", "b"), d_model=16, n_heads=2, n_layers=1, d_ff=32)
+        >>> net = WindowTransformer(spec).eval()
+        >>> before = net(torch.zeros(1, 8, 6))
+        >>> net.add_classes(["b", "c"]), net.spec.classes
+        (['c'], ('a', 'b', 'c'))
+        >>> bool(torch.allclose(net(torch.zeros(1, 8, 6))[:, :2], before))
+        True
+        """
+        new = list(dict.fromkeys(c for c in names if c not in self.spec.classes))
+        if not new:
+            return []
+        old = self.head
+        head = nn.Linear(old.in_features, old.out_features + len(new))
+        with torch.no_grad():
+            head.weight[:old.out_features] = old.weight
+            head.bias[:old.out_features] = old.bias
+            head.weight[old.out_features:] = 0.0
+            head.bias[old.out_features:] = old.bias.mean()
+        self.head = head.to(old.weight.device)
+        self.spec = replace(self.spec, classes=(*self.spec.classes, *new))
+        return new
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled representation of each window (``[batch, d_model]``)."""

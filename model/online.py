@@ -1,4 +1,5 @@
-"""Online learning from labeled windows: replay reservoir, EWC penalty, mini-batch updates.
+"""Online learning from labeled windows: replay reservoir, EWC penalty, distillation from the previous
+version (learning without forgetting), mini-batch updates, and classes added while learning.
 
 >>> import numpy as np
 >>> r = ReplayReservoir(capacity=4, seed=0)
@@ -54,6 +55,18 @@ class ReplayReservoir:
             if slot < len(items):
                 items[slot] = (window, int(label))
 
+    def grow(self, n_classes: int) -> None:
+        """More classes now share a class-balanced reservoir: each class's share shrinks to make room,
+        keeping a uniform sample of what it held."""
+        self.n_classes = n_classes
+        if not self.per_class:
+            return
+        cap = self._bucket_capacity()
+        for bucket, items in self.items.items():
+            if len(items) > cap:
+                keep = sorted(self.rng.choice(len(items), size=cap, replace=False))
+                self.items[bucket] = [items[i] for i in keep]
+
     def __len__(self) -> int:
         return sum(len(v) for v in self.items.values())
 
@@ -96,18 +109,53 @@ class EWC:
         net.train(was_training)
 
     def penalty(self, net: nn.Module) -> torch.Tensor:
+        """The pull towards the anchor; an output layer grown since (new classes) is pulled on its old rows only."""
         total = torch.zeros(())
         for n, p in net.named_parameters():
             if n in self.fisher:
-                total = total + (self.fisher[n] * (p - self.anchor[n]) ** 2).sum()
+                anchor = self.anchor[n]
+                q = p[:anchor.shape[0]] if p.shape != anchor.shape else p
+                total = total + (self.fisher[n] * (q - anchor) ** 2).sum()
         return total
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """Learning without forgetting: KL divergence from the teacher's softened outputs to the student's on
+    the teacher's classes (a student that has grown new classes is compared on the old ones), scaled by
+    ``temperature``² so its gradient does not shrink as the temperature grows.
+
+    >>> t = torch.tensor([[2.0, 0.0]])
+    >>> float(distillation_loss(t, t, 2.0))
+    0.0
+    >>> float(distillation_loss(torch.tensor([[0.0, 2.0, 5.0]]), t, 2.0)) > 0
+    True
+    """
+    k = teacher_logits.shape[1]
+    log_student = nn.functional.log_softmax(student_logits[:, :k] / temperature, dim=-1)
+    teacher = nn.functional.softmax(teacher_logits / temperature, dim=-1)
+    return nn.functional.kl_div(log_student, teacher, reduction="batchmean") * temperature ** 2
 
 
 class OnlineTrainer:
     """Learns from labeled windows as they arrive: each update mixes the new mini-batch with
-    replayed windows and adds the EWC penalty against the last consolidated weights.
+    replayed windows, adds the EWC penalty against the last consolidated weights (``ewc_strength``)
+    and the distillation loss against the teacher (``distill_strength``: the network as it was at the
+    last :meth:`consolidate`, or the version set by :meth:`set_teacher`).
 
-    ``learn_one`` buffers a window and runs an update when ``batch_size`` are waiting.
+    ``learn_one`` buffers a window and runs an update when ``batch_size`` are waiting;
+    :meth:`add_classes` grows the output layer when a class the model does not have is taught.
+
+    >>> from model.network import WindowTransformer
+    >>> from model.spec import ModelSpec
+    >>> net = WindowTransformer(ModelSpec(window=4, channels=("x",), classes=("a", "b"), d_model=8, n_heads=2,
+    ...                                   n_layers=1, d_ff=16))
+    >>> trainer = OnlineTrainer(net, 2, LearningSettings(batch_size=2, distill_strength=1.0))
+    >>> trainer.consolidate()
+    >>> trainer.add_classes(["c"]), trainer.n_classes
+    (['c'], 3)
+    >>> [trainer.learn_one(np.ones((4, 1), np.float32), label) for label in (2, 0)]
+    [False, True]
     """
 
     def __init__(self, net: nn.Module, n_classes: int, config: LearningSettings | None = None) -> None:
@@ -118,6 +166,7 @@ class OnlineTrainer:
                                          self.config.seed)
         self.optimizer = torch.optim.Adam(net.parameters(), lr=self.config.lr)
         self.ewc: EWC | None = None
+        self.teacher: nn.Module | None = None  # distillation's soft targets (None: not distilling yet)
         self.pending: list[tuple[np.ndarray, int]] = []
         self.updates = 0
         self.learned = 0
@@ -145,6 +194,12 @@ class OnlineTrainer:
         loss = nn.functional.cross_entropy(self.net(torch.as_tensor(X)), torch.as_tensor(y))
         if self.ewc is not None and self.config.ewc_strength > 0:
             loss = loss + self.config.ewc_strength * self.ewc.penalty(self.net)
+        if self.teacher is not None and self.config.distill_strength > 0:
+            Xt = torch.as_tensor(X)
+            with torch.no_grad():
+                soft = self.teacher(Xt)
+            loss = loss + self.config.distill_strength * distillation_loss(self.net(Xt), soft,
+                                                                           self.config.distill_temperature)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -157,13 +212,36 @@ class OnlineTrainer:
         return float(loss.item())
 
     def consolidate(self) -> None:
-        """Make the current weights the EWC anchor, with Fisher information from the reservoir
-        (nothing to do while EWC is off)."""
+        """Make the current weights the EWC anchor, with Fisher information from the reservoir, and the
+        distillation teacher (each only while it is on)."""
+        if self.config.distill_strength > 0:
+            self.set_teacher(self.net)
         if self.config.ewc_strength <= 0:
             return
         X, y = self.reservoir.all()
         if len(y):
             self.ewc = EWC(self.net, X, y)
+
+    def set_teacher(self, net: nn.Module) -> None:
+        """Distil from a frozen copy of ``net`` from now on (the version in service, typically)."""
+        self.teacher = copy.deepcopy(net).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def add_classes(self, names: list[str]) -> list[str]:
+        """Grow the network's output layer by the classes of ``names`` it lacks (returned). Known classes
+        keep their weights and index; the optimizer keeps its state for every other parameter."""
+        new = self.net.add_classes(names)
+        if not new:
+            return []
+        self.n_classes = len(self.net.spec.classes)
+        self.reservoir.grow(self.n_classes)
+        old = self.optimizer
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.config.lr)
+        for p in self.net.parameters():
+            if p in old.state:
+                self.optimizer.state[p] = old.state[p]
+        return new
 
     def snapshot(self) -> nn.Module:
         """A frozen copy of the current network (what a candidate version is built from)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -78,10 +78,14 @@ def weights_bytes(net: nn.Module) -> bytes:
     return buf.getvalue()
 
 
-def load_network(spec: ModelSpec, weights: bytes) -> WindowTransformer:
-    """Rebuild a network from registry weights."""
+def load_network(spec: ModelSpec, weights: bytes, older_classes: bool = False) -> WindowTransformer:
+    """Rebuild a network from registry weights. With ``older_classes``, the weights may be of a version
+    from before classes were added (its output layer has only the first of ``spec.classes``)."""
+    state = torch.load(io.BytesIO(weights), weights_only=True)
+    if older_classes and "head.weight" in state:
+        spec = replace(spec, classes=spec.classes[:state["head.weight"].shape[0]])
     net = WindowTransformer(spec)
-    net.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+    net.load_state_dict(state)
     return net.eval()
 
 

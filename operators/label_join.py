@@ -93,7 +93,7 @@ class LabelJoiner:
 
     def __init__(self, classes: list[str], ttl_ms: int = 3_600_000, answers_needed: int = 1,
                  shape: tuple[int, int] | None = None, others: dict[str, JoinTarget] | None = None,
-                 name: str = "") -> None:
+                 name: str = "", creators: frozenset[str] = frozenset(), max_classes: int = 64) -> None:
         self.classes = list(classes)
         self.name = name  # the default model's name, when known: requests naming another unknown model are refused
         self.ttl_ms = ttl_ms
@@ -101,6 +101,7 @@ class LabelJoiner:
         self.shape = shape
         self.others = dict(others or {})
         self.known = set(self.classes).union(*(t.classes for t in self.others.values()))
+        self.creators, self.max_classes = frozenset(creators), max_classes
 
     def new_state(self) -> JoinState:
         return JoinState()
@@ -113,6 +114,16 @@ class LabelJoiner:
             raise SchemaError("model_name", f"no model {named!r} learns here "
                                             f"(known: {sorted([self.name, *self.others])})")
         return JoinTarget(tuple(self.classes), self.shape)
+
+    def _classes_of(self, request: ReviewRequest) -> list[str]:
+        """The classes an answer to ``request`` may name: its model's, and any its version has learned
+        since the job started (the request's probabilities name every class of the version that asked)."""
+        return list(dict.fromkeys([*self._target(request).classes, *request.probabilities]))
+
+    def _may_add(self, who: str, label: str, new_class: bool, known: list[str]) -> bool:
+        """Whether an answer may teach a class the model lacks: marked as new, by a labeler allowed to,
+        while the model has room."""
+        return new_class and who in self.creators and len(known) < self.max_classes
 
     def check_request(self, request: ReviewRequest) -> None:
         shape = self._target(request).shape
@@ -131,14 +142,14 @@ class LabelJoiner:
         rejected: list[RefusedLabel] = []
         if state.request is None:
             state.request = request
-            classes = self._target(request).classes
-            if self.others:  # answers that came first were checked against every model's classes only
-                kept = [a for a in state.answers if a[1] in classes]
-                rejected = [RefusedLabel(Label(request.review_id, lab, who, at, model_name=request.model_name),
-                                         f"label: unknown class {lab!r} for model {request.model_name}; "
-                                         f"known: {list(classes)}")
-                            for who, lab, at in state.answers if lab not in classes]
-                state.answers = kept
+            classes = self._classes_of(request)
+            # answers that came first were checked against every model's classes only (or named a new one)
+            fits = [lab in classes or self._may_add(who, lab, True, classes) for who, lab, _ in state.answers]
+            model = f" for model {request.model_name}" if self.others else ""
+            rejected = [RefusedLabel(Label(request.review_id, lab, who, at, model_name=request.model_name),
+                                     f"label: unknown class {lab!r}{model}; known: {list(classes)}")
+                        for (who, lab, at), ok in zip(state.answers, fits) if not ok]
+            state.answers = [a for a, ok in zip(state.answers, fits) if ok]
         return self._resolve(state), rejected
 
     def on_label(self, state: JoinState, label: Label, now_ms: int):
@@ -147,12 +158,15 @@ class LabelJoiner:
         if label.status != "answered":
             return [], []  # skip / not sure: recorded on the topic, nothing to learn
         if state.request is not None:
-            known = list(self._target(state.request).classes)
+            known = self._classes_of(state.request)
         else:  # the request (and so the model) is not known yet: any served model's class may wait for it
             known = sorted(self.known) if self.others else self.classes
-        if label.label not in known:
+        if label.label not in known and not self._may_add(label.labeler, label.label, bool(label.new_class), known):
             model = f" for model {state.request.model_name}" if state.request is not None and self.others else ""
-            return [], [RefusedLabel(label, f"label: unknown class {label.label!r}{model}; known: {known}")]
+            why = (f"; {label.labeler} may not name new classes (labeling.class_creators)" if label.new_class
+                   and label.labeler not in self.creators else
+                   f"; the model has the most classes allowed ({self.max_classes})" if label.new_class else "")
+            return [], [RefusedLabel(label, f"label: unknown class {label.label!r}{model}; known: {known}{why}")]
         if state.resolved:
             return [], [RefusedLabel(label, f"review {label.review_id!r} was already resolved")]
         if any(who == label.labeler for who, _, _ in state.answers):

@@ -87,6 +87,8 @@ class LearningLoop:
             self.unnormalised = None
         self.version = version
         self.trainer = OnlineTrainer(copy.deepcopy(start), spec.n_classes, self.config)
+        if self.serving is not None and self.config.distill_strength > 0:
+            self.trainer.set_teacher(self.serving)  # learning without forgetting the version in service
         self.gate = ValidationGate(self.config.gate_margin, self.config.min_holdout, self.config.holdout_size,
                                    self.config.gate_z)
         self.drift = DriftMonitor()
@@ -100,11 +102,15 @@ class LearningLoop:
         self.due_rollback: Rollback | None = None
         self.last_published_at: int | None = None  # answer time of the last candidate published
         self.deferred = 0  # candidates the gate accepted that waited for the publish interval
+        self.new_classes: list[str] = []  # classes labelers added, in order
 
     def learn(self, item: LabeledWindow) -> Candidate | None:
         """Learn one labeled window; returns a candidate when one passed the gate (none while a
-        rollback is due: the next gate check compares against the version rolled back to)."""
-        label = self.index[item.label]  # the join already refused unknown classes
+        rollback is due: the next gate check compares against the version rolled back to). A class the
+        model lacks (the join let it through: a labeler allowed to named it) grows the model first."""
+        if item.label not in self.index:
+            self.add_class(item.label)
+        label = self.index[item.label]
         self.labeled += 1
         hit = item.predicted == item.label  # prequential: what serving said before the answer came
         self.correct += int(hit)
@@ -139,6 +145,15 @@ class LearningLoop:
             return None
         self.last_published_at = item.answered_at
         return Candidate(self.trainer.snapshot(), decision, self.labeled, item.answered_at)
+
+    def add_class(self, name: str) -> None:
+        """Grow the learner's output layer by ``name``; the next version published has it (the version in
+        service cannot predict it, so every held-out window of it counts against serving at the gate)."""
+        self.trainer.add_classes([name])
+        self.spec = self.trainer.net.spec
+        self.index = {c: i for i, c in enumerate(self.spec.classes)}
+        self.new_classes.append(name)
+        log.info("learning a new class %r (%d classes now)", name, self.spec.n_classes)
 
     def _held_out(self, item: LabeledWindow) -> bool:
         """Whether a labeled window goes to the gate's held-out set (never trained on): one in
@@ -186,6 +201,8 @@ class LearningLoop:
         self.serving = copy.deepcopy(net).eval()
         self.version = version
         self.watch.start(version, parent)
+        if self.config.distill_strength > 0:
+            self.trainer.set_teacher(self.serving)
 
     def __setstate__(self, state: dict) -> None:
         """A loop kept in keyed state before rollbacks and periodic deployment existed loads with them off
@@ -194,6 +211,8 @@ class LearningLoop:
         if "watch" not in state:
             self.parent_net, self.due_rollback, self.last_published_at, self.deferred = None, None, None, 0
             self.watch = RollbackWatch(self.config.rollback_z, self.config.rollback_min_audits)
+        if "new_classes" not in state:
+            self.new_classes = []
 
     def take_rollback(self) -> Rollback | None:
         """A rollback the live audit answers call for (to be announced once), if any."""
@@ -207,7 +226,12 @@ class LearningLoop:
         self.version = version
         self.parent_net = None
         self.watch.start(version, None)
-        self.trainer.net.load_state_dict(net.state_dict())
+        state, older = self.trainer.net.state_dict(), net.state_dict()
+        for key, value in older.items():  # a class learned since that version keeps its learned output row
+            state[key] = value if value.shape == state[key].shape else torch.cat([value, state[key][len(value):]])
+        self.trainer.net.load_state_dict(state)
+        if self.config.distill_strength > 0:
+            self.trainer.set_teacher(self.serving)
         self.since_gate = 0
 
     @property
@@ -227,7 +251,8 @@ def loop_from_registry(registry: ModelRegistry, model_name: str, config: Learnin
     parent = loaded.metadata.parent_version
     if parent:
         try:
-            loop.parent_net = load_network(spec, registry.load(model_name, parent).weights_bytes).eval()
+            older = registry.load(model_name, parent)  # its own spec: a class may have been added since
+            loop.parent_net = load_network(ModelSpec.from_dict(older.metadata.spec), older.weights_bytes).eval()
             loop.watch.start(loop.version, parent)
         except ArtifactError as exc:
             log.warning("%s v%d: its parent v%d cannot be loaded, so it cannot be rolled back to: %s",
@@ -266,7 +291,7 @@ class VersionPublisher:
         """Announce ``rollback.to_version`` again and make it the loop's reference."""
         try:
             loaded = self.registry.load(self.model_name, rollback.to_version)
-            net = load_network(loop.spec, loaded.weights_bytes)
+            net = load_network(ModelSpec.from_dict(loaded.metadata.spec), loaded.weights_bytes)
             snapshot = announcement(self.registry, self.model_name, rollback.to_version, self.signing_key)
         except ArtifactError as exc:
             log.error("%s: rollback to v%d impossible, v%d keeps serving: %s", self.model_name, rollback.to_version,

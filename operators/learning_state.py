@@ -74,7 +74,7 @@ class LoopJournal:
             if isinstance(entry, AcceptedVersion):
                 apply_accepted(loop, entry, loop.spec)
             elif isinstance(entry, RolledBack):
-                loop.rolled_back(entry.version, load_network(loop.spec, entry.weights))
+                loop.rolled_back(entry.version, load_network(loop.spec, entry.weights, older_classes=True))
             else:
                 loop.learn(entry)  # a candidate found again here was handled before the restore
                 loop.take_drifts()  # so were its drift events

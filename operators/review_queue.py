@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from schemas import Label, ReviewRequest
+from schemas import Label, ReviewRequest, SchemaError, check_class_name
 
 
 class ReviewError(ValueError):
@@ -47,11 +47,32 @@ class _Entry:
 
 
 class ReviewQueue:
-    """In-memory queue over the ``review-requests`` topic; the topic stays the source of truth."""
+    """In-memory queue over the ``review-requests`` topic; the topic stays the source of truth.
+
+    A labeler among ``creators`` may answer with a class the model lacks (``new_class=True``), up to
+    ``max_classes`` for the model; once a version that has it serves, its requests offer it to everyone.
+
+    >>> q = ReviewQueue(["run", "walk"], creators={"ann"})
+    >>> q.add(ReviewRequest("d:2", "d", 0, 1, ["x"], [[0.0]], "run", 0.4, {"run": 0.4, "walk": 0.6}, 1,
+    ...                     "low_confidence", 0), 0, 1)
+    True
+    >>> _ = q.lease("ann", now=0)
+    >>> q.answer("d:2", "ann", "cycling", now=1, new_class=True).new_class
+    True
+    >>> _ = q.lease("bob", now=0)
+    >>> try:
+    ...     q.answer("d:2", "bob", "cycling", now=1, new_class=True)
+    ... except ReviewError as exc:
+    ...     print(exc.status, exc)
+    403 bob may not name new classes (labeling.class_creators)
+    """
 
     def __init__(self, classes: list[str], lease_s: float = 120.0, answers_needed: int = 1,
-                 recent: int = 200, capacity: int = 10_000, model_classes: dict[str, list[str]] | None = None) -> None:
+                 recent: int = 200, capacity: int = 10_000, model_classes: dict[str, list[str]] | None = None,
+                 creators: frozenset[str] | set[str] = frozenset(), max_classes: int = 64) -> None:
         self.classes = list(classes)
+        self.creators, self.max_classes = frozenset(creators), max_classes
+        self.served_classes: dict[str, None] = {}  # classes the requests' versions have (new ones included)
         self.model_classes = {k: list(v) for k, v in (model_classes or {}).items()}  # when several models ask
         self.lease_s = lease_s
         self.answers_needed = answers_needed
@@ -65,13 +86,19 @@ class ReviewQueue:
         self.evicted = 0
 
     def classes_for(self, request: ReviewRequest) -> list[str]:
-        """The classes a request's model offers (``classes`` when the request names no other model)."""
-        return self.model_classes.get(request.model_name or "", self.classes)
+        """The classes a request's model offers (``classes`` when the request names no other model), and
+        any the version that asked has since learned (its probabilities name them)."""
+        known = self.model_classes.get(request.model_name or "", self.classes)
+        return list(dict.fromkeys([*known, *request.probabilities]))
+
+    def may_name_classes(self, labeler: str) -> bool:
+        return labeler in self.creators
 
     @property
     def all_classes(self) -> list[str]:
         """Every class of every model asking here (what an answer on the labels topic may name)."""
-        return list(dict.fromkeys([*self.classes, *(c for cs in self.model_classes.values() for c in cs)]))
+        return list(dict.fromkeys([*self.classes, *(c for cs in self.model_classes.values() for c in cs),
+                                   *self.served_classes]))
 
     def add(self, request: ReviewRequest, partition: int, offset: int) -> bool:
         """Queue a request (False when it is already known)."""
@@ -79,6 +106,7 @@ class ReviewQueue:
             return False
         entry = _Entry(request, partition, offset)
         self.entries[request.review_id] = entry
+        self.served_classes.update(dict.fromkeys(request.probabilities))
         self.order.append(request.review_id)
         self.model_version = max(self.model_version or 0, request.model_version)
         for label in self._early.pop(request.review_id, []):
@@ -124,8 +152,10 @@ class ReviewQueue:
         entry = self.entries.get(review_id)
         return entry.leases.get(labeler) if entry else None
 
-    def answer(self, review_id: str, labeler: str, label: str, now: float, status: str = "answered") -> Label:
-        """Validate an answer against the lease and the classes; returns the record to publish.
+    def answer(self, review_id: str, labeler: str, label: str, now: float, status: str = "answered",
+               new_class: bool = False) -> Label:
+        """Validate an answer against the lease and the classes (``new_class``: a class the model lacks,
+        named on purpose by a labeler allowed to); returns the record to publish.
 
         The queue changes only when that record is passed to :meth:`record` (after publishing)."""
         entry = self.entries.get(review_id)
@@ -134,14 +164,27 @@ class ReviewQueue:
         if status not in Label.STATUSES:
             raise ReviewError(f"unknown status {status!r}; use one of {list(Label.STATUSES)}")
         classes = self.classes_for(entry.request)
-        if status == "answered" and label not in classes:
+        new_class = new_class and status == "answered" and label not in classes
+        if new_class:
+            self._check_new_class(labeler, label, classes)
+        elif status == "answered" and label not in classes:
             raise ReviewError(f"unknown class {label!r}; known classes: {classes}")
         if entry.done or labeler in entry.answered_by:
             raise ReviewError(f"review {review_id!r} is already answered", 409)
         if entry.leases.get(labeler, -1) <= now:
             raise ReviewError(f"review {review_id!r} is not leased to {labeler!r} (the lease may have expired)", 409)
         return Label(review_id, label if status == "answered" else status, labeler, int(now * 1000), status,
-                     entry.request.model_name)
+                     entry.request.model_name, True if new_class else None)
+
+    def _check_new_class(self, labeler: str, label: str, classes: list[str]) -> None:
+        if labeler not in self.creators:
+            raise ReviewError(f"{labeler} may not name new classes (labeling.class_creators)", 403)
+        try:
+            check_class_name(label)
+        except SchemaError as exc:
+            raise ReviewError(str(exc)) from None
+        if len(classes) >= self.max_classes:
+            raise ReviewError(f"the model has {len(classes)} classes, the most allowed (labeling.max_classes)")
 
     def record(self, label: Label) -> None:
         """Apply an answer seen on the ``labels`` topic (ours or anyone's)."""

@@ -233,7 +233,19 @@ class ReviewRequest(_Record):
 
 @dataclass(slots=True)
 class Label(_Record):
-    """A labeler's answer to a review request (or a device's own ground truth)."""
+    """A labeler's answer to a review request (or a device's own ground truth). ``new_class`` says the
+    answer names a class the model does not have yet, on purpose: only labelers allowed to
+    (``labeling.class_creators``) may, and the name must be a plain one (``check_class_name``).
+
+    >>> Label.decode(b'{"review_id": "d:1", "label": "cycling", "labeler": "ann", "answered_at": 5, '
+    ...              b'"new_class": true}', classes=["run"]).new_class
+    True
+    >>> Label.decode(b'{"review_id": "d:1", "label": "cycling", "labeler": "ann", "answered_at": 5}',
+    ...              classes=["run"])
+    Traceback (most recent call last):
+    ...
+    schemas.base.SchemaError: label: unknown class 'cycling'; known: ['run']
+    """
 
     review_id: str
     label: str
@@ -241,10 +253,11 @@ class Label(_Record):
     answered_at: int
     status: str = "answered"
     model_name: str | None = None  # the model of the review it answers (the labeling page fills it in)
+    new_class: bool | None = None  # True: the label names a class the model lacks, on purpose
 
     STATUSES = ("answered", "skipped", "unsure")
     REQUIRED = ("review_id", "label", "labeler", "answered_at")
-    OPTIONAL = ("schema_version", "status", "model_name")
+    OPTIONAL = ("schema_version", "status", "model_name", "new_class")
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], classes: Sequence[str] | None = None) -> "Label":
@@ -252,11 +265,38 @@ class Label(_Record):
         check_version(obj)
         status = require_choice(obj, "status", cls.STATUSES, default="answered")
         label = require_str(obj, "label")
-        if status == "answered" and classes is not None and label not in classes:
+        new_class = obj.get("new_class")
+        if new_class is not None and not isinstance(new_class, bool):
+            raise SchemaError("new_class", "must be true or false")
+        if new_class and status == "answered":
+            check_class_name(label)
+        elif status == "answered" and classes is not None and label not in classes:
             raise SchemaError("label", f"unknown class {label!r}; known: {list(classes)}")
         return cls(require_id(obj, "review_id"), label, require_id(obj, "labeler"),
                    require_int(obj, "answered_at", 0), status,
-                   require_id(obj, "model_name") if obj.get("model_name") is not None else None)
+                   require_id(obj, "model_name") if obj.get("model_name") is not None else None,
+                   True if new_class else None)
+
+
+MAX_CLASS_NAME = 64
+
+
+def check_class_name(name: str) -> str:
+    """A new class's name: 1-64 printable characters, no surrounding spaces (it becomes a button, a
+    metric's value and a key of every prediction's probabilities).
+
+    >>> check_class_name("cycling")
+    'cycling'
+    >>> check_class_name(" cycling")
+    Traceback (most recent call last):
+    ...
+    schemas.base.SchemaError: label: a new class name must be 1-64 printable characters without surrounding spaces
+    """
+    if (not isinstance(name, str) or not 0 < len(name) <= MAX_CLASS_NAME or name != name.strip()
+            or not name.isprintable()):
+        raise SchemaError("label", f"a new class name must be 1-{MAX_CLASS_NAME} printable characters without "
+                                   "surrounding spaces")
+    return name
 
 
 @dataclass(slots=True)

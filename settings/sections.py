@@ -195,6 +195,9 @@ class LearningSettings:
     batch_size: int = 8
     replay_ratio: float = 1.0  # replayed windows per new window in each update
     ewc_strength: float = 0.0  # 0 turns EWC off
+    distill_strength: float = 0.0  # learning without forgetting: weight of the distillation loss against the
+    #                                version in service (0 turns it off)
+    distill_temperature: float = 2.0  # softening of both sides' outputs in the distillation loss
     reservoir_capacity: int = 2000
     class_balanced: bool = True  # one reservoir share per class, so rare classes are not crowded out
     seed: int = 0
@@ -219,12 +222,14 @@ class LearningSettings:
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "reservoir_capacity", "holdout_every", "gate_every", "min_holdout",
                   "holdout_size", "label_ttl_ms")
-        _at_least(self, 0, "replay_ratio", "ewc_strength", "gate_z", "rollback_z", "publish_interval_s",
+        _at_least(self, 0, "replay_ratio", "ewc_strength", "distill_strength", "gate_z", "rollback_z", "publish_interval_s",
                   "publish_now_z")
         _at_least(self, 1, "rollback_min_audits")
         _share(self, "int8_min_agreement")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.distill_temperature > 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
         if self.holdout not in ("hashed", "audit"):
             raise ValueError(f"holdout must be hashed or audit, got {self.holdout!r}")
 
@@ -242,8 +247,17 @@ class LabelingSettings:
     max_queue: int = 10_000  # review requests the page keeps; answered ones are forgotten first
     user_header: str = ""  # behind a single-sign-on proxy: its user header (X-Forwarded-User) names the labeler
     trusted_proxies: str = "127.0.0.1,::1"  # comma-separated addresses whose user header is believed
+    class_creators: str = ""  # comma-separated labelers who may name a class the model does not have yet
+    max_classes: int = 64  # no model grows beyond this many classes
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "answers_needed", "max_queue")
+        _at_least(self, 2, "max_classes")
         if not self.lease_seconds > 0:
             raise ValueError(f"lease_seconds must be > 0, got {self.lease_seconds}")
+
+    @property
+    def creators(self) -> frozenset[str]:
+        """The labelers allowed to name new classes."""
+        return frozenset(n.strip() for n in self.class_creators.split(",") if n.strip())
+

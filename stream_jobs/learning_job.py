@@ -36,13 +36,14 @@ class JoinAnswers(KeyedProcessFunction):
     """Per review id: waits for the request and its answers (either order), with a TTL."""
 
     def __init__(self, cfg: Config, targets: dict[str, JoinTarget]) -> None:
-        self.topics, self.targets = cfg.topics, targets
+        self.topics, self.targets, self.labeling = cfg.topics, targets, cfg.labeling
         self.ttl_ms, self.answers_needed = cfg.learning.label_ttl_ms, cfg.labeling.answers_needed
 
     def open(self, runtime_context: RuntimeContext) -> None:
         (first, default), *others = self.targets.items()
         self.joiner = LabelJoiner(list(default.classes), self.ttl_ms, self.answers_needed, default.shape,
-                                  dict(others) if others else None, first)
+                                  dict(others) if others else None, first, self.labeling.creators,
+                                  self.labeling.max_classes)
         self.state = runtime_context.get_state(ValueStateDescriptor("join", Types.PICKLED_BYTE_ARRAY()))
         self.joined = runtime_context.get_metrics_group().counter("labeled_windows")
 

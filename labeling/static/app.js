@@ -96,6 +96,15 @@ function render(data) {
     b.addEventListener("click", () => submit("", status));
     buttons.append(b);
   }
+  $("new-class").classList.toggle("hidden", !data.may_name_classes);
+  $("new-class-name").value = "";
+}
+
+function submitNewClass(event) {
+  event.preventDefault();
+  const name = $("new-class-name").value.trim();
+  if (!name) { showError("Type the new class's name first."); return; }
+  submit(name, "answered", true);
 }
 
 async function api(path, options) {
@@ -114,12 +123,12 @@ async function load() {
   } catch (e) { showError("Could not load the next request: " + e.message); }
 }
 
-async function submit(label, status) {
+async function submit(label, status, newClass = false) {
   if (!current || busy) return;
   busy = true;
   try {
     await api("/api/answer", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ review_id: current.review_id, label, status }) });
+      body: JSON.stringify({ review_id: current.review_id, label, status, new_class: newClass }) });
     clearError();
     await load();
   } catch (e) { showError("Answer refused: " + e.message); }
@@ -127,12 +136,13 @@ async function submit(label, status) {
 }
 
 document.addEventListener("keydown", (event) => {
-  if (!current) return;
+  if (!current || event.target.tagName === "INPUT") return;
   const n = Number(event.key);
   if (n >= 1 && n <= classes.length) submit(classes[n - 1], "answered");
   else if (event.key === "s") submit("", "skipped");
   else if (event.key === "u") submit("", "unsure");
 });
 
+$("new-class").addEventListener("submit", submitNewClass);
 load();
 setInterval(() => { if (!current && !busy) load(); else api("/api/status").then((s) => text("waiting", s.waiting)).catch(() => {}); }, 2000);

@@ -269,3 +269,46 @@ def test_only_a_configured_proxy_lets_the_page_start_without_tokens():
     with pytest.raises(CredentialError, match="labeling.user_header"):
         Credentials({}, "")
     assert Credentials({}, "", behind_proxy=True).labeler_of("anything-at-all-long") is None
+
+
+def test_only_class_creators_may_answer_with_a_new_class():
+    q = filled(3, creators={"alice"}, max_classes=5)
+    published = []
+
+    def publish(label):
+        published.append(label)
+        q.record(label)
+
+    c = TestClient(create_app(q, publish, creds(), clock=lambda: 100.0))
+    assert c.get("/api/next", headers=bearer(ALICE)).json()["may_name_classes"] is True
+    assert c.get("/api/next", headers=bearer(BOB)).json()["may_name_classes"] is False
+    bob_id = c.get("/api/next", headers=bearer(BOB)).json()["request"]["review_id"]
+    refused = c.post("/api/answer", headers=bearer(BOB), json={"review_id": bob_id, "label": "cycling",
+                                                                "new_class": True})
+    assert refused.status_code == 403 and "may not name new classes" in refused.json()["error"]
+    for name in (" cycling", "x" * 65, "cyc\u0007ling"):
+        bad = c.post("/api/answer", headers=bearer(ALICE), json={"review_id": "dev:0", "label": name,
+                                                                  "new_class": True})
+        assert bad.status_code == 400 and "new class name" in bad.json()["error"], name
+    assert c.post("/api/answer", headers=bearer(ALICE), json={"review_id": "dev:0", "label": "cycling",
+                                                               "new_class": "yes"}).status_code == 400
+    ok = c.post("/api/answer", headers=bearer(ALICE), json={"review_id": "dev:0", "label": "cycling",
+                                                             "new_class": True})
+    assert ok.status_code == 200 and published[-1].new_class is True and published[-1].label == "cycling"
+    decoded = Label.decode(published[-1].encode(), classes=CLASSES)  # the bridge reads it back from the topic
+    assert decoded.new_class and decoded.label == "cycling"
+    full = ReviewQueue(CLASSES, creators={"alice"}, max_classes=4)
+    full.add(request(9), 0, 0)
+    full.lease("alice", 0)
+    with pytest.raises(ReviewError, match="most allowed"):
+        full.answer("dev:9", "alice", "cycling", 1, new_class=True)
+
+
+def test_a_class_the_serving_version_learned_is_offered_to_everyone():
+    q = filled(0)
+    newer = ReviewRequest("dev:7", "dev", 7, 38, ["x", "y"], [[0.0, 1.0]] * 4, "cycling", 0.4,
+                          {**{c: 0.2 for c in CLASSES}, "cycling": 0.2}, 2, "low_confidence", 0)
+    q.add(newer, 0, 0)
+    assert q.classes_for(newer) == [*CLASSES, "cycling"] and "cycling" in q.all_classes
+    q.lease("bob", 0)
+    assert q.answer("dev:7", "bob", "cycling", 1).new_class is None  # known now: nothing new about it

@@ -98,3 +98,26 @@ def test_confidence_watch_reports_a_fall_once_per_gap_and_not_a_rise():
     watch.reset()
     later = [watch.observe([0.5] * 32, 4, 200_000 + i) for i in range(5)]
     assert all(e is None for e in later)  # a fresh detector has no earlier level to fall from
+
+
+def test_a_new_class_joins_only_from_a_creator_marking_it_and_while_there_is_room():
+    j = LabelJoiner(CLASSES, creators=frozenset({"ann"}), max_classes=4)
+    s = j.new_state()
+    j.on_request(s, req(), 0)
+    unmarked = j.on_label(s, Label("d:1", "cycle", "ann", 1), 1)[1][0].reason
+    assert "unknown class 'cycle'" in unmarked
+    not_allowed = j.on_label(s, Label("d:1", "cycle", "bob", 1, new_class=True), 1)[1][0].reason
+    assert "bob may not name new classes" in not_allowed
+    done, rejected = j.on_label(s, Label("d:1", "cycle", "ann", 2, new_class=True), 2)
+    assert not rejected and done[0].label == "cycle"
+    early = j.new_state()  # an answer before its request waits for it, then joins
+    assert j.on_label(early, Label("d:2", "cycle", "ann", 1, new_class=True), 1) == ([], [])
+    done, rejected = j.on_request(early, req("d:2"), 2)
+    assert done[0].label == "cycle" and not rejected
+    full = j.new_state()
+    j.on_request(full, ReviewRequest("d:3", "d", 0, 1, ["x"], [[0.5], [0.7]], "run", 0.4,
+                                     {"run": 0.5, "walk": 0.2, "sit": 0.2, "cycle": 0.1}, 4, "audit", 0), 0)
+    assert "most classes allowed (4)" in j.on_label(full, Label("d:3", "swim", "ann", 1, new_class=True),
+                                                    1)[1][0].reason
+    done, _ = j.on_label(full, Label("d:3", "cycle", "bob", 1), 1)  # v4 has it: anyone may answer with it
+    assert done[0].label == "cycle"

@@ -75,7 +75,7 @@ def test_online_trainer_learns_from_a_stream():
         trainer.learn_one(X[0], 5)
 
 
-def forgetting_run(replay_ratio: float, ewc_strength: float) -> float:
+def forgetting_run(replay_ratio: float, ewc_strength: float, distill_strength: float = 0.0) -> float:
     """Learn classes 0-2, then a stream of only classes 1-2; return accuracy on class 0 afterwards."""
     torch.manual_seed(0)
     net = WindowTransformer(SPEC)
@@ -83,7 +83,8 @@ def forgetting_run(replay_ratio: float, ewc_strength: float) -> float:
     net.set_normalisation(XA)
     fit(net, XA, yA, epochs=15, batch_size=32)
     trainer = OnlineTrainer(net, 3, LearningSettings(lr=3e-3, batch_size=16, replay_ratio=replay_ratio,
-                                                 ewc_strength=ewc_strength, reservoir_capacity=300))
+                                                 ewc_strength=ewc_strength, distill_strength=distill_strength,
+                                                 reservoir_capacity=300))
     for w, label in zip(XA[:300], yA[:300]):  # the reservoir holds the old concept
         trainer.reservoir.add(w, int(label))
     trainer.consolidate()
@@ -99,3 +100,34 @@ def test_replay_and_ewc_prevent_forgetting():
     protected = forgetting_run(replay_ratio=1.0, ewc_strength=50.0)
     assert plain < 0.5, f"plain fine-tuning should forget the absent class (kept {plain:.2f})"
     assert protected > 0.9 and protected > plain + 0.4
+
+
+def test_distillation_alone_limits_forgetting():
+    plain = forgetting_run(replay_ratio=0.0, ewc_strength=0.0)
+    distilled = forgetting_run(replay_ratio=0.0, ewc_strength=0.0, distill_strength=2.0)
+    assert distilled > plain + 0.3, f"distillation kept {distilled:.2f} of the absent class, plain {plain:.2f}"
+
+
+def test_a_new_class_is_learned_and_the_old_ones_kept():
+    """Classes c0 and c1 are known; c2 is taught later: the output layer grows, c2 is learned from a
+    stream of c2 and c1 only, and replay keeps c0."""
+    torch.manual_seed(0)
+    spec2 = ModelSpec(window=8, channels=("a", "b"), classes=("c0", "c1"), d_model=16, n_heads=2, n_layers=1,
+                      d_ff=32, dropout=0.0)
+    net = WindowTransformer(spec2)
+    XA, yA = task([0, 1], 400, 3)
+    net.set_normalisation(XA)
+    fit(net, XA, yA, epochs=15, batch_size=32)
+    trainer = OnlineTrainer(net, 2, LearningSettings(lr=3e-3, batch_size=16, reservoir_capacity=300))
+    for w, label in zip(XA[:300], yA[:300]):
+        trainer.reservoir.add(w, int(label))
+    assert trainer.add_classes(["c1", "c2"]) == ["c2"] and net.spec.classes == ("c0", "c1", "c2")
+    assert all(len(v) <= 100 for v in trainer.reservoir.items.values())  # 300 shared by three classes now
+    XB, yB = task([1, 2], 600, 4)
+    for w, label in zip(XB, yB):
+        trainer.learn_one(w, int(label))
+    for klass in (0, 1, 2):
+        Xv, yv = task([klass], 200, 5 + klass)
+        assert accuracy(predict_proba(net, Xv), yv) > 0.85, f"class c{klass}"
+    with pytest.raises(ValueError):
+        trainer.learn_one(XB[0], 3)
