@@ -25,8 +25,8 @@ OLD = ("badminton", "running", "standing")
 SPEC = ModelSpec(window=32, classes=OLD, d_model=32, n_heads=4, n_layers=1, d_ff=64, dropout=0.0)
 
 
-def three_class_registry(root: str) -> ModelRegistry:
-    """v1 of ``motions``: trained on BasicMotions without its ``walking`` recordings."""
+def three_class_registry(root: str, name: str = "motions") -> ModelRegistry:
+    """v1 of ``name``: trained on BasicMotions without its ``walking`` recordings."""
     X, y = sliding_windows(load_basic_motions("train"), 32, 8)
     keep = y != "walking"
     torch.manual_seed(0)
@@ -34,7 +34,7 @@ def three_class_registry(root: str) -> ModelRegistry:
     net.set_normalisation(X[keep])
     fit(net, X[keep], encode_labels(y[keep], OLD), epochs=15, seed=0)
     registry = ModelRegistry(root)
-    publish_version(registry, "motions", net, SPEC, {}, note="three classes")
+    publish_version(registry, name, net, SPEC, {}, note="three classes")
     return registry
 
 
