@@ -11,7 +11,10 @@ Streams, each window predicted before it may be learned from:
 - river's SEA stream with an abrupt concept change (window of one step), from a model warmed up on
   its first 500 samples.
 
-sensorloop's learner is the learning job's ``OnlineTrainer`` (replay reservoir). The query strategies
+sensorloop's learner is the learning job's ``OnlineTrainer``, with either output layer: ``sgd`` (gradient
+steps on the whole network with a replay reservoir, the default) or ``lda`` (streaming linear
+discriminant analysis on the first model's encoder, started from the statistics of its training
+windows, as ``bootstrap`` and ``train`` store them with a version). The query strategies
 (``operators.routing.unsure`` scores: 1 - confidence, 1 - margin, normalised entropy) ask about a
 window when its score is in the top ``fraction`` of the last 200 windows' scores, so every strategy
 spends the same budget and only the choice of windows differs; ``random`` asks with probability
@@ -19,7 +22,10 @@ spends the same budget and only the choice of windows differs; ``random`` asks w
 per-channel window features (mean, std, min, max) from a random sample of the same fraction, and
 from every label.
 
-Run: ``python bench/label_efficiency_bench.py [--fractions 0.05,0.1]``; writes
+Each stream is run with ``--seeds`` seeds (the stream's order, and for the Wiimote and SEA streams the
+first model and the data); the table gives the mean and the spread.
+
+Run: ``python bench/label_efficiency_bench.py [--fractions 0.05,0.1 --seeds 3]``; writes
 bench/results/label_efficiency.{json,png}.
 """
 
@@ -58,12 +64,19 @@ def score(probs: np.ndarray, strategy: str) -> float:
     return float(-(p * np.log(p)).sum() / np.log(len(probs)))
 
 
+SGD = LearningSettings(lr=2e-3, batch_size=8, replay_ratio=1.0, reservoir_capacity=500)
+LDA = LearningSettings(head="lda", batch_size=8, lda_decay=0.0)
+
+
 def run_strategy(net0, n_classes: int, X: np.ndarray, y: np.ndarray, fraction: float, strategy: str,
-                 seed: int = 1) -> tuple[np.ndarray, int]:
-    """Prequential hits and labels used by the online learner asking by ``strategy`` within ``fraction``."""
+                 seed: int = 1, settings: LearningSettings = SGD,
+                 warm: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, int]:
+    """Prequential hits and labels used by the online learner asking by ``strategy`` within ``fraction``
+    (``warm``: the first model's training windows, which start an LDA head's statistics)."""
     net = copy.deepcopy(net0)
-    trainer = OnlineTrainer(net, n_classes, LearningSettings(lr=2e-3, batch_size=8, replay_ratio=1.0,
-                                                             reservoir_capacity=500))
+    trainer = OnlineTrainer(net, n_classes, settings)
+    if warm is not None:
+        trainer.warm_start(*warm)
     rng = np.random.default_rng(seed)
     recent: deque = deque(maxlen=200)
     hits, labeled, budget = np.zeros(len(X)), 0, 0.0
@@ -112,71 +125,87 @@ def wiimote_stream(seed: int = 0):
     return spec, net, Xtr, ytr, np.stack(test[0])[order], np.asarray(test[1])[order]
 
 
-def sea_stream(n: int = 6000, warmup: int = 500):
+def sea_stream(seed: int = 0, n: int = 6000, warmup: int = 500):
     from river.datasets import synth
 
-    data = synth.ConceptDriftStream(synth.SEA(seed=1, variant=0), synth.SEA(seed=2, variant=3), position=n // 2,
-                                    width=50, seed=1)
+    data = synth.ConceptDriftStream(synth.SEA(seed=1 + 2 * seed, variant=0), synth.SEA(seed=2 + 2 * seed, variant=3),
+                                    position=n // 2, width=50, seed=1 + seed)
     rows = [(np.asarray([[x[k] for k in sorted(x)]], np.float32), int(label)) for x, label in data.take(n + warmup)]
     X = np.stack([r for r, _ in rows])
     y = np.asarray([label for _, label in rows])
     spec = ModelSpec(window=1, channels=tuple(f"x{k}" for k in range(X.shape[2])), classes=("0", "1"), d_model=32,
                      n_heads=4, n_layers=1, d_ff=64)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = WindowTransformer(spec)
     net.set_normalisation(X[:warmup])
-    fit(net, X[:warmup], y[:warmup], epochs=30, seed=0)
+    fit(net, X[:warmup], y[:warmup], epochs=30, seed=seed)
     return spec, net, X[:warmup], y[:warmup], X[warmup:], y[warmup:]
 
 
-def basic_motions():
+def basic_motions(seed: int = 0):
     from model.datasets import load_basic_motions, sliding_windows
 
     spec = ModelSpec()
     torch.manual_seed(0)
     net = bootstrap_net(spec)
-    X, labels, _ = basic_motions_stream(3)
+    X, labels, _ = basic_motions_stream(3, seed)
     Xtr, ytr = sliding_windows(load_basic_motions("train"), 32, 8)
     return spec, net, Xtr, encode_labels(ytr, spec.classes), X, encode_labels(labels, spec.classes)
 
 
-def main() -> None:
+def learners(fractions: list[float]):
+    """(name, fraction, run(spec, net0, Xtr, ytr, X, y) -> (hits, labeled)) of every learner compared."""
     from river import forest, tree
 
+    for fraction in fractions:
+        for strategy in STRATEGIES:
+            yield (f"sensorloop, {strategy}", fraction,
+                   lambda s, n, Xtr, ytr, X, y, f=fraction, q=strategy: run_strategy(n, s.n_classes, X, y, f, q))
+        for strategy in ("confidence", "random"):
+            yield (f"sensorloop LDA head, {strategy}", fraction,
+                   lambda s, n, Xtr, ytr, X, y, f=fraction, q=strategy: run_strategy(n, s.n_classes, X, y, f, q,
+                                                                                      settings=LDA, warm=(Xtr, ytr)))
+    for name, factory in {"river ARF": lambda: forest.ARFClassifier(n_models=10, seed=0),
+                          "river HAT": lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=0)}.items():
+        for fraction in (*fractions, 1.0):
+            yield (f"{name} (window features), random", fraction,
+                   lambda s, n, Xtr, ytr, X, y, f=fraction, m=factory: run_river(m, features(Xtr), list(ytr),
+                                                                                  features(X), list(y), f))
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fractions", default="0.05,0.1")
+    parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
     fractions = [float(f) for f in args.fractions.split(",")]
     streams = {"BasicMotions, gyroscope drift": basic_motions, "Wiimote gestures, unseen devices": wiimote_stream,
                "SEA, abrupt change": sea_stream}
-    rows, results = [], []
+    runs: dict[tuple[str, str, float], list[tuple[float, int, float]]] = {}
     for name, make in streams.items():
-        spec, net0, Xtr, ytr, X, y = make()
-        for fraction in fractions:
-            for strategy in STRATEGIES:
-                hits, labeled = run_strategy(net0, spec.n_classes, X, y, fraction, strategy)
-                rows.append([name, f"sensorloop, {strategy}", f"{fraction:.2f}", labeled, f"{hits.mean():.3f}",
-                             f"{hits[-len(hits) // 6:].mean():.3f}"])
-                results.append({"stream": name, "learner": f"sensorloop {strategy}", "fraction": fraction,
-                                "labeled": labeled, "accuracy": float(hits.mean())})
-                print(rows[-1], flush=True)
-        Xtr_f, X_f = features(Xtr), features(X)
-        for learner, factory in {"river ARF": lambda: forest.ARFClassifier(n_models=10, seed=0),
-                                 "river HAT": lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=0)}.items():
-            for fraction in (*fractions, 1.0):
-                hits, labeled = run_river(factory, Xtr_f, list(ytr), X_f, list(y), fraction)
-                rows.append([name, f"{learner} (window features), random", f"{fraction:.2f}", labeled,
-                             f"{hits.mean():.3f}", f"{hits[-len(hits) // 6:].mean():.3f}"])
-                results.append({"stream": name, "learner": learner, "fraction": fraction, "labeled": labeled,
-                                "accuracy": float(hits.mean())})
-                print(rows[-1], flush=True)
-    print_table("Prequential accuracy vs labels used (one run)",
+        for seed in range(args.seeds):
+            spec, net0, Xtr, ytr, X, y = make(seed)
+            for learner, fraction, run in learners(fractions):
+                hits, labeled = run(spec, net0, Xtr, ytr, X, y)
+                runs.setdefault((name, learner, fraction), []).append(
+                    (float(hits.mean()), labeled, float(hits[-len(hits) // 6:].mean())))
+                print(name, seed, learner, fraction, labeled, f"{hits.mean():.3f}", flush=True)
+    rows, results = [], []
+    for (name, learner, fraction), values in runs.items():
+        acc = np.asarray([v[0] for v in values])
+        rows.append([name, learner, f"{fraction:.2f}", int(np.mean([v[1] for v in values])),
+                     f"{acc.mean():.3f} ± {acc.std():.3f}", f"{np.mean([v[2] for v in values]):.3f}"])
+        results.append({"stream": name, "learner": learner, "fraction": fraction,
+                        "labeled": float(np.mean([v[1] for v in values])), "accuracy": float(acc.mean()),
+                        "accuracy_sd": float(acc.std()), "runs": [v[0] for v in values]})
+    print_table(f"Prequential accuracy vs labels used ({args.seeds} seeds: mean ± sd)",
                 ["stream", "learner, query strategy", "label fraction", "labels used", "accuracy", "last sixth"], rows)
-    save("label_efficiency", {"rows": results})
+    save("label_efficiency", {"seeds": args.seeds, "rows": results})
     series = []
     for name in streams:
-        for learner in ("sensorloop confidence", "sensorloop random", "river ARF"):
+        for learner in ("sensorloop, confidence", "sensorloop LDA head, confidence", "sensorloop, random",
+                        "river ARF (window features), random"):
             points = sorted((r["labeled"], r["accuracy"]) for r in results
                             if r["stream"] == name and r["learner"] == learner)
             if points:

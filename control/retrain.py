@@ -14,7 +14,7 @@ from infra.kafka_tools import produce, read_quiet
 from model.registry import ModelRegistry
 from model.signing import announcement
 from model.spec import ModelSpec
-from model.train import encode_labels, fit, load_network, predict_proba, publish_version
+from model.train import encode_labels, fit, lda_of, load_network, predict_proba, publish_version
 from operators.gate import GateDecision, ValidationGate
 from operators.label_join import LabeledWindow, LabelJoiner
 from schemas import Label, ReviewRequest, SchemaError, Topics
@@ -87,7 +87,8 @@ def retrain(bootstrap: str, topics: Topics, registry_root: str, model_name: str,
                                 "holdout_windows": float(decision.samples), "labeled_windows": float(len(items))},
                                parent_version=serving.metadata.version, data_seen=len(items),
                                note=f"full retrain from the labeled archive: {decision.reason}",
-                               calibration=(X[held], y[held]), int8_min_agreement=int8_min_agreement)
+                               calibration=(X[held], y[held]), int8_min_agreement=int8_min_agreement,
+                               lda=lda_of(candidate, X[~held], y[~held]) if (~held).any() else None)
         version = meta.version
         if announce:
             snapshot = announcement(registry, model_name, version, signing_key)

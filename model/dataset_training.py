@@ -24,7 +24,7 @@ from model.evaluation import class_report
 from model.network import WindowTransformer
 from model.registry import ModelRegistry, VersionMetadata
 from model.spec import ModelSpec
-from model.train import fit, predict_proba, publish_version
+from model.train import fit, lda_of, predict_proba, publish_version
 from recordings.store import Dataset
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,6 @@ def train_from_dataset(registry: ModelRegistry, spec_dict: dict, stride: int, da
     fingerprint = dataset.manifest["fingerprint"]
     meta = publish_version(registry, dataset.manifest["model_name"], net, spec, metrics, data_seen=len(y),
                            note=f"trained on dataset {dataset.dataset_id} (sha256:{fingerprint}); {split}",
-                           calibration=(Xte, yte), int8_min_agreement=int8_min_agreement)
+                           calibration=(Xte, yte), int8_min_agreement=int8_min_agreement, lda=lda_of(net, X, y))
     log.info("published %s v%d: %s", meta.model_name, meta.version, metrics)
     return TrainResult(meta, report, split, len(y), seconds)

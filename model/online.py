@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.slda import StreamingLDA
 from settings import LearningSettings
 
 
@@ -146,6 +147,10 @@ class OnlineTrainer:
     ``learn_one`` buffers a window and runs an update when ``batch_size`` are waiting;
     :meth:`add_classes` grows the output layer when a class the model does not have is taught.
 
+    With ``head = "lda"`` the encoder stays as it is and the output layer is streaming linear
+    discriminant analysis on its features (``model.slda``): each update adds the new windows to the
+    class statistics and sets the head from them in closed form, with no gradient step.
+
     >>> from model.network import WindowTransformer
     >>> from model.spec import ModelSpec
     >>> net = WindowTransformer(ModelSpec(window=4, channels=("x",), classes=("a", "b"), d_model=8, n_heads=2,
@@ -167,9 +172,17 @@ class OnlineTrainer:
         self.optimizer = torch.optim.Adam(net.parameters(), lr=self.config.lr)
         self.ewc: EWC | None = None
         self.teacher: nn.Module | None = None  # distillation's soft targets (None: not distilling yet)
+        self.lda = (StreamingLDA(net.head.in_features, n_classes, self.config.lda_shrinkage, self.config.lda_decay)
+                    if self.config.head == "lda" else None)
         self.pending: list[tuple[np.ndarray, int]] = []
         self.updates = 0
         self.learned = 0
+
+    def __setstate__(self, state: dict) -> None:
+        """A trainer kept in state before distillation and the LDA head existed loads with both off."""
+        state.setdefault("teacher", None)
+        state.setdefault("lda", None)
+        self.__dict__.update(state)
 
     def learn_one(self, window: np.ndarray, label: int) -> bool:
         """Take one labeled window; returns True when it triggered an update."""
@@ -182,33 +195,59 @@ class OnlineTrainer:
         return False
 
     def update(self) -> float:
-        """One gradient step on the pending windows plus replay; returns the loss."""
+        """``steps_per_update`` gradient steps on the pending windows, each with a fresh replay sample
+        (returns the last step's loss); with the LDA head, the windows join its statistics instead."""
         if not self.pending:
             return 0.0
         X_new = np.stack([w for w, _ in self.pending])
         y_new = np.asarray([y for _, y in self.pending], np.int64)
-        X_old, y_old = self.reservoir.sample(int(round(len(y_new) * self.config.replay_ratio)))
-        X = np.concatenate([X_new, X_old]) if len(y_old) else X_new
-        y = np.concatenate([y_new, y_old]) if len(y_old) else y_new
-        self.net.train()
-        loss = nn.functional.cross_entropy(self.net(torch.as_tensor(X)), torch.as_tensor(y))
-        if self.ewc is not None and self.config.ewc_strength > 0:
-            loss = loss + self.config.ewc_strength * self.ewc.penalty(self.net)
-        if self.teacher is not None and self.config.distill_strength > 0:
-            Xt = torch.as_tensor(X)
-            with torch.no_grad():
-                soft = self.teacher(Xt)
-            loss = loss + self.config.distill_strength * distillation_loss(self.net(Xt), soft,
-                                                                           self.config.distill_temperature)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        self.net.eval()
+        loss = 0.0
+        if self.lda is not None:
+            self.warm_start(X_new, y_new)
+        else:
+            self.net.train()
+            for _ in range(self.config.steps_per_update):
+                loss = self._step(X_new, y_new)
+            self.net.eval()
         for w, label in self.pending:
             self.reservoir.add(w, label)
         self.learned += len(self.pending)
         self.pending = []
         self.updates += 1
+        return loss
+
+    def warm_start(self, X: np.ndarray, y: np.ndarray) -> None:
+        """Add labeled windows to the LDA head's statistics (no replay, no reservoir) and set the head."""
+        if self.lda is None:
+            raise ValueError("warm_start is for head = 'lda'")
+        with torch.inference_mode():
+            feats = self.net.eval().features(torch.as_tensor(np.asarray(X, np.float32))).double().numpy()
+        self.lda.learn_many(feats, y)
+        self.set_head()
+
+    def set_head(self) -> None:
+        """Set the output layer from the LDA statistics."""
+        W, b = self.lda.weights()
+        with torch.no_grad():
+            self.net.head.weight.copy_(torch.as_tensor(W, dtype=torch.float32))
+            self.net.head.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
+
+    def _step(self, X_new: np.ndarray, y_new: np.ndarray) -> float:
+        X_old, y_old = self.reservoir.sample(int(round(len(y_new) * self.config.replay_ratio)))
+        X = torch.as_tensor(np.concatenate([X_new, X_old]) if len(y_old) else X_new)
+        y = torch.as_tensor(np.concatenate([y_new, y_old]) if len(y_old) else y_new)
+        logits = self.net(X)
+        loss = nn.functional.cross_entropy(logits, y)
+        if self.ewc is not None and self.config.ewc_strength > 0:
+            loss = loss + self.config.ewc_strength * self.ewc.penalty(self.net)
+        if self.teacher is not None and self.config.distill_strength > 0:
+            with torch.no_grad():
+                soft = self.teacher(X)
+            loss = loss + self.config.distill_strength * distillation_loss(logits, soft,
+                                                                           self.config.distill_temperature)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
         return float(loss.item())
 
     def consolidate(self) -> None:
@@ -236,6 +275,9 @@ class OnlineTrainer:
             return []
         self.n_classes = len(self.net.spec.classes)
         self.reservoir.grow(self.n_classes)
+        if self.lda is not None:
+            self.lda.add_classes(len(new))
+            self.set_head()
         old = self.optimizer
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.config.lr)
         for p in self.net.parameters():

@@ -223,6 +223,19 @@ class ModelRegistry:
             out["int8_sha256"] = meta.artifacts[INT8_FILE]
         return out
 
+    def extra_artifact(self, name: str, version: int, file: str) -> bytes | None:
+        """A version's further file (``artifacts`` in its metadata), verified; ``None`` when it has none."""
+        meta = self.metadata(name, version)
+        if file not in meta.artifacts:
+            return None
+        try:
+            data = self._read(name, version, file)
+        except (OSError, FileNotFoundError) as exc:
+            raise ArtifactError(f"{file} of {name} v{version} is unreadable: {exc}") from None
+        if sha256_hex(data) != meta.artifacts[file]:
+            raise ArtifactError(f"{file} of {name} v{version} does not match its sha256")
+        return data
+
     def load(self, name: str, version: int | None = None, int8: bool = False) -> LoadedVersion:
         """Load a version (latest by default), verifying every checksum; with ``int8``, its INT8 graph
         too where it has one."""

@@ -18,6 +18,7 @@ from model.export import export_onnx
 from model.network import WindowTransformer
 from model.quantize import agreement, quantize_int8
 from model.registry import INT8_FILE, ModelRegistry, VersionMetadata
+from model.slda import LDA_FILE, StreamingLDA
 from model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,15 @@ def load_network(spec: ModelSpec, weights: bytes, older_classes: bool = False) -
     return net.eval()
 
 
+def lda_of(net: WindowTransformer, X: np.ndarray, y: np.ndarray) -> bytes:
+    """LDA statistics of a network's features on its training windows (``publish_version``'s ``lda``)."""
+    with torch.inference_mode():
+        feats = net.eval().features(torch.as_tensor(np.asarray(X, np.float32))).double().numpy()
+    lda = StreamingLDA(feats.shape[1], net.spec.n_classes)
+    lda.learn_many(feats, y)
+    return lda.to_bytes()
+
+
 @torch.inference_mode()
 def logits_of(net: nn.Module, X: np.ndarray) -> np.ndarray:
     net.eval()
@@ -98,7 +108,7 @@ def logits_of(net: nn.Module, X: np.ndarray) -> np.ndarray:
 def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: ModelSpec,
                     metrics: dict[str, float], parent_version: int | None = None, data_seen: int = 0,
                     note: str = "", calibration: tuple[np.ndarray, np.ndarray] | None = None,
-                    int8_min_agreement: float | None = None) -> VersionMetadata:
+                    int8_min_agreement: float | None = None, lda: bytes | None = None) -> VersionMetadata:
     """Export a network to ONNX and write it, with its weights, as the next registry version. With
     ``calibration`` (held-out windows and their labels, at least ``MIN_WINDOWS``), a temperature is
     fitted on them and baked into the exported probabilities; the version's metrics record it with
@@ -106,13 +116,18 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
 
     With ``int8_min_agreement``, an INT8 graph (``model.quantize``) is made too and kept beside the
     model only when it predicts the same class as the FP32 graph on at least that share of the
-    held-out windows; the metrics record the agreement either way (no held-out windows: no INT8)."""
+    held-out windows; the metrics record the agreement either way (no held-out windows: no INT8).
+
+    ``lda`` (``StreamingLDA.to_bytes``: class statistics of this network's features) is kept beside it,
+    so a learner with ``head = "lda"`` starting from this version starts from them."""
     temperature = 1.0
     if calibration is not None and len(calibration[1]) >= MIN_WINDOWS:
         fitted = calibrate(logits_of(net, calibration[0]), np.asarray(calibration[1]))
         temperature = fitted["temperature"]
         metrics = {**metrics, **fitted}
     onnx_bytes, extra = export_onnx(net, spec, temperature=temperature), {}
+    if lda is not None:
+        extra[LDA_FILE] = lda
     if int8_min_agreement is not None:
         if calibration is not None and len(calibration[0]):
             int8 = quantize_int8(onnx_bytes)
@@ -157,6 +172,6 @@ def bootstrap(registry: ModelRegistry, name: str = "basic-motions", spec: ModelS
                "train_windows": float(len(X))}
     meta = publish_version(registry, name, net, spec, metrics, data_seen=len(X),
                            note="bootstrap: BasicMotions train split", calibration=(Xte, yte),
-                           int8_min_agreement=int8_min_agreement)
+                           int8_min_agreement=int8_min_agreement, lda=lda_of(net, X, y))
     log.info("published %s v%d: %s", name, meta.version, metrics)
     return BootstrapResult(meta, seconds, losses)

@@ -65,13 +65,32 @@ class ValidationGate:
     """Keeps the most recent ``holdout`` labeled windows aside (never trained on) and compares
     candidate and serving accuracy on them; accepts when candidate >= serving - ``margin`` and, with
     ``z > 0``, when the candidate's wins minus losses over the windows where exactly one of them is
-    right exceed ``z`` standard deviations of a fair coin (``z * sqrt(wins + losses)``)."""
+    right exceed ``z`` standard deviations of a fair coin (``z * sqrt(wins + losses)``).
 
-    def __init__(self, margin: float = 0.01, min_samples: int = 30, holdout: int = 300, z: float = 0.0) -> None:
+    Before ``min_samples`` windows are held out, a candidate may still pass, as soon as the sign test
+    can tell at ``early_z`` (0: never): a first version that is clearly better need not wait.
+
+    >>> gate = ValidationGate(min_samples=30, early_z=2.33)
+    >>> for i in range(12):
+    ...     gate.hold_out(np.array([float(i)]), i % 2)
+    >>> perfect = lambda X: np.eye(2)[(X[:, 0] % 2).astype(int)]
+    >>> always_0 = lambda X: np.tile([1.0, 0.0], (len(X), 1))
+    >>> gate.judge(perfect, always_0).reason
+    'accepted early: candidate 1.000 vs serving 0.500 (wins 6, losses 0: needs wins - losses > 2.33 * sqrt(6)) on 12 held-out windows'
+    """
+
+    def __init__(self, margin: float = 0.01, min_samples: int = 30, holdout: int = 300, z: float = 0.0,
+                 early_z: float = 0.0) -> None:
         self.margin = margin
         self.z = z
+        self.early_z = early_z
         self.min_samples = min_samples
         self.windows: deque = deque(maxlen=holdout)
+
+    def __setstate__(self, state: dict) -> None:
+        """A gate kept in state before early decisions existed loads with them off."""
+        state.setdefault("early_z", 0.0)
+        self.__dict__.update(state)
 
     def hold_out(self, window: np.ndarray, label: int) -> None:
         self.windows.append((np.asarray(window, np.float32), int(label)))
@@ -79,7 +98,8 @@ class ValidationGate:
     def judge(self, candidate: Predictor, serving: Predictor, must_beat: bool = False) -> GateDecision:
         """``must_beat``: the candidate must be strictly better (a first version against a baseline)."""
         n = len(self.windows)
-        if n < self.min_samples:
+        early = n < self.min_samples
+        if early and (self.early_z <= 0 or n == 0):
             return GateDecision(False, float("nan"), float("nan"), n,
                                 f"only {n} held-out windows, {self.min_samples} needed")
         X = np.stack([w for w, _ in self.windows])
@@ -90,10 +110,11 @@ class ValidationGate:
         wins, losses = int((cand_right & ~serv_right).sum()), int((serv_right & ~cand_right).sum())
         accept = cand > serv if must_beat else cand >= serv - self.margin
         rule = "must beat it" if must_beat else f"margin {self.margin}"
-        if self.z > 0:
-            accept = bool(accept and wins_clearly(wins, losses, self.z))
-            rule = f"wins {wins}, losses {losses}: needs wins - losses > {self.z:g} * sqrt({wins + losses})"
-        verdict = "accepted" if accept else "refused"
+        z = self.early_z if early else self.z
+        if z > 0:
+            accept = bool(accept and wins_clearly(wins, losses, z))
+            rule = f"wins {wins}, losses {losses}: needs wins - losses > {z:g} * sqrt({wins + losses})"
+        verdict = ("accepted" if accept else "refused") + (" early" if early else "")
         against = "the majority class" if must_beat else "serving"
         return GateDecision(accept, cand, serv, n, f"{verdict}: candidate {cand:.3f} vs {against} {serv:.3f} "
                                                    f"({rule}) on {n} held-out windows", wins, losses)

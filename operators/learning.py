@@ -21,6 +21,7 @@ from model.network import WindowTransformer
 from model.online import OnlineTrainer
 from model.registry import ArtifactError, ModelRegistry
 from model.signing import announcement
+from model.slda import LDA_FILE, StreamingLDA
 from model.spec import ModelSpec
 from model.train import load_network, publish_version, weights_bytes
 from operators.drift import DriftMonitor
@@ -40,6 +41,7 @@ class Candidate:
     decision: GateDecision
     labeled: int
     trigger_answered_at: int  # when the answer that completed this candidate was given (epoch ms)
+    lda: bytes | None = None  # the LDA head's statistics behind it (``head = "lda"``), kept with the version
 
 
 def _predictor(net: torch.nn.Module):
@@ -90,7 +92,7 @@ class LearningLoop:
         if self.serving is not None and self.config.distill_strength > 0:
             self.trainer.set_teacher(self.serving)  # learning without forgetting the version in service
         self.gate = ValidationGate(self.config.gate_margin, self.config.min_holdout, self.config.holdout_size,
-                                   self.config.gate_z)
+                                   self.config.gate_z, self.config.gate_early_z)
         self.drift = DriftMonitor()
         self.labeled = 0
         self.correct = 0
@@ -144,7 +146,8 @@ class LearningLoop:
         if not self._deploy_now(decision, item.answered_at):
             return None
         self.last_published_at = item.answered_at
-        return Candidate(self.trainer.snapshot(), decision, self.labeled, item.answered_at)
+        lda = self.trainer.lda.to_bytes() if self.trainer.lda is not None else None
+        return Candidate(self.trainer.snapshot(), decision, self.labeled, item.answered_at, lda)
 
     def add_class(self, name: str) -> None:
         """Grow the learner's output layer by ``name``; the next version published has it (the version in
@@ -230,6 +233,8 @@ class LearningLoop:
         for key, value in older.items():  # a class learned since that version keeps its learned output row
             state[key] = value if value.shape == state[key].shape else torch.cat([value, state[key][len(value):]])
         self.trainer.net.load_state_dict(state)
+        if self.trainer.lda is not None:  # the statistics learned so far keep setting the head
+            self.trainer.set_head()
         if self.config.distill_strength > 0:
             self.trainer.set_teacher(self.serving)
         self.since_gate = 0
@@ -248,6 +253,8 @@ def loop_from_registry(registry: ModelRegistry, model_name: str, config: Learnin
     loaded = registry.load(model_name)
     spec = ModelSpec.from_dict(loaded.metadata.spec)
     loop = LearningLoop(load_network(spec, loaded.weights_bytes), spec, loaded.metadata.version, config)
+    if loop.trainer.lda is not None:
+        _start_lda(loop, registry, model_name)
     parent = loaded.metadata.parent_version
     if parent:
         try:
@@ -258,6 +265,27 @@ def loop_from_registry(registry: ModelRegistry, model_name: str, config: Learnin
             log.warning("%s v%d: its parent v%d cannot be loaded, so it cannot be rolled back to: %s",
                         model_name, loop.version, parent, exc)
     return loop
+
+
+def _start_lda(loop: LearningLoop, registry: ModelRegistry, model_name: str) -> None:
+    """The LDA head starts from the statistics stored with the version (of its encoder's features on
+    the data it was trained or learned on); a version without them starts it empty, and the gate keeps
+    the version in service until the head has learned enough to beat it."""
+    try:
+        stored = registry.extra_artifact(model_name, loop.version, LDA_FILE)
+    except ArtifactError as exc:
+        log.warning("%s v%d: LDA statistics unusable, the LDA head starts empty: %s", model_name, loop.version, exc)
+        return
+    if stored is None:
+        log.warning("%s v%d has no LDA statistics: the LDA head starts empty", model_name, loop.version)
+        return
+    lda = StreamingLDA.from_bytes(stored, loop.config.lda_shrinkage, loop.config.lda_decay)
+    if lda.means.shape != loop.trainer.lda.means.shape:
+        log.warning("%s v%d: LDA statistics of shape %s do not fit the model: the LDA head starts empty",
+                    model_name, loop.version, lda.means.shape)
+        return
+    loop.trainer.lda = lda
+    loop.trainer.set_head()
 
 
 @dataclass
@@ -328,7 +356,8 @@ class VersionPublisher:
         meta = publish_version(self.registry, self.model_name, candidate.net, loop.spec, metrics,
                                parent_version=loop.version or None, data_seen=loop.labeled,
                                note=f"online{' (cold start)' if not loop.version else ''}: {d.reason}",
-                               calibration=calibration, int8_min_agreement=self.int8_min_agreement)
+                               calibration=calibration, int8_min_agreement=self.int8_min_agreement,
+                               lda=candidate.lda)
         loop.accepted(candidate, meta.version)
         self.published += 1
         snapshot = announcement(self.registry, self.model_name, meta.version, self.signing_key)

@@ -194,6 +194,11 @@ class LearningSettings:
     lr: float = 1e-3
     batch_size: int = 8
     replay_ratio: float = 1.0  # replayed windows per new window in each update
+    steps_per_update: int = 1  # gradient steps per mini-batch of new windows (each with a fresh replay sample)
+    head: str = "sgd"  # how the output layer learns: "sgd" (gradient steps on encoder and head) or "lda"
+    #                    (streaming linear discriminant analysis on the version's encoder, which stays fixed)
+    lda_shrinkage: float = 0.01  # the LDA covariance shrunk this far towards the identity
+    lda_decay: float = 0.0  # the LDA statistics forget at this rate per label (0: a running average)
     ewc_strength: float = 0.0  # 0 turns EWC off
     distill_strength: float = 0.0  # learning without forgetting: weight of the distillation loss against the
     #                                version in service (0 turns it off)
@@ -208,6 +213,8 @@ class LearningSettings:
     gate_margin: float = 0.0
     gate_z: float = 0.0  # 1.645: a one-sided 95 % sign test (fewer, surer versions; slower after a drift)
     min_holdout: int = 30
+    gate_early_z: float = 2.33  # with fewer than min_holdout held-out windows a candidate still passes when it
+    #                              wins clearly at this z (a one-sided 99 % sign test); 0: always wait
     rollback_z: float = 3.0  # roll back the version in service when, on the same live audit windows, its
     #                          predecessor wins this many standard deviations more often (paired sign test,
     #                          repeated after each answer); 0 turns automatic rollback off
@@ -220,9 +227,9 @@ class LearningSettings:
     label_ttl_ms: int = 3_600_000  # how long a review request waits for its answers
 
     def __post_init__(self) -> None:
-        _at_least(self, 1, "batch_size", "reservoir_capacity", "holdout_every", "gate_every", "min_holdout",
+        _at_least(self, 1, "batch_size", "steps_per_update", "reservoir_capacity", "holdout_every", "gate_every", "min_holdout",
                   "holdout_size", "label_ttl_ms")
-        _at_least(self, 0, "replay_ratio", "ewc_strength", "distill_strength", "gate_z", "rollback_z", "publish_interval_s",
+        _at_least(self, 0, "replay_ratio", "ewc_strength", "distill_strength", "gate_z", "gate_early_z", "rollback_z", "publish_interval_s",
                   "publish_now_z")
         _at_least(self, 1, "rollback_min_audits")
         _share(self, "int8_min_agreement")
@@ -230,6 +237,11 @@ class LearningSettings:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not self.distill_temperature > 0:
             raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if self.head not in ("sgd", "lda"):
+            raise ValueError(f"head must be sgd or lda, got {self.head!r}")
+        _share(self, "lda_shrinkage")
+        if not 0.0 <= self.lda_decay < 1.0:
+            raise ValueError(f"lda_decay must be in [0, 1), got {self.lda_decay}")
         if self.holdout not in ("hashed", "audit"):
             raise ValueError(f"holdout must be hashed or audit, got {self.holdout!r}")
 

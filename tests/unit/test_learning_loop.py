@@ -127,12 +127,13 @@ def cold_start_labels(loop: LearningLoop, X, y, limit: int):
 
 def test_a_cold_start_publishes_a_first_version_only_once_it_beats_the_majority_class():
     X, y = data(1500, 3)
-    loop = LearningLoop(None, SPEC, version=0, config=LearningSettings())
+    loop = LearningLoop(None, SPEC, version=0, config=LearningSettings(gate_early_z=0.0))
     used, candidate = cold_start_labels(loop, X, y, 1500)
     assert candidate is not None, "no first version from 1,500 answers"
     d = candidate.decision
     assert d.accept and "majority class" in d.reason and d.candidate_accuracy > d.serving_accuracy
     assert used >= 4 * 30  # one answer in four is held out, and the gate needs 30 of them
+
     assert not torch.equal(candidate.net.mean, torch.zeros(SPEC.n_channels))  # normalisation fitted on the answers
     # one class only: nothing beats "always that class", so no version is ever proposed
     single = LearningLoop(None, SPEC, version=0, config=LearningSettings())
@@ -184,3 +185,27 @@ def test_with_holdout_audit_the_gate_holds_out_only_answered_audit_windows():
     assert loop.trainer.learned + len(loop.trainer.pending) == 80 - len(held)
     with pytest.raises(ValueError, match="holdout must be hashed or audit"):
         LearningSettings(holdout="random")
+
+
+def test_a_clearly_better_first_version_need_not_wait_for_min_holdout():
+    """BasicMotions from a cold start, every window answered: by default (``gate_early_z`` = 2.33) the first
+    version comes as soon as the sign test says it clearly beats the majority class."""
+    from model.datasets import load_basic_motions, sliding_windows
+    from model.spec import ModelSpec
+
+    X, labels = sliding_windows(load_basic_motions("test"), 32, 4)
+    order = np.random.default_rng(0).permutation(len(X))
+    spec = ModelSpec()
+    first = {}
+    for early_z in (0.0, 2.33):
+        loop = LearningLoop(None, spec, 0, LearningSettings(gate_early_z=early_z))
+        for i, k in enumerate(order):
+            c = loop.learn(LabeledWindow(f"dev-{k % 8}:{k * 7}", "d", X[k], str(labels[k]), "badminton", 0, ["a"], i))
+            if c is not None:
+                first[early_z] = (i + 1, c)
+                break
+    (waited, _), (used, early) = first[0.0], first[2.33]
+    assert used < waited and early.decision.samples < 30 and early.decision.reason.startswith("accepted early")
+    Xtr, ltr = sliding_windows(load_basic_motions("train"), 32, 8)
+    names = np.asarray(spec.classes)[predict_proba(early.net, Xtr).argmax(1)]
+    assert (names == ltr).mean() > 0.6  # far above the majority class's 0.25

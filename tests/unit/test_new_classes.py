@@ -13,7 +13,7 @@ from model.datasets import load_basic_motions, sliding_windows
 from model.network import WindowTransformer
 from model.registry import ModelRegistry
 from model.spec import ModelSpec
-from model.train import encode_labels, fit, publish_version
+from model.train import encode_labels, fit, lda_of, publish_version
 from operators.label_join import LabeledWindow
 from operators.learning import VersionPublisher, loop_from_registry
 from operators.learning_state import AcceptedVersion, LoopJournal, RolledBack
@@ -34,7 +34,7 @@ def three_class_registry(root: str, name: str = "motions") -> ModelRegistry:
     net.set_normalisation(X[keep])
     fit(net, X[keep], encode_labels(y[keep], OLD), epochs=15, seed=0)
     registry = ModelRegistry(root)
-    publish_version(registry, name, net, SPEC, {}, note="three classes")
+    publish_version(registry, name, net, SPEC, {}, note="three classes", lda=lda_of(net, X[keep], encode_labels(y[keep], OLD)))
     return registry
 
 
