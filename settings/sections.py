@@ -123,6 +123,9 @@ class ServingSettings:
     reset_gap_ms: int = 10_000
     max_batch: int = 64
     max_wait_ms: int = 10
+    inference_shards: int = 0  # micro-batch keys (devices hash onto them); 0: flink.parallelism. Rescaling keeps
+    #                            each shard's pending batches and served version: set it to the highest
+    #                            parallelism the job will be rescaled to (fewer, larger batches below it)
     confidence_threshold: float = 0.6
     audit_rate: float = 0.01
     review_budget_per_minute: int = 120
@@ -149,8 +152,8 @@ class ServingSettings:
     def __post_init__(self) -> None:
         _at_least(self, 1, "window", "stride", "max_batch", "max_seq_gap_buffer", "inference_threads",
                   "max_block_samples")
-        _at_least(self, 0, "model_version", "max_out_of_order_ms", "seq_gap_timeout_ms", "max_wait_ms",
-                  "review_budget_per_minute", "reset_gap_ms", "drift_budget_per_minute", "drift_boost_seconds",
+        _at_least(self, 0, "model_version", "inference_shards", "max_out_of_order_ms", "seq_gap_timeout_ms",
+                  "max_wait_ms", "review_budget_per_minute", "reset_gap_ms", "drift_budget_per_minute", "drift_boost_seconds",
                   "max_future_ms", "max_seq_jump", "device_expiry_ms", "source_check_ms")
         if not self.max_abs_value > 0:
             raise ValueError(f"max_abs_value must be > 0, got {self.max_abs_value}")
@@ -227,10 +230,10 @@ class LearningSettings:
     label_ttl_ms: int = 3_600_000  # how long a review request waits for its answers
 
     def __post_init__(self) -> None:
-        _at_least(self, 1, "batch_size", "steps_per_update", "reservoir_capacity", "holdout_every", "gate_every", "min_holdout",
-                  "holdout_size", "label_ttl_ms")
-        _at_least(self, 0, "replay_ratio", "ewc_strength", "distill_strength", "gate_z", "gate_early_z", "rollback_z", "publish_interval_s",
-                  "publish_now_z")
+        _at_least(self, 1, "batch_size", "steps_per_update", "reservoir_capacity", "holdout_every", "gate_every",
+                  "min_holdout", "holdout_size", "label_ttl_ms")
+        _at_least(self, 0, "replay_ratio", "ewc_strength", "distill_strength", "gate_z", "gate_early_z", "rollback_z",
+                  "publish_interval_s", "publish_now_z")
         _at_least(self, 1, "rollback_min_audits")
         _share(self, "int8_min_agreement")
         if not self.lr > 0:

@@ -388,7 +388,7 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
         models = served_models(cfg)
     except ValueError as exc:
         raise SystemExit(f"sensorloop serving job: {exc} (serving.window = {cfg.serving.window})") from None
-    shards = max(1, cfg.flink.parallelism)
+    shards = cfg.serving.inference_shards or max(1, cfg.flink.parallelism)
     readings = keyed_source(env, cfg.broker.bootstrap, [topics.readings], group_id, "sensor-readings", "device_id")
     windows = (readings.process(ReadingsToWindows(cfg, models), output_type=Types.PICKLED_BYTE_ARRAY())
                .name("parse-and-window").uid("parse-and-window"))
