@@ -99,8 +99,9 @@ class AnnouncementVerifier:
         return None
 
 
-def announcement(registry, model_name: str, version: int, signing_key: str = "") -> ModelSnapshot:
-    """The ``model-snapshots`` message for a registry version, signed when ``signing_key`` names the
-    publishing side's private key file."""
-    snapshot = ModelSnapshot.from_dict(registry.announcement(model_name, version))
+def announcement(registry, model_name: str, version: int, signing_key: str = "",
+                 stage: str | None = None) -> ModelSnapshot:
+    """The ``model-snapshots`` message for a registry version (``stage``: ``ModelSnapshot.stage``), signed
+    when ``signing_key`` names the publishing side's private key file (the stage is signed too)."""
+    snapshot = ModelSnapshot.from_dict({**registry.announcement(model_name, version), "stage": stage})
     return AnnouncementSigner.load(signing_key).sign(snapshot) if signing_key else snapshot

@@ -43,12 +43,19 @@ class ScoreStats:
 
 
 class WindowScorer:
-    """Runs the model over a batch of windows and routes unsure ones to review."""
+    """Runs the model over a batch of windows and routes unsure ones to review.
+
+    With a ``shadow`` (a newer version in its shadow phase) every batch is scored by it too: its
+    answers are never published as predictions, but a window it classifies differently is asked
+    about (reason ``disagreement``), and every review request says what it predicted, so the
+    learning job can compare the two versions on the same answered windows.
+    """
 
     def __init__(self, model: ServingModel, router: ReviewRouter) -> None:
         self.model = model
         self.router = router
         self.stats = ScoreStats()
+        self.shadow: ServingModel | None = None
 
     def swap(self, model: ServingModel) -> None:
         """Serve a new version from the next batch on (the caller has verified it)."""
@@ -77,8 +84,12 @@ class WindowScorer:
         classes = model.spec.classes
         finite = np.isfinite(probs).all(axis=1)
         best = np.where(finite, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0)
+        shadow = self.shadow
+        shadow_said = ([shadow.spec.classes[k] for k in np.nan_to_num(shadow.runner.predict_proba(batch),
+                                                                        nan=-1.0).argmax(axis=1)]
+                       if shadow is not None else [None] * len(windows))
         predictions, reviews, unscored = [], [], []
-        for window, row, top, ok in zip(windows, probs, best, finite):
+        for window, row, top, ok, other in zip(windows, probs, best, finite, shadow_said):
             if not ok:
                 unscored.append(window)
                 continue
@@ -91,12 +102,14 @@ class WindowScorer:
                 latency_ms=float(max(0, emitted - window.ingest_ms)), emitted_at=emitted,
                 truth=window.truth))
             review_id = review_id_for(window)
-            reason = self.router.decide(review_id, confidence, now_ms, row, window.device_id, classes[top])
+            reason = self.router.decide(review_id, confidence, now_ms, row, window.device_id, classes[top],
+                                        disagree=other is not None and other != classes[top])
             if reason is not None:
                 reviews.append(ReviewRequest(
                     review_id=review_id, device_id=window.device_id, window_start=window.start,
                     window_end=window.end, channels=list(model.spec.channels),
                     values=np.round(window.values, 5).tolist(), predicted=classes[top],
                     confidence=confidence, probabilities=probabilities,
-                    model_version=model.version, reason=reason, created_at=emitted, model_name=model.name))
+                    model_version=model.version, reason=reason, created_at=emitted, model_name=model.name,
+                    shadow_predicted=other, shadow_version=shadow.version if shadow is not None else None))
         return predictions, reviews, unscored

@@ -42,6 +42,8 @@ class LabeledWindow:
     answered_at: int = 0  # when the answer that resolved it was given (epoch ms)
     model_name: str = ""  # the model that asked ("" when the request named none: the job's default model)
     reason: str = ""  # why it was asked (``audit``: the uniform sample that estimates live accuracy)
+    shadow_predicted: str | None = None  # what the version in its shadow phase said, when one was scored
+    shadow_version: int | None = None
 
 
 @dataclass
@@ -184,7 +186,8 @@ class LabelJoiner:
         r = state.request
         return [LabeledWindow(r.review_id, r.device_id, np.asarray(r.values, np.float32), label, r.predicted,
                               r.model_version, [who for who, _, _ in state.answers],
-                              max(at for _, _, at in state.answers), r.model_name or "", r.reason)]
+                              max(at for _, _, at in state.answers), r.model_name or "", r.reason,
+                              r.shadow_predicted, r.shadow_version)]
 
     def expired(self, state: JoinState, now_ms: int) -> bool:
         return state.first_seen_ms is not None and now_ms - state.first_seen_ms >= self.ttl_ms

@@ -29,6 +29,7 @@ from operators.gate import GateDecision, ValidationGate
 from operators.label_join import LabeledWindow
 from operators.outgoing import Outgoing
 from operators.rollback import Rollback, RollbackWatch
+from operators.shadow import ShadowTrial, ShadowVerdict
 from schemas import DriftEvent, Topics
 from settings import LearningSettings, ServingSettings
 
@@ -105,6 +106,9 @@ class LearningLoop:
         self.last_published_at: int | None = None  # answer time of the last candidate published
         self.deferred = 0  # candidates the gate accepted that waited for the publish interval
         self.new_classes: list[str] = []  # classes labelers added, in order
+        self.shadow: tuple[int, torch.nn.Module] | None = None  # (version, net) in its shadow phase
+        self.trial: ShadowTrial | None = None
+        self.due_verdict: ShadowVerdict | None = None
 
     def learn(self, item: LabeledWindow) -> Candidate | None:
         """Learn one labeled window; returns a candidate when one passed the gate (none while a
@@ -121,6 +125,9 @@ class LearningLoop:
             verdict = self.watch.observe(hit, old_right)  # the same live window, both versions
             if verdict is not None:
                 self.due_rollback = verdict
+        if (self.trial is not None and item.shadow_version == self.trial.version and item.shadow_predicted is not None
+                and item.model_version == self.version and self.due_verdict is None):
+            self.due_verdict = self.trial.observe(hit, item.shadow_predicted == item.label)
         if "error" in self.drift.update(correct=hit):
             self.drift_events += 1
             self.new_drifts.append("error")
@@ -130,7 +137,7 @@ class LearningLoop:
         else:
             self._train(item.values, label)
         self.since_gate += 1
-        if self.due_rollback is not None:
+        if self.due_rollback is not None or self.shadow is not None:  # one candidate at a time in its shadow phase
             return None
         if self.since_gate < self.config.gate_every or self.trainer.updates == 0:
             return None
@@ -198,12 +205,31 @@ class LearningLoop:
     def accepted(self, candidate: Candidate, version: int) -> None:
         self.adopt(version, candidate.net)
 
+    def start_shadow(self, version: int, net: torch.nn.Module) -> None:
+        """``version`` (weights ``net``) is now scored beside the version in service, not served."""
+        self.shadow = (version, copy.deepcopy(net).eval())
+        c = self.config
+        self.trial = ShadowTrial(version, self.version, c.shadow_z, c.shadow_min_answers, c.shadow_answers)
+        self.due_verdict = None
+
+    def end_shadow(self) -> None:
+        """The shadow phase is over (the version was promoted, withdrawn or passed by)."""
+        self.shadow, self.trial, self.due_verdict = None, None, None
+        self.since_gate = 0
+
+    def take_shadow_verdict(self) -> ShadowVerdict | None:
+        """The end of the shadow phase the answers call for (to be announced once), if any."""
+        out, self.due_verdict = self.due_verdict, None
+        return out
+
     def adopt(self, version: int, net: torch.nn.Module) -> None:
         """``version`` (weights ``net``) now serves; the one it replaces is kept as its rollback target."""
         self.parent_net, parent = self.serving, (self.version if self.serving is not None else None)
         self.serving = copy.deepcopy(net).eval()
         self.version = version
         self.watch.start(version, parent)
+        if self.shadow is not None:
+            self.end_shadow()
         if self.config.distill_strength > 0:
             self.trainer.set_teacher(self.serving)
 
@@ -216,6 +242,8 @@ class LearningLoop:
             self.watch = RollbackWatch(self.config.rollback_z, self.config.rollback_min_audits)
         if "new_classes" not in state:
             self.new_classes = []
+        if "shadow" not in state:
+            self.shadow, self.trial, self.due_verdict = None, None, None
 
     def take_rollback(self) -> Rollback | None:
         """A rollback the live audit answers call for (to be announced once), if any."""
@@ -229,6 +257,7 @@ class LearningLoop:
         self.version = version
         self.parent_net = None
         self.watch.start(version, None)
+        self.end_shadow()  # a candidate judged against the version rolled away from is judged no more
         state, older = self.trainer.net.state_dict(), net.state_dict()
         for key, value in older.items():  # a class learned since that version keeps its learned output row
             state[key] = value if value.shape == state[key].shape else torch.cat([value, state[key][len(value):]])
@@ -296,6 +325,8 @@ class Learned:
     outgoing: list[Outgoing]
     accepted: tuple[int, bytes] | None = None
     rolled_back: tuple[int, bytes] | None = None
+    shadowing: tuple[int, bytes] | None = None  # a version that began its shadow phase (its weights)
+    shadow_ended: int | None = None  # a version whose shadow phase ended without serving
 
 
 class VersionPublisher:
@@ -314,6 +345,8 @@ class VersionPublisher:
         self.published = 0
         self.drift_events = 0
         self.rollbacks = 0
+        self.promoted = 0  # versions that served after their shadow phase
+        self.withdrawn = 0  # versions withdrawn in their shadow phase
 
     def _roll_back(self, loop: LearningLoop, rollback: Rollback) -> tuple[list[Outgoing], tuple[int, bytes] | None]:
         """Announce ``rollback.to_version`` again and make it the loop's reference."""
@@ -342,8 +375,16 @@ class VersionPublisher:
             out.append(Outgoing(self.topics.drift_events, self.model_name, event.encode()))
         rollback = loop.take_rollback()
         if rollback is not None:
+            shadowed = loop.shadow[0] if loop.shadow is not None else None
             announced, rolled_back = self._roll_back(loop, rollback)
+            if shadowed is not None and rolled_back is not None:
+                announced.append(self._announce(shadowed, "withdrawn"))
+                self.withdrawn += 1
+                return Learned(out + announced, rolled_back=rolled_back, shadow_ended=shadowed)
             return Learned(out + announced, rolled_back=rolled_back)
+        verdict = loop.take_shadow_verdict()
+        if verdict is not None:
+            return self._end_shadow(loop, verdict, out)
         if candidate is None:
             return Learned(out)
         d = candidate.decision
@@ -358,10 +399,33 @@ class VersionPublisher:
                                note=f"online{' (cold start)' if not loop.version else ''}: {d.reason}",
                                calibration=calibration, int8_min_agreement=self.int8_min_agreement,
                                lda=candidate.lda)
-        loop.accepted(candidate, meta.version)
         self.published += 1
-        snapshot = announcement(self.registry, self.model_name, meta.version, self.signing_key)
+        weights = weights_bytes(candidate.net)
+        if loop.config.shadow_answers > 0 and loop.serving is not None:
+            loop.start_shadow(meta.version, candidate.net)
+            log.info("published %s v%d for its shadow phase beside v%d: %s", self.model_name, meta.version,
+                     loop.version, d.reason)
+            out.append(self._announce(meta.version, "shadow"))
+            return Learned(out, shadowing=(meta.version, weights))
+        loop.accepted(candidate, meta.version)
         log.info("published %s v%d %d ms after the answer that completed it: %s", self.model_name, meta.version,
                  now_ms - candidate.trigger_answered_at, d.reason)
-        out.append(Outgoing(self.topics.model_snapshots, self.model_name, snapshot.encode()))
-        return Learned(out, (meta.version, weights_bytes(candidate.net)))
+        out.append(self._announce(meta.version))
+        return Learned(out, (meta.version, weights))
+
+    def _announce(self, version: int, stage: str | None = None) -> Outgoing:
+        snapshot = announcement(self.registry, self.model_name, version, self.signing_key, stage)
+        return Outgoing(self.topics.model_snapshots, self.model_name, snapshot.encode())
+
+    def _end_shadow(self, loop: LearningLoop, verdict: ShadowVerdict, out: list[Outgoing]) -> Learned:
+        """Promote the version in its shadow phase (announce it to serve) or withdraw it."""
+        version, net = loop.shadow
+        if verdict.promote:
+            loop.adopt(version, net)
+            self.promoted += 1
+            log.info("%s v%d promoted after its shadow phase: %s", self.model_name, version, verdict.reason)
+            return Learned(out + [self._announce(version)], accepted=(version, weights_bytes(net)))
+        loop.end_shadow()
+        self.withdrawn += 1
+        log.warning("%s v%d withdrawn in its shadow phase: %s", self.model_name, version, verdict.reason)
+        return Learned(out + [self._announce(version, "withdrawn")], shadow_ended=version)

@@ -3,7 +3,8 @@
 The loop (two networks, optimizer, replay reservoir, holdout) pickles to a few MB: writing it after
 every labeled window costs tens of ms, which caps the learner far below the rate labels arrive at.
 Instead the state holds a full snapshot written every ``snapshot_every`` steps plus a journal of the
-steps since: each labeled window, each accepted version with its weights, and each rollback. A restore loads the
+steps since: each labeled window, each accepted version with its weights, each rollback, and each
+shadow phase begun or ended. A restore loads the
 snapshot and replays the journal, so nothing learned before a checkpoint is lost; replay never
 publishes again (what it re-derives is discarded; accepted versions come from the journal).
 
@@ -39,7 +40,22 @@ class RolledBack:
     weights: bytes
 
 
-JournalEntry = LabeledWindow | AcceptedVersion | RolledBack
+@dataclass(frozen=True)
+class Shadowing:
+    """A journal entry: ``version`` (its weights) began its shadow phase."""
+
+    version: int
+    weights: bytes
+
+
+@dataclass(frozen=True)
+class ShadowEnded:
+    """A journal entry: ``version``'s shadow phase ended without it serving."""
+
+    version: int
+
+
+JournalEntry = LabeledWindow | AcceptedVersion | RolledBack | Shadowing | ShadowEnded
 
 
 def apply_accepted(loop: LearningLoop, entry: AcceptedVersion, spec: ModelSpec) -> None:
@@ -75,8 +91,13 @@ class LoopJournal:
                 apply_accepted(loop, entry, loop.spec)
             elif isinstance(entry, RolledBack):
                 loop.rolled_back(entry.version, load_network(loop.spec, entry.weights, older_classes=True))
+            elif isinstance(entry, Shadowing):
+                loop.start_shadow(entry.version, load_network(loop.spec, entry.weights))
+            elif isinstance(entry, ShadowEnded):
+                loop.end_shadow()
             else:
                 loop.learn(entry)  # a candidate found again here was handled before the restore
                 loop.take_drifts()  # so were its drift events
                 loop.take_rollback()  # and its rollback (journaled as its own entry)
+                loop.take_shadow_verdict()  # and the end of a shadow phase
         return loop

@@ -85,17 +85,23 @@ class ReviewRouter:
         return True
 
     def decide(self, review_id: str, confidence: float, now_ms: int, row: np.ndarray | None = None,
-               device: str | None = None, predicted: str | None = None) -> str | None:
+               device: str | None = None, predicted: str | None = None, disagree: bool = False) -> str | None:
         """The reason to ask about a window (None: not asked). ``row`` (its probabilities) is needed by
-        the margin and entropy strategies; ``device`` and ``predicted`` by the shares."""
+        the margin and entropy strategies; ``device`` and ``predicted`` by the shares; ``disagree``: the
+        version in its shadow phase predicted another class (asked as ``disagreement``, sure or not).
+
+        >>> r = ReviewRouter(threshold=0.6, audit_rate=0.0, budget_per_minute=10)
+        >>> r.decide("a", 0.99, 0), r.decide("b", 0.99, 0, disagree=True), r.decide("c", 0.3, 0, disagree=True)
+        (None, 'disagreement', 'low_confidence')
+        """
         if self._in_audit_sample(review_id):
             reason = "audit"  # first, unsure or not: uniform over all windows, so estimates from it are unbiased
         else:
             doubtful = (confidence < self.threshold if self.strategy == "confidence" or row is None
                         else unsure(row, self.strategy, self.threshold))
-            if not (doubtful and self._within_share(device, predicted, now_ms)):
+            if not ((doubtful or disagree) and self._within_share(device, predicted, now_ms)):
                 return None
-            reason = "low_confidence"
+            reason = "low_confidence" if doubtful else "disagreement"
         if self.last_ms is not None:
             self.tokens = min(self.capacity, self.tokens + (now_ms - self.last_ms) * self.refill_per_ms)
         self.last_ms = now_ms
@@ -103,7 +109,7 @@ class ReviewRouter:
             self.suppressed += 1
             return None
         self.tokens -= 1.0
-        if reason == "low_confidence" and (self.device_share < 1.0 or self.class_share < 1.0):
+        if reason != "audit" and (self.device_share < 1.0 or self.class_share < 1.0):
             self.by_device[device] += 1
             self.by_class[predicted] += 1
         return reason

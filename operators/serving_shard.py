@@ -62,6 +62,10 @@ class InferenceShard:
     On an announcement, pending windows are scored with the old model first; the new version is
     loaded through ``load`` (sha256, metadata, smoke inference) and swapped in, or refused with a
     dead letter (once per announcement, from shard 0) while the old model keeps serving.
+
+    An announcement with ``stage = "shadow"`` is loaded the same way but only scored beside the version
+    in service (``WindowScorer.shadow``) until it is announced to serve (promoted), withdrawn
+    (``stage = "withdrawn"``) or passed by a newer version in service; ``shadow_snapshot`` says which.
     """
 
     def __init__(self, settings: ServingSettings, model_name: str, topics: Topics, model: ServingModel,
@@ -78,6 +82,7 @@ class InferenceShard:
         self.boost_until: int | None = None
         self.stats_file = stats_file
         self.tally = ShardTally()
+        self.shadow_snapshot: ModelSnapshot | None = None
 
     @property
     def model(self) -> ServingModel:
@@ -107,18 +112,53 @@ class InferenceShard:
         if isinstance(message, DriftEvent):
             self.boost(message, now_ms)
             return [], None
+        if message.stage is not None:
+            refused = self.shadow_stage(message)
+            return ([self._refusal(control, message, refused, now_ms)] if refused and control.shard == 0 else []), None
         pending = store.take_all() if store.count() else []
         out = self._score(pending, now_ms) if pending else []  # windows that came first: the old model
         refused = self.swap(message)
         if refused is None:
             return out, message if message.model_name == self.model_name else None
         if control.shard == 0:  # one report per announcement
-            letter = DeadLetter(self.topics.model_snapshots, control.partition, control.offset,
-                                f"refused {message.model_name} v{message.version}, still serving "
-                                f"v{self.model.version}: {refused}", raw_text(message.encode()),
-                                "artifact_uri", "snapshot", now_ms, message.model_name)
-            out.append(dead_letter_out(self.topics.dead_letters, letter))
+            out.append(self._refusal(control, message, refused, now_ms))
         return out, None
+
+    def _refusal(self, control: ControlMessage, message: ModelSnapshot, refused: str, now_ms: int) -> Outgoing:
+        what = f"as its shadow v{message.version}" if message.stage == "shadow" else f"v{message.version}"
+        letter = DeadLetter(self.topics.model_snapshots, control.partition, control.offset,
+                            f"refused {message.model_name} {what}, still serving v{self.model.version}: {refused}",
+                            raw_text(message.encode()), "artifact_uri", "snapshot", now_ms, message.model_name)
+        return dead_letter_out(self.topics.dead_letters, letter)
+
+    def _loaded(self, snapshot: ModelSnapshot) -> ServingModel:
+        model = self.load(snapshot)
+        mismatch = input_mismatch(model.spec, self.settings.window, self.model.spec.channels)
+        if mismatch:
+            raise ArtifactError(f"{snapshot.model_name} v{snapshot.version} cannot serve here: {mismatch}")
+        return model
+
+    def shadow_stage(self, snapshot: ModelSnapshot) -> str | None:
+        """Start or end the shadow phase of ``snapshot``'s version; returns why it was refused (None when
+        done or not ours). A shadow older than the version in service is refused: it could never serve."""
+        if snapshot.model_name != self.model_name:
+            return None
+        if snapshot.stage == "withdrawn":
+            if self.shadow_snapshot is not None and self.shadow_snapshot.version == snapshot.version:
+                self.scorer.shadow, self.shadow_snapshot = None, None
+                log.info("shadow %s v%d withdrawn", snapshot.model_name, snapshot.version)
+            return None
+        if snapshot.version <= self.model.version:
+            return f"v{snapshot.version} is not newer than the version in service"
+        try:
+            model = self._loaded(snapshot)
+        except ArtifactError as exc:
+            self.tally.model_refused += 1
+            log.warning("refused %s v%d as a shadow: %s", snapshot.model_name, snapshot.version, exc)
+            return str(exc)
+        self.scorer.shadow, self.shadow_snapshot = model, snapshot
+        log.info("shadowing %s v%d beside v%d", model.name, model.version, self.model.version)
+        return None
 
     def swap(self, snapshot: ModelSnapshot) -> str | None:
         """Serve ``snapshot``'s version; returns why it was refused (None when swapped or not ours).
@@ -127,15 +167,14 @@ class InferenceShard:
         if snapshot.model_name != self.model_name:
             return None
         try:
-            model = self.load(snapshot)
-            mismatch = input_mismatch(model.spec, self.settings.window, self.model.spec.channels)
-            if mismatch:
-                raise ArtifactError(f"{snapshot.model_name} v{snapshot.version} cannot serve here: {mismatch}")
+            model = self._loaded(snapshot)
         except ArtifactError as exc:
             self.tally.model_refused += 1
             log.warning("refused %s v%d: %s", snapshot.model_name, snapshot.version, exc)
             return str(exc)
         self.scorer.swap(model)
+        if self.shadow_snapshot is not None and self.shadow_snapshot.version <= model.version:
+            self.scorer.shadow, self.shadow_snapshot = None, None  # promoted, or passed by a newer version
         if self.watch is not None:
             self.watch.reset()  # the new model has its own confidence level
         self.tally.model_swaps += 1

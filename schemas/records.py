@@ -188,12 +188,14 @@ class ReviewRequest(_Record):
     reason: str
     created_at: int
     model_name: str | None = None  # None in records from before several models could be served
+    shadow_predicted: str | None = None  # what the version in its shadow phase said about the window
+    shadow_version: int | None = None
 
     MAX_BYTES = 1024 * 1024
-    REASONS = ("low_confidence", "audit", "drift")
+    REASONS = ("low_confidence", "audit", "drift", "disagreement")
     REQUIRED = ("review_id", "device_id", "window_start", "window_end", "channels", "values",
                 "predicted", "confidence", "probabilities", "model_version", "reason", "created_at")
-    OPTIONAL = ("schema_version", "model_name")
+    OPTIONAL = ("schema_version", "model_name", "shadow_predicted", "shadow_version")
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "ReviewRequest":
@@ -228,6 +230,8 @@ class ReviewRequest(_Record):
             reason=reason,
             created_at=require_int(obj, "created_at", 0),
             model_name=require_id(obj, "model_name") if obj.get("model_name") is not None else None,
+            shadow_predicted=require_str(obj, "shadow_predicted") if obj.get("shadow_predicted") is not None else None,
+            shadow_version=require_int(obj, "shadow_version", 1) if obj.get("shadow_version") is not None else None,
         )
 
 
@@ -312,9 +316,12 @@ class ModelSnapshot(_Record):
     created_at: int = 0
     signature: str | None = None  # base64 Ed25519 signature (model.signing), when the publisher signs
     int8_sha256: str | None = None  # the version's INT8 graph (model-int8.onnx beside the artifact), if any
+    stage: str | None = None  # None: serve it; "shadow": score it beside the version in service, do not
+    #                           serve it; "withdrawn": stop shadowing it
 
     REQUIRED = ("model_name", "version", "artifact_uri", "sha256")
-    OPTIONAL = ("schema_version", "metrics", "parent_version", "created_at", "signature", "int8_sha256")
+    OPTIONAL = ("schema_version", "metrics", "parent_version", "created_at", "signature", "int8_sha256", "stage")
+    STAGES = ("shadow", "withdrawn")
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "ModelSnapshot":
@@ -335,6 +342,7 @@ class ModelSnapshot(_Record):
             created_at=require_int(obj, "created_at", 0) if "created_at" in obj else 0,
             signature=require_str(obj, "signature", max_len=200) if obj.get("signature") is not None else None,
             int8_sha256=int8_sha,
+            stage=require_choice(obj, "stage", cls.STAGES) if obj.get("stage") is not None else None,
         )
 
 

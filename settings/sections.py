@@ -222,6 +222,11 @@ class LearningSettings:
     #                          predecessor wins this many standard deviations more often (paired sign test,
     #                          repeated after each answer); 0 turns automatic rollback off
     rollback_min_audits: int = 30  # audit answers of the version in service before it is judged
+    shadow_answers: int = 0  # > 0: a candidate that passed the gate is first scored beside the version in service
+    #                          (its shadow phase) and serves only once it wins clearly on answered live windows,
+    #                          or is not worse after this many; 0: it serves at once
+    shadow_z: float = 1.645  # the paired sign test that promotes or withdraws it
+    shadow_min_answers: int = 20  # answered windows before the shadow phase can end
     publish_interval_s: float = 0.0  # periodic deployment: a candidate that is not worse but not clearly better
     #                                  waits this long after the last version (by answer time); 0: no wait
     publish_now_z: float = 1.645  # ... unless it wins clearly more held-out windows (sign test at this z)
@@ -231,9 +236,9 @@ class LearningSettings:
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "steps_per_update", "reservoir_capacity", "holdout_every", "gate_every",
-                  "min_holdout", "holdout_size", "label_ttl_ms")
+                  "min_holdout", "holdout_size", "label_ttl_ms", "shadow_min_answers")
         _at_least(self, 0, "replay_ratio", "ewc_strength", "distill_strength", "gate_z", "gate_early_z", "rollback_z",
-                  "publish_interval_s", "publish_now_z")
+                  "publish_interval_s", "publish_now_z", "shadow_answers", "shadow_z")
         _at_least(self, 1, "rollback_min_audits")
         _share(self, "int8_min_agreement")
         if not self.lr > 0:

@@ -15,7 +15,7 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from model.registry import ArtifactError, ModelRegistry
 from operators.label_join import JoinTarget, LabelJoiner
 from operators.learning import LearningLoop, VersionPublisher, loop_from_registry
-from operators.learning_state import AcceptedVersion, LoopJournal, RolledBack
+from operators.learning_state import AcceptedVersion, LoopJournal, RolledBack, ShadowEnded, Shadowing
 from operators.parse import raw_text
 from operators.serving_model import serving_spec
 from schemas import DeadLetter, Label, ReviewRequest, SchemaError
@@ -120,6 +120,8 @@ class LearnAndPublish(KeyedProcessFunction):
         group.gauge("versions_published", lambda: sum(p.published for p in publishers))
         group.gauge("drift_events", lambda: sum(p.drift_events for p in publishers))
         group.gauge("rollbacks", lambda: sum(p.rollbacks for p in publishers))
+        group.gauge("shadow_promoted", lambda: sum(p.promoted for p in publishers))
+        group.gauge("shadow_withdrawn", lambda: sum(p.withdrawn for p in publishers))
         group.gauge("candidates_deferred", lambda: sum(loop.deferred for loop in self.loops.values()))
         group.gauge("labeled_windows_learned", lambda: self.learned)
         group.gauge("label_lag_ms", lambda: int(self.label_lag_ms))
@@ -161,6 +163,10 @@ class LearnAndPublish(KeyedProcessFunction):
             self._journal(AcceptedVersion(*learned.accepted), loop)
         if learned.rolled_back is not None:
             self._journal(RolledBack(*learned.rolled_back), loop)
+        if learned.shadowing is not None:
+            self._journal(Shadowing(*learned.shadowing), loop)
+        if learned.shadow_ended is not None:
+            self._journal(ShadowEnded(learned.shadow_ended), loop)
         yield from map(routed, learned.outgoing)
         self.learned += 1
         self.progress = self.by_model[key] = (loop.prequential_accuracy, loop.version)

@@ -265,8 +265,8 @@ def starting_model(cfg: Config, name: str, primary: bool):
 class InferBatches(KeyedCoProcessFunction):
     """Windows on the first input and model announcements / drift events on the second, both keyed
     by inference shard; per served model an ``operators.serving_shard.InferenceShard`` does the work
-    (its own batches, review budget and version). The accepted announcements are kept in keyed
-    state, so a restored job serves the same versions."""
+    (its own batches, review budget and version). The accepted announcements (and the version in its
+    shadow phase) are kept in keyed state, so a restored job serves and shadows the same versions."""
 
     def __init__(self, cfg: Config, models: list[ServedModel], stats_file: str = "") -> None:
         self.cfg, self.models, self.stats_file = cfg, models, stats_file
@@ -277,7 +277,7 @@ class InferBatches(KeyedCoProcessFunction):
         self.primary = self.models[0].name
         self.shards: dict[str, InferenceShard] = {}
         self.stores: dict[str, PendingState] = {}
-        self.accepted = {}
+        self.accepted, self.shadowed = {}, {}
         unusable = 0
         group = runtime_context.get_metrics_group()
         for i, served in enumerate(self.models):
@@ -300,6 +300,8 @@ class InferBatches(KeyedCoProcessFunction):
             self.stores[name] = PendingState(runtime_context, suffix)
             self.accepted[name] = runtime_context.get_state(
                 ValueStateDescriptor("accepted" + suffix, Types.PICKLED_BYTE_ARRAY()))
+            self.shadowed[name] = runtime_context.get_state(
+                ValueStateDescriptor("shadow" + suffix, Types.PICKLED_BYTE_ARRAY()))
             if len(self.models) > 1:  # per model: flink_..._operator_model_<metric>{model="<name>"}
                 _shard_gauges(group.add_group("model", name), [shard])
         gc.collect()
@@ -317,6 +319,9 @@ class InferBatches(KeyedCoProcessFunction):
                 restored = self.accepted[name].value()
                 if restored is not None:
                     shard.swap(restored)
+                shadow = self.shadowed[name].value()
+                if shadow is not None:
+                    shard.shadow_stage(shadow)
 
     def _emit(self, outgoing):
         if time.monotonic() >= self.next_report:
@@ -348,6 +353,11 @@ class InferBatches(KeyedCoProcessFunction):
                                                           ctx.timer_service().current_processing_time())
         if accepted is not None:
             self.accepted[name].update(accepted)
+        shadow = self.shards[name].shadow_snapshot
+        if shadow is None:
+            self.shadowed[name].clear()
+        elif control.message is shadow:
+            self.shadowed[name].update(shadow)
         yield from self._emit(outgoing)
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):

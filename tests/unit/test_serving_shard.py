@@ -165,3 +165,37 @@ def test_with_a_verify_key_serving_loads_only_announcements_signed_by_the_publis
         out, accepted = shard.on_control(ListStore(), ControlMessage(0, ModelSnapshot.decode(snap.encode()), 0, 1), 0)
         assert accepted is None and shard.model.version == 7
         assert reason in payloads(out, Topics().dead_letters)[0]["reason"]
+
+
+def test_a_shadow_version_is_scored_beside_serving_and_its_disagreements_are_asked():
+    import dataclasses
+
+    def load(s: ModelSnapshot):  # the shadow says "b" where the version in service says "a"
+        return fixed_model(s.model_name, s.version, (0.2, 0.8) if s.stage == "shadow" else (0.9, 0.1))
+
+    shard = InferenceShard(ServingSettings(window=4, stride=1, max_batch=2, audit_rate=0.0), "toy", Topics(),
+                           fixed_model("toy", 1), load)
+    store, topics = ListStore(), Topics()
+
+    def two_windows(end):
+        return shard.on_window(store, shard.example_window("d1", end), 0) + shard.on_window(
+            store, shard.example_window("d2", end), 0)
+
+    assert payloads(two_windows(1), topics.review_requests) == []  # sure and alone: nothing asked
+    shadow = dataclasses.replace(snapshot(2), stage="shadow")
+    out, accepted = shard.on_control(store, ControlMessage(0, shadow, 0, 1), now_ms=0)
+    assert out == [] and accepted is None and shard.shadow_snapshot is shadow and shard.model.version == 1
+    out = two_windows(2)
+    assert {(p["label"], p["model_version"]) for p in payloads(out, topics.predictions)} == {("a", 1)}
+    reviews = payloads(out, topics.review_requests)
+    assert [(r["reason"], r["predicted"], r["shadow_predicted"], r["shadow_version"]) for r in reviews] == [
+        ("disagreement", "a", "b", 2)] * 2
+    shard.on_control(store, ControlMessage(0, dataclasses.replace(snapshot(2), stage="withdrawn"), 0, 2), now_ms=0)
+    assert shard.shadow_snapshot is None and payloads(two_windows(3), topics.review_requests) == []
+    shard.on_control(store, ControlMessage(0, dataclasses.replace(snapshot(3), stage="shadow"), 0, 3), now_ms=0)
+    out, accepted = shard.on_control(store, ControlMessage(0, snapshot(3), 0, 4), now_ms=0)  # promoted
+    assert accepted.version == 3 and shard.model.version == 3 and shard.shadow_snapshot is None
+    out, _ = shard.on_control(store, ControlMessage(0, dataclasses.replace(snapshot(2), stage="shadow"), 0, 5), 0)
+    letters = payloads(out, topics.dead_letters)
+    assert len(letters) == 1 and "not newer than the version in service" in letters[0]["reason"]
+    assert shard.shadow_snapshot is None
