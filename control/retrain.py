@@ -63,7 +63,7 @@ def retrain(bootstrap: str, topics: Topics, registry_root: str, model_name: str,
             margin: float = 0.0, holdout_every: int = 4, announce: bool = True,
             signing_key: str = "", int8_min_agreement: float | None = None) -> RetrainResult:
     registry = ModelRegistry(registry_root)
-    serving = registry.load(model_name)
+    serving = registry.load(model_name, registry.latest_servable(model_name))  # a withdrawn version never served
     spec = ModelSpec.from_dict(serving.metadata.spec)
     items, skipped = labeled_archive(bootstrap, list(spec.classes), topics, (spec.window, spec.n_channels))
     if not items:

@@ -137,6 +137,61 @@ class ModelRegistry:
         found = self.versions(name)
         return found[-1] if found else None
 
+    STAGE_FILE = "stage"  # in a version's folder while it is in its shadow phase ("shadow") or was withdrawn
+
+    def set_stage(self, name: str, version: int, stage: str | None) -> None:
+        """Mark a version as ``shadow`` or ``withdrawn`` (never served), or clear the mark (it serves)."""
+        path = f"{self.version_dir(name, version)}/{self.STAGE_FILE}"
+        if self.remote:
+            if stage is None:
+                if self.fs.exists(path):
+                    self.fs.rm_file(path)
+            else:
+                self.fs.pipe_file(path, stage.encode())
+            return
+        if stage is None:
+            Path(path).unlink(missing_ok=True)
+        else:
+            Path(path).write_text(stage)
+
+    def stage(self, name: str, version: int) -> str | None:
+        try:
+            return self._read(name, version, self.STAGE_FILE).decode().strip() or None
+        except (OSError, FileNotFoundError):
+            return None
+
+    def servable_versions(self, name: str) -> list[int]:
+        """The versions that may serve: all but those in their shadow phase or withdrawn from it.
+
+        >>> import tempfile
+        >>> reg = ModelRegistry(tempfile.mkdtemp())
+        >>> for _ in range(3):
+        ...     _ = reg.publish("m", b"onnx", b"w", {"window": 4})
+        >>> reg.set_stage("m", 3, "withdrawn")
+        >>> reg.servable_versions("m"), reg.latest_servable("m")
+        ([1, 2], 2)
+        """
+        return [v for v in self.versions(name) if self.stage(name, v) is None]
+
+    def latest_servable(self, name: str) -> int | None:
+        found = self.servable_versions(name)
+        return found[-1] if found else None
+
+    def prune_withdrawn(self, name: str, keep: int) -> list[int]:
+        """Delete withdrawn versions (never served) but the newest ``keep`` of them; returns those deleted.
+        A served version is never deleted, nor one still in its shadow phase."""
+        withdrawn = [v for v in self.versions(name) if self.stage(name, v) == "withdrawn"]
+        doomed = withdrawn[:max(0, len(withdrawn) - keep)]
+        for version in doomed:
+            folder = self.version_dir(name, version)
+            if self.remote:
+                self.fs.rm(f"{folder}/metadata.json")  # first: from now on the version does not exist
+                self.fs.rm(folder, recursive=True)
+            else:
+                (folder / "metadata.json").unlink()
+                shutil.rmtree(folder)
+        return doomed
+
     def artifact_uri(self, name: str, version: int) -> str:
         if self.remote:
             return f"{self.url}/{name}/v{version:06d}/model.onnx"

@@ -279,7 +279,7 @@ def loop_from_registry(registry: ModelRegistry, model_name: str, config: Learnin
     and a ``declared_spec`` (the configuration's ``[models.<name>]``), a cold start."""
     if declared_spec is not None and registry.latest_version(model_name) is None:
         return LearningLoop(None, ModelSpec.from_dict(declared_spec), 0, config)
-    loaded = registry.load(model_name)
+    loaded = registry.load(model_name, registry.latest_servable(model_name))  # not a withdrawn or shadow version
     spec = ModelSpec.from_dict(loaded.metadata.spec)
     loop = LearningLoop(load_network(spec, loaded.weights_bytes), spec, loaded.metadata.version, config)
     if loop.trainer.lda is not None:
@@ -338,10 +338,11 @@ class VersionPublisher:
 
     def __init__(self, registry: ModelRegistry, model_name: str, topics: Topics,
                  serving: ServingSettings = ServingSettings(), signing_key: str = "",
-                 int8_min_agreement: float | None = None) -> None:
+                 int8_min_agreement: float | None = None, keep_withdrawn: int = 10) -> None:
         self.registry, self.model_name, self.topics, self.serving = registry, model_name, topics, serving
         self.signing_key = signing_key
         self.int8_min_agreement = int8_min_agreement  # None: no INT8 graph with each version
+        self.keep_withdrawn = keep_withdrawn  # withdrawn versions kept in the registry (older ones are deleted)
         self.published = 0
         self.drift_events = 0
         self.rollbacks = 0
@@ -378,8 +379,7 @@ class VersionPublisher:
             shadowed = loop.shadow[0] if loop.shadow is not None else None
             announced, rolled_back = self._roll_back(loop, rollback)
             if shadowed is not None and rolled_back is not None:
-                announced.append(self._announce(shadowed, "withdrawn"))
-                self.withdrawn += 1
+                announced.append(self._withdraw(shadowed))
                 return Learned(out + announced, rolled_back=rolled_back, shadow_ended=shadowed)
             return Learned(out + announced, rolled_back=rolled_back)
         verdict = loop.take_shadow_verdict()
@@ -402,6 +402,7 @@ class VersionPublisher:
         self.published += 1
         weights = weights_bytes(candidate.net)
         if loop.config.shadow_answers > 0 and loop.serving is not None:
+            self.registry.set_stage(self.model_name, meta.version, "shadow")  # not for serving until promoted
             loop.start_shadow(meta.version, candidate.net)
             log.info("published %s v%d for its shadow phase beside v%d: %s", self.model_name, meta.version,
                      loop.version, d.reason)
@@ -421,11 +422,24 @@ class VersionPublisher:
         """Promote the version in its shadow phase (announce it to serve) or withdraw it."""
         version, net = loop.shadow
         if verdict.promote:
+            self.registry.set_stage(self.model_name, version, None)
             loop.adopt(version, net)
             self.promoted += 1
             log.info("%s v%d promoted after its shadow phase: %s", self.model_name, version, verdict.reason)
             return Learned(out + [self._announce(version)], accepted=(version, weights_bytes(net)))
         loop.end_shadow()
-        self.withdrawn += 1
+        announced = self._withdraw(version)
         log.warning("%s v%d withdrawn in its shadow phase: %s", self.model_name, version, verdict.reason)
-        return Learned(out + [self._announce(version, "withdrawn")], shadow_ended=version)
+        return Learned(out + [announced], shadow_ended=version)
+
+    def _withdraw(self, version: int) -> Outgoing:
+        """Announce the end of ``version``'s shadow phase, mark it withdrawn, and delete the oldest
+        withdrawn versions beyond ``keep_withdrawn`` (never a version that served)."""
+        announced = self._announce(version, "withdrawn")
+        self.registry.set_stage(self.model_name, version, "withdrawn")
+        self.withdrawn += 1
+        deleted = self.registry.prune_withdrawn(self.model_name, self.keep_withdrawn)
+        if deleted:
+            log.info("%s: deleted withdrawn versions %s (registry.keep_withdrawn = %d)", self.model_name, deleted,
+                     self.keep_withdrawn)
+        return announced

@@ -83,7 +83,10 @@ def serving_spec(root: str, name: str, version: int | None = None, declared: dic
     registry = ModelRegistry(root)
     if not version and declared is not None and registry.latest_version(name) is None:
         return ModelSpec.from_dict(declared)
-    meta = registry.metadata(name, version) if version else registry.latest_metadata(name)
+    newest = version or registry.latest_servable(name) or registry.latest_version(name)
+    if newest is None:
+        raise ArtifactError(f"no version of model {name!r} in {registry.root}")
+    meta = registry.metadata(name, newest)
     return ModelSpec.from_dict(meta.spec)
 
 
@@ -153,7 +156,7 @@ def load_newest_usable(root: str, name: str, runtime: str = "onnx", device: str 
     model.registry.ArtifactError: no usable version of 'm': none in the registry
     """
     passed_over: list[str] = []
-    for version in reversed(ModelRegistry(root).versions(name)):
+    for version in reversed(ModelRegistry(root).servable_versions(name)):  # not one withdrawn or in its shadow phase
         try:
             return load_from_registry(root, name, version, runtime, device, threads, precision), passed_over
         except ArtifactError as exc:

@@ -51,6 +51,11 @@ class RegistrySettings:
     model_name: str = "basic-motions"
     signing_key: str = ""  # the publishing side's Ed25519 private key (PEM): announcements are signed with it
     verify_key: str = ""  # its public key: serving then refuses unsigned or wrongly signed announcements
+    keep_withdrawn: int = 10  # versions withdrawn in their shadow phase (never served) kept; older ones are deleted.
+    #                           Every version that served is kept.
+
+    def __post_init__(self) -> None:
+        _at_least(self, 0, "keep_withdrawn")
 
 
 @dataclass(frozen=True)

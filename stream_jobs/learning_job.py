@@ -105,7 +105,8 @@ class LearnAndPublish(KeyedProcessFunction):
         cfg = self.cfg
         self.registry = ModelRegistry(cfg.registry.path)
         self.publishers = {name: VersionPublisher(self.registry, name, cfg.topics, cfg.serving,
-                                                  cfg.registry.signing_key, cfg.int8_check(name))
+                                                  cfg.registry.signing_key, cfg.int8_check(name),
+                                                  cfg.registry.keep_withdrawn)
                            for name in cfg.served_models}
         self.snapshot = runtime_context.get_state(ValueStateDescriptor("loop", Types.PICKLED_BYTE_ARRAY()))
         self.journal_state = runtime_context.get_list_state(

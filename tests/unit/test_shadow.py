@@ -8,6 +8,7 @@ from model.registry import ModelRegistry
 from model.train import load_network, predict_proba
 from operators.label_join import LabeledWindow
 from operators.learning import VersionPublisher, loop_from_registry
+from operators.serving_model import load_newest_usable
 from operators.learning_state import AcceptedVersion, LoopJournal, ShadowEnded, Shadowing
 from schemas import ModelSnapshot, Topics
 from settings import LearningSettings
@@ -63,7 +64,7 @@ def test_a_better_candidate_serves_only_after_winning_its_shadow_phase(registry_
     assert ("accepted", first) in events, events
     assert events.index(("accepted", first)) > events.index(("shadowing", first))
     assert ("announced", (first, None)) in events  # promoted: announced to serve
-    assert publisher.promoted >= 1 and loop.version >= first
+    assert publisher.promoted >= 1 and loop.version >= first and registry.stage(NAME, first) is None
     restored = LoopJournal().restore(None, journal, lambda: start)
     assert restored.version == loop.version and (restored.shadow is None) == (loop.shadow is None)
 
@@ -84,5 +85,10 @@ def test_a_candidate_worse_on_live_windows_is_withdrawn_in_its_shadow_phase(regi
     assert publisher.withdrawn >= 1 and publisher.promoted == 0
     restored = LoopJournal().restore(None, journal, lambda: start)
     assert restored.version == 1
-    v = registry.load(NAME, ended[0])  # the withdrawn version stays in the registry, never served
-    assert load_network(loop.spec, v.weights_bytes) is not None
+    # the withdrawn version stays in the registry (registry.keep_withdrawn), marked: nothing starts from it
+    assert registry.stage(NAME, ended[0]) == "withdrawn" and registry.latest_servable(NAME) == 1
+    assert load_network(loop.spec, registry.load(NAME, ended[0]).weights_bytes) is not None
+    assert loop_from_registry(registry, NAME, config).version == 1
+    assert load_newest_usable(registry_copy, NAME)[0].version == 1
+    assert registry.prune_withdrawn(NAME, keep=0) == ended and ended[0] not in registry.versions(NAME)
+    assert 1 in registry.versions(NAME)  # a version that served is never deleted

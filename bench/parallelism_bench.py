@@ -1,0 +1,108 @@
+"""Serving at parallelism 1, 2 and 4 on one machine: samples/s and samples per CPU-second of the job.
+
+For each parallelism and message size, a fresh broker gets a preloaded backlog from 64 devices
+(BasicMotions readings, one sample per message, or blocks of 50); the serving job (window 32, stride
+8, ``serving.inference_shards`` = parallelism, the readings topic has 4 partitions) drains it, timed
+from its first prediction to its last. Beside the wall-clock rate: the CPU seconds the job's process
+tree used over the same interval (the MiniCluster JVM and its Python in thread mode), so the cost per
+sample can be judged on a machine with fewer cores than the parallelism asks for. This machine has two
+cores shared with the broker and the load: it cannot show linear scaling, and ratios above 1 at
+parallelism 4 would only mean the job got a larger share of them.
+
+Run: ``python bench/parallelism_bench.py [--parallelism 1,2,4] [--sizes 1,50]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import print_table, save  # noqa: E402
+from bench.serving_bench import Scenario, expected_windows, process_cpu_s, process_tree  # noqa: E402
+from control.replayer import replay  # noqa: E402
+from infra.kafka_tools import TopicTail  # noqa: E402
+from schemas import Topics  # noqa: E402
+
+TOPICS = Topics()
+DEVICES = 64
+
+
+def job_cpu_s(pid: int) -> float:
+    return sum(process_cpu_s(p) for p in process_tree(pid))
+
+
+def drain_with_cpu(sc: Scenario, expected: int, timeout_s: float = 600.0) -> tuple[int, float, float]:
+    """Start the job on the backlog: (outputs, seconds and job CPU seconds from the first output to the last)."""
+    tail = TopicTail(sc.bootstrap, [sc.out_topic])
+    sc.start_job()
+    got, first, last, cpu_first, cpu_last = 0, None, None, 0.0, 0.0
+    deadline, idle_since = time.monotonic() + timeout_s, time.monotonic()
+    try:
+        while got < expected and time.monotonic() < deadline:
+            batch = tail.poll(200)
+            now = time.monotonic()
+            if batch:
+                if first is None:
+                    first, cpu_first = now, job_cpu_s(sc.job.process.pid)
+                last, idle_since = now, now
+                cpu_last = job_cpu_s(sc.job.process.pid)
+                got += len(batch)
+            elif first and now - idle_since > 20:
+                break
+            if sc.job_died():
+                raise RuntimeError("job died:\n" + sc.job.log_tail())
+    finally:
+        tail.close()
+    if not (first and last and last > first):
+        return got, float("nan"), float("nan")
+    return got, last - first, cpu_last - cpu_first
+
+
+def measure(work: Path, parallelism: int, size: int, samples: int, registry: str) -> dict:
+    sc = Scenario(work, f"p{parallelism}-s{size}", "serving", registry=registry, stride=8, parallelism=parallelism,
+                  inference_shards=parallelism)
+    try:
+        replay(sc.bootstrap, TOPICS.readings, rate=0, count=samples, n_devices=DEVICES, samples_per_message=size)
+        expected = expected_windows(samples, DEVICES, 32, 8)
+        got, seconds, cpu = drain_with_cpu(sc, expected)
+        timed = samples * got / expected - DEVICES * 32  # samples before the first full windows are not timed
+        return {"parallelism": parallelism, "samples_per_message": size, "samples": samples, "windows": got,
+                "expected": expected, "seconds": seconds, "job_cpu_s": cpu, "samples_per_s": timed / seconds,
+                "samples_per_cpu_s": timed / cpu, "cores_used": cpu / seconds}
+    finally:
+        sc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--parallelism", default="1,2,4")
+    parser.add_argument("--sizes", default="1,50")
+    parser.add_argument("--samples", type=int, default=300_000, help="samples per run with blocks (60,000 single)")
+    parser.add_argument("--registry", default="var/registry")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="parallelism-bench-") as tmp:
+        for size in (int(s) for s in args.sizes.split(",")):
+            samples = min(args.samples, 60_000 * size)
+            for p in (int(v) for v in args.parallelism.split(",")):
+                rows.append(measure(Path(tmp), p, size, samples, args.registry))
+                print(rows[-1], flush=True)
+    base = {r["samples_per_message"]: r for r in rows if r["parallelism"] == rows[0]["parallelism"]}
+    print_table("Serving at several parallelisms on this machine (backlog, 64 devices, window 32, stride 8)",
+                ["samples per message", "parallelism", "samples/s", "vs parallelism 1", "job CPU cores busy",
+                 "samples per job CPU-second", "vs parallelism 1 (per CPU-second)", "windows out/expected"],
+                [[r["samples_per_message"], r["parallelism"], r["samples_per_s"],
+                  round(r["samples_per_s"] / base[r["samples_per_message"]]["samples_per_s"], 2),
+                  round(r["cores_used"], 2), r["samples_per_cpu_s"],
+                  round(r["samples_per_cpu_s"] / base[r["samples_per_message"]]["samples_per_cpu_s"], 2),
+                  f"{r['windows']}/{r['expected']}"] for r in rows])
+    print(f"results: {save('parallelism', {'rows': rows})}")
+
+
+if __name__ == "__main__":
+    main()
