@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, print_table, save  # noqa: E402
+from bench.common import RESULTS, print_table, save, wiimote_by_device  # noqa: E402
 from model.datasets import load_basic_motions, sliding_windows  # noqa: E402
 from model.network import WindowTransformer  # noqa: E402
 from model.online import OnlineTrainer  # noqa: E402
@@ -77,23 +77,10 @@ def basic_motions() -> Split:
 
 
 def wiimote() -> Split:
-    from aeon.datasets import load_classification
-
-    series, labels = load_classification("PickupGestureWiimoteZ")
-    classes = tuple(sorted({str(v) for v in labels}, key=int))
-    train, test = ([], []), ([], [])
-    seen: dict[str, int] = {}
-    for s, label in zip(series, labels):
-        k = seen[str(label)] = seen.get(str(label), -1) + 1
-        values = np.asarray(s, np.float32)[0]
-        side = train if k % 10 < 7 else test  # the k-th recording of each gesture is device k % 10
-        for start in range(0, len(values) - 32 + 1, 8):
-            side[0].append(values[start:start + 32, None])
-            side[1].append(str(label))
+    classes, (Xtr, ytr), (Xte, yte) = wiimote_by_device(7)
     spec = ModelSpec(window=32, channels=("acc_z",), classes=classes, d_model=32, n_heads=4, n_layers=2, d_ff=64)
     tasks = [list(classes[i:i + 2]) for i in range(0, len(classes), 2)]
-    return Split("Wiimote gestures, 5 tasks of 2 classes", spec, np.stack(train[0]), train[1], np.stack(test[0]),
-                 test[1], tasks)
+    return Split("Wiimote gestures, 5 tasks of 2 classes", spec, Xtr, ytr, Xte, yte, tasks)
 
 
 def task_windows(X: np.ndarray, y: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:

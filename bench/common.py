@@ -9,6 +9,28 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
+def wiimote_by_device(first_devices: int, window: int = 32, stride: int = 8):
+    """PickupGestureWiimoteZ (one accelerometer channel, ten gestures) cut into windows, split by device:
+    the recordings of devices ``0 .. first_devices - 1`` and those of the rest, as
+    ``(classes, (X, labels), (X, labels))``. The k-th recording of each gesture is device k % 10, so
+    every device made every gesture."""
+    import numpy as np
+    from aeon.datasets import load_classification
+
+    series, labels = load_classification("PickupGestureWiimoteZ")
+    classes = tuple(sorted({str(v) for v in labels}, key=int))
+    first, rest = ([], []), ([], [])
+    seen: dict[str, int] = {}
+    for s, label in zip(series, labels):
+        k = seen[str(label)] = seen.get(str(label), -1) + 1
+        values = np.asarray(s, np.float32)[0]
+        side = first if k % 10 < first_devices else rest
+        for start in range(0, len(values) - window + 1, stride):
+            side[0].append(values[start:start + window, None])
+            side[1].append(str(label))
+    return (classes, (np.stack(first[0]), np.asarray(first[1])), (np.stack(rest[0]), np.asarray(rest[1])))
+
+
 def print_table(title: str, header: list[str], rows: list[list]) -> str:
     """Print (and return) a Markdown table."""
     def cell(v):

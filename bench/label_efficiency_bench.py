@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
+from bench.common import RESULTS, line_plot, print_table, save, wiimote_by_device  # noqa: E402
 from bench.learning_bench import bootstrap_net, features, run_river, stream as basic_motions_stream  # noqa: E402
 from model.network import WindowTransformer  # noqa: E402
 from model.online import OnlineTrainer  # noqa: E402
@@ -100,29 +100,16 @@ def run_strategy(net0, n_classes: int, X: np.ndarray, y: np.ndarray, fraction: f
 
 def wiimote_stream(seed: int = 0):
     """Windows (32 samples, stride 8) of PickupGestureWiimoteZ; devices 0-3's recordings train the first
-    model, devices 4-9's make the stream, in a shuffled order (the k-th recording of each gesture is
-    device k % 10, so every device made every gesture)."""
-    from aeon.datasets import load_classification
-
-    series, labels = load_classification("PickupGestureWiimoteZ")
-    classes = tuple(sorted({str(v) for v in labels}, key=int))
-    train, test = ([], []), ([], [])
-    seen: dict[str, int] = {}
-    for s, label in zip(series, labels):
-        k = seen[str(label)] = seen.get(str(label), -1) + 1
-        values = np.asarray(s, np.float32)[0]
-        side = train if k % 10 < 4 else test
-        for k in range(0, len(values) - 32 + 1, 8):
-            side[0].append(values[k:k + 32, None])
-            side[1].append(classes.index(str(label)))
+    model, devices 4-9's make the stream, in a shuffled order."""
+    classes, (Xtr, train_labels), (X, labels) = wiimote_by_device(4)
     spec = ModelSpec(window=32, channels=("acc_z",), classes=classes, d_model=32, n_heads=4, n_layers=2, d_ff=64)
     torch.manual_seed(seed)
     net = WindowTransformer(spec)
-    Xtr, ytr = np.stack(train[0]), np.asarray(train[1])
+    ytr, y = encode_labels(train_labels, classes), encode_labels(labels, classes)
     net.set_normalisation(Xtr)
     fit(net, Xtr, ytr, epochs=25, seed=seed)
-    order = np.random.default_rng(seed).permutation(len(test[1]))
-    return spec, net, Xtr, ytr, np.stack(test[0])[order], np.asarray(test[1])[order]
+    order = np.random.default_rng(seed).permutation(len(y))
+    return spec, net, Xtr, ytr, X[order], y[order]
 
 
 def sea_stream(seed: int = 0, n: int = 6000, warmup: int = 500):

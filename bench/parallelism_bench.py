@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import print_table, save  # noqa: E402
-from bench.serving_bench import Scenario, expected_windows, process_cpu_s, process_tree  # noqa: E402
+from bench.serving_bench import Scenario, drain_gauged, expected_windows, process_cpu_s, process_tree  # noqa: E402
 from control.replayer import replay  # noqa: E402
-from infra.kafka_tools import TopicTail  # noqa: E402
 from schemas import Topics  # noqa: E402
 
 TOPICS = Topics()
@@ -36,40 +34,13 @@ def job_cpu_s(pid: int) -> float:
     return sum(process_cpu_s(p) for p in process_tree(pid))
 
 
-def drain_with_cpu(sc: Scenario, expected: int, timeout_s: float = 600.0) -> tuple[int, float, float]:
-    """Start the job on the backlog: (outputs, seconds and job CPU seconds from the first output to the last)."""
-    tail = TopicTail(sc.bootstrap, [sc.out_topic])
-    sc.start_job()
-    got, first, last, cpu_first, cpu_last = 0, None, None, 0.0, 0.0
-    deadline, idle_since = time.monotonic() + timeout_s, time.monotonic()
-    try:
-        while got < expected and time.monotonic() < deadline:
-            batch = tail.poll(200)
-            now = time.monotonic()
-            if batch:
-                if first is None:
-                    first, cpu_first = now, job_cpu_s(sc.job.process.pid)
-                last, idle_since = now, now
-                cpu_last = job_cpu_s(sc.job.process.pid)
-                got += len(batch)
-            elif first and now - idle_since > 20:
-                break
-            if sc.job_died():
-                raise RuntimeError("job died:\n" + sc.job.log_tail())
-    finally:
-        tail.close()
-    if not (first and last and last > first):
-        return got, float("nan"), float("nan")
-    return got, last - first, cpu_last - cpu_first
-
-
 def measure(work: Path, parallelism: int, size: int, samples: int, registry: str) -> dict:
     sc = Scenario(work, f"p{parallelism}-s{size}", "serving", registry=registry, stride=8, parallelism=parallelism,
                   inference_shards=parallelism)
     try:
         replay(sc.bootstrap, TOPICS.readings, rate=0, count=samples, n_devices=DEVICES, samples_per_message=size)
         expected = expected_windows(samples, DEVICES, 32, 8)
-        got, seconds, cpu = drain_with_cpu(sc, expected)
+        got, seconds, cpu = drain_gauged(sc, expected, lambda: job_cpu_s(sc.job.process.pid))
         timed = samples * got / expected - DEVICES * 32  # samples before the first full windows are not timed
         return {"parallelism": parallelism, "samples_per_message": size, "samples": samples, "windows": got,
                 "expected": expected, "seconds": seconds, "job_cpu_s": cpu, "samples_per_s": timed / seconds,

@@ -276,16 +276,26 @@ def expected_windows(count: int, n_devices: int, window: int, stride: int) -> in
 def drain(sc: Scenario, expected: int, timeout_s: float = 600.0) -> tuple[int, float]:
     """Start the job on the preloaded backlog; (outputs, seconds from the first output to the last).
     It stops at ``expected`` outputs, or 20 s after the last one."""
+    got, seconds, _ = drain_gauged(sc, expected, None, timeout_s)
+    return got, seconds
+
+
+def drain_gauged(sc: Scenario, expected: int, gauge, timeout_s: float = 600.0) -> tuple[int, float, float]:
+    """:func:`drain`, and how much ``gauge()`` (e.g. the job's CPU seconds) grew from the first output to
+    the last (NaN without a gauge)."""
     tail = TopicTail(sc.bootstrap, [sc.out_topic])
     sc.start_job()
-    got, first, last = 0, None, None
+    got, first, last, at_first, at_last = 0, None, None, float("nan"), float("nan")
     deadline, idle_since = time.monotonic() + timeout_s, time.monotonic()
     try:
         while got < expected and time.monotonic() < deadline:
             batch = tail.poll(200)
             now = time.monotonic()
             if batch:
+                if first is None and gauge is not None:
+                    at_first = gauge()
                 first, last, idle_since = first or now, now, now
+                at_last = gauge() if gauge is not None else at_last
                 got += len(batch)
             elif first and now - idle_since > 20:
                 break
@@ -293,7 +303,8 @@ def drain(sc: Scenario, expected: int, timeout_s: float = 600.0) -> tuple[int, f
                 raise RuntimeError("job died:\n" + sc.job.log_tail())
     finally:
         tail.close()
-    return got, (last - first) if first and last and last > first else float("nan")
+    seconds = (last - first) if first and last and last > first else float("nan")
+    return got, seconds, at_last - at_first
 
 
 def measure_throughput(work: Path, kind: str, count: int, registry: str, stride: int = 8,

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 
 INT8_FILE = "model-int8.onnx"  # a version's quantized graph, when it has one (model.quantize)
+EXTRA_NAMES = {INT8_FILE: "the INT8 graph"}  # how errors name a further file
 
 
 class ArtifactError(RuntimeError):
@@ -278,17 +279,19 @@ class ModelRegistry:
             out["int8_sha256"] = meta.artifacts[INT8_FILE]
         return out
 
-    def extra_artifact(self, name: str, version: int, file: str) -> bytes | None:
+    def extra_artifact(self, name: str, version: int, file: str,
+                       meta: VersionMetadata | None = None) -> bytes | None:
         """A version's further file (``artifacts`` in its metadata), verified; ``None`` when it has none."""
-        meta = self.metadata(name, version)
+        meta = meta or self.metadata(name, version)
         if file not in meta.artifacts:
             return None
+        what = EXTRA_NAMES.get(file, file)
         try:
             data = self._read(name, version, file)
         except (OSError, FileNotFoundError) as exc:
-            raise ArtifactError(f"{file} of {name} v{version} is unreadable: {exc}") from None
+            raise ArtifactError(f"{what} of {name} v{version} is unreadable: {exc}") from None
         if sha256_hex(data) != meta.artifacts[file]:
-            raise ArtifactError(f"{file} of {name} v{version} does not match its sha256")
+            raise ArtifactError(f"{what} of {name} v{version} does not match its sha256")
         return data
 
     def load(self, name: str, version: int | None = None, int8: bool = False) -> LoadedVersion:
@@ -306,12 +309,5 @@ class ModelRegistry:
             weights = None
         if weights is not None and sha256_hex(weights) != meta.weights_sha256:
             raise ArtifactError(f"weights of {name} v{version} do not match their sha256")
-        int8_bytes = None
-        if int8 and INT8_FILE in meta.artifacts:
-            try:
-                int8_bytes = self._read(name, version, INT8_FILE)
-            except (OSError, FileNotFoundError) as exc:
-                raise ArtifactError(f"the INT8 graph of {name} v{version} is unreadable: {exc}") from None
-            if sha256_hex(int8_bytes) != meta.artifacts[INT8_FILE]:
-                raise ArtifactError(f"the INT8 graph of {name} v{version} does not match its sha256")
+        int8_bytes = self.extra_artifact(name, version, INT8_FILE, meta) if int8 else None
         return LoadedVersion(meta, onnx_bytes, weights, uri, int8_bytes)

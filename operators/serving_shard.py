@@ -131,12 +131,18 @@ class InferenceShard:
                             raw_text(message.encode()), "artifact_uri", "snapshot", now_ms, message.model_name)
         return dead_letter_out(self.topics.dead_letters, letter)
 
-    def _loaded(self, snapshot: ModelSnapshot) -> ServingModel:
-        model = self.load(snapshot)
-        mismatch = input_mismatch(model.spec, self.settings.window, self.model.spec.channels)
-        if mismatch:
-            raise ArtifactError(f"{snapshot.model_name} v{snapshot.version} cannot serve here: {mismatch}")
-        return model
+    def _try_load(self, snapshot: ModelSnapshot, role: str = "") -> tuple[ServingModel | None, str | None]:
+        """The announced version, verified, smoke-tested and of this shard's input shape; or why not."""
+        try:
+            model = self.load(snapshot)
+            mismatch = input_mismatch(model.spec, self.settings.window, self.model.spec.channels)
+            if mismatch:
+                raise ArtifactError(f"{snapshot.model_name} v{snapshot.version} cannot serve here: {mismatch}")
+        except ArtifactError as exc:
+            self.tally.model_refused += 1
+            log.warning("refused %s v%d%s: %s", snapshot.model_name, snapshot.version, role, exc)
+            return None, str(exc)
+        return model, None
 
     def shadow_stage(self, snapshot: ModelSnapshot) -> str | None:
         """Start or end the shadow phase of ``snapshot``'s version; returns why it was refused (None when
@@ -150,12 +156,9 @@ class InferenceShard:
             return None
         if snapshot.version <= self.model.version:
             return f"v{snapshot.version} is not newer than the version in service"
-        try:
-            model = self._loaded(snapshot)
-        except ArtifactError as exc:
-            self.tally.model_refused += 1
-            log.warning("refused %s v%d as a shadow: %s", snapshot.model_name, snapshot.version, exc)
-            return str(exc)
+        model, refused = self._try_load(snapshot, " as a shadow")
+        if model is None:
+            return refused
         self.scorer.shadow, self.shadow_snapshot = model, snapshot
         log.info("shadowing %s v%d beside v%d", model.name, model.version, self.model.version)
         return None
@@ -166,12 +169,9 @@ class InferenceShard:
         be kept as the version to restore."""
         if snapshot.model_name != self.model_name:
             return None
-        try:
-            model = self._loaded(snapshot)
-        except ArtifactError as exc:
-            self.tally.model_refused += 1
-            log.warning("refused %s v%d: %s", snapshot.model_name, snapshot.version, exc)
-            return str(exc)
+        model, refused = self._try_load(snapshot)
+        if model is None:
+            return refused
         self.scorer.swap(model)
         if self.shadow_snapshot is not None and self.shadow_snapshot.version <= model.version:
             self.scorer.shadow, self.shadow_snapshot = None, None  # promoted, or passed by a newer version
