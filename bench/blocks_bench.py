@@ -7,7 +7,12 @@ packed into blocks (``--samples-per-message`` of the replayer); the serving job 
 then drains it, timed from its first prediction to its last; the pass-through job drains the same
 messages on another fresh broker. Ratios are within one run (the machine is shared and noisy).
 
-Run: ``python bench/blocks_bench.py [--sizes 1,10,50,250] [--samples 600000]``.
+Latency: at ``--latency-rate`` messages/s (1,000) for each of ``--latency-sizes`` samples per message,
+p50/p99 from a message's Kafka timestamp to the moment a consumer receives the prediction of a window
+it completes (``serving_bench.measure_latency``, 20 s after a warm-up), next to the pass-through job at
+the same message rate.
+
+Run: ``python bench/blocks_bench.py [--sizes 1,10,50,250] [--samples 600000] [--latency-sizes 1,10,25]``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
 from bench import plain_consumer  # noqa: E402
-from bench.serving_bench import Scenario, drain, expected_windows  # noqa: E402
+from bench.serving_bench import Scenario, drain, expected_windows, measure_latency  # noqa: E402
 from control.replayer import replay  # noqa: E402
 from schemas import Topics  # noqa: E402
 
@@ -63,8 +68,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,10,50,250")
     parser.add_argument("--samples", type=int, default=600_000, help="samples per run (60,000 with 1 per message)")
     parser.add_argument("--registry", default="var/registry")
+    parser.add_argument("--latency-sizes", default="1,10,25", help="samples per message of the latency runs")
+    parser.add_argument("--latency-rate", type=int, default=1000, help="messages per second of the latency runs")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    latency_sizes = [int(s) for s in args.latency_sizes.split(",") if s]
+    if latency_sizes:
+        latency(latency_sizes, args.latency_rate, args.registry)
+    if not sizes:
+        return
     rows = []
     with tempfile.TemporaryDirectory(prefix="blocks-bench-") as tmp:
         work = Path(tmp)
@@ -98,6 +110,29 @@ def main() -> None:
                ("pass-through job (messages/s x samples per message)", sizes,
                 [r["passthrough_messages_per_s"] * r["samples_per_message"] for r in rows], {"marker": "s"})],
               "samples per message", "samples/s", "Throughput with sample blocks", log2_x=True)
+
+def latency(sizes: list[int], messages_per_s: int, registry: str, seconds: float = 20.0) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="blocks-latency-") as tmp:
+        for size in sizes:
+            rate = messages_per_s * size  # the replayer's rate is in samples/s
+            serving = measure_latency(Path(tmp), "serving", rate, seconds, registry, tag=f"-b{size}", stride=8,
+                                      samples_per_message=size)
+            passthrough = measure_latency(Path(tmp), "passthrough", rate, seconds, registry, tag=f"-b{size}",
+                                          samples_per_message=size)
+            rows.append({"samples_per_message": size, "messages_per_s": messages_per_s, "samples_per_s": rate,
+                         "serving_sent_samples_per_s": serving["sent_per_s"],
+                         "serving_p50_ms": serving["p50_ms"], "serving_p99_ms": serving["p99_ms"],
+                         "passthrough_p50_ms": passthrough["p50_ms"], "passthrough_p99_ms": passthrough["p99_ms"],
+                         "windows": serving["outputs"]})
+            print(rows[-1], flush=True)
+    print_table(f"Latency at {messages_per_s:,} messages/s (message timestamp -> prediction received)",
+                ["samples per message", "samples/s sent", "serving p50 ms", "serving p99 ms", "pass-through p50 ms",
+                 "pass-through p99 ms", "predictions"],
+                [[r["samples_per_message"], round(r["serving_sent_samples_per_s"]), r["serving_p50_ms"],
+                  r["serving_p99_ms"], r["passthrough_p50_ms"], r["passthrough_p99_ms"], r["windows"]] for r in rows])
+    print(f"results: {save('blocks_latency', {'rows': rows})}")
+
 
 if __name__ == "__main__":
     main()

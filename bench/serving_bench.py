@@ -129,12 +129,12 @@ class CpuSplit:
 
 
 def start_sender(bootstrap: str, rate: float, seconds: float, stdout=subprocess.PIPE,
-                 linger_ms: int = DEFAULT_LINGER_MS) -> subprocess.Popen:
-    """The replayer at a fixed rate from 64 devices, in its own process so that it never competes
-    with the measuring consumer for the GIL; it prints what it sent on ``stdout``."""
+                 linger_ms: int = DEFAULT_LINGER_MS, samples_per_message: int = 1) -> subprocess.Popen:
+    """The replayer at a fixed rate (samples/s) from 64 devices, in its own process so that it never
+    competes with the measuring consumer for the GIL; it prints what it sent on ``stdout``."""
     return subprocess.Popen([sys.executable, "-m", "control.cli", "replay", "--bootstrap", bootstrap,
                              "--rate", str(rate), "--duration", str(seconds), "--devices", "64",
-                             "--linger-ms", str(linger_ms)],
+                             "--linger-ms", str(linger_ms), "--samples-per-message", str(samples_per_message)],
                             stdout=stdout, text=True)
 
 
@@ -178,7 +178,8 @@ class Scenario:
         record = orjson.loads(value)
         if self.kind == "serving":
             return record["emitted_at"] - record["latency_ms"]
-        return float(record["ts"])
+        ts = record["ts"]  # the replayer's blocks carry a time per sample: the newest was stamped when sent
+        return float(ts[-1] if isinstance(ts, list) else ts)
 
     def broker_cpu_s(self) -> float:
         """CPU seconds the broker process has used so far."""
@@ -196,7 +197,7 @@ def wait_first_output(sc: Scenario, tail: TopicTail, timeout_s: float = 120.0) -
 
 
 def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry: str, tag: str = "",
-                    linger_ms: int = DEFAULT_LINGER_MS, **job_options) -> dict:
+                    linger_ms: int = DEFAULT_LINGER_MS, samples_per_message: int = 1, **job_options) -> dict:
     options = {"registry": registry, **job_options} if kind == "serving" else {}
     sc = Scenario(work, f"lat-{kind}-{int(rate)}{tag}", kind, **options)
     try:
@@ -216,7 +217,7 @@ def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry
             pass
         measure_from = time.time() * 1000
         broker_cpu_from, measure_started = sc.broker_cpu_s(), time.monotonic()
-        sender = start_sender(sc.bootstrap, rate, seconds, linger_ms=linger_ms)
+        sender = start_sender(sc.bootstrap, rate, seconds, linger_ms=linger_ms, samples_per_message=samples_per_message)
         parts = {"broker": [sc.broker.process.pid], "sender": [sender.pid], "harness": [os.getpid()]}
         if sc.job is not None:
             parts["job"] = process_tree(sc.job.process.pid)
