@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -42,20 +43,40 @@ class ScoreStats:
     inference_runqueue_s: float = 0.0
 
 
+def _tops(model: ServingModel, probs: np.ndarray) -> tuple[ServingModel, np.ndarray, list[bool], list[int]]:
+    """A model's probabilities for a batch with, per window, whether they are finite and the top class."""
+    finite = np.isfinite(probs).all(axis=1)
+    best = np.where(finite, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0)
+    return model, probs, finite.tolist(), best.tolist()
+
+
 class WindowScorer:
     """Runs the model over a batch of windows and routes unsure ones to review.
 
-    With a ``shadow`` (a newer version in its shadow phase) every batch is scored by it too: its
-    answers are never published as predictions, but a window it classifies differently is asked
-    about (reason ``disagreement``), and every review request says what it predicted, so the
-    learning job can compare the two versions on the same answered windows.
+    With a ``shadow`` (a newer version in its shadow phase) every batch is scored by it too; a window
+    the two classify differently is asked about (reason ``disagreement``), and every review request
+    names the other version's answer (``shadow_predicted``, ``shadow_version``), so the learning job
+    can compare the two on the same answered windows. The shadow's answers are published only for the
+    ``canary_share`` of devices (by a hash of the device id): those devices are served by it, and their
+    requests name the version in service as the other one.
     """
 
-    def __init__(self, model: ServingModel, router: ReviewRouter) -> None:
+    def __init__(self, model: ServingModel, router: ReviewRouter, canary_share: float = 0.0) -> None:
         self.model = model
         self.router = router
         self.stats = ScoreStats()
         self.shadow: ServingModel | None = None
+        self.canary_share = canary_share
+
+    def is_canary(self, device_id: str) -> bool:
+        """Whether a device is served by the version in its shadow phase (while there is one).
+
+        >>> from operators.serving_model import fixed_model
+        >>> scorer = WindowScorer(fixed_model("m", 1), None, canary_share=0.5)
+        >>> sum(scorer.is_canary(f"device-{i}") for i in range(1000))
+        500
+        """
+        return zlib.crc32(device_id.encode() + b"#canary") / 0xFFFFFFFF < self.canary_share
 
     def swap(self, model: ServingModel) -> None:
         """Serve a new version from the next batch on (the caller has verified it)."""
@@ -80,36 +101,38 @@ class WindowScorer:
             self.stats.inference_runqueue_s += waited_after - waited
         self.stats.batches += 1
         self.stats.windows += len(windows)
-        emitted = int(time.time() * 1000) if clock is None else clock()
-        classes = model.spec.classes
-        finite = np.isfinite(probs).all(axis=1)
-        best = np.where(finite, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0)
         shadow = self.shadow
-        shadow_said = ([shadow.spec.classes[k] for k in np.nan_to_num(shadow.runner.predict_proba(batch),
-                                                                        nan=-1.0).argmax(axis=1)]
-                       if shadow is not None else [None] * len(windows))
+        scored = [_tops(model, probs)]
+        if shadow is not None:
+            scored.append(_tops(shadow, shadow.runner.predict_proba(batch)))
+        emitted = int(time.time() * 1000) if clock is None else clock()
         predictions, reviews, unscored = [], [], []
-        for window, row, top, ok, other in zip(windows, probs, best, finite, shadow_said):
-            if not ok:
+        for i, window in enumerate(windows):
+            mine = 1 if shadow is not None and self.canary_share and self.is_canary(window.device_id) else 0
+            served, rows, finite, best = scored[mine]
+            if not finite[i]:
                 unscored.append(window)
                 continue
+            other = scored[1 - mine][0] if shadow is not None else None
+            other_said = other.spec.classes[scored[1 - mine][3][i]] if other is not None else None
+            classes, row, top = served.spec.classes, rows[i], best[i]
             confidence = float(row[top])
             probabilities = {c: round(float(p), 6) for c, p in zip(classes, row)}
             predictions.append(Prediction(
                 device_id=window.device_id, window_end=window.end, window_start=window.start,
                 label=classes[top], confidence=confidence, probabilities=probabilities,
-                model_name=model.name, model_version=model.version,
+                model_name=served.name, model_version=served.version,
                 latency_ms=float(max(0, emitted - window.ingest_ms)), emitted_at=emitted,
                 truth=window.truth))
             review_id = review_id_for(window)
             reason = self.router.decide(review_id, confidence, now_ms, row, window.device_id, classes[top],
-                                        disagree=other is not None and other != classes[top])
+                                        disagree=other_said is not None and other_said != classes[top])
             if reason is not None:
                 reviews.append(ReviewRequest(
                     review_id=review_id, device_id=window.device_id, window_start=window.start,
-                    window_end=window.end, channels=list(model.spec.channels),
+                    window_end=window.end, channels=list(served.spec.channels),
                     values=np.round(window.values, 5).tolist(), predicted=classes[top],
                     confidence=confidence, probabilities=probabilities,
-                    model_version=model.version, reason=reason, created_at=emitted, model_name=model.name,
-                    shadow_predicted=other, shadow_version=shadow.version if shadow is not None else None))
+                    model_version=served.version, reason=reason, created_at=emitted, model_name=served.name,
+                    shadow_predicted=other_said, shadow_version=other.version if other is not None else None))
         return predictions, reviews, unscored

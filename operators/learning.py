@@ -125,9 +125,12 @@ class LearningLoop:
             verdict = self.watch.observe(hit, old_right)  # the same live window, both versions
             if verdict is not None:
                 self.due_rollback = verdict
-        if (self.trial is not None and item.shadow_version == self.trial.version and item.shadow_predicted is not None
-                and item.model_version == self.version and self.due_verdict is None):
-            self.due_verdict = self.trial.observe(hit, item.shadow_predicted == item.label)
+        if self.trial is not None and self.due_verdict is None and item.shadow_predicted is not None:
+            pair, other_right = (item.model_version, item.shadow_version), item.shadow_predicted == item.label
+            if pair == (self.version, self.trial.version):  # served by the version in service, the shadow beside
+                self.due_verdict = self.trial.observe(hit, other_right)
+            elif pair == (self.trial.version, self.version):  # a canary device: served by the shadow
+                self.due_verdict = self.trial.observe(other_right, hit)
         if "error" in self.drift.update(correct=hit):
             self.drift_events += 1
             self.new_drifts.append("error")

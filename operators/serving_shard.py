@@ -73,7 +73,8 @@ class InferenceShard:
         self.settings, self.model_name, self.topics, self.load = settings, model_name, topics, load
         self.scorer = WindowScorer(model, ReviewRouter(settings.query_threshold_or_default, settings.audit_rate,
                                                        settings.review_budget_per_minute, settings.query_strategy,
-                                                       settings.review_device_share, settings.review_class_share))
+                                                       settings.review_device_share, settings.review_class_share),
+                                   settings.canary_share)
         self.batcher = MicroBatcher(BatchPolicy(settings.max_batch, settings.max_wait_ms))
         self.watch = (ConfidenceWatch(model_name, settings.confidence_drift_delta,
                                       boost_budget_per_minute=settings.drift_budget_per_minute,

@@ -153,6 +153,8 @@ class ServingSettings:
     query_threshold: float = 0.0  # margin below / entropy above it is unsure; 0: 0.2 / 0.5 (confidence_threshold)
     review_device_share: float = 1.0  # most of a minute's review budget one device's unsure windows may take
     review_class_share: float = 1.0  # the same for one predicted class (1.0: no cap; the audit is never capped)
+    canary_share: float = 0.0  # during a version's shadow phase, the share of devices (by a hash of their id) it
+    #                            serves as a canary; the rest keep the version in service (0: shadow only)
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "window", "stride", "max_batch", "max_seq_gap_buffer", "inference_threads",
@@ -173,7 +175,7 @@ class ServingSettings:
             raise ValueError(f"precision must be fp32 or int8, got {self.precision!r}")
         if self.query_strategy not in ("confidence", "margin", "entropy"):
             raise ValueError(f"query_strategy must be confidence, margin or entropy, got {self.query_strategy!r}")
-        _share(self, "query_threshold", "review_device_share", "review_class_share")
+        _share(self, "query_threshold", "review_device_share", "review_class_share", "canary_share")
         if not self.review_device_share > 0 or not self.review_class_share > 0:
             raise ValueError("review_device_share and review_class_share must be > 0")
 

@@ -199,3 +199,25 @@ def test_a_shadow_version_is_scored_beside_serving_and_its_disagreements_are_ask
     letters = payloads(out, topics.dead_letters)
     assert len(letters) == 1 and "not newer than the version in service" in letters[0]["reason"]
     assert shard.shadow_snapshot is None
+
+
+def test_canary_devices_are_served_by_the_shadow_and_say_so_in_their_requests():
+    import dataclasses
+
+    def load(s: ModelSnapshot):
+        return fixed_model(s.model_name, s.version, (0.2, 0.8) if s.stage == "shadow" else (0.9, 0.1))
+
+    shard = InferenceShard(ServingSettings(window=4, stride=1, max_batch=40, audit_rate=0.0, canary_share=0.5),
+                           "toy", Topics(), fixed_model("toy", 1), load)
+    shard.on_control(ListStore(), ControlMessage(0, dataclasses.replace(snapshot(2), stage="shadow"), 0, 1), 0)
+    store, out = ListStore(), []
+    for d in range(40):
+        out += shard.on_window(store, shard.example_window(f"dev-{d}", 1), 0)
+    predictions, reviews = payloads(out, Topics().predictions), payloads(out, Topics().review_requests)
+    canary = {p["device_id"] for p in predictions if p["model_version"] == 2}
+    assert canary == {f"dev-{d}" for d in range(40) if shard.scorer.is_canary(f"dev-{d}")} and 10 < len(canary) < 30
+    assert all(p["label"] == ("b" if p["device_id"] in canary else "a") for p in predictions)
+    for r in reviews:  # every window is a disagreement; each request names the other version's answer
+        mine = r["device_id"] in canary
+        assert (r["model_version"], r["predicted"], r["shadow_version"], r["shadow_predicted"]) == (
+            (2, "b", 1, "a") if mine else (1, "a", 2, "b"))

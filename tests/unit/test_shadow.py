@@ -92,3 +92,24 @@ def test_a_candidate_worse_on_live_windows_is_withdrawn_in_its_shadow_phase(regi
     assert load_newest_usable(registry_copy, NAME)[0].version == 1
     assert registry.prune_withdrawn(NAME, keep=0) == ended and ended[0] not in registry.versions(NAME)
     assert 1 in registry.versions(NAME)  # a version that served is never deleted
+
+
+def test_canary_answers_count_for_the_shadow_the_other_way_round():
+    """A canary device's request names the shadow as the version that served and the one in service as
+    the other: the trial pairs them accordingly."""
+    from tests.unit.test_learning_loop import SPEC, data
+    from model.network import WindowTransformer
+    from operators.learning import LearningLoop
+
+    net = WindowTransformer(SPEC)
+    loop = LearningLoop(net, SPEC, 1, LearningSettings(shadow_answers=100, shadow_min_answers=20, gate_every=10**6))
+    loop.start_shadow(2, net)
+    X, y = data(40, 0)
+    for i, (w, label) in enumerate(zip(X, y)):
+        right, wrong = SPEC.classes[label], SPEC.classes[(label + 1) % 3]
+        canary = i % 2 == 0  # half from canary devices (served by v2), half from the others (served by v1)
+        served, other = (right, wrong) if canary else (wrong, right)
+        loop.learn(LabeledWindow(f"d:{i}", "d", w, right, served, 2 if canary else 1, ["a"], i, "", "disagreement",
+                                 other, 1 if canary else 2))
+    verdict = loop.take_shadow_verdict()
+    assert verdict is not None and verdict.promote and loop.trial.wins == 20 and loop.trial.losses == 0
