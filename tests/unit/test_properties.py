@@ -159,3 +159,38 @@ def test_a_signed_announcement_verifies_and_any_change_to_it_does_not(snapshot, 
         assert verifier.refusal(dataclasses.replace(signed, **{field: changed})) is not None
     forged = dataclasses.replace(signed, signature=encode(junk).decode(errors="replace")[:200])
     assert verifier.refusal(forged) is not None
+
+
+@BOUNDED
+@given(st.lists(st.tuples(st.lists(st.floats(-1e6, 1e6), min_size=3, max_size=3), st.integers(0, 3)), max_size=60),
+       st.floats(0.0, 0.5))
+def test_the_lda_head_is_finite_for_any_labels_and_never_predicts_an_unseen_class(samples, decay):
+    from model.slda import StreamingLDA
+
+    lda = StreamingLDA(n_features=3, n_classes=4, decay=decay)
+    for x, label in samples:
+        lda.learn_one(np.asarray(x), label)
+    W, b = lda.weights()
+    assert np.isfinite(W).all() and np.isfinite(b).all()
+    seen = {label for _, label in samples}
+    if seen:
+        probe = np.asarray(samples[0][0])
+        assert int(np.argmax(W @ probe + b)) in seen  # a class nobody labeled is never the answer
+    restored = StreamingLDA.from_bytes(lda.to_bytes(), decay=decay)
+    assert np.allclose(restored.weights()[0], W) and np.allclose(restored.weights()[1], b)
+
+
+@BOUNDED
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), max_size=400))
+def test_a_shadow_never_wins_where_it_never_beats_the_version_in_service(pairs):
+    """Whatever the answers, a shadow that is right only where serving is right too is never promoted on
+    a clear win, and one that is never right where serving is wrong is promoted only as 'not worse'."""
+    from operators.shadow import ShadowTrial
+
+    trial = ShadowTrial(version=2, serving=1, z=1.645, min_answers=20, max_answers=200)
+    for serving_right, shadow_right in pairs:
+        verdict = trial.observe(serving_right, shadow_right and serving_right)
+        if verdict is not None:
+            assert trial.answers >= 20 and trial.wins == 0
+            assert not verdict.promote or (trial.losses == 0 and trial.answers >= 200)
+            break
