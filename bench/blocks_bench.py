@@ -26,7 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
 from bench import plain_consumer  # noqa: E402
-from bench.serving_bench import Scenario, drain, expected_windows, measure_latency  # noqa: E402
+from bench.serving_bench import (  # noqa: E402
+    Scenario,
+    drain,
+    expected_windows,
+    in_job_model_rate,
+    measure_latency,
+    standalone_onnx,
+)
 from control.replayer import replay  # noqa: E402
 from schemas import Topics  # noqa: E402
 
@@ -36,8 +43,10 @@ DEVICES = 64
 
 def measure(work: Path, kind: str, size: int, samples: int, registry: str) -> dict:
     """``serving`` (the job), ``passthrough`` (the job without Python) or ``plain`` (bench/plain_consumer.py,
-    no Flink) on a fresh broker with the same backlog."""
-    options = {"registry": registry, "stride": 8} if kind == "serving" else {}
+    no Flink) on a fresh broker with the same backlog. For the job, also the model's own rate inside it per
+    CPU-second of the inference thread, against standalone ONNX Runtime at the same mean batch size."""
+    stats_file = work / f"inference-blocks-{size}.jsonl"
+    options = {"registry": registry, "stride": 8, "stats_file": str(stats_file)} if kind == "serving" else {}
     sc = Scenario(work, f"blocks-{kind}-{size}", "broker" if kind == "plain" else kind, **options)
     try:
         stats = replay(sc.bootstrap, TOPICS.readings, rate=0, count=samples, n_devices=DEVICES,
@@ -56,9 +65,15 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str) -> di
         else:
             messages_per_s = got / seconds
             samples_per_s = messages_per_s * size
-        return {"kind": kind, "samples_per_message": size, "samples": samples, "messages": stats.messages,
-                "outputs": got, "expected": expected, "seconds": seconds, "samples_per_s": samples_per_s,
-                "messages_per_s": messages_per_s}
+        result = {"kind": kind, "samples_per_message": size, "samples": samples, "messages": stats.messages,
+                  "outputs": got, "expected": expected, "seconds": seconds, "samples_per_s": samples_per_s,
+                  "messages_per_s": messages_per_s}
+        if kind == "serving":
+            model = in_job_model_rate(stats_file)  # cumulative numbers the operator wrote every 5 s while scoring
+            alone = standalone_onnx(registry, max(1, round(model["mean_batch"])), threads=1, repeats=3)
+            result.update(mean_batch=model["mean_batch"], in_job_per_cpu_s=model["in_job_cpu"],
+                          in_job_per_wall_s=model["in_job"], standalone=alone)
+        return result
     finally:
         sc.stop()
 
@@ -92,7 +107,9 @@ def main() -> None:
                          "serving_messages_per_s": serving["messages_per_s"],
                          "passthrough_messages_per_s": passthrough["messages_per_s"],
                          "serving_vs_passthrough": serving["messages_per_s"] / passthrough["messages_per_s"],
-                         "windows": f"{serving['outputs']}/{serving['expected']}"})
+                         "windows": f"{serving['outputs']}/{serving['expected']}",
+                         **{k: serving[k] for k in ("mean_batch", "in_job_per_cpu_s", "in_job_per_wall_s",
+                                                    "standalone")}})
             print(rows[-1], flush=True)
     header = ["samples per message", "samples", "messages", "serving samples/s", "plain consumer samples/s",
               "serving / plain", "serving messages/s", "pass-through messages/s", "serving / pass-through (messages)",
@@ -101,6 +118,12 @@ def main() -> None:
                 [[r["samples_per_message"], r["samples"], r["messages"], r["serving_samples_per_s"],
                   r["plain_samples_per_s"], round(r["serving_vs_plain"], 2), r["serving_messages_per_s"],
                   r["passthrough_messages_per_s"], round(r["serving_vs_passthrough"], 2), r["windows"]] for r in rows])
+    print_table("The model inside the job (windows per second of the inference thread's CPU time, and of its "
+                "wall-clock time) vs standalone ONNX Runtime, one thread, at the same mean batch size",
+                ["samples per message", "mean batch", "in job per CPU-second", "in job per wall-clock second",
+                 "standalone", "in job (CPU) / standalone"],
+                [[r["samples_per_message"], round(r["mean_batch"], 1), r["in_job_per_cpu_s"], r["in_job_per_wall_s"],
+                  r["standalone"], round(r["in_job_per_cpu_s"] / r["standalone"], 2)] for r in rows])
     print(f"results: {save('blocks', {'rows': rows})}")
     sizes = [r["samples_per_message"] for r in rows]
     line_plot(RESULTS / "blocks.png",
