@@ -378,9 +378,9 @@ def _version_table(root: str, name: str) -> int:
         int8 = "-" if agreed is None else f"{'yes' if INT8_FILE in m.artifacts else 'refused'} ({agreed:.3f})"
         rows.append([v, m.parent_version or "-", created, m.sha256[:12], m.data_seen,
                      "-" if accuracy is None else f"{accuracy:.3f}", "-" if ece is None else f"{ece:.3f}", int8,
-                     m.note or "-"])
+                     registry.stage(name, v) or "-", m.note or "-"])
     print(table(rows, ["version", "parent", "created (UTC)", "sha256", "data seen", "accuracy", "ECE",
-                       "INT8 (agreement)", "note"]))
+                       "INT8 (agreement)", "stage", "note"]))
     return len(versions)
 
 
@@ -437,6 +437,7 @@ def cmd_model_announce(args: argparse.Namespace) -> int:
     snapshot = announcement(registry, args.model_name, version, config_of(args).registry.signing_key)
     registry.load(args.model_name, version)  # refuse to announce an artifact that fails its checksum
     produce(args.bootstrap, topic, [(args.model_name.encode(), snapshot.encode())])
+    registry.set_stage(args.model_name, version, None)  # served again: a fresh start may start from it
     print(f"announced {args.model_name} v{version} ({snapshot.artifact_uri})")
     return 0
 

@@ -138,10 +138,12 @@ class ModelRegistry:
         found = self.versions(name)
         return found[-1] if found else None
 
-    STAGE_FILE = "stage"  # in a version's folder while it is in its shadow phase ("shadow") or was withdrawn
+    STAGE_FILE = "stage"  # in a version's folder while it is in its shadow phase ("shadow"), once it was withdrawn
+    #                       from it ("withdrawn") or rolled back from ("rolled-back")
 
     def set_stage(self, name: str, version: int, stage: str | None) -> None:
-        """Mark a version as ``shadow`` or ``withdrawn`` (never served), or clear the mark (it serves)."""
+        """Mark a version as ``shadow`` or ``withdrawn`` (never served) or ``rolled-back`` (served, then
+        rolled back from), or clear the mark (it serves)."""
         path = f"{self.version_dir(name, version)}/{self.STAGE_FILE}"
         if self.remote:
             if stage is None:
@@ -162,7 +164,8 @@ class ModelRegistry:
             return None
 
     def servable_versions(self, name: str) -> list[int]:
-        """The versions that may serve: all but those in their shadow phase or withdrawn from it.
+        """The versions that may serve: all but those in their shadow phase, withdrawn from it or rolled back
+        from (so a fresh start serves what was in service, not a version taken out of it).
 
         >>> import tempfile
         >>> reg = ModelRegistry(tempfile.mkdtemp())

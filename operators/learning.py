@@ -363,6 +363,7 @@ class VersionPublisher:
                       rollback.version, exc)
             return [], None
         loop.rolled_back(rollback.to_version, net)
+        self.registry.set_stage(self.model_name, rollback.version, "rolled-back")  # a fresh start must not serve it
         self.rollbacks += 1
         log.warning("%s: rolled back to v%d: %s", self.model_name, rollback.to_version, rollback.reason)
         return ([Outgoing(self.topics.model_snapshots, self.model_name, snapshot.encode())],

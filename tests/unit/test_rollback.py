@@ -18,6 +18,7 @@ from operators.label_join import LabeledWindow
 from operators.learning import VersionPublisher, loop_from_registry
 from operators.learning_state import LoopJournal, RolledBack
 from operators.rollback import RollbackWatch
+from operators.serving_model import load_newest_usable
 from schemas import ModelSnapshot, Topics
 from settings import LearningSettings
 
@@ -75,6 +76,8 @@ def test_a_version_worse_on_the_live_audit_sample_is_rolled_back_and_the_journal
     v1_probs = predict_proba(served[1], X[:20])
     assert np.allclose(predict_proba(loop.serving, X[:20]), v1_probs, atol=1e-5)
     assert np.allclose(predict_proba(loop.trainer.net, X[:20]), v1_probs, atol=1e-5)  # learns on from v1
+    assert registry.stage(NAME, 2) == "rolled-back" and registry.latest_servable(NAME) == 1  # fresh starts serve v1
+    assert load_newest_usable(registry_copy, NAME)[0].version == 1
     restored = LoopJournal().restore(None, journal, lambda: loop_from_registry(registry, NAME, config))
     assert restored.version == 1 and restored.take_rollback() is None
     assert np.allclose(predict_proba(restored.serving, X[:20]), v1_probs, atol=1e-5)
