@@ -77,6 +77,12 @@ class WindowTransformer(nn.Module):
         h = self.embed((x - self.mean) / self.std) + self.position
         return self.norm(self.encoder(h).mean(dim=1))
 
+    @torch.inference_mode()
+    def window_features(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`features` of windows ``[n, time, channels]`` in evaluation mode, as float64 (what the LDA
+        output layer learns from)."""
+        return self.eval().features(torch.as_tensor(np.asarray(X, np.float32))).double().numpy()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 

@@ -220,9 +220,7 @@ class OnlineTrainer:
         """Add labeled windows to the LDA head's statistics (no replay, no reservoir) and set the head."""
         if self.lda is None:
             raise ValueError("warm_start is for head = 'lda'")
-        with torch.inference_mode():
-            feats = self.net.eval().features(torch.as_tensor(np.asarray(X, np.float32))).double().numpy()
-        self.lda.learn_many(feats, y)
+        self.lda.learn_many(self.net.window_features(X), y)
         self.set_head()
 
     def set_head(self) -> None:

@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 
@@ -163,23 +163,23 @@ class ModelRegistry:
         except (OSError, FileNotFoundError):
             return None
 
-    def servable_versions(self, name: str) -> list[int]:
-        """The versions that may serve: all but those in their shadow phase, withdrawn from it or rolled back
-        from (so a fresh start serves what was in service, not a version taken out of it).
+    def servable_newest_first(self, name: str) -> Iterator[int]:
+        """The versions that may serve, newest first: all but those in their shadow phase, withdrawn from it
+        or rolled back from (so a fresh start serves what was in service, not a version taken out of it).
+        Lazy: a start that takes the newest reads one stage file, not one per version.
 
         >>> import tempfile
         >>> reg = ModelRegistry(tempfile.mkdtemp())
         >>> for _ in range(3):
         ...     _ = reg.publish("m", b"onnx", b"w", {"window": 4})
         >>> reg.set_stage("m", 3, "withdrawn")
-        >>> reg.servable_versions("m"), reg.latest_servable("m")
-        ([1, 2], 2)
+        >>> list(reg.servable_newest_first("m")), reg.latest_servable("m")
+        ([2, 1], 2)
         """
-        return [v for v in self.versions(name) if self.stage(name, v) is None]
+        return (v for v in reversed(self.versions(name)) if self.stage(name, v) is None)
 
     def latest_servable(self, name: str) -> int | None:
-        found = self.servable_versions(name)
-        return found[-1] if found else None
+        return next(self.servable_newest_first(name), None)
 
     def prune_withdrawn(self, name: str, keep: int) -> list[int]:
         """Delete withdrawn versions (never served) but the newest ``keep`` of them; returns those deleted.

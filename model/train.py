@@ -92,8 +92,7 @@ def load_network(spec: ModelSpec, weights: bytes, older_classes: bool = False) -
 
 def lda_of(net: WindowTransformer, X: np.ndarray, y: np.ndarray) -> bytes:
     """LDA statistics of a network's features on its training windows (``publish_version``'s ``lda``)."""
-    with torch.inference_mode():
-        feats = net.eval().features(torch.as_tensor(np.asarray(X, np.float32))).double().numpy()
+    feats = net.window_features(X)
     lda = StreamingLDA(feats.shape[1], net.spec.n_classes)
     lda.learn_many(feats, y)
     return lda.to_bytes()

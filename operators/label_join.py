@@ -122,7 +122,7 @@ class LabelJoiner:
         since the job started (the request's probabilities name every class of the version that asked)."""
         return list(dict.fromkeys([*self._target(request).classes, *request.probabilities]))
 
-    def _may_add(self, who: str, label: str, new_class: bool, known: list[str]) -> bool:
+    def _may_add(self, who: str, new_class: bool, known: list[str]) -> bool:
         """Whether an answer may teach a class the model lacks: marked as new, by a labeler allowed to,
         while the model has room."""
         return new_class and who in self.creators and len(known) < self.max_classes
@@ -146,7 +146,7 @@ class LabelJoiner:
             state.request = request
             classes = self._classes_of(request)
             # answers that came first were checked against every model's classes only (or named a new one)
-            fits = [lab in classes or self._may_add(who, lab, True, classes) for who, lab, _ in state.answers]
+            fits = [lab in classes or self._may_add(who, True, classes) for who, lab, _ in state.answers]
             model = f" for model {request.model_name}" if self.others else ""
             rejected = [RefusedLabel(Label(request.review_id, lab, who, at, model_name=request.model_name),
                                      f"label: unknown class {lab!r}{model}; known: {list(classes)}")
@@ -163,7 +163,7 @@ class LabelJoiner:
             known = self._classes_of(state.request)
         else:  # the request (and so the model) is not known yet: any served model's class may wait for it
             known = sorted(self.known) if self.others else self.classes
-        if label.label not in known and not self._may_add(label.labeler, label.label, bool(label.new_class), known):
+        if label.label not in known and not self._may_add(label.labeler, bool(label.new_class), known):
             model = f" for model {state.request.model_name}" if state.request is not None and self.others else ""
             why = (f"; {label.labeler} may not name new classes (labeling.class_creators)" if label.new_class
                    and label.labeler not in self.creators else

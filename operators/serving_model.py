@@ -156,7 +156,7 @@ def load_newest_usable(root: str, name: str, runtime: str = "onnx", device: str 
     model.registry.ArtifactError: no usable version of 'm': none in the registry
     """
     passed_over: list[str] = []
-    for version in reversed(ModelRegistry(root).servable_versions(name)):  # not one withdrawn or in its shadow phase
+    for version in ModelRegistry(root).servable_newest_first(name):  # not one withdrawn, shadowed or rolled back from
         try:
             return load_from_registry(root, name, version, runtime, device, threads, precision), passed_over
         except ArtifactError as exc:
