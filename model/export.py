@@ -9,11 +9,13 @@ import torch
 from torch import nn
 
 from model.network import ProbabilityModel
+from model.spec import output_names
 from model.spec import ModelSpec
 
 
 def export_onnx(net: nn.Module, spec: ModelSpec, dynamo: bool = False, temperature: float = 1.0) -> bytes:
-    """Return ONNX bytes of ``softmax(net(x) / temperature)`` for ``x: float32[batch, window, channels]``.
+    """Return ONNX bytes of ``softmax(net(x) / temperature)`` for ``x: float32[batch, window, channels]``,
+    and of the anomaly score and the forecast where the model has those heads (``output_names``).
 
     The TorchScript exporter (default) takes ~0.15 s for the reference model, the dynamo
     exporter ~2-4 s; both give the same graph semantics (tests check parity with torch).
@@ -22,19 +24,19 @@ def export_onnx(net: nn.Module, spec: ModelSpec, dynamo: bool = False, temperatu
     net.eval()
     wrapped = ProbabilityModel(net, temperature).eval()
     example = torch.zeros(2, spec.window, spec.n_channels)
-    buf = io.BytesIO()
+    buf, outputs = io.BytesIO(), output_names(spec)
     # grad stays enabled: under no_grad, eval-mode encoder layers take a fused fast path
     # (aten::_transformer_encoder_layer_fwd) that the TorchScript exporter cannot translate
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
             program = torch.onnx.export(
-                wrapped, (example,), dynamo=True, input_names=["window"], output_names=["probabilities"],
+                wrapped, (example,), dynamo=True, input_names=["window"], output_names=outputs,
                 dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=65536)}}, external_data=False)
             program.save(buf, external_data=False)
         else:
             torch.onnx.export(wrapped, (example,), buf, dynamo=False, input_names=["window"],
-                              output_names=["probabilities"], dynamic_axes={"window": {0: "batch"}},
+                              output_names=outputs, dynamic_axes={name: {0: "batch"} for name in ["window", *outputs]},
                               opset_version=17)
     net.train(was_training)
     data = buf.getvalue()

@@ -1,7 +1,10 @@
-"""A small Transformer encoder that classifies a window of multichannel readings."""
+"""A small Transformer encoder over a window of multichannel readings, with a head per task: class
+logits (``classify``), a reconstruction of the window whose error is the anomaly score (``anomaly``),
+and the next samples of every channel (``forecast``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Sequence
 
@@ -12,16 +15,26 @@ from torch import nn
 from model.spec import ModelSpec
 
 
+TAIL_LEVELS = 90  # percentiles of normal windows' anomaly statistic kept (1st..90th); an exponential tail above
+
+
 class WindowTransformer(nn.Module):
-    """Transformer encoder over a window ``[batch, time, channels]`` returning class logits.
+    """Transformer encoder over a window ``[batch, time, channels]``; calling it returns class logits.
 
     Input normalisation (per-channel mean/std) is part of the network, so the exported
-    ONNX graph takes raw sensor values.
+    ONNX graph takes raw sensor values. The other heads read the same pooled representation:
+    ``anomaly`` decodes the whole window from it (a bottleneck, so only patterns like the ones it
+    learned come back well) and scores a window by how badly, ``forecast`` predicts the next
+    ``spec.horizon`` samples.
 
     >>> spec = ModelSpec(window=8, d_model=16, n_heads=2, n_layers=1, d_ff=32)
     >>> net = WindowTransformer(spec).eval()
     >>> tuple(net(torch.zeros(3, 8, 6)).shape)
     (3, 4)
+    >>> net = WindowTransformer(ModelSpec(window=8, classes=(), tasks=("anomaly", "forecast"), horizon=2,
+    ...                                   d_model=16, n_heads=2, n_layers=1, d_ff=32)).eval()
+    >>> tuple(net.anomaly_score(torch.zeros(3, 8, 6)).shape), tuple(net.forecast(torch.zeros(3, 8, 6)).shape)
+    ((3,), (3, 2, 6))
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -36,7 +49,22 @@ class WindowTransformer(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, spec.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(spec.d_model)
-        self.head = nn.Linear(spec.d_model, spec.n_classes)
+        self.head = nn.Linear(spec.d_model, spec.n_classes) if spec.has("classify") else None
+        if spec.has("anomaly"):
+            self.decoder = nn.Linear(spec.d_model, spec.window * spec.n_channels)
+            # the score's parts, fitted on normal windows (fit_anomaly_scale): where their features lie, and
+            # centre and scale of the log reconstruction error and of the log feature distance
+            self.register_buffer("feature_mean", torch.zeros(spec.d_model))
+            self.register_buffer("feature_precision", torch.eye(spec.d_model))
+            self.register_buffer("score_center", torch.zeros(2))
+            self.register_buffer("score_scale", torch.ones(2))
+            # how often normal windows reach a statistic: its 1st..90th percentiles, and an exponential tail
+            # above the 90th (its start and mean excess)
+            self.register_buffer("tail_grid", torch.zeros(TAIL_LEVELS))
+            self.register_buffer("tail_start", torch.zeros(()))
+            self.register_buffer("tail_mean_excess", torch.ones(()))
+        if spec.has("forecast"):
+            self.forecaster = nn.Linear(spec.d_model, spec.horizon * spec.n_channels)
 
     def set_normalisation(self, windows: np.ndarray) -> None:
         """Fit the per-channel mean/std from training windows ``[n, time, channels]``."""
@@ -72,10 +100,83 @@ class WindowTransformer(nn.Module):
         self.spec = replace(self.spec, classes=(*self.spec.classes, *new))
         return new
 
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw readings in the network's own units (per channel: zero mean, unit deviation on its training data)."""
+        return (x - self.mean) / self.std
+
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        """Pooled representation of normalised windows (``[batch, d_model]``)."""
+        return self.norm(self.encoder(self.embed(z) + self.position).mean(dim=1))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled representation of each window (``[batch, d_model]``)."""
-        h = self.embed((x - self.mean) / self.std) + self.position
-        return self.norm(self.encoder(h).mean(dim=1))
+        return self.encode(self.normalise(x))
+
+    def reconstruction_error(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean squared error, in normalised units, of each window's reconstruction (``[batch]``)."""
+        z = self.normalise(x)
+        f = self.encode(z) if features is None else features
+        return ((self.decoder(f).view_as(z) - z) ** 2).mean(dim=(1, 2))
+
+    def feature_distance(self, features: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance of pooled features from the normal windows' (``[batch]``)."""
+        d = features - self.feature_mean
+        return ((d @ self.feature_precision) * d).sum(dim=1)
+
+    def anomaly_parts(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Log reconstruction error and log feature distance of each window (``[batch, 2]``)."""
+        f = self.features(x) if features is None else features
+        return torch.stack([torch.log(self.reconstruction_error(x, f) + 1e-6),
+                            torch.log(self.feature_distance(f) + 1e-6)], dim=1)
+
+    def anomaly_statistic(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of two robust z-scores (``[batch]``): of the log reconstruction error (the self-supervised
+        objective's error: patterns it cannot rebuild) and of the log distance of the window's features
+        from the normal windows' (patterns it encodes unlike them)."""
+        return ((self.anomaly_parts(x, features) - self.score_center) / self.score_scale).mean(dim=1)
+
+    def anomaly_score(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """How rare each window would be among normal windows (``[batch]``): -log10 of the share of normal
+        windows whose statistic (:meth:`anomaly_statistic`) is at least as high, from their percentiles
+        up to the 90th and from an exponential tail above it. So 1 = as high as the top 10 % of normal
+        windows, 3 = the top 0.1 %: a threshold means one false alarm rate whatever the model or device."""
+        s = self.anomaly_statistic(x, features)
+        below = (self.tail_grid[None, :] <= s[:, None]).sum(dim=1).to(s.dtype)
+        body = -torch.log10((1.0 - below / 100.0).clamp_min(0.1))
+        tail = 1.0 + (s - self.tail_start) / (self.tail_mean_excess * math.log(10.0))
+        return torch.where(s >= self.tail_start, tail, body)
+
+    @torch.no_grad()
+    def fit_anomaly_scale(self, windows: np.ndarray, shrinkage: float = 0.1, batch_size: int = 512) -> None:
+        """Fit the anomaly score on ``windows`` taken as normal: their features' mean and (shrunk) covariance,
+        the median and 1.4826 x median absolute deviation of each log part, and how often they reach each
+        value of the statistic, so a threshold on the score means the same for every model."""
+        was_training = self.training
+        self.eval()
+        x = torch.as_tensor(np.asarray(windows, np.float32))
+        feats = torch.cat([self.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).double()
+        cov = torch.cov(feats.T) if len(feats) > 1 else torch.eye(feats.shape[1], dtype=torch.float64)
+        target = torch.eye(len(cov), dtype=cov.dtype) * cov.diagonal().mean().clamp_min(1e-6)
+        self.feature_mean.copy_(feats.mean(0))
+        self.feature_precision.copy_(torch.linalg.inv((1 - shrinkage) * cov + shrinkage * target))
+        parts = torch.cat([self.anomaly_parts(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        center = parts.median(dim=0).values
+        self.score_center.copy_(center)
+        self.score_scale.copy_((1.4826 * (parts - center).abs().median(dim=0).values).clamp_min(1e-3))
+        stat = ((parts - self.score_center) / self.score_scale).mean(dim=1).double()
+        levels = torch.arange(1, TAIL_LEVELS + 1, dtype=torch.float64) / 100.0
+        self.tail_grid.copy_(torch.quantile(stat, levels))
+        start = torch.quantile(stat, 0.9)
+        excess = stat[stat > start] - start
+        self.tail_start.copy_(start)
+        self.tail_mean_excess.copy_(excess.mean().clamp_min(1e-3) if len(excess) else torch.tensor(1.0))
+        self.train(was_training)
+
+    def forecast(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The next ``spec.horizon`` samples of every channel after each window, in raw units
+        (``[batch, horizon, channels]``)."""
+        f = self.features(x) if features is None else features
+        return self.forecaster(f).view(-1, self.spec.horizon, self.spec.n_channels) * self.std + self.mean
 
     @torch.inference_mode()
     def window_features(self, X: np.ndarray) -> np.ndarray:
@@ -84,17 +185,31 @@ class WindowTransformer(nn.Module):
         return self.eval().features(torch.as_tensor(np.asarray(X, np.float32))).double().numpy()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            raise ValueError(f"the model has no classify head (tasks: {list(self.spec.tasks)})")
         return self.head(self.features(x))
 
 
 class ProbabilityModel(nn.Module):
-    """Wraps a classifier so it returns class probabilities (what serving exports), its logits
-    divided by the version's calibration ``temperature`` (``model.calibration``)."""
+    """Wraps a network so it returns what serving exports: class probabilities (its logits divided by
+    the version's calibration ``temperature``, ``model.calibration``), then the anomaly score and the
+    forecast where the model has those heads; one encoder pass for all of them."""
 
     def __init__(self, net: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x) / self.temperature, dim=-1)
+    def forward(self, x: torch.Tensor):
+        spec, net = self.net.spec, self.net
+        if spec.tasks == ("classify",):
+            return torch.softmax(net(x) / self.temperature, dim=-1)
+        f = net.features(x)
+        outputs = []
+        if spec.has("classify"):
+            outputs.append(torch.softmax(net.head(f) / self.temperature, dim=-1))
+        if spec.has("anomaly"):
+            outputs.append(net.anomaly_score(x, f))
+        if spec.has("forecast"):
+            outputs.append(net.forecast(x, f))
+        return tuple(outputs)

@@ -1,6 +1,7 @@
 """Inference runtimes: ONNX Runtime (CUDA when its libraries really load, else CPU) and torch.
 
-Both take ``float32[batch, window, channels]`` and return class probabilities.
+Both take ``float32[batch, window, channels]`` and return class probabilities (``predict_proba``), or
+every output of the model's heads by name (``predict``: ``probabilities``, ``anomaly``, ``forecast``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class Runner(Protocol):
     provider: str
 
     def predict_proba(self, windows: np.ndarray) -> np.ndarray: ...
+
+    def predict(self, windows: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
 @lru_cache(maxsize=1)
@@ -87,10 +90,15 @@ class OnnxRunner:
         self.session = ort.InferenceSession(onnx_bytes, options, providers=choose_providers(prefer))
         self.provider = self.session.get_providers()[0]
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def predict_proba(self, windows: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(windows, dtype=np.float32)
         return self.session.run(None, {self.input_name: x})[0]
+
+    def predict(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        return dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))
 
 
 class TorchRunner:
@@ -106,7 +114,15 @@ class TorchRunner:
         self.provider = f"torch-{device}"
 
     def predict_proba(self, windows: np.ndarray) -> np.ndarray:
+        return self.predict(windows)["probabilities"]
+
+    def predict(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        from model.network import ProbabilityModel
+        from model.spec import output_names
+
         torch = self.torch
         with torch.inference_mode():
             x = torch.as_tensor(np.ascontiguousarray(windows, dtype=np.float32), device=self.device)
-            return torch.softmax(self.net(x) / self.temperature, dim=-1).cpu().numpy()
+            out = ProbabilityModel(self.net, self.temperature).to(self.device)(x)
+            out = out if isinstance(out, tuple) else (out,)
+            return {name: value.cpu().numpy() for name, value in zip(output_names(self.net.spec), out)}

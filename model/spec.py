@@ -7,17 +7,25 @@ from typing import Any, Mapping
 
 BASIC_MOTIONS_CHANNELS = ["acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"]
 BASIC_MOTIONS_CLASSES = ["badminton", "running", "standing", "walking"]
+TASKS = ("classify", "anomaly", "forecast")  # the heads a model may have on its one encoder
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Shape and size of a window classifier.
+    """Shape and size of a window model: its ``tasks`` (heads on one encoder, from :data:`TASKS`), and for
+    ``forecast`` the ``horizon`` (samples per channel it forecasts after a window).
 
     >>> spec = ModelSpec()
-    >>> spec.window, len(spec.channels), spec.classes[0]
-    (32, 6, 'badminton')
+    >>> spec.window, len(spec.channels), spec.classes[0], spec.tasks
+    (32, 6, 'badminton', ('classify',))
     >>> ModelSpec.from_dict(spec.to_dict()) == spec
     True
+    >>> ModelSpec(classes=(), tasks=("anomaly",)).has("classify")
+    False
+    >>> ModelSpec(tasks=("forecast", "speak"))
+    Traceback (most recent call last):
+    ...
+    ValueError: tasks: unknown task 'speak' (known: classify, anomaly, forecast); forecast: horizon must be at least 1 sample
     """
 
     window: int = 32
@@ -29,6 +37,25 @@ class ModelSpec:
     d_ff: int = 128
     dropout: float = 0.1
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    tasks: tuple[str, ...] = ("classify",)
+    horizon: int = 0
+
+    def __post_init__(self) -> None:
+        problems = [f"tasks: unknown task {t!r} (known: {', '.join(TASKS)})" for t in self.tasks if t not in TASKS]
+        if not self.tasks:
+            problems.append("tasks: a model needs at least one of " + ", ".join(TASKS))
+        if len(set(self.tasks)) != len(self.tasks):
+            problems.append(f"tasks: {list(self.tasks)} names a task twice")
+        if "classify" in self.tasks and not self.classes:
+            problems.append("classify: the model has no classes")
+        if "forecast" in self.tasks and self.horizon < 1:
+            problems.append("forecast: horizon must be at least 1 sample")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def has(self, task: str) -> bool:
+        """Whether the model has the head of ``task``."""
+        return task in self.tasks
 
     @property
     def n_channels(self) -> int:
@@ -42,6 +69,7 @@ class ModelSpec:
         out = asdict(self)
         out["channels"] = list(self.channels)
         out["classes"] = list(self.classes)
+        out["tasks"] = list(self.tasks)
         return out
 
     @classmethod
@@ -49,4 +77,17 @@ class ModelSpec:
         obj = dict(obj)
         obj["channels"] = tuple(obj["channels"])
         obj["classes"] = tuple(obj["classes"])
+        obj["tasks"] = tuple(obj.get("tasks", ("classify",)))  # versions from before the other heads classify
         return cls(**obj)
+
+
+OUTPUTS = {"classify": "probabilities", "anomaly": "anomaly", "forecast": "forecast"}  # task -> graph output
+
+
+def output_names(spec: ModelSpec) -> list[str]:
+    """The exported graph's outputs, in the order of :data:`OUTPUTS`.
+
+    >>> output_names(ModelSpec(tasks=("forecast", "classify"), horizon=4))
+    ['probabilities', 'forecast']
+    """
+    return [name for task, name in OUTPUTS.items() if spec.has(task)]

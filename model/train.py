@@ -18,6 +18,7 @@ from model.export import export_onnx
 from model.network import WindowTransformer
 from model.quantize import agreement, quantize_int8
 from model.registry import INT8_FILE, ModelRegistry, VersionMetadata
+from model.self_supervised import self_supervised_loss, windows_with_future
 from model.slda import LDA_FILE, StreamingLDA
 from model.spec import ModelSpec
 
@@ -37,14 +38,19 @@ def encode_labels(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
         raise ValueError(f"label {exc.args[0]!r} is not one of the classes {list(classes)}") from None
 
 
-def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, epochs: int = 20, lr: float = 2e-3,
-        batch_size: int = 64, seed: int = 0, weight_decay: float = 1e-4) -> list[float]:
-    """Plain mini-batch Adam training; returns the mean loss of each epoch."""
+def fit(net: nn.Module, X: np.ndarray, y: np.ndarray | None, epochs: int = 20, lr: float = 2e-3,
+        batch_size: int = 64, seed: int = 0, weight_decay: float = 1e-4,
+        future: np.ndarray | None = None) -> list[float]:
+    """Plain mini-batch Adam training; returns the mean loss of each epoch. The loss is the cross-entropy on
+    ``y`` (where the model classifies) plus the self-supervised objectives of its other heads
+    (``model.self_supervised``; the forecast's only with ``future``, the samples after each window)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    Xt, yt = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+    Xt = torch.as_tensor(X, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.long) if y is not None and net.spec.has("classify") else None
+    Ft = torch.as_tensor(future, dtype=torch.float32) if future is not None else None
     losses = []
     net.train()
     for _ in range(epochs):
@@ -52,7 +58,9 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, epochs: int = 20, lr: floa
         total = 0.0
         for start in range(0, len(order), batch_size):
             idx = torch.as_tensor(order[start:start + batch_size])
-            loss = nn.functional.cross_entropy(net(Xt[idx]), yt[idx])
+            loss = self_supervised_loss(net, Xt[idx], Ft[idx] if Ft is not None else None)
+            if yt is not None:
+                loss = loss + nn.functional.cross_entropy(net(Xt[idx]), yt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -107,7 +115,8 @@ def logits_of(net: nn.Module, X: np.ndarray) -> np.ndarray:
 def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: ModelSpec,
                     metrics: dict[str, float], parent_version: int | None = None, data_seen: int = 0,
                     note: str = "", calibration: tuple[np.ndarray, np.ndarray] | None = None,
-                    int8_min_agreement: float | None = None, lda: bytes | None = None) -> VersionMetadata:
+                    int8_min_agreement: float | None = None, lda: bytes | None = None,
+                    normal_windows: np.ndarray | None = None) -> VersionMetadata:
     """Export a network to ONNX and write it, with its weights, as the next registry version. With
     ``calibration`` (held-out windows and their labels, at least ``MIN_WINDOWS``), a temperature is
     fitted on them and baked into the exported probabilities; the version's metrics record it with
@@ -118,16 +127,28 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
     held-out windows; the metrics record the agreement either way (no held-out windows: no INT8).
 
     ``lda`` (``StreamingLDA.to_bytes``: class statistics of this network's features) is kept beside it,
-    so a learner with ``head = "lda"`` starting from this version starts from them."""
+    so a learner with ``head = "lda"`` starting from this version starts from them.
+
+    A model with an anomaly head has its score's centre and scale fitted on ``normal_windows`` (held-out
+    windows taken as normal) when given. Calibration and INT8 are for classifying models."""
     temperature = 1.0
-    if calibration is not None and len(calibration[1]) >= MIN_WINDOWS:
+    classifies = spec.has("classify")
+    if normal_windows is not None and spec.has("anomaly") and len(normal_windows):
+        net.fit_anomaly_scale(normal_windows)
+        center, scale = net.score_center.tolist(), net.score_scale.tolist()
+        metrics = {**metrics, "anomaly_reconstruction_center": center[0], "anomaly_reconstruction_scale": scale[0],
+                   "anomaly_distance_center": center[1], "anomaly_distance_scale": scale[1],
+                   "anomaly_normal_windows": float(len(normal_windows))}
+    if classifies and calibration is not None and len(calibration[1]) >= MIN_WINDOWS:
         fitted = calibrate(logits_of(net, calibration[0]), np.asarray(calibration[1]))
         temperature = fitted["temperature"]
         metrics = {**metrics, **fitted}
     onnx_bytes, extra = export_onnx(net, spec, temperature=temperature), {}
     if lda is not None:
         extra[LDA_FILE] = lda
-    if int8_min_agreement is not None:
+    if int8_min_agreement is not None and not classifies:
+        log.warning("%s: INT8 is checked on class agreement, and this model does not classify: none kept", name)
+    elif int8_min_agreement is not None:
         if calibration is not None and len(calibration[0]):
             int8 = quantize_int8(onnx_bytes)
             check = agreement(onnx_bytes, int8, np.asarray(calibration[0], np.float32))
@@ -144,6 +165,27 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
                             parent_version=parent_version, data_seen=data_seen, note=note, extra=extra)
 
 
+def basic_motions_windows(split: str, spec: ModelSpec, stride: int
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """BasicMotions windows of a split with their labels and, for a forecasting model, the ``spec.horizon``
+    samples after each (only windows followed by that many samples in their recording)."""
+    rec = load_basic_motions(split)
+    if not spec.has("forecast"):
+        X, labels = sliding_windows(rec, spec.window, stride)
+        return X, labels, None
+    parts = [windows_with_future(series, spec.window, spec.horizon, stride) for series in rec.series]
+    labels = np.concatenate([[label] * len(x) for (x, _), label in zip(parts, rec.labels)])
+    return np.concatenate([x for x, _ in parts]), labels, np.concatenate([f for _, f in parts])
+
+
+@torch.inference_mode()
+def forecast_report(net: WindowTransformer, X: np.ndarray, future: np.ndarray) -> dict[str, float]:
+    """Mean absolute forecast error over windows and channels (raw units), beside the last-value baseline's."""
+    predicted = net.eval().forecast(torch.as_tensor(X, dtype=torch.float32)).numpy()
+    return {"test_forecast_mae": float(np.abs(predicted - future).mean()),
+            "test_forecast_mae_last_value": float(np.abs(X[:, -1:, :] - future).mean())}
+
+
 @dataclass
 class BootstrapResult:
     metadata: VersionMetadata
@@ -154,23 +196,30 @@ class BootstrapResult:
 def bootstrap(registry: ModelRegistry, name: str = "basic-motions", spec: ModelSpec | None = None,
               epochs: int = 25, stride: int = 4, seed: int = 0,
               int8_min_agreement: float | None = None) -> BootstrapResult:
-    """Train on the BasicMotions train split, evaluate on the test split, publish a version."""
+    """Train on the BasicMotions train split, evaluate on the test split, publish a version (with every head
+    of ``spec.tasks``; the forecast learns from the samples after each window)."""
     spec = spec or ModelSpec()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    X, labels = sliding_windows(load_basic_motions("train"), spec.window, stride)
-    Xte, labels_te = sliding_windows(load_basic_motions("test"), spec.window, spec.window // 2)
-    y, yte = encode_labels(labels, spec.classes), encode_labels(labels_te, spec.classes)
+    X, labels, F = basic_motions_windows("train", spec, stride)
+    Xte, labels_te, Fte = basic_motions_windows("test", spec, spec.window // 2)
+    classifies = spec.has("classify")
+    y, yte = (encode_labels(labels, spec.classes), encode_labels(labels_te, spec.classes)) if classifies else (None,
+                                                                                                              None)
     torch.manual_seed(seed)  # the initial weights too, so a version 1 is reproducible
     net = WindowTransformer(spec)
     net.set_normalisation(X)
     started = time.perf_counter()
-    losses = fit(net, X, y, epochs=epochs, seed=seed)
+    losses = fit(net, X, y, epochs=epochs, seed=seed, future=F)
     seconds = time.perf_counter() - started
-    metrics = {"test_accuracy": accuracy(predict_proba(net, Xte), yte),
-               "train_accuracy": accuracy(predict_proba(net, X), y),
-               "train_windows": float(len(X))}
+    metrics = {"train_windows": float(len(X))}
+    if classifies:
+        metrics.update(test_accuracy=accuracy(predict_proba(net, Xte), yte),
+                       train_accuracy=accuracy(predict_proba(net, X), y))
+    if spec.has("forecast"):
+        metrics.update(forecast_report(net, Xte, Fte))
     meta = publish_version(registry, name, net, spec, metrics, data_seen=len(X),
-                           note="bootstrap: BasicMotions train split", calibration=(Xte, yte),
-                           int8_min_agreement=int8_min_agreement, lda=lda_of(net, X, y))
+                           note="bootstrap: BasicMotions train split", calibration=(Xte, yte) if classifies else None,
+                           int8_min_agreement=int8_min_agreement, lda=lda_of(net, X, y) if classifies else None,
+                           normal_windows=np.concatenate([X, Xte]))
     log.info("published %s v%d: %s", name, meta.version, metrics)
     return BootstrapResult(meta, seconds, losses)

@@ -12,7 +12,7 @@ import numpy as np
 from operators.routing import ReviewRouter
 from operators.serving_model import ServingModel
 from operators.windowing import Window
-from schemas import Prediction, ReviewRequest
+from schemas import Forecast, Prediction, ReviewRequest
 
 
 def review_id_for(window: Window) -> str:
@@ -43,9 +43,13 @@ class ScoreStats:
     inference_runqueue_s: float = 0.0
 
 
-def _tops(model: ServingModel, probs: np.ndarray) -> tuple[ServingModel, np.ndarray, list[bool], list[int]]:
-    """A model's probabilities for a batch with, per window, whether they are finite and the top class."""
+def _tops(model: ServingModel, probs: np.ndarray, anomaly: np.ndarray | None = None
+          ) -> tuple[ServingModel, np.ndarray, list[bool], list[int]]:
+    """A model's probabilities for a batch with, per window, whether they (and its anomaly score) are finite
+    and the top class."""
     finite = np.isfinite(probs).all(axis=1)
+    if anomaly is not None:
+        finite &= np.isfinite(anomaly)
     best = np.where(finite, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0)
     return model, probs, finite.tolist(), best.tolist()
 
@@ -59,14 +63,20 @@ class WindowScorer:
     can compare the two on the same answered windows. The shadow's answers are published only for the
     ``canary_share`` of devices (by a hash of the device id): those devices are served by it, and their
     requests name the version in service as the other one.
+
+    A model with an anomaly head gives every prediction its score, and a window scoring at least
+    ``anomaly_threshold`` is asked about (reason ``anomaly``); one with a forecast head gives a
+    :class:`~schemas.Forecast` per window (the third list of :meth:`score_all`).
     """
 
-    def __init__(self, model: ServingModel, router: ReviewRouter, canary_share: float = 0.0) -> None:
+    def __init__(self, model: ServingModel, router: ReviewRouter, canary_share: float = 0.0,
+                 anomaly_threshold: float = 3.0) -> None:
         self.model = model
         self.router = router
         self.stats = ScoreStats()
         self.shadow: ServingModel | None = None
         self.canary_share = canary_share
+        self.anomaly_threshold = anomaly_threshold
 
     def is_canary(self, device_id: str) -> bool:
         """Whether a device is served by the version in its shadow phase (while there is one).
@@ -86,14 +96,22 @@ class WindowScorer:
               ) -> tuple[list[Prediction], list[ReviewRequest], list[Window]]:
         """Predictions, review requests, and the windows the model gave no finite probabilities for
         (never published as predictions; the caller dead-letters them)."""
+        predictions, reviews, _, unscored = self.score_all(windows, now_ms, clock)
+        return predictions, reviews, unscored
+
+    def score_all(self, windows: list[Window], now_ms: int, clock: Callable[[], int] | None = None
+                  ) -> tuple[list[Prediction], list[ReviewRequest], list[Forecast], list[Window]]:
+        """:meth:`score`, with the forecasts of a model that has a forecast head."""
         if not windows:
-            return [], [], []
+            return [], [], [], []
         model = self.model
 
         batch = np.stack([w.values for w in windows])
         waited = thread_runqueue_s()
         started, started_cpu = time.perf_counter(), time.thread_time()
-        probs = model.runner.predict_proba(batch)
+        heads = model.spec.tasks != ("classify",)
+        outputs = model.runner.predict(batch) if heads else {"probabilities": model.runner.predict_proba(batch)}
+        probs, anomaly, forecast = outputs["probabilities"], outputs.get("anomaly"), outputs.get("forecast")
         self.stats.inference_s += time.perf_counter() - started
         self.stats.inference_cpu_s += time.thread_time() - started_cpu
         waited_after = thread_runqueue_s()
@@ -102,11 +120,11 @@ class WindowScorer:
         self.stats.batches += 1
         self.stats.windows += len(windows)
         shadow = self.shadow
-        scored = [_tops(model, probs)]
+        scored = [_tops(model, probs, anomaly)]
         if shadow is not None:
             scored.append(_tops(shadow, shadow.runner.predict_proba(batch)))
         emitted = int(time.time() * 1000) if clock is None else clock()
-        predictions, reviews, unscored = [], [], []
+        predictions, reviews, forecasts, unscored = [], [], [], []
         for i, window in enumerate(windows):
             mine = 1 if shadow is not None and self.canary_share and self.is_canary(window.device_id) else 0
             served, rows, finite, best = scored[mine]
@@ -118,15 +136,19 @@ class WindowScorer:
             classes, row, top = served.spec.classes, rows[i], best[i]
             confidence = float(row[top])
             probabilities = {c: round(float(p), 6) for c, p in zip(classes, row)}
+            score = round(float(anomaly[i]), 4) if anomaly is not None and served is model else None
             predictions.append(Prediction(
                 device_id=window.device_id, window_end=window.end, window_start=window.start,
                 label=classes[top], confidence=confidence, probabilities=probabilities,
                 model_name=served.name, model_version=served.version,
                 latency_ms=float(max(0, emitted - window.ingest_ms)), emitted_at=emitted,
-                truth=window.truth))
+                truth=window.truth, anomaly=score))
+            if forecast is not None and served is model:
+                forecasts.append(forecast_of(window, forecast[i], served, emitted))
             review_id = review_id_for(window)
             reason = self.router.decide(review_id, confidence, now_ms, row, window.device_id, classes[top],
-                                        disagree=other_said is not None and other_said != classes[top])
+                                        disagree=other_said is not None and other_said != classes[top],
+                                        anomalous=score is not None and score >= self.anomaly_threshold)
             if reason is not None:
                 reviews.append(ReviewRequest(
                     review_id=review_id, device_id=window.device_id, window_start=window.start,
@@ -134,5 +156,16 @@ class WindowScorer:
                     values=np.round(window.values, 5).tolist(), predicted=classes[top],
                     confidence=confidence, probabilities=probabilities,
                     model_version=served.version, reason=reason, created_at=emitted, model_name=served.name,
-                    shadow_predicted=other_said, shadow_version=other.version if other is not None else None))
-        return predictions, reviews, unscored
+                    shadow_predicted=other_said, shadow_version=other.version if other is not None else None,
+                    anomaly=score))
+        return predictions, reviews, forecasts, unscored
+
+
+def forecast_of(window: Window, rows: np.ndarray, model: ServingModel, emitted: int) -> Forecast:
+    """The forecast record of one window: its samples are spaced like the window's (its time span over its
+    length, or the model's declared sample rate for a window of one instant)."""
+    n = len(window.values)
+    interval = (window.end - window.start) / (n - 1) if n > 1 and window.end > window.start else \
+        1000.0 / float(model.spec.extra.get("sample_rate_hz", 10.0))
+    return Forecast(window.device_id, window.end, round(float(interval), 3), list(model.spec.channels),
+                    np.round(rows.astype(np.float64), 5).tolist(), model.name, model.version, emitted)

@@ -85,23 +85,28 @@ class ReviewRouter:
         return True
 
     def decide(self, review_id: str, confidence: float, now_ms: int, row: np.ndarray | None = None,
-               device: str | None = None, predicted: str | None = None, disagree: bool = False) -> str | None:
+               device: str | None = None, predicted: str | None = None, disagree: bool = False,
+               anomalous: bool = False) -> str | None:
         """The reason to ask about a window (None: not asked). ``row`` (its probabilities) is needed by
         the margin and entropy strategies; ``device`` and ``predicted`` by the shares; ``disagree``: the
-        version in its shadow phase predicted another class (asked as ``disagreement``, sure or not).
+        version in its shadow phase predicted another class (asked as ``disagreement``, sure or not);
+        ``anomalous``: its anomaly score reached the threshold (asked as ``anomaly``, before the others, and
+        within the same shares: a broken sensor cannot take the whole budget).
 
         >>> r = ReviewRouter(threshold=0.6, audit_rate=0.0, budget_per_minute=10)
         >>> r.decide("a", 0.99, 0), r.decide("b", 0.99, 0, disagree=True), r.decide("c", 0.3, 0, disagree=True)
         (None, 'disagreement', 'low_confidence')
+        >>> r.decide("d", 0.3, 0, anomalous=True)
+        'anomaly'
         """
         if self._in_audit_sample(review_id):
             reason = "audit"  # first, unsure or not: uniform over all windows, so estimates from it are unbiased
         else:
             doubtful = (confidence < self.threshold if self.strategy == "confidence" or row is None
                         else unsure(row, self.strategy, self.threshold))
-            if not ((doubtful or disagree) and self._within_share(device, predicted, now_ms)):
+            if not ((doubtful or disagree or anomalous) and self._within_share(device, predicted, now_ms)):
                 return None
-            reason = "low_confidence" if doubtful else "disagreement"
+            reason = "anomaly" if anomalous else "low_confidence" if doubtful else "disagreement"
         if self.last_ms is not None:
             self.tokens = min(self.capacity, self.tokens + (now_ms - self.last_ms) * self.refill_per_ms)
         self.last_ms = now_ms

@@ -17,6 +17,7 @@ from model.registry import (
     load_verified,
     read_artifact,
 )
+from model.spec import output_names
 from model.runtime import OnnxRunner, Runner, TorchRunner
 from model.spec import ModelSpec
 
@@ -59,6 +60,9 @@ class FixedRunner:
     def predict_proba(self, windows: np.ndarray) -> np.ndarray:
         return np.tile(self.probabilities, (len(windows), 1))
 
+    def predict(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        return {"probabilities": self.predict_proba(windows)}
+
 
 def fixed_model(name: str, version: int, probabilities: tuple[float, ...] = (0.9, 0.1)) -> ServingModel:
     """A serving model of 2 channels, window 4 and classes a, b that always answers ``probabilities``."""
@@ -91,8 +95,24 @@ def serving_spec(root: str, name: str, version: int | None = None, declared: dic
 
 
 def smoke_test(runner: Runner, spec: ModelSpec) -> None:
-    """Run one tiny batch; refuse a model whose output is not a probability per class."""
-    probs = runner.predict_proba(np.zeros((2, spec.window, spec.n_channels), np.float32))
+    """Run one tiny batch; refuse a model whose output is not a probability per class, or that lacks a head
+    of its tasks (a finite anomaly score per window, a forecast of ``horizon`` samples per channel).
+    Serving needs the classify head (a model of anomaly or forecast heads only cannot serve yet)."""
+    windows = np.zeros((2, spec.window, spec.n_channels), np.float32)
+    if not spec.has("classify"):
+        raise ArtifactError(f"serving needs a classify head; this model has only {', '.join(spec.tasks)}")
+    if spec.tasks != ("classify",):
+        outputs = runner.predict(windows)
+        missing = [name for name in output_names(spec) if name not in outputs]
+        if missing:
+            raise ArtifactError(f"the model's graph lacks the output(s) {missing} of its tasks {list(spec.tasks)}")
+        if spec.has("anomaly") and (outputs["anomaly"].shape != (2,) or not np.isfinite(outputs["anomaly"]).all()):
+            raise ArtifactError(f"smoke inference gave anomaly scores of shape {outputs['anomaly'].shape}, expected "
+                                "(2,) finite")
+        if spec.has("forecast") and outputs["forecast"].shape != (2, spec.horizon, spec.n_channels):
+            raise ArtifactError(f"smoke inference gave a forecast of shape {outputs['forecast'].shape}, expected "
+                                f"(2, {spec.horizon}, {spec.n_channels})")
+    probs = runner.predict_proba(windows)
     if probs.shape != (2, spec.n_classes):
         raise ArtifactError(f"smoke inference returned shape {probs.shape}, expected (2, {spec.n_classes})")
     if not np.all(np.isfinite(probs)) or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):

@@ -46,6 +46,8 @@ class ShardTally:
 
     predictions: int = 0
     review_requests: int = 0
+    anomalies: int = 0  # review requests for an anomaly score at or above the threshold
+    forecasts: int = 0
     batches: int = 0
     model_swaps: int = 0
     model_refused: int = 0
@@ -74,7 +76,7 @@ class InferenceShard:
         self.scorer = WindowScorer(model, ReviewRouter(settings.query_threshold_or_default, settings.audit_rate,
                                                        settings.review_budget_per_minute, settings.query_strategy,
                                                        settings.review_device_share, settings.review_class_share),
-                                   settings.canary_share)
+                                   settings.canary_share, settings.anomaly_threshold)
         self.batcher = MicroBatcher(BatchPolicy(settings.max_batch, settings.max_wait_ms))
         self.watch = (ConfidenceWatch(model_name, settings.confidence_drift_delta,
                                       boost_budget_per_minute=settings.drift_budget_per_minute,
@@ -198,7 +200,7 @@ class InferenceShard:
             self.scorer.router.set_budget(self.settings.review_budget_per_minute)
             self.boost_until = None
         model_s = self.scorer.stats.inference_s
-        predictions, reviews, unscored = self.scorer.score(windows, now_ms)
+        predictions, reviews, forecasts, unscored = self.scorer.score_all(windows, now_ms)
         model_s = self.scorer.stats.inference_s - model_s
         t = self.tally
         t.last_batch_size, t.last_inference_ms = len(windows), model_s * 1000.0
@@ -206,8 +208,11 @@ class InferenceShard:
         t.inference_us_total += int(model_s * 1e6)
         t.predictions += len(predictions)
         t.review_requests += len(reviews)
+        t.anomalies += sum(r.reason == "anomaly" for r in reviews)
+        t.forecasts += len(forecasts)
         out = [Outgoing(self.topics.predictions, p.device_id, p.encode()) for p in predictions]
         out += [Outgoing(self.topics.review_requests, r.review_id, r.encode()) for r in reviews]
+        out += [Outgoing(self.topics.forecasts, f.device_id, f.encode()) for f in forecasts]
         for window in unscored:
             t.unscored_windows += 1
             letter = DeadLetter(self.topics.readings, -1, -1,

@@ -4,6 +4,7 @@ from schemas.base import SCHEMA_VERSION, SchemaError, decode_json, encode_json
 from schemas.records import (
     DeadLetter,
     DriftEvent,
+    Forecast,
     Label,
     ModelSnapshot,
     Prediction,
@@ -14,6 +15,6 @@ from schemas.records import (
 from schemas.topics import Topics
 
 __all__ = [
-    "SCHEMA_VERSION", "SchemaError", "check_class_name", "decode_json", "encode_json", "DeadLetter", "DriftEvent", "Label",
+    "SCHEMA_VERSION", "SchemaError", "check_class_name", "decode_json", "encode_json", "DeadLetter", "DriftEvent", "Forecast", "Label",
     "ModelSnapshot", "Prediction", "ReviewRequest", "SensorReading", "Topics",
 ]

@@ -142,10 +142,11 @@ class Prediction(_Record):
     latency_ms: float
     emitted_at: int
     truth: str | None = None
+    anomaly: float | None = None  # the window's anomaly score, where the model has that head
 
     REQUIRED = ("device_id", "window_end", "window_start", "label", "confidence", "probabilities",
                 "model_name", "model_version", "latency_ms", "emitted_at")
-    OPTIONAL = ("schema_version", "truth")
+    OPTIONAL = ("schema_version", "truth", "anomaly")
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "Prediction":
@@ -168,7 +169,55 @@ class Prediction(_Record):
             latency_ms=require_float(obj, "latency_ms"),
             emitted_at=require_int(obj, "emitted_at", 0),
             truth=require_str(obj, "truth") if obj.get("truth") is not None else None,
+            anomaly=require_float(obj, "anomaly") if obj.get("anomaly") is not None else None,
         )
+
+
+@dataclass(slots=True)
+class Forecast(_Record):
+    """The next samples of one device's channels after a window, as a model with a forecast head expects them:
+    ``values[i]`` is the sample ``interval_ms * (i + 1)`` after ``window_end``.
+
+    >>> f = Forecast("d1", 900, 100.0, ["x"], [[1.5], [2.0]], "m", 3, 950)
+    >>> Forecast.decode(f.encode()).values
+    [[1.5], [2.0]]
+    >>> Forecast.decode(b'{"device_id": "d1", "window_end": 9, "interval_ms": 0, "channels": ["x"], "values": [[1]],'
+    ...                 b' "model_name": "m", "model_version": 1, "emitted_at": 9}')
+    Traceback (most recent call last):
+    ...
+    schemas.base.SchemaError: interval_ms: must lie in [1e-06, None]
+    """
+
+    device_id: str
+    window_end: int
+    interval_ms: float
+    channels: list[str]
+    values: list[list[float]]
+    model_name: str
+    model_version: int
+    emitted_at: int
+
+    REQUIRED = ("device_id", "window_end", "interval_ms", "channels", "values", "model_name", "model_version",
+                "emitted_at")
+    OPTIONAL = ("schema_version",)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "Forecast":
+        check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
+        check_version(obj)
+        channels = obj["channels"]
+        if not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels):
+            raise SchemaError("channels", "must be a non-empty list of strings")
+        rows = obj["values"]
+        if not isinstance(rows, list) or not rows:
+            raise SchemaError("values", "must be a non-empty list of rows")
+        for i, row in enumerate(rows):
+            if not isinstance(row, list) or len(row) != len(channels):
+                raise SchemaError(f"values[{i}]", f"must be a list of {len(channels)} numbers")
+        return cls(require_id(obj, "device_id"), require_int(obj, "window_end", 0),
+                   require_float(obj, "interval_ms", 1e-6), channels,
+                   [finite_floats(row, f"values[{i}]") for i, row in enumerate(rows)],
+                   require_id(obj, "model_name"), require_int(obj, "model_version", 0), require_int(obj, "emitted_at", 0))
 
 
 @dataclass(slots=True)
@@ -190,12 +239,13 @@ class ReviewRequest(_Record):
     model_name: str | None = None  # None in records from before several models could be served
     shadow_predicted: str | None = None  # what the version in its shadow phase said about the window
     shadow_version: int | None = None
+    anomaly: float | None = None  # the window's anomaly score, where the model has that head
 
     MAX_BYTES = 1024 * 1024
-    REASONS = ("low_confidence", "audit", "drift", "disagreement")
+    REASONS = ("low_confidence", "audit", "drift", "disagreement", "anomaly")
     REQUIRED = ("review_id", "device_id", "window_start", "window_end", "channels", "values",
                 "predicted", "confidence", "probabilities", "model_version", "reason", "created_at")
-    OPTIONAL = ("schema_version", "model_name", "shadow_predicted", "shadow_version")
+    OPTIONAL = ("schema_version", "model_name", "shadow_predicted", "shadow_version", "anomaly")
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "ReviewRequest":
@@ -232,6 +282,7 @@ class ReviewRequest(_Record):
             model_name=require_id(obj, "model_name") if obj.get("model_name") is not None else None,
             shadow_predicted=require_str(obj, "shadow_predicted") if obj.get("shadow_predicted") is not None else None,
             shadow_version=require_int(obj, "shadow_version", 1) if obj.get("shadow_version") is not None else None,
+            anomaly=require_float(obj, "anomaly") if obj.get("anomaly") is not None else None,
         )
 
 

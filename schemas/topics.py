@@ -22,6 +22,7 @@ class Topics:
     model_snapshots: str = "model-snapshots"
     dead_letters: str = "dead-letters"
     drift_events: str = "drift-events"
+    forecasts: str = "forecasts"
 
     def partitions(self) -> dict[str, int]:
         """Partition count per topic: readings and predictions are spread by device."""
@@ -33,6 +34,7 @@ class Topics:
             self.model_snapshots: 1,
             self.dead_letters: 1,
             self.drift_events: 1,
+            self.forecasts: 4,
         }
 
     def all(self) -> list[str]:

@@ -153,6 +153,8 @@ class ServingSettings:
     query_threshold: float = 0.0  # margin below / entropy above it is unsure; 0: 0.2 / 0.5 (confidence_threshold)
     review_device_share: float = 1.0  # most of a minute's review budget one device's unsure windows may take
     review_class_share: float = 1.0  # the same for one predicted class (1.0: no cap; the audit is never capped)
+    anomaly_threshold: float = 3.0  # a window scoring at least this is asked about (reason anomaly): 3 is the top
+    #                                 0.1 % of normal windows (model.network.WindowTransformer.anomaly_score)
     canary_share: float = 0.0  # during a version's shadow phase, the share of devices (by a hash of their id) it
     #                            serves as a canary; the rest keep the version in service (0: shadow only)
 
@@ -164,6 +166,8 @@ class ServingSettings:
                   "max_future_ms", "max_seq_jump", "device_expiry_ms", "source_check_ms")
         if not self.max_abs_value > 0:
             raise ValueError(f"max_abs_value must be > 0, got {self.max_abs_value}")
+        if not (isinstance(self.anomaly_threshold, (int, float)) and 0 < self.anomaly_threshold < 1e6):
+            raise ValueError(f"anomaly_threshold must be a positive number, got {self.anomaly_threshold!r}")
         _share(self, "confidence_threshold", "audit_rate")
         if not 0.0 <= self.confidence_drift_delta < 1.0:
             raise ValueError("confidence_drift_delta must lie in [0, 1)")
