@@ -40,12 +40,18 @@ def cmd_setup(args: argparse.Namespace) -> int:
               f"`sensorloop data import FILE --model {args.model_name}` then `sensorloop train --dataset ID`")
         return 0
     if registry.latest_version(args.model_name) is None or args.retrain:
+        from model.spec import ModelSpec
         from model.train import bootstrap
 
-        result = bootstrap(registry, args.model_name, epochs=args.epochs,
+        tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+        try:
+            spec = ModelSpec(tasks=tasks, horizon=args.horizon if "forecast" in tasks else 0)
+        except ValueError as exc:
+            raise SystemExit(f"sensorloop setup: {exc}") from None
+        result = bootstrap(registry, args.model_name, spec=spec, epochs=args.epochs,
                            int8_min_agreement=config_of(args).int8_check(args.model_name))
         meta = result.metadata
-        print(f"trained {meta.model_name} v{meta.version} in {result.train_seconds:.1f}s: "
+        print(f"trained {meta.model_name} v{meta.version} ({', '.join(spec.tasks)}) in {result.train_seconds:.1f}s: "
               f"test accuracy {meta.metrics['test_accuracy']:.3f}")
     else:
         version = registry.latest_version(args.model_name)
@@ -497,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--jars", default=None, help="folder with the Flink Kafka connector jars (else fetched)")
         p.add_argument("--epochs", type=int, default=25, help="epochs of the bootstrap training")
         p.add_argument("--retrain", action="store_true", help="train a new version even if one exists")
+        p.add_argument("--tasks", default="classify",
+                       help="heads of the built-in model, comma-separated: classify, anomaly, forecast")
+        p.add_argument("--horizon", type=int, default=8, help="samples per channel a forecast head predicts")
 
     p = sub.add_parser("setup", help="fetch and verify connector jars, build helpers, train model v1")
     model_args(p)

@@ -88,7 +88,8 @@ def retrain(bootstrap: str, topics: Topics, registry_root: str, model_name: str,
                                parent_version=serving.metadata.version, data_seen=len(items),
                                note=f"full retrain from the labeled archive: {decision.reason}",
                                calibration=(X[held], y[held]), int8_min_agreement=int8_min_agreement,
-                               lda=lda_of(candidate, X[~held], y[~held]) if (~held).any() else None)
+                               lda=lda_of(candidate, X[~held], y[~held]) if (~held).any() else None,
+                               normal_windows=X[~held] if (~held).sum() >= 32 else None)
         version = meta.version
         if announce:
             snapshot = announcement(registry, model_name, version, signing_key)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.self_supervised import self_supervised_loss
 from model.slda import StreamingLDA
 from settings import LearningSettings
 
@@ -144,6 +145,9 @@ class OnlineTrainer:
     and the distillation loss against the teacher (``distill_strength``: the network as it was at the
     last :meth:`consolidate`, or the version set by :meth:`set_teacher`).
 
+    A network with an anomaly head keeps learning its self-supervised objective on the same windows
+    (``model.self_supervised``), so the reconstruction follows the encoder as it changes.
+
     ``learn_one`` buffers a window and runs an update when ``batch_size`` are waiting;
     :meth:`add_classes` grows the output layer when a class the model does not have is taught.
 
@@ -235,7 +239,7 @@ class OnlineTrainer:
         X = torch.as_tensor(np.concatenate([X_new, X_old]) if len(y_old) else X_new)
         y = torch.as_tensor(np.concatenate([y_new, y_old]) if len(y_old) else y_new)
         logits = self.net(X)
-        loss = nn.functional.cross_entropy(logits, y)
+        loss = nn.functional.cross_entropy(logits, y) + self_supervised_loss(self.net, X)
         if self.ewc is not None and self.config.ewc_strength > 0:
             loss = loss + self.config.ewc_strength * self.ewc.penalty(self.net)
         if self.teacher is not None and self.config.distill_strength > 0:

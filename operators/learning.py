@@ -398,11 +398,12 @@ class VersionPublisher:
                    "trigger_label_at_ms": float(candidate.trigger_answered_at)}
         held = list(loop.gate.windows)
         calibration = (np.stack([w for w, _ in held]), np.asarray([label for _, label in held])) if held else None
+        remembered = loop.trainer.reservoir.all()[0]  # the anomaly score is refitted on them (taken as normal)
         meta = publish_version(self.registry, self.model_name, candidate.net, loop.spec, metrics,
                                parent_version=loop.version or None, data_seen=loop.labeled,
                                note=f"online{' (cold start)' if not loop.version else ''}: {d.reason}",
                                calibration=calibration, int8_min_agreement=self.int8_min_agreement,
-                               lda=candidate.lda)
+                               lda=candidate.lda, normal_windows=remembered if len(remembered) >= 32 else None)
         self.published += 1
         weights = weights_bytes(candidate.net)
         if loop.config.shadow_answers > 0 and loop.serving is not None:

@@ -19,9 +19,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from model.spec import TASKS
+
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 KEYS = ("channels", "units", "sample_rate_hz", "window", "stride", "classes", "d_model", "n_heads", "n_layers",
-        "d_ff", "dropout", "device_types", "devices", "precision")
+        "d_ff", "dropout", "device_types", "devices", "precision", "tasks", "forecast_horizon")
 
 
 def _samples(value: Any, rate: float, key: str) -> int:
@@ -66,6 +68,8 @@ class ModelDeclaration:
     device_types: tuple[str, ...] = ()  # a reading's "device_type" values this model scores (default: its name)
     devices: tuple[str, ...] = ()  # device id patterns (fnmatch, e.g. "wrist-*") for readings without a type
     precision: str = ""  # "fp32" or "int8" for this model; "" follows serving.precision
+    tasks: tuple[str, ...] = ("classify",)  # its heads: classify, anomaly, forecast (model.spec.TASKS)
+    forecast_horizon: int = 0  # samples per channel the forecast head predicts after a window
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any]) -> "ModelDeclaration":
@@ -77,12 +81,19 @@ class ModelDeclaration:
             if key not in KEYS:
                 hint = difflib.get_close_matches(key, KEYS, n=1)
                 problems.append(f"{key}: unknown key" + (f" (did you mean {hint[0]}?)" if hint else ""))
+        tasks = _names(table.get("tasks", ["classify"]), "tasks", problems)
+        for task in tasks:
+            if task not in TASKS:
+                problems.append(f"tasks: unknown task {task!r} (known: {', '.join(TASKS)})")
+        if "tasks" in table and not tasks and not any(p.startswith("tasks") for p in problems):
+            problems.append(f"tasks: a model needs at least one of {', '.join(TASKS)}")
+        classifies = "classify" in tasks
         for key in ("channels", "classes", "sample_rate_hz", "window", "stride"):
-            if key not in table:
+            if key not in table and (key != "classes" or classifies):
                 problems.append(f"{key}: missing")
         channels = _names(table.get("channels", []), "channels", problems)
         classes = _names(table.get("classes", []), "classes", problems)
-        if "classes" in table and len(classes) < 2 and not any(p.startswith("classes") for p in problems):
+        if classifies and "classes" in table and len(classes) < 2 and not any(p.startswith("classes") for p in problems):
             problems.append(f"classes: at least two are needed, got {list(classes)}")
         units = _names(table.get("units", []), "units", []) if "units" in table else ()
         if units and len(units) != len(channels):
@@ -117,20 +128,30 @@ class ModelDeclaration:
             if not NAME.fullmatch(kind):
                 problems.append(f"device_types: {kind!r}: letters, digits, '.', '_' and '-' only, at most 64")
         devices = _names(table.get("devices", []), "devices", problems)
+        horizon = 0
+        if "forecast" in tasks or "forecast_horizon" in table:
+            try:
+                horizon = _samples(table.get("forecast_horizon", 0), float(rate), "forecast_horizon")
+            except ValueError as exc:
+                problems.append(str(exc))
+            if "forecast" in tasks and horizon < 1:
+                problems.append(f"forecast_horizon: a forecast head needs at least 1 sample, got {horizon}")
         precision = table.get("precision", "")
         if precision not in ("", "fp32", "int8"):
             problems.append(f"precision: expected \"fp32\" or \"int8\", got {precision!r}")
         if problems:
             raise ValueError("; ".join(problems))
         return cls(name, channels, classes, float(rate), window, stride, units, dropout=float(dropout),
-                   device_types=device_types, devices=devices, precision=precision, **sizes)
+                   device_types=device_types, devices=devices, precision=precision, tasks=tasks,
+                   forecast_horizon=horizon, **sizes)
 
     def spec_dict(self) -> dict[str, Any]:
         """The registry's model spec (``model.spec.ModelSpec.from_dict`` reads it)."""
         return {"window": self.window, "channels": list(self.channels), "classes": list(self.classes),
                 "d_model": self.d_model, "n_heads": self.n_heads, "n_layers": self.n_layers, "d_ff": self.d_ff,
                 "dropout": self.dropout, "extra": {"sample_rate_hz": self.sample_rate_hz, "stride": self.stride,
-                                                   "units": list(self.units)}}
+                                                   "units": list(self.units)},
+                "tasks": list(self.tasks), "horizon": self.forecast_horizon}
 
     def to_table(self) -> dict[str, Any]:
         """The TOML table it came from, window and stride in samples."""
@@ -146,4 +167,8 @@ class ModelDeclaration:
             table["devices"] = list(self.devices)
         if self.precision:
             table["precision"] = self.precision
+        if self.tasks != ("classify",):
+            table["tasks"] = list(self.tasks)
+        if self.forecast_horizon:
+            table["forecast_horizon"] = self.forecast_horizon
         return table

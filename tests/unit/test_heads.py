@@ -1,0 +1,211 @@
+"""Heads per task on one encoder: the anomaly score and the forecast, in torch and in the exported graph,
+in configuration, in serving's scorer and in the online learner."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from model.export import export_onnx
+from model.network import WindowTransformer
+from model.online import OnlineTrainer
+from model.registry import ArtifactError
+from model.runtime import OnnxRunner
+from model.self_supervised import windows_with_future
+from model.spec import ModelSpec
+from model.train import fit
+from operators.inference import WindowScorer
+from operators.routing import ReviewRouter
+from operators.serving_model import ServingModel, smoke_test
+from operators.windowing import Window
+from schemas import Forecast, Prediction, ReviewRequest, SchemaError
+from settings import LearningSettings
+from settings.models import ModelDeclaration
+from tests.unit.test_properties import BOUNDED, json_values
+
+WINDOW, HORIZON = 24, 4
+SPEC = ModelSpec(window=WINDOW, channels=("a", "b"), classes=("slow", "fast"), tasks=("classify", "anomaly", "forecast"),
+                 horizon=HORIZON, d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0)
+
+
+def waves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two-channel sine waves, slow or fast, random phase and small noise: windows, classes, next samples."""
+    rng = np.random.default_rng(seed)
+    X, y, F = [], [], []
+    for i in range(n):
+        fast = i % 2
+        t = np.arange(WINDOW + HORIZON) * (0.5 if fast else 0.2) + rng.uniform(0, 6.28)
+        series = np.stack([np.sin(t), 0.5 * np.cos(t)], axis=1) + rng.normal(0, 0.05, (len(t), 2))
+        X.append(series[:WINDOW])
+        F.append(series[WINDOW:])
+        y.append(fast)
+    return np.asarray(X, np.float32), np.asarray(y), np.asarray(F, np.float32)
+
+
+@pytest.fixture(scope="module")
+def trained() -> WindowTransformer:
+    X, y, F = waves(400, seed=0)
+    torch.manual_seed(0)
+    net = WindowTransformer(SPEC)
+    net.set_normalisation(X)
+    fit(net, X, y, epochs=25, future=F, seed=0)
+    net.fit_anomaly_scale(waves(300, seed=1)[0])
+    return net.eval()
+
+
+def spikes(X: np.ndarray) -> np.ndarray:
+    out = X.copy()
+    out[:, ::5, 0] += 3.0
+    return out
+
+
+def test_the_anomaly_score_is_rare_on_normal_windows_and_high_on_faults(trained):
+    X, _, _ = waves(300, seed=2)
+    with torch.no_grad():
+        normal = trained.anomaly_score(torch.as_tensor(X)).numpy()
+        faulty = trained.anomaly_score(torch.as_tensor(spikes(X))).numpy()
+        stuck = X.copy()
+        stuck[:, :, 1] = stuck[:, :1, 1]
+        stuck_scores = trained.anomaly_score(torch.as_tensor(stuck)).numpy()
+    # the score says how rare a window is among normal ones: about 10 % of them reach 1, about 1 % reach 2
+    assert 0.03 < (normal >= 1).mean() < 0.25
+    assert (normal >= 2).mean() < 0.05
+    assert (faulty >= 2).mean() > 0.9 and np.median(faulty) > 2.5
+    assert np.median(stuck_scores) > np.percentile(normal, 95)
+
+
+def test_the_forecast_beats_the_last_value(trained):
+    X, _, F = waves(200, seed=3)
+    with torch.no_grad():
+        predicted = trained.forecast(torch.as_tensor(X)).numpy()
+    assert predicted.shape == (200, HORIZON, 2)
+    assert np.abs(predicted - F).mean() < 0.5 * np.abs(X[:, -1:, :] - F).mean()
+
+
+def test_the_exported_graph_gives_every_head_as_torch_does(trained):
+    runner = OnnxRunner(export_onnx(trained, SPEC, temperature=1.5))
+    assert runner.output_names == ["probabilities", "anomaly", "forecast"]
+    X, _, _ = waves(37, seed=4)
+    out = runner.predict(X)
+    with torch.no_grad():
+        x = torch.as_tensor(X)
+        probs = torch.softmax(trained(x) / 1.5, -1).numpy()
+        score, forecast = trained.anomaly_score(x).numpy(), trained.forecast(x).numpy()
+    assert np.abs(out["probabilities"] - probs).max() < 1e-5
+    assert np.abs(out["anomaly"] - score).max() < 1e-3
+    assert np.abs(out["forecast"] - forecast).max() < 1e-4
+    smoke_test(runner, SPEC)
+
+
+def test_a_graph_without_a_head_of_its_tasks_is_refused(trained):
+    classify_only = OnnxRunner(export_onnx(trained, ModelSpec(window=WINDOW, channels=("a", "b"), classes=("slow", "fast"))))
+    with pytest.raises(ArtifactError, match="lacks the output"):
+        smoke_test(classify_only, SPEC)
+    with pytest.raises(ArtifactError, match="needs a classify head"):
+        smoke_test(classify_only, ModelSpec(window=WINDOW, channels=("a", "b"), classes=(), tasks=("anomaly",)))
+
+
+def test_an_anomaly_only_model_trains_without_labels():
+    spec = ModelSpec(window=WINDOW, channels=("a", "b"), classes=(), tasks=("anomaly",), d_model=16, n_heads=2,
+                     n_layers=1, d_ff=32)
+    X, _, _ = waves(200, seed=5)
+    net = WindowTransformer(spec)
+    net.set_normalisation(X)
+    losses = fit(net, X, None, epochs=10)
+    assert losses[-1] < losses[0]
+    net.fit_anomaly_scale(X)
+    with pytest.raises(ValueError, match="no classify head"):
+        net(torch.as_tensor(X))
+    runner = OnnxRunner(export_onnx(net, spec))
+    assert runner.output_names == ["anomaly"] and runner.predict(X[:3])["anomaly"].shape == (3,)
+
+
+def window(device: str, end: int, values: np.ndarray) -> Window:
+    return Window(device, end - 2300, end, values, None, end)
+
+
+def test_serving_scores_flags_and_forecasts(trained):
+    model = ServingModel("waves", 2, SPEC, OnnxRunner(export_onnx(trained, SPEC)))
+    router = ReviewRouter(threshold=0.0, audit_rate=0.0, budget_per_minute=100)
+    scorer = WindowScorer(model, router, anomaly_threshold=3.0)
+    X, _, _ = waves(6, seed=6)
+    batch = [window(f"d{i}", 10_000, X[i]) for i in range(3)] + [window("broken", 10_000, spikes(X[3:4])[0])]
+    predictions, reviews, forecasts, unscored = scorer.score_all(batch, now_ms=10_000, clock=lambda: 10_001)
+    assert not unscored and len(predictions) == len(forecasts) == 4
+    assert all(p.anomaly is not None for p in predictions)
+    assert [r.device_id for r in reviews] == ["broken"] and reviews[0].reason == "anomaly"
+    assert reviews[0].anomaly >= 3.0 and ReviewRequest.decode(reviews[0].encode()).anomaly == reviews[0].anomaly
+    f = Forecast.decode(forecasts[0].encode())
+    assert (f.device_id, f.window_end, f.interval_ms, len(f.values), len(f.values[0])) == ("d0", 10_000, 100.0,
+                                                                                        HORIZON, 2)
+    assert Prediction.decode(predictions[3].encode()).anomaly == predictions[3].anomaly
+
+
+def test_a_non_finite_anomaly_score_leaves_the_window_unscored():
+    class Broken:
+        provider = "test"
+
+        def predict(self, windows):
+            n = len(windows)
+            return {"probabilities": np.tile([0.9, 0.1], (n, 1)), "anomaly": np.array([np.nan] + [0.1] * (n - 1)),
+                    "forecast": np.zeros((n, HORIZON, 2))}
+
+    scorer = WindowScorer(ServingModel("waves", 1, SPEC, Broken()), ReviewRouter(0.5, 0.0, 10))
+    X, _, _ = waves(2, seed=7)
+    predictions, _, forecasts, unscored = scorer.score_all([window("a", 5000, X[0]), window("b", 5000, X[1])], 5000)
+    assert [w.device_id for w in unscored] == ["a"] and [p.device_id for p in predictions] == ["b"]
+    assert [f.device_id for f in forecasts] == ["b"]
+
+
+def test_the_online_learner_keeps_training_the_reconstruction(trained):
+    import copy
+
+    net = copy.deepcopy(trained)
+    before = net.decoder.weight.detach().clone()
+    trainer = OnlineTrainer(net, 2, LearningSettings(batch_size=8))
+    X, y, _ = waves(8, seed=8)
+    for w, label in zip(X, y):
+        trainer.learn_one(w, int(label))
+    assert trainer.updates == 1 and not torch.equal(before, net.decoder.weight)
+
+
+def test_declared_tasks_and_horizon_reach_the_spec():
+    declared = ModelDeclaration.from_table("fog", {"channels": ["ax", "ay"], "sample_rate_hz": 64, "window": "1s",
+                                                   "stride": 16, "tasks": ["anomaly", "forecast"],
+                                                   "forecast_horizon": "250ms"})
+    spec = ModelSpec.from_dict(declared.spec_dict())
+    assert (spec.tasks, spec.horizon, spec.classes, spec.window) == (("anomaly", "forecast"), 16, (), 64)
+    assert ModelDeclaration.from_table("fog", declared.to_table()) == declared
+    with pytest.raises(ValueError, match="classes: missing"):
+        ModelDeclaration.from_table("m", {"channels": ["a"], "sample_rate_hz": 1, "window": 4, "stride": 1,
+                                          "tasks": ["classify", "anomaly"]})
+    with pytest.raises(ValueError, match="tasks: a model needs at least one"):
+        ModelDeclaration.from_table("m", {"channels": ["a"], "sample_rate_hz": 1, "window": 4, "stride": 1, "tasks": []})
+
+
+def test_windows_with_future_never_reach_past_the_series():
+    X, F = windows_with_future(np.arange(30, dtype=np.float32).reshape(15, 2), window=4, horizon=3, stride=2)
+    assert X.shape == (5, 4, 2) and F.shape == (5, 3, 2) and F[-1, -1, 1] == 29
+
+
+@BOUNDED
+@given(obj=json_values | st.fixed_dictionaries(
+    {"device_id": st.sampled_from(["d", ""]), "window_end": st.integers(-2, 2**40), "interval_ms": st.floats(),
+     "channels": st.lists(st.text(max_size=3), max_size=3), "values": st.lists(st.lists(st.floats(), max_size=3),
+                                                                              max_size=3),
+     "model_name": st.sampled_from(["m", "?"]), "model_version": st.integers(-1, 3), "emitted_at": st.integers(0, 9)}))
+def test_any_forecast_record_decodes_or_is_refused_by_name(obj):
+    try:
+        raw = orjson.dumps(obj)
+    except (TypeError, orjson.JSONEncodeError):
+        return
+    try:
+        f = Forecast.decode(raw)
+    except SchemaError as exc:
+        assert exc.args
+    else:
+        assert all(len(row) == len(f.channels) for row in f.values) and np.isfinite(f.values).all()
