@@ -209,3 +209,38 @@ def test_any_forecast_record_decodes_or_is_refused_by_name(obj):
         assert exc.args
     else:
         assert all(len(row) == len(f.channels) for row in f.values) and np.isfinite(f.values).all()
+
+
+def test_versions_the_learning_loop_publishes_keep_a_calibrated_anomaly_score(tmp_path):
+    from model.datasets import load_basic_motions, sliding_windows
+    from model.registry import ModelRegistry
+    from model.train import encode_labels, publish_version
+    from operators.label_join import LabeledWindow
+    from operators.learning import VersionPublisher, loop_from_registry
+    from operators.serving_model import load_from_registry
+    from schemas import Topics
+
+    spec = ModelSpec(window=32, tasks=("classify", "anomaly"), d_model=32, n_heads=4, n_layers=1, d_ff=64, dropout=0.0)
+    X, labels = sliding_windows(load_basic_motions("train"), 32, 8)
+    Xte, labels_te = sliding_windows(load_basic_motions("test"), 32, 8)
+    torch.manual_seed(0)
+    net = WindowTransformer(spec)
+    net.set_normalisation(X)
+    fit(net, X, encode_labels(labels, spec.classes), epochs=10, seed=0)
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    publish_version(registry, "m", net, spec, {}, normal_windows=Xte[::2])
+    loop = loop_from_registry(registry, "m", LearningSettings(gate_every=32, min_holdout=16))
+    publisher = VersionPublisher(registry, "m", Topics())
+    order = np.random.default_rng(0).permutation(len(X))
+    for i in np.concatenate([order, order]):
+        publisher.learn(loop, LabeledWindow(f"d:{i}", "d", X[i], str(labels[i]), str(labels[i]), loop.version,
+                                            ["ann"], int(i)), int(i))
+    newest = registry.latest_version("m")
+    assert newest > 1, "the loop published no version"
+    assert "anomaly_reconstruction_center" in registry.metadata("m", newest).metrics  # refitted on its reservoir
+    served = load_from_registry(registry.root, "m")
+    normal = served.runner.predict(Xte)["anomaly"]
+    broken = Xte.copy()
+    broken[:, ::4, 0] += 10 * X[:, :, 0].std()
+    faulty = served.runner.predict(broken)["anomaly"]
+    assert (normal >= 3).mean() < 0.1 and np.median(faulty) > np.percentile(normal, 90)
