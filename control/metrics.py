@@ -24,7 +24,7 @@ SERVING = ("readings_in", "samples_in", "windows", "late_readings", "dead_letter
            "batches", "inference_us_total", "batch_size", "inference_ms", "model_version", "model_swaps",
            "model_refused", "confidence_drifts", "unscored_windows", "devices_expired",
            "model_versions_unusable", "source_resets", "source_stalled_partitions", "reviews_over_share",
-           "anomalies", "forecasts")
+           "anomalies", "forecasts", "unlabeled_windows")
 LEARNING = ("labeled_windows", "labeled_windows_learned", "versions_published", "candidates_refused",
             "drift_events", "rollbacks", "candidates_deferred", "prequential_accuracy_pct", "model_version", "label_lag_ms", "dead_letters")
 OURS = set(SERVING) | set(LEARNING)

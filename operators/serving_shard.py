@@ -32,6 +32,7 @@ from operators.outgoing import Outgoing, dead_letter_out
 from operators.parse import raw_text
 from operators.routing import ReviewRouter, boosted_budget
 from operators.serving_model import ControlMessage, ServingModel, input_mismatch
+from operators.window_sampling import WindowSampler
 from operators.windowing import Window
 from schemas import DeadLetter, DriftEvent, ModelSnapshot, Topics
 from settings import ServingSettings
@@ -48,6 +49,7 @@ class ShardTally:
     review_requests: int = 0
     anomalies: int = 0  # review requests for an anomaly score at or above the threshold
     forecasts: int = 0
+    unlabeled_windows: int = 0  # windows passed to the learning side for the self-supervised heads
     batches: int = 0
     model_swaps: int = 0
     model_refused: int = 0
@@ -86,6 +88,7 @@ class InferenceShard:
         self.stats_file = stats_file
         self.tally = ShardTally()
         self.shadow_snapshot: ModelSnapshot | None = None
+        self.sampler = WindowSampler(settings.unlabeled_share)  # unlabeled windows for the self-supervised heads
 
     @property
     def model(self) -> ServingModel:
@@ -213,6 +216,7 @@ class InferenceShard:
         out = [Outgoing(self.topics.predictions, p.device_id, p.encode()) for p in predictions]
         out += [Outgoing(self.topics.review_requests, r.review_id, r.encode()) for r in reviews]
         out += [Outgoing(self.topics.forecasts, f.device_id, f.encode()) for f in forecasts]
+        out += self._unlabeled(windows, unscored)
         for window in unscored:
             t.unscored_windows += 1
             letter = DeadLetter(self.topics.readings, -1, -1,
@@ -227,6 +231,21 @@ class InferenceShard:
                 t.confidence_drifts += 1
                 out.append(Outgoing(self.topics.drift_events, self.model_name, event.encode()))
         return out
+
+    def _unlabeled(self, windows: list[Window], unscored: list[Window]) -> list[Outgoing]:
+        """The share of windows the learning side trains the model's self-supervised heads on (none for a
+        model that only classifies)."""
+        spec = self.model.spec
+        if not self.sampler.share or not (spec.has("anomaly") or spec.has("forecast")):
+            return []
+        self.sampler.horizon = spec.horizon if spec.has("forecast") else 0
+        skip = {id(w) for w in unscored}
+        out = []
+        for window in windows:
+            if id(window) not in skip:
+                out += self.sampler.offer(window, self.model_name, self.model.version, list(spec.channels))
+        self.tally.unlabeled_windows += len(out)
+        return [Outgoing(self.topics.windows, self.model_name, sample.encode()) for sample in out]
 
     def report(self) -> None:
         """Append the model's own throughput inside the job to ``stats_file`` (if set)."""

@@ -10,11 +10,12 @@ from schemas.records import (
     Prediction,
     ReviewRequest,
     SensorReading,
+    WindowSample,
     check_class_name,
 )
 from schemas.topics import Topics
 
 __all__ = [
     "SCHEMA_VERSION", "SchemaError", "check_class_name", "decode_json", "encode_json", "DeadLetter", "DriftEvent", "Forecast", "Label",
-    "ModelSnapshot", "Prediction", "ReviewRequest", "SensorReading", "Topics",
+    "ModelSnapshot", "Prediction", "ReviewRequest", "SensorReading", "Topics", "WindowSample",
 ]

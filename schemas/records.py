@@ -221,6 +221,69 @@ class Forecast(_Record):
 
 
 @dataclass(slots=True)
+class WindowSample(_Record):
+    """A window serving passes to the learning side unlabeled (a share of them), for the self-supervised
+    objectives of a model's anomaly and forecast heads; ``future`` holds the samples that followed it
+    when the model forecasts.
+
+    >>> w = WindowSample("d1", 900, 1000, ["x"], [[1.0], [2.0]], "m", 3, [[2.5]])
+    >>> WindowSample.decode(w.encode(), shape=(2, 1), horizon=1).future
+    [[2.5]]
+    >>> WindowSample.decode(w.encode(), shape=(3, 1))
+    Traceback (most recent call last):
+    ...
+    schemas.base.SchemaError: values: expected 3 rows of 1 channels, got 2 rows
+    """
+
+    device_id: str
+    window_start: int
+    window_end: int
+    channels: list[str]
+    values: list[list[float]]
+    model_name: str
+    model_version: int
+    future: list[list[float]] | None = None
+
+    MAX_BYTES = 1024 * 1024
+    REQUIRED = ("device_id", "window_start", "window_end", "channels", "values", "model_name", "model_version")
+    OPTIONAL = ("schema_version", "future")
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any], shape: tuple[int, int] | None = None,
+                  horizon: int | None = None) -> "WindowSample":
+        """With ``shape`` (window, channels) the values must have it; with ``horizon`` a ``future`` must have
+        that many rows (a record without one is still a window to learn the other heads from)."""
+        check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
+        check_version(obj)
+        channels = obj["channels"]
+        if not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels):
+            raise SchemaError("channels", "must be a non-empty list of strings")
+        values = _rows(obj["values"], "values", len(channels))
+        if shape is not None and (len(values), len(channels)) != tuple(shape):
+            raise SchemaError("values", f"expected {shape[0]} rows of {shape[1]} channels, got {len(values)} rows"
+                              + ("" if len(channels) == shape[1] else f" of {len(channels)}"))
+        future = None
+        if obj.get("future") is not None:
+            future = _rows(obj["future"], "future", len(channels))
+            if horizon is not None and len(future) != horizon:
+                raise SchemaError("future", f"expected {horizon} rows, got {len(future)}")
+        return cls(require_id(obj, "device_id"), require_int(obj, "window_start", 0), require_int(obj, "window_end", 0),
+                   channels, values, require_id(obj, "model_name"), require_int(obj, "model_version", 0), future)
+
+
+def _rows(rows: Any, name: str, width: int) -> list[list[float]]:
+    """A non-empty list of rows of ``width`` finite numbers each, naming the first bad one."""
+    if not isinstance(rows, list) or not rows:
+        raise SchemaError(name, "must be a non-empty list of rows")
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != width:
+            raise SchemaError(f"{name}[{i}]", f"must be a list of {width} numbers")
+        out.append(finite_floats(row, f"{name}[{i}]"))
+    return out
+
+
+@dataclass(slots=True)
 class ReviewRequest(_Record):
     """A window the model was unsure about (or an audit sample), sent to labelers."""
 

@@ -23,6 +23,7 @@ class Topics:
     dead_letters: str = "dead-letters"
     drift_events: str = "drift-events"
     forecasts: str = "forecasts"
+    windows: str = "unlabeled-windows"  # a share of served windows, for the learning side's self-supervised heads
 
     def partitions(self) -> dict[str, int]:
         """Partition count per topic: readings and predictions are spread by device."""
@@ -35,6 +36,7 @@ class Topics:
             self.dead_letters: 1,
             self.drift_events: 1,
             self.forecasts: 4,
+            self.windows: 2,
         }
 
     def all(self) -> list[str]:

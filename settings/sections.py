@@ -155,6 +155,8 @@ class ServingSettings:
     review_class_share: float = 1.0  # the same for one predicted class (1.0: no cap; the audit is never capped)
     anomaly_threshold: float = 3.0  # a window scoring at least this is asked about (reason anomaly): 3 is the top
     #                                 0.1 % of normal windows (model.network.WindowTransformer.anomaly_score)
+    unlabeled_share: float = 0.05  # share of the windows of a model with anomaly or forecast heads passed to the
+    #                                learning side unlabeled (topics.windows) for their self-supervised objectives
     canary_share: float = 0.0  # during a version's shadow phase, the share of devices (by a hash of their id) it
     #                            serves as a canary; the rest keep the version in service (0: shadow only)
 
@@ -179,7 +181,7 @@ class ServingSettings:
             raise ValueError(f"precision must be fp32 or int8, got {self.precision!r}")
         if self.query_strategy not in ("confidence", "margin", "entropy"):
             raise ValueError(f"query_strategy must be confidence, margin or entropy, got {self.query_strategy!r}")
-        _share(self, "query_threshold", "review_device_share", "review_class_share", "canary_share")
+        _share(self, "query_threshold", "review_device_share", "review_class_share", "canary_share", "unlabeled_share")
         if not self.review_device_share > 0 or not self.review_class_share > 0:
             raise ValueError("review_device_share and review_class_share must be > 0")
 

@@ -373,7 +373,7 @@ class InferBatches(KeyedCoProcessFunction):
 def _shard_gauges(group, shards: list[InferenceShard]) -> None:
     """The shards' tallies as gauges on ``group``: counts summed, the latest batch's figures of the first."""
     for name in ("predictions", "review_requests", "batches", "model_swaps", "model_refused",
-                 "confidence_drifts", "inference_us_total", "unscored_windows", "anomalies", "forecasts"):
+                 "confidence_drifts", "inference_us_total", "unscored_windows", "anomalies", "forecasts", "unlabeled_windows"):
         group.gauge(name, lambda name=name: int(sum(getattr(s.tally, name) for s in shards)))
     group.gauge("batch_size", lambda: max(s.tally.last_batch_size for s in shards))
     group.gauge("inference_ms", lambda: int(round(max(s.tally.last_inference_ms for s in shards))))
