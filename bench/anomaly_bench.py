@@ -234,7 +234,6 @@ def run(seeds: int, epochs: int) -> dict:
             torch.manual_seed(seed)
             net = WindowTransformer(spec)
             net.set_normalisation(X)
-            F = None
             if "forecast" in tasks:  # the same windows, each with the samples after it where the recording has them
                 parts = [windows_with_future(s, 32, HORIZON, 4) for s in load_basic_motions("train").series]
                 rec = load_basic_motions("train")

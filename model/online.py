@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.self_supervised import self_supervised_loss
+from model.self_supervised import forecast_loss, self_supervised_loss
 from model.slda import StreamingLDA
 from settings import LearningSettings
 
@@ -171,8 +171,8 @@ class OnlineTrainer:
         self.config = config or LearningSettings()
         self.net = net
         self.n_classes = n_classes
-        self.reservoir = ReplayReservoir(self.config.reservoir_capacity, self.config.class_balanced, n_classes,
-                                         self.config.seed)
+        self.reservoir = ReplayReservoir(self.config.reservoir_capacity, self.config.class_balanced and n_classes > 0,
+                                         n_classes, self.config.seed)
         self.optimizer = torch.optim.Adam(net.parameters(), lr=self.config.lr)
         self.ewc: EWC | None = None
         self.teacher: nn.Module | None = None  # distillation's soft targets (None: not distilling yet)
@@ -181,12 +181,61 @@ class OnlineTrainer:
         self.pending: list[tuple[np.ndarray, int]] = []
         self.updates = 0
         self.learned = 0
+        self.unlabeled: list[tuple[np.ndarray, np.ndarray | None]] = []  # waiting for a self-supervised step
+        self.unlabeled_memory = ReplayReservoir(self.config.reservoir_capacity, seed=self.config.seed + 1)
+        self.unlabeled_learned = 0
+        self.mask_rng = np.random.default_rng(self.config.seed + 2)  # the reconstruction's masks, kept in state
 
     def __setstate__(self, state: dict) -> None:
-        """A trainer kept in state before distillation and the LDA head existed loads with both off."""
+        """A trainer kept in state before distillation, the LDA head and unlabeled windows existed loads with
+        them off (and empty)."""
         state.setdefault("teacher", None)
         state.setdefault("lda", None)
+        state.setdefault("unlabeled", [])
+        state.setdefault("unlabeled_memory", ReplayReservoir(state["config"].reservoir_capacity,
+                                                              seed=state["config"].seed + 1))
+        state.setdefault("unlabeled_learned", 0)
+        state.setdefault("mask_rng", np.random.default_rng(state["config"].seed + 2))
         self.__dict__.update(state)
+
+    def learn_unlabeled(self, window: np.ndarray, future: np.ndarray | None = None) -> bool:
+        """Take one unlabeled window (with the samples after it, when known) for the network's self-supervised
+        heads; returns True when it triggered a step. A step trains those heads on ``batch_size`` such
+        windows, and where the network classifies, the classification on as many replayed labeled ones,
+        so the shared encoder keeps what the labels taught it (under the LDA head the encoder stays fixed,
+        and the windows are only remembered). Every window joins ``unlabeled_memory``, what a published
+        version's anomaly score is fitted on."""
+        self.unlabeled.append((np.asarray(window, np.float32), None if future is None else np.asarray(future, np.float32)))
+        if len(self.unlabeled) < self.config.batch_size:
+            return False
+        batch, self.unlabeled = self.unlabeled, []
+        if self.lda is not None:  # the encoder stays fixed under the LDA head: the windows are only remembered
+            for window, _ in batch:
+                self.unlabeled_memory.add(window, 0)
+            self.unlabeled_learned += len(batch)
+            return False
+        X = torch.as_tensor(np.stack([w for w, _ in batch]))
+        with_future = [f for _, f in batch if f is not None]
+        self.net.train()
+        loss = self_supervised_loss(self.net, X, rng=self.mask_rng)
+        if with_future and self.net.spec.has("forecast"):
+            Xf = torch.as_tensor(np.stack([w for w, f in batch if f is not None]))
+            loss = loss + forecast_loss(self.net, Xf, torch.as_tensor(np.stack(with_future)))
+        X_old, y_old = self.reservoir.sample(len(batch))
+        if len(y_old) and self.net.head is not None and self.config.head != "lda":
+            loss = loss + nn.functional.cross_entropy(self.net(torch.as_tensor(X_old)), torch.as_tensor(y_old))
+        if self.ewc is not None and self.config.ewc_strength > 0:
+            loss = loss + self.config.ewc_strength * self.ewc.penalty(self.net)
+        if loss.requires_grad:  # (a forecast-only network and no window with its future: nothing to learn)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        self.net.eval()
+        for window, _ in batch:
+            self.unlabeled_memory.add(window, 0)
+        self.unlabeled_learned += len(batch)
+        self.updates += 1
+        return True
 
     def learn_one(self, window: np.ndarray, label: int) -> bool:
         """Take one labeled window; returns True when it triggered an update."""
@@ -239,7 +288,7 @@ class OnlineTrainer:
         X = torch.as_tensor(np.concatenate([X_new, X_old]) if len(y_old) else X_new)
         y = torch.as_tensor(np.concatenate([y_new, y_old]) if len(y_old) else y_new)
         logits = self.net(X)
-        loss = nn.functional.cross_entropy(logits, y) + self_supervised_loss(self.net, X)
+        loss = nn.functional.cross_entropy(logits, y) + self_supervised_loss(self.net, X, rng=self.mask_rng)
         if self.ewc is not None and self.config.ewc_strength > 0:
             loss = loss + self.config.ewc_strength * self.ewc.penalty(self.net)
         if self.teacher is not None and self.config.distill_strength > 0:

@@ -30,7 +30,8 @@ from operators.label_join import LabeledWindow
 from operators.outgoing import Outgoing
 from operators.rollback import Rollback, RollbackWatch
 from operators.shadow import ShadowTrial, ShadowVerdict
-from schemas import DriftEvent, Topics
+from operators.ssl_gate import SelfSupervisedDecision, SelfSupervisedGate
+from schemas import DriftEvent, Topics, WindowSample
 from settings import LearningSettings, ServingSettings
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class Candidate:
     net: torch.nn.Module
-    decision: GateDecision
+    decision: GateDecision | SelfSupervisedDecision  # the latter for a model that does not classify
     labeled: int
-    trigger_answered_at: int  # when the answer that completed this candidate was given (epoch ms)
+    trigger_answered_at: int  # when the answer (or unlabeled window) that completed this candidate came (epoch ms)
     lda: bytes | None = None  # the LDA head's statistics behind it (``head = "lda"``), kept with the version
 
 
@@ -53,6 +54,7 @@ def _predictor(net: torch.nn.Module):
 
 
 COLD_START_NORMALISATION = 32  # training windows that fit a cold-started network's input normalisation
+SSL_GATE_Z = 1.645  # the self-supervised gate's sign test when learning.gate_z is 0 (one-sided 95 %)
 
 
 def _majority(labels: list[int], n_classes: int):
@@ -109,11 +111,19 @@ class LearningLoop:
         self.shadow: tuple[int, torch.nn.Module] | None = None  # (version, net) in its shadow phase
         self.trial: ShadowTrial | None = None
         self.due_verdict: ShadowVerdict | None = None
+        self.ssl_gate = (SelfSupervisedGate(self.config.min_holdout, self.config.holdout_size,
+                                            self.config.gate_z or SSL_GATE_Z)
+                         if spec.has("anomaly") or spec.has("forecast") else None)
+        self.unlabeled_seen = 0
+        self.since_ssl_gate = 0
 
-    def learn(self, item: LabeledWindow) -> Candidate | None:
+    def learn(self, item: LabeledWindow | WindowSample) -> Candidate | None:
         """Learn one labeled window; returns a candidate when one passed the gate (none while a
         rollback is due: the next gate check compares against the version rolled back to). A class the
-        model lacks (the join let it through: a labeler allowed to named it) grows the model first."""
+        model lacks (the join let it through: a labeler allowed to named it) grows the model first.
+        An unlabeled window (``WindowSample``) goes to :meth:`learn_window`."""
+        if isinstance(item, WindowSample):
+            return self.learn_window(item)
         if item.label not in self.index:
             self.add_class(item.label)
         label = self.index[item.label]
@@ -153,11 +163,51 @@ class LearningLoop:
             decision = self.gate.judge(_predictor(self.trainer.net), _predictor(self.serving))
         if not decision.accept:
             return None
+        worse = self._self_supervised_worse()
+        if worse is not None:
+            log.info("candidate refused: its self-supervised heads are clearly worse (%s)", worse)
+            return None
         if not self._deploy_now(decision, item.answered_at):
             return None
         self.last_published_at = item.answered_at
         lda = self.trainer.lda.to_bytes() if self.trainer.lda is not None else None
         return Candidate(self.trainer.snapshot(), decision, self.labeled, item.answered_at, lda)
+
+    def learn_window(self, item: WindowSample) -> Candidate | None:
+        """Learn one unlabeled window for the self-supervised heads (one in ``holdout_every``, by a hash of
+        its device and end, is held out for their gate instead). A model that does not classify proposes
+        a candidate every ``gate_every`` windows, when its error on the held-out windows is lower than the
+        version in service's (a first version's: than the trivial model's) on clearly more of them."""
+        if self.ssl_gate is None:
+            return None
+        window = np.asarray(item.values, np.float32)
+        future = np.asarray(item.future, np.float32) if item.future is not None and self.spec.has("forecast") else None
+        self.unlabeled_seen += 1
+        if zlib.crc32(f"{item.device_id}:{item.window_end}".encode()) % self.config.holdout_every == 0:
+            self.ssl_gate.hold_out(window, future)
+        elif self.unnormalised is not None:
+            self._wait_for_normalisation(window, None, future)
+        else:
+            self.trainer.learn_unlabeled(window, future)
+        if self.spec.has("classify") or self.unnormalised is not None:
+            return None  # a classifier's versions come from its labels (the check above keeps these heads)
+        self.since_ssl_gate += 1
+        if self.due_rollback is not None or self.shadow is not None or self.since_ssl_gate < self.config.gate_every:
+            return None
+        self.since_ssl_gate = 0
+        decision = self.ssl_gate.judge(self.trainer.net, self.serving)
+        if not decision.accept or not self._deploy_now(decision, item.window_end):
+            return None
+        self.last_published_at = item.window_end
+        return Candidate(self.trainer.snapshot(), decision, self.labeled, item.window_end)
+
+    def _self_supervised_worse(self) -> str | None:
+        """Why a candidate's self-supervised heads are clearly worse than the version in service's (None:
+        they are not, or there are too few held-out unlabeled windows to tell)."""
+        if self.ssl_gate is None or self.serving is None or len(self.ssl_gate.windows) < self.ssl_gate.min_samples:
+            return None
+        decision = self.ssl_gate.judge(self.trainer.net, self.serving)
+        return decision.reason if decision.clearly_worse(self.ssl_gate.z) else None
 
     def add_class(self, name: str) -> None:
         """Grow the learner's output layer by ``name``; the next version published has it (the version in
@@ -193,11 +243,20 @@ class LearningLoop:
         if self.unnormalised is None:
             self.trainer.learn_one(values, label)
             return
-        self.unnormalised.append((np.asarray(values, np.float32), label))
-        if len(self.unnormalised) >= COLD_START_NORMALISATION:
-            self.trainer.net.set_normalisation(np.stack([w for w, _ in self.unnormalised]))
-            waiting, self.unnormalised = self.unnormalised, None
-            for window, known in waiting:
+        self._wait_for_normalisation(np.asarray(values, np.float32), label)
+
+    def _wait_for_normalisation(self, window: np.ndarray, label: int | None, future: np.ndarray | None = None) -> None:
+        """Cold start: the first ``COLD_START_NORMALISATION`` training windows, labeled or not, fit the fresh
+        network's input normalisation; then they are learned, in the order they came."""
+        self.unnormalised.append((window, label, future))
+        if len(self.unnormalised) < COLD_START_NORMALISATION:
+            return
+        self.trainer.net.set_normalisation(np.stack([entry[0] for entry in self.unnormalised]))
+        waiting, self.unnormalised = self.unnormalised, None
+        for window, known, after in waiting:
+            if known is None:
+                self.trainer.learn_unlabeled(window, after)
+            else:
                 self.trainer.learn_one(window, known)
 
     def take_drifts(self) -> list[str]:
@@ -247,6 +306,10 @@ class LearningLoop:
             self.new_classes = []
         if "shadow" not in state:
             self.shadow, self.trial, self.due_verdict = None, None, None
+        if "ssl_gate" not in state:
+            self.ssl_gate, self.unlabeled_seen, self.since_ssl_gate = None, 0, 0
+        if self.unnormalised and len(self.unnormalised[0]) == 2:  # (window, label) from before unlabeled windows
+            self.unnormalised = [(w, label, None) for w, label in self.unnormalised]
 
     def take_rollback(self) -> Rollback | None:
         """A rollback the live audit answers call for (to be announced once), if any."""
@@ -369,7 +432,7 @@ class VersionPublisher:
         return ([Outgoing(self.topics.model_snapshots, self.model_name, snapshot.encode())],
                 (rollback.to_version, loaded.weights_bytes))
 
-    def learn(self, loop: LearningLoop, item: LabeledWindow, now_ms: int) -> Learned:
+    def learn(self, loop: LearningLoop, item: LabeledWindow | WindowSample, now_ms: int) -> Learned:
         candidate = loop.learn(item)
         out = []
         for signal in loop.take_drifts():
@@ -392,13 +455,21 @@ class VersionPublisher:
         if candidate is None:
             return Learned(out)
         d = candidate.decision
-        metrics = {"holdout_accuracy": d.candidate_accuracy, "serving_holdout_accuracy": d.serving_accuracy,
-                   "holdout_windows": float(d.samples), "prequential_accuracy": loop.prequential_accuracy,
-                   "labeled_windows": float(loop.labeled), "drift_events": float(loop.drift_events),
-                   "trigger_label_at_ms": float(candidate.trigger_answered_at)}
+        if isinstance(d, SelfSupervisedDecision):  # a model that does not classify
+            metrics = {"holdout_error": d.candidate_error, "serving_holdout_error": d.serving_error,
+                       "holdout_windows": float(d.samples), "unlabeled_windows": float(loop.unlabeled_seen)}
+        else:
+            metrics = {"holdout_accuracy": d.candidate_accuracy, "serving_holdout_accuracy": d.serving_accuracy,
+                       "holdout_windows": float(d.samples), "prequential_accuracy": loop.prequential_accuracy,
+                       "labeled_windows": float(loop.labeled), "drift_events": float(loop.drift_events),
+                       "unlabeled_windows": float(loop.unlabeled_seen),
+                       "trigger_label_at_ms": float(candidate.trigger_answered_at)}
         held = list(loop.gate.windows)
         calibration = (np.stack([w for w, _ in held]), np.asarray([label for _, label in held])) if held else None
-        remembered = loop.trainer.reservoir.all()[0]  # the anomaly score is refitted on them (taken as normal)
+        # the anomaly score is refitted on windows taken as normal: the unlabeled ones it remembers, else the labeled
+        remembered = loop.trainer.unlabeled_memory.all()[0]
+        if len(remembered) < 32:
+            remembered = loop.trainer.reservoir.all()[0]
         meta = publish_version(self.registry, self.model_name, candidate.net, loop.spec, metrics,
                                parent_version=loop.version or None, data_seen=loop.labeled,
                                note=f"online{' (cold start)' if not loop.version else ''}: {d.reason}",

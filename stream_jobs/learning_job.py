@@ -18,7 +18,8 @@ from operators.learning import LearningLoop, VersionPublisher, loop_from_registr
 from operators.learning_state import AcceptedVersion, LoopJournal, RolledBack, ShadowEnded, Shadowing
 from operators.parse import raw_text
 from operators.serving_model import serving_spec
-from schemas import DeadLetter, Label, ReviewRequest, SchemaError
+from model.spec import ModelSpec
+from schemas import DeadLetter, Label, ReviewRequest, SchemaError, WindowSample
 from settings import Config
 from stream_jobs.flink_env import JobRun, make_env, parse_job_args
 from stream_jobs.kafka_io import (
@@ -87,6 +88,33 @@ class JoinAnswers(KeyedProcessFunction):
         self.state.clear()
 
 
+class DecodeWindows(KeyedProcessFunction):
+    """Unlabeled windows from serving (keyed by model name), checked against their model's window shape and
+    forecast horizon; a bad one is a dead letter with the reason."""
+
+    def __init__(self, cfg: Config, targets: dict[str, JoinTarget], horizons: dict[str, int]) -> None:
+        self.topics, self.targets, self.horizons = cfg.topics, targets, horizons
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.received = runtime_context.get_metrics_group().counter("unlabeled_windows_in")
+
+    def process_element(self, value, ctx: KeyedProcessFunction.Context):
+        topic, partition, offset, _, payload = split_envelope(value)
+        name = ctx.get_current_key()
+        target = self.targets.get(name)
+        try:
+            if target is None:
+                raise SchemaError("model_name", f"{name!r} is not a model this job learns ({', '.join(self.targets)})")
+            sample = WindowSample.decode(payload, shape=target.shape, horizon=self.horizons.get(name) or None)
+        except SchemaError as exc:
+            letter = DeadLetter(topic, partition, offset, str(exc), raw_text(payload), exc.field, "unlabeled-windows",
+                                now_ms(), name if target is not None else None)
+            yield DEAD_LETTERS, dead_letter_record(self.topics.dead_letters, letter)
+            return
+        self.received.inc()
+        yield sample
+
+
 class LearnAndPublish(KeyedProcessFunction):
     """Online learning per model (keyed by model name, so parallelism 1 per model; each model learns,
     gates and versions on its own); an ``operators.learning.VersionPublisher`` does the work.
@@ -125,6 +153,8 @@ class LearnAndPublish(KeyedProcessFunction):
         group.gauge("shadow_withdrawn", lambda: sum(p.withdrawn for p in publishers))
         group.gauge("candidates_deferred", lambda: sum(loop.deferred for loop in self.loops.values()))
         group.gauge("labeled_windows_learned", lambda: self.learned)
+        self.unlabeled_learned = 0
+        group.gauge("unlabeled_windows_learned", lambda: self.unlabeled_learned)
         group.gauge("label_lag_ms", lambda: int(self.label_lag_ms))
         group.gauge("prequential_accuracy_pct", lambda: int(round(self.progress[0] * 100)))
         group.gauge("model_version", lambda: int(self.progress[1]))
@@ -156,7 +186,7 @@ class LearnAndPublish(KeyedProcessFunction):
         key = ctx.get_current_key()
         loop = self._loop(key)
         now = now_ms()
-        if item.answered_at:
+        if getattr(item, "answered_at", 0):  # (an unlabeled window has no answer)
             self.label_lag_ms = max(0, now - item.answered_at)
         learned = self.publishers[key].learn(loop, item, now)
         self._journal(item, loop)
@@ -169,35 +199,48 @@ class LearnAndPublish(KeyedProcessFunction):
         if learned.shadow_ended is not None:
             self._journal(ShadowEnded(learned.shadow_ended), loop)
         yield from map(routed, learned.outgoing)
-        self.learned += 1
+        if isinstance(item, WindowSample):
+            self.unlabeled_learned += 1
+        else:
+            self.learned += 1
         self.progress = self.by_model[key] = (loop.prequential_accuracy, loop.version)
 
 
-def join_targets(cfg: Config) -> dict[str, JoinTarget]:
-    """Each served model's classes and window shape (its newest version's, or its declaration's on a
-    cold start); the first is the model of requests that name none."""
-    targets = {}
-    for name in cfg.served_models:
-        spec = serving_spec(cfg.registry.path, name, None, cfg.declared_spec(name))
-        targets[name] = JoinTarget(tuple(spec.classes), (spec.window, spec.n_channels))
-    return targets
+def served_specs(cfg: Config) -> dict[str, ModelSpec]:
+    """Each served model's spec (its newest version's, or its declaration's on a cold start)."""
+    return {name: serving_spec(cfg.registry.path, name, None, cfg.declared_spec(name)) for name in cfg.served_models}
+
+
+def join_targets(cfg: Config, specs: dict[str, ModelSpec] | None = None) -> dict[str, JoinTarget]:
+    """Each served model's classes and window shape; the first is the model of requests that name none."""
+    specs = specs or served_specs(cfg)
+    return {name: JoinTarget(tuple(spec.classes), (spec.window, spec.n_channels)) for name, spec in specs.items()}
 
 
 def build_learning_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     topics, group_id = cfg.topics, run.group_id or "sensorloop-learning"
     try:
-        targets = join_targets(cfg)
+        specs = served_specs(cfg)
     except ArtifactError as exc:
         raise SystemExit(f"sensorloop learning job: {exc}") from None
+    targets = join_targets(cfg, specs)
     default = next(iter(targets))
     records = keyed_source(env, cfg.broker.bootstrap, [topics.review_requests, topics.labels], group_id,
                            "reviews-and-labels", "review_id")
     labeled = (records.process(JoinAnswers(cfg, targets), output_type=Types.PICKLED_BYTE_ARRAY())
                .name("join-answers").uid("join-answers"))
-    published = (labeled.key_by(lambda item: item.model_name or default, key_type=Types.STRING())
+    items, dead = labeled, [labeled.get_side_output(DEAD_LETTERS)]
+    if any(spec.has("anomaly") or spec.has("forecast") for spec in specs.values()):
+        horizons = {name: spec.horizon if spec.has("forecast") else 0 for name, spec in specs.items()}
+        raw = keyed_source(env, cfg.broker.bootstrap, [topics.windows], f"{group_id}-windows", "unlabeled-windows",
+                           "model_name")
+        windows = (raw.process(DecodeWindows(cfg, targets, horizons), output_type=Types.PICKLED_BYTE_ARRAY())
+                   .name("unlabeled-windows").uid("decode-unlabeled-windows"))
+        items, dead = labeled.union(windows), dead + [windows.get_side_output(DEAD_LETTERS)]
+    published = (items.key_by(lambda item: item.model_name or default, key_type=Types.STRING())
                  .process(LearnAndPublish(cfg), output_type=Types.STRING())
                  .name("learn-and-publish").uid("learn-and-publish"))
-    out = published.union(labeled.get_side_output(DEAD_LETTERS))
+    out = published.union(*dead)
     out.sink_to(routed_sink(cfg.broker.bootstrap, cfg.flink.exactly_once, f"{group_id}-tx")).name(
         "kafka-out").uid("kafka-out")
 

@@ -244,3 +244,57 @@ def test_versions_the_learning_loop_publishes_keep_a_calibrated_anomaly_score(tm
     broken[:, ::4, 0] += 10 * X[:, :, 0].std()
     faulty = served.runner.predict(broken)["anomaly"]
     assert (normal >= 3).mean() < 0.1 and np.median(faulty) > np.percentile(normal, 90)
+
+
+def basic_motions_samples(split: str, window: int = 32, horizon: int = 8, stride: int = 4):
+    """BasicMotions recordings as the unlabeled windows serving would pass on, each with its next samples."""
+    from model.datasets import load_basic_motions
+    from schemas import WindowSample
+
+    out = []
+    for r, series in enumerate(load_basic_motions(split).series):
+        X, F = windows_with_future(series, window, horizon, stride)
+        for k, (x, f) in enumerate(zip(X, F)):
+            end = 1_000_000 * r + 100 * (k * stride + window - 1)
+            out.append(WindowSample(f"dev-{r}", end - 100 * (window - 1), end, [f"c{i}" for i in range(6)],
+                                    x.tolist(), "fog", 0, f.tolist()))
+    return out
+
+
+def test_an_anomaly_model_learns_from_unlabeled_windows_alone_from_cold_start(tmp_path):
+    import pickle
+
+    from model.registry import ModelRegistry
+    from operators.learning import LearningLoop, VersionPublisher
+    from operators.learning_state import AcceptedVersion, LoopJournal
+    from operators.serving_model import load_from_registry
+    from schemas import Topics
+
+    spec = ModelSpec(window=32, classes=(), tasks=("anomaly", "forecast"), horizon=8, d_model=32, n_heads=4,
+                     n_layers=1, d_ff=64, dropout=0.0)
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    loop = LearningLoop(None, spec, 0, LearningSettings(batch_size=16, gate_every=64, min_holdout=30))
+    at_start = pickle.dumps(loop)
+    publisher = VersionPublisher(registry, "fog", Topics())
+    samples = basic_motions_samples("train")
+    order = np.random.default_rng(0).permutation(len(samples))
+    journal, accepted = [], []
+    for i in np.concatenate([order, order]):
+        learned = publisher.learn(loop, samples[i], 0)
+        journal.append(samples[i])
+        if learned.accepted is not None:
+            accepted.append(learned.accepted[0])
+            journal.append(AcceptedVersion(*learned.accepted))
+    assert accepted, "no version from unlabeled windows"
+    meta = registry.metadata("fog", accepted[0])
+    assert meta.metrics["holdout_error"] < meta.metrics["serving_holdout_error"]  # beat the trivial model
+    newest = registry.metadata("fog", accepted[-1])
+    assert "anomaly_reconstruction_center" in newest.metrics and newest.metrics["unlabeled_windows"] > 500
+    with pytest.raises(ArtifactError, match="needs a classify head"):
+        load_from_registry(registry.root, "fog")  # serving this model is not built yet
+    restored = LoopJournal().restore(None, journal, lambda: pickle.loads(at_start))
+    assert restored.version == loop.version == accepted[-1] and restored.unlabeled_seen == loop.unlabeled_seen
+    X = np.stack([np.asarray(s.values, np.float32) for s in basic_motions_samples("test")[:16]])
+    with torch.inference_mode():
+        assert torch.allclose(restored.trainer.net.anomaly_score(torch.as_tensor(X)),
+                              loop.trainer.net.anomaly_score(torch.as_tensor(X)), atol=1e-4)
