@@ -185,6 +185,7 @@ class OnlineTrainer:
         self.unlabeled_memory = ReplayReservoir(self.config.reservoir_capacity, seed=self.config.seed + 1)
         self.unlabeled_learned = 0
         self.mask_rng = np.random.default_rng(self.config.seed + 2)  # the reconstruction's masks, kept in state
+        self.confirmed_normal = ReplayReservoir(self.config.reservoir_capacity, seed=self.config.seed + 3)
 
     def __setstate__(self, state: dict) -> None:
         """A trainer kept in state before distillation, the LDA head and unlabeled windows existed loads with
@@ -196,6 +197,8 @@ class OnlineTrainer:
                                                               seed=state["config"].seed + 1))
         state.setdefault("unlabeled_learned", 0)
         state.setdefault("mask_rng", np.random.default_rng(state["config"].seed + 2))
+        state.setdefault("confirmed_normal", ReplayReservoir(state["config"].reservoir_capacity,
+                                                             seed=state["config"].seed + 3))
         self.__dict__.update(state)
 
     def learn_unlabeled(self, window: np.ndarray, future: np.ndarray | None = None) -> bool:
@@ -214,7 +217,8 @@ class OnlineTrainer:
                 self.unlabeled_memory.add(window, 0)
             self.unlabeled_learned += len(batch)
             return False
-        X = torch.as_tensor(np.stack([w for w, _ in batch]))
+        confirmed, _ = self.confirmed_normal.sample(len(batch) // 2)  # windows people said are normal, replayed
+        X = torch.as_tensor(np.concatenate([np.stack([w for w, _ in batch]), *([confirmed] if len(confirmed) else [])]))
         with_future = [f for _, f in batch if f is not None]
         self.net.train()
         loss = self_supervised_loss(self.net, X, rng=self.mask_rng)
@@ -236,6 +240,20 @@ class OnlineTrainer:
         self.unlabeled_learned += len(batch)
         self.updates += 1
         return True
+
+    def confirm_normal(self, window: np.ndarray) -> bool:
+        """A window people said is normal (an anomaly question answered ``normal``): kept and replayed in every
+        self-supervised step from now on, so the pattern stops looking abnormal, and learned as an unlabeled
+        window now (returns whether that made a step)."""
+        window = np.asarray(window, np.float32)
+        self.confirmed_normal.add(window, 0)
+        return self.learn_unlabeled(window)
+
+    def normal_windows(self) -> np.ndarray:
+        """Windows taken as normal, what a version's anomaly score is fitted on: the unlabeled ones remembered
+        and those people confirmed (empty when there are none)."""
+        parts = [m.all()[0] for m in (self.unlabeled_memory, self.confirmed_normal) if len(m)]
+        return np.concatenate(parts) if parts else np.empty((0,), np.float32)
 
     def learn_one(self, window: np.ndarray, label: int) -> bool:
         """Take one labeled window; returns True when it triggered an update."""

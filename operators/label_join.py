@@ -44,6 +44,7 @@ class LabeledWindow:
     reason: str = ""  # why it was asked (``audit``: the uniform sample that estimates live accuracy)
     shadow_predicted: str | None = None  # what the version in its shadow phase said, when one was scored
     shadow_version: int | None = None
+    verdict: str | None = None  # an anomaly question's answer ("normal" / "abnormal"); ``label`` may then be ""
 
 
 @dataclass
@@ -52,6 +53,12 @@ class JoinState:
     answers: list = field(default_factory=list)  # [(labeler, label, answered_at)], arrival order
     first_seen_ms: int | None = None
     resolved: bool = False
+    verdicts: dict = field(default_factory=dict)  # labeler -> "normal" / "abnormal" (anomaly questions)
+
+    def __setstate__(self, state: dict) -> None:
+        """A join state kept before anomaly verdicts existed loads with none."""
+        state.setdefault("verdicts", {})
+        self.__dict__.update(state)
 
 
 @dataclass
@@ -145,11 +152,14 @@ class LabelJoiner:
         if state.request is None:
             state.request = request
             classes = self._classes_of(request)
-            # answers that came first were checked against every model's classes only (or named a new one)
-            fits = [lab in classes or self._may_add(who, True, classes) for who, lab, _ in state.answers]
+            # answers that came first were checked against every model's classes only (or named a new one);
+            # a verdict alone fits a request that asked about an anomaly
+            fits = [lab in classes or self._may_add(who, True, classes) or (not lab and request.anomaly is not None)
+                    for who, lab, _ in state.answers]
             model = f" for model {request.model_name}" if self.others else ""
             rejected = [RefusedLabel(Label(request.review_id, lab, who, at, model_name=request.model_name),
-                                     f"label: unknown class {lab!r}{model}; known: {list(classes)}")
+                                     f"label: unknown class {lab!r}{model}; known: {list(classes)}" if lab else
+                                     f"verdict: review {request.review_id!r} asked no anomaly question")
                         for (who, lab, at), ok in zip(state.answers, fits) if not ok]
             state.answers = [a for a, ok in zip(state.answers, fits) if ok]
         return self._resolve(state), rejected
@@ -159,6 +169,11 @@ class LabelJoiner:
             state.first_seen_ms = now_ms
         if label.status != "answered":
             return [], []  # skip / not sure: recorded on the topic, nothing to learn
+        if label.verdict is not None:
+            if state.request is not None and state.request.anomaly is None:
+                return [], [RefusedLabel(label, f"verdict: review {label.review_id!r} asked no anomaly question")]
+            if not label.label:
+                return self._vote(state, label)
         if state.request is not None:
             known = self._classes_of(state.request)
         else:  # the request (and so the model) is not known yet: any served model's class may wait for it
@@ -171,23 +186,43 @@ class LabelJoiner:
             return [], [RefusedLabel(label, f"label: unknown class {label.label!r}{model}; known: {known}{why}")]
         if state.resolved:
             return [], [RefusedLabel(label, f"review {label.review_id!r} was already resolved")]
+        return self._vote(state, label)
+
+    def _vote(self, state: JoinState, label: Label):
+        """Count one answer (a class, a verdict or both) from a labeler who has not answered this review."""
+        if state.resolved:
+            return [], [RefusedLabel(label, f"review {label.review_id!r} was already resolved")]
         if any(who == label.labeler for who, _, _ in state.answers):
             return [], [RefusedLabel(label, f"repeated answer by {label.labeler!r} (the first one counts)")]
         state.answers.append((label.labeler, label.label, label.answered_at))
+        if label.verdict is not None:
+            state.verdicts[label.labeler] = label.verdict
         return self._resolve(state), []
 
     def _resolve(self, state: JoinState) -> list[LabeledWindow]:
         if state.resolved or state.request is None or len(state.answers) < self.answers_needed:
             return []
-        votes = Counter(lab for _, lab, _ in state.answers)
-        best = max(votes.values())
-        label = next(lab for _, lab, _ in reversed(state.answers) if votes[lab] == best)  # ties: latest wins
+        if state.request.anomaly is None and any(not lab for _, lab, _ in state.answers):
+            state.answers = [a for a in state.answers if a[1]]  # verdicts that came before a request without one
+            return []
+        named = [(who, lab, at) for who, lab, at in state.answers if lab]
+        votes = Counter(lab for _, lab, _ in named)
+        label = ""
+        if votes:
+            best = max(votes.values())
+            label = next(lab for _, lab, _ in reversed(named) if votes[lab] == best)  # ties: latest wins
+        verdicts = Counter(state.verdicts.get(who) for who, _, _ in state.answers if who in state.verdicts)
+        verdict = None
+        if verdicts:
+            best = max(verdicts.values())
+            verdict = next(state.verdicts[who] for who, _, _ in reversed(state.answers)
+                           if who in state.verdicts and verdicts[state.verdicts[who]] == best)
         state.resolved = True
         r = state.request
-        return [LabeledWindow(r.review_id, r.device_id, np.asarray(r.values, np.float32), label, r.predicted,
+        return [LabeledWindow(r.review_id, r.device_id, np.asarray(r.values, np.float32), label, r.predicted or "",
                               r.model_version, [who for who, _, _ in state.answers],
                               max(at for _, _, at in state.answers), r.model_name or "", r.reason,
-                              r.shadow_predicted, r.shadow_version)]
+                              r.shadow_predicted, r.shadow_version, verdict)]
 
     def expired(self, state: JoinState, now_ms: int) -> bool:
         return state.first_seen_ms is not None and now_ms - state.first_seen_ms >= self.ttl_ms

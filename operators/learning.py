@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import zlib
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import logging
 
@@ -44,6 +45,7 @@ class Candidate:
     labeled: int
     trigger_answered_at: int  # when the answer (or unlabeled window) that completed this candidate came (epoch ms)
     lda: bytes | None = None  # the LDA head's statistics behind it (``head = "lda"``), kept with the version
+    metrics: dict = field(default_factory=dict)  # more for its version's metrics (labeled anomalies' ranking)
 
 
 def _predictor(net: torch.nn.Module):
@@ -55,6 +57,8 @@ def _predictor(net: torch.nn.Module):
 
 COLD_START_NORMALISATION = 32  # training windows that fit a cold-started network's input normalisation
 SSL_GATE_Z = 1.645  # the self-supervised gate's sign test when learning.gate_z is 0 (one-sided 95 %)
+MIN_LABELED_ANOMALIES = 5  # labeled anomalies before the gate compares how versions rank them
+ANOMALY_AUC_MARGIN = 0.05  # a candidate ranking labeled anomalies this much worse (ROC-AUC) than serving is refused
 
 
 def _majority(labels: list[int], n_classes: int):
@@ -116,6 +120,8 @@ class LearningLoop:
                          if spec.has("anomaly") or spec.has("forecast") else None)
         self.unlabeled_seen = 0
         self.since_ssl_gate = 0
+        self.anomalies: deque = deque(maxlen=500)  # windows people said are abnormal: kept to evaluate, not learned
+        self.verdicts = {"normal": 0, "abnormal": 0}
 
     def learn(self, item: LabeledWindow | WindowSample) -> Candidate | None:
         """Learn one labeled window; returns a candidate when one passed the gate (none while a
@@ -124,6 +130,10 @@ class LearningLoop:
         An unlabeled window (``WindowSample``) goes to :meth:`learn_window`."""
         if isinstance(item, WindowSample):
             return self.learn_window(item)
+        if item.verdict is not None:
+            self._learn_verdict(item)
+            if not item.label:
+                return None
         if item.label not in self.index:
             self.add_class(item.label)
         label = self.index[item.label]
@@ -167,11 +177,49 @@ class LearningLoop:
         if worse is not None:
             log.info("candidate refused: its self-supervised heads are clearly worse (%s)", worse)
             return None
+        ranking, refusal = self._anomaly_ranking()
+        if refusal:
+            log.info("candidate refused: %s", refusal)
+            return None
         if not self._deploy_now(decision, item.answered_at):
             return None
         self.last_published_at = item.answered_at
         lda = self.trainer.lda.to_bytes() if self.trainer.lda is not None else None
-        return Candidate(self.trainer.snapshot(), decision, self.labeled, item.answered_at, lda)
+        return Candidate(self.trainer.snapshot(), decision, self.labeled, item.answered_at, lda, ranking)
+
+    def _learn_verdict(self, item: LabeledWindow) -> None:
+        """An anomaly question answered: ``normal`` windows are learned and replayed from now on (the pattern
+        stops being flagged in later versions), ``abnormal`` ones kept to judge how versions rank them."""
+        if self.ssl_gate is None or not self.spec.has("anomaly"):
+            return
+        self.verdicts[item.verdict] += 1
+        window = np.asarray(item.values, np.float32)
+        if item.verdict == "abnormal":
+            self.anomalies.append(window)
+        elif self.unnormalised is not None:
+            self.trainer.confirmed_normal.add(window, 0)
+            self._wait_for_normalisation(window, None)
+        else:
+            self.trainer.confirm_normal(window)
+
+    def _anomaly_ranking(self) -> tuple[dict, str | None]:
+        """How the candidate and the version in service rank the labeled anomalies above the held-out unlabeled
+        windows (ROC-AUC), as version metrics, and why the candidate is refused (None: it is not): with at
+        least ``MIN_LABELED_ANOMALIES``, when its ROC-AUC is more than ``ANOMALY_AUC_MARGIN`` below serving's."""
+        if (self.ssl_gate is None or not self.spec.has("anomaly") or len(self.anomalies) < MIN_LABELED_ANOMALIES
+                or len(self.ssl_gate.windows) < self.ssl_gate.min_samples):
+            return {}, None
+        abnormal = np.stack(list(self.anomalies))
+        held = np.stack([w for w, _ in self.ssl_gate.windows])
+        metrics = {"labeled_anomalies": float(len(abnormal)),
+                   "anomaly_roc_auc": _ranking_auc(self.trainer.net, abnormal, held)}
+        if self.serving is None:
+            return metrics, None
+        metrics["serving_anomaly_roc_auc"] = _ranking_auc(self.serving, abnormal, held)
+        if metrics["anomaly_roc_auc"] < metrics["serving_anomaly_roc_auc"] - ANOMALY_AUC_MARGIN:
+            return metrics, (f"it ranks {len(abnormal)} labeled anomalies worse (ROC-AUC "
+                             f"{metrics['anomaly_roc_auc']:.3f} vs serving {metrics['serving_anomaly_roc_auc']:.3f})")
+        return metrics, None
 
     def learn_window(self, item: WindowSample) -> Candidate | None:
         """Learn one unlabeled window for the self-supervised heads (one in ``holdout_every``, by a hash of
@@ -196,10 +244,16 @@ class LearningLoop:
             return None
         self.since_ssl_gate = 0
         decision = self.ssl_gate.judge(self.trainer.net, self.serving)
-        if not decision.accept or not self._deploy_now(decision, item.window_end):
+        if not decision.accept:
+            return None
+        ranking, refusal = self._anomaly_ranking()
+        if refusal:
+            log.info("candidate refused: %s", refusal)
+            return None
+        if not self._deploy_now(decision, item.window_end):
             return None
         self.last_published_at = item.window_end
-        return Candidate(self.trainer.snapshot(), decision, self.labeled, item.window_end)
+        return Candidate(self.trainer.snapshot(), decision, self.labeled, item.window_end, None, ranking)
 
     def _self_supervised_worse(self) -> str | None:
         """Why a candidate's self-supervised heads are clearly worse than the version in service's (None:
@@ -308,6 +362,8 @@ class LearningLoop:
             self.shadow, self.trial, self.due_verdict = None, None, None
         if "ssl_gate" not in state:
             self.ssl_gate, self.unlabeled_seen, self.since_ssl_gate = None, 0, 0
+        if "anomalies" not in state:
+            self.anomalies, self.verdicts = deque(maxlen=500), {"normal": 0, "abnormal": 0}
         if self.unnormalised and len(self.unnormalised[0]) == 2:  # (window, label) from before unlabeled windows
             self.unnormalised = [(w, label, None) for w, label in self.unnormalised]
 
@@ -337,6 +393,14 @@ class LearningLoop:
     @property
     def prequential_accuracy(self) -> float:
         return self.correct / self.labeled if self.labeled else float("nan")
+
+
+def _ranking_auc(net: torch.nn.Module, abnormal: np.ndarray, normal: np.ndarray) -> float:
+    """The chance a labeled anomaly scores above a normal window under ``net`` (ROC-AUC, ties half)."""
+    with torch.inference_mode():
+        a = net.eval().anomaly_score(torch.as_tensor(abnormal)).numpy()
+        n = net.anomaly_score(torch.as_tensor(normal)).numpy()
+    return float(((a[:, None] > n[None, :]).mean() + 0.5 * (a[:, None] == n[None, :]).mean()))
 
 
 def loop_from_registry(registry: ModelRegistry, model_name: str, config: LearningSettings,
@@ -466,8 +530,10 @@ class VersionPublisher:
                        "trigger_label_at_ms": float(candidate.trigger_answered_at)}
         held = list(loop.gate.windows)
         calibration = (np.stack([w for w, _ in held]), np.asarray([label for _, label in held])) if held else None
-        # the anomaly score is refitted on windows taken as normal: the unlabeled ones it remembers, else the labeled
-        remembered = loop.trainer.unlabeled_memory.all()[0]
+        metrics.update(candidate.metrics)
+        # the anomaly score is refitted on windows taken as normal: the unlabeled ones it remembers and those people
+        # confirmed, else the labeled ones
+        remembered = loop.trainer.normal_windows()
         if len(remembered) < 32:
             remembered = loop.trainer.reservoir.all()[0]
         meta = publish_version(self.registry, self.model_name, candidate.net, loop.spec, metrics,

@@ -354,6 +354,8 @@ class Label(_Record):
     """A labeler's answer to a review request (or a device's own ground truth). ``new_class`` says the
     answer names a class the model does not have yet, on purpose: only labelers allowed to
     (``labeling.class_creators``) may, and the name must be a plain one (``check_class_name``).
+    An answer to an anomaly question carries a ``verdict`` (``normal`` / ``abnormal``) and may leave
+    ``label`` out, or name the window's class too where the model classifies.
 
     >>> Label.decode(b'{"review_id": "d:1", "label": "cycling", "labeler": "ann", "answered_at": 5, '
     ...              b'"new_class": true}', classes=["run"]).new_class
@@ -363,6 +365,12 @@ class Label(_Record):
     Traceback (most recent call last):
     ...
     schemas.base.SchemaError: label: unknown class 'cycling'; known: ['run']
+    >>> Label.decode(b'{"review_id": "d:1", "verdict": "normal", "labeler": "ann", "answered_at": 5}').label
+    ''
+    >>> Label.decode(b'{"review_id": "d:1", "verdict": "odd", "labeler": "ann", "answered_at": 5}')
+    Traceback (most recent call last):
+    ...
+    schemas.base.SchemaError: verdict: must be one of ('normal', 'abnormal')
     """
 
     review_id: str
@@ -372,28 +380,33 @@ class Label(_Record):
     status: str = "answered"
     model_name: str | None = None  # the model of the review it answers (the labeling page fills it in)
     new_class: bool | None = None  # True: the label names a class the model lacks, on purpose
+    verdict: str | None = None  # an anomaly question's answer: "normal" or "abnormal"
 
     STATUSES = ("answered", "skipped", "unsure")
-    REQUIRED = ("review_id", "label", "labeler", "answered_at")
-    OPTIONAL = ("schema_version", "status", "model_name", "new_class")
+    VERDICTS = ("normal", "abnormal")
+    REQUIRED = ("review_id", "labeler", "answered_at")
+    OPTIONAL = ("schema_version", "label", "status", "model_name", "new_class", "verdict")
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], classes: Sequence[str] | None = None) -> "Label":
         check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
         check_version(obj)
         status = require_choice(obj, "status", cls.STATUSES, default="answered")
-        label = require_str(obj, "label")
+        verdict = require_choice(obj, "verdict", cls.VERDICTS) if obj.get("verdict") is not None else None
+        if verdict is None and "label" not in obj:
+            raise SchemaError("label", "missing (an answer names a class, or gives an anomaly verdict)")
+        label = require_str(obj, "label") if obj.get("label") not in (None, "") or verdict is None else ""
         new_class = obj.get("new_class")
         if new_class is not None and not isinstance(new_class, bool):
             raise SchemaError("new_class", "must be true or false")
         if new_class and status == "answered":
             check_class_name(label)
-        elif status == "answered" and classes is not None and label not in classes:
+        elif status == "answered" and classes is not None and label and label not in classes:
             raise SchemaError("label", f"unknown class {label!r}; known: {list(classes)}")
         return cls(require_id(obj, "review_id"), label, require_id(obj, "labeler"),
                    require_int(obj, "answered_at", 0), status,
                    require_id(obj, "model_name") if obj.get("model_name") is not None else None,
-                   True if new_class else None)
+                   True if new_class else None, verdict)
 
 
 MAX_CLASS_NAME = 64
