@@ -202,12 +202,15 @@ def create_app(queue: ReviewQueue, publish: Callable[[Label], None], credentials
             claimed(body.get("labeler"), labeler)
             review_id, label = body.get("review_id"), body.get("label", "")
             status, new_class = body.get("status", "answered"), body.get("new_class", False)
+            verdict = body.get("verdict")
             if not isinstance(review_id, str) or not isinstance(label, str) or not isinstance(status, str):
                 raise ReviewError("review_id, label and status must be strings")
             if not isinstance(new_class, bool):
                 raise ReviewError("new_class must be true or false")
+            if verdict is not None and not isinstance(verdict, str):
+                raise ReviewError("verdict must be a string")
             with lock:
-                record = queue.answer(review_id, labeler, label, clock(), status, new_class)
+                record = queue.answer(review_id, labeler, label, clock(), status, new_class, verdict)
         except ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         try:

@@ -135,6 +135,8 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
     classifies = spec.has("classify")
     if normal_windows is not None and spec.has("anomaly") and len(normal_windows):
         net.fit_anomaly_scale(normal_windows)
+        low, high = np.percentile(np.asarray(normal_windows).reshape(-1, spec.n_channels), [1, 99], axis=0)
+        spec = replace(spec, extra={**spec.extra, "normal_range": np.round(np.stack([low, high], 1), 5).tolist()})
         center, scale = net.score_center.tolist(), net.score_scale.tolist()
         metrics = {**metrics, "anomaly_reconstruction_center": center[0], "anomaly_reconstruction_scale": scale[0],
                    "anomaly_distance_center": center[1], "anomaly_distance_scale": scale[1],

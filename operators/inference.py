@@ -43,10 +43,12 @@ class ScoreStats:
     inference_runqueue_s: float = 0.0
 
 
-def _tops(model: ServingModel, probs: np.ndarray, anomaly: np.ndarray | None = None
+def _tops(model: ServingModel, probs: np.ndarray | None, anomaly: np.ndarray | None = None, n: int = 0
           ) -> tuple[ServingModel, np.ndarray, list[bool], list[int]]:
-    """A model's probabilities for a batch with, per window, whether they (and its anomaly score) are finite
-    and the top class."""
+    """A model's probabilities for a batch (of ``n`` windows; none from a model that does not classify) with,
+    per window, whether they (and its anomaly score) are finite and the top class."""
+    if probs is None:
+        probs = np.ones((n, 1), np.float32)
     finite = np.isfinite(probs).all(axis=1)
     if anomaly is not None:
         finite &= np.isfinite(anomaly)
@@ -111,7 +113,7 @@ class WindowScorer:
         started, started_cpu = time.perf_counter(), time.thread_time()
         heads = model.spec.tasks != ("classify",)
         outputs = model.runner.predict(batch) if heads else {"probabilities": model.runner.predict_proba(batch)}
-        probs, anomaly, forecast = outputs["probabilities"], outputs.get("anomaly"), outputs.get("forecast")
+        probs, anomaly, forecast = outputs.get("probabilities"), outputs.get("anomaly"), outputs.get("forecast")
         self.stats.inference_s += time.perf_counter() - started
         self.stats.inference_cpu_s += time.thread_time() - started_cpu
         waited_after = thread_runqueue_s()
@@ -119,8 +121,11 @@ class WindowScorer:
             self.stats.inference_runqueue_s += waited_after - waited
         self.stats.batches += 1
         self.stats.windows += len(windows)
-        shadow = self.shadow
-        scored = [_tops(model, probs, anomaly)]
+        if probs is None and anomaly is None:  # a cold start of a model that does not classify: nothing to say yet
+            return [], [], [], []
+        classifies = probs is not None
+        shadow = self.shadow if classifies else None
+        scored = [_tops(model, probs, anomaly, len(windows))]
         if shadow is not None:
             scored.append(_tops(shadow, shadow.runner.predict_proba(batch)))
         emitted = int(time.time() * 1000) if clock is None else clock()
@@ -133,31 +138,33 @@ class WindowScorer:
                 continue
             other = scored[1 - mine][0] if shadow is not None else None
             other_said = other.spec.classes[scored[1 - mine][3][i]] if other is not None else None
-            classes, row, top = served.spec.classes, rows[i], best[i]
-            confidence = float(row[top])
-            probabilities = {c: round(float(p), 6) for c, p in zip(classes, row)}
+            row, top = rows[i], best[i]
+            label = served.spec.classes[top] if classifies else None
+            confidence = float(row[top]) if classifies else None
+            probabilities = {c: round(float(p), 6) for c, p in zip(served.spec.classes, row)} if classifies else None
             score = round(float(anomaly[i]), 4) if anomaly is not None and served is model else None
             predictions.append(Prediction(
                 device_id=window.device_id, window_end=window.end, window_start=window.start,
-                label=classes[top], confidence=confidence, probabilities=probabilities,
+                label=label, confidence=confidence, probabilities=probabilities,
                 model_name=served.name, model_version=served.version,
                 latency_ms=float(max(0, emitted - window.ingest_ms)), emitted_at=emitted,
                 truth=window.truth, anomaly=score))
             if forecast is not None and served is model:
                 forecasts.append(forecast_of(window, forecast[i], served, emitted))
             review_id = review_id_for(window)
-            reason = self.router.decide(review_id, confidence, now_ms, row, window.device_id, classes[top],
-                                        disagree=other_said is not None and other_said != classes[top],
+            reason = self.router.decide(review_id, confidence if classifies else 1.0, now_ms,
+                                        row if classifies else None, window.device_id, label,
+                                        disagree=other_said is not None and other_said != label,
                                         anomalous=score is not None and score >= self.anomaly_threshold)
             if reason is not None:
                 reviews.append(ReviewRequest(
                     review_id=review_id, device_id=window.device_id, window_start=window.start,
                     window_end=window.end, channels=list(served.spec.channels),
-                    values=np.round(window.values, 5).tolist(), predicted=classes[top],
+                    values=np.round(window.values, 5).tolist(), predicted=label,
                     confidence=confidence, probabilities=probabilities,
                     model_version=served.version, reason=reason, created_at=emitted, model_name=served.name,
                     shadow_predicted=other_said, shadow_version=other.version if other is not None else None,
-                    anomaly=score))
+                    anomaly=score, typical_range=served.spec.extra.get("normal_range") if score is not None else None))
         return predictions, reviews, forecasts, unscored
 
 

@@ -97,8 +97,8 @@ def served_models(cfg: Config) -> list[ServedModel]:
         window = cfg.serving.window if primary else declared.window if declared is not None else spec.window
         stride = cfg.serving.stride if primary else declared.stride if declared is not None else cfg.serving.stride
         mismatch = input_mismatch(spec, window, declared.channels if declared is not None else spec.channels)
-        if not spec.has("classify"):
-            mismatch = f"it has no classify head ({', '.join(spec.tasks)} only), which serving needs so far"
+        if not spec.has("classify") and not spec.has("anomaly"):
+            mismatch = f"it has neither a classify nor an anomaly head ({', '.join(spec.tasks)} only)"
         if mismatch:
             raise ValueError(f"{name} cannot serve: {mismatch}")
         out.append(ServedModel(name, tuple(spec.channels), window, stride))

@@ -89,7 +89,9 @@ class ReviewQueue:
         """The classes a request's model offers (``classes`` when the request names no other model), and
         any the version that asked has since learned (its probabilities name them)."""
         known = self.model_classes.get(request.model_name or "", self.classes)
-        return list(dict.fromkeys([*known, *request.probabilities]))
+        if request.probabilities is None and request.predicted is None and not known:
+            return []  # a model that does not classify
+        return list(dict.fromkeys([*known, *(request.probabilities or {})]))
 
     def may_name_classes(self, labeler: str) -> bool:
         return labeler in self.creators
@@ -106,7 +108,7 @@ class ReviewQueue:
             return False
         entry = _Entry(request, partition, offset)
         self.entries[request.review_id] = entry
-        self.served_classes.update(dict.fromkeys(request.probabilities))
+        self.served_classes.update(dict.fromkeys(request.probabilities or {}))
         self.order.append(request.review_id)
         self.model_version = max(self.model_version or 0, request.model_version)
         for label in self._early.pop(request.review_id, []):
@@ -153,9 +155,10 @@ class ReviewQueue:
         return entry.leases.get(labeler) if entry else None
 
     def answer(self, review_id: str, labeler: str, label: str, now: float, status: str = "answered",
-               new_class: bool = False) -> Label:
+               new_class: bool = False, verdict: str | None = None) -> Label:
         """Validate an answer against the lease and the classes (``new_class``: a class the model lacks,
-        named on purpose by a labeler allowed to); returns the record to publish.
+        named on purpose by a labeler allowed to; ``verdict``: ``normal`` / ``abnormal``, for a request that
+        asks about an anomaly, with or without a class); returns the record to publish.
 
         The queue changes only when that record is passed to :meth:`record` (after publishing)."""
         entry = self.entries.get(review_id)
@@ -163,18 +166,23 @@ class ReviewQueue:
             raise ReviewError(f"unknown review id {review_id!r}", 404)
         if status not in Label.STATUSES:
             raise ReviewError(f"unknown status {status!r}; use one of {list(Label.STATUSES)}")
+        if verdict is not None and (verdict not in Label.VERDICTS or status != "answered"):
+            raise ReviewError(f"verdict must be one of {list(Label.VERDICTS)}, with an answer")
+        if verdict is not None and entry.request.anomaly is None:
+            raise ReviewError(f"review {review_id!r} asks no anomaly question")
         classes = self.classes_for(entry.request)
         new_class = new_class and status == "answered" and label not in classes
         if new_class:
             self._check_new_class(labeler, label, classes)
-        elif status == "answered" and label not in classes:
-            raise ReviewError(f"unknown class {label!r}; known classes: {classes}")
+        elif status == "answered" and label not in classes and not (verdict is not None and label == ""):
+            raise ReviewError(f"unknown class {label!r}; known classes: {classes}"
+                              + ("" if entry.request.anomaly is None else " (or give a verdict: normal / abnormal)"))
         if entry.done or labeler in entry.answered_by:
             raise ReviewError(f"review {review_id!r} is already answered", 409)
         if entry.leases.get(labeler, -1) <= now:
             raise ReviewError(f"review {review_id!r} is not leased to {labeler!r} (the lease may have expired)", 409)
         return Label(review_id, label if status == "answered" else status, labeler, int(now * 1000), status,
-                     entry.request.model_name, True if new_class else None)
+                     entry.request.model_name, True if new_class else None, verdict)
 
     def _check_new_class(self, labeler: str, label: str, classes: list[str]) -> None:
         if labeler not in self.creators:
@@ -202,7 +210,8 @@ class ReviewQueue:
             return
         entry.answered_by.add(label.labeler)
         self.per_labeler[label.labeler] += 1
-        self.recent.append((entry.request.predicted, label.label))
+        if label.label and entry.request.predicted is not None:
+            self.recent.append((entry.request.predicted, label.label))
         if len(entry.answered_by) >= self.answers_needed:
             entry.done = True
 

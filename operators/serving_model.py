@@ -70,6 +70,16 @@ def fixed_model(name: str, version: int, probabilities: tuple[float, ...] = (0.9
     return ServingModel(name, version, spec, FixedRunner(probabilities))
 
 
+class SilentRunner:
+    """The runner of a model that does not classify before its first version: no outputs (its windows still
+    go to the learning side, which learns its first version from them)."""
+
+    provider = "none"
+
+    def predict(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        return {}
+
+
 def untrained_model(name: str, spec: ModelSpec) -> ServingModel:
     """Version 0 of a declared model with no trained version yet (cold start): every class equally
     likely, so every window is unsure and goes to review within the budget.
@@ -78,6 +88,8 @@ def untrained_model(name: str, spec: ModelSpec) -> ServingModel:
     >>> m.version, m.runner.predict_proba(np.zeros((1, 4, 1), np.float32)).tolist()
     (0, [[0.25, 0.25, 0.25, 0.25]])
     """
+    if not spec.has("classify"):
+        return ServingModel(name, 0, spec, SilentRunner())
     return ServingModel(name, 0, spec, FixedRunner(tuple([1.0 / spec.n_classes] * spec.n_classes)))
 
 
@@ -97,10 +109,10 @@ def serving_spec(root: str, name: str, version: int | None = None, declared: dic
 def smoke_test(runner: Runner, spec: ModelSpec) -> None:
     """Run one tiny batch; refuse a model whose output is not a probability per class, or that lacks a head
     of its tasks (a finite anomaly score per window, a forecast of ``horizon`` samples per channel).
-    Serving needs the classify head (a model of anomaly or forecast heads only cannot serve yet)."""
+    Serving needs a classify or an anomaly head (a forecast alone says nothing about the window itself)."""
     windows = np.zeros((2, spec.window, spec.n_channels), np.float32)
-    if not spec.has("classify"):
-        raise ArtifactError(f"serving needs a classify head; this model has only {', '.join(spec.tasks)}")
+    if not spec.has("classify") and not spec.has("anomaly"):
+        raise ArtifactError(f"serving needs a classify or an anomaly head; this model has only {', '.join(spec.tasks)}")
     if spec.tasks != ("classify",):
         outputs = runner.predict(windows)
         missing = [name for name in output_names(spec) if name not in outputs]
@@ -112,6 +124,8 @@ def smoke_test(runner: Runner, spec: ModelSpec) -> None:
         if spec.has("forecast") and outputs["forecast"].shape != (2, spec.horizon, spec.n_channels):
             raise ArtifactError(f"smoke inference gave a forecast of shape {outputs['forecast'].shape}, expected "
                                 f"(2, {spec.horizon}, {spec.n_channels})")
+    if not spec.has("classify"):
+        return
     probs = runner.predict_proba(windows)
     if probs.shape != (2, spec.n_classes):
         raise ArtifactError(f"smoke inference returned shape {probs.shape}, expected (2, {spec.n_classes})")

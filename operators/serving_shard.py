@@ -224,8 +224,9 @@ class InferenceShard:
                                 f"the window of {window.device_id} ending at {window.end}", "", "values",
                                 "inference", now_ms, self.model_name)
             out.append(dead_letter_out(self.topics.dead_letters, letter))
-        if self.watch is not None and predictions:
-            event = self.watch.observe([p.confidence for p in predictions], self.model.version, now_ms)
+        confidences = [p.confidence for p in predictions if p.confidence is not None]
+        if self.watch is not None and confidences:
+            event = self.watch.observe(confidences, self.model.version, now_ms)
             if event is not None:  # more labels where the model is unsure; operators see it on drift-events
                 self.boost(event, now_ms)
                 t.confidence_drifts += 1

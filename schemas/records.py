@@ -129,14 +129,26 @@ class SensorReading(_Record):
 
 @dataclass(slots=True)
 class Prediction(_Record):
-    """What the serving job says about one window of one device."""
+    """What the serving job says about one window of one device: its class (``label``, ``confidence``,
+    ``probabilities``) where the model classifies, its ``anomaly`` score where it has that head (a model
+    with an anomaly head and no classify head gives only the score).
+
+    >>> Prediction.decode(b'{"device_id": "d", "window_end": 9, "window_start": 0, "anomaly": 3.5, '
+    ...                   b'"model_name": "m", "model_version": 2, "latency_ms": 1, "emitted_at": 9}').label is None
+    True
+    >>> Prediction.decode(b'{"device_id": "d", "window_end": 9, "window_start": 0, "model_name": "m", '
+    ...                   b'"model_version": 2, "latency_ms": 1, "emitted_at": 9}')
+    Traceback (most recent call last):
+    ...
+    schemas.base.SchemaError: label: missing (a prediction has a class, an anomaly score or both)
+    """
 
     device_id: str
     window_end: int
     window_start: int
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
+    label: str | None
+    confidence: float | None
+    probabilities: dict[str, float] | None
     model_name: str
     model_version: int
     latency_ms: float
@@ -144,26 +156,21 @@ class Prediction(_Record):
     truth: str | None = None
     anomaly: float | None = None  # the window's anomaly score, where the model has that head
 
-    REQUIRED = ("device_id", "window_end", "window_start", "label", "confidence", "probabilities",
-                "model_name", "model_version", "latency_ms", "emitted_at")
-    OPTIONAL = ("schema_version", "truth", "anomaly")
+    REQUIRED = ("device_id", "window_end", "window_start", "model_name", "model_version", "latency_ms", "emitted_at")
+    OPTIONAL = ("schema_version", "truth", "anomaly", "label", "confidence", "probabilities")
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "Prediction":
         check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
         check_version(obj)
-        probs = obj["probabilities"]
-        if not isinstance(probs, dict) or not probs:
-            raise SchemaError("probabilities", "must be a non-empty object")
-        for k in probs:
-            require_float(probs, k, 0.0, 1.0)
+        classified = _classification(obj, "label", "a prediction has a class, an anomaly score or both")
         return cls(
             device_id=require_id(obj, "device_id"),
             window_end=require_int(obj, "window_end", 0),
             window_start=require_int(obj, "window_start", 0),
-            label=require_str(obj, "label"),
-            confidence=require_float(obj, "confidence", 0.0, 1.0),
-            probabilities={k: float(v) for k, v in probs.items()},
+            label=classified[0],
+            confidence=classified[1],
+            probabilities=classified[2],
             model_name=require_id(obj, "model_name"),
             model_version=require_int(obj, "model_version", 0),  # 0: no trained version yet (cold start)
             latency_ms=require_float(obj, "latency_ms"),
@@ -271,6 +278,23 @@ class WindowSample(_Record):
                    channels, values, require_id(obj, "model_name"), require_int(obj, "model_version", 0), future)
 
 
+def _classification(obj: Mapping[str, Any], label_field: str, why: str
+                    ) -> tuple[str | None, float | None, dict[str, float] | None]:
+    """A record's class, confidence and probabilities: all three, or none of them when it carries an anomaly
+    score instead."""
+    present = [k for k in (label_field, "confidence", "probabilities") if obj.get(k) is not None]
+    if not present and obj.get("anomaly") is not None:
+        return None, None, None
+    for key in (label_field, "confidence", "probabilities"):
+        if obj.get(key) is None:
+            raise SchemaError(key, f"missing ({why})")
+    probs = obj["probabilities"]
+    if not isinstance(probs, dict) or (label_field == "label" and not probs):
+        raise SchemaError("probabilities", "must be a non-empty object" if label_field == "label" else "must be an object")
+    return (require_str(obj, label_field), require_float(obj, "confidence", 0.0, 1.0),
+            {k: require_float(probs, k, 0.0, 1.0) for k in probs})
+
+
 def _rows(rows: Any, name: str, width: int) -> list[list[float]]:
     """A non-empty list of rows of ``width`` finite numbers each, naming the first bad one."""
     if not isinstance(rows, list) or not rows:
@@ -293,9 +317,9 @@ class ReviewRequest(_Record):
     window_end: int
     channels: list[str]
     values: list[list[float]]
-    predicted: str
-    confidence: float
-    probabilities: dict[str, float]
+    predicted: str | None  # None (with confidence and probabilities) for a model that does not classify
+    confidence: float | None
+    probabilities: dict[str, float] | None
     model_version: int
     reason: str
     created_at: int
@@ -303,12 +327,14 @@ class ReviewRequest(_Record):
     shadow_predicted: str | None = None  # what the version in its shadow phase said about the window
     shadow_version: int | None = None
     anomaly: float | None = None  # the window's anomaly score, where the model has that head
+    typical_range: list[list[float]] | None = None  # per channel [low, high] of normal windows (anomaly questions)
 
     MAX_BYTES = 1024 * 1024
     REASONS = ("low_confidence", "audit", "drift", "disagreement", "anomaly")
-    REQUIRED = ("review_id", "device_id", "window_start", "window_end", "channels", "values",
-                "predicted", "confidence", "probabilities", "model_version", "reason", "created_at")
-    OPTIONAL = ("schema_version", "model_name", "shadow_predicted", "shadow_version", "anomaly")
+    REQUIRED = ("review_id", "device_id", "window_start", "window_end", "channels", "values", "model_version",
+                "reason", "created_at")
+    OPTIONAL = ("schema_version", "model_name", "shadow_predicted", "shadow_version", "anomaly", "predicted",
+                "confidence", "probabilities", "typical_range")
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "ReviewRequest":
@@ -326,9 +352,13 @@ class ReviewRequest(_Record):
             if not isinstance(row, list) or len(row) != len(channels):
                 raise SchemaError(f"values[{i}]", f"must be a list of {len(channels)} numbers")
             values.append(finite_floats(row, f"values[{i}]"))
-        probs = obj["probabilities"]
-        if not isinstance(probs, dict):
-            raise SchemaError("probabilities", "must be an object")
+        predicted, confidence, probabilities = _classification(obj, "predicted", "a request has a prediction, an "
+                                                                                 "anomaly score or both")
+        typical = obj.get("typical_range")
+        if typical is not None:
+            typical = _rows(typical, "typical_range", 2)
+            if len(typical) != len(channels):
+                raise SchemaError("typical_range", f"must hold one [low, high] per channel ({len(channels)})")
         return cls(
             review_id=require_id(obj, "review_id"),
             device_id=require_id(obj, "device_id"),
@@ -336,9 +366,9 @@ class ReviewRequest(_Record):
             window_end=require_int(obj, "window_end", 0),
             channels=channels,
             values=values,
-            predicted=require_str(obj, "predicted"),
-            confidence=require_float(obj, "confidence", 0.0, 1.0),
-            probabilities={k: require_float(probs, k, 0.0, 1.0) for k in probs},
+            predicted=predicted,
+            confidence=confidence,
+            probabilities=probabilities,
             model_version=require_int(obj, "model_version", 0),  # 0: no trained version yet (cold start)
             reason=reason,
             created_at=require_int(obj, "created_at", 0),
@@ -346,6 +376,7 @@ class ReviewRequest(_Record):
             shadow_predicted=require_str(obj, "shadow_predicted") if obj.get("shadow_predicted") is not None else None,
             shadow_version=require_int(obj, "shadow_version", 1) if obj.get("shadow_version") is not None else None,
             anomaly=require_float(obj, "anomaly") if obj.get("anomaly") is not None else None,
+            typical_range=typical,
         )
 
 

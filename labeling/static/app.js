@@ -6,6 +6,7 @@ const SVG = "http://www.w3.org/2000/svg";
 let current = null;
 let classes = [];
 let busy = false;
+let chosen = "";  // the class picked on an anomaly question, sent with the verdict
 
 const $ = (id) => document.getElementById(id);
 // who the labeler is comes from their token (the server says it with every request), never from the page
@@ -19,11 +20,11 @@ function svgEl(name, attrs) {
 function showError(message) { const e = $("error"); e.textContent = message; e.classList.remove("hidden"); }
 function clearError() { $("error").classList.add("hidden"); }
 
-function drawChart(values, channels, start, end) {
+function drawChart(values, channels, start, end, typical) {
   const svg = $("chart");
   svg.replaceChildren();
   const W = 900, H = 320, L = 56, R = 12, T = 12, B = 34;
-  const flat = values.flat();
+  const flat = values.flat().concat(typical ? typical.flat() : []);
   let lo = Math.min(...flat), hi = Math.max(...flat);
   if (hi === lo) { hi += 1; lo -= 1; }
   const n = values.length;
@@ -42,6 +43,12 @@ function drawChart(values, channels, start, end) {
     const label = svgEl("text", { x: x(i), y: H - 12, "text-anchor": "middle", "font-size": 11, fill: "#556" });
     label.textContent = ((k / 4) * seconds).toFixed(1) + " s";
     svg.append(label);
+  }
+  if (typical) {  // each channel's typical range (normal windows' 1st-99th percentile), behind its line
+    typical.forEach(([low, high], c) => {
+      svg.append(svgEl("rect", { x: L, width: W - L - R, y: y(high), height: Math.max(1, y(low) - y(high)),
+                                 fill: COLOURS[c % COLOURS.length], "fill-opacity": 0.08, "data-typical": c }));
+    });
   }
   svg.append(svgEl("line", { x1: L, x2: L, y1: T, y2: H - B, stroke: "#889" }));
   svg.append(svgEl("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, stroke: "#889" }));
@@ -68,15 +75,36 @@ function render(data) {
   if (!current) return;
   text("device", current.device_id);
   text("time", new Date(current.window_start).toISOString().replace("T", " ").slice(0, 19) + " UTC");
-  text("predicted", current.predicted);
-  text("confidence", (100 * current.confidence).toFixed(1) + " %");
+  const classifies = current.predicted !== undefined && current.predicted !== null;
+  text("predicted", classifies ? current.predicted : "–");
+  text("confidence", classifies ? (100 * current.confidence).toFixed(1) + " %" : "–");
+  const asksAnomaly = current.anomaly !== undefined && current.anomaly !== null;
+  $("anomaly-row").classList.toggle("hidden", !asksAnomaly);
+  text("anomaly", asksAnomaly ? current.anomaly.toFixed(2) : "");
   text("reason", current.reason);
   text("version", (current.model_name ? current.model_name + " " : "") + "v" + current.model_version);
   text("review-id", current.review_id);
   text("lease", data.lease_expires_in_s + " s");
-  const top = Object.entries(current.probabilities).sort((a, b) => b[1] - a[1]).slice(0, 3);
-  text("top", "top classes: " + top.map(([c, p]) => `${c} ${(100 * p).toFixed(1)} %`).join(" · "));
-  drawChart(current.values, current.channels, current.window_start, current.window_end);
+  const top = Object.entries(current.probabilities || {}).sort((a, b) => b[1] - a[1]).slice(0, 3);
+  text("top", top.length ? "top classes: " + top.map(([c, p]) => `${c} ${(100 * p).toFixed(1)} %`).join(" · ") : "");
+  drawChart(current.values, current.channels, current.window_start, current.window_end, current.typical_range);
+  const verdicts = $("verdicts");
+  verdicts.replaceChildren();
+  verdicts.classList.toggle("hidden", !asksAnomaly);
+  if (asksAnomaly) {  // "is this window abnormal?": a class may be picked first where the model classifies
+    const ask = document.createElement("span");
+    ask.textContent = "Is this window abnormal?" + (classes.length ? " (pick its class first if you know it)" : "");
+    verdicts.append(ask);
+    for (const [label, verdict, key] of [["abnormal", "abnormal", "a"], ["normal", "normal", "n"]]) {
+      const b = document.createElement("button");
+      b.dataset.verdict = verdict;
+      const k = document.createElement("kbd"); k.textContent = key;
+      b.append(k, document.createTextNode(label));
+      b.addEventListener("click", () => submit(chosen, "answered", false, verdict));
+      verdicts.append(b);
+    }
+  }
+  chosen = "";
   const buttons = $("buttons");
   buttons.replaceChildren();
   classes.forEach((c, i) => {
@@ -85,7 +113,7 @@ function render(data) {
     b.dataset.label = c;
     if (i < 9) { const k = document.createElement("kbd"); k.textContent = String(i + 1); b.append(k); }
     b.append(document.createTextNode(c));
-    b.addEventListener("click", () => submit(c, "answered"));
+    b.addEventListener("click", () => (asksAnomaly ? choose(c) : submit(c, "answered")));
     buttons.append(b);
   });
   for (const [label, status, key] of [["skip", "skipped", "s"], ["not sure", "unsure", "u"]]) {
@@ -98,6 +126,11 @@ function render(data) {
   }
   $("new-class").classList.toggle("hidden", !data.may_name_classes);
   $("new-class-name").value = "";
+}
+
+function choose(c) {  // on an anomaly question a class button marks the class; a verdict button sends both
+  chosen = chosen === c ? "" : c;
+  for (const b of $("buttons").querySelectorAll("button.cls")) b.classList.toggle("chosen", b.dataset.label === chosen);
 }
 
 function submitNewClass(event) {
@@ -123,12 +156,14 @@ async function load() {
   } catch (e) { showError("Could not load the next request: " + e.message); }
 }
 
-async function submit(label, status, newClass = false) {
+async function submit(label, status, newClass = false, verdict = null) {
   if (!current || busy) return;
   busy = true;
+  const body = { review_id: current.review_id, label, status, new_class: newClass };
+  if (verdict) body.verdict = verdict;
   try {
     await api("/api/answer", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ review_id: current.review_id, label, status, new_class: newClass }) });
+      body: JSON.stringify(body) });
     clearError();
     await load();
   } catch (e) { showError("Answer refused: " + e.message); }
@@ -138,7 +173,10 @@ async function submit(label, status, newClass = false) {
 document.addEventListener("keydown", (event) => {
   if (!current || event.target.tagName === "INPUT") return;
   const n = Number(event.key);
-  if (n >= 1 && n <= classes.length) submit(classes[n - 1], "answered");
+  const asksAnomaly = current.anomaly !== undefined && current.anomaly !== null;
+  if (n >= 1 && n <= classes.length) (asksAnomaly ? choose(classes[n - 1]) : submit(classes[n - 1], "answered"));
+  else if (asksAnomaly && event.key === "a") submit(chosen, "answered", false, "abnormal");
+  else if (asksAnomaly && event.key === "n") submit(chosen, "answered", false, "normal");
   else if (event.key === "s") submit("", "skipped");
   else if (event.key === "u") submit("", "unsure");
 });

@@ -19,6 +19,7 @@ if not Path(CHROMIUM).exists():
 
 TOPICS = Topics()
 TOKENS: dict[str, str] = {}  # labeler -> their own token, made by the stack fixture
+LABELERS: list[str] = []  # the stack fixture's labelers file
 CLASSES = ["badminton", "running", "standing", "walking"]
 EVIL = '<img src=x onerror="window.__pwned=1">'
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -41,7 +42,8 @@ def stack(tmp_path_factory):
 
     logs = tmp_path_factory.mktemp("labeling")
     labelers = logs / "labelers.toml"
-    TOKENS.update({name: add_labeler(str(labelers), name) for name in ("alice", "bob", "carol")})
+    LABELERS.append(str(labelers))
+    TOKENS.update({name: add_labeler(str(labelers), name) for name in ("alice", "bob", "carol", "dave")})
     with EmbeddedBroker(log_path=logs / "broker.log") as broker:
         ensure_topics(broker.bootstrap, TOPICS)
         server = LabelingServer(broker.bootstrap, TOPICS, Credentials.load(str(labelers)), CLASSES,
@@ -189,3 +191,54 @@ def test_bad_requests_and_labels_go_to_dead_letters(stack):
     reasons = [orjson.loads(r.value)["reason"] for r in records]
     assert any("malformed JSON" in r for r in reasons) and any("missing required field" in r for r in reasons)
     assert all(orjson.loads(r.value)["source_topic"] == TOPICS.review_requests for r in records)
+
+
+def test_an_anomaly_question_is_answered_normal_or_abnormal(stack, browser):
+    """A request asking about an anomaly shows its score, the window over each channel's typical range and
+    the verdict buttons; a class picked first goes with the verdict. A model that does not classify asks
+    with no prediction at all, and a key gives the verdict."""
+    from labeling.credentials import Credentials
+    from labeling.server import LabelingServer
+
+    broker, _ = stack
+    topics = Topics(review_requests="anomaly-reviews", labels="anomaly-labels")
+    ensure_topics(broker.bootstrap, topics)
+    flagged = review(5, device="device-101")
+    flagged.reason, flagged.anomaly = "anomaly", 4.25
+    flagged.typical_range = [[-3.0, 3.0]] * 6
+    scored_only = review(6, device="device-102")
+    scored_only.predicted = scored_only.confidence = scored_only.probabilities = None
+    scored_only.reason, scored_only.anomaly = "anomaly", 6.5
+    produce(broker.bootstrap, topics.review_requests,
+            [(r.review_id.encode(), r.encode()) for r in (flagged, scored_only)])
+    credentials = Credentials.load(LABELERS[0])
+    server = LabelingServer(broker.bootstrap, topics, credentials, CLASSES, port=free_port(), lease_s=60,
+                            group_id="labeling-anomalies").start()
+    try:
+        context, page = open_as(browser, server, "dave")
+        page.wait_for_selector("#review:not(.hidden)", timeout=20_000)
+        answered = []
+        for n in (1, 2):  # the two requests come from two partitions, in either order
+            if n == 2:
+                wait_until(page, "document.getElementById('review-id').textContent !== "
+                                 + orjson.dumps(answered[0]).decode())
+            shown = page.text_content("#review-id")
+            answered.append(shown)
+            if shown == flagged.review_id:
+                assert page.text_content("#anomaly") == "4.25" and page.text_content("#predicted") == "running"
+                assert page.locator("#verdicts button").count() == 2
+                assert page.locator("#chart rect[data-typical]").count() == 6
+                page.click("#buttons button[data-label='standing']")  # picks the class; nothing is sent yet
+                page.click("#verdicts button[data-verdict='normal']")
+            else:
+                assert shown == scored_only.review_id and page.text_content("#predicted") == "–"
+                page.keyboard.press("a")
+            read_until(broker.bootstrap, [topics.labels], lambda rs, n=n: len(rs) >= n, timeout_s=20)
+        labels = {x.review_id: x for x in (Label.decode(r.value) for r in
+                                           read_until(broker.bootstrap, [topics.labels], lambda rs: len(rs) >= 2,
+                                                      timeout_s=20))}
+        assert (labels[flagged.review_id].label, labels[flagged.review_id].verdict) == ("standing", "normal")
+        assert (labels[scored_only.review_id].label, labels[scored_only.review_id].verdict) == ("", "abnormal")
+        context.close()
+    finally:
+        server.stop()

@@ -105,8 +105,11 @@ def test_a_graph_without_a_head_of_its_tasks_is_refused(trained):
     classify_only = OnnxRunner(export_onnx(trained, ModelSpec(window=WINDOW, channels=("a", "b"), classes=("slow", "fast"))))
     with pytest.raises(ArtifactError, match="lacks the output"):
         smoke_test(classify_only, SPEC)
-    with pytest.raises(ArtifactError, match="needs a classify head"):
+    with pytest.raises(ArtifactError, match="lacks the output"):
         smoke_test(classify_only, ModelSpec(window=WINDOW, channels=("a", "b"), classes=(), tasks=("anomaly",)))
+    with pytest.raises(ArtifactError, match="needs a classify or an anomaly head"):
+        smoke_test(classify_only, ModelSpec(window=WINDOW, channels=("a", "b"), classes=(), tasks=("forecast",),
+                                            horizon=2))
 
 
 def test_an_anomaly_only_model_trains_without_labels():
@@ -290,11 +293,55 @@ def test_an_anomaly_model_learns_from_unlabeled_windows_alone_from_cold_start(tm
     assert meta.metrics["holdout_error"] < meta.metrics["serving_holdout_error"]  # beat the trivial model
     newest = registry.metadata("fog", accepted[-1])
     assert "anomaly_reconstruction_center" in newest.metrics and newest.metrics["unlabeled_windows"] > 500
-    with pytest.raises(ArtifactError, match="needs a classify head"):
-        load_from_registry(registry.root, "fog")  # serving this model is not built yet
+    served = load_from_registry(registry.root, "fog")  # serving loads it as it would: ONNX, smoke-tested
+    assert set(served.runner.predict(np.zeros((2, 32, 6), np.float32))) == {"anomaly", "forecast"}
+    assert len(registry.metadata("fog", accepted[-1]).spec["extra"]["normal_range"]) == 6
     restored = LoopJournal().restore(None, journal, lambda: pickle.loads(at_start))
     assert restored.version == loop.version == accepted[-1] and restored.unlabeled_seen == loop.unlabeled_seen
     X = np.stack([np.asarray(s.values, np.float32) for s in basic_motions_samples("test")[:16]])
     with torch.inference_mode():
         assert torch.allclose(restored.trainer.net.anomaly_score(torch.as_tensor(X)),
                               loop.trainer.net.anomaly_score(torch.as_tensor(X)), atol=1e-4)
+
+
+def test_a_model_without_a_classify_head_serves_scores_and_asks_about_anomalies():
+    spec = ModelSpec(window=WINDOW, channels=("a", "b"), classes=(), tasks=("anomaly",), d_model=16, n_heads=2,
+                     n_layers=1, d_ff=32, extra={"normal_range": [[-1.0, 1.0], [-0.5, 0.5]]})
+    X, _, _ = waves(300, seed=9)
+    torch.manual_seed(0)
+    net = WindowTransformer(spec)
+    net.set_normalisation(X)
+    fit(net, X, None, epochs=15)
+    net.fit_anomaly_scale(waves(200, seed=10)[0])
+    model = ServingModel("waves", 3, spec, OnnxRunner(export_onnx(net, spec)))
+    smoke_test(model.runner, spec)
+    scorer = WindowScorer(model, ReviewRouter(threshold=0.6, audit_rate=0.0, budget_per_minute=100))
+    fresh = waves(4, seed=11)[0]
+    batch = [window(f"d{i}", 7_000, fresh[i]) for i in range(3)] + [window("broken", 7_000, spikes(fresh[3:])[0])]
+    predictions, reviews, forecasts, unscored = scorer.score_all(batch, now_ms=7_000)
+    assert len(predictions) == 4 and not forecasts and not unscored
+    decoded = [Prediction.decode(p.encode()) for p in predictions]
+    assert all(p.label is None and p.probabilities is None and p.anomaly is not None for p in decoded)
+    assert [(r.device_id, r.reason) for r in reviews] == [("broken", "anomaly")]
+    request = ReviewRequest.decode(reviews[0].encode())
+    assert request.predicted is None and request.typical_range == [[-1.0, 1.0], [-0.5, 0.5]]
+
+
+def test_anomaly_verdicts_are_joined_and_refused_where_no_anomaly_was_asked_about():
+    from operators.label_join import LabelJoiner
+    from schemas import Label
+
+    joiner = LabelJoiner(["slow", "fast"], ttl_ms=60_000, answers_needed=2, shape=(2, 1))
+    asked = ReviewRequest("d:1", "d", 0, 1, ["x"], [[0.5], [0.7]], "slow", 0.9, {"slow": 0.9, "fast": 0.1}, 1,
+                          "anomaly", 0, anomaly=4.2)
+    state = joiner.new_state()
+    joiner.on_request(state, asked, 0)
+    assert joiner.on_label(state, Label("d:1", "", "ann", 5, verdict="normal"), 5) == ([], [])
+    done, refused = joiner.on_label(state, Label("d:1", "fast", "bob", 6, verdict="normal"), 6)
+    assert not refused and (done[0].verdict, done[0].label) == ("normal", "fast")
+    plain = ReviewRequest("d:2", "d", 0, 1, ["x"], [[0.5], [0.7]], "slow", 0.4, {"slow": 0.4, "fast": 0.6}, 1,
+                          "low_confidence", 0)
+    state = joiner.new_state()
+    joiner.on_request(state, plain, 0)
+    done, refused = joiner.on_label(state, Label("d:2", "", "ann", 5, verdict="abnormal"), 5)
+    assert not done and "asked no anomaly question" in refused[0].reason
