@@ -16,6 +16,28 @@ from model.spec import ModelSpec
 
 
 TAIL_LEVELS = 90  # percentiles of normal windows' anomaly statistic kept (1st..90th); an exponential tail above
+NORMAL_CENTRES = 8  # centres of normal features: the mean of all, and up to 7 patterns people confirmed as normal
+
+
+def k_means(points: torch.Tensor, k: int, rounds: int = 20) -> list[torch.Tensor]:
+    """Up to ``k`` centres of ``points`` (``[n, d]``): farthest-point start from the first point, then Lloyd
+    rounds; deterministic, so a replayed fit gives the same centres.
+
+    >>> [c.tolist() for c in k_means(torch.tensor([[0.0], [0.1], [5.0], [5.2]]), 2)]
+    [[0.05000000074505806], [5.099999904632568]]
+    """
+    k = min(k, len(points))
+    centres = [points[0]]
+    while len(centres) < k:
+        d = torch.cdist(points, torch.stack(centres)).min(dim=1).values
+        if float(d.max()) == 0.0:
+            break
+        centres.append(points[int(d.argmax())])
+    c = torch.stack(centres)
+    for _ in range(rounds):
+        nearest = torch.cdist(points, c).argmin(dim=1)
+        c = torch.stack([points[nearest == j].mean(0) if (nearest == j).any() else c[j] for j in range(len(c))])
+    return list(c)
 
 
 class WindowTransformer(nn.Module):
@@ -54,7 +76,12 @@ class WindowTransformer(nn.Module):
             self.decoder = nn.Linear(spec.d_model, spec.window * spec.n_channels)
             # the score's parts, fitted on normal windows (fit_anomaly_scale): where their features lie, and
             # centre and scale of the log reconstruction error and of the log feature distance
-            self.register_buffer("feature_mean", torch.zeros(spec.d_model))
+            # where normal windows' features lie: their mean, then the centres of patterns people confirmed as
+            # normal (unused slots repeat the mean); a window's distance is to the nearest
+            self.register_buffer("feature_means", torch.zeros(NORMAL_CENTRES, spec.d_model))
+            # how much worse than typical the windows of each centre's pattern are rebuilt (log error): a
+            # window is compared with its own pattern's (0 for the mean of all and unused slots)
+            self.register_buffer("centre_error_offsets", torch.zeros(NORMAL_CENTRES))
             self.register_buffer("feature_precision", torch.eye(spec.d_model))
             self.register_buffer("score_center", torch.zeros(2))
             self.register_buffer("score_scale", torch.ones(2))
@@ -118,16 +145,20 @@ class WindowTransformer(nn.Module):
         f = self.encode(z) if features is None else features
         return ((self.decoder(f).view_as(z) - z) ** 2).mean(dim=(1, 2))
 
-    def feature_distance(self, features: torch.Tensor) -> torch.Tensor:
-        """Squared Mahalanobis distance of pooled features from the normal windows' (``[batch]``)."""
-        d = features - self.feature_mean
-        return ((d @ self.feature_precision) * d).sum(dim=1)
+    def feature_distance(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared Mahalanobis distance of pooled features from the nearest centre of normal windows' (the mean
+        of them all, or a pattern people confirmed as normal), and which centre that is (``[batch]`` each)."""
+        d = features[:, None, :] - self.feature_means[None, :, :]  # [batch, centres, d_model]
+        nearest = ((d @ self.feature_precision) * d).sum(dim=2).min(dim=1)
+        return nearest.values, nearest.indices
 
     def anomaly_parts(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """Log reconstruction error and log feature distance of each window (``[batch, 2]``)."""
+        """Log reconstruction error (less its nearest centre's offset) and log feature distance of each window
+        (``[batch, 2]``)."""
         f = self.features(x) if features is None else features
-        return torch.stack([torch.log(self.reconstruction_error(x, f) + 1e-6),
-                            torch.log(self.feature_distance(f) + 1e-6)], dim=1)
+        distance, centre = self.feature_distance(f)
+        return torch.stack([torch.log(self.reconstruction_error(x, f) + 1e-6) - self.centre_error_offsets[centre],
+                            torch.log(distance + 1e-6)], dim=1)
 
     def anomaly_statistic(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """The mean of two robust z-scores (``[batch]``): of the log reconstruction error (the self-supervised
@@ -147,19 +178,39 @@ class WindowTransformer(nn.Module):
         return torch.where(s >= self.tail_start, tail, body)
 
     @torch.no_grad()
-    def fit_anomaly_scale(self, windows: np.ndarray, shrinkage: float = 0.1, batch_size: int = 512) -> None:
+    def fit_anomaly_scale(self, windows: np.ndarray, shrinkage: float = 0.1, batch_size: int = 512,
+                          confirmed: np.ndarray | None = None) -> None:
         """Fit the anomaly score on ``windows`` taken as normal: their features' mean and (shrunk) covariance,
         the median and 1.4826 x median absolute deviation of each log part, and how often they reach each
-        value of the statistic, so a threshold on the score means the same for every model."""
+        value of the statistic, so a threshold on the score means the same for every model. ``confirmed``:
+        windows people said are normal; their patterns become centres of normal too (up to
+        ``NORMAL_CENTRES - 1``, by k-means on their features), each with the reconstruction error its windows
+        have, so a window like them scores like a typical one; they count among the normal windows."""
+        if confirmed is not None and len(confirmed):
+            windows = np.concatenate([np.asarray(windows, np.float32), np.asarray(confirmed, np.float32)])
         was_training = self.training
         self.eval()
         x = torch.as_tensor(np.asarray(windows, np.float32))
         feats = torch.cat([self.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).double()
         cov = torch.cov(feats.T) if len(feats) > 1 else torch.eye(feats.shape[1], dtype=torch.float64)
         target = torch.eye(len(cov), dtype=cov.dtype) * cov.diagonal().mean().clamp_min(1e-6)
-        self.feature_mean.copy_(feats.mean(0))
+        centres = [feats.mean(0)]
+        if confirmed is not None and len(confirmed):
+            centres += k_means(feats[-len(confirmed):], NORMAL_CENTRES - 1)
+        self.feature_means.copy_(torch.stack(centres + [centres[0]] * (NORMAL_CENTRES - len(centres))))
         self.feature_precision.copy_(torch.linalg.inv((1 - shrinkage) * cov + shrinkage * target))
+        self.centre_error_offsets.zero_()
         parts = torch.cat([self.anomaly_parts(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        if len(centres) > 1:  # each confirmed pattern's windows are rebuilt as well or as badly as they are
+            _, nearest = self.feature_distance(feats[-len(confirmed):].float())
+            typical = parts[:, 0].median()
+            offsets = torch.zeros(NORMAL_CENTRES)
+            for k in range(1, len(centres)):
+                members = parts[-len(confirmed):, 0][nearest == k]
+                if len(members):
+                    offsets[k] = (members.median() - typical).clamp_min(0.0)
+            self.centre_error_offsets.copy_(offsets)
+            parts = torch.cat([self.anomaly_parts(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
         center = parts.median(dim=0).values
         self.score_center.copy_(center)
         self.score_scale.copy_((1.4826 * (parts - center).abs().median(dim=0).values).clamp_min(1e-3))

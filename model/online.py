@@ -203,9 +203,9 @@ class OnlineTrainer:
 
     def learn_unlabeled(self, window: np.ndarray, future: np.ndarray | None = None) -> bool:
         """Take one unlabeled window (with the samples after it, when known) for the network's self-supervised
-        heads; returns True when it triggered a step. A step trains those heads on ``batch_size`` such
-        windows, and where the network classifies, the classification on as many replayed labeled ones,
-        so the shared encoder keeps what the labels taught it (under the LDA head the encoder stays fixed,
+        heads; returns True when it triggered an update: ``unlabeled_steps`` gradient steps on ``batch_size``
+        such windows with remembered ones replayed, and where the network classifies, the classification on
+        as many replayed labeled ones, so the shared encoder keeps what the labels taught it (under the LDA head the encoder stays fixed,
         and the windows are only remembered). Every window joins ``unlabeled_memory``, what a published
         version's anomaly score is fitted on."""
         self.unlabeled.append((np.asarray(window, np.float32), None if future is None else np.asarray(future, np.float32)))
@@ -217,15 +217,30 @@ class OnlineTrainer:
                 self.unlabeled_memory.add(window, 0)
             self.unlabeled_learned += len(batch)
             return False
-        confirmed, _ = self.confirmed_normal.sample(len(batch) // 2)  # windows people said are normal, replayed
-        X = torch.as_tensor(np.concatenate([np.stack([w for w, _ in batch]), *([confirmed] if len(confirmed) else [])]))
-        with_future = [f for _, f in batch if f is not None]
+        new = np.stack([w for w, _ in batch])
+        with_future = [(w, f) for w, f in batch if f is not None] if self.net.spec.has("forecast") else []
         self.net.train()
+        for _ in range(self.config.unlabeled_steps):
+            self._self_supervised_step(new, with_future)
+        self.net.eval()
+        for window, _ in batch:
+            self.unlabeled_memory.add(window, 0)
+        self.unlabeled_learned += len(batch)
+        self.updates += 1
+        return True
+
+    def _self_supervised_step(self, new: np.ndarray, with_future: list) -> None:
+        """One gradient step on new unlabeled windows, as many remembered ones (``replay_ratio``), windows people
+        confirmed as normal (half as many), their forecasts where known, and replayed labels where the network
+        classifies."""
+        remembered, _ = self.unlabeled_memory.sample(int(round(len(new) * self.config.replay_ratio)))
+        confirmed, _ = self.confirmed_normal.sample(len(new) // 2)
+        X = torch.as_tensor(np.concatenate([new, *(part for part in (remembered, confirmed) if len(part))]))
         loss = self_supervised_loss(self.net, X, rng=self.mask_rng)
-        if with_future and self.net.spec.has("forecast"):
-            Xf = torch.as_tensor(np.stack([w for w, f in batch if f is not None]))
-            loss = loss + forecast_loss(self.net, Xf, torch.as_tensor(np.stack(with_future)))
-        X_old, y_old = self.reservoir.sample(len(batch))
+        if with_future:
+            loss = loss + forecast_loss(self.net, torch.as_tensor(np.stack([w for w, _ in with_future])),
+                                        torch.as_tensor(np.stack([f for _, f in with_future])))
+        X_old, y_old = self.reservoir.sample(len(new))
         if len(y_old) and self.net.head is not None and self.config.head != "lda":
             loss = loss + nn.functional.cross_entropy(self.net(torch.as_tensor(X_old)), torch.as_tensor(y_old))
         if self.ewc is not None and self.config.ewc_strength > 0:
@@ -234,12 +249,6 @@ class OnlineTrainer:
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
-        self.net.eval()
-        for window, _ in batch:
-            self.unlabeled_memory.add(window, 0)
-        self.unlabeled_learned += len(batch)
-        self.updates += 1
-        return True
 
     def confirm_normal(self, window: np.ndarray) -> bool:
         """A window people said is normal (an anomaly question answered ``normal``): kept and replayed in every
@@ -248,12 +257,6 @@ class OnlineTrainer:
         window = np.asarray(window, np.float32)
         self.confirmed_normal.add(window, 0)
         return self.learn_unlabeled(window)
-
-    def normal_windows(self) -> np.ndarray:
-        """Windows taken as normal, what a version's anomaly score is fitted on: the unlabeled ones remembered
-        and those people confirmed (empty when there are none)."""
-        parts = [m.all()[0] for m in (self.unlabeled_memory, self.confirmed_normal) if len(m)]
-        return np.concatenate(parts) if parts else np.empty((0,), np.float32)
 
     def learn_one(self, window: np.ndarray, label: int) -> bool:
         """Take one labeled window; returns True when it triggered an update."""

@@ -116,7 +116,8 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
                     metrics: dict[str, float], parent_version: int | None = None, data_seen: int = 0,
                     note: str = "", calibration: tuple[np.ndarray, np.ndarray] | None = None,
                     int8_min_agreement: float | None = None, lda: bytes | None = None,
-                    normal_windows: np.ndarray | None = None) -> VersionMetadata:
+                    normal_windows: np.ndarray | None = None,
+                    confirmed_normal: np.ndarray | None = None) -> VersionMetadata:
     """Export a network to ONNX and write it, with its weights, as the next registry version. With
     ``calibration`` (held-out windows and their labels, at least ``MIN_WINDOWS``), a temperature is
     fitted on them and baked into the exported probabilities; the version's metrics record it with
@@ -130,17 +131,19 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
     so a learner with ``head = "lda"`` starting from this version starts from them.
 
     A model with an anomaly head has its score's centre and scale fitted on ``normal_windows`` (held-out
-    windows taken as normal) when given. Calibration and INT8 are for classifying models."""
+    windows taken as normal) when given, and on ``confirmed_normal`` (windows people said are normal: their
+    patterns become centres of normal, ``WindowTransformer.fit_anomaly_scale``). Calibration and INT8 are for classifying models."""
     temperature = 1.0
     classifies = spec.has("classify")
     if normal_windows is not None and spec.has("anomaly") and len(normal_windows):
-        net.fit_anomaly_scale(normal_windows)
+        net.fit_anomaly_scale(normal_windows, confirmed=confirmed_normal)
         low, high = np.percentile(np.asarray(normal_windows).reshape(-1, spec.n_channels), [1, 99], axis=0)
         spec = replace(spec, extra={**spec.extra, "normal_range": np.round(np.stack([low, high], 1), 5).tolist()})
         center, scale = net.score_center.tolist(), net.score_scale.tolist()
         metrics = {**metrics, "anomaly_reconstruction_center": center[0], "anomaly_reconstruction_scale": scale[0],
                    "anomaly_distance_center": center[1], "anomaly_distance_scale": scale[1],
-                   "anomaly_normal_windows": float(len(normal_windows))}
+                   "anomaly_normal_windows": float(len(normal_windows)),
+                   "anomaly_confirmed_normal": float(len(confirmed_normal) if confirmed_normal is not None else 0)}
     if classifies and calibration is not None and len(calibration[1]) >= MIN_WINDOWS:
         fitted = calibrate(logits_of(net, calibration[0]), np.asarray(calibration[1]))
         temperature = fitted["temperature"]

@@ -127,7 +127,7 @@ class LabelJoiner:
     def _classes_of(self, request: ReviewRequest) -> list[str]:
         """The classes an answer to ``request`` may name: its model's, and any its version has learned
         since the job started (the request's probabilities name every class of the version that asked)."""
-        return list(dict.fromkeys([*self._target(request).classes, *request.probabilities]))
+        return list(dict.fromkeys([*self._target(request).classes, *(request.probabilities or {})]))
 
     def _may_add(self, who: str, new_class: bool, known: list[str]) -> bool:
         """Whether an answer may teach a class the model lacks: marked as new, by a labeler allowed to,

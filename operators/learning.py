@@ -533,14 +533,16 @@ class VersionPublisher:
         metrics.update(candidate.metrics)
         # the anomaly score is refitted on windows taken as normal: the unlabeled ones it remembers and those people
         # confirmed, else the labeled ones
-        remembered = loop.trainer.normal_windows()
+        remembered = loop.trainer.unlabeled_memory.all()[0]
         if len(remembered) < 32:
             remembered = loop.trainer.reservoir.all()[0]
+        confirmed = loop.trainer.confirmed_normal.all()[0] if len(loop.trainer.confirmed_normal) else None
         meta = publish_version(self.registry, self.model_name, candidate.net, loop.spec, metrics,
                                parent_version=loop.version or None, data_seen=loop.labeled,
                                note=f"online{' (cold start)' if not loop.version else ''}: {d.reason}",
                                calibration=calibration, int8_min_agreement=self.int8_min_agreement,
-                               lda=candidate.lda, normal_windows=remembered if len(remembered) >= 32 else None)
+                               lda=candidate.lda, normal_windows=remembered if len(remembered) >= 32 else None,
+                               confirmed_normal=confirmed)
         self.published += 1
         weights = weights_bytes(candidate.net)
         if loop.config.shadow_answers > 0 and loop.serving is not None:

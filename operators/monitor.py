@@ -32,7 +32,7 @@ class ServingMonitor:
         self.predictions += 1
         self.latencies.append(float(p["latency_ms"]))
         self.model_version = p["model_version"]
-        if p.get("truth") is not None:
+        if p.get("truth") is not None and p.get("label") is not None:  # (a model that does not classify has none)
             hit = int(p["label"] == p["truth"])
             self.judged += 1
             self.correct += hit

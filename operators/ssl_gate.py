@@ -10,7 +10,7 @@ with the version in service's, window by window, in a paired sign test like the 
 >>> d.accept, d.wins, d.losses
 (True, 20, 0)
 >>> gate.compare(np.full(20, 0.5), np.full(20, 0.1)).reason
-'refused: error 0.5000 vs serving 0.1000 (wins 0, losses 20: needs wins - losses > 1.645 * sqrt(20)) on 20 held-out unlabeled windows'
+'refused: error 0.5000 vs serving 0.1000 (wins 0, losses 20: needs wins - losses > 1.645 * sqrt(20), and a lower mean) on 20 held-out unlabeled windows'
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class SelfSupervisedDecision:
 class SelfSupervisedGate:
     """Keeps the latest ``holdout`` unlabeled windows aside; a candidate passes when its error is lower on
     clearly more of them than the reference's (``z`` standard deviations of a fair coin; ties count for
-    neither), once ``min_samples`` are held out."""
+    neither) and lower on average, once ``min_samples`` are held out."""
 
     def __init__(self, min_samples: int = 30, holdout: int = 300, z: float = 1.645) -> None:
         self.min_samples, self.z = min_samples, z
@@ -80,8 +80,8 @@ class SelfSupervisedGate:
 
     def compare(self, mine: np.ndarray, theirs: np.ndarray, against: str = "serving") -> SelfSupervisedDecision:
         wins, losses = int((mine < theirs).sum()), int((mine > theirs).sum())
-        accept = wins_clearly(wins, losses, self.z)
-        rule = f"wins {wins}, losses {losses}: needs wins - losses > {self.z:g} * sqrt({wins + losses})"
+        accept = wins_clearly(wins, losses, self.z) and float(np.mean(mine)) < float(np.mean(theirs))
+        rule = f"wins {wins}, losses {losses}: needs wins - losses > {self.z:g} * sqrt({wins + losses}), and a lower mean"
         reason = (f"{'accepted' if accept else 'refused'}: error {float(np.mean(mine)):.4f} vs {against} "
                   f"{float(np.mean(theirs)):.4f} ({rule}) on {len(mine)} held-out unlabeled windows")
         return SelfSupervisedDecision(accept, float(np.mean(mine)), float(np.mean(theirs)), len(mine), reason, wins,

@@ -211,6 +211,7 @@ class LearningSettings:
     batch_size: int = 8
     replay_ratio: float = 1.0  # replayed windows per new window in each update
     steps_per_update: int = 1  # gradient steps per mini-batch of new windows (each with a fresh replay sample)
+    unlabeled_steps: int = 4  # the same for unlabeled windows (the self-supervised heads: anomaly, forecast)
     head: str = "sgd"  # how the output layer learns: "sgd" (gradient steps on encoder and head) or "lda"
     #                    (streaming linear discriminant analysis on the version's encoder, which stays fixed)
     lda_shrinkage: float = 0.01  # the LDA covariance shrunk this far towards the identity
@@ -248,7 +249,7 @@ class LearningSettings:
     label_ttl_ms: int = 3_600_000  # how long a review request waits for its answers
 
     def __post_init__(self) -> None:
-        _at_least(self, 1, "batch_size", "steps_per_update", "reservoir_capacity", "holdout_every", "gate_every",
+        _at_least(self, 1, "batch_size", "steps_per_update", "unlabeled_steps", "reservoir_capacity", "holdout_every", "gate_every",
                   "min_holdout", "holdout_size", "label_ttl_ms", "shadow_min_answers")
         _at_least(self, 0, "replay_ratio", "ewc_strength", "distill_strength", "gate_z", "gate_early_z", "rollback_z",
                   "publish_interval_s", "publish_now_z", "shadow_answers", "shadow_z")

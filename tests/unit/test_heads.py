@@ -345,3 +345,22 @@ def test_anomaly_verdicts_are_joined_and_refused_where_no_anomaly_was_asked_abou
     joiner.on_request(state, plain, 0)
     done, refused = joiner.on_label(state, Label("d:2", "", "ann", 5, verdict="abnormal"), 5)
     assert not done and "asked no anomaly question" in refused[0].reason
+
+
+def test_a_pattern_confirmed_normal_stops_scoring_high_and_other_faults_still_do(trained):
+    import copy
+
+    net = copy.deepcopy(trained)
+    X, _, _ = waves(300, seed=12)
+    flagged = spikes(X)
+    stuck = X.copy()
+    stuck[:, :, 1] = 2.0  # a channel stuck far outside its range
+    score = lambda A: net.anomaly_score(torch.as_tensor(A)).detach().numpy()  # noqa: E731
+    before = score(flagged[100:])
+    assert np.median(before) > 2.5
+    net.fit_anomaly_scale(waves(300, seed=1)[0], confirmed=flagged[:30])  # people answered "normal" on 30 of them
+    after, normal, other = score(flagged[100:]), score(waves(200, seed=13)[0]), score(stuck)
+    assert np.median(after) < 1.5 < np.median(before) - 1.0
+    assert (normal >= 2).mean() < 0.05 and np.median(other) > 2.5
+    runner = OnnxRunner(export_onnx(net, SPEC))  # the exported graph gives the same scores
+    assert np.abs(runner.predict(flagged[100:120])["anomaly"] - after[:20]).max() < 1e-3
