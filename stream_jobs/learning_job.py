@@ -103,9 +103,10 @@ class DecodeWindows(KeyedProcessFunction):
         name = ctx.get_current_key()
         target = self.targets.get(name)
         try:
+            sample = WindowSample.decode(payload, shape=target.shape if target is not None else None,
+                                         horizon=self.horizons.get(name) or None)
             if target is None:
                 raise SchemaError("model_name", f"{name!r} is not a model this job learns ({', '.join(self.targets)})")
-            sample = WindowSample.decode(payload, shape=target.shape, horizon=self.horizons.get(name) or None)
         except SchemaError as exc:
             letter = DeadLetter(topic, partition, offset, str(exc), raw_text(payload), exc.field, "unlabeled-windows",
                                 now_ms(), name if target is not None else None)

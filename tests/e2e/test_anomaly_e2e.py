@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import orjson
 import pytest
 
 from control.launcher import serving_job
@@ -17,7 +18,7 @@ from infra.kafka_tools import produce
 from model.registry import ModelRegistry
 from model.spec import ModelSpec
 from model.train import bootstrap
-from schemas import Forecast, Prediction, ReviewRequest, Topics
+from schemas import DeadLetter, Forecast, Prediction, ReviewRequest, Topics
 from tests.e2e.helpers import collect, encoded, expected_window_ends, replayed_readings
 
 pytestmark = pytest.mark.e2e
@@ -143,6 +144,14 @@ d_ff = 64
         learning = learning_job(broker.bootstrap, tmp_path / "learning.log", **options)
         with serving, learning:
             produce(broker.bootstrap, TOPICS.readings, encoded(phase(replayed_readings, 12, 800, 0)))
+            # hostile records on the learning job's unlabeled windows: refused by name, the job goes on
+            good = {"device_id": "d", "window_start": 0, "window_end": 3100, "channels": channels,
+                    "values": [[0.1] * 6] * 32, "model_name": "motion-watch", "model_version": 0}
+            produce(broker.bootstrap, TOPICS.windows, [
+                (b"motion-watch", b"{not json"),
+                (b"other", orjson.dumps({**good, "model_name": "other-model"})),
+                (b"motion-watch", orjson.dumps({**good, "values": [[0.1] * 6] * 31})),
+                (b"motion-watch", orjson.dumps({**good, "values": [[0.1] * 5 + ["x"]] + [[0.1] * 6] * 31}))])
             first = read_until(broker.bootstrap, [TOPICS.model_snapshots], lambda rs: len(rs) >= 1, timeout_s=240)
             assert first, "no first version:\n" + learning.log_tail(40)
             v1 = ModelSnapshot.decode(first[0].value)
@@ -186,6 +195,10 @@ d_ff = 64
                              lambda rs: sum(Prediction.decode(r.value).window_start >= 1_700_000_000_000 + 100 * 1600
                                             for r in rs) >= 12 * 10, timeout_s=180)
             assert serving.alive() and learning.alive()
+            dead = read_until(broker.bootstrap, [TOPICS.dead_letters], lambda rs: len(rs) >= 4, timeout_s=30)
+    letters = [DeadLetter.decode(r.value) for r in dead]
+    assert sorted(d.field or "" for d in letters if d.source_topic == TOPICS.windows) == [
+        "$", "model_name", "values", "values[0][5]"], [d.reason for d in letters]
     newest = [Prediction.decode(r.value) for r in out]
     after = [p.anomaly for p in newest if p.device_id == "device-003" and p.model_version >= taught
              and p.window_start >= 1_700_000_000_000 + 100 * 1600]

@@ -364,3 +364,26 @@ def test_a_pattern_confirmed_normal_stops_scoring_high_and_other_faults_still_do
     assert (normal >= 2).mean() < 0.05 and np.median(other) > 2.5
     runner = OnnxRunner(export_onnx(net, SPEC))  # the exported graph gives the same scores
     assert np.abs(runner.predict(flagged[100:120])["anomaly"] - after[:20]).max() < 1e-3
+
+
+@BOUNDED
+@given(obj=json_values | st.fixed_dictionaries(
+    {"device_id": st.sampled_from(["d", ""]), "window_start": st.integers(-2, 9), "window_end": st.integers(-2, 9),
+     "channels": st.lists(st.sampled_from(["x", "y"]), max_size=3),
+     "values": st.lists(st.lists(st.floats() | st.integers(-2**70, 2**70) | st.text(max_size=2), max_size=3), max_size=4),
+     "model_name": st.sampled_from(["m", "?"]), "model_version": st.integers(-1, 3)},
+    optional={"future": st.lists(st.lists(st.floats(), max_size=3), max_size=3), "verdict": st.text(max_size=3)}))
+def test_any_unlabeled_window_decodes_to_its_shape_or_is_refused_by_name(obj):
+    from schemas import WindowSample
+
+    try:
+        raw = orjson.dumps(obj)
+    except (TypeError, orjson.JSONEncodeError):
+        return
+    try:
+        sample = WindowSample.decode(raw, shape=(2, 1), horizon=1)
+    except SchemaError as exc:
+        assert exc.args
+    else:
+        assert np.asarray(sample.values).shape == (2, 1) and np.isfinite(sample.values).all()
+        assert sample.future is None or np.asarray(sample.future).shape == (1, 1)
