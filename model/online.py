@@ -205,10 +205,11 @@ class OnlineTrainer:
         """Take one unlabeled window (with the samples after it, when known) for the network's self-supervised
         heads; returns True when it triggered an update: ``unlabeled_steps`` gradient steps on ``batch_size``
         such windows with remembered ones replayed, and where the network classifies, the classification on
-        as many replayed labeled ones, so the shared encoder keeps what the labels taught it (under the LDA head the encoder stays fixed,
-        and the windows are only remembered). Every window joins ``unlabeled_memory``, what a published
+        as many replayed labeled ones, so the shared encoder keeps what the labels taught it (under the LDA
+        head the encoder stays fixed, and the windows are only remembered). Every window joins ``unlabeled_memory``, what a published
         version's anomaly score is fitted on."""
-        self.unlabeled.append((np.asarray(window, np.float32), None if future is None else np.asarray(future, np.float32)))
+        after = None if future is None else np.asarray(future, np.float32)
+        self.unlabeled.append((np.asarray(window, np.float32), after))
         if len(self.unlabeled) < self.config.batch_size:
             return False
         batch, self.unlabeled = self.unlabeled, []

@@ -132,7 +132,8 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
 
     A model with an anomaly head has its score's centre and scale fitted on ``normal_windows`` (held-out
     windows taken as normal) when given, and on ``confirmed_normal`` (windows people said are normal: their
-    patterns become centres of normal, ``WindowTransformer.fit_anomaly_scale``). Calibration and INT8 are for classifying models."""
+    patterns become centres of normal, ``WindowTransformer.fit_anomaly_scale``). Calibration and INT8 are
+    for classifying models."""
     temperature = 1.0
     classifies = spec.has("classify")
     if normal_windows is not None and spec.has("anomaly") and len(normal_windows):

@@ -177,15 +177,20 @@ class LearningLoop:
         if worse is not None:
             log.info("candidate refused: its self-supervised heads are clearly worse (%s)", worse)
             return None
+        return self._propose(decision, item.answered_at)
+
+    def _propose(self, decision: GateDecision | SelfSupervisedDecision, at: int) -> Candidate | None:
+        """The candidate a gate accepted, unless it ranks labeled anomalies clearly worse than the version in
+        service or must wait for the publish interval (``at``: when what completed it came)."""
         ranking, refusal = self._anomaly_ranking()
         if refusal:
             log.info("candidate refused: %s", refusal)
             return None
-        if not self._deploy_now(decision, item.answered_at):
+        if not self._deploy_now(decision, at):
             return None
-        self.last_published_at = item.answered_at
+        self.last_published_at = at
         lda = self.trainer.lda.to_bytes() if self.trainer.lda is not None else None
-        return Candidate(self.trainer.snapshot(), decision, self.labeled, item.answered_at, lda, ranking)
+        return Candidate(self.trainer.snapshot(), decision, self.labeled, at, lda, ranking)
 
     def _learn_verdict(self, item: LabeledWindow) -> None:
         """An anomaly question answered: ``normal`` windows are learned and replayed from now on (the pattern
@@ -244,16 +249,7 @@ class LearningLoop:
             return None
         self.since_ssl_gate = 0
         decision = self.ssl_gate.judge(self.trainer.net, self.serving)
-        if not decision.accept:
-            return None
-        ranking, refusal = self._anomaly_ranking()
-        if refusal:
-            log.info("candidate refused: %s", refusal)
-            return None
-        if not self._deploy_now(decision, item.window_end):
-            return None
-        self.last_published_at = item.window_end
-        return Candidate(self.trainer.snapshot(), decision, self.labeled, item.window_end, None, ranking)
+        return self._propose(decision, item.window_end) if decision.accept else None
 
     def _self_supervised_worse(self) -> str | None:
         """Why a candidate's self-supervised heads are clearly worse than the version in service's (None:

@@ -53,7 +53,8 @@ class SelfSupervisedGate:
         self.windows: deque = deque(maxlen=holdout)
 
     def hold_out(self, window: np.ndarray, future: np.ndarray | None = None) -> None:
-        self.windows.append((np.asarray(window, np.float32), None if future is None else np.asarray(future, np.float32)))
+        after = None if future is None else np.asarray(future, np.float32)
+        self.windows.append((np.asarray(window, np.float32), after))
 
     def arrays(self, horizon: int, channels: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """The held-out windows, their futures (zeros where unknown) and which are known."""
@@ -81,7 +82,8 @@ class SelfSupervisedGate:
     def compare(self, mine: np.ndarray, theirs: np.ndarray, against: str = "serving") -> SelfSupervisedDecision:
         wins, losses = int((mine < theirs).sum()), int((mine > theirs).sum())
         accept = wins_clearly(wins, losses, self.z) and float(np.mean(mine)) < float(np.mean(theirs))
-        rule = f"wins {wins}, losses {losses}: needs wins - losses > {self.z:g} * sqrt({wins + losses}), and a lower mean"
+        rule = (f"wins {wins}, losses {losses}: needs wins - losses > {self.z:g} * sqrt({wins + losses}), "
+                "and a lower mean")
         reason = (f"{'accepted' if accept else 'refused'}: error {float(np.mean(mine)):.4f} vs {against} "
                   f"{float(np.mean(theirs)):.4f} ({rule}) on {len(mine)} held-out unlabeled windows")
         return SelfSupervisedDecision(accept, float(np.mean(mine)), float(np.mean(theirs)), len(mine), reason, wins,

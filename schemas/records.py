@@ -224,7 +224,8 @@ class Forecast(_Record):
         return cls(require_id(obj, "device_id"), require_int(obj, "window_end", 0),
                    require_float(obj, "interval_ms", 1e-6), channels,
                    [finite_floats(row, f"values[{i}]") for i, row in enumerate(rows)],
-                   require_id(obj, "model_name"), require_int(obj, "model_version", 0), require_int(obj, "emitted_at", 0))
+                   require_id(obj, "model_name"), require_int(obj, "model_version", 0),
+                   require_int(obj, "emitted_at", 0))
 
 
 @dataclass(slots=True)
@@ -290,7 +291,8 @@ def _classification(obj: Mapping[str, Any], label_field: str, why: str
             raise SchemaError(key, f"missing ({why})")
     probs = obj["probabilities"]
     if not isinstance(probs, dict) or (label_field == "label" and not probs):
-        raise SchemaError("probabilities", "must be a non-empty object" if label_field == "label" else "must be an object")
+        raise SchemaError("probabilities",
+                          "must be a non-empty object" if label_field == "label" else "must be an object")
     return (require_str(obj, label_field), require_float(obj, "confidence", 0.0, 1.0),
             {k: require_float(probs, k, 0.0, 1.0) for k in probs})
 

@@ -66,6 +66,15 @@ function drawChart(values, channels, start, end, typical) {
   });
 }
 
+function keyedButton(text, key, data, onClick) {  // a button with its keyboard shortcut shown first
+  const b = document.createElement("button");
+  Object.assign(b.dataset, data);
+  const k = document.createElement("kbd"); k.textContent = key;
+  b.append(k, document.createTextNode(text));
+  b.addEventListener("click", onClick);
+  return b;
+}
+
 function render(data) {
   text("waiting", data.waiting);
   classes = data.classes;
@@ -95,13 +104,8 @@ function render(data) {
     const ask = document.createElement("span");
     ask.textContent = "Is this window abnormal?" + (classes.length ? " (pick its class first if you know it)" : "");
     verdicts.append(ask);
-    for (const [label, verdict, key] of [["abnormal", "abnormal", "a"], ["normal", "normal", "n"]]) {
-      const b = document.createElement("button");
-      b.dataset.verdict = verdict;
-      const k = document.createElement("kbd"); k.textContent = key;
-      b.append(k, document.createTextNode(label));
-      b.addEventListener("click", () => submit(chosen, "answered", false, verdict));
-      verdicts.append(b);
+    for (const [verdict, key] of [["abnormal", "a"], ["normal", "n"]]) {
+      verdicts.append(keyedButton(verdict, key, { verdict }, () => submit(chosen, "answered", false, verdict)));
     }
   }
   chosen = "";
@@ -117,12 +121,7 @@ function render(data) {
     buttons.append(b);
   });
   for (const [label, status, key] of [["skip", "skipped", "s"], ["not sure", "unsure", "u"]]) {
-    const b = document.createElement("button");
-    b.dataset.status = status;
-    const k = document.createElement("kbd"); k.textContent = key;
-    b.append(k, document.createTextNode(label));
-    b.addEventListener("click", () => submit("", status));
-    buttons.append(b);
+    buttons.append(keyedButton(label, key, { status }, () => submit("", status)));
   }
   $("new-class").classList.toggle("hidden", !data.may_name_classes);
   $("new-class-name").value = "";
