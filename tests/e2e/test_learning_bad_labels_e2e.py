@@ -35,7 +35,7 @@ def test_bad_labels_are_dead_lettered_and_the_job_keeps_learning(tmp_path, regis
                 (r1, Label(r1.decode(), "flying", "sim", 1).encode()),  # not one of the model's classes
                 (r2, Label(r2.decode(), "walking", "sim", 1).encode()),  # no request ever comes
                 (r1, b"{not json"),
-                (r1, b'{"review_id": "x", "labeler": "sim"}'),  # missing fields
+                (r1, b'{"review_id": "x", "labeler": "sim", "answered_at": 1}'),  # neither a class nor a verdict
             ])
             tiny = ReviewRequest("tiny:1", "tiny", 0, 1, ["x"], [[0.0]], "walking", 0.3, {"walking": 1.0}, 1,
                                  "low_confidence", 0)  # a 1x1 window: the learner's gate broke on these
@@ -49,7 +49,7 @@ def test_bad_labels_are_dead_lettered_and_the_job_keeps_learning(tmp_path, regis
             assert "unknown class 'flying'" in text
             assert f"unknown review id '{r2.decode()}': no request within 8000 ms" in text
             assert sum("JSON" in r or "json" in r for r in reasons) >= 1
-            assert any("label" in r and ("missing" in r or "required" in r) for r in reasons), reasons
+            assert "label: missing (an answer names a class, or gives an anomaly verdict)" in text, reasons
             # still running and joining: a valid pair sent afterwards is learned from (counted in its state)
             more_requests, more_labels = labeled_batch(10, 2)
             produce(broker.bootstrap, TOPICS.review_requests, more_requests)
