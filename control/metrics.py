@@ -26,6 +26,7 @@ SERVING = ("readings_in", "samples_in", "windows", "late_readings", "dead_letter
            "model_versions_unusable", "source_resets", "source_stalled_partitions", "reviews_over_share",
            "anomalies", "forecasts", "unlabeled_windows")
 LEARNING = ("labeled_windows", "labeled_windows_learned", "unlabeled_windows_in", "unlabeled_windows_learned",
+            "unlabeled_windows_set_aside",
             "versions_published", "candidates_refused",
             "drift_events", "rollbacks", "candidates_deferred", "prequential_accuracy_pct", "model_version", "label_lag_ms", "dead_letters")
 OURS = set(SERVING) | set(LEARNING)

@@ -166,6 +166,11 @@ class WindowTransformer(nn.Module):
         from the normal windows' (patterns it encodes unlike them)."""
         return ((self.anomaly_parts(x, features) - self.score_center) / self.score_scale).mean(dim=1)
 
+    @property
+    def anomaly_score_fitted(self) -> bool:
+        """Whether :meth:`fit_anomaly_scale` has run (before it the score means nothing)."""
+        return hasattr(self, "tail_grid") and bool(self.tail_grid.any())
+
     def anomaly_score(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """How rare each window would be among normal windows (``[batch]``): -log10 of the share of normal
         windows whose statistic (:meth:`anomaly_statistic`) is at least as high, from their percentiles

@@ -58,7 +58,7 @@ def _predictor(net: torch.nn.Module):
 COLD_START_NORMALISATION = 32  # training windows that fit a cold-started network's input normalisation
 SSL_GATE_Z = 1.645  # the self-supervised gate's sign test when learning.gate_z is 0 (one-sided 95 %)
 MIN_LABELED_ANOMALIES = 5  # labeled anomalies before the gate compares how versions rank them
-ANOMALY_AUC_MARGIN = 0.05  # a candidate ranking labeled anomalies this much worse (ROC-AUC) than serving is refused
+ANOMALY_AUC_MARGIN = 0.05  # a candidate ranking labeled anomalies this much worse (PR-AUC) than serving is refused
 
 
 def _majority(labels: list[int], n_classes: int):
@@ -119,6 +119,7 @@ class LearningLoop:
                                             self.config.gate_z or SSL_GATE_Z)
                          if spec.has("anomaly") or spec.has("forecast") else None)
         self.unlabeled_seen = 0
+        self.unlabeled_set_aside = 0  # unlabeled windows the version in service found abnormal: not learned
         self.since_ssl_gate = 0
         self.anomalies: deque = deque(maxlen=500)  # windows people said are abnormal: kept to evaluate, not learned
         self.verdicts = {"normal": 0, "abnormal": 0}
@@ -209,21 +210,21 @@ class LearningLoop:
 
     def _anomaly_ranking(self) -> tuple[dict, str | None]:
         """How the candidate and the version in service rank the labeled anomalies above the held-out unlabeled
-        windows (ROC-AUC), as version metrics, and why the candidate is refused (None: it is not): with at
-        least ``MIN_LABELED_ANOMALIES``, when its ROC-AUC is more than ``ANOMALY_AUC_MARGIN`` below serving's."""
+        windows (PR-AUC, i.e. average precision, and ROC-AUC), as version metrics, and why the candidate is
+        refused (None: it is not): with at least ``MIN_LABELED_ANOMALIES``, when its PR-AUC is more than
+        ``ANOMALY_AUC_MARGIN`` below serving's."""
         if (self.ssl_gate is None or not self.spec.has("anomaly") or len(self.anomalies) < MIN_LABELED_ANOMALIES
                 or len(self.ssl_gate.windows) < self.ssl_gate.min_samples):
             return {}, None
         abnormal = np.stack(list(self.anomalies))
         held = np.stack([w for w, _ in self.ssl_gate.windows])
-        metrics = {"labeled_anomalies": float(len(abnormal)),
-                   "anomaly_roc_auc": _ranking_auc(self.trainer.net, abnormal, held)}
+        metrics = {"labeled_anomalies": float(len(abnormal)), **_ranking(self.trainer.net, abnormal, held)}
         if self.serving is None:
             return metrics, None
-        metrics["serving_anomaly_roc_auc"] = _ranking_auc(self.serving, abnormal, held)
-        if metrics["anomaly_roc_auc"] < metrics["serving_anomaly_roc_auc"] - ANOMALY_AUC_MARGIN:
-            return metrics, (f"it ranks {len(abnormal)} labeled anomalies worse (ROC-AUC "
-                             f"{metrics['anomaly_roc_auc']:.3f} vs serving {metrics['serving_anomaly_roc_auc']:.3f})")
+        metrics.update({f"serving_{k}": v for k, v in _ranking(self.serving, abnormal, held).items()})
+        if metrics["anomaly_pr_auc"] < metrics["serving_anomaly_pr_auc"] - ANOMALY_AUC_MARGIN:
+            return metrics, (f"it ranks {len(abnormal)} labeled anomalies worse (PR-AUC "
+                             f"{metrics['anomaly_pr_auc']:.3f} vs serving {metrics['serving_anomaly_pr_auc']:.3f})")
         return metrics, None
 
     def learn_window(self, item: WindowSample) -> Candidate | None:
@@ -236,6 +237,9 @@ class LearningLoop:
         window = np.asarray(item.values, np.float32)
         future = np.asarray(item.future, np.float32) if item.future is not None and self.spec.has("forecast") else None
         self.unlabeled_seen += 1
+        if self._looks_abnormal(window):
+            self.unlabeled_set_aside += 1
+            return None
         if zlib.crc32(f"{item.device_id}:{item.window_end}".encode()) % self.config.holdout_every == 0:
             self.ssl_gate.hold_out(window, future)
         elif self.unnormalised is not None:
@@ -250,6 +254,16 @@ class LearningLoop:
         self.since_ssl_gate = 0
         decision = self.ssl_gate.judge(self.trainer.net, self.serving)
         return self._propose(decision, item.window_end) if decision.accept else None
+
+    def _looks_abnormal(self, window: np.ndarray) -> bool:
+        """Whether the version in service scores ``window`` at least ``unlabeled_max_score`` (never on a cold
+        start, nor for a model without an anomaly head or whose score was never fitted)."""
+        limit = self.config.unlabeled_max_score
+        net = self.serving
+        if not limit or net is None or not self.spec.has("anomaly") or not net.anomaly_score_fitted:
+            return False
+        with torch.no_grad():
+            return float(net.anomaly_score(torch.from_numpy(window[None]))[0]) >= limit
 
     def _self_supervised_worse(self) -> str | None:
         """Why a candidate's self-supervised heads are clearly worse than the version in service's (None:
@@ -358,6 +372,7 @@ class LearningLoop:
             self.shadow, self.trial, self.due_verdict = None, None, None
         if "ssl_gate" not in state:
             self.ssl_gate, self.unlabeled_seen, self.since_ssl_gate = None, 0, 0
+        self.__dict__.setdefault("unlabeled_set_aside", 0)
         if "anomalies" not in state:
             self.anomalies, self.verdicts = deque(maxlen=500), {"normal": 0, "abnormal": 0}
         if self.unnormalised and len(self.unnormalised[0]) == 2:  # (window, label) from before unlabeled windows
@@ -391,12 +406,40 @@ class LearningLoop:
         return self.correct / self.labeled if self.labeled else float("nan")
 
 
-def _ranking_auc(net: torch.nn.Module, abnormal: np.ndarray, normal: np.ndarray) -> float:
-    """The chance a labeled anomaly scores above a normal window under ``net`` (ROC-AUC, ties half)."""
+def _ranking(net: torch.nn.Module, abnormal: np.ndarray, normal: np.ndarray) -> dict[str, float]:
+    """How ``net``'s anomaly score ranks labeled anomalies above normal windows: PR-AUC and ROC-AUC."""
     with torch.inference_mode():
         a = net.eval().anomaly_score(torch.as_tensor(abnormal)).numpy()
         n = net.anomaly_score(torch.as_tensor(normal)).numpy()
-    return float(((a[:, None] > n[None, :]).mean() + 0.5 * (a[:, None] == n[None, :]).mean()))
+    return {"anomaly_pr_auc": average_precision(a, n), "anomaly_roc_auc": roc_auc(a, n)}
+
+
+def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """The chance a positive scores above a negative (ties count half).
+
+    >>> roc_auc(np.array([3.0, 2.0]), np.array([1.0, 2.0]))
+    0.875
+    """
+    return float((positive[:, None] > negative[None, :]).mean() + 0.5 * (positive[:, None] == negative[None, :]).mean())
+
+
+def average_precision(positive: np.ndarray, negative: np.ndarray) -> float:
+    """The area under the precision-recall curve as a sum over score thresholds (tied scores form one
+    threshold): each threshold's precision weighted by the recall it adds, as scikit-learn computes it.
+
+    >>> average_precision(np.array([3.0, 1.0]), np.array([2.0, 0.0]))
+    0.8333333333333333
+    >>> average_precision(np.array([5.0]), np.array([5.0, 5.0]))
+    0.3333333333333333
+    """
+    scores = np.concatenate([positive, negative])
+    hits = np.concatenate([np.ones(len(positive)), np.zeros(len(negative))])
+    order = np.argsort(-scores, kind="stable")
+    scores, hits = scores[order], hits[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # the last index of each distinct score
+    tp = np.cumsum(hits)[last]
+    precision, recall = tp / (last + 1), tp / max(len(positive), 1)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def loop_from_registry(registry: ModelRegistry, model_name: str, config: LearningSettings,
@@ -517,7 +560,8 @@ class VersionPublisher:
         d = candidate.decision
         if isinstance(d, SelfSupervisedDecision):  # a model that does not classify
             metrics = {"holdout_error": d.candidate_error, "serving_holdout_error": d.serving_error,
-                       "holdout_windows": float(d.samples), "unlabeled_windows": float(loop.unlabeled_seen)}
+                       "holdout_windows": float(d.samples), "unlabeled_windows": float(loop.unlabeled_seen),
+                       "unlabeled_windows_set_aside": float(loop.unlabeled_set_aside)}
         else:
             metrics = {"holdout_accuracy": d.candidate_accuracy, "serving_holdout_accuracy": d.serving_accuracy,
                        "holdout_windows": float(d.samples), "prequential_accuracy": loop.prequential_accuracy,

@@ -212,6 +212,9 @@ class LearningSettings:
     replay_ratio: float = 1.0  # replayed windows per new window in each update
     steps_per_update: int = 1  # gradient steps per mini-batch of new windows (each with a fresh replay sample)
     unlabeled_steps: int = 4  # the same for unlabeled windows (the self-supervised heads: anomaly, forecast)
+    unlabeled_max_score: float = 3.0  # an unlabeled window the version in service scores at least this anomalous
+    #                                   is set aside, neither learned nor held out, unless a labeler calls it
+    #                                   normal (so faults do not teach the model that they are normal); 0: learn all
     head: str = "sgd"  # how the output layer learns: "sgd" (gradient steps on encoder and head) or "lda"
     #                    (streaming linear discriminant analysis on the version's encoder, which stays fixed)
     lda_shrinkage: float = 0.01  # the LDA covariance shrunk this far towards the identity

@@ -156,6 +156,8 @@ class LearnAndPublish(KeyedProcessFunction):
         group.gauge("labeled_windows_learned", lambda: self.learned)
         self.unlabeled_learned = 0
         group.gauge("unlabeled_windows_learned", lambda: self.unlabeled_learned)
+        self.unlabeled_set_aside = 0
+        group.gauge("unlabeled_windows_set_aside", lambda: self.unlabeled_set_aside)
         group.gauge("label_lag_ms", lambda: int(self.label_lag_ms))
         group.gauge("prequential_accuracy_pct", lambda: int(round(self.progress[0] * 100)))
         group.gauge("model_version", lambda: int(self.progress[1]))
@@ -189,6 +191,7 @@ class LearnAndPublish(KeyedProcessFunction):
         now = now_ms()
         if getattr(item, "answered_at", 0):  # (an unlabeled window has no answer)
             self.label_lag_ms = max(0, now - item.answered_at)
+        set_aside = loop.unlabeled_set_aside
         learned = self.publishers[key].learn(loop, item, now)
         self._journal(item, loop)
         if learned.accepted is not None:
@@ -201,7 +204,10 @@ class LearnAndPublish(KeyedProcessFunction):
             self._journal(ShadowEnded(learned.shadow_ended), loop)
         yield from map(routed, learned.outgoing)
         if isinstance(item, WindowSample):
-            self.unlabeled_learned += 1
+            if loop.unlabeled_set_aside == set_aside:
+                self.unlabeled_learned += 1
+            else:
+                self.unlabeled_set_aside += 1  # the version in service found it abnormal
         else:
             self.learned += 1
         self.progress = self.by_model[key] = (loop.prequential_accuracy, loop.version)

@@ -57,9 +57,9 @@ def trained() -> WindowTransformer:
     return net.eval()
 
 
-def spikes(X: np.ndarray) -> np.ndarray:
+def spikes(X: np.ndarray, height: float = 3.0) -> np.ndarray:
     out = X.copy()
-    out[:, ::5, 0] += 3.0
+    out[:, ::5, 0] += height
     return out
 
 
@@ -387,3 +387,95 @@ def test_any_unlabeled_window_decodes_to_its_shape_or_is_refused_by_name(obj):
     else:
         assert np.asarray(sample.values).shape == (2, 1) and np.isfinite(sample.values).all()
         assert sample.future is None or np.asarray(sample.future).shape == (1, 1)
+
+
+def stream(loop, X: np.ndarray, device: str = "d", start: int = 0) -> None:
+    from schemas import WindowSample
+
+    for i, w in enumerate(X):
+        loop.learn(WindowSample(device, start + i * 100, start + i * 100 + 99, ["a", "b"], w.tolist(), "m", 1))
+
+
+def test_windows_the_version_in_service_finds_abnormal_are_set_aside_until_called_normal(trained):
+    import copy
+
+    from operators.label_join import LabeledWindow
+    from operators.learning import LearningLoop
+
+    X, _, _ = waves(120, seed=20)
+    flagged = spikes(X[:40], height=6.0)  # every one scores over 4 under the version in service
+    loop = LearningLoop(copy.deepcopy(trained), SPEC, 1, LearningSettings(batch_size=8))
+    stream(loop, flagged)
+    assert loop.unlabeled_set_aside == 40 and len(loop.trainer.unlabeled_memory) == 0
+    assert loop.trainer.unlabeled_learned == 0 and not loop.ssl_gate.windows  # neither learned nor held out
+    stream(loop, X[40:], start=10_000)
+    assert loop.unlabeled_set_aside - 40 <= 2 and len(loop.trainer.unlabeled_memory) > 50  # normal ones are learned
+    loop.learn(LabeledWindow("d:1", "d", flagged[0], "", "", 1, ["ann"], 0, "m", "anomaly", verdict="normal"))
+    assert len(loop.trainer.confirmed_normal) == 1  # a labeler's "normal" still teaches it the pattern
+    learn_all = LearningLoop(copy.deepcopy(trained), SPEC, 1, LearningSettings(batch_size=8, unlabeled_max_score=0))
+    stream(learn_all, flagged)
+    assert learn_all.unlabeled_set_aside == 0 and learn_all.trainer.unlabeled_learned > 0
+
+
+def test_a_stream_of_faults_stops_being_flagged_only_when_every_window_is_learned(trained):
+    """Why windows that look abnormal are set aside: learned as if normal, a fault teaches the model that it is."""
+    import copy
+
+    from operators.learning import LearningLoop
+
+    X, _, _ = waves(240, seed=21)
+    mixed = np.concatenate([spikes(X[:120], 6.0), X[120:]])[np.random.default_rng(0).permutation(240)]
+    fresh = spikes(waves(100, seed=22)[0], 6.0)
+    medians = {}
+    for limit in (3.0, 0.0):
+        loop = LearningLoop(copy.deepcopy(trained), SPEC, 1, LearningSettings(batch_size=8, unlabeled_max_score=limit))
+        stream(loop, mixed)
+        net = copy.deepcopy(loop.trainer.net).eval()
+        net.fit_anomaly_scale(loop.trainer.unlabeled_memory.all()[0])  # as the next version is fitted
+        medians[limit] = float(np.median(net.anomaly_score(torch.as_tensor(fresh)).detach().numpy()))
+    assert medians[3.0] > 2.5 > medians[0.0] + 0.5, medians
+
+
+class _Inverted(torch.nn.Module):
+    """A network whose anomaly score ranks windows the other way round (a candidate that unlearned the faults)."""
+
+    def __init__(self, net: WindowTransformer) -> None:
+        super().__init__()
+        self.net = net
+
+    def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.net.anomaly_score(x)
+
+
+def test_a_candidate_ranking_labeled_anomalies_clearly_worse_is_refused_on_pr_auc(trained):
+    import copy
+
+    from operators.label_join import LabeledWindow
+    from operators.learning import MIN_LABELED_ANOMALIES, LearningLoop
+
+    loop = LearningLoop(copy.deepcopy(trained), SPEC, 1, LearningSettings(batch_size=8))
+    X, _, _ = waves(60, seed=23)
+    for w in X:
+        loop.ssl_gate.hold_out(w)
+    for i, w in enumerate(spikes(X[:MIN_LABELED_ANOMALIES])):
+        loop.learn(LabeledWindow(f"d:{i}", "d", w, "", "", 1, ["ann"], 0, "m", "anomaly", verdict="abnormal"))
+    metrics, refusal = loop._anomaly_ranking()
+    assert refusal is None and metrics["anomaly_pr_auc"] == metrics["serving_anomaly_pr_auc"] > 0.9
+    assert metrics["labeled_anomalies"] == MIN_LABELED_ANOMALIES and metrics["anomaly_roc_auc"] > 0.9
+    loop.trainer.net = _Inverted(loop.trainer.net)
+    metrics, refusal = loop._anomaly_ranking()
+    assert refusal is not None and "PR-AUC" in refusal and metrics["anomaly_pr_auc"] < 0.2
+
+
+@BOUNDED
+@given(positive=st.lists(st.integers(0, 6), min_size=1, max_size=20),
+       negative=st.lists(st.integers(0, 6), min_size=1, max_size=40))
+def test_average_precision_is_scikit_learns(positive, negative):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from operators.learning import average_precision, roc_auc
+
+    p, n = np.asarray(positive, float), np.asarray(negative, float)
+    truth, scores = np.r_[np.ones(len(p)), np.zeros(len(n))], np.r_[p, n]
+    assert abs(average_precision(p, n) - average_precision_score(truth, scores)) < 1e-9
+    assert abs(roc_auc(p, n) - roc_auc_score(truth, scores)) < 1e-9
