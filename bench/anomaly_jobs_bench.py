@@ -9,9 +9,11 @@ readings; the serving job cuts the windows and scores them. Each sample gets the
 windows the job served that hold it; ROC-AUC and PR-AUC per sample are computed from the predictions
 topic. The comparison detectors score the same windows (stride 4 from the first sample), and the same
 network scores them in process, so the table also says how far the job's scores are from the in-process
-ones (the exported graph in ONNX Runtime against PyTorch).
+ones (the exported graph in ONNX Runtime against PyTorch). A second pass puts the scores on the device's own
+scale (``serving.anomaly_device_windows``, its first 128 windows as reference) and reports how many normal
+and anomalous windows after that reference reach the threshold 3 on either scale.
 
-Run: ``python bench/anomaly_jobs_bench.py``; writes bench/results/anomaly_jobs.json. About 3 minutes.
+Run: ``python bench/anomaly_jobs_bench.py``; writes bench/results/anomaly_jobs.json. About 5 minutes.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from model.self_supervised import windows_with_future  # noqa: E402
 from model.spec import ModelSpec  # noqa: E402
 
 T0 = 1_700_000_000_000
+DEVICE_WINDOWS = 128  # serving.anomaly_device_windows of the second pass: the device's first 128 windows
 NAMES = {"UCR InternalBleeding16": ("bleeding", 10.0), "Daphnet + injected faults": ("daphnet", 64.0)}
 
 
@@ -51,9 +54,10 @@ def trained(name: str, d: dict, epochs: int):
     return train_model(spec, Xtr, None, Ftr, 0, epochs), spec
 
 
-def config_text(root: Path, model: str, spec: ModelSpec, rate_hz: float) -> str:
+def config_text(root: Path, model: str, spec: ModelSpec, rate_hz: float, device_windows: int = 0) -> str:
     lines = [f'[registry]\npath = "{root / "registry"}"\nmodel_name = "{model}"\n',
-             "[serving]\naudit_rate = 0.0\nunlabeled_share = 0.0\nreview_budget_per_minute = 100000\n",
+             "[serving]\naudit_rate = 0.0\nunlabeled_share = 0.0\nreview_budget_per_minute = 100000",
+             f"anomaly_device_windows = {device_windows}\n",
              f"[models.{model}]", f"channels = {orjson.dumps(list(spec.channels)).decode()}",
              f"sample_rate_hz = {rate_hz}", f"window = {spec.window}", f"stride = {STRIDE}",
              f"tasks = {orjson.dumps(list(spec.tasks)).decode()}"]
@@ -62,27 +66,30 @@ def config_text(root: Path, model: str, spec: ModelSpec, rate_hz: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def through_the_job(root: Path, model: str, spec: ModelSpec, test: np.ndarray, rate_hz: float
-                    ) -> tuple[dict[int, float], float]:
-    """Send ``test`` as one device's readings through the serving job; each served window's anomaly score by
-    its first sample's index, and the seconds from the first reading sent to the last prediction read."""
+def through_the_job(root: Path, model: str, spec: ModelSpec, test: np.ndarray, rate_hz: float,
+                    device_windows: int = 0) -> tuple[dict[int, float], float]:
+    """Send ``test`` as one device's readings through the serving job (``device_windows``: its
+    ``serving.anomaly_device_windows``); each served window's anomaly score by its first sample's index, and
+    the seconds from the first reading sent to the last prediction read."""
     from control.launcher import serving_job
     from infra.broker import EmbeddedBroker, ensure_topics
     from infra.kafka_tools import produce, read_until
     from schemas import Prediction, Topics
 
     topics = Topics()
-    config = root / "sensorloop.toml"
-    config.write_text(config_text(root, model, spec, rate_hz))
+    pass_dir = root / f"device-windows-{device_windows}"  # each pass its own configuration, state and logs
+    pass_dir.mkdir()
+    config = pass_dir / "sensorloop.toml"
+    config.write_text(config_text(root, model, spec, rate_hz, device_windows))
     ts = T0 + np.round(np.arange(len(test)) * 1000.0 / rate_hz).astype(np.int64)
     index = {int(t): i for i, t in enumerate(ts)}
     expected = len(range(0, len(test) - spec.window + 1, STRIDE))
     readings = [(b"sensor-1", orjson.dumps({"device_id": "sensor-1", "ts": int(t), "values": row.tolist()}))
                 for t, row in zip(ts, test.astype(np.float64))]
-    with EmbeddedBroker(log_path=root / "broker.log") as broker:
+    with EmbeddedBroker(log_path=pass_dir / "broker.log") as broker:
         ensure_topics(broker.bootstrap, topics)
-        job = serving_job(broker.bootstrap, root / "serving.log", config=str(config), state_dir=str(root / "ck"),
-                          log_dir=str(root))
+        job = serving_job(broker.bootstrap, pass_dir / "serving.log", config=str(config), state_dir=str(pass_dir / "ck"),
+                          log_dir=str(pass_dir))
         with job:
             started = time.perf_counter()
             produce(broker.bootstrap, topics.readings, readings)
@@ -103,7 +110,7 @@ def through_the_job(root: Path, model: str, spec: ModelSpec, test: np.ndarray, r
 
 
 def run(epochs: int) -> dict:
-    results: dict = {"anomaly": {}, "job": {}}
+    results: dict = {"anomaly": {}, "job": {}, "threshold": {}}
     for name, d in datasets(0).items():
         if name not in NAMES:
             continue
@@ -117,8 +124,17 @@ def run(epochs: int) -> dict:
             root = Path(tmp)
             publish_version(ModelRegistry(str(root / "registry")), model, net, spec, {})
             served, seconds = through_the_job(root, model, spec, test, rate)
+            own_scale, _ = through_the_job(root, model, spec, test, rate, DEVICE_WINDOWS)
         X, starts = windows_of(test, window)
         job_scores = np.asarray([served[int(s)] for s in starts])
+        device_scores = np.asarray([own_scale[int(s)] for s in starts])
+        holds = np.asarray([labels[s:s + window].any() for s in starts])
+        after = np.arange(len(starts)) >= DEVICE_WINDOWS  # windows after the device's reference
+        results["threshold"][name] = {
+            scale: {"normal": float((scores[after & ~holds] >= 3).mean()),
+                    "anomalous": float((scores[after & holds] >= 3).mean()) if (after & holds).any() else None,
+                    "auc": auc(labels, per_sample(scores, starts, window, len(test)))}
+            for scale, scores in (("model's scale", job_scores), ("device's own scale", device_scores))}
         in_process = model_scores(net, X)
         detectors = {"sensorloop model, through the serving job": job_scores,
                      "river HalfSpaceTrees": half_space_trees(windows_of(d["train"], window)[0], X, 0)}
@@ -142,6 +158,12 @@ def report(results: dict) -> None:
                                         "largest |job - in-process| score"],
                 [[name, j["readings"], j["windows"], f"{j['seconds']:.1f}", f"{j['flagged_share']:.3f}",
                   f"{j['max_abs_difference']:.2e}"] for name, j in results["job"].items()])
+    print_table(f"Windows scoring 3+ after the device's first {DEVICE_WINDOWS}, on the model's scale and on the "
+                "device's own (serving.anomaly_device_windows)",
+                ["data", "scale", "normal windows", "windows holding an anomaly", "ROC-AUC", "PR-AUC"],
+                [[name, scale, f"{t['normal']:.3f}", "-" if t["anomalous"] is None else f"{t['anomalous']:.3f}",
+                  f"{t['auc'][0]:.3f}", f"{t['auc'][1]:.3f}"]
+                 for name, by in results["threshold"].items() for scale, t in by.items()])
 
 
 def main() -> None:

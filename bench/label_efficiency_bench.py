@@ -25,7 +25,12 @@ from every label.
 Each stream is run with ``--seeds`` seeds (the stream's order, and for the Wiimote and SEA streams the
 first model and the data); the table gives the mean and the spread.
 
-Run: ``python bench/label_efficiency_bench.py [--fractions 0.05,0.1 --seeds 3]``; writes
+With ``--heads``, three more learners: the same network with an anomaly head beside the classes (trained
+with its self-supervised objective from the first model on), asking by confidence, learning from the
+labels only, or also from 5 % or every window of the stream without its label (the learning job's
+unlabeled windows): does the shared encoder's second objective cost the classes anything? ``--learners`` runs a subset (name prefixes).
+
+Run: ``python bench/label_efficiency_bench.py [--fractions 0.05,0.1 --seeds 3 --heads]``; writes
 bench/results/label_efficiency.{json,png}.
 """
 
@@ -70,14 +75,17 @@ LDA = LearningSettings(head="lda", batch_size=8, lda_decay=0.0)
 
 def run_strategy(net0, n_classes: int, X: np.ndarray, y: np.ndarray, fraction: float, strategy: str,
                  seed: int = 1, settings: LearningSettings = SGD,
-                 warm: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, int]:
+                 warm: tuple[np.ndarray, np.ndarray] | None = None,
+                 unlabeled: float = 0.0) -> tuple[np.ndarray, int]:
     """Prequential hits and labels used by the online learner asking by ``strategy`` within ``fraction``
-    (``warm``: the first model's training windows, which start an LDA head's statistics)."""
+    (``warm``: the first model's training windows, which start an LDA head's statistics; ``unlabeled``: every
+    share of the windows, picked at random, also goes to the self-supervised heads, as the learning job's
+    unlabeled-windows input does)."""
     net = copy.deepcopy(net0)
     trainer = OnlineTrainer(net, n_classes, settings)
     if warm is not None:
         trainer.warm_start(*warm)
-    rng = np.random.default_rng(seed)
+    rng, unlabeled_rng = np.random.default_rng(seed), np.random.default_rng(seed + 1)
     recent: deque = deque(maxlen=200)
     hits, labeled, budget = np.zeros(len(X)), 0, 0.0
     for i in range(len(X)):
@@ -95,14 +103,17 @@ def run_strategy(net0, n_classes: int, X: np.ndarray, y: np.ndarray, fraction: f
             budget -= 1.0
             labeled += 1
             trainer.learn_one(X[i], int(y[i]))
+        if unlabeled and unlabeled_rng.random() < unlabeled:
+            trainer.learn_unlabeled(X[i])
     return hits, labeled
 
 
-def wiimote_stream(seed: int = 0):
+def wiimote_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",)):
     """Windows (32 samples, stride 8) of PickupGestureWiimoteZ; devices 0-3's recordings train the first
     model, devices 4-9's make the stream, in a shuffled order."""
     classes, (Xtr, train_labels), (X, labels) = wiimote_by_device(4)
-    spec = ModelSpec(window=32, channels=("acc_z",), classes=classes, d_model=32, n_heads=4, n_layers=2, d_ff=64)
+    spec = ModelSpec(window=32, channels=("acc_z",), classes=classes, d_model=32, n_heads=4, n_layers=2, d_ff=64,
+                     tasks=tasks)
     torch.manual_seed(seed)
     net = WindowTransformer(spec)
     ytr, y = encode_labels(train_labels, classes), encode_labels(labels, classes)
@@ -112,7 +123,7 @@ def wiimote_stream(seed: int = 0):
     return spec, net, Xtr, ytr, X[order], y[order]
 
 
-def sea_stream(seed: int = 0, n: int = 6000, warmup: int = 500):
+def sea_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",), n: int = 6000, warmup: int = 500):
     from river.datasets import synth
 
     data = synth.ConceptDriftStream(synth.SEA(seed=1 + 2 * seed, variant=0), synth.SEA(seed=2 + 2 * seed, variant=3),
@@ -121,7 +132,7 @@ def sea_stream(seed: int = 0, n: int = 6000, warmup: int = 500):
     X = np.stack([r for r, _ in rows])
     y = np.asarray([label for _, label in rows])
     spec = ModelSpec(window=1, channels=tuple(f"x{k}" for k in range(X.shape[2])), classes=("0", "1"), d_model=32,
-                     n_heads=4, n_layers=1, d_ff=64)
+                     n_heads=4, n_layers=1, d_ff=64, tasks=tasks)
     torch.manual_seed(seed)
     net = WindowTransformer(spec)
     net.set_normalisation(X[:warmup])
@@ -129,10 +140,10 @@ def sea_stream(seed: int = 0, n: int = 6000, warmup: int = 500):
     return spec, net, X[:warmup], y[:warmup], X[warmup:], y[warmup:]
 
 
-def basic_motions(seed: int = 0):
+def basic_motions(seed: int = 0, tasks: tuple[str, ...] = ("classify",)):
     from model.datasets import load_basic_motions, sliding_windows
 
-    spec = ModelSpec()
+    spec = ModelSpec(tasks=tasks)
     torch.manual_seed(0)
     net = bootstrap_net(spec)
     X, labels, _ = basic_motions_stream(3, seed)
@@ -140,11 +151,23 @@ def basic_motions(seed: int = 0):
     return spec, net, Xtr, encode_labels(ytr, spec.classes), X, encode_labels(labels, spec.classes)
 
 
-def learners(fractions: list[float]):
-    """(name, fraction, run(spec, net0, Xtr, ytr, X, y) -> (hits, labeled)) of every learner compared."""
+HEADS = ("classify", "anomaly")
+HEADS_LEARNERS = {"sensorloop + anomaly head, labels only, confidence": 0.0,
+                  "sensorloop + anomaly head, 5 % of windows unlabeled, confidence": 0.05,
+                  "sensorloop + anomaly head, every window unlabeled, confidence": 1.0}
+
+
+def learners(fractions: list[float], heads: bool = False):
+    """(name, fraction, run(spec, net0, Xtr, ytr, X, y) -> (hits, labeled)) of every learner compared; with
+    ``heads``, also the learners whose network has an anomaly head beside the classes (trained with it from
+    the start) and learns none, 5 % (``serving.unlabeled_share``'s default) or every window of the stream
+    without its label too (their runs get that network)."""
     from river import forest, tree
 
     for fraction in fractions:
+        for name, share in HEADS_LEARNERS.items() if heads else ():
+            yield (name, fraction, lambda s, n, Xtr, ytr, X, y, f=fraction, u=share: run_strategy(
+                n, s.n_classes, X, y, f, "confidence", unlabeled=u))
         for strategy in STRATEGIES:
             yield (f"sensorloop, {strategy}", fraction,
                    lambda s, n, Xtr, ytr, X, y, f=fraction, q=strategy: run_strategy(n, s.n_classes, X, y, f, q))
@@ -164,7 +187,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fractions", default="0.05,0.1")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--heads", action="store_true",
+                        help=f"also the network with heads {', '.join(HEADS)} learning windows unlabeled")
+    parser.add_argument("--learners", default="",
+                        help="run only the learners whose names start with one of these ('|'-separated)")
     args = parser.parse_args()
+    only = tuple(p for p in args.learners.split("|") if p)
     torch.set_num_threads(1)
     fractions = [float(f) for f in args.fractions.split(",")]
     streams = {"BasicMotions, gyroscope drift": basic_motions, "Wiimote gestures, unseen devices": wiimote_stream,
@@ -173,8 +201,11 @@ def main() -> None:
     for name, make in streams.items():
         for seed in range(args.seeds):
             spec, net0, Xtr, ytr, X, y = make(seed)
-            for learner, fraction, run in learners(fractions):
-                hits, labeled = run(spec, net0, Xtr, ytr, X, y)
+            with_heads = make(seed, tasks=HEADS) if args.heads else None
+            for learner, fraction, run in learners(fractions, args.heads):
+                if only and not learner.startswith(only):
+                    continue
+                hits, labeled = run(*(with_heads if learner in HEADS_LEARNERS else (spec, net0, Xtr, ytr, X, y)))
                 runs.setdefault((name, learner, fraction), []).append(
                     (float(hits.mean()), labeled, float(hits[-len(hits) // 6:].mean())))
                 print(name, seed, learner, fraction, labeled, f"{hits.mean():.3f}", flush=True)

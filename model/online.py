@@ -186,6 +186,7 @@ class OnlineTrainer:
         self.unlabeled_learned = 0
         self.mask_rng = np.random.default_rng(self.config.seed + 2)  # the reconstruction's masks, kept in state
         self.confirmed_normal = ReplayReservoir(self.config.reservoir_capacity, seed=self.config.seed + 3)
+        self.class_anchor: nn.Module | None = None  # the network as the last labels left it (unlabeled_anchor)
 
     def __setstate__(self, state: dict) -> None:
         """A trainer kept in state before distillation, the LDA head and unlabeled windows existed loads with
@@ -199,6 +200,7 @@ class OnlineTrainer:
         state.setdefault("mask_rng", np.random.default_rng(state["config"].seed + 2))
         state.setdefault("confirmed_normal", ReplayReservoir(state["config"].reservoir_capacity,
                                                              seed=state["config"].seed + 3))
+        state.setdefault("class_anchor", None)
         self.__dict__.update(state)
 
     def learn_unlabeled(self, window: np.ndarray, future: np.ndarray | None = None) -> bool:
@@ -220,9 +222,15 @@ class OnlineTrainer:
             return False
         new = np.stack([w for w, _ in batch])
         with_future = [(w, f) for w, f in batch if f is not None] if self.net.spec.has("forecast") else []
+        anchor = None  # the class outputs the last labels left on these windows, which the steps are held to
+        if self.config.unlabeled_anchor > 0 and self.net.head is not None:
+            if self.class_anchor is None:
+                self.class_anchor = copy.deepcopy(self.net).eval()
+            with torch.no_grad():
+                anchor = self.class_anchor(torch.as_tensor(new))
         self.net.train()
         for _ in range(self.config.unlabeled_steps):
-            self._self_supervised_step(new, with_future)
+            self._self_supervised_step(new, with_future, anchor)
         self.net.eval()
         for window, _ in batch:
             self.unlabeled_memory.add(window, 0)
@@ -230,10 +238,10 @@ class OnlineTrainer:
         self.updates += 1
         return True
 
-    def _self_supervised_step(self, new: np.ndarray, with_future: list) -> None:
+    def _self_supervised_step(self, new: np.ndarray, with_future: list, anchor: torch.Tensor | None) -> None:
         """One gradient step on new unlabeled windows, as many remembered ones (``replay_ratio``), windows people
-        confirmed as normal (half as many), their forecasts where known, and replayed labels where the network
-        classifies."""
+        confirmed as normal (half as many), their forecasts where known, and where the network classifies,
+        replayed labels and the new windows' class outputs held to ``anchor`` (``unlabeled_anchor``)."""
         remembered, _ = self.unlabeled_memory.sample(int(round(len(new) * self.config.replay_ratio)))
         confirmed, _ = self.confirmed_normal.sample(len(new) // 2)
         X = torch.as_tensor(np.concatenate([new, *(part for part in (remembered, confirmed) if len(part))]))
@@ -241,6 +249,9 @@ class OnlineTrainer:
         if with_future:
             loss = loss + forecast_loss(self.net, torch.as_tensor(np.stack([w for w, _ in with_future])),
                                         torch.as_tensor(np.stack([f for _, f in with_future])))
+        if anchor is not None:
+            loss = loss + self.config.unlabeled_anchor * distillation_loss(self.net(torch.as_tensor(new)), anchor,
+                                                                           self.config.distill_temperature)
         X_old, y_old = self.reservoir.sample(len(new))
         if len(y_old) and self.net.head is not None and self.config.head != "lda":
             loss = loss + nn.functional.cross_entropy(self.net(torch.as_tensor(X_old)), torch.as_tensor(y_old))
@@ -286,6 +297,7 @@ class OnlineTrainer:
             self.net.eval()
         for w, label in self.pending:
             self.reservoir.add(w, label)
+        self.class_anchor = None  # the labels moved the classes: unlabeled steps are held to where they are now
         self.learned += len(self.pending)
         self.pending = []
         self.updates += 1
@@ -348,6 +360,7 @@ class OnlineTrainer:
             return []
         self.n_classes = len(self.net.spec.classes)
         self.reservoir.grow(self.n_classes)
+        self.class_anchor = None
         if self.lda is not None:
             self.lda.add_classes(len(new))
             self.set_head()

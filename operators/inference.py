@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from operators.device_baseline import DeviceScoreBaseline
 from operators.routing import ReviewRouter
 from operators.serving_model import ServingModel
 from operators.windowing import Window
@@ -67,18 +68,20 @@ class WindowScorer:
     requests name the version in service as the other one.
 
     A model with an anomaly head gives every prediction its score, and a window scoring at least
-    ``anomaly_threshold`` is asked about (reason ``anomaly``); one with a forecast head gives a
-    :class:`~schemas.Forecast` per window (the third list of :meth:`score_all`).
+    ``anomaly_threshold`` is asked about (reason ``anomaly``); with a ``device_baseline`` the score is first
+    put on each device's own scale (:class:`~operators.device_baseline.DeviceScoreBaseline`). A model with
+    a forecast head gives a :class:`~schemas.Forecast` per window (the third list of :meth:`score_all`).
     """
 
     def __init__(self, model: ServingModel, router: ReviewRouter, canary_share: float = 0.0,
-                 anomaly_threshold: float = 3.0) -> None:
+                 anomaly_threshold: float = 3.0, device_baseline: DeviceScoreBaseline | None = None) -> None:
         self.model = model
         self.router = router
         self.stats = ScoreStats()
         self.shadow: ServingModel | None = None
         self.canary_share = canary_share
         self.anomaly_threshold = anomaly_threshold
+        self.device_baseline = device_baseline
 
     def is_canary(self, device_id: str) -> bool:
         """Whether a device is served by the version in its shadow phase (while there is one).
@@ -143,6 +146,8 @@ class WindowScorer:
             confidence = float(row[top]) if classifies else None
             probabilities = {c: round(float(p), 6) for c, p in zip(served.spec.classes, row)} if classifies else None
             score = round(float(anomaly[i]), 4) if anomaly is not None and served is model else None
+            if score is not None and self.device_baseline is not None:
+                score = self.device_baseline.adjust(window.device_id, served.version, score)
             predictions.append(Prediction(
                 device_id=window.device_id, window_end=window.end, window_start=window.start,
                 label=label, confidence=confidence, probabilities=probabilities,

@@ -27,6 +27,7 @@ import orjson
 from model.registry import ArtifactError
 from operators.batching import BatchPolicy, MicroBatcher, PendingStore
 from operators.confidence_watch import ConfidenceWatch
+from operators.device_baseline import DeviceScoreBaseline
 from operators.inference import WindowScorer
 from operators.outgoing import Outgoing, dead_letter_out
 from operators.parse import raw_text
@@ -78,7 +79,9 @@ class InferenceShard:
         self.scorer = WindowScorer(model, ReviewRouter(settings.query_threshold_or_default, settings.audit_rate,
                                                        settings.review_budget_per_minute, settings.query_strategy,
                                                        settings.review_device_share, settings.review_class_share),
-                                   settings.canary_share, settings.anomaly_threshold)
+                                   settings.canary_share, settings.anomaly_threshold,
+                                   DeviceScoreBaseline(settings.anomaly_device_windows)
+                                   if settings.anomaly_device_windows else None)
         self.batcher = MicroBatcher(BatchPolicy(settings.max_batch, settings.max_wait_ms))
         self.watch = (ConfidenceWatch(model_name, settings.confidence_drift_delta,
                                       boost_budget_per_minute=settings.drift_budget_per_minute,

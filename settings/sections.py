@@ -155,6 +155,9 @@ class ServingSettings:
     review_class_share: float = 1.0  # the same for one predicted class (1.0: no cap; the audit is never capped)
     anomaly_threshold: float = 3.0  # a window scoring at least this is asked about (reason anomaly): 3 is the top
     #                                 0.1 % of normal windows (model.network.WindowTransformer.anomaly_score)
+    anomaly_device_windows: int = 0  # > 0: each device's scores are shifted so that its median over its first
+    #                                  this many windows under a version lands where the model's normal median does
+    #                                  (operators.device_baseline); 0: the model's score as it is
     unlabeled_share: float = 0.05  # share of the windows of a model with anomaly or forecast heads passed to the
     #                                learning side unlabeled (topics.windows) for their self-supervised objectives
     canary_share: float = 0.0  # during a version's shadow phase, the share of devices (by a hash of their id) it
@@ -165,9 +168,11 @@ class ServingSettings:
                   "max_block_samples")
         _at_least(self, 0, "model_version", "inference_shards", "max_out_of_order_ms", "seq_gap_timeout_ms",
                   "max_wait_ms", "review_budget_per_minute", "reset_gap_ms", "drift_budget_per_minute", "drift_boost_seconds",
-                  "max_future_ms", "max_seq_jump", "device_expiry_ms", "source_check_ms")
+                  "max_future_ms", "max_seq_jump", "device_expiry_ms", "source_check_ms", "anomaly_device_windows")
         if not self.max_abs_value > 0:
             raise ValueError(f"max_abs_value must be > 0, got {self.max_abs_value}")
+        if 0 < self.anomaly_device_windows < 10:
+            raise ValueError(f"anomaly_device_windows must be 0 (off) or at least 10, got {self.anomaly_device_windows}")
         if not (isinstance(self.anomaly_threshold, (int, float)) and 0 < self.anomaly_threshold < 1e6):
             raise ValueError(f"anomaly_threshold must be a positive number, got {self.anomaly_threshold!r}")
         _share(self, "confidence_threshold", "audit_rate")
@@ -212,6 +217,9 @@ class LearningSettings:
     replay_ratio: float = 1.0  # replayed windows per new window in each update
     steps_per_update: int = 1  # gradient steps per mini-batch of new windows (each with a fresh replay sample)
     unlabeled_steps: int = 4  # the same for unlabeled windows (the self-supervised heads: anomaly, forecast)
+    unlabeled_anchor: float = 1.0  # a classifying network's class outputs on the unlabeled windows are held to
+    #                                what they were before the self-supervised steps (distillation at this
+    #                                weight), so learning every window does not move the classes; 0 turns it off
     unlabeled_max_score: float = 3.0  # an unlabeled window the version in service scores at least this anomalous
     #                                   is set aside, neither learned nor held out, unless a labeler calls it
     #                                   normal (so faults do not teach the model that they are normal); 0: learn all
@@ -254,7 +262,7 @@ class LearningSettings:
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "steps_per_update", "unlabeled_steps", "reservoir_capacity", "holdout_every", "gate_every",
                   "min_holdout", "holdout_size", "label_ttl_ms", "shadow_min_answers")
-        _at_least(self, 0, "replay_ratio", "ewc_strength", "distill_strength", "gate_z", "gate_early_z", "rollback_z",
+        _at_least(self, 0, "replay_ratio", "unlabeled_anchor", "ewc_strength", "distill_strength", "gate_z", "gate_early_z", "rollback_z",
                   "publish_interval_s", "publish_now_z", "shadow_answers", "shadow_z")
         _at_least(self, 1, "rollback_min_audits")
         _share(self, "int8_min_agreement")

@@ -148,6 +148,37 @@ def test_serving_scores_flags_and_forecasts(trained):
     assert Prediction.decode(predictions[3].encode()).anomaly == predictions[3].anomaly
 
 
+def test_a_device_baseline_puts_each_devices_scores_on_its_own_scale(trained):
+    """A device whose sensor sits 0.5 off scores ~3 on every ordinary window under the model's scale, so it is
+    asked about all the time; on its own scale (``anomaly_device_windows``) only its spikes are, and a
+    steady device is asked about as before."""
+    from operators.device_baseline import DeviceScoreBaseline
+
+    model = ServingModel("waves", 2, SPEC, OnnxRunner(export_onnx(trained, SPEC)))
+    X = waves(160, seed=9)[0]
+    devices = {"steady": X, "offset": X + 0.5}
+
+    def flagged(baseline) -> dict[str, tuple[float, float]]:
+        scorer = WindowScorer(model, ReviewRouter(threshold=0.0, audit_rate=0.0, budget_per_minute=10_000),
+                              anomaly_threshold=3.0, device_baseline=baseline)
+        shares = {}
+        for device, values in devices.items():
+            reference = [window(device, 1000 * (i + 1), v) for i, v in enumerate(values[:60])]
+            scorer.score_all(reference, 0)
+            ordinary = [window(device, 100_000 + 1000 * i, v) for i, v in enumerate(values[60:])]
+            spiked = [window(device, 300_000 + 1000 * i, v) for i, v in enumerate(spikes(values[60:], 6.0))]
+            shares[device] = tuple(float(np.mean([p.anomaly >= 3.0 for p in scorer.score_all(part, 0)[0]]))
+                                   for part in (ordinary, spiked))
+        return shares
+
+    model_scale, own_scale = flagged(None), flagged(DeviceScoreBaseline(windows=60))
+    assert model_scale["offset"][0] > 0.4  # ordinary windows of the offset device look abnormal to the model
+    assert own_scale["offset"][0] < 0.1 and own_scale["offset"][1] > 0.9  # on its own scale only spikes do
+    assert own_scale["steady"][0] < 0.1 and own_scale["steady"][1] > 0.9
+    with pytest.raises(ValueError, match="at least 10"):
+        DeviceScoreBaseline(windows=3)
+
+
 def test_a_non_finite_anomaly_score_leaves_the_window_unscored():
     class Broken:
         provider = "test"
@@ -174,6 +205,34 @@ def test_the_online_learner_keeps_training_the_reconstruction(trained):
     for w, label in zip(X, y):
         trainer.learn_one(w, int(label))
     assert trainer.updates == 1 and not torch.equal(before, net.decoder.weight)
+
+
+def test_learning_unlabeled_windows_holds_the_classes_where_the_labels_left_them(trained):
+    """Self-supervised steps move the shared encoder; ``unlabeled_anchor`` holds the class outputs to those of
+    the network as the last labels left it, and a labeled update moves that anchor."""
+    import copy
+
+    X, y, _ = waves(200, seed=5)
+    unlabeled = waves(320, seed=6)[0]
+
+    def class_probs(net):
+        with torch.no_grad():
+            return torch.softmax(net.eval()(torch.as_tensor(X)), -1).numpy()
+
+    before = class_probs(trained)
+    moved = {}
+    for anchor in (0.0, 1.0):
+        torch.manual_seed(0)
+        trainer = OnlineTrainer(copy.deepcopy(trained), 2, LearningSettings(batch_size=8, unlabeled_anchor=anchor))
+        for w in unlabeled:
+            trainer.learn_unlabeled(w)
+        moved[anchor] = float(np.abs(class_probs(trainer.net) - before).sum(1).mean())
+        assert (trainer.class_anchor is not None) == (anchor > 0)
+        for w, label in zip(X[:8], y[:8]):
+            trainer.learn_one(w, int(label))
+        assert trainer.class_anchor is None
+    assert moved[0.0] > 0.05  # the encoder really moved
+    assert moved[1.0] < 0.75 * moved[0.0]
 
 
 def test_declared_tasks_and_horizon_reach_the_spec():
