@@ -120,6 +120,8 @@ class LearningLoop:
                          if spec.has("anomaly") or spec.has("forecast") else None)
         self.unlabeled_seen = 0
         self.unlabeled_set_aside = 0  # unlabeled windows the version in service found abnormal: not learned
+        self.called_normal: set[str] = set()  # devices a labeler said looked abnormal but are normal, until the
+        #                                       next version (fitted with those answers) serves
         self.since_ssl_gate = 0
         self.anomalies: deque = deque(maxlen=500)  # windows people said are abnormal: kept to evaluate, not learned
         self.verdicts = {"normal": 0, "abnormal": 0}
@@ -207,6 +209,8 @@ class LearningLoop:
             self._wait_for_normalisation(window, None)
         else:
             self.trainer.confirm_normal(window)
+        if item.verdict == "normal":
+            self.called_normal.add(item.device_id)
 
     def _anomaly_ranking(self) -> tuple[dict, str | None]:
         """How the candidate and the version in service rank the labeled anomalies above the held-out unlabeled
@@ -237,7 +241,7 @@ class LearningLoop:
         window = np.asarray(item.values, np.float32)
         future = np.asarray(item.future, np.float32) if item.future is not None and self.spec.has("forecast") else None
         self.unlabeled_seen += 1
-        if self._looks_abnormal(window):
+        if item.device_id not in self.called_normal and self._looks_abnormal(window):
             self.unlabeled_set_aside += 1
             return None
         if zlib.crc32(f"{item.device_id}:{item.window_end}".encode()) % self.config.holdout_every == 0:
@@ -257,7 +261,9 @@ class LearningLoop:
 
     def _looks_abnormal(self, window: np.ndarray) -> bool:
         """Whether the version in service scores ``window`` at least ``unlabeled_max_score`` (never on a cold
-        start, nor for a model without an anomaly head or whose score was never fitted)."""
+        start, nor for a model without an anomaly head or whose score was never fitted). The caller skips
+        devices in ``called_normal``: once a labeler has called one of a device's flagged windows normal, its
+        windows are learned until the next version, fitted with that answer, serves and judges them."""
         limit = self.config.unlabeled_max_score
         net = self.serving
         if not limit or net is None or not self.spec.has("anomaly") or not net.anomaly_score_fitted:
@@ -353,6 +359,7 @@ class LearningLoop:
         self.parent_net, parent = self.serving, (self.version if self.serving is not None else None)
         self.serving = copy.deepcopy(net).eval()
         self.version = version
+        self.called_normal = set()  # the new version was fitted with those answers: it judges their devices now
         self.watch.start(version, parent)
         if self.shadow is not None:
             self.end_shadow()
@@ -373,6 +380,7 @@ class LearningLoop:
         if "ssl_gate" not in state:
             self.ssl_gate, self.unlabeled_seen, self.since_ssl_gate = None, 0, 0
         self.__dict__.setdefault("unlabeled_set_aside", 0)
+        self.__dict__.setdefault("called_normal", set())
         if "anomalies" not in state:
             self.anomalies, self.verdicts = deque(maxlen=500), {"normal": 0, "abnormal": 0}
         if self.unnormalised and len(self.unnormalised[0]) == 2:  # (window, label) from before unlabeled windows

@@ -471,6 +471,19 @@ def test_windows_the_version_in_service_finds_abnormal_are_set_aside_until_calle
     assert loop.unlabeled_set_aside - 40 <= 2 and len(loop.trainer.unlabeled_memory) > 50  # normal ones are learned
     loop.learn(LabeledWindow("d:1", "d", flagged[0], "", "", 1, ["ann"], 0, "m", "anomaly", verdict="normal"))
     assert len(loop.trainer.confirmed_normal) == 1  # a labeler's "normal" still teaches it the pattern
+    # ... and that device's windows are learned again until a version fitted with the answer serves; others' are not
+    def taken() -> int:  # unlabeled windows learned, waiting to be, or held out
+        return loop.trainer.unlabeled_learned + len(loop.trainer.unlabeled) + len(loop.ssl_gate.windows)
+
+    set_aside, before = loop.unlabeled_set_aside, taken()
+    stream(loop, flagged[:16], device="e", start=20_000)
+    assert loop.unlabeled_set_aside == set_aside + 16
+    stream(loop, flagged[:16], start=30_000)
+    assert loop.unlabeled_set_aside == set_aside + 16
+    assert taken() == before + 16
+    loop.adopt(2, loop.trainer.net)
+    stream(loop, flagged[:16], start=40_000)
+    assert loop.unlabeled_set_aside > set_aside + 16
     learn_all = LearningLoop(copy.deepcopy(trained), SPEC, 1, LearningSettings(batch_size=8, unlabeled_max_score=0))
     stream(learn_all, flagged)
     assert learn_all.unlabeled_set_aside == 0 and learn_all.trainer.unlabeled_learned > 0
