@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import logging
 
@@ -235,7 +235,8 @@ class LearningLoop:
         """Learn one unlabeled window for the self-supervised heads (one in ``holdout_every``, by a hash of
         its device and end, is held out for their gate instead). A model that does not classify proposes
         a candidate every ``gate_every`` windows, when its error on the held-out windows is lower than the
-        version in service's (a first version's: than the trivial model's) on clearly more of them."""
+        version in service's (a first version's: than the trivial model's) on clearly more of them, or, once
+        labelers have called windows normal since that version, when it is not clearly higher on more."""
         if self.ssl_gate is None:
             return None
         window = np.asarray(item.values, np.float32)
@@ -257,6 +258,12 @@ class LearningLoop:
             return None
         self.since_ssl_gate = 0
         decision = self.ssl_gate.judge(self.trainer.net, self.serving)
+        if not decision.accept and self.called_normal and self.serving is not None \
+                and decision.samples >= self.ssl_gate.min_samples and not decision.clearly_worse(self.ssl_gate.z):
+            # answers the version in service lacks: a candidate that learned them serves when it is not worse
+            decision = replace(decision, accept=True, reason=(
+                f"accepted: it learned windows labelers called normal on {len(self.called_normal)} device(s), "
+                f"and is not clearly worse on the held-out windows ({decision.reason.removeprefix('refused: ')})"))
         return self._propose(decision, item.window_end) if decision.accept else None
 
     def _looks_abnormal(self, window: np.ndarray) -> bool:

@@ -508,6 +508,39 @@ def test_a_stream_of_faults_stops_being_flagged_only_when_every_window_is_learne
     assert medians[3.0] > 2.5 > medians[0.0] + 0.5, medians
 
 
+def test_answers_calling_windows_normal_publish_a_version_that_is_not_clearly_worse():
+    """An anomaly model's candidate usually needs a clearly lower error on the held-out windows; once labelers
+    called windows normal that the version in service lacks, one that is not clearly worse serves."""
+    import copy
+
+    from operators.label_join import LabeledWindow
+    from operators.learning import LearningLoop
+    from schemas import WindowSample
+
+    spec = ModelSpec(window=WINDOW, channels=("a", "b"), classes=(), tasks=("anomaly",), d_model=16, n_heads=2,
+                     n_layers=1, d_ff=32, dropout=0.0)
+    X = waves(200, seed=30)[0]
+    torch.manual_seed(0)
+    net = WindowTransformer(spec)
+    net.set_normalisation(X)
+    fit(net, X, None, epochs=5, seed=0)
+    net.fit_anomaly_scale(waves(200, seed=31)[0])
+    stream_windows = waves(160, seed=32)[0]
+    reasons = {}
+    for answered in (False, True):
+        # a learning rate too small to change a weight: the candidate's errors tie the version in service's
+        loop = LearningLoop(copy.deepcopy(net), spec, 1, LearningSettings(batch_size=8, gate_every=32, min_holdout=30,
+                                                                          lr=1e-12))
+        if answered:
+            loop.learn(LabeledWindow("d:1", "d", spikes(X[:1], 6.0)[0], "", "", 1, ["ann"], 0, "m", "anomaly",
+                                     verdict="normal"))
+        candidates = [loop.learn(WindowSample("d", i * 100, i * 100 + 99, ["a", "b"], w.tolist(), "m", 1))
+                      for i, w in enumerate(stream_windows)]
+        reasons[answered] = [c.decision.reason for c in candidates if c is not None]
+    assert reasons[False] == []
+    assert reasons[True] and "labelers called normal on 1 device(s), and is not clearly worse" in reasons[True][0]
+
+
 class _Inverted(torch.nn.Module):
     """A network whose anomaly score ranks windows the other way round (a candidate that unlearned the faults)."""
 
