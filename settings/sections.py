@@ -155,9 +155,9 @@ class ServingSettings:
     review_class_share: float = 1.0  # the same for one predicted class (1.0: no cap; the audit is never capped)
     anomaly_threshold: float = 3.0  # a window scoring at least this is asked about (reason anomaly): 3 is the top
     #                                 0.1 % of normal windows (model.network.WindowTransformer.anomaly_score)
-    anomaly_device_windows: int = 0  # > 0: each device's scores are shifted so that its median over its first
-    #                                  this many windows under a version lands where the model's normal median does
-    #                                  (operators.device_baseline); 0: the model's score as it is
+    anomaly_device_windows: int = 0  # >= 10: each device's scores are re-expressed as how rare they are among its
+    #                                  own first this many windows under a version (operators.device_baseline);
+    #                                  0: the model's score as it is
     unlabeled_share: float = 0.05  # share of the windows of a model with anomaly or forecast heads passed to the
     #                                learning side unlabeled (topics.windows) for their self-supervised objectives
     canary_share: float = 0.0  # during a version's shadow phase, the share of devices (by a hash of their id) it
@@ -218,7 +218,7 @@ class LearningSettings:
     steps_per_update: int = 1  # gradient steps per mini-batch of new windows (each with a fresh replay sample)
     unlabeled_steps: int = 4  # the same for unlabeled windows (the self-supervised heads: anomaly, forecast)
     unlabeled_anchor: float = 1.0  # a classifying network's class outputs on the unlabeled windows are held to
-    #                                what they were before the self-supervised steps (distillation at this
+    #                                those of the network as the last labels left it (distillation at this
     #                                weight), so learning every window does not move the classes; 0 turns it off
     unlabeled_max_score: float = 3.0  # an unlabeled window the version in service scores at least this anomalous
     #                                   is set aside, neither learned nor held out, unless a labeler calls it
