@@ -17,6 +17,36 @@ from model.spec import ModelSpec
 
 TAIL_LEVELS = 90  # percentiles of normal windows' anomaly statistic kept (1st..90th); an exponential tail above
 NORMAL_CENTRES = 8  # centres of normal features: the mean of all, and up to 7 patterns people confirmed as normal
+FLAT_FLOOR = 1e-3  # a channel's deviation within a window, in its own standard deviations, is floored here (log)
+# buffers added with the flatness part: weights saved before it load without them (the part stays off)
+FLATNESS_BUFFERS = ("flat_center", "flat_scale", "flat_tail", "joint_tail")
+
+
+def rarity(statistic: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    """-log10 of the share of normal windows whose statistic is at least ``statistic``, from ``tail`` (their
+    1st..90th percentiles, then the start and mean excess of an exponential tail above the 90th).
+
+    >>> tail = fit_rarity(torch.arange(1000, dtype=torch.float64))
+    >>> [round(float(v), 2) for v in rarity(torch.tensor([10.0, 500.0, 950.0], dtype=torch.float64), tail)]
+    [0.0, 0.3, 1.44]
+    """
+    grid, start, excess = tail[:TAIL_LEVELS], tail[TAIL_LEVELS], tail[TAIL_LEVELS + 1]
+    below = (grid[None, :] <= statistic[:, None]).sum(dim=1)  # percentiles reached; between two, interpolate
+    upper, lower = grid[below.clamp(max=TAIL_LEVELS - 1)], grid[(below - 1).clamp(min=0)]
+    within = ((statistic - lower) / (upper - lower).clamp_min(1e-12)).clamp(0.0, 1.0)
+    level = below.to(statistic.dtype) + within  # grid[i] is the (i + 1)th percentile
+    body = -torch.log10((1.0 - level / 100.0).clamp_min(0.1))
+    return torch.where(statistic >= start, 1.0 + (statistic - start) / (excess * math.log(10.0)), body)
+
+
+def fit_rarity(statistic: torch.Tensor) -> torch.Tensor:
+    """The ``tail`` of :func:`rarity` for normal windows' ``statistic`` values."""
+    statistic = statistic.double()
+    grid = torch.quantile(statistic, torch.arange(1, TAIL_LEVELS + 1, dtype=torch.float64) / 100.0)
+    start = torch.quantile(statistic, 0.9)
+    excess = statistic[statistic > start] - start
+    mean_excess = excess.mean().clamp_min(1e-3) if len(excess) else torch.tensor(1.0, dtype=torch.float64)
+    return torch.cat([grid, start[None], mean_excess[None]])
 
 
 def k_means(points: torch.Tensor, k: int, rounds: int = 20) -> list[torch.Tensor]:
@@ -90,6 +120,13 @@ class WindowTransformer(nn.Module):
             self.register_buffer("tail_grid", torch.zeros(TAIL_LEVELS))
             self.register_buffer("tail_start", torch.zeros(()))
             self.register_buffer("tail_mean_excess", torch.ones(()))
+            # flatness: per channel, the centre and scale of -log(its deviation within a window) on normal
+            # windows (scale 0: not fitted, the part is off), the rarity of the flattest channel's z-score,
+            # and the rarity of the larger of the two rarities (so the score keeps one false-alarm rate)
+            self.register_buffer("flat_center", torch.zeros(spec.n_channels))
+            self.register_buffer("flat_scale", torch.zeros(spec.n_channels))
+            self.register_buffer("flat_tail", torch.ones(TAIL_LEVELS + 2))
+            self.register_buffer("joint_tail", torch.ones(TAIL_LEVELS + 2))
         if spec.has("forecast"):
             self.forecaster = nn.Linear(spec.d_model, spec.horizon * spec.n_channels)
 
@@ -171,16 +208,33 @@ class WindowTransformer(nn.Module):
         """Whether :meth:`fit_anomaly_scale` has run (before it the score means nothing)."""
         return hasattr(self, "tail_grid") and bool(self.tail_grid.any())
 
+    def flatness(self, x: torch.Tensor) -> torch.Tensor:
+        """How much flatter than on normal windows each window's flattest channel is (``[batch]``): the
+        largest per-channel robust z-score of -log of the channel's deviation within the window. A channel
+        stuck at one value (a frozen sensor, a dropped link repeating its last reading) scores high
+        however plausible the value, which the reconstruction error misses: a flat line is easy to rebuild."""
+        deviation = self.normalise(x).std(dim=1, unbiased=False)
+        z = (-torch.log(deviation + FLAT_FLOOR) - self.flat_center) / self.flat_scale.clamp_min(1e-3)
+        return z.max(dim=1).values
+
+    @property
+    def flatness_fitted(self) -> bool:
+        """Whether the score has its flatness part (weights saved before it existed do not)."""
+        return hasattr(self, "flat_scale") and bool(self.flat_scale.any())
+
     def anomaly_score(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """How rare each window would be among normal windows (``[batch]``): -log10 of the share of normal
         windows whose statistic (:meth:`anomaly_statistic`) is at least as high, from their percentiles
         up to the 90th and from an exponential tail above it. So 1 = as high as the top 10 % of normal
-        windows, 3 = the top 0.1 %: a threshold means one false alarm rate whatever the model or device."""
-        s = self.anomaly_statistic(x, features)
-        below = (self.tail_grid[None, :] <= s[:, None]).sum(dim=1).to(s.dtype)
-        body = -torch.log10((1.0 - below / 100.0).clamp_min(0.1))
-        tail = 1.0 + (s - self.tail_start) / (self.tail_mean_excess * math.log(10.0))
-        return torch.where(s >= self.tail_start, tail, body)
+        windows, 3 = the top 0.1 %: a threshold means one false alarm rate whatever the model or device.
+        Where the flatness part is fitted, the same holds for the larger of the statistic's rarity and
+        :meth:`flatness`'s, taken as rare as that larger value is among normal windows."""
+        tail = torch.cat([self.tail_grid, self.tail_start[None], self.tail_mean_excess[None]]).to(x.dtype)
+        score = rarity(self.anomaly_statistic(x, features), tail)
+        if not self.flatness_fitted:
+            return score
+        joint = torch.maximum(score, rarity(self.flatness(x), self.flat_tail.to(x.dtype)))
+        return rarity(joint, self.joint_tail.to(x.dtype))
 
     @torch.no_grad()
     def fit_anomaly_scale(self, windows: np.ndarray, shrinkage: float = 0.1, batch_size: int = 512,
@@ -220,12 +274,19 @@ class WindowTransformer(nn.Module):
         self.score_center.copy_(center)
         self.score_scale.copy_((1.4826 * (parts - center).abs().median(dim=0).values).clamp_min(1e-3))
         stat = ((parts - self.score_center) / self.score_scale).mean(dim=1).double()
-        levels = torch.arange(1, TAIL_LEVELS + 1, dtype=torch.float64) / 100.0
-        self.tail_grid.copy_(torch.quantile(stat, levels))
-        start = torch.quantile(stat, 0.9)
-        excess = stat[stat > start] - start
-        self.tail_start.copy_(start)
-        self.tail_mean_excess.copy_(excess.mean().clamp_min(1e-3) if len(excess) else torch.tensor(1.0))
+        tail = fit_rarity(stat)
+        self.tail_grid.copy_(tail[:TAIL_LEVELS])
+        self.tail_start.copy_(tail[TAIL_LEVELS])
+        self.tail_mean_excess.copy_(tail[TAIL_LEVELS + 1])
+        self.flat_scale.zero_()
+        score = rarity(stat, tail)
+        flat = -torch.log(self.normalise(x).std(dim=1, unbiased=False) + FLAT_FLOOR).double()  # [n, channels]
+        center = flat.median(dim=0).values
+        self.flat_center.copy_(center)
+        self.flat_scale.copy_((1.4826 * (flat - center).abs().median(dim=0).values).clamp_min(1e-3))
+        flatness = self.flatness(x).double()
+        self.flat_tail.copy_(fit_rarity(flatness))
+        self.joint_tail.copy_(fit_rarity(torch.maximum(score, rarity(flatness, self.flat_tail.double()))))
         self.train(was_training)
 
     def forecast(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 from model.calibration import MIN_WINDOWS, calibrate
 from model.datasets import load_basic_motions, sliding_windows
 from model.export import export_onnx
-from model.network import WindowTransformer
+from model.network import FLATNESS_BUFFERS, WindowTransformer
 from model.quantize import agreement, quantize_int8
 from model.registry import INT8_FILE, ModelRegistry, VersionMetadata
 from model.self_supervised import self_supervised_loss, windows_with_future
@@ -94,7 +94,11 @@ def load_network(spec: ModelSpec, weights: bytes, older_classes: bool = False) -
     if older_classes and "head.weight" in state:
         spec = replace(spec, classes=spec.classes[:state["head.weight"].shape[0]])
     net = WindowTransformer(spec)
-    net.load_state_dict(state)
+    result = net.load_state_dict(state, strict=False)
+    missing = set(result.missing_keys) - set(FLATNESS_BUFFERS)
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"weights do not fit the model: missing {sorted(missing)}, "
+                           f"unexpected {sorted(result.unexpected_keys)}")
     return net.eval()
 
 
