@@ -262,7 +262,7 @@ class LearningSettings:
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "steps_per_update", "unlabeled_steps", "reservoir_capacity", "holdout_every", "gate_every",
                   "min_holdout", "holdout_size", "label_ttl_ms", "shadow_min_answers")
-        _at_least(self, 0, "replay_ratio", "unlabeled_anchor", "ewc_strength", "distill_strength", "gate_z", "gate_early_z", "rollback_z",
+        _at_least(self, 0, "replay_ratio", "unlabeled_anchor", "unlabeled_max_score", "ewc_strength", "distill_strength", "gate_z", "gate_early_z", "rollback_z",
                   "publish_interval_s", "publish_now_z", "shadow_answers", "shadow_z")
         _at_least(self, 1, "rollback_min_audits")
         _share(self, "int8_min_agreement")

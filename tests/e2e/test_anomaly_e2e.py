@@ -73,6 +73,7 @@ def test_faults_are_flagged_for_review_and_every_window_is_forecast(tmp_path):
     print("anomaly requests per device:", flagged, "median score:", {d: round(float(np.median(s)), 2)
                                                                    for d, s in sorted(scores.items())})
     assert flagged.get("device-004", 0) >= 4 and flagged.get("device-005", 0) >= 2
+    assert flagged.get("device-003", 0) >= 3, "a channel stuck at a plausible value is flagged (the flatness part)"
     assert sum(flagged.get(d, 0) for d in HEALTHY) <= 0.05 * sum(windows[d] for d in HEALTHY)
     # forecasts: the samples that followed each window are in the replayed stream
     by_device: dict[str, dict[int, list[float]]] = {}

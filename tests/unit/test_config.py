@@ -52,6 +52,21 @@ def test_every_problem_is_reported_with_its_origin(tmp_path):
     assert "learning.lr: expected a number, got 'fast' (from $SENSORLOOP_LEARNING_LR)" in problems
 
 
+def test_the_anomaly_settings_refuse_values_that_mean_nothing(tmp_path):
+    path = write(tmp_path, '[serving]\nanomaly_device_windows = 5\n[learning]\nunlabeled_max_score = -1\n'
+                           'unlabeled_anchor = -0.5\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    problems = "\n".join(caught.value.problems)
+    assert "anomaly_device_windows must be 0 (off) or at least 10, got 5" in problems
+    assert "unlabeled_anchor must be >= 0, got -0.5" in problems  # a section reports its first problem
+    with pytest.raises(ConfigError, match="unlabeled_max_score must be >= 0, got -1"):
+        load_config(path, env={}, flags={"serving.anomaly_device_windows": "0", "learning.unlabeled_anchor": "1"})
+    for fine in ("0", "10"):
+        assert load_config(path, env={}, flags={"serving.anomaly_device_windows": fine, "learning.unlabeled_max_score": "0",
+                                              "learning.unlabeled_anchor": "0"}).serving.anomaly_device_windows == int(fine)
+
+
 def test_unreadable_files_are_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml", env={})
