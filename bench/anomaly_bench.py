@@ -18,6 +18,9 @@ river's ``HalfSpaceTrees`` on per-channel window summaries (mean, deviation, min
 step), learning the normal part first and then the test stream, scoring each window before learning
 it; aeon's ``KMeansAD`` fitted on the normal part. ROC-AUC and PR-AUC per sample.
 
+The model's score is also reported without its flatness part (a channel's deviation within the window),
+and the share of windows scoring 3 or more per fault kind with and without it.
+
 Forecast: mean absolute error of the next 8 samples per channel, on clean test windows, against
 repeating the last sample and against the mean of the last 8.
 
@@ -141,6 +144,15 @@ def train_model(spec: ModelSpec, X: np.ndarray, y: np.ndarray | None, F: np.ndar
     return net.eval()
 
 
+def without_flatness(net: WindowTransformer) -> WindowTransformer:
+    """A copy of ``net`` whose anomaly score lacks the flatness part (as versions before it scored)."""
+    import copy
+
+    plain = copy.deepcopy(net)
+    plain.flat_tails.zero_()
+    return plain
+
+
 @torch.inference_mode()
 def model_scores(net: WindowTransformer, X: np.ndarray) -> np.ndarray:
     return np.concatenate([net.anomaly_score(torch.as_tensor(X[i:i + 512])).numpy() for i in range(0, len(X), 512)])
@@ -222,7 +234,7 @@ def datasets(seed: int) -> dict[str, dict]:
 
 
 def run(seeds: int, epochs: int) -> dict:
-    results: dict = {"anomaly": {}, "forecast": {}, "classification": {}, "flagged": {}, "loop": {}}
+    results: dict = {"anomaly": {}, "forecast": {}, "classification": {}, "flagged": {}, "loop": {}, "by_kind": {}}
     plot_data = {}
     for seed in range(seeds):
         for name, d in datasets(seed).items():
@@ -260,6 +272,17 @@ def run(seeds: int, epochs: int) -> dict:
                 results["anomaly"].setdefault(name, {}).setdefault(detector, []).append(auc(d["labels"], scores))
             touched = np.asarray([d["labels"][s:s + window].any() for s in starts])  # windows holding an anomaly
             results["flagged"].setdefault(name, []).append(((ours[~touched] >= 3).mean(), (ours[touched] >= 3).mean()))
+            if d["faults"]:  # each kind of fault caught at 3, with and without the score's flatness part
+                without = model_scores(without_flatness(net), Xte)
+                kinds = {"normal windows": ~touched}
+                for kind in FAULTS:
+                    kinds[kind] = np.asarray([any(k == kind and s < end and s + window > begin
+                                                  for k, _, begin, end in d["faults"]) for s in starts])
+                for kind, mask in kinds.items():
+                    results["by_kind"].setdefault(name, {}).setdefault(kind, []).append(
+                        ((ours[mask] >= 3).mean(), (without[mask] >= 3).mean()))
+                results["anomaly"][name].setdefault("sensorloop model, without the flatness part", []).append(
+                    auc(d["labels"], per_sample(without, starts, window, len(test))))
             if "clean" in d:
                 results["forecast"].setdefault(name, []).append(forecast_errors(net, d["clean"], window))
                 rate = 64.0 if name.startswith("Daphnet") else 10.0
@@ -344,6 +367,10 @@ def report(results: dict) -> None:
                                                                               "windows holding an anomaly"],
                 [[name, spread([p[0] for p in v]), spread([p[1] for p in v])]
                  for name, v in results["flagged"].items()])
+    print_table("Windows scoring 3 or more, by fault kind: with the flatness part / without it (mean over seeds)",
+                ["data", "windows", "with", "without"],
+                [[name, kind, spread([p[0] for p in v]), spread([p[1] for p in v])]
+                 for name, by in results.get("by_kind", {}).items() for kind, v in by.items()])
     rows = []
     for name, by_stage in results["loop"].items():
         for stage, runs in by_stage.items():

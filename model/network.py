@@ -17,26 +17,30 @@ from model.spec import ModelSpec
 
 TAIL_LEVELS = 90  # percentiles of normal windows' anomaly statistic kept (1st..90th); an exponential tail above
 NORMAL_CENTRES = 8  # centres of normal features: the mean of all, and up to 7 patterns people confirmed as normal
-FLAT_FLOOR = 1e-3  # a channel's deviation within a window, in its own standard deviations, is floored here (log)
+FLAT_FLOOR = 1e-6  # a channel's deviation within a window, in its own standard deviations, is floored here (log)
+STILL = 1e-3  # ... and below this deviation a channel is flatter than any sensor's noise: frozen
 # buffers added with the flatness part: weights saved before it load without them (the part stays off)
-FLATNESS_BUFFERS = ("flat_center", "flat_scale", "flat_tail", "joint_tail")
+FLATNESS_BUFFERS = ("flat_tails", "joint_tail")
 
 
 def rarity(statistic: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
     """-log10 of the share of normal windows whose statistic is at least ``statistic``, from ``tail`` (their
-    1st..90th percentiles, then the start and mean excess of an exponential tail above the 90th).
+    1st..90th percentiles, then the start and mean excess of an exponential tail above the 90th). Several
+    statistics at once: ``statistic`` ``[batch, k]`` with ``tail`` ``[k, TAIL_LEVELS + 2]``.
 
     >>> tail = fit_rarity(torch.arange(1000, dtype=torch.float64))
     >>> [round(float(v), 2) for v in rarity(torch.tensor([10.0, 500.0, 950.0], dtype=torch.float64), tail)]
     [0.0, 0.3, 1.44]
     """
-    grid, start, excess = tail[:TAIL_LEVELS], tail[TAIL_LEVELS], tail[TAIL_LEVELS + 1]
-    below = (grid[None, :] <= statistic[:, None]).sum(dim=1)  # percentiles reached; between two, interpolate
-    upper, lower = grid[below.clamp(max=TAIL_LEVELS - 1)], grid[(below - 1).clamp(min=0)]
+    grid, start, excess = tail[..., :TAIL_LEVELS], tail[..., TAIL_LEVELS], tail[..., TAIL_LEVELS + 1]
+    below = (grid < statistic[..., None]).sum(dim=-1)  # percentiles passed (a tie is not rare); interpolate
+    grids = grid.expand(*statistic.shape, TAIL_LEVELS)
+    upper = torch.gather(grids, -1, below.clamp(max=TAIL_LEVELS - 1)[..., None])[..., 0]
+    lower = torch.gather(grids, -1, (below - 1).clamp(min=0)[..., None])[..., 0]
     within = ((statistic - lower) / (upper - lower).clamp_min(1e-12)).clamp(0.0, 1.0)
     level = below.to(statistic.dtype) + within  # grid[i] is the (i + 1)th percentile
     body = -torch.log10((1.0 - level / 100.0).clamp_min(0.1))
-    return torch.where(statistic >= start, 1.0 + (statistic - start) / (excess * math.log(10.0)), body)
+    return torch.where(statistic > start, 1.0 + (statistic - start) / (excess * math.log(10.0)), body)
 
 
 def fit_rarity(statistic: torch.Tensor) -> torch.Tensor:
@@ -120,12 +124,10 @@ class WindowTransformer(nn.Module):
             self.register_buffer("tail_grid", torch.zeros(TAIL_LEVELS))
             self.register_buffer("tail_start", torch.zeros(()))
             self.register_buffer("tail_mean_excess", torch.ones(()))
-            # flatness: per channel, the centre and scale of -log(its deviation within a window) on normal
-            # windows (scale 0: not fitted, the part is off), the rarity of the flattest channel's z-score,
-            # and the rarity of the larger of the two rarities (so the score keeps one false-alarm rate)
-            self.register_buffer("flat_center", torch.zeros(spec.n_channels))
-            self.register_buffer("flat_scale", torch.zeros(spec.n_channels))
-            self.register_buffer("flat_tail", torch.ones(TAIL_LEVELS + 2))
+            # flatness: per channel, the rarity tail of how frozen it is (_flat_parts) among normal windows
+            # (all zero: not fitted, the part is off), and the rarity tail of the larger of the statistic's
+            # rarity and the most frozen channel's (so the score keeps one false-alarm rate)
+            self.register_buffer("flat_tails", torch.zeros(spec.n_channels, TAIL_LEVELS + 2))
             self.register_buffer("joint_tail", torch.ones(TAIL_LEVELS + 2))
         if spec.has("forecast"):
             self.forecaster = nn.Linear(spec.d_model, spec.horizon * spec.n_channels)
@@ -208,19 +210,26 @@ class WindowTransformer(nn.Module):
         """Whether :meth:`fit_anomaly_scale` has run (before it the score means nothing)."""
         return hasattr(self, "tail_grid") and bool(self.tail_grid.any())
 
+    def _flat_parts(self, x: torch.Tensor) -> torch.Tensor:
+        """Per channel, how far (log) its deviation within the window lies below ``STILL``, 0 above it
+        (``[batch, channels]``). Only a frozen channel reaches it: a working sensor's noise alone moves it
+        more, even at rest (measured: a channel flatter than usual but not frozen, of a device at rest, was
+        taken for a fault on new recordings, so flatness short of frozen does not count)."""
+        log_deviation = torch.log(self.normalise(x).std(dim=1, unbiased=False) + FLAT_FLOOR)
+        return (math.log(STILL) - log_deviation).clamp_min(0.0)
+
     def flatness(self, x: torch.Tensor) -> torch.Tensor:
-        """How much flatter than on normal windows each window's flattest channel is (``[batch]``): the
-        largest per-channel robust z-score of -log of the channel's deviation within the window. A channel
-        stuck at one value (a frozen sensor, a dropped link repeating its last reading) scores high
-        however plausible the value, which the reconstruction error misses: a flat line is easy to rebuild."""
-        deviation = self.normalise(x).std(dim=1, unbiased=False)
-        z = (-torch.log(deviation + FLAT_FLOOR) - self.flat_center) / self.flat_scale.clamp_min(1e-3)
-        return z.max(dim=1).values
+        """How rare among normal windows each window's most frozen channel is (``[batch]``): the largest rarity
+        of :meth:`_flat_parts`. A channel stuck at one value (a frozen sensor, a dropped link repeating its
+        last reading) scores high however plausible the value, which the reconstruction error misses: a flat
+        line is easy to rebuild. A channel that is often frozen in normal data (a quantized sensor at rest)
+        is not rare, so it does not score."""
+        return rarity(self._flat_parts(x), self.flat_tails.to(x.dtype)).max(dim=1).values
 
     @property
     def flatness_fitted(self) -> bool:
         """Whether the score has its flatness part (weights saved before it existed do not)."""
-        return hasattr(self, "flat_scale") and bool(self.flat_scale.any())
+        return hasattr(self, "flat_tails") and bool(self.flat_tails.any())
 
     def anomaly_score(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """How rare each window would be among normal windows (``[batch]``): -log10 of the share of normal
@@ -233,8 +242,7 @@ class WindowTransformer(nn.Module):
         score = rarity(self.anomaly_statistic(x, features), tail)
         if not self.flatness_fitted:
             return score
-        joint = torch.maximum(score, rarity(self.flatness(x), self.flat_tail.to(x.dtype)))
-        return rarity(joint, self.joint_tail.to(x.dtype))
+        return rarity(torch.maximum(score, self.flatness(x)), self.joint_tail.to(x.dtype))
 
     @torch.no_grad()
     def fit_anomaly_scale(self, windows: np.ndarray, shrinkage: float = 0.1, batch_size: int = 512,
@@ -278,15 +286,9 @@ class WindowTransformer(nn.Module):
         self.tail_grid.copy_(tail[:TAIL_LEVELS])
         self.tail_start.copy_(tail[TAIL_LEVELS])
         self.tail_mean_excess.copy_(tail[TAIL_LEVELS + 1])
-        self.flat_scale.zero_()
-        score = rarity(stat, tail)
-        flat = -torch.log(self.normalise(x).std(dim=1, unbiased=False) + FLAT_FLOOR).double()  # [n, channels]
-        center = flat.median(dim=0).values
-        self.flat_center.copy_(center)
-        self.flat_scale.copy_((1.4826 * (flat - center).abs().median(dim=0).values).clamp_min(1e-3))
-        flatness = self.flatness(x).double()
-        self.flat_tail.copy_(fit_rarity(flatness))
-        self.joint_tail.copy_(fit_rarity(torch.maximum(score, rarity(flatness, self.flat_tail.double()))))
+        flat = self._flat_parts(x).double()
+        self.flat_tails.copy_(torch.stack([fit_rarity(flat[:, k]) for k in range(flat.shape[1])]))
+        self.joint_tail.copy_(fit_rarity(torch.maximum(rarity(stat, tail), self.flatness(x.double()))))
         self.train(was_training)
 
     def forecast(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:

@@ -95,7 +95,7 @@ def test_a_channel_stuck_at_a_plausible_value_is_flagged_by_the_flatness_part(tr
     stuck = X.copy()
     stuck[:, :, channel] = stuck[:, :1, channel]  # each window's channel frozen at its first, ordinary, value
     without = copy.deepcopy(trained)
-    without.flat_scale.zero_()  # the score as it was before the flatness part
+    without.flat_tails.zero_()  # the score as it was before the flatness part
     with torch.no_grad():
         normal, faulty = (trained.anomaly_score(torch.as_tensor(a)).numpy() for a in (X, stuck))
         faulty_without = without.anomaly_score(torch.as_tensor(stuck)).numpy()
