@@ -13,7 +13,13 @@ ones (the exported graph in ONNX Runtime against PyTorch). A second pass puts th
 scale (``serving.anomaly_device_windows``, its first 128 windows as reference) and reports how many normal
 and anomalous windows after that reference reach the threshold 3 on either scale.
 
-Run: ``python bench/anomaly_jobs_bench.py``; writes bench/results/anomaly_jobs.json. About 5 minutes.
+What the loop adds, through the jobs (Daphnet): the test series goes through the serving and the learning
+job together, every window passed on to learning, while a simulated labeler answers each anomaly question
+from the injected truth; then the version the learning job published last and v1 each score the same series
+with faults injected afresh, through the serving job.
+
+Run: ``python bench/anomaly_jobs_bench.py [--no-loop]``; writes bench/results/anomaly_jobs.json. About 10
+minutes (5 with ``--no-loop``).
 """
 
 from __future__ import annotations
