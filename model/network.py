@@ -210,6 +210,12 @@ class WindowTransformer(nn.Module):
         """Whether :meth:`fit_anomaly_scale` has run (before it the score means nothing)."""
         return hasattr(self, "tail_grid") and bool(self.tail_grid.any())
 
+    @property
+    def statistic_tail(self) -> torch.Tensor:
+        """The :func:`rarity` tail of :meth:`anomaly_statistic` (kept in three buffers, as before the flatness
+        part, so older weights load)."""
+        return torch.cat([self.tail_grid, self.tail_start[None], self.tail_mean_excess[None]])
+
     def _flat_parts(self, x: torch.Tensor) -> torch.Tensor:
         """Per channel, how far (log) its deviation within the window lies below ``STILL``, 0 above it
         (``[batch, channels]``). Only a frozen channel reaches it: a working sensor's noise alone moves it
@@ -238,8 +244,7 @@ class WindowTransformer(nn.Module):
         windows, 3 = the top 0.1 %: a threshold means one false alarm rate whatever the model or device.
         Where the flatness part is fitted, the same holds for the larger of the statistic's rarity and
         :meth:`flatness`'s, taken as rare as that larger value is among normal windows."""
-        tail = torch.cat([self.tail_grid, self.tail_start[None], self.tail_mean_excess[None]]).to(x.dtype)
-        score = rarity(self.anomaly_statistic(x, features), tail)
+        score = rarity(self.anomaly_statistic(x, features), self.statistic_tail.to(x.dtype))
         if not self.flatness_fitted:
             return score
         return rarity(torch.maximum(score, self.flatness(x)), self.joint_tail.to(x.dtype))
