@@ -76,6 +76,11 @@ def config_text(registry: Path, model: str, spec: ModelSpec, rate_hz: float, dev
     return "\n".join(lines) + "\n"
 
 
+def windows_in(test: np.ndarray, spec: ModelSpec) -> int:
+    """How many windows the serving job cuts from ``test`` (its samples, one device) at ``STRIDE``."""
+    return len(range(0, len(test) - spec.window + 1, STRIDE))
+
+
 def readings_of(test: np.ndarray, rate_hz: float) -> tuple[list[tuple[bytes, bytes]], dict[int, int]]:
     """``test`` as one device's readings, and each reading's sample index by its timestamp."""
     ts = T0 + np.round(np.arange(len(test)) * 1000.0 / rate_hz).astype(np.int64)
@@ -102,7 +107,7 @@ def through_the_job(root: Path, model: str, spec: ModelSpec, test: np.ndarray, r
     config = pass_dir / "sensorloop.toml"
     config.write_text(config_text(registry or root / "registry", model, spec, rate_hz, device_windows))
     readings, index = readings_of(test, rate_hz)
-    expected = len(range(0, len(test) - spec.window + 1, STRIDE))
+    expected = windows_in(test, spec)
     with EmbeddedBroker(log_path=pass_dir / "broker.log") as broker:
         ensure_topics(broker.bootstrap, topics)
         job = serving_job(broker.bootstrap, pass_dir / "serving.log", config=str(config), state_dir=str(pass_dir / "ck"),
@@ -151,7 +156,7 @@ def the_loop_through_the_jobs(root: Path, model: str, spec: ModelSpec, test: np.
     config = pass_dir / "sensorloop.toml"
     config.write_text(config_text(root / "loop-registry", model, spec, rate_hz, unlabeled_share=1.0))
     readings, index = readings_of(test, rate_hz)
-    expected = len(range(0, len(test) - spec.window + 1, STRIDE))
+    expected = windows_in(test, spec)
     options = dict(config=str(config), state_dir=str(pass_dir / "ck"), log_dir=str(pass_dir))
     answers = {"normal": 0, "abnormal": 0}
     snapshots: list[ModelSnapshot] = []

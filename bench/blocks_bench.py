@@ -41,13 +41,15 @@ TOPICS = Topics()
 DEVICES = 64
 
 
-def measure(work: Path, kind: str, size: int, samples: int, registry: str) -> dict:
+def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: str = "", **job_options) -> dict:
     """``serving`` (the job), ``passthrough`` (the job without Python) or ``plain`` (bench/plain_consumer.py,
     no Flink) on a fresh broker with the same backlog. For the job, also the model's own rate inside it per
-    CPU-second of the inference thread, against standalone ONNX Runtime at the same mean batch size."""
-    stats_file = work / f"inference-blocks-{size}.jsonl"
-    options = {"registry": registry, "stride": 8, "stats_file": str(stats_file)} if kind == "serving" else {}
-    sc = Scenario(work, f"blocks-{kind}-{size}", "broker" if kind == "plain" else kind, **options)
+    CPU-second of the inference thread, against standalone ONNX Runtime at the same mean batch size.
+    ``job_options`` are the serving job's settings (``group_ms=0``: each message crosses into Python alone)."""
+    stats_file = work / f"inference-blocks-{size}{tag}.jsonl"
+    options = ({"registry": registry, "stride": 8, "stats_file": str(stats_file), **job_options}
+               if kind == "serving" else {})
+    sc = Scenario(work, f"blocks-{kind}{tag}-{size}", "broker" if kind == "plain" else kind, **options)
     try:
         stats = replay(sc.bootstrap, TOPICS.readings, rate=0, count=samples, n_devices=DEVICES,
                        samples_per_message=size)
@@ -81,41 +83,49 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1,10,50,250")
-    parser.add_argument("--samples", type=int, default=600_000, help="samples per run (60,000 with 1 per message)")
+    parser.add_argument("--samples", type=int, default=600_000, help="samples per run (at most 200,000 messages)")
     parser.add_argument("--registry", default="var/registry")
     parser.add_argument("--latency-sizes", default="1,10,25", help="samples per message of the latency runs")
     parser.add_argument("--latency-rate", type=int, default=1000, help="messages per second of the latency runs")
+    parser.add_argument("--no-ungrouped", dest="ungrouped", action="store_false",
+                        help="skip the serving job with serving.group_ms = 0 (each message crosses into Python alone)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     latency_sizes = [int(s) for s in args.latency_sizes.split(",") if s]
     if latency_sizes:
-        latency(latency_sizes, args.latency_rate, args.registry)
+        latency(latency_sizes, args.latency_rate, args.registry, ungrouped=args.ungrouped)
     if not sizes:
         return
     rows = []
     with tempfile.TemporaryDirectory(prefix="blocks-bench-") as tmp:
         work = Path(tmp)
         for size in sizes:
-            samples = min(args.samples, 60_000 * size)  # single readings: the job's backlog as in serving_bench
+            samples = min(args.samples, 200_000 * size)  # single readings: 200,000 messages (a drain of several seconds)
             serving = measure(work, "serving", size, samples, args.registry)
+            ungrouped = (measure(work, "serving", size, samples, args.registry, "-ungrouped", group_ms=0)
+                         if args.ungrouped else None)
             passthrough = measure(work, "passthrough", size, samples, args.registry)
             plain = measure(work, "plain", size, samples, args.registry)
             rows.append({"samples_per_message": size, "samples": samples, "messages": serving["messages"],
                          "serving_samples_per_s": serving["samples_per_s"],
+                         "ungrouped_samples_per_s": ungrouped["samples_per_s"] if ungrouped else None,
                          "plain_samples_per_s": plain["samples_per_s"],
                          "serving_vs_plain": serving["samples_per_s"] / plain["samples_per_s"],
                          "serving_messages_per_s": serving["messages_per_s"],
                          "passthrough_messages_per_s": passthrough["messages_per_s"],
                          "serving_vs_passthrough": serving["messages_per_s"] / passthrough["messages_per_s"],
                          "windows": f"{serving['outputs']}/{serving['expected']}",
+                         "windows_ungrouped": f"{ungrouped['outputs']}/{ungrouped['expected']}" if ungrouped else None,
                          **{k: serving[k] for k in ("mean_batch", "in_job_per_cpu_s", "in_job_per_wall_s",
                                                     "standalone")}})
             print(rows[-1], flush=True)
-    header = ["samples per message", "samples", "messages", "serving samples/s", "plain consumer samples/s",
-              "serving / plain", "serving messages/s", "pass-through messages/s", "serving / pass-through (messages)",
+    header = ["samples per message", "samples", "messages", "serving samples/s",
+              "serving, messages not grouped", "grouped / not", "plain consumer samples/s", "serving / plain", "serving messages/s", "pass-through messages/s", "serving / pass-through (messages)",
               "windows out/expected"]
     print_table("Serving throughput with sample blocks (backlog, 64 devices, window 32, stride 8)", header,
                 [[r["samples_per_message"], r["samples"], r["messages"], r["serving_samples_per_s"],
+                  r["ungrouped_samples_per_s"] or "-",
+                  round(r["serving_samples_per_s"] / r["ungrouped_samples_per_s"], 2) if r["ungrouped_samples_per_s"] else "-",
                   r["plain_samples_per_s"], round(r["serving_vs_plain"], 2), r["serving_messages_per_s"],
                   r["passthrough_messages_per_s"], round(r["serving_vs_passthrough"], 2), r["windows"]] for r in rows])
     print_table("The model inside the job (windows per second of the inference thread's CPU time, and of its "
@@ -128,32 +138,38 @@ def main() -> None:
     sizes = [r["samples_per_message"] for r in rows]
     line_plot(RESULTS / "blocks.png",
               [("serving job", sizes, [r["serving_samples_per_s"] for r in rows], {"marker": "o"}),
+               *([("serving job, messages not grouped (serving.group_ms = 0)", sizes,
+                   [r["ungrouped_samples_per_s"] for r in rows], {"marker": "x"})] if rows[0]["ungrouped_samples_per_s"] else []),
                ("plain-Python consumer (bench/plain_consumer.py)", sizes, [r["plain_samples_per_s"] for r in rows],
                 {"marker": "^"}),
                ("pass-through job (messages/s x samples per message)", sizes,
                 [r["passthrough_messages_per_s"] * r["samples_per_message"] for r in rows], {"marker": "s"})],
               "samples per message", "samples/s", "Throughput with sample blocks", log2_x=True)
 
-def latency(sizes: list[int], messages_per_s: int, registry: str, seconds: float = 20.0) -> None:
+def latency(sizes: list[int], messages_per_s: int, registry: str, seconds: float = 20.0, ungrouped: bool = True) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="blocks-latency-") as tmp:
         for size in sizes:
             rate = messages_per_s * size  # the replayer's rate is in samples/s
             serving = measure_latency(Path(tmp), "serving", rate, seconds, registry, tag=f"-b{size}", stride=8,
                                       samples_per_message=size)
+            alone = (measure_latency(Path(tmp), "serving", rate, seconds, registry, tag=f"-b{size}-ungrouped", stride=8,
+                                     samples_per_message=size, group_ms=0) if ungrouped else None)
             passthrough = measure_latency(Path(tmp), "passthrough", rate, seconds, registry, tag=f"-b{size}",
                                           samples_per_message=size)
             rows.append({"samples_per_message": size, "messages_per_s": messages_per_s, "samples_per_s": rate,
                          "serving_sent_samples_per_s": serving["sent_per_s"],
                          "serving_p50_ms": serving["p50_ms"], "serving_p99_ms": serving["p99_ms"],
+                         "ungrouped_p50_ms": alone["p50_ms"] if alone else None,
+                         "ungrouped_p99_ms": alone["p99_ms"] if alone else None,
                          "passthrough_p50_ms": passthrough["p50_ms"], "passthrough_p99_ms": passthrough["p99_ms"],
                          "windows": serving["outputs"]})
             print(rows[-1], flush=True)
     print_table(f"Latency at {messages_per_s:,} messages/s (message timestamp -> prediction received)",
-                ["samples per message", "samples/s sent", "serving p50 ms", "serving p99 ms", "pass-through p50 ms",
-                 "pass-through p99 ms", "predictions"],
+                ["samples per message", "samples/s sent", "serving p50 ms", "serving p99 ms",
+                 "not grouped p50 ms", "not grouped p99 ms", "pass-through p50 ms", "pass-through p99 ms", "predictions"],
                 [[r["samples_per_message"], round(r["serving_sent_samples_per_s"]), r["serving_p50_ms"],
-                  r["serving_p99_ms"], r["passthrough_p50_ms"], r["passthrough_p99_ms"], r["windows"]] for r in rows])
+                  r["serving_p99_ms"], r["ungrouped_p50_ms"] or "-", r["ungrouped_p99_ms"] or "-", r["passthrough_p50_ms"], r["passthrough_p99_ms"], r["windows"]] for r in rows])
     print(f"results: {save('blocks_latency', {'rows': rows})}")
 
 

@@ -230,7 +230,10 @@ class WindowTransformer(nn.Module):
         last reading) scores high however plausible the value, which the reconstruction error misses: a flat
         line is easy to rebuild. A channel that is often frozen in normal data (a quantized sensor at rest)
         is not rare, so it does not score."""
-        return rarity(self._flat_parts(x), self.flat_tails.to(x.dtype)).max(dim=1).values
+        return self._flatness_of(self._flat_parts(x))
+
+    def _flatness_of(self, flat_parts: torch.Tensor) -> torch.Tensor:
+        return rarity(flat_parts, self.flat_tails.to(flat_parts.dtype)).max(dim=1).values
 
     @property
     def flatness_fitted(self) -> bool:
@@ -291,9 +294,9 @@ class WindowTransformer(nn.Module):
         self.tail_grid.copy_(tail[:TAIL_LEVELS])
         self.tail_start.copy_(tail[TAIL_LEVELS])
         self.tail_mean_excess.copy_(tail[TAIL_LEVELS + 1])
-        flat = self._flat_parts(x).double()
+        flat = self._flat_parts(x.double())
         self.flat_tails.copy_(torch.stack([fit_rarity(flat[:, k]) for k in range(flat.shape[1])]))
-        self.joint_tail.copy_(fit_rarity(torch.maximum(rarity(stat, tail), self.flatness(x.double()))))
+        self.joint_tail.copy_(fit_rarity(torch.maximum(rarity(stat, tail), self._flatness_of(flat))))
         self.train(was_training)
 
     def forecast(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:

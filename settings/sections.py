@@ -160,15 +160,19 @@ class ServingSettings:
     #                                  0: the model's score as it is
     unlabeled_share: float = 0.05  # share of the windows of a model with anomaly or forecast heads passed to the
     #                                learning side unlabeled (topics.windows) for their self-supervised objectives
+    group_readings: int = 32  # up to this many messages of one device are grouped in Java (ReadingGrouper) and cross
+    #                           into Python as one record (one state read and write); 1: each message alone
+    group_ms: int = 10  # the longest a message waits for its group (the latency grouping may add); 0: no grouping
     canary_share: float = 0.0  # during a version's shadow phase, the share of devices (by a hash of their id) it
     #                            serves as a canary; the rest keep the version in service (0: shadow only)
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "window", "stride", "max_batch", "max_seq_gap_buffer", "inference_threads",
-                  "max_block_samples")
+                  "max_block_samples", "group_readings")
         _at_least(self, 0, "model_version", "inference_shards", "max_out_of_order_ms", "seq_gap_timeout_ms",
                   "max_wait_ms", "review_budget_per_minute", "reset_gap_ms", "drift_budget_per_minute", "drift_boost_seconds",
-                  "max_future_ms", "max_seq_jump", "device_expiry_ms", "source_check_ms", "anomaly_device_windows")
+                  "max_future_ms", "max_seq_jump", "device_expiry_ms", "source_check_ms", "anomaly_device_windows",
+                  "group_ms")
         if not self.max_abs_value > 0:
             raise ValueError(f"max_abs_value must be > 0, got {self.max_abs_value}")
         if 0 < self.anomaly_device_windows < 10:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from pyflink.common import Types, WatermarkStrategy
-from pyflink.datastream import KeyedStream, OutputTag, StreamExecutionEnvironment
+from pyflink.datastream import DataStream, KeyedStream, OutputTag, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetsInitializer,
@@ -23,6 +23,8 @@ from operators.outgoing import Outgoing, dead_letter_out
 from schemas import DeadLetter
 
 SEP = "\x1f"
+GROUP_MARK = 0  # first byte of a ReadingGrouper record holding several envelopes (a topic name never starts so)
+GROUP_MAX_BYTES = 8 * 1024 * 1024  # ReadingGrouper sends every group on when more than this is held
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())  # each job's side output for bad input
 
 
@@ -58,13 +60,38 @@ def split_envelope(data) -> tuple[str, int, int, int, bytes]:
     return topic.decode(), int(partition), int(offset), int(timestamp), payload
 
 
+def unpack_group(data) -> list[bytes]:
+    """The envelopes of a record (its bytes, or the ``Row(key, bytes)`` of a keyed source) from
+    ``ReadingGrouper``: the record itself when it is one envelope, else
+    each length-prefixed envelope after the group mark.
+
+    >>> unpack_group(b"readings 0 1 5\\n{}")
+    [b'readings 0 1 5\\n{}']
+    >>> unpack_group(b"\\x00" + (3).to_bytes(4, "big") + b"a\\nb" + (2).to_bytes(4, "big") + b"c\\n")
+    [b'a\\nb', b'c\\n']
+    """
+    if not isinstance(data, (bytes, bytearray)):  # the Row(key, bytes) of a keyed source
+        data = data[1]
+    if not data or data[0] != GROUP_MARK:
+        return [data]
+    envelopes, at, end = [], 1, len(data)
+    while at < end:
+        n = int.from_bytes(data[at:at + 4], "big")
+        envelopes.append(bytes(data[at + 4:at + 4 + n]))
+        at += 4 + n
+    return envelopes
+
+
 def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[str], group_id: str,
-                 name: str, key_field: str = "device_id", from_committed: bool = True) -> KeyedStream:
+                 name: str, key_field: str = "device_id", from_committed: bool = True,
+                 group: tuple[int, int] = (1, 0)) -> KeyedStream:
     """KafkaSource over ``topics`` keyed by a top-level JSON field of the payload, read in Java.
 
     Elements are the enveloped bytes; the source resumes from committed offsets (and from
     checkpointed ones when restored). ``name`` is also the source's uid, which keys its offsets
-    in savepoints."""
+    in savepoints. ``group = (most messages, most milliseconds)``: when both allow it, messages of
+    one key are grouped in Java (``ReadingGrouper``, stateless: it sends everything on before each
+    checkpoint) into records that ``unpack_group`` splits."""
     jvm = get_gateway().jvm
     if from_committed:  # PyFlink's own helper points at the shaded SQL-connector class
         offsets = KafkaOffsetsInitializer(
@@ -84,6 +111,11 @@ def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[s
     payload_type = Types.PRIMITIVE_ARRAY(Types.BYTE())
     rows = env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), name,
                            type_info=Types.ROW([Types.STRING(), payload_type])).uid(name)
+    most, wait_ms = group
+    if most > 1 and wait_ms > 0:
+        grouper = jvm.io.sensorloop.flink.ReadingGrouper(most, wait_ms, GROUP_MAX_BYTES)
+        j_rows = rows._j_data_stream.transform(f"{name}-groups", rows._j_data_stream.getType(), grouper)
+        rows = DataStream(j_rows.uid(f"{name}-groups"))
     # the same Row(key, value) + KeyByKeySelector shape PyFlink's own key_by builds, minus its Python map
     j_keyed = rows._j_data_stream.keyBy(jvm.org.apache.flink.streaming.api.functions.python.KeyByKeySelector(),
                                         Types.ROW([Types.STRING()]).get_java_type_info())

@@ -45,6 +45,7 @@ from stream_jobs.kafka_io import (
     routed,
     routed_sink,
     split_envelope,
+    unpack_group,
 )
 from stream_jobs.source_probe import KafkaRecordProbe, SourceWatchThread, report
 
@@ -56,8 +57,9 @@ STATS_EVERY_S = 5.0
 class ReadingsToWindows(KeyedProcessFunction):
     """Validate each record and cut per-device sliding windows, in one keyed operator.
 
-    The stream is keyed in Java by the payload's ``device_id`` (``JsonKeyedDeserializer``), so each
-    reading crosses into Python once. With several served models, each reading's device type (or
+    The stream is keyed in Java by the payload's ``device_id`` (``JsonKeyedDeserializer``), and a device's
+    messages are grouped there (``ReadingGrouper``, ``serving.group_readings`` / ``group_ms``), so a group
+    crosses into Python once, with one read and one write of the device's state. With several served models, each reading's device type (or
     device id pattern) picks the model whose channels, window and stride apply. Bad records become
     dead letters with their partition and offset; window state lives in Flink keyed state (checkpointed).
     """
@@ -101,9 +103,9 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.dead.inc()
         return DEAD_LETTERS, dead_letter_record(self.cfg.topics.dead_letters, letter)
 
-    def _device_state(self, model: str):
-        """The device's window state for ``model``'s readings, or why the reading cannot use it."""
-        state = self.state.value()
+    def _device_state(self, model: str, state):
+        """The device's window state (``state``, the one held) for ``model``'s readings, or why the reading
+        cannot use it."""
         if state is None:
             return self.windowers[model].new_state(model)
         if not state.model_name:  # kept by a job that served one model: registry.model_name
@@ -116,49 +118,57 @@ class ReadingsToWindows(KeyedProcessFunction):
         return state
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
-        _, partition, offset, ingest_ms, payload = split_envelope(value)
-        self.readings_in.inc()
-        went_back = self.watch.see(partition, offset)
-        if went_back is not None:
-            report(went_back)
+        """One message of a device, or a group of its messages (``ReadingGrouper``): each is validated and
+        windowed in order as if it came alone, with one state read and write and one record for all the
+        windows they complete."""
         now = ctx.timer_service().current_processing_time()
-        parsed = self.parser.parse(payload, partition, offset, now)
-        if isinstance(parsed, DeadLetter):
-            yield self._dead_letter(parsed)
+        key = ctx.get_current_key()
+        held = self.state.value()
+        state, windows, changed = held, [], False
+        envelopes = unpack_group(value)
+        self.readings_in.inc(len(envelopes))
+        for envelope in envelopes:
+            _, partition, offset, ingest_ms, payload = split_envelope(envelope)
+            went_back = self.watch.see(partition, offset)
+            if went_back is not None:
+                report(went_back)
+            parsed = self.parser.parse(payload, partition, offset, now)
+            if isinstance(parsed, DeadLetter):
+                yield self._dead_letter(parsed)
+                continue
+            model, reading = parsed
+            if reading.device_id != key:  # e.g. a duplicated "device_id" field
+                yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset,
+                                                                "device_id: ambiguous (appears more than once)",
+                                                                "device_id"))
+                continue
+            usable = self._device_state(model, state)
+            if isinstance(usable, str):
+                yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset, usable,
+                                                                "device_type"))
+                continue
+            state, changed = usable, True
+            windower = self.windowers[model]
+            if isinstance(reading, SampleBlock):
+                self.samples += len(reading)
+                done, rejections = windower.add_block(state, reading, ingest_ms)
+            else:
+                self.samples += 1
+                done, rejections = windower.add(state, reading, ingest_ms)
+            windows.extend(done)
+            for rejection in rejections:
+                self.late.inc()
+                yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset, rejection.reason,
+                                                                "seq" if reading.seq is not None else "ts", "window"))
+        if not changed:
             return
-        model, reading = parsed
-        if reading.device_id != ctx.get_current_key():  # e.g. a duplicated "device_id" field
-            yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset,
-                                                            "device_id: ambiguous (appears more than once)",
-                                                            "device_id"))
-            return
-        state = self._device_state(model)
-        if isinstance(state, str):
-            yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset, state, "device_type"))
-            return
-        windower = self.windowers[model]
-        block = isinstance(reading, SampleBlock)
-        if block:
-            self.samples += len(reading)
-            windows, rejections = windower.add_block(state, reading, ingest_ms)
-        else:
-            self.samples += 1
-            windows, rejections = windower.add(state, reading, ingest_ms)
-        expiry_check = windower.touch(state, now, self.cfg.serving.device_expiry_ms)
+        expiry_check = SlidingWindower.touch(state, now, self.cfg.serving.device_expiry_ms)
         self.state.update(state)
         if expiry_check is not None:
             ctx.timer_service().register_processing_time_timer(expiry_check)
-        if block and len(windows) > 1:  # a block's windows travel on as one record (one pickle, one state write)
+        if windows:
             self.windows_out.inc(len(windows))
-            yield windows
-        else:
-            for window in windows:
-                self.windows_out.inc()
-                yield window
-        for rejection in rejections:
-            self.late.inc()
-            yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset, rejection.reason,
-                                                            "seq" if reading.seq is not None else "ts", "window"))
+            yield windows if len(windows) > 1 else windows[0]  # several travel on as one record (one pickle)
         if state.pending:
             ctx.timer_service().register_processing_time_timer(now + IDLE_FLUSH_MS)
 
@@ -399,7 +409,8 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     except ValueError as exc:
         raise SystemExit(f"sensorloop serving job: {exc} (serving.window = {cfg.serving.window})") from None
     shards = cfg.serving.inference_shards or max(1, cfg.flink.parallelism)
-    readings = keyed_source(env, cfg.broker.bootstrap, [topics.readings], group_id, "sensor-readings", "device_id")
+    readings = keyed_source(env, cfg.broker.bootstrap, [topics.readings], group_id, "sensor-readings", "device_id",
+                            group=(cfg.serving.group_readings, cfg.serving.group_ms))
     windows = (readings.process(ReadingsToWindows(cfg, models), output_type=Types.PICKLED_BYTE_ARRAY())
                .name("parse-and-window").uid("parse-and-window"))
     announcements = keyed_source(env, cfg.broker.bootstrap, [topics.model_snapshots, topics.drift_events],

@@ -29,6 +29,7 @@ def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy
     for name in ("parse-and-window", "model-announcements", "inference"):
         assert serving[name] == name, serving
     assert serving["Source: sensor-readings"] == "sensor-readings"
+    assert serving["sensor-readings-groups"] == "sensor-readings-groups"  # ReadingGrouper, on by default
     assert serving["Source: model-snapshots-and-drift-events"] == "model-snapshots-and-drift-events"
     assert serving["kafka-out: Writer"] == "kafka-out"
 
@@ -39,6 +40,13 @@ def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy
         assert learning[name] == name, learning
     assert learning["Source: reviews-and-labels"] == "reviews-and-labels"
     assert learning["kafka-out: Writer"] == "kafka-out"
+
+
+def test_grouping_off_leaves_the_source_feeding_python_directly(tmp_path, registry_copy):
+    cfg = config(tmp_path, registry_copy).with_values({"serving.group_ms": 0})
+    env = make_env(cfg, "serving")
+    build_serving_job(env, cfg)
+    assert "sensor-readings-groups" not in uids(env)
 
 
 def test_the_local_jvm_runs_with_the_configured_options(tmp_path, registry_copy):

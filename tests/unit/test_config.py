@@ -67,6 +67,15 @@ def test_the_anomaly_settings_refuse_values_that_mean_nothing(tmp_path):
                                               "learning.unlabeled_anchor": "0"}).serving.anomaly_device_windows == int(fine)
 
 
+def test_message_grouping_settings_refuse_what_cannot_group(tmp_path):
+    with pytest.raises(ConfigError, match="group_readings must be >= 1, got 0"):
+        load_config(None, env={}, flags={"serving.group_readings": "0"})
+    with pytest.raises(ConfigError, match="group_ms must be >= 0, got -1"):
+        load_config(None, env={}, flags={"serving.group_ms": "-1"})
+    off = load_config(None, env={"SENSORLOOP_SERVING_GROUP_MS": "0"}).serving
+    assert (off.group_ms, off.group_readings) == (0, 32)
+
+
 def test_unreadable_files_are_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml", env={})
