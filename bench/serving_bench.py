@@ -13,7 +13,7 @@ Measured in the same run, each on a fresh broker:
   measuring consumer yielding the cores to the job (their scheduler autogroups at nice 10, as if
   they ran on other machines), which tells the job's own overhead from the co-located services'.
 
-Run: ``python bench/serving_bench.py [--rates 500,1000,2500,5000] [--seconds 20] [--preload 60000]``.
+Run: ``python bench/serving_bench.py [--rates 500,1000,2500,5000] [--seconds 20] [--preload 200000]``.
 """
 
 from __future__ import annotations
@@ -418,7 +418,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rates", default="500,1000,2500,5000")
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--preload", type=int, default=60_000)
+    parser.add_argument("--preload", type=int, default=200_000)
     parser.add_argument("--registry", default="var/registry")
     parser.add_argument("--linger-ms", type=int, default=DEFAULT_LINGER_MS,
                         help="the sender's batching wait (Tansu's fetch cost grows with the batches a topic holds)")

@@ -127,11 +127,12 @@ class ReadingsToWindows(KeyedProcessFunction):
         state, windows, changed = held, [], False
         envelopes = unpack_group(value)
         self.readings_in.inc(len(envelopes))
-        for envelope in envelopes:
+        for i, envelope in enumerate(envelopes):
             _, partition, offset, ingest_ms, payload = split_envelope(envelope)
-            went_back = self.watch.see(partition, offset)
-            if went_back is not None:
-                report(went_back)
+            if i == 0:  # groups keep the offset order of their first messages only (ReadingGrouper)
+                went_back = self.watch.see(partition, offset)
+                if went_back is not None:
+                    report(went_back)
             parsed = self.parser.parse(payload, partition, offset, now)
             if isinstance(parsed, DeadLetter):
                 yield self._dead_letter(parsed)

@@ -15,11 +15,12 @@ import org.apache.flink.types.Row;
  * Groups the keyed source's Row(key, envelope) records of one key into one record, so that a device
  * sending one sample per message crosses into Python once per group instead of once per message.
  *
- * <p>A key's group is sent on when it holds {@code maxRecords} records, all groups when the oldest
- * buffered record has waited {@code maxDelayMs}, when more than {@code maxBytes} are buffered, before
- * every checkpoint barrier ({@code prepareSnapshotPreBarrier}: nothing is buffered across a
- * checkpoint, so the operator has no state and exactly-once holds) and at the end of input. Records
- * of one key keep their order. A group of one record is sent as it came; a larger group is
+ * <p>All groups are sent on when one holds {@code maxRecords} records, when the oldest buffered record
+ * has waited {@code maxDelayMs}, when more than {@code maxBytes} are buffered, before every checkpoint
+ * barrier ({@code prepareSnapshotPreBarrier}: nothing is buffered across a checkpoint, so the operator
+ * has no state and exactly-once holds) and at the end of input. Records of one key keep their order,
+ * and groups go out in the order of their first records, so the first records of the groups keep
+ * their partition's offset order (which the serving job's source watch checks). A group of one record is sent as it came; a larger group is
  * {@code 0x00} followed by each envelope as a 4-byte big-endian length and its bytes (an envelope
  * starts with its topic's name, never with {@code 0x00}).
  */
@@ -59,13 +60,9 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
         List<byte[]> group = groups.computeIfAbsent(key, k -> new ArrayList<>());
         group.add(envelope);
         buffered += envelope.length;
-        if (group.size() >= maxRecords) {
-            groups.remove(key);
-            emit(key, group);
-        }
-        if (buffered > maxBytes || maxDelayMs == 0) {
+        if (group.size() >= maxRecords || buffered > maxBytes || maxDelayMs == 0) {
             flushAll();
-        } else if (!groups.isEmpty() && !timerSet) {
+        } else if (!timerSet) {
             timerSet = true;
             long now = getProcessingTimeService().getCurrentProcessingTime();
             getProcessingTimeService().registerTimer(now + maxDelayMs, this);
@@ -91,17 +88,10 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
 
     private void flushAll() {
         for (Map.Entry<String, List<byte[]>> entry : groups.entrySet()) {
-            emit(entry.getKey(), entry.getValue());
+            output.collect(new StreamRecord<>(Row.of(entry.getKey(), pack(entry.getValue()))));
         }
         groups.clear();
         buffered = 0;
-    }
-
-    private void emit(String key, List<byte[]> group) {
-        for (byte[] envelope : group) {
-            buffered -= envelope.length;
-        }
-        output.collect(new StreamRecord<>(Row.of(key, pack(group))));
     }
 
     /** One envelope as it is; several as MARK, then (4-byte big-endian length, bytes) for each. */
