@@ -59,9 +59,10 @@ class ReadingsToWindows(KeyedProcessFunction):
 
     The stream is keyed in Java by the payload's ``device_id`` (``JsonKeyedDeserializer``), and a device's
     messages are grouped there (``ReadingGrouper``, ``serving.group_readings`` / ``group_ms``), so a group
-    crosses into Python once, with one read and one write of the device's state. With several served models, each reading's device type (or
-    device id pattern) picks the model whose channels, window and stride apply. Bad records become
-    dead letters with their partition and offset; window state lives in Flink keyed state (checkpointed).
+    crosses into Python once, with one read and one write of the device's state. With several served
+    models, each reading's device type (or device id pattern) picks the model whose channels, window and
+    stride apply. Bad records become dead letters with their partition and offset; window state lives in
+    Flink keyed state (checkpointed).
     """
 
     def __init__(self, cfg: Config, models: list[ServedModel]) -> None:
@@ -123,8 +124,7 @@ class ReadingsToWindows(KeyedProcessFunction):
         windows they complete."""
         now = ctx.timer_service().current_processing_time()
         key = ctx.get_current_key()
-        held = self.state.value()
-        state, windows, changed = held, [], False
+        state, windows, changed = self.state.value(), [], False
         envelopes = unpack_group(value)
         self.readings_in.inc(len(envelopes))
         for i, envelope in enumerate(envelopes):
