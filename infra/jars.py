@@ -106,7 +106,7 @@ def _sources_digest() -> str:
 
 
 def ensure_helper_jar(folder: str = "") -> Path:
-    """Compile the Java helpers (envelope deserializer, routed serializer) when their source changed."""
+    """Compile the Java helpers (envelope deserializer, message grouper, routed serializer) when their source changed."""
     dest = jars_dir(folder)
     jar = dest / HELPER_JAR
     stamp = dest / (HELPER_JAR + ".sha256")
