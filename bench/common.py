@@ -9,17 +9,18 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def wiimote_by_device(first_devices: int, window: int = 32, stride: int = 8):
+def wiimote_by_device(first_devices: int, window: int = 32, stride: int = 8, with_devices: bool = False):
     """PickupGestureWiimoteZ (one accelerometer channel, ten gestures) cut into windows, split by device:
     the recordings of devices ``0 .. first_devices - 1`` and those of the rest, as
-    ``(classes, (X, labels), (X, labels))``. The k-th recording of each gesture is device k % 10, so
-    every device made every gesture."""
+    ``(classes, (X, labels), (X, labels))`` (``with_devices``: ``(X, labels, devices)``, each window's
+    device number). The k-th recording of each gesture is device k % 10, so every device made every
+    gesture."""
     import numpy as np
     from aeon.datasets import load_classification
 
     series, labels = load_classification("PickupGestureWiimoteZ")
     classes = tuple(sorted({str(v) for v in labels}, key=int))
-    first, rest = ([], []), ([], [])
+    first, rest = ([], [], []), ([], [], [])
     seen: dict[str, int] = {}
     for s, label in zip(series, labels):
         k = seen[str(label)] = seen.get(str(label), -1) + 1
@@ -28,7 +29,10 @@ def wiimote_by_device(first_devices: int, window: int = 32, stride: int = 8):
         for start in range(0, len(values) - window + 1, stride):
             side[0].append(values[start:start + window, None])
             side[1].append(str(label))
-    return (classes, (np.stack(first[0]), np.asarray(first[1])), (np.stack(rest[0]), np.asarray(rest[1])))
+            side[2].append(k % 10)
+    parts = 3 if with_devices else 2
+    return (classes, (np.stack(first[0]), *map(np.asarray, first[1:parts])),
+            (np.stack(rest[0]), *map(np.asarray, rest[1:parts])))
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> str:

@@ -19,6 +19,7 @@ from model.registry import (
 )
 from model.spec import output_names
 from model.runtime import OnnxRunner, Runner, TorchRunner
+from operators.device_normalisation import adapt
 from model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,20 @@ class ServingModel:
     spec: ModelSpec
     runner: Runner
     precision: str = "fp32"  # "int8" when the version's quantized graph serves
+    input_reference: np.ndarray | None = None  # [[means], [deviations]] the model normalises its input by (None:
+    #                                            unknown, e.g. a cold start's version 0: windows are served as sent)
+
+    def adapt(self, windows: list) -> None:
+        """Re-express, in place, the windows that carry their device's input statistics
+        (``serving.device_normalisation_windows``) with this model's input mean and deviation; each is
+        adapted once (its statistics are dropped)."""
+        ref = self.input_reference
+        if ref is None:
+            return
+        for window in windows:
+            if window.device_stats is not None:
+                window.values = adapt(window.values, window.device_stats, ref[0], ref[1])
+                window.device_stats = None
 
     @property
     def provider(self) -> str:
@@ -164,7 +179,25 @@ def build_serving_model(loaded: LoadedVersion, runtime: str = "onnx", device: st
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
         raise ArtifactError(f"cannot load {loaded.metadata.model_name} v{loaded.metadata.version}: {exc}") from None
     smoke_test(runner, spec)
-    return ServingModel(meta.model_name, meta.version, spec, runner, "int8" if serve_int8 else "fp32")
+    reference = (input_reference(loaded.onnx_bytes, spec.n_channels) if runtime == "onnx" else
+                 np.stack([runner.net.mean.cpu().numpy(), runner.net.std.cpu().numpy()]).astype(np.float32))
+    return ServingModel(meta.model_name, meta.version, spec, runner, "int8" if serve_int8 else "fp32", reference)
+
+
+def input_reference(onnx_bytes: bytes, n_channels: int) -> np.ndarray | None:
+    """The per-channel input mean and deviation ``[[means], [deviations]]`` an exported network normalises
+    by (its ``mean`` and ``std`` initializers), or None when the graph has none of that shape."""
+    import onnx
+    from onnx import numpy_helper
+
+    found = {}
+    for tensor in onnx.load_from_string(onnx_bytes).graph.initializer:
+        name = tensor.name.rsplit(".", 1)[-1] if tensor.name in ("mean", "std", "net.mean", "net.std") else None
+        if name is not None and tuple(tensor.dims) == (n_channels,):
+            found[name] = numpy_helper.to_array(tensor)
+    if set(found) != {"mean", "std"}:
+        return None
+    return np.stack([found["mean"], found["std"]]).astype(np.float32)
 
 
 def load_from_registry(root: str, name: str, version: int | None = None, runtime: str = "onnx",

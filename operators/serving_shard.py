@@ -205,6 +205,7 @@ class InferenceShard:
         if self.boost_until is not None and now_ms >= self.boost_until:
             self.scorer.router.set_budget(self.settings.review_budget_per_minute)
             self.boost_until = None
+        self.model.adapt(windows)  # per-device input normalisation, where the windows carry their device's statistics
         model_s = self.scorer.stats.inference_s
         predictions, reviews, forecasts, unscored = self.scorer.score_all(windows, now_ms)
         model_s = self.scorer.stats.inference_s - model_s

@@ -41,18 +41,21 @@ class Window:
     truth: str | None
     ingest_ms: int
     model_name: str = ""  # the served model that scores it ("" where only one is served)
+    device_stats: np.ndarray | None = None  # [[means], [deviations]] of the device's earlier windows, when
+    #                                         serving normalises per device (operators.device_normalisation)
 
     def __reduce__(self):
         # Flink pickles every window two or three times on its way to inference; raw bytes pickle
         # about 3x faster than the array's own reduce
         values = self.values
         return _rebuild_window, (self.device_id, self.start, self.end, values.tobytes(), values.dtype.str,
-                                 values.shape, self.truth, self.ingest_ms, self.model_name)
+                                 values.shape, self.truth, self.ingest_ms, self.model_name, self.device_stats)
 
 
 def _rebuild_window(device_id: str, start: int, end: int, raw: bytes, dtype: str, shape: tuple,
-                    truth: str | None, ingest_ms: int, model_name: str = "") -> Window:
-    return Window(device_id, start, end, _array(raw, dtype, shape), truth, ingest_ms, model_name)
+                    truth: str | None, ingest_ms: int, model_name: str = "",
+                    device_stats: np.ndarray | None = None) -> Window:
+    return Window(device_id, start, end, _array(raw, dtype, shape), truth, ingest_ms, model_name, device_stats)
 
 
 def _array(raw: bytes, dtype: str, shape: tuple) -> np.ndarray:
@@ -109,6 +112,7 @@ class DeviceState:
     last_seen_ms: int | None = None  # the job's clock when the device's newest reading arrived
     expiry_check_ms: int | None = None  # when the job checks next whether the device went idle for good
     model_name: str = ""  # the served model whose windows this device's readings make
+    input_stats: object = None  # the device's input statistics (operators.device_normalisation.InputStats)
 
     def __reduce__(self):
         ring, ts = self.ring, self.ts
@@ -118,7 +122,7 @@ class DeviceState:
 
 _DEVICE_STATE_REST = ("labels", "count", "last_ts", "next_seq", "pending", "pending_keys", "max_ts", "device_id",
                       "late", "gaps", "resets", "last_seen_ms", "expiry_check_ms",
-                      "model_name")  # new fields last: old pickles load
+                      "model_name", "input_stats")  # new fields last: old pickles load
 
 
 def _rebuild_device_state(ring: bytes, ring_dtype: str, ring_shape: tuple, ts: bytes, ts_dtype: str,

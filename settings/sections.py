@@ -158,6 +158,10 @@ class ServingSettings:
     anomaly_device_windows: int = 0  # >= 10: each device's scores are re-expressed as how rare they are among its
     #                                  own first this many windows under a version (operators.device_baseline);
     #                                  0: the model's score as it is
+    device_normalisation_windows: int = 0  # > 0: each device's inputs are re-expressed with the model's per-channel
+    #                                        mean and deviation in place of the device's own, learned online from
+    #                                        its windows once it has sent this many (operators.device_normalisation)
+    device_normalisation_halflife: int = 0  # windows after which a device's older windows count half (0: all the same)
     unlabeled_share: float = 0.05  # share of the windows of a model with anomaly or forecast heads passed to the
     #                                learning side unlabeled (topics.windows) for their self-supervised objectives
     group_readings: int = 32  # up to this many messages of one device are grouped in Java (ReadingGrouper) and cross
@@ -172,7 +176,7 @@ class ServingSettings:
         _at_least(self, 0, "model_version", "inference_shards", "max_out_of_order_ms", "seq_gap_timeout_ms",
                   "max_wait_ms", "review_budget_per_minute", "reset_gap_ms", "drift_budget_per_minute", "drift_boost_seconds",
                   "max_future_ms", "max_seq_jump", "device_expiry_ms", "source_check_ms", "anomaly_device_windows",
-                  "group_ms")
+                  "group_ms", "device_normalisation_windows", "device_normalisation_halflife")
         if not self.max_abs_value > 0:
             raise ValueError(f"max_abs_value must be > 0, got {self.max_abs_value}")
         if 0 < self.anomaly_device_windows < 10:

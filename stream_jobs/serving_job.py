@@ -20,6 +20,8 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from model.registry import ArtifactError, ModelRegistry
 from model.spec import ModelSpec
 from model.signing import AnnouncementVerifier
+from operators.device_intake import DeviceIntake, Message
+from operators.device_normalisation import DeviceNormaliser
 from operators.model_routing import DeviceRouter, ServedModel, served_models
 from operators.parse import ReadingParser, RoutedParser, raw_text
 from operators.serving_model import (
@@ -34,7 +36,6 @@ from operators.serving_shard import InferenceShard
 from operators.source_watch import SourceWatch
 from operators.windowing import SlidingWindower
 from schemas import DeadLetter, DriftEvent, ModelSnapshot, SchemaError
-from schemas.blocks import SampleBlock
 from settings import Config
 from stream_jobs.flink_env import JobRun, make_env, parse_job_args
 from stream_jobs.kafka_io import (
@@ -79,6 +80,10 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.windowers = {m.name: SlidingWindower(m.window, m.stride, len(m.channels), s.max_out_of_order_ms,
                                                   s.max_seq_gap_buffer, s.reset_gap_ms, s.seq_gap_timeout_ms,
                                                   s.max_seq_jump) for m in self.models}
+        normalisers = ({m.name: DeviceNormaliser(s.device_normalisation_windows, s.device_normalisation_halflife)
+                        for m in self.models} if s.device_normalisation_windows else None)
+        self.intake = DeviceIntake(self.parser, self.windowers, self.cfg.registry.model_name, s.device_expiry_ms,
+                                   normalisers)
         self.state = runtime_context.get_state(ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY()))
         group = runtime_context.get_metrics_group()
         self.readings_in = group.counter("readings_in")
@@ -104,69 +109,34 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.dead.inc()
         return DEAD_LETTERS, dead_letter_record(self.cfg.topics.dead_letters, letter)
 
-    def _device_state(self, model: str, state):
-        """The device's window state (``state``, the one held) for ``model``'s readings, or why the reading
-        cannot use it."""
-        if state is None:
-            return self.windowers[model].new_state(model)
-        if not state.model_name:  # kept by a job that served one model: registry.model_name
-            state.model_name = model if len(self.models) == 1 else self.cfg.registry.model_name
-        if state.model_name != model:
-            expiry_s = self.cfg.serving.device_expiry_ms // 1000
-            return (f"device_type: device {state.device_id!r} sends readings for model {state.model_name}; this one "
-                    f"is for {model} (a device's readings go to one model"
-                    + (f"; after {expiry_s} s of silence it may change)" if expiry_s else ")"))
-        return state
-
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         """One message of a device, or a group of its messages (``ReadingGrouper``): each is validated and
-        windowed in order as if it came alone, with one state read and write and one record for all the
-        windows they complete."""
+        windowed in order as if it came alone (``DeviceIntake``), with one state read and write and one record
+        for all the windows they complete."""
         now = ctx.timer_service().current_processing_time()
-        key = ctx.get_current_key()
-        state, windows, changed = self.state.value(), [], False
-        envelopes = unpack_group(value)
-        self.readings_in.inc(len(envelopes))
-        for i, envelope in enumerate(envelopes):
+        messages = []
+        for i, envelope in enumerate(unpack_group(value)):
             _, partition, offset, ingest_ms, payload = split_envelope(envelope)
             if i == 0:  # groups keep the offset order of their first messages only (ReadingGrouper)
                 went_back = self.watch.see(partition, offset)
                 if went_back is not None:
                     report(went_back)
-            parsed = self.parser.parse(payload, partition, offset, now)
-            if isinstance(parsed, DeadLetter):
-                yield self._dead_letter(parsed)
-                continue
-            model, reading = parsed
-            if reading.device_id != key:  # e.g. a duplicated "device_id" field
-                yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset,
-                                                                "device_id: ambiguous (appears more than once)",
-                                                                "device_id"))
-                continue
-            usable = self._device_state(model, state)
-            if isinstance(usable, str):
-                yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset, usable,
-                                                                "device_type"))
-                continue
-            state, changed = usable, True
-            windower = self.windowers[model]
-            if isinstance(reading, SampleBlock):
-                self.samples += len(reading)
-                done, rejections = windower.add_block(state, reading, ingest_ms)
-            else:
-                self.samples += 1
-                done, rejections = windower.add(state, reading, ingest_ms)
-            windows.extend(done)
-            for rejection in rejections:
-                self.late.inc()
-                yield self._dead_letter(self.parser.dead_letter(model, payload, partition, offset, rejection.reason,
-                                                                "seq" if reading.seq is not None else "ts", "window"))
-        if not changed:
+            messages.append(Message(partition, offset, ingest_ms, payload))
+        self.readings_in.inc(len(messages))
+        out = self.intake.take(ctx.get_current_key(), messages, self.state.value(), now)
+        self.samples += out.samples
+        if out.late:
+            self.late.inc(out.late)
+        for letter in out.dead_letters:
+            yield self._dead_letter(letter)
+        if not out.changed:
             return
+        state = out.state
         expiry_check = SlidingWindower.touch(state, now, self.cfg.serving.device_expiry_ms)
         self.state.update(state)
         if expiry_check is not None:
             ctx.timer_service().register_processing_time_timer(expiry_check)
+        windows = out.windows
         if windows:
             self.windows_out.inc(len(windows))
             yield windows if len(windows) > 1 else windows[0]  # several travel on as one record (one pickle)
@@ -178,8 +148,9 @@ class ReadingsToWindows(KeyedProcessFunction):
         if state is None:
             return
         now = ctx.timer_service().current_processing_time()
-        windower = (self.windowers.get(state.model_name or self.cfg.registry.model_name)
-                    or self.windowers[self.models[0].name])
+        model = state.model_name or self.cfg.registry.model_name
+        model = model if model in self.windowers else self.models[0].name
+        windower = self.windowers[model]
         if windower.expired(state, now, self.cfg.serving.device_expiry_ms):
             self.state.clear()  # held readings older than the expiry are of no use to any window
             self.expired.inc()
@@ -189,7 +160,7 @@ class ReadingsToWindows(KeyedProcessFunction):
         if not windower.idle(state, now, IDLE_FLUSH_MS):
             ctx.timer_service().register_processing_time_timer(timestamp + IDLE_FLUSH_MS)
             return
-        windows = windower.flush(state)
+        windows = self.intake.with_stats(state, windower.flush(state), model)
         self.state.update(state)
         for window in windows:
             self.windows_out.inc()

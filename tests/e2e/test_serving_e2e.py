@@ -145,3 +145,44 @@ def test_a_fall_in_served_confidence_is_published_as_a_drift(broker, trained_reg
     assert events and events[0].signal == "confidence" and events[0].model_version == 1, (events, summary)
     assert events[0].boost_budget_per_minute == 600  # serving raised its own review budget for a while
     print(summary)
+
+
+def test_per_device_normalisation_through_the_job(broker, trained_registry, tmp_path):
+    """``serving.device_normalisation_windows`` in the real job: one device sends through a sensor with
+    another gain and offset per channel. Every window goes to review (audit rate 1), and each request
+    carries the window as the model saw it: the device's first two windows as sent, every later one
+    re-expressed by the statistics of the device's earlier windows, computed here from what was sent."""
+    import numpy as np
+
+    from operators.device_normalisation import DeviceNormaliser, adapt
+    from operators.serving_model import load_from_registry
+
+    readings = replayed_readings(n_devices=2, per_device=96)
+    gain, offset = np.asarray([2.0, 3.0, 0.5, 2.5, 1.5, 4.0]), np.asarray([1.0, -2.0, 0.5, 3.0, -1.0, 0.0])
+    for r in readings:
+        if r["device_id"] == readings[0]["device_id"]:
+            r["values"] = [round(float(v), 5) for v in np.asarray(r["values"]) * gain + offset]
+    expected = expected_window_ends(readings, window=32, stride=8)
+    job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
+                      state_dir=str(tmp_path / "ck"), audit_rate=1.0, review_budget_per_minute=100_000,
+                      device_normalisation_windows=2)
+    with job:
+        produce(broker.bootstrap, TOPICS.readings, encoded(readings))
+        out = collect(broker.bootstrap, {TOPICS.review_requests: len(expected), TOPICS.predictions: len(expected)},
+                      timeout_s=180, job=job)
+    requests = {r.review_id: r for r in (ReviewRequest.decode(x.value) for x in out[TOPICS.review_requests])}
+    assert {(r.device_id, r.window_end) for r in requests.values()} == expected
+    reference = load_from_registry(trained_registry, "basic-motions").input_reference
+    for device in {r["device_id"] for r in readings}:
+        sent = np.asarray([r["values"] for r in readings if r["device_id"] == device], np.float32)
+        ends = [r["ts"] for r in readings if r["device_id"] == device]
+        norm, stats, compared = DeviceNormaliser(2), None, 0
+        for i in range(31, len(sent), 8):
+            window = sent[i - 31:i + 1]
+            ref = norm.reference(stats)
+            want = window if ref is None else adapt(window, ref, reference[0], reference[1])
+            got = np.asarray(requests[f"{device}:{ends[i]}"].values, np.float32)
+            np.testing.assert_allclose(got, want, atol=2e-3, rtol=1e-3)
+            compared += ref is not None
+            stats = norm.observe(stats, window)
+        assert compared == 7

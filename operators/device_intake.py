@@ -1,0 +1,135 @@
+"""One device's messages in, its windows and dead letters out: the serving job's keyed intake.
+
+The serving job hands :class:`DeviceIntake` a device's messages (one, or a group of them that crossed
+into Python together) and the device's window state; each message is validated and windowed in order,
+exactly as if it came alone, so one bad message in a group is its own dead letter (with its partition and
+offset) and the others are used. With per-device input normalisation each window leaves with the
+statistics of the device's earlier windows (:mod:`operators.device_normalisation`).
+
+>>> from operators.model_routing import ServedModel
+>>> intake = DeviceIntake.for_models([ServedModel("m", ("x",), 2, 1)])
+>>> messages = [Message(0, i, 0, b'{"device_id": "d", "ts": %d, "values": [%d]}' % (i, i)) for i in range(3)]
+>>> messages.insert(1, Message(0, 9, 0, b'{"device_id": "d", "ts": "soon", "values": [1]}'))
+>>> out = intake.take("d", messages, None, now_ms=0)
+>>> [(w.start, w.end) for w in out.windows], [(d.offset, d.field) for d in out.dead_letters]
+([(0, 1), (1, 2)], [(9, 'ts')])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from operators.device_normalisation import DeviceNormaliser
+from operators.model_routing import DeviceRouter, ServedModel
+from operators.parse import ReadingParser, RoutedParser
+from operators.windowing import DeviceState, SlidingWindower, Window
+from schemas import DeadLetter
+from schemas.blocks import SampleBlock
+
+
+class Message(NamedTuple):
+    """One readings message and where it was read."""
+
+    partition: int
+    offset: int
+    ingest_ms: int
+    payload: bytes
+
+
+@dataclass
+class Intake:
+    """What a device's messages gave: its state afterwards (``changed``: whether to store it), the windows
+    they completed, dead letters (``late``: how many of them are readings behind what was used), and how
+    many samples were used."""
+
+    state: DeviceState | None
+    changed: bool = False
+    windows: list[Window] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    late: int = 0
+    samples: int = 0
+
+
+class DeviceIntake:
+    """Validates and windows each device's messages for the served ``models`` (``parser`` picks a model per
+    reading, ``windowers`` cut its windows); ``normalisers`` (per model) learn each device's input statistics.
+    A device's readings go to one model; after ``device_expiry_ms`` of silence (0: never) it may change."""
+
+    def __init__(self, parser: RoutedParser, windowers: dict[str, SlidingWindower], default_model: str,
+                 device_expiry_ms: int = 0, normalisers: dict[str, DeviceNormaliser] | None = None) -> None:
+        self.parser, self.windowers = parser, windowers
+        self.default_model, self.device_expiry_ms = default_model, device_expiry_ms
+        self.normalisers = normalisers or {}
+
+    @classmethod
+    def for_models(cls, models: list[ServedModel], topic: str = "sensor-readings", normalise_after: int = 0,
+                   halflife: int = 0) -> "DeviceIntake":
+        """An intake with default limits (for examples and tests); with several models a reading's
+        ``device_type`` names its model."""
+        named = len(models) > 1
+        router = DeviceRouter({m.name: m.name for m in models}) if named else DeviceRouter({}, [("*", models[0].name)])
+        parser = RoutedParser({m.name: ReadingParser(m.channels, topic, model_name=m.name if named else None)
+                               for m in models}, router)
+        windowers = {m.name: SlidingWindower(m.window, m.stride, len(m.channels)) for m in models}
+        normalisers = {m.name: DeviceNormaliser(normalise_after, halflife) for m in models} if normalise_after else None
+        return cls(parser, windowers, models[0].name, 0, normalisers)
+
+    def take(self, key: str, messages: list[Message], state: DeviceState | None, now_ms: int) -> Intake:
+        """Validate and window ``messages`` of device ``key`` in order, starting from ``state``."""
+        out = Intake(state)
+        for partition, offset, ingest_ms, payload in messages:
+            parsed = self.parser.parse(payload, partition, offset, now_ms)
+            if isinstance(parsed, DeadLetter):
+                out.dead_letters.append(parsed)
+                continue
+            model, reading = parsed
+            if reading.device_id != key:  # e.g. a duplicated "device_id" field
+                out.dead_letters.append(self.parser.dead_letter(
+                    model, payload, partition, offset, "device_id: ambiguous (appears more than once)", "device_id"))
+                continue
+            usable = self._device_state(model, out.state)
+            if isinstance(usable, str):
+                out.dead_letters.append(self.parser.dead_letter(model, payload, partition, offset, usable,
+                                                                "device_type"))
+                continue
+            out.state, out.changed = usable, True
+            windower = self.windowers[model]
+            if isinstance(reading, SampleBlock):
+                out.samples += len(reading)
+                done, rejections = windower.add_block(usable, reading, ingest_ms)
+            else:
+                out.samples += 1
+                done, rejections = windower.add(usable, reading, ingest_ms)
+            out.windows.extend(self.with_stats(usable, done, model))
+            for rejection in rejections:
+                out.late += 1
+                out.dead_letters.append(self.parser.dead_letter(
+                    model, payload, partition, offset, rejection.reason,
+                    "seq" if reading.seq is not None else "ts", "window"))
+        return out
+
+    def with_stats(self, state: DeviceState, windows: list[Window], model: str) -> list[Window]:
+        """``windows`` of the device, each given the input statistics of the device's windows before it (when
+        ``model``'s inputs are normalised per device), which then learn from it."""
+        normaliser = self.normalisers.get(model)
+        if normaliser is None:
+            return windows
+        for window in windows:
+            window.device_stats = normaliser.reference(state.input_stats)
+            state.input_stats = normaliser.observe(state.input_stats, window.values)
+        return windows
+
+    def _device_state(self, model: str, state: DeviceState | None) -> DeviceState | str:
+        """The device's window state (``state``, the one held) for ``model``'s readings, or why the reading
+        cannot use it."""
+        if state is None:
+            return self.windowers[model].new_state(model)
+        if not state.model_name:  # kept by a job that served one model: registry.model_name
+            state.model_name = model if len(self.windowers) == 1 else self.default_model
+        if state.model_name != model:
+            expiry_s = self.device_expiry_ms // 1000
+            return (f"device_type: device {state.device_id!r} sends readings for model {state.model_name}; this one "
+                    f"is for {model} (a device's readings go to one model"
+                    + (f"; after {expiry_s} s of silence it may change)" if expiry_s else ")"))
+        return state
