@@ -331,9 +331,11 @@ def calibration_line(cfg: Config, version: int, model_name: str | None = None) -
     if "temperature" not in metrics:
         return (f"model v{version}: no calibration recorded (published before calibration, or with under "
                 f"{MIN_WINDOWS} held-out windows)")
+    noise = metrics.get("ece_noise")
     return (f"model v{version}: temperature {metrics['temperature']:.2f}, expected calibration error "
             f"{metrics['ece_before']:.3f} -> {metrics['ece_after']:.3f} on {metrics['calibration_windows']:.0f} "
-            "held-out windows")
+            "held-out windows" + ("" if noise is None else
+                                  f" (a perfectly calibrated model reaches up to {noise:.3f} on as many)"))
 
 
 def named_models(by_label: dict[str, dict], served: list[str]) -> dict[str, dict]:

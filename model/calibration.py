@@ -12,6 +12,14 @@ windows that are really in doubt.
 True
 >>> ece(softmax(overconfident), labels) > 0.15 > ece(softmax(overconfident / t), labels)
 True
+
+On few windows the ECE of even a perfectly calibrated model is well above 0 (each bin's accuracy is
+estimated from few windows). :func:`ece_noise` says how high it goes by chance, so a version's ECE can
+be read against it:
+
+>>> calibrated = softmax(overconfident / t)
+>>> round(ece_noise(calibrated[:2000]), 3) < round(ece_noise(calibrated[:100]), 3)
+True
 """
 
 from __future__ import annotations
@@ -64,14 +72,35 @@ def ece(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS) -> floa
     return float(total / len(labels))
 
 
+def ece_noise(probabilities: np.ndarray, quantile: float = 0.95, draws: int = 400, seed: int = 0,
+              bins: int = BINS) -> float:
+    """How high the ECE of a perfectly calibrated model with these confidences reaches by chance on this
+    many windows: the ``quantile`` of the ECE over ``draws`` simulations in which each window's top class
+    is right with exactly its confidence. An ECE at or under it cannot be told from perfect calibration
+    on these windows."""
+    probabilities = np.asarray(probabilities, np.float64)
+    if len(probabilities) == 0:
+        return float("nan")
+    confidence = probabilities.max(axis=1)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    mean_confidence = np.bincount(which, confidence, minlength=bins) / np.maximum(counts, 1)
+    right = np.random.default_rng(seed).random((draws, len(confidence))) < confidence
+    hits = np.stack([np.bincount(which, r, minlength=bins) for r in right])  # [draws, bins]
+    gaps = np.abs(hits / np.maximum(counts, 1) - mean_confidence) * counts
+    return float(np.quantile(gaps.sum(axis=1) / len(confidence), quantile))
+
+
 def calibrate(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The temperature fitted on all the windows, and the ECE before and after it measured by
     cross-fitting (each half scored with the temperature fitted on the other half), so the "after"
-    figure is not scored on the windows it was fitted to."""
+    figure is not scored on the windows it was fitted to; ``ece_noise``: the ECE a perfectly calibrated
+    model with the "after" confidences reaches by chance on this many windows (95th percentile)."""
     logits, labels = np.asarray(logits, np.float64), np.asarray(labels, int)
     halves = [np.arange(len(labels)) % 2 == k for k in (0, 1)]
     scaled = np.empty_like(logits)
     for fit_on, score_on in (halves, halves[::-1]):
         scaled[score_on] = logits[score_on] / fit_temperature(logits[fit_on], labels[fit_on])
     return {"temperature": fit_temperature(logits, labels), "ece_before": ece(softmax(logits), labels),
-            "ece_after": ece(softmax(scaled), labels), "calibration_windows": float(len(labels))}
+            "ece_after": ece(softmax(scaled), labels), "ece_noise": ece_noise(softmax(scaled)),
+            "calibration_windows": float(len(labels))}

@@ -19,8 +19,8 @@ from model.registry import (
 )
 from model.spec import output_names
 from model.runtime import OnnxRunner, Runner, TorchRunner
-from operators.device_normalisation import adapt
 from model.spec import ModelSpec
+from operators.device_normalisation import adapt
 
 log = logging.getLogger(__name__)
 

@@ -182,3 +182,20 @@ def test_a_published_version_carries_its_calibration_and_serves_calibrated_proba
     assert ece(served, yh) < ece(softmax(logits_of(net, Xh)), yh)
     few = publish_version(ModelRegistry(str(tmp_path)), "m", net, spec, {}, calibration=(Xh[:5], yh[:5]))
     assert "temperature" not in few.metrics  # too few held-out windows to fit one
+
+
+def test_ece_noise_bounds_a_calibrated_models_ece_and_not_an_overconfident_ones():
+    """Labels drawn from the model's own probabilities (perfect calibration by construction): its ECE is
+    under ``ece_noise`` in about 95 % of samples of 150 windows; an overconfident model's is not."""
+    from model.calibration import ece, ece_noise, softmax
+
+    rng = np.random.default_rng(3)
+    under, over = [], []
+    for _ in range(60):
+        p = softmax(rng.normal(0, 1.5, (150, 5)))
+        labels = np.asarray([rng.choice(5, p=row) for row in p])
+        noise = ece_noise(p, draws=200, seed=int(rng.integers(1 << 30)))
+        under.append(ece(p, labels) <= noise)
+        sure = softmax(np.log(p) * 3)  # the same model, far surer of itself
+        over.append(ece(sure, labels) > ece_noise(sure, draws=200))
+    assert 0.85 <= np.mean(under) <= 1.0 and np.mean(over) > 0.9, (np.mean(under), np.mean(over))
