@@ -28,6 +28,7 @@ import numpy as np
 
 BINS = 10
 MIN_WINDOWS = 20  # held-out windows below which a version keeps temperature 1 (too few to fit one)
+BIAS_L2 = 0.01  # pull of the per-class biases towards 0 (learning.calibration = "temperature_bias")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -53,6 +54,39 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     best = grid[int(np.argmin([nll(logits, labels, t) for t in grid]))]
     fine = best * np.exp(np.linspace(-0.1, 0.1, 21))
     return float(fine[int(np.argmin([nll(logits, labels, t) for t in fine]))])
+
+
+def fit_temperature_bias(logits: np.ndarray, labels: np.ndarray, l2: float = BIAS_L2) -> tuple[float, np.ndarray]:
+    """A temperature and one bias per class (bias-corrected temperature scaling) minimising the negative
+    log-likelihood of ``logits / T + bias``, the biases pulled towards 0 by ``l2`` (a class with few
+    held-out windows keeps a small one); (1.0, zeros) with fewer than two windows."""
+    import torch
+
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels, int)
+    if len(labels) < 2:
+        return 1.0, np.zeros(logits.shape[1])
+    z, target = torch.as_tensor(logits), torch.as_tensor(labels)
+    log_t = torch.tensor(float(np.log(fit_temperature(logits, labels))), dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(logits.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t, bias], max_iter=200, line_search_fn="strong_wolfe")
+
+    def loss():
+        opt.zero_grad()
+        value = torch.nn.functional.cross_entropy(z / log_t.exp() + bias, target) + l2 * (bias ** 2).sum()
+        value.backward()
+        return value
+
+    opt.step(loss)
+    t = float(np.clip(np.exp(log_t.item()), 0.05, 20.0))
+    b = bias.detach().numpy()
+    return t, b - b.mean()  # only differences between classes matter to a softmax
+
+
+def class_bias_of(metrics: dict, n_classes: int) -> np.ndarray | None:
+    """The per-class calibration biases a version's metrics hold (``calibration_bias_<i>``), or None."""
+    if "calibration_bias_0" not in metrics:
+        return None
+    return np.asarray([metrics.get(f"calibration_bias_{i}", 0.0) for i in range(n_classes)], np.float32)
 
 
 def ece(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
@@ -91,16 +125,27 @@ def ece_noise(probabilities: np.ndarray, quantile: float = 0.95, draws: int = 40
     return float(np.quantile(gaps.sum(axis=1) / len(confidence), quantile))
 
 
-def calibrate(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """The temperature fitted on all the windows, and the ECE before and after it measured by
-    cross-fitting (each half scored with the temperature fitted on the other half), so the "after"
-    figure is not scored on the windows it was fitted to; ``ece_noise``: the ECE a perfectly calibrated
-    model with the "after" confidences reaches by chance on this many windows (95th percentile)."""
+def calibrate(logits: np.ndarray, labels: np.ndarray, bias: bool = False) -> dict[str, float]:
+    """The temperature (with ``bias``, also one bias per class: ``calibration_bias_<i>``) fitted on all the
+    windows, and the ECE before and after it measured by cross-fitting (each half scored with the
+    calibration fitted on the other half), so the "after" figure is not scored on the windows it was
+    fitted to; ``ece_noise``: the ECE a perfectly calibrated model with the "after" confidences reaches
+    by chance on this many windows (95th percentile).
+
+    A bias can change which class is predicted (it corrects a model that favours some classes on this
+    data); the temperature alone never does."""
     logits, labels = np.asarray(logits, np.float64), np.asarray(labels, int)
     halves = [np.arange(len(labels)) % 2 == k for k in (0, 1)]
     scaled = np.empty_like(logits)
     for fit_on, score_on in (halves, halves[::-1]):
-        scaled[score_on] = logits[score_on] / fit_temperature(logits[fit_on], labels[fit_on])
-    return {"temperature": fit_temperature(logits, labels), "ece_before": ece(softmax(logits), labels),
-            "ece_after": ece(softmax(scaled), labels), "ece_noise": ece_noise(softmax(scaled)),
-            "calibration_windows": float(len(labels))}
+        if bias:
+            t, b = fit_temperature_bias(logits[fit_on], labels[fit_on])
+            scaled[score_on] = logits[score_on] / t + b
+        else:
+            scaled[score_on] = logits[score_on] / fit_temperature(logits[fit_on], labels[fit_on])
+    out = {"ece_before": ece(softmax(logits), labels), "ece_after": ece(softmax(scaled), labels),
+           "ece_noise": ece_noise(softmax(scaled)), "calibration_windows": float(len(labels))}
+    if not bias:
+        return {"temperature": fit_temperature(logits, labels), **out}
+    t, b = fit_temperature_bias(logits, labels)
+    return {"temperature": t, **{f"calibration_bias_{i}": float(v) for i, v in enumerate(b)}, **out}

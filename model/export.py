@@ -13,8 +13,9 @@ from model.spec import output_names
 from model.spec import ModelSpec
 
 
-def export_onnx(net: nn.Module, spec: ModelSpec, dynamo: bool = False, temperature: float = 1.0) -> bytes:
-    """Return ONNX bytes of ``softmax(net(x) / temperature)`` for ``x: float32[batch, window, channels]``,
+def export_onnx(net: nn.Module, spec: ModelSpec, dynamo: bool = False, temperature: float = 1.0,
+                class_bias=None) -> bytes:
+    """Return ONNX bytes of ``softmax(net(x) / temperature [+ class_bias])`` for ``x: float32[batch, window, channels]``,
     and of the anomaly score and the forecast where the model has those heads (``output_names``).
 
     The TorchScript exporter (default) takes ~0.15 s for the reference model, the dynamo
@@ -22,7 +23,7 @@ def export_onnx(net: nn.Module, spec: ModelSpec, dynamo: bool = False, temperatu
     """
     was_training = net.training
     net.eval()
-    wrapped = ProbabilityModel(net, temperature).eval()
+    wrapped = ProbabilityModel(net, temperature, class_bias).eval()
     example = torch.zeros(2, spec.window, spec.n_channels)
     buf, outputs = io.BytesIO(), output_names(spec)
     # grad stays enabled: under no_grad, eval-mode encoder layers take a fused fast path

@@ -319,22 +319,29 @@ class WindowTransformer(nn.Module):
 
 class ProbabilityModel(nn.Module):
     """Wraps a network so it returns what serving exports: class probabilities (its logits divided by
-    the version's calibration ``temperature``, ``model.calibration``), then the anomaly score and the
+    the version's calibration ``temperature``, plus its ``class_bias`` if it has one, ``model.calibration``), then the anomaly score and the
     forecast where the model has those heads; one encoder pass for all of them."""
 
-    def __init__(self, net: nn.Module, temperature: float = 1.0) -> None:
+    def __init__(self, net: nn.Module, temperature: float = 1.0, class_bias=None) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        # bias-corrected temperature scaling (learning.calibration = "temperature_bias"): one bias per class
+        self.register_buffer("class_bias", None if class_bias is None else torch.as_tensor(class_bias,
+                                                                                             dtype=torch.float32))
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        scaled = logits / self.temperature
+        return torch.softmax(scaled if self.class_bias is None else scaled + self.class_bias, dim=-1)
 
     def forward(self, x: torch.Tensor):
         spec, net = self.net.spec, self.net
         if spec.tasks == ("classify",):
-            return torch.softmax(net(x) / self.temperature, dim=-1)
+            return self._probabilities(net(x))
         f = net.features(x)
         outputs = []
         if spec.has("classify"):
-            outputs.append(torch.softmax(net.head(f) / self.temperature, dim=-1))
+            outputs.append(self._probabilities(net.head(f)))
         if spec.has("anomaly"):
             outputs.append(net.anomaly_score(x, f))
         if spec.has("forecast"):

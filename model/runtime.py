@@ -104,11 +104,12 @@ class OnnxRunner:
 class TorchRunner:
     """Eager PyTorch inference: the fallback when no ONNX artifact can be used."""
 
-    def __init__(self, net, device: str = "cpu", temperature: float = 1.0) -> None:
+    def __init__(self, net, device: str = "cpu", temperature: float = 1.0, class_bias=None) -> None:
         import torch
 
         self.torch = torch
         self.temperature = float(temperature)
+        self.class_bias = class_bias
         self.net = net.to(device).eval()
         self.device = device
         self.provider = f"torch-{device}"
@@ -123,6 +124,6 @@ class TorchRunner:
         torch = self.torch
         with torch.inference_mode():
             x = torch.as_tensor(np.ascontiguousarray(windows, dtype=np.float32), device=self.device)
-            out = ProbabilityModel(self.net, self.temperature).to(self.device)(x)
+            out = ProbabilityModel(self.net, self.temperature, self.class_bias).to(self.device)(x)
             out = out if isinstance(out, tuple) else (out,)
             return {name: value.cpu().numpy() for name, value in zip(output_names(self.net.spec), out)}

@@ -597,7 +597,8 @@ class VersionPublisher:
                                note=f"online{' (cold start)' if not loop.version else ''}: {d.reason}",
                                calibration=calibration, int8_min_agreement=self.int8_min_agreement,
                                lda=candidate.lda, normal_windows=remembered if len(remembered) >= 32 else None,
-                               confirmed_normal=confirmed)
+                               confirmed_normal=confirmed,
+                               calibration_bias=loop.config.calibration == "temperature_bias")
         self.published += 1
         weights = weights_bytes(candidate.net)
         if loop.config.shadow_answers > 0 and loop.serving is not None:

@@ -18,6 +18,7 @@ from model.registry import (
     read_artifact,
 )
 from model.spec import output_names
+from model.calibration import class_bias_of
 from model.runtime import OnnxRunner, Runner, TorchRunner
 from model.spec import ModelSpec
 from operators.device_normalisation import adapt
@@ -173,7 +174,8 @@ def build_serving_model(loaded: LoadedVersion, runtime: str = "onnx", device: st
                 raise ArtifactError("torch runtime needs weights.pt, which this version lacks")
             torch_device = "cuda" if device == "cuda" else "cpu"
             runner = TorchRunner(load_network(spec, loaded.weights_bytes), torch_device,
-                                 loaded.metadata.metrics.get("temperature", 1.0))
+                                 loaded.metadata.metrics.get("temperature", 1.0),
+                                 class_bias_of(loaded.metadata.metrics, spec.n_classes))
     except ArtifactError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs

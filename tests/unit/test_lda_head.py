@@ -35,7 +35,8 @@ def test_the_lda_head_starts_from_the_version_and_learns_a_drift_from_few_labels
     registry = ModelRegistry(registry_copy)
     v1 = registry.latest_metadata(NAME)
     assert LDA_FILE in v1.artifacts  # bootstrap stored its encoder's statistics on the training windows
-    config = LearningSettings(head="lda", gate_every=32, lda_decay=0.01, holdout_every=3, min_holdout=20)
+    config = LearningSettings(head="lda", gate_every=32, lda_decay=0.01, holdout_every=3, min_holdout=20,
+                              calibration="temperature_bias")
     loop = loop_from_registry(registry, NAME, config)
     assert loop.trainer.lda.counts.sum() == v1.data_seen
     classes = loop.spec.classes
@@ -56,6 +57,7 @@ def test_the_lda_head_starts_from_the_version_and_learns_a_drift_from_few_labels
     assert published, "no version passed the gate"
     newest = registry.latest_metadata(NAME)
     assert LDA_FILE in newest.artifacts and newest.version == published[-1]
+    assert {f"calibration_bias_{i}" for i in range(len(classes))} <= set(newest.metrics)  # learning.calibration
     again = loop_from_registry(registry, NAME, config)  # a restart from the registry continues the statistics
     stored = StreamingLDA.from_bytes(registry.extra_artifact(NAME, newest.version, LDA_FILE))
     assert np.allclose(again.trainer.lda.means, stored.means) and again.trainer.lda.seen == pytest.approx(stored.seen)

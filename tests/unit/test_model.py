@@ -199,3 +199,43 @@ def test_ece_noise_bounds_a_calibrated_models_ece_and_not_an_overconfident_ones(
         sure = softmax(np.log(p) * 3)  # the same model, far surer of itself
         over.append(ece(sure, labels) > ece_noise(sure, draws=200))
     assert 0.85 <= np.mean(under) <= 1.0 and np.mean(over) > 0.9, (np.mean(under), np.mean(over))
+
+
+def test_a_version_calibrated_with_class_biases_serves_them_in_both_runtimes(tmp_path):
+    """``learning.calibration = "temperature_bias"``: a model that favours one class on the held-out
+    windows gets a negative bias for it; the exported graph and the torch runtime both serve
+    ``softmax(logits / T + bias)``, and its cross-fitted ECE is lower than with the temperature alone."""
+    from model.calibration import calibrate, class_bias_of, softmax
+    from model.train import logits_of, publish_version
+    from operators.serving_model import load_from_registry
+    from settings import LearningSettings
+
+    spec = ModelSpec(window=8, channels=("a", "b"), classes=("x", "y", "z"), d_model=16, n_heads=2, n_layers=1,
+                     d_ff=32)
+    rng = np.random.default_rng(1)
+
+    def windows(n, shift):
+        y = rng.integers(0, 3, n)
+        X = rng.normal(0, 1.0, size=(n, 8, 2)).astype(np.float32)
+        X[:, :, 0] += 0.8 * y[:, None] + shift  # held-out data moved towards class z
+        return X, y
+
+    X, y = windows(400, 0.0)
+    Xh, yh = windows(600, 0.6)
+    torch.manual_seed(0)
+    net = WindowTransformer(spec)
+    net.set_normalisation(X)
+    fit(net, X, y, epochs=40, lr=3e-3, batch_size=32)
+    registry = ModelRegistry(str(tmp_path))
+    meta = publish_version(registry, "m", net, spec, {}, calibration=(Xh, yh), calibration_bias=True)
+    bias = class_bias_of(meta.metrics, 3)
+    assert bias is not None and bias[2] < bias[0], bias  # the favoured class is pulled down
+    expected = softmax(logits_of(net, Xh) / meta.metrics["temperature"] + bias)
+    np.testing.assert_allclose(OnnxRunner(registry.load("m", 1).onnx_bytes).predict_proba(Xh), expected, atol=1e-4)
+    np.testing.assert_allclose(load_from_registry(str(tmp_path), "m", runtime="torch").runner.predict_proba(Xh),
+                               expected, atol=1e-4)
+    plain = calibrate(logits_of(net, Xh), yh)
+    assert meta.metrics["ece_after"] < plain["ece_after"], (meta.metrics["ece_after"], plain["ece_after"])
+    assert class_bias_of(plain, 3) is None
+    with pytest.raises(ValueError, match="calibration must be temperature or temperature_bias"):
+        LearningSettings(calibration="platt")
