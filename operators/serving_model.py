@@ -38,17 +38,21 @@ class ServingModel:
     input_reference: np.ndarray | None = None  # [[means], [deviations]] the model normalises its input by (None:
     #                                            unknown, e.g. a cold start's version 0: windows are served as sent)
 
-    def adapt(self, windows: list) -> None:
+    def adapt(self, windows: list) -> int:
         """Re-express, in place, the windows that carry their device's input statistics
         (``serving.device_normalisation_windows``) with this model's input mean and deviation; each is
-        adapted once (its statistics are dropped)."""
-        ref = self.input_reference
-        if ref is None:
-            return
+        adapted once (its statistics are dropped). Returns how many carried statistics this model could
+        not use (it has no input reference): those are served as sent."""
+        ref, unused = self.input_reference, 0
         for window in windows:
-            if window.device_stats is not None:
-                window.values = adapt(window.values, window.device_stats, ref[0], ref[1])
-                window.device_stats = None
+            if window.device_stats is None:
+                continue
+            if ref is None:
+                unused += 1
+                continue
+            window.values = adapt(window.values, window.device_stats, ref[0], ref[1])
+            window.device_stats = None
+        return unused
 
     @property
     def provider(self) -> str:

@@ -76,6 +76,7 @@ class InferenceShard:
     def __init__(self, settings: ServingSettings, model_name: str, topics: Topics, model: ServingModel,
                  load: SnapshotLoader, stats_file: str = "") -> None:
         self.settings, self.model_name, self.topics, self.load = settings, model_name, topics, load
+        self.unadapted_warned: int | None = None  # the version last reported unable to normalise per device
         self.scorer = WindowScorer(model, ReviewRouter(settings.query_threshold_or_default, settings.audit_rate,
                                                        settings.review_budget_per_minute, settings.query_strategy,
                                                        settings.review_device_share, settings.review_class_share),
@@ -205,7 +206,11 @@ class InferenceShard:
         if self.boost_until is not None and now_ms >= self.boost_until:
             self.scorer.router.set_budget(self.settings.review_budget_per_minute)
             self.boost_until = None
-        self.model.adapt(windows)  # per-device input normalisation, where the windows carry their device's statistics
+        if self.model.adapt(windows) and self.unadapted_warned != self.model.version:  # per-device input normalisation
+            self.unadapted_warned = self.model.version
+            log.warning("%s v%d has no input mean and deviation (%s): windows are served as their devices sent them, "
+                        "not normalised per device", self.model_name, self.model.version,
+                        "a cold start's version 0" if self.model.version == 0 else "its graph has no mean/std")
         model_s = self.scorer.stats.inference_s
         predictions, reviews, forecasts, unscored = self.scorer.score_all(windows, now_ms)
         model_s = self.scorer.stats.inference_s - model_s

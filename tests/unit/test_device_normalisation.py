@@ -180,3 +180,22 @@ def test_a_miscalibrated_device_is_served_as_well_as_a_calibrated_one_with_the_o
     assert accuracy[0]["calibrated"] > 0.8 and accuracy[0]["miscalibrated"] < accuracy[0]["calibrated"] - 0.2
     assert accuracy[8]["miscalibrated"] > accuracy[0]["miscalibrated"] + 0.2
     assert accuracy[8]["miscalibrated"] > accuracy[8]["calibrated"] - 0.15
+
+
+def test_a_model_without_input_statistics_serves_windows_as_sent_and_says_so(caplog):
+    """Version 0 of a cold start (and any graph without ``mean``/``std``) cannot re-express windows: they are
+    served as sent, and the shard says so once per version, not silently."""
+    shard = InferenceShard.for_tests(max_batch=2)
+    batches = []
+    for first in (10, 20):
+        batch = [shard.example_window("d", first + i) for i in range(2)]
+        for w in batch:
+            w.values = w.values + 5.0
+            w.device_stats = np.asarray([[1.0, 1.0], [2.0, 2.0]], np.float32)
+        batches.append(batch)
+    with caplog.at_level("WARNING"):
+        scored = [shard.on_windows(ListStore(), batch, now_ms=0) for batch in batches]
+    assert all(len([o for o in out if o.topic == Topics().predictions]) == 2 for out in scored)
+    assert all(np.all(w.values == 5.0) for batch in batches for w in batch)  # as sent
+    warnings = [r.message for r in caplog.records if "not normalised per device" in r.message]
+    assert len(warnings) == 1 and "toy v1 has no input mean and deviation" in warnings[0]
