@@ -99,10 +99,9 @@ def normalised(X: np.ndarray, devices: np.ndarray, net, warmup: int, halflife: i
     norm, stats, out = DeviceNormaliser(warmup, halflife), {}, X.copy()
     mean, std = net.mean.numpy(), net.std.numpy()
     for i, (window, device) in enumerate(zip(X, devices)):
-        ref = norm.reference(stats.get(device))
+        ref, stats[device] = norm.step(stats.get(device), window)
         if ref is not None:
             out[i] = adapt(window, ref, mean, std)
-        stats[device] = norm.observe(stats.get(device), window)
     return out
 
 

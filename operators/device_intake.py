@@ -116,8 +116,7 @@ class DeviceIntake:
         if normaliser is None:
             return windows
         for window in windows:
-            window.device_stats = normaliser.reference(state.input_stats)
-            state.input_stats = normaliser.observe(state.input_stats, window.values)
+            window.device_stats, state.input_stats = normaliser.step(state.input_stats, window.values)
         return windows
 
     def _device_state(self, model: str, state: DeviceState | None) -> DeviceState | str:

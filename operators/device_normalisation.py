@@ -83,6 +83,11 @@ class DeviceNormaliser:
         new_var = (old * stats.var + var + delta ** 2 * old / weight) / weight
         return InputStats(stats.count + 1, weight, new_mean, new_var)
 
+    def step(self, stats: InputStats | None, window: np.ndarray) -> tuple[np.ndarray | None, InputStats]:
+        """What to normalise ``window`` by (the statistics of the windows *before* it, as :meth:`reference`
+        gives them) and the statistics with it learned."""
+        return self.reference(stats), self.observe(stats, window)
+
     def reference(self, stats: InputStats | None) -> np.ndarray | None:
         """``[[means], [deviations]]`` (float32) to normalise the device's next window by, or None while it
         has sent fewer than ``warmup`` windows."""
