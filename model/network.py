@@ -319,8 +319,9 @@ class WindowTransformer(nn.Module):
 
 class ProbabilityModel(nn.Module):
     """Wraps a network so it returns what serving exports: class probabilities (its logits divided by
-    the version's calibration ``temperature``, plus its ``class_bias`` if it has one, ``model.calibration``), then the anomaly score and the
-    forecast where the model has those heads; one encoder pass for all of them."""
+    the version's calibration ``temperature``, plus its ``class_bias`` if it has one, ``model.calibration``),
+    then the anomaly score and the forecast where the model has those heads; one encoder pass for all of
+    them."""
 
     def __init__(self, net: nn.Module, temperature: float = 1.0, class_bias=None) -> None:
         super().__init__()
