@@ -13,8 +13,8 @@ order), devices interleaved at random, each window predicted before it may be le
 The normalisation is exactly the serving job's (``operators.device_normalisation``): each window is
 re-expressed by the statistics of the device's earlier windows once it has sent ``--warmup`` of them.
 Learners: the first model frozen; the learning job's online learner (gradient steps with replay) asking
-about 10 % of the windows by confidence; the LDA head the same way; river ARF on per-channel window
-features learning from every label (a reference, on the windows as sent).
+about 10 % of the windows by confidence; the LDA head the same way; as references on the windows as sent,
+both learners and river ARF on per-channel window features learning from every label.
 
 Run: ``python bench/device_normalisation_bench.py [--seeds 3 --warmup 8]``; writes
 bench/results/device_normalisation.json.
@@ -134,6 +134,11 @@ def main() -> None:
                            "LDA head, 10 % by confidence": run_strategy(net0, spec.n_classes, Xs, y, FRACTION,
                                                                         "confidence", seed=seed, settings=LDA,
                                                                         warm=(Xtr, ytr))[0]}
+                if halflife is None:  # the learners with every label, as ARF has them (as sent only)
+                    results["online learner, every label"] = run_strategy(net0, spec.n_classes, X, y, 1.0, "random",
+                                                                          seed=seed)[0]
+                    results["LDA head, every label"] = run_strategy(net0, spec.n_classes, X, y, 1.0, "random",
+                                                                    seed=seed, settings=LDA, warm=(Xtr, ytr))[0]
                 for learner, hits in results.items():
                     runs.setdefault((stream, learner, variant), []).append(float(hits.mean()))
                     print(stream, seed, learner, variant, f"{hits.mean():.3f}", flush=True)
