@@ -49,8 +49,9 @@ class JobProcess:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def log_tail(self, lines: int = 40) -> str:
-        """The end of the job's output, and of its local MiniCluster's log (which the job names)."""
+    def log_tail(self, lines: int = 40, only: str | None = None) -> str:
+        """The end of the job's output, and of its local MiniCluster's log (which the job names); with
+        ``only``, of the log's lines that contain it (``"/operators/"``: what the project's operators said)."""
         try:
             own = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
@@ -59,7 +60,9 @@ class JobProcess:
         cluster: list[str] = []
         if named:
             try:
-                cluster = [f"--- {named[-1]} ---"] + Path(named[-1]).read_text(errors="replace").splitlines()[-lines:]
+                kept = [line for line in Path(named[-1]).read_text(errors="replace").splitlines()
+                        if only is None or only in line]
+                cluster = [f"--- {named[-1]} ---"] + kept[-lines:]
             except OSError:
                 pass
         return "\n".join(own[-lines:] + cluster)

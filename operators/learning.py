@@ -134,9 +134,9 @@ class LearningLoop:
         if isinstance(item, WindowSample):
             return self.learn_window(item)
         if item.verdict is not None:
-            self._learn_verdict(item)
-            if not item.label:
-                return None
+            learned = self._learn_verdict(item)
+            if not item.label:  # a window called normal was learned like an unlabeled one, and counts toward a check
+                return self._check_self_supervised(item.answered_at) if learned else None
         if item.label not in self.index:
             self.add_class(item.label)
         label = self.index[item.label]
@@ -195,11 +195,12 @@ class LearningLoop:
         lda = self.trainer.lda.to_bytes() if self.trainer.lda is not None else None
         return Candidate(self.trainer.snapshot(), decision, self.labeled, at, lda, ranking)
 
-    def _learn_verdict(self, item: LabeledWindow) -> None:
+    def _learn_verdict(self, item: LabeledWindow) -> bool:
         """An anomaly question answered: ``normal`` windows are learned and replayed from now on (the pattern
-        stops being flagged in later versions), ``abnormal`` ones kept to judge how versions rank them."""
+        stops being flagged in later versions), ``abnormal`` ones kept to judge how versions rank them.
+        Returns whether a window was learned."""
         if self.ssl_gate is None or not self.spec.has("anomaly"):
-            return
+            return False
         self.verdicts[item.verdict] += 1
         window = np.asarray(item.values, np.float32)
         if item.verdict == "abnormal":
@@ -211,6 +212,7 @@ class LearningLoop:
             self.trainer.confirm_normal(window)
         if item.verdict == "normal":
             self.called_normal.add(item.device_id)
+        return item.verdict == "normal"
 
     def _anomaly_ranking(self) -> tuple[dict, str | None]:
         """How the candidate and the version in service rank the labeled anomalies above the held-out unlabeled
@@ -251,6 +253,11 @@ class LearningLoop:
             self._wait_for_normalisation(window, None, future)
         else:
             self.trainer.learn_unlabeled(window, future)
+        return self._check_self_supervised(item.window_end)
+
+    def _check_self_supervised(self, at: int) -> Candidate | None:
+        """Count one window learned by a model that does not classify (unlabeled, or called normal by a
+        labeler); every ``gate_every`` of them, judge the candidate on the held-out unlabeled windows."""
         if self.spec.has("classify") or self.unnormalised is not None:
             return None  # a classifier's versions come from its labels (the check above keeps these heads)
         self.since_ssl_gate += 1
@@ -264,7 +271,7 @@ class LearningLoop:
             decision = replace(decision, accept=True, reason=(
                 f"accepted: it learned windows labelers called normal on {len(self.called_normal)} device(s), "
                 f"and is not clearly worse on the held-out windows ({decision.reason.removeprefix('refused: ')})"))
-        return self._propose(decision, item.window_end) if decision.accept else None
+        return self._propose(decision, at) if decision.accept else None
 
     def _looks_abnormal(self, window: np.ndarray) -> bool:
         """Whether the version in service scores ``window`` at least ``unlabeled_max_score`` (never on a cold
@@ -609,8 +616,11 @@ class VersionPublisher:
             out.append(self._announce(meta.version, "shadow"))
             return Learned(out, shadowing=(meta.version, weights))
         loop.accepted(candidate, meta.version)
-        log.info("published %s v%d %d ms after the answer that completed it: %s", self.model_name, meta.version,
-                 now_ms - candidate.trigger_answered_at, d.reason)
+        if isinstance(d, SelfSupervisedDecision):  # completed by a window, whose time is the device's clock
+            log.info("published %s v%d: %s", self.model_name, meta.version, d.reason)
+        else:
+            log.info("published %s v%d %d ms after the answer that completed it: %s", self.model_name, meta.version,
+                     now_ms - candidate.trigger_answered_at, d.reason)
         out.append(self._announce(meta.version))
         return Learned(out, (meta.version, weights))
 

@@ -190,7 +190,7 @@ d_ff = 64
             snapshots = [ModelSnapshot.decode(r.value) for r in later]
             versions = sorted(s.version for s in snapshots)
             taught = min((s.version for s in snapshots if learned_them(s)), default=None)
-            assert taught is not None, f"versions {versions}:\n" + learning.log_tail(40)
+            assert taught is not None, f"versions {versions}:\n" + learning.log_tail(60, only="/operators/")
             produce(broker.bootstrap, TOPICS.readings, encoded(phase(replayed_readings, 12, 200, 1600, "device-003")))
             out = read_until(broker.bootstrap, [TOPICS.predictions],
                              lambda rs: sum(Prediction.decode(r.value).window_start >= 1_700_000_000_000 + 100 * 1600

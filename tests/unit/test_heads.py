@@ -576,6 +576,17 @@ def test_answers_calling_windows_normal_publish_a_version_that_is_not_clearly_wo
         reasons[answered] = [c.decision.reason for c in candidates if c is not None]
     assert reasons[False] == []
     assert reasons[True] and "labelers called normal on 1 device(s), and is not clearly worse" in reasons[True][0]
+    # answers that come after the stream went quiet: each window called normal is learned and counts toward the
+    # next check, so they publish a version without waiting for more of the stream
+    loop = LearningLoop(copy.deepcopy(net), spec, 1, LearningSettings(batch_size=8, gate_every=32, min_holdout=30,
+                                                                      lr=1e-12))
+    assert not any(loop.learn(WindowSample("d", i * 100, i * 100 + 99, ["a", "b"], w.tolist(), "m", 1))
+                   for i, w in enumerate(stream_windows))
+    flagged = spikes(waves(40, seed=33)[0], 6.0)
+    candidates = [loop.learn(LabeledWindow(f"d:{i}", "d", w, "", "", 1, ["ann"], 0, "m", "anomaly", verdict="normal"))
+                  for i, w in enumerate(flagged)]
+    proposed = [i for i, c in enumerate(candidates) if c is not None]
+    assert proposed and proposed[0] < 32 and "labelers called normal" in candidates[proposed[0]].decision.reason
 
 
 class _Inverted(torch.nn.Module):
