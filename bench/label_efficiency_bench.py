@@ -28,10 +28,14 @@ first model and the data); the table gives the mean and the spread.
 With ``--heads``, three more learners: the same network with an anomaly head beside the classes (trained
 with its self-supervised objective from the first model on), asking by confidence, learning from the
 labels only, or also from 5 % or every window of the stream without its label (the learning job's
-unlabeled windows): does the shared encoder's second objective cost the classes anything? ``--learners`` runs a subset (name prefixes).
+unlabeled windows): does the shared encoder's second objective cost the classes anything? With
+``--summary``, three more on a network whose classify head also reads each channel's mean, deviation,
+minimum and maximum over the window (``summary_features``; first model trained the same way): the
+gradient learner by confidence and the LDA head by confidence and at random. ``--learners`` runs a
+subset (name prefixes); ``--out`` names the result files.
 
-Run: ``python bench/label_efficiency_bench.py [--fractions 0.05,0.1 --seeds 3 --heads]``; writes
-bench/results/label_efficiency.{json,png}.
+Run: ``python bench/label_efficiency_bench.py [--fractions 0.05,0.1 --seeds 3 --heads --summary]``; writes
+bench/results/label_efficiency.{json,png} (``--out``: another name).
 """
 
 from __future__ import annotations
@@ -108,12 +112,12 @@ def run_strategy(net0, n_classes: int, X: np.ndarray, y: np.ndarray, fraction: f
     return hits, labeled
 
 
-def wiimote_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",)):
+def wiimote_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",), summary: bool = False):
     """Windows (32 samples, stride 8) of PickupGestureWiimoteZ; devices 0-3's recordings train the first
     model, devices 4-9's make the stream, in a shuffled order."""
     classes, (Xtr, train_labels), (X, labels) = wiimote_by_device(4)
     spec = ModelSpec(window=32, channels=("acc_z",), classes=classes, d_model=32, n_heads=4, n_layers=2, d_ff=64,
-                     tasks=tasks)
+                     tasks=tasks, summary_features=summary)
     torch.manual_seed(seed)
     net = WindowTransformer(spec)
     ytr, y = encode_labels(train_labels, classes), encode_labels(labels, classes)
@@ -123,7 +127,8 @@ def wiimote_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",)):
     return spec, net, Xtr, ytr, X[order], y[order]
 
 
-def sea_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",), n: int = 6000, warmup: int = 500):
+def sea_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",), summary: bool = False, n: int = 6000,
+               warmup: int = 500):
     from river.datasets import synth
 
     data = synth.ConceptDriftStream(synth.SEA(seed=1 + 2 * seed, variant=0), synth.SEA(seed=2 + 2 * seed, variant=3),
@@ -132,7 +137,7 @@ def sea_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",), n: int = 6
     X = np.stack([r for r, _ in rows])
     y = np.asarray([label for _, label in rows])
     spec = ModelSpec(window=1, channels=tuple(f"x{k}" for k in range(X.shape[2])), classes=("0", "1"), d_model=32,
-                     n_heads=4, n_layers=1, d_ff=64, tasks=tasks)
+                     n_heads=4, n_layers=1, d_ff=64, tasks=tasks, summary_features=summary)
     torch.manual_seed(seed)
     net = WindowTransformer(spec)
     net.set_normalisation(X[:warmup])
@@ -140,10 +145,10 @@ def sea_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",), n: int = 6
     return spec, net, X[:warmup], y[:warmup], X[warmup:], y[warmup:]
 
 
-def basic_motions(seed: int = 0, tasks: tuple[str, ...] = ("classify",)):
+def basic_motions(seed: int = 0, tasks: tuple[str, ...] = ("classify",), summary: bool = False):
     from model.datasets import load_basic_motions, sliding_windows
 
-    spec = ModelSpec(tasks=tasks)
+    spec = ModelSpec(tasks=tasks, summary_features=summary)
     torch.manual_seed(0)
     net = bootstrap_net(spec)
     X, labels, _ = basic_motions_stream(3, seed)
@@ -155,16 +160,23 @@ HEADS = ("classify", "anomaly")
 HEADS_LEARNERS = {"sensorloop + anomaly head, labels only, confidence": 0.0,
                   "sensorloop + anomaly head, 5 % of windows unlabeled, confidence": 0.05,
                   "sensorloop + anomaly head, every window unlabeled, confidence": 1.0}
+SUMMARY_LEARNERS = {"sensorloop + window summary, confidence": (SGD, "confidence"),
+                    "sensorloop LDA head + window summary, confidence": (LDA, "confidence"),
+                    "sensorloop LDA head + window summary, random": (LDA, "random")}
 
 
-def learners(fractions: list[float], heads: bool = False):
+def learners(fractions: list[float], heads: bool = False, summary: bool = False):
     """(name, fraction, run(spec, net0, Xtr, ytr, X, y) -> (hits, labeled)) of every learner compared; with
     ``heads``, also the learners whose network has an anomaly head beside the classes (trained with it from
     the start) and learns none, 5 % (``serving.unlabeled_share``'s default) or every window of the stream
-    without its label too (their runs get that network)."""
+    without its label too (their runs get that network); with ``summary``, the learners whose network's
+    classify head also reads the window summary (``SUMMARY_LEARNERS``, their runs get that network)."""
     from river import forest, tree
 
     for fraction in fractions:
+        for name, (settings, strategy) in SUMMARY_LEARNERS.items() if summary else ():
+            yield (name, fraction, lambda s, n, Xtr, ytr, X, y, f=fraction, q=strategy, c=settings: run_strategy(
+                n, s.n_classes, X, y, f, q, settings=c, warm=(Xtr, ytr) if c is LDA else None))
         for name, share in HEADS_LEARNERS.items() if heads else ():
             yield (name, fraction, lambda s, n, Xtr, ytr, X, y, f=fraction, u=share: run_strategy(
                 n, s.n_classes, X, y, f, "confidence", unlabeled=u))
@@ -189,6 +201,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--heads", action="store_true",
                         help=f"also the network with heads {', '.join(HEADS)} learning windows unlabeled")
+    parser.add_argument("--summary", action="store_true",
+                        help="also the learners on a network whose classify head reads the window summary")
+    parser.add_argument("--out", default="label_efficiency", help="name of the result files in bench/results")
     parser.add_argument("--learners", default="",
                         help="run only the learners whose names start with one of these ('|'-separated)")
     args = parser.parse_args()
@@ -202,10 +217,12 @@ def main() -> None:
         for seed in range(args.seeds):
             spec, net0, Xtr, ytr, X, y = make(seed)
             with_heads = make(seed, tasks=HEADS) if args.heads else None
-            for learner, fraction, run in learners(fractions, args.heads):
+            with_summary = make(seed, summary=True) if args.summary else None
+            for learner, fraction, run in learners(fractions, args.heads, args.summary):
                 if only and not learner.startswith(only):
                     continue
-                hits, labeled = run(*(with_heads if learner in HEADS_LEARNERS else (spec, net0, Xtr, ytr, X, y)))
+                own = with_heads if learner in HEADS_LEARNERS else with_summary if learner in SUMMARY_LEARNERS else None
+                hits, labeled = run(*(own or (spec, net0, Xtr, ytr, X, y)))
                 runs.setdefault((name, learner, fraction), []).append(
                     (float(hits.mean()), labeled, float(hits[-len(hits) // 6:].mean())))
                 print(name, seed, learner, fraction, labeled, f"{hits.mean():.3f}", flush=True)
@@ -219,7 +236,7 @@ def main() -> None:
                         "accuracy_sd": float(acc.std()), "runs": [v[0] for v in values]})
     print_table(f"Prequential accuracy vs labels used ({args.seeds} seeds: mean ± sd)",
                 ["stream", "learner, query strategy", "label fraction", "labels used", "accuracy", "last sixth"], rows)
-    save("label_efficiency", {"seeds": args.seeds, "rows": results})
+    save(args.out, {"seeds": args.seeds, "rows": results})
     series = []
     for name in streams:
         for learner in ("sensorloop, confidence", "sensorloop LDA head, confidence", "sensorloop, random",
@@ -228,9 +245,9 @@ def main() -> None:
                             if r["stream"] == name and r["learner"] == learner)
             if points:
                 series.append((f"{name}: {learner}", [p[0] for p in points], [p[1] for p in points], {"marker": "o"}))
-    line_plot(RESULTS / "label_efficiency.png", series, "labels used", "prequential accuracy",
+    line_plot(RESULTS / f"{args.out}.png", series, "labels used", "prequential accuracy",
               "Accuracy vs labels", log2_x=True)
-    print(f"plot: {RESULTS / 'label_efficiency.png'}")
+    print(f"plot: {RESULTS / f'{args.out}.png'}")
 
 
 if __name__ == "__main__":

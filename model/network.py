@@ -74,6 +74,19 @@ def k_means(points: torch.Tensor, k: int, rounds: int = 20) -> list[torch.Tensor
     return list(c)
 
 
+def window_summary(z: torch.Tensor) -> torch.Tensor:
+    """Each channel's mean, deviation, minimum and maximum over a window (``[batch, time, channels]`` to
+    ``[batch, 4 * channels]``), in operations every ONNX opset the export uses has.
+
+    >>> [round(v, 3) for v in window_summary(torch.tensor([[[0.0, 1.0], [2.0, 1.0]]]))[0].tolist()]
+    [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 2.0, 1.0]
+    """
+    mean = z.mean(dim=1)
+    # (clamped: a still channel has no deviation, and the square root's slope at zero is infinite)
+    deviation = ((z - mean[:, None, :]) ** 2).mean(dim=1).clamp_min(1e-12).sqrt()
+    return torch.cat([mean, deviation, z.amin(dim=1), z.amax(dim=1)], dim=1)
+
+
 class WindowTransformer(nn.Module):
     """Transformer encoder over a window ``[batch, time, channels]``; calling it returns class logits.
 
@@ -105,7 +118,7 @@ class WindowTransformer(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, spec.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(spec.d_model)
-        self.head = nn.Linear(spec.d_model, spec.n_classes) if spec.has("classify") else None
+        self.head = nn.Linear(spec.class_features, spec.n_classes) if spec.has("classify") else None
         if spec.has("anomaly"):
             self.decoder = nn.Linear(spec.d_model, spec.window * spec.n_channels)
             # the score's parts, fitted on normal windows (fit_anomaly_scale): where their features lie, and
@@ -177,6 +190,12 @@ class WindowTransformer(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled representation of each window (``[batch, d_model]``)."""
         return self.encode(self.normalise(x))
+
+    def class_features(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """What the classify head reads: the pooled representation (``features``, when already computed),
+        with ``spec.summary_features`` followed by :func:`window_summary` of the normalised window."""
+        f = self.features(x) if features is None else features
+        return torch.cat([f, window_summary(self.normalise(x))], dim=1) if self.spec.summary_features else f
 
     def reconstruction_error(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """Mean squared error, in normalised units, of each window's reconstruction (``[batch]``)."""
@@ -307,14 +326,14 @@ class WindowTransformer(nn.Module):
 
     @torch.inference_mode()
     def window_features(self, X: np.ndarray) -> np.ndarray:
-        """:meth:`features` of windows ``[n, time, channels]`` in evaluation mode, as float64 (what the LDA
-        output layer learns from)."""
-        return self.eval().features(torch.as_tensor(np.asarray(X, np.float32))).double().numpy()
+        """:meth:`class_features` of windows ``[n, time, channels]`` in evaluation mode, as float64 (what the
+        LDA output layer learns from)."""
+        return self.eval().class_features(torch.as_tensor(np.asarray(X, np.float32))).double().numpy()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.head is None:
             raise ValueError(f"the model has no classify head (tasks: {list(self.spec.tasks)})")
-        return self.head(self.features(x))
+        return self.head(self.class_features(x))
 
 
 class ProbabilityModel(nn.Module):
@@ -342,7 +361,7 @@ class ProbabilityModel(nn.Module):
         f = net.features(x)
         outputs = []
         if spec.has("classify"):
-            outputs.append(self._probabilities(net.head(f)))
+            outputs.append(self._probabilities(net.head(net.class_features(x, f))))
         if spec.has("anomaly"):
             outputs.append(net.anomaly_score(x, f))
         if spec.has("forecast"):

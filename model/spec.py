@@ -8,12 +8,15 @@ from typing import Any, Mapping
 BASIC_MOTIONS_CHANNELS = ["acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"]
 BASIC_MOTIONS_CLASSES = ["badminton", "running", "standing", "walking"]
 TASKS = ("classify", "anomaly", "forecast")  # the heads a model may have on its one encoder
+SUMMARY_STATISTICS = 4  # per channel, with summary_features: mean, deviation, minimum, maximum of the window
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """Shape and size of a window model: its ``tasks`` (heads on one encoder, from :data:`TASKS`), and for
-    ``forecast`` the ``horizon`` (samples per channel it forecasts after a window).
+    ``forecast`` the ``horizon`` (samples per channel it forecasts after a window). With
+    ``summary_features`` the classify head reads, beside the encoder's features, each channel's mean,
+    deviation, minimum and maximum over the (normalised) window.
 
     >>> spec = ModelSpec()
     >>> spec.window, len(spec.channels), spec.classes[0], spec.tasks
@@ -39,6 +42,7 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     tasks: tuple[str, ...] = ("classify",)
     horizon: int = 0
+    summary_features: bool = False
 
     def __post_init__(self) -> None:
         problems = [f"tasks: unknown task {t!r} (known: {', '.join(TASKS)})" for t in self.tasks if t not in TASKS]
@@ -64,6 +68,11 @@ class ModelSpec:
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def class_features(self) -> int:
+        """How many features the classify head reads."""
+        return self.d_model + (SUMMARY_STATISTICS * self.n_channels if self.summary_features else 0)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -23,7 +23,7 @@ from model.spec import TASKS
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 KEYS = ("channels", "units", "sample_rate_hz", "window", "stride", "classes", "d_model", "n_heads", "n_layers",
-        "d_ff", "dropout", "device_types", "devices", "precision", "tasks", "forecast_horizon")
+        "d_ff", "dropout", "device_types", "devices", "precision", "tasks", "forecast_horizon", "summary_features")
 
 
 def _samples(value: Any, rate: float, key: str) -> int:
@@ -70,6 +70,7 @@ class ModelDeclaration:
     precision: str = ""  # "fp32" or "int8" for this model; "" follows serving.precision
     tasks: tuple[str, ...] = ("classify",)  # its heads: classify, anomaly, forecast (model.spec.TASKS)
     forecast_horizon: int = 0  # samples per channel the forecast head predicts after a window
+    summary_features: bool = False  # the classify head also reads each channel's mean, deviation, min and max
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any]) -> "ModelDeclaration":
@@ -136,6 +137,9 @@ class ModelDeclaration:
                 problems.append(str(exc))
             if "forecast" in tasks and horizon < 1:
                 problems.append(f"forecast_horizon: a forecast head needs at least 1 sample, got {horizon}")
+        summary = table.get("summary_features", False)
+        if not isinstance(summary, bool):
+            problems.append(f"summary_features: expected true or false, got {summary!r}")
         precision = table.get("precision", "")
         if precision not in ("", "fp32", "int8"):
             problems.append(f"precision: expected \"fp32\" or \"int8\", got {precision!r}")
@@ -143,7 +147,7 @@ class ModelDeclaration:
             raise ValueError("; ".join(problems))
         return cls(name, channels, classes, float(rate), window, stride, units, dropout=float(dropout),
                    device_types=device_types, devices=devices, precision=precision, tasks=tasks,
-                   forecast_horizon=horizon, **sizes)
+                   forecast_horizon=horizon, summary_features=summary is True, **sizes)
 
     def spec_dict(self) -> dict[str, Any]:
         """The registry's model spec (``model.spec.ModelSpec.from_dict`` reads it)."""
@@ -151,7 +155,8 @@ class ModelDeclaration:
                 "d_model": self.d_model, "n_heads": self.n_heads, "n_layers": self.n_layers, "d_ff": self.d_ff,
                 "dropout": self.dropout, "extra": {"sample_rate_hz": self.sample_rate_hz, "stride": self.stride,
                                                    "units": list(self.units)},
-                "tasks": list(self.tasks), "horizon": self.forecast_horizon}
+                "tasks": list(self.tasks), "horizon": self.forecast_horizon,
+                "summary_features": self.summary_features}
 
     def to_table(self) -> dict[str, Any]:
         """The TOML table it came from, window and stride in samples."""
@@ -171,4 +176,6 @@ class ModelDeclaration:
             table["tasks"] = list(self.tasks)
         if self.forecast_horizon:
             table["forecast_horizon"] = self.forecast_horizon
+        if self.summary_features:
+            table["summary_features"] = True
         return table
