@@ -14,9 +14,7 @@ The normalisation is exactly the serving job's (``operators.device_normalisation
 re-expressed by the statistics of the device's earlier windows once it has sent ``--warmup`` of them.
 Learners: the first model frozen; the learning job's online learner (gradient steps with replay) asking
 about 10 % of the windows by confidence; the LDA head the same way; as references on the windows as sent,
-both learners and river ARF on per-channel window features learning from every label, river ARF from a
-random 10 %, and river's no-change classifier (each window gets the previous window's label): in this
-order a device's windows of one recording come one after another, so recency alone is worth something.
+both learners and river ARF on per-channel window features learning from every label.
 
 Run: ``python bench/device_normalisation_bench.py [--seeds 3 --warmup 8]``; writes
 bench/results/device_normalisation.json.
@@ -113,7 +111,7 @@ def frozen(net, X: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    from river import dummy, forest
+    from river import forest
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=3)
@@ -144,14 +142,9 @@ def main() -> None:
                 for learner, hits in results.items():
                     runs.setdefault((stream, learner, variant), []).append(float(hits.mean()))
                     print(stream, seed, learner, variant, f"{hits.mean():.3f}", flush=True)
-            # references on the windows as sent: ARF with every label and with a random 10 %, and the no-change
-            # classifier (the previous window's label), which shows what the stream's order alone gives
-            for learner, make_model, fraction in (
-                    ("river ARF, every label", lambda: forest.ARFClassifier(n_models=10, seed=0), 1.0),
-                    ("river ARF, random 10 %", lambda: forest.ARFClassifier(n_models=10, seed=0), FRACTION),
-                    ("river no-change (previous label), every label", dummy.NoChangeClassifier, 1.0)):
-                hits, _ = run_river(make_model, features(Xtr), list(ytr), features(X), list(y), fraction)
-                runs.setdefault((stream, learner, "as sent"), []).append(float(hits.mean()))
+            hits, _ = run_river(lambda: forest.ARFClassifier(n_models=10, seed=0), features(Xtr), list(ytr),
+                                features(X), list(y), 1.0)
+            runs.setdefault((stream, "river ARF, every label", "as sent"), []).append(float(hits.mean()))
     learners = sorted({(s, learner) for s, learner, _ in runs}, key=lambda k: (k[0], k[1].startswith("river"), k[1]))
     rows = []
     for stream, learner in learners:

@@ -412,7 +412,7 @@ def serving_announcement(bootstrap: str, topic: str, model_name: str) -> dict | 
     from infra.kafka_tools import read_quiet
 
     latest = None
-    for record in read_quiet(bootstrap, [topic], quiet_s=1.5, timeout_s=30):
+    for record in read_quiet(bootstrap, [topic], quiet_s=1.5, timeout_s=30, first_s=4):
         try:
             message = orjson.loads(record.value)
         except orjson.JSONDecodeError:

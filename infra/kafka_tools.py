@@ -62,12 +62,13 @@ def read_until(bootstrap: str, topics: Iterable[str], done: Callable[[list], boo
 
 
 def read_quiet(bootstrap: str, topics: Iterable[str], quiet_s: float = 3.0, timeout_s: float = 60.0,
-               isolation_level: str = "read_uncommitted") -> list:
-    """Collect records until nothing new arrived for ``quiet_s`` seconds."""
+               isolation_level: str = "read_uncommitted", first_s: float = 10.0) -> list:
+    """Collect records until nothing new arrived for ``quiet_s`` seconds (before the first record, for
+    ``first_s``: a first fetch from a broker that just started or is busy may take longer than the quiet)."""
     tail = TopicTail(bootstrap, topics, isolation_level)
     records: list = []
     deadline = time.monotonic() + timeout_s
-    last_new = time.monotonic()
+    last_new = time.monotonic() + max(0.0, first_s - quiet_s)
     try:
         while time.monotonic() < deadline and time.monotonic() - last_new < quiet_s:
             batch = tail.poll(200)

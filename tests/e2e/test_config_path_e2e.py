@@ -19,7 +19,7 @@ from infra.kafka_tools import produce, read_until
 from settings import load_config
 from tests.e2e.helpers import encoded, expected_window_ends, replayed_readings
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]  # fixed-length demo runs: alone on the machine
 WINDOW, STRIDE = 32, 8
 
 

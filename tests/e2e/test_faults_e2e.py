@@ -16,7 +16,7 @@ import pytest
 
 from control.launcher import serving_job
 from infra.broker import EmbeddedBroker, ensure_topics, free_port
-from infra.kafka_tools import produce, read_until
+from infra.kafka_tools import produce, read_quiet, read_until
 from schemas import Topics
 from tests.e2e.helpers import encoded, expected_window_ends, record_fault, replayed_readings, started, window_tally
 
@@ -100,8 +100,11 @@ def send_steadily(bootstrap: str, readings: list[dict], per_second: float, unsto
     from kafka import KafkaProducer
 
     def send() -> None:
+        # a request to the dead broker times out in 5 s, not the client's 30 s, and reconnects are tried every
+        # second at most: the sender resumes soon after the broker is back
         producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=50, retry_backoff_ms=200,
-                                 max_in_flight_requests_per_connection=1, linger_ms=0)
+                                 max_in_flight_requests_per_connection=1, linger_ms=0, request_timeout_ms=5000,
+                                 reconnect_backoff_max_ms=1000)
         for key, value in encoded(readings):
             while (meta := producer.send(TOPICS.readings, key=key, value=value).get(timeout=120)).offset < 0:
                 unstored.append(key)
@@ -141,15 +144,15 @@ def test_a_broker_crash_on_s3_storage_mid_stream_is_never_silent(tmp_path, train
         broker = EmbeddedBroker(**durable).start()
         back_ms = int(time.time() * 1000)
         sender.join(180)
-        stored = {(r.partition, r.offset): r.value
-                  for r in read_until(broker.bootstrap, [TOPICS.readings], lambda r: len(r) >= len(acked), 30)}
+        stored = {(r.partition, r.offset): r.value  # all it kept: read until nothing more comes for 3 s
+                  for r in read_quiet(broker.bootstrap, [TOPICS.readings], quiet_s=3, timeout_s=30)}
         broker_lost = sorted(k for k, v in acked.items() if stored.get(k) != v)
         if not broker_lost:
             records = predictions_until(broker.bootstrap, job, expected, 180)
         else:  # the broker lost readings: windows shift; wait for the stream to settle
-            records = read_until(broker.bootstrap, [TOPICS.predictions], lambda r: False, 20)
+            records = read_quiet(broker.bootstrap, [TOPICS.predictions], quiet_s=6, timeout_s=30)
         time.sleep(3)  # anything still on its way, duplicates included
-        records = read_until(broker.bootstrap, [TOPICS.predictions], lambda r: False, 5)
+        records = read_quiet(broker.bootstrap, [TOPICS.predictions], quiet_s=2, timeout_s=30)
         log = job.log_tail(100_000)
     finally:
         if job is not None:

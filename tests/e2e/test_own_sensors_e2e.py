@@ -13,7 +13,7 @@ import pytest
 
 from tests.unit.test_recordings import wiimote_csv
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]  # fixed-length demo runs: alone on the machine
 
 
 def cli(config, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
