@@ -16,7 +16,8 @@ from model.spec import ModelSpec
 def export_onnx(net: nn.Module, spec: ModelSpec, dynamo: bool = False, temperature: float = 1.0,
                 class_bias=None) -> bytes:
     """Return ONNX bytes of ``softmax(net(x) / temperature [+ class_bias])`` for
-    ``x: float32[batch, window, channels]``, and of the anomaly score and the forecast where the model has those heads (``output_names``).
+    ``x: float32[batch, window, channels]``, and of the anomaly score and the forecast where the model
+    has those heads (``output_names``).
 
     The TorchScript exporter (default) takes ~0.15 s for the reference model, the dynamo
     exporter ~2-4 s; both give the same graph semantics (tests check parity with torch).
