@@ -109,7 +109,9 @@ class LearningLoop:
         self.parent_net: torch.nn.Module | None = None  # the version before ``version``: rollback target
         self.watch = RollbackWatch(self.config.rollback_z, self.config.rollback_min_audits)
         self.due_rollback: Rollback | None = None
-        self.last_published_at: int | None = None  # answer time of the last candidate published
+        self.last_published_at: int | None = None  # answer time of the last candidate published (a model that
+        #                                            does not classify: the stream time, ``stream_clock``, then)
+        self.stream_clock = 0  # the newest end time of an unlabeled window learned (the devices' clock, epoch ms)
         self.deferred = 0  # candidates the gate accepted that waited for the publish interval
         self.new_classes: list[str] = []  # classes labelers added, in order
         self.shadow: tuple[int, torch.nn.Module] | None = None  # (version, net) in its shadow phase
@@ -136,7 +138,9 @@ class LearningLoop:
         if item.verdict is not None:
             learned = self._learn_verdict(item)
             if not item.label:  # a window called normal was learned like an unlabeled one, and counts toward a check
-                return self._check_self_supervised(item.answered_at) if learned else None
+                # on the stream's clock, as the unlabeled windows' checks: the answer's own time is the labeler's
+                # clock, and a publish interval measured across the two clocks would be wrong by their offset
+                return self._check_self_supervised(self.stream_clock) if learned else None
         if item.label not in self.index:
             self.add_class(item.label)
         label = self.index[item.label]
@@ -244,6 +248,7 @@ class LearningLoop:
         window = np.asarray(item.values, np.float32)
         future = np.asarray(item.future, np.float32) if item.future is not None and self.spec.has("forecast") else None
         self.unlabeled_seen += 1
+        self.stream_clock = max(self.stream_clock, int(item.window_end))
         if item.device_id not in self.called_normal and self._looks_abnormal(window):
             self.unlabeled_set_aside += 1
             return None
@@ -253,7 +258,7 @@ class LearningLoop:
             self._wait_for_normalisation(window, None, future)
         else:
             self.trainer.learn_unlabeled(window, future)
-        return self._check_self_supervised(item.window_end)
+        return self._check_self_supervised(self.stream_clock)
 
     def _check_self_supervised(self, at: int) -> Candidate | None:
         """Count one window learned by a model that does not classify (unlabeled, or called normal by a
@@ -393,6 +398,8 @@ class LearningLoop:
             self.shadow, self.trial, self.due_verdict = None, None, None
         if "ssl_gate" not in state:
             self.ssl_gate, self.unlabeled_seen, self.since_ssl_gate = None, 0, 0
+        if "stream_clock" not in state:
+            self.stream_clock = 0
         self.__dict__.setdefault("unlabeled_set_aside", 0)
         self.__dict__.setdefault("called_normal", set())
         if "anomalies" not in state:

@@ -589,6 +589,45 @@ def test_answers_calling_windows_normal_publish_a_version_that_is_not_clearly_wo
     assert proposed and proposed[0] < 32 and "labelers called normal" in candidates[proposed[0]].decision.reason
 
 
+def test_the_publish_interval_of_a_model_that_does_not_classify_runs_on_the_streams_clock():
+    """The devices' clock (window ends, here 2020) and the labelers' (answer times, here 2026) differ. A version
+    published on answers calling windows normal must not start the interval on the labelers' clock: the
+    windows' checks, on the devices' clock, would then wait years for it to pass."""
+    import copy
+
+    from operators.label_join import LabeledWindow
+    from operators.learning import LearningLoop
+    from schemas import WindowSample
+
+    spec = ModelSpec(window=WINDOW, channels=("a", "b"), classes=(), tasks=("anomaly",), d_model=16, n_heads=2,
+                     n_layers=1, d_ff=32, dropout=0.0)
+    X = waves(200, seed=30)[0]
+    torch.manual_seed(0)
+    net = WindowTransformer(spec)
+    net.set_normalisation(X)
+    fit(net, X, None, epochs=5, seed=0)
+    net.fit_anomaly_scale(waves(200, seed=31)[0])
+    device_t0, answered_at = 1_600_000_000_000, 1_790_000_000_000
+    loop = LearningLoop(copy.deepcopy(net), spec, 1, LearningSettings(batch_size=8, gate_every=32, min_holdout=30,
+                                                                      lr=1e-12, publish_interval_s=60))
+    stream = waves(400, seed=32)[0]
+
+    def window(i: int) -> WindowSample:  # one window a second on the devices' clock
+        end = device_t0 + i * 1000
+        return WindowSample("d", end - 99, end, ["a", "b"], stream[i].tolist(), "m", 1)
+
+    assert not any(loop.learn(window(i)) for i in range(140))  # ties the version in service: nothing to publish
+    flagged = spikes(waves(32, seed=33)[0], 6.0)
+    answered = [loop.learn(LabeledWindow(f"d:{i}", "d", w, "", "", 1, ["ann"], answered_at, "m", "anomaly",
+                                         verdict="normal")) for i, w in enumerate(flagged)]
+    assert [c is not None for c in answered].count(True) == 1  # the answers' version: the first publication
+    published = [i for i in range(140, 400) if loop.learn(window(i)) is not None]
+    assert published, "the windows' checks never saw the interval pass"
+    # every 32 windows a candidate is not worse; it waits until 60 s of the stream passed since the last one
+    assert published[0] - 139 >= 60 and all(b - a >= 60 for a, b in zip(published, published[1:]))
+    assert loop.deferred >= len(published)
+
+
 class _Inverted(torch.nn.Module):
     """A network whose anomaly score ranks windows the other way round (a candidate that unlearned the faults)."""
 
