@@ -12,7 +12,11 @@ p50/p99 from a message's Kafka timestamp to the moment a consumer receives the p
 it completes (``serving_bench.measure_latency``, 20 s after a warm-up), next to the pass-through job at
 the same message rate.
 
-Run: ``python bench/blocks_bench.py [--sizes 1,10,50,250] [--samples 600000] [--latency-sizes 1,10,25]``.
+``--stride 32`` cuts a window every 32 samples instead of 8: a quarter of the windows to score for the same
+samples, which shows how much of the job's time per sample is the model's (results ``blocks_stride32``).
+
+Run: ``python bench/blocks_bench.py [--sizes 1,10,50,250] [--samples 600000] [--latency-sizes 1,10,25]
+[--stride 8]``.
 """
 
 from __future__ import annotations
@@ -41,21 +45,22 @@ TOPICS = Topics()
 DEVICES = 64
 
 
-def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: str = "", **job_options) -> dict:
+def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: str = "", stride: int = 8,
+            **job_options) -> dict:
     """``serving`` (the job), ``passthrough`` (the job without Python) or ``plain`` (bench/plain_consumer.py,
     no Flink) on a fresh broker with the same backlog. For the job, also the model's own rate inside it per
     CPU-second of the inference thread, against standalone ONNX Runtime at the same mean batch size.
     ``job_options`` are the serving job's settings (``group_ms=0``: each message crosses into Python alone)."""
     stats_file = work / f"inference-blocks-{size}{tag}.jsonl"
-    options = ({"registry": registry, "stride": 8, "stats_file": str(stats_file), **job_options}
+    options = ({"registry": registry, "stride": stride, "stats_file": str(stats_file), **job_options}
                if kind == "serving" else {})
     sc = Scenario(work, f"blocks-{kind}{tag}-{size}", "broker" if kind == "plain" else kind, **options)
     try:
         stats = replay(sc.bootstrap, TOPICS.readings, rate=0, count=samples, n_devices=DEVICES,
                        samples_per_message=size)
-        expected = expected_windows(samples, DEVICES, 32, 8) if kind != "passthrough" else stats.messages
+        expected = expected_windows(samples, DEVICES, 32, stride) if kind != "passthrough" else stats.messages
         if kind == "plain":
-            got, seconds = plain_consumer.run(sc.bootstrap, expected, registry)
+            got, seconds = plain_consumer.run(sc.bootstrap, expected, registry, stride=stride)
         else:
             got, seconds = drain(sc, expected)
         # serving and plain: the first prediction comes once each device's first window is full; samples
@@ -87,6 +92,8 @@ def main() -> None:
     parser.add_argument("--registry", default="var/registry")
     parser.add_argument("--latency-sizes", default="1,10,25", help="samples per message of the latency runs")
     parser.add_argument("--latency-rate", type=int, default=1000, help="messages per second of the latency runs")
+    parser.add_argument("--stride", type=int, default=8,
+                        help="samples between window ends (8: a window per 8 samples; the window is 32)")
     parser.add_argument("--no-ungrouped", dest="ungrouped", action="store_false",
                         help="skip the serving job with serving.group_ms = 0 (each message crosses into Python alone)")
     args = parser.parse_args()
@@ -101,12 +108,12 @@ def main() -> None:
         work = Path(tmp)
         for size in sizes:
             samples = min(args.samples, 200_000 * size)  # single readings: 200,000 messages (a drain of several seconds)
-            serving = measure(work, "serving", size, samples, args.registry)
-            ungrouped = (measure(work, "serving", size, samples, args.registry, "-ungrouped", group_ms=0)
-                         if args.ungrouped else None)
+            serving = measure(work, "serving", size, samples, args.registry, stride=args.stride)
+            ungrouped = (measure(work, "serving", size, samples, args.registry, "-ungrouped", stride=args.stride,
+                                 group_ms=0) if args.ungrouped else None)
             passthrough = measure(work, "passthrough", size, samples, args.registry)
-            plain = measure(work, "plain", size, samples, args.registry)
-            rows.append({"samples_per_message": size, "samples": samples, "messages": serving["messages"],
+            plain = measure(work, "plain", size, samples, args.registry, stride=args.stride)
+            rows.append({"samples_per_message": size, "stride": args.stride, "samples": samples, "messages": serving["messages"],
                          "serving_samples_per_s": serving["samples_per_s"],
                          "ungrouped_samples_per_s": ungrouped["samples_per_s"] if ungrouped else None,
                          "plain_samples_per_s": plain["samples_per_s"],
@@ -122,7 +129,8 @@ def main() -> None:
     header = ["samples per message", "samples", "messages", "serving samples/s",
               "serving, messages not grouped", "grouped / not", "plain consumer samples/s", "serving / plain", "serving messages/s", "pass-through messages/s", "serving / pass-through (messages)",
               "windows out/expected"]
-    print_table("Serving throughput with sample blocks (backlog, 64 devices, window 32, stride 8)", header,
+    name = "blocks" if args.stride == 8 else f"blocks_stride{args.stride}"
+    print_table(f"Serving throughput with sample blocks (backlog, 64 devices, window 32, stride {args.stride})", header,
                 [[r["samples_per_message"], r["samples"], r["messages"], r["serving_samples_per_s"],
                   r["ungrouped_samples_per_s"] or "-",
                   round(r["serving_samples_per_s"] / r["ungrouped_samples_per_s"], 2) if r["ungrouped_samples_per_s"] else "-",
@@ -134,9 +142,9 @@ def main() -> None:
                  "standalone", "in job (CPU) / standalone"],
                 [[r["samples_per_message"], round(r["mean_batch"], 1), r["in_job_per_cpu_s"], r["in_job_per_wall_s"],
                   r["standalone"], round(r["in_job_per_cpu_s"] / r["standalone"], 2)] for r in rows])
-    print(f"results: {save('blocks', {'rows': rows})}")
+    print(f"results: {save(name, {'rows': rows})}")
     sizes = [r["samples_per_message"] for r in rows]
-    line_plot(RESULTS / "blocks.png",
+    line_plot(RESULTS / f"{name}.png",
               [("serving job", sizes, [r["serving_samples_per_s"] for r in rows], {"marker": "o"}),
                *([("serving job, messages not grouped (serving.group_ms = 0)", sizes,
                    [r["ungrouped_samples_per_s"] for r in rows], {"marker": "x"})] if rows[0]["ungrouped_samples_per_s"] else []),

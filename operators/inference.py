@@ -131,6 +131,9 @@ class WindowScorer:
         scored = [_tops(model, probs, anomaly, len(windows))]
         if shadow is not None:
             scored.append(_tops(shadow, shadow.runner.predict_proba(batch)))
+        # the probabilities published, to 6 decimals, rounded for the whole batch at once
+        rounded = [np.round(np.asarray(rows, np.float64), 6).tolist() if classifies else None
+                   for _, rows, _, _ in scored]
         emitted = int(time.time() * 1000) if clock is None else clock()
         predictions, reviews, forecasts, unscored = [], [], [], []
         for i, window in enumerate(windows):
@@ -144,7 +147,7 @@ class WindowScorer:
             row, top = rows[i], best[i]
             label = served.spec.classes[top] if classifies else None
             confidence = float(row[top]) if classifies else None
-            probabilities = {c: round(float(p), 6) for c, p in zip(served.spec.classes, row)} if classifies else None
+            probabilities = dict(zip(served.spec.classes, rounded[mine][i])) if classifies else None
             score = round(float(anomaly[i]), 4) if anomaly is not None and served is model else None
             if score is not None and self.device_baseline is not None:
                 score = self.device_baseline.adjust(window.device_id, served.version, score)

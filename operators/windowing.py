@@ -70,6 +70,9 @@ def majority_label(labels: list) -> str | None:
     >>> majority_label(["a", "b", "b"]), majority_label(["a", None])
     ('b', None)
     """
+    first = labels[0] if labels else None
+    if labels.count(first) == len(labels):  # the usual window: one label throughout, or none at all
+        return first
     return None if None in labels else Counter(labels).most_common(1)[0][0]
 
 
@@ -297,7 +300,7 @@ class SlidingWindower:
             if state.next_seq is not None and block.seq < state.next_seq and not self._restarts(state, block):
                 return (f"late or duplicate: block of seq {block.seq}..{block.seq + n - 1} overlaps what was "
                         f"already used (next expected {state.next_seq})")
-            if any(block.seq + k in state.pending_keys for k in range(n)):
+            if state.pending_keys and any(block.seq + k in state.pending_keys for k in range(n)):
                 return f"duplicate: block of seq {block.seq}..{block.seq + n - 1} overlaps readings held back"
             return None
         first = int(block.ts[0])

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from schemas.base import (
     DEFAULT_MAX_BYTES,
+    MAX_SAFE_INT,
     SchemaError,
     check_fields,
     check_version,
@@ -120,16 +122,20 @@ def _rows(raw: Any, channel_names: Sequence[str] | None, max_samples: int) -> li
     return rows
 
 
+_NUMBERS = frozenset((float, int))
+
+
+def _plain_rows(rows: list, channels: int) -> bool:
+    """Whether every row is a list of ``channels`` JSON numbers (the common case, checked at C speed; bool and
+    str are refused as in a single reading)."""
+    return (set(map(type, rows)) == {list} and set(map(len, rows)) == {channels}
+            and set(map(type, chain.from_iterable(rows))) <= _NUMBERS)
+
+
 def _matrix(rows: list, channels: int, max_abs: float) -> np.ndarray:
     """The rows as a float32 [n, channels] array; the first bad sample or value is named."""
-    for i, row in enumerate(rows):
-        if not isinstance(row, list):
-            raise SchemaError(f"values[{i}]", f"must be a list of {channels} numbers, got {type(row).__name__}")
-        if len(row) != channels:
-            raise SchemaError(f"values[{i}]", f"expected {channels} channels, got {len(row)}")
-        for j, v in enumerate(row):
-            if type(v) is not float and type(v) is not int:  # bool and str are refused, as in a single reading
-                raise SchemaError(f"values[{i}][{j}]", f"must be a number, got {type(v).__name__}")
+    if not _plain_rows(rows, channels):
+        _name_bad_row(rows, channels)
     try:
         values = np.asarray(rows, np.float64)
     except OverflowError:  # an integer beyond float range: find and name it
@@ -147,6 +153,19 @@ def _matrix(rows: list, channels: int, max_abs: float) -> np.ndarray:
     return values.astype(np.float32)
 
 
+def _name_bad_row(rows: list, channels: int) -> None:
+    """Raise for the first row that is not a list of ``channels`` numbers, or the first value in it that is
+    not a number."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            raise SchemaError(f"values[{i}]", f"must be a list of {channels} numbers, got {type(row).__name__}")
+        if len(row) != channels:
+            raise SchemaError(f"values[{i}]", f"expected {channels} channels, got {len(row)}")
+        for j, v in enumerate(row):
+            if type(v) is not float and type(v) is not int:  # bool and str are refused, as in a single reading
+                raise SchemaError(f"values[{i}][{j}]", f"must be a number, got {type(v).__name__}")
+
+
 def _times(obj: Mapping[str, Any], n: int) -> np.ndarray:
     """One time per sample: ``ts`` as a list, or ``ts`` + k * ``interval_ms``; strictly increasing."""
     raw = obj["ts"]
@@ -155,6 +174,8 @@ def _times(obj: Mapping[str, Any], n: int) -> np.ndarray:
             raise SchemaError("interval_ms", "give either a ts per sample or interval_ms, not both")
         if len(raw) != n:
             raise SchemaError("ts", f"{len(raw)} times for {n} samples")
+        if set(map(type, raw)) == {int} and min(raw) >= 0 and max(raw) <= MAX_SAFE_INT:
+            return _increasing(np.asarray(raw, np.int64))  # the common case, checked at C speed
         ts = [require_int({f"ts[{k}]": t}, f"ts[{k}]", minimum=0) for k, t in enumerate(raw)]
     else:
         first = require_int(obj, "ts", minimum=0)
@@ -167,12 +188,19 @@ def _times(obj: Mapping[str, Any], n: int) -> np.ndarray:
             if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0 \
                     or not math.isfinite(interval):
                 raise SchemaError("interval_ms", f"must be a positive number of milliseconds, got {interval!r}")
-            ts = [first + int(round(k * interval)) for k in range(n)]
-            require_int({"ts": ts[-1]}, "ts", minimum=0)  # the last sample's time stays a safe integer
-    for k in range(1, n):
-        if ts[k] <= ts[k - 1]:
-            raise SchemaError(f"ts[{k}]", f"{ts[k]} is not after the sample before it ({ts[k - 1]})")
-    return np.asarray(ts, np.int64)
+            last = first + int(round((n - 1) * interval))
+            require_int({"ts": last}, "ts", minimum=0)  # the last sample's time stays a safe integer
+            ts = first + np.round(np.arange(n) * float(interval)).astype(np.int64)  # round half to even, as round()
+    return _increasing(np.asarray(ts, np.int64))
+
+
+def _increasing(ts: np.ndarray) -> np.ndarray:
+    """``ts`` when strictly increasing; else the first sample that is not after the one before it is named."""
+    steps = np.diff(ts)
+    if steps.size and steps.min() <= 0:
+        k = int(np.argmax(steps <= 0)) + 1
+        raise SchemaError(f"ts[{k}]", f"{int(ts[k])} is not after the sample before it ({int(ts[k - 1])})")
+    return ts
 
 
 def _labels(obj: Mapping[str, Any], n: int) -> list | None:

@@ -60,6 +60,89 @@ def test_the_bad_blocks_a_device_really_sends_are_dead_letters_naming_the_sample
     assert parser.parse(ragged, 0, 4).reason == "values[1]: expected 3 channels, got 2"
 
 
+def _reference_refusal(ts, rows, max_abs: float) -> str | None:
+    """What a block decoder must say of ``ts`` (a list) and ``rows``, sample by sample in order: the first row
+    that is not a list of two numbers, then the first value not finite or above ``max_abs``, then the first time
+    that is not a safe non-negative integer, then the first time not after the one before it."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            return f"values[{i}]: must be a list"
+        if len(row) != 2:
+            return f"values[{i}]: expected 2 channels, got {len(row)}"
+        for j, v in enumerate(row):
+            if type(v) not in (int, float):
+                return f"values[{i}][{j}]: must be a number"
+    for i, row in enumerate(rows):
+        for j, v in enumerate(row):
+            if isinstance(v, float) and not np.isfinite(v):
+                return f"values[{i}][{j}]: must be finite"
+            if abs(v) > max_abs:
+                return f"values[{i}][{j}]: magnitude"
+    for k, t in enumerate(ts):
+        if type(t) is not int:
+            return f"ts[{k}]: must be an integer"
+        if t < 0:
+            return f"ts[{k}]: must be >= 0"
+        if t > 2**53 - 1:
+            return f"ts[{k}]: must be <= "
+    for k in range(1, len(ts)):
+        if ts[k] <= ts[k - 1]:
+            return f"ts[{k}]: {ts[k]} is not after the sample before it ({ts[k - 1]})"
+    return None
+
+
+_ODD_VALUES = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True, width=64),
+                        st.sampled_from([True, False, None, "4", 1e12, -1e12, 2**70]),
+                        st.lists(st.integers(0, 3), max_size=2))
+_ODD_ROWS = st.lists(st.one_of(st.lists(_ODD_VALUES, min_size=2, max_size=2), st.lists(_ODD_VALUES, max_size=3),
+                               st.integers(0, 3), st.none()), min_size=1, max_size=12)
+_ODD_TIMES = st.one_of(st.integers(0, 40), st.integers(-3, -1), st.integers(2**53 - 2, 2**53 + 2),
+                       st.sampled_from([True, 2.5, "7", None]))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(data=st.data(), mostly_good=st.booleans())
+def test_blocks_of_odd_json_are_refused_at_the_first_bad_sample_as_a_sample_by_sample_check_says(data, mostly_good):
+    """The decoder checks a block's samples in bulk; whatever JSON a device sends, it refuses exactly what a check
+    sample by sample refuses, naming the same sample first, and decodes the rest to the same numbers."""
+    if mostly_good:  # plausible blocks, with now and then one odd sample or time among them
+        n = data.draw(st.integers(1, 12))
+        rows = data.draw(st.lists(st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=2), min_size=n, max_size=n))
+        ts = sorted(data.draw(st.lists(st.integers(0, 10**13), min_size=n, max_size=n, unique=True)))
+        if data.draw(st.booleans()):
+            rows[data.draw(st.integers(0, n - 1))] = data.draw(st.one_of(st.lists(_ODD_VALUES, min_size=2, max_size=2),
+                                                                         st.lists(_ODD_VALUES, max_size=3)))
+        if data.draw(st.booleans()):
+            ts[data.draw(st.integers(0, n - 1))] = data.draw(_ODD_TIMES)
+    else:
+        rows = data.draw(_ODD_ROWS)
+        ts = data.draw(st.lists(_ODD_TIMES, min_size=len(rows), max_size=len(rows)))
+    max_abs = 1e9
+    expected = _reference_refusal(ts, rows, max_abs)
+    obj = {"device_id": "d", "ts": ts, "values": rows}
+    try:
+        got = SampleBlock.from_dict(obj, CHANNELS, max_abs=max_abs)
+    except SchemaError as exc:
+        assert expected is not None, f"refused a good block: {exc}"
+        assert str(exc).startswith(expected), (str(exc), expected)
+        return
+    assert expected is None, f"accepted a block a sample-by-sample check refuses: {expected}"
+    assert got.ts.tolist() == ts and np.array_equal(got.values, np.asarray(rows, np.float32))
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(first=st.integers(0, 10**13), interval=st.one_of(st.integers(1, 1000), st.floats(0.01, 1000.0)),
+       n=st.integers(1, 300))
+def test_a_blocks_times_from_interval_ms_are_the_first_time_plus_each_rounded_step(first, interval, n):
+    obj = {"device_id": "d", "ts": first, "interval_ms": interval, "values": [[0, 0]] * n}
+    steps = [first + int(round(k * interval)) for k in range(n)]
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        with pytest.raises(SchemaError, match="is not after the sample before it"):
+            SampleBlock.from_dict(obj, CHANNELS)
+    else:
+        assert SampleBlock.from_dict(obj, CHANNELS).ts.tolist() == steps
+
+
 def test_rows_columns_and_per_sample_times_are_the_same_block():
     single = decode_reading(orjson.dumps({"device_id": "d", "ts": 100, "values": [1, 2]}), CHANNELS)
     assert isinstance(single, SensorReading)  # the single-sample form still works
