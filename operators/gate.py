@@ -95,8 +95,11 @@ class ValidationGate:
     def hold_out(self, window: np.ndarray, label: int) -> None:
         self.windows.append((np.asarray(window, np.float32), int(label)))
 
-    def judge(self, candidate: Predictor, serving: Predictor, must_beat: bool = False) -> GateDecision:
-        """``must_beat``: the candidate must be strictly better (a first version against a baseline)."""
+    def judge(self, candidate: Predictor, serving: Predictor, must_beat: bool = False,
+              out_of_fold: bool = False) -> GateDecision:
+        """``must_beat``: the candidate must be strictly better (a first version against a baseline).
+        ``out_of_fold``: ``candidate`` is called with the held-out labels too, ``candidate(X, y)``: its
+        calibration is fitted on them, each window's prediction with a calibration not fitted on it."""
         n = len(self.windows)
         early = n < self.min_samples
         if early and (self.early_z <= 0 or n == 0):
@@ -104,7 +107,7 @@ class ValidationGate:
                                 f"only {n} held-out windows, {self.min_samples} needed")
         X = np.stack([w for w, _ in self.windows])
         y = np.asarray([lab for _, lab in self.windows])
-        cand_right = candidate(X).argmax(axis=1) == y
+        cand_right = (candidate(X, y) if out_of_fold else candidate(X)).argmax(axis=1) == y
         serv_right = serving(X).argmax(axis=1) == y
         cand, serv = float(cand_right.mean()), float(serv_right.mean())
         wins, losses = int((cand_right & ~serv_right).sum()), int((serv_right & ~cand_right).sum())

@@ -18,6 +18,7 @@ import logging
 import numpy as np
 import torch
 
+from model.calibration import MIN_WINDOWS, cross_fitted, decision_shift, softmax
 from model.network import WindowTransformer
 from model.online import OnlineTrainer
 from model.registry import ArtifactError, ModelRegistry
@@ -48,11 +49,33 @@ class Candidate:
     metrics: dict = field(default_factory=dict)  # more for its version's metrics (labeled anomalies' ranking)
 
 
+def _logits(net: torch.nn.Module, X: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return net.eval()(torch.as_tensor(X, dtype=torch.float32)).double().numpy()
+
+
 def _predictor(net: torch.nn.Module):
+    """``net``'s class probabilities as its version serves them, as far as the class they pick goes: its raw
+    outputs moved by the version's ``served_shift`` (:func:`with_shift`) when it has per-class biases."""
     def predict(X: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return torch.softmax(net.eval()(torch.as_tensor(X, dtype=torch.float32)), -1).numpy()
+        logits = _logits(net, X)
+        shift = getattr(net, "served_shift", None)
+        return softmax(logits if shift is None or len(shift) != logits.shape[1] else logits + shift)
     return predict
+
+
+def with_shift(net: torch.nn.Module, shift) -> torch.nn.Module:
+    """``net`` (the weights of a published version) marked with what its per-class calibration biases add to
+    its logits (``model.calibration.decision_shift``; None: it has none), so that the gate and the rollback
+    watch judge the class the version serves, which a bias may change. Returns ``net``."""
+    net.served_shift = None if shift is None else np.asarray(shift, np.float64)
+    return net
+
+
+def shift_of(net: torch.nn.Module) -> tuple[float, ...] | None:
+    """The shift :func:`with_shift` marked ``net`` with, as a tuple (for the journal)."""
+    shift = getattr(net, "served_shift", None)
+    return None if shift is None else tuple(float(v) for v in shift)
 
 
 COLD_START_NORMALISATION = 32  # training windows that fit a cold-started network's input normalisation
@@ -173,11 +196,7 @@ class LearningLoop:
             return None
         self.since_gate = 0
         self.trainer.update()
-        if self.serving is None:  # cold start: the first version must beat the majority class
-            baseline = _majority([label for _, label in self.gate.windows], self.spec.n_classes)
-            decision = self.gate.judge(_predictor(self.trainer.net), baseline, must_beat=True)
-        else:
-            decision = self.gate.judge(_predictor(self.trainer.net), _predictor(self.serving))
+        decision = self._judge()
         if not decision.accept:
             return None
         worse = self._self_supervised_worse()
@@ -185,6 +204,26 @@ class LearningLoop:
             log.info("candidate refused: its self-supervised heads are clearly worse (%s)", worse)
             return None
         return self._propose(decision, item.answered_at)
+
+    def _judge(self) -> GateDecision:
+        """The gate's decision on the learner's network against the version in service (on a cold start, against
+        the majority class of the held-out answers, which it must beat), each judged by the class it serves."""
+        candidate, out_of_fold = self._as_served()
+        if self.serving is None:
+            baseline = _majority([label for _, label in self.gate.windows], self.spec.n_classes)
+            return self.gate.judge(candidate, baseline, must_beat=True, out_of_fold=out_of_fold)
+        return self.gate.judge(candidate, _predictor(self.serving), out_of_fold=out_of_fold)
+
+    def _as_served(self):
+        """The candidate as the gate judges it, and whether it is called with the held-out labels: with
+        ``calibration = "temperature_bias"`` (and enough held-out windows for its version to get biases) the
+        class it would serve depends on biases fitted on the held-out windows themselves, so each half of them
+        is judged with the temperature and biases fitted on the other half; else its raw outputs (a
+        temperature alone never changes the class)."""
+        net = self.trainer.net
+        if self.config.calibration != "temperature_bias" or len(self.gate.windows) < MIN_WINDOWS:
+            return (lambda X: softmax(_logits(net, X))), False
+        return (lambda X, y: softmax(cross_fitted(_logits(net, X), y, bias=True))), True
 
     def _propose(self, decision: GateDecision | SelfSupervisedDecision, at: int) -> Candidate | None:
         """The candidate a gate accepted, unless it ranks labeled anomalies clearly worse than the version in
@@ -480,13 +519,16 @@ def loop_from_registry(registry: ModelRegistry, model_name: str, config: Learnin
     loaded = registry.load(model_name, registry.latest_servable(model_name))  # not a withdrawn or shadow version
     spec = ModelSpec.from_dict(loaded.metadata.spec)
     loop = LearningLoop(load_network(spec, loaded.weights_bytes), spec, loaded.metadata.version, config)
+    with_shift(loop.serving, decision_shift(loaded.metadata.metrics, spec.n_classes))
     if loop.trainer.lda is not None:
         _start_lda(loop, registry, model_name)
     parent = loaded.metadata.parent_version
     if parent:
         try:
             older = registry.load(model_name, parent)  # its own spec: a class may have been added since
-            loop.parent_net = load_network(ModelSpec.from_dict(older.metadata.spec), older.weights_bytes).eval()
+            older_spec = ModelSpec.from_dict(older.metadata.spec)
+            loop.parent_net = with_shift(load_network(older_spec, older.weights_bytes).eval(),
+                                         decision_shift(older.metadata.metrics, older_spec.n_classes))
             loop.watch.start(loop.version, parent)
         except ArtifactError as exc:
             log.warning("%s v%d: its parent v%d cannot be loaded, so it cannot be rolled back to: %s",
@@ -521,9 +563,9 @@ class Learned:
     (with its weights)."""
 
     outgoing: list[Outgoing]
-    accepted: tuple[int, bytes] | None = None
-    rolled_back: tuple[int, bytes] | None = None
-    shadowing: tuple[int, bytes] | None = None  # a version that began its shadow phase (its weights)
+    accepted: tuple[int, bytes, tuple | None] | None = None  # (version, weights, shift_of its network)
+    rolled_back: tuple[int, bytes, tuple | None] | None = None
+    shadowing: tuple[int, bytes, tuple | None] | None = None  # a version that began its shadow phase
     shadow_ended: int | None = None  # a version whose shadow phase ended without serving
 
 
@@ -551,7 +593,9 @@ class VersionPublisher:
         """Announce ``rollback.to_version`` again and make it the loop's reference."""
         try:
             loaded = self.registry.load(self.model_name, rollback.to_version)
-            net = load_network(ModelSpec.from_dict(loaded.metadata.spec), loaded.weights_bytes)
+            spec = ModelSpec.from_dict(loaded.metadata.spec)
+            net = with_shift(load_network(spec, loaded.weights_bytes),
+                             decision_shift(loaded.metadata.metrics, spec.n_classes))
             snapshot = announcement(self.registry, self.model_name, rollback.to_version, self.signing_key)
         except ArtifactError as exc:
             log.error("%s: rollback to v%d impossible, v%d keeps serving: %s", self.model_name, rollback.to_version,
@@ -562,7 +606,7 @@ class VersionPublisher:
         self.rollbacks += 1
         log.warning("%s: rolled back to v%d: %s", self.model_name, rollback.to_version, rollback.reason)
         return ([Outgoing(self.topics.model_snapshots, self.model_name, snapshot.encode())],
-                (rollback.to_version, loaded.weights_bytes))
+                (rollback.to_version, loaded.weights_bytes, shift_of(net)))
 
     def learn(self, loop: LearningLoop, item: LabeledWindow | WindowSample, now_ms: int) -> Learned:
         candidate = loop.learn(item)
@@ -614,6 +658,7 @@ class VersionPublisher:
                                confirmed_normal=confirmed,
                                calibration_bias=loop.config.calibration == "temperature_bias")
         self.published += 1
+        with_shift(candidate.net, decision_shift(meta.metrics, loop.spec.n_classes))  # judged as it serves
         weights = weights_bytes(candidate.net)
         if loop.config.shadow_answers > 0 and loop.serving is not None:
             self.registry.set_stage(self.model_name, meta.version, "shadow")  # not for serving until promoted
@@ -621,7 +666,7 @@ class VersionPublisher:
             log.info("published %s v%d for its shadow phase beside v%d: %s", self.model_name, meta.version,
                      loop.version, d.reason)
             out.append(self._announce(meta.version, "shadow"))
-            return Learned(out, shadowing=(meta.version, weights))
+            return Learned(out, shadowing=(meta.version, weights, shift_of(candidate.net)))
         loop.accepted(candidate, meta.version)
         if isinstance(d, SelfSupervisedDecision):  # completed by a window, whose time is the device's clock
             log.info("published %s v%d: %s", self.model_name, meta.version, d.reason)
@@ -629,7 +674,7 @@ class VersionPublisher:
             log.info("published %s v%d %d ms after the answer that completed it: %s", self.model_name, meta.version,
                      now_ms - candidate.trigger_answered_at, d.reason)
         out.append(self._announce(meta.version))
-        return Learned(out, (meta.version, weights))
+        return Learned(out, (meta.version, weights, shift_of(candidate.net)))
 
     def _announce(self, version: int, stage: str | None = None) -> Outgoing:
         snapshot = announcement(self.registry, self.model_name, version, self.signing_key, stage)
@@ -643,7 +688,7 @@ class VersionPublisher:
             loop.adopt(version, net)
             self.promoted += 1
             log.info("%s v%d promoted after its shadow phase: %s", self.model_name, version, verdict.reason)
-            return Learned(out + [self._announce(version)], accepted=(version, weights_bytes(net)))
+            return Learned(out + [self._announce(version)], accepted=(version, weights_bytes(net), shift_of(net)))
         loop.end_shadow()
         announced = self._withdraw(version)
         log.warning("%s v%d withdrawn in its shadow phase: %s", self.model_name, version, verdict.reason)

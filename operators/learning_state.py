@@ -21,23 +21,26 @@ from typing import Callable, Iterable
 from model.spec import ModelSpec
 from model.train import load_network
 from operators.label_join import LabeledWindow
-from operators.learning import LearningLoop
+from operators.learning import LearningLoop, with_shift
 
 
 @dataclass(frozen=True)
 class AcceptedVersion:
-    """A journal entry: the loop's candidate became ``version`` (weights as published)."""
+    """A journal entry: the loop's candidate became ``version`` (weights as published, and what its per-class
+    calibration biases add to its logits: ``learning.with_shift``; None for none or an entry from before)."""
 
     version: int
     weights: bytes
+    shift: tuple | None = None
 
 
 @dataclass(frozen=True)
 class RolledBack:
-    """A journal entry: live audit answers rolled the model back to ``version`` (its weights)."""
+    """A journal entry: live audit answers rolled the model back to ``version`` (its weights and shift)."""
 
     version: int
     weights: bytes
+    shift: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Shadowing:
 
     version: int
     weights: bytes
+    shift: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ JournalEntry = LabeledWindow | AcceptedVersion | RolledBack | Shadowing | Shadow
 
 def apply_accepted(loop: LearningLoop, entry: AcceptedVersion, spec: ModelSpec) -> None:
     """Make a published version the loop's reference again (used on replay)."""
-    loop.adopt(entry.version, load_network(spec, entry.weights))
+    loop.adopt(entry.version, with_shift(load_network(spec, entry.weights), getattr(entry, "shift", None)))
 
 
 class LoopJournal:
@@ -90,9 +94,11 @@ class LoopJournal:
             if isinstance(entry, AcceptedVersion):
                 apply_accepted(loop, entry, loop.spec)
             elif isinstance(entry, RolledBack):
-                loop.rolled_back(entry.version, load_network(loop.spec, entry.weights, older_classes=True))
+                loop.rolled_back(entry.version, with_shift(load_network(loop.spec, entry.weights, older_classes=True),
+                                                           getattr(entry, "shift", None)))
             elif isinstance(entry, Shadowing):
-                loop.start_shadow(entry.version, load_network(loop.spec, entry.weights))
+                loop.start_shadow(entry.version, with_shift(load_network(loop.spec, entry.weights),
+                                                            getattr(entry, "shift", None)))
             elif isinstance(entry, ShadowEnded):
                 loop.end_shadow()
             else:
