@@ -545,6 +545,19 @@ def test_a_stream_of_faults_stops_being_flagged_only_when_every_window_is_learne
     assert medians[3.0] > 2.5 > medians[0.0] + 0.5, medians
 
 
+def _anomaly_only_model() -> tuple[ModelSpec, WindowTransformer, np.ndarray]:
+    """A small model with only an anomaly head, trained and its score fitted on waves; and its training windows."""
+    spec = ModelSpec(window=WINDOW, channels=("a", "b"), classes=(), tasks=("anomaly",), d_model=16, n_heads=2,
+                     n_layers=1, d_ff=32, dropout=0.0)
+    X = waves(200, seed=30)[0]
+    torch.manual_seed(0)
+    net = WindowTransformer(spec)
+    net.set_normalisation(X)
+    fit(net, X, None, epochs=5, seed=0)
+    net.fit_anomaly_scale(waves(200, seed=31)[0])
+    return spec, net, X
+
+
 def test_answers_calling_windows_normal_publish_a_version_that_is_not_clearly_worse():
     """An anomaly model's candidate usually needs a clearly lower error on the held-out windows; once labelers
     called windows normal that the version in service lacks, one that is not clearly worse serves."""
@@ -554,14 +567,7 @@ def test_answers_calling_windows_normal_publish_a_version_that_is_not_clearly_wo
     from operators.learning import LearningLoop
     from schemas import WindowSample
 
-    spec = ModelSpec(window=WINDOW, channels=("a", "b"), classes=(), tasks=("anomaly",), d_model=16, n_heads=2,
-                     n_layers=1, d_ff=32, dropout=0.0)
-    X = waves(200, seed=30)[0]
-    torch.manual_seed(0)
-    net = WindowTransformer(spec)
-    net.set_normalisation(X)
-    fit(net, X, None, epochs=5, seed=0)
-    net.fit_anomaly_scale(waves(200, seed=31)[0])
+    spec, net, X = _anomaly_only_model()
     stream_windows = waves(160, seed=32)[0]
     reasons = {}
     for answered in (False, True):
@@ -599,14 +605,7 @@ def test_the_publish_interval_of_a_model_that_does_not_classify_runs_on_the_stre
     from operators.learning import LearningLoop
     from schemas import WindowSample
 
-    spec = ModelSpec(window=WINDOW, channels=("a", "b"), classes=(), tasks=("anomaly",), d_model=16, n_heads=2,
-                     n_layers=1, d_ff=32, dropout=0.0)
-    X = waves(200, seed=30)[0]
-    torch.manual_seed(0)
-    net = WindowTransformer(spec)
-    net.set_normalisation(X)
-    fit(net, X, None, epochs=5, seed=0)
-    net.fit_anomaly_scale(waves(200, seed=31)[0])
+    spec, net, X = _anomaly_only_model()
     device_t0, answered_at = 1_600_000_000_000, 1_790_000_000_000
     loop = LearningLoop(copy.deepcopy(net), spec, 1, LearningSettings(batch_size=8, gate_every=32, min_holdout=30,
                                                                       lr=1e-12, publish_interval_s=60))
