@@ -185,15 +185,19 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
 
 
 def cmd_job_submit(args: argparse.Namespace) -> int:
-    from control.stack import latest_savepoint
+    from control.stack import latest_restore_point
     from control.submit import SubmitError, submit
 
     cfg = config_of(args)
     savepoint = args.from_savepoint
     if savepoint == "latest":
-        savepoint = latest_savepoint(cfg, args.job)
-        if savepoint is None:
-            raise SystemExit(f"sensorloop: no savepoint of the {args.job} job recorded in {cfg.stack.run_dir}")
+        point = latest_restore_point(cfg, args.job)
+        if point is None:
+            raise SystemExit(f"sensorloop: no savepoint of the {args.job} job recorded in {cfg.stack.run_dir} "
+                             f"and no retained checkpoint under {cfg.flink.state_dir}/checkpoints/{args.job}")
+        savepoint = point.location
+        taken = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(point.taken_at))
+        print(f"resuming the {args.job} job from its newest {point.kind} (taken {taken})")
     if args.local:
         return _submit_local(args, cfg, savepoint)
     bootstrap, jobmanager = resolve_bootstrap(args), resolve_jobmanager(args)
@@ -202,7 +206,7 @@ def cmd_job_submit(args: argparse.Namespace) -> int:
         submission = submit(args.job, cfg, bootstrap, jobmanager, savepoint)
     except SubmitError as exc:
         raise SystemExit(f"sensorloop: {exc}") from None
-    resumed = f" from savepoint {savepoint}" if savepoint else ""
+    resumed = f" from {savepoint}" if savepoint else ""
     print(f"submitted {args.job} job {submission.job_id} to {jobmanager}{resumed} "
           f"({time.monotonic() - started:.1f}s)")
     if args.wait_running:
@@ -415,12 +419,13 @@ def add_operator_commands(sub) -> None:
                        "(default: flink.jobmanager, else the embedded stack)")
 
     for name, help_text in (("submit", "submit the serving or learning job (detached)"),
-                            ("resume", "submit a job from a savepoint (default: the newest recorded)")):
+                            ("resume", "submit a job from its newest savepoint or retained checkpoint")):
         r = q.add_parser(name, help=help_text)
         r.add_argument("job", choices=["serving", "learning"])
         r.add_argument("--bootstrap", default=None, help="Kafka (default: broker.bootstrap, else the stack's)")
         r.add_argument("--from-savepoint", default="latest" if name == "resume" else None,
-                       help="savepoint path or 'latest'")
+                       help="savepoint or checkpoint path, or 'latest' (the newest recorded savepoint "
+                            "or retained checkpoint)")
         r.add_argument("--wait-running", action="store_true", help="wait until the job and all its tasks run")
         r.add_argument("--local", action="store_true",
                        help="run it on its own local MiniCluster in the background instead of a cluster")

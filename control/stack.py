@@ -2,7 +2,7 @@
 background by ``sensorloop stack start`` and found again by every later command through a state file.
 
 It also remembers the savepoints taken through the CLI, so ``sensorloop job resume serving`` picks
-the newest one.
+the newest state to resume from: that savepoint, or a checkpoint Flink retained after it.
 """
 
 from __future__ import annotations
@@ -131,10 +131,65 @@ def record_savepoint(cfg: Config, job: str, location: str) -> None:
     path.write_text(json.dumps(known, indent=2))
 
 
-def latest_savepoint(cfg: Config, job: str) -> str | None:
+@dataclass(frozen=True)
+class RestorePoint:
+    """State a job can be resubmitted from: a savepoint or a retained checkpoint."""
+
+    location: str
+    kind: str  # "savepoint" or "checkpoint"
+    taken_at: float  # epoch seconds
+
+
+def _local_path(location: str) -> Path | None:
+    """The local folder of a ``file:`` URI or plain path; None for a remote URL (s3://)."""
+    if location.startswith("file:"):
+        return Path(location.removeprefix("file://").removeprefix("file:"))
+    return None if "://" in location else Path(location)
+
+
+def recorded_savepoints(cfg: Config, job: str) -> list[RestorePoint]:
+    """The savepoints the CLI recorded for ``job``, oldest first; local ones deleted since are left out."""
     try:
         known = json.loads((Path(cfg.stack.run_dir) / SAVEPOINTS_FILE).read_text())
     except (OSError, ValueError):
-        return None
-    entries = known.get(job) or []
-    return entries[-1]["location"] if entries else None
+        return []
+    points = []
+    for entry in known.get(job) or []:
+        folder = _local_path(entry["location"])
+        if folder is None:
+            points.append(RestorePoint(entry["location"], "savepoint", float(entry.get("taken_at", 0.0))))
+        elif (folder / "_metadata").is_file():  # dated like a checkpoint: when Flink completed it
+            points.append(RestorePoint(entry["location"], "savepoint", (folder / "_metadata").stat().st_mtime))
+    return points
+
+
+def retained_checkpoints(cfg: Config, job: str) -> list[RestorePoint]:
+    """Complete checkpoints Flink kept for ``job`` under a local ``flink.state_dir`` (every run of the
+    job: ``checkpoints/<job>/<job id>/chk-N``), oldest first. A checkpoint still being written has no
+    ``_metadata`` yet and is left out; a remote state dir (s3://) is not listed."""
+    folder = _local_path(cfg.flink.state_dir.rstrip("/"))
+    return [] if folder is None else checkpoints_under(folder / "checkpoints" / job)
+
+
+def checkpoints_under(folder: Path) -> list[RestorePoint]:
+    """The complete checkpoints in one job's checkpoint folder (``<job id>/chk-N/_metadata``), oldest first."""
+    found = []
+    for metadata in folder.glob("*/chk-*/_metadata"):
+        try:
+            found.append(RestorePoint(metadata.parent.resolve().as_uri(), "checkpoint", metadata.stat().st_mtime))
+        except OSError:  # Flink subsumed it while we looked
+            continue
+    return sorted(found, key=lambda point: point.taken_at)
+
+
+def latest_restore_point(cfg: Config, job: str) -> RestorePoint | None:
+    """The newest state ``job`` can resume from: a recorded savepoint, or a retained checkpoint when
+    the job died (kill -9, a lost machine) after its last savepoint."""
+    points = recorded_savepoints(cfg, job) + retained_checkpoints(cfg, job)
+    return max(points, key=lambda point: point.taken_at) if points else None
+
+
+def latest_savepoint(cfg: Config, job: str) -> str | None:
+    """The newest recorded savepoint's location (still on disk where it is local)."""
+    points = recorded_savepoints(cfg, job)
+    return points[-1].location if points else None

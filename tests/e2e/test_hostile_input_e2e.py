@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from control.launcher import serving_job
+from control.stack import checkpoints_under
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_tools import produce, read_quiet, read_until
 from model.export import export_onnx
@@ -152,9 +153,8 @@ def test_a_deleted_artifact_does_not_keep_serving_down(tmp_path, registry_copy):
         # restarted as an operator restarts a killed job: from its newest retained checkpoint (window state and
         # offsets), or from the start when it completed none; its source's committed offsets alone would skip
         # the windows that reach back into the first readings
-        retained = sorted((tmp_path / "flink" / "checkpoints" / "serving").glob("*/chk-*/_metadata"),
-                          key=lambda p: int(p.parent.name.split("-")[1]))
-        restart = dict(options, savepoint_path=str(retained[-1].parent)) if retained else options
+        retained = checkpoints_under(tmp_path / "flink" / "checkpoints" / "serving")  # what `job resume` finds
+        restart = dict(options, savepoint_path=retained[-1].location) if retained else options
         job = serving_job(broker.bootstrap, tmp_path / "job-b.log", **restart)
         expected = expected_window_ends(first + second, 32, 8)
 

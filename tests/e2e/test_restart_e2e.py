@@ -11,16 +11,18 @@ from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_tools import produce
 from schemas import Prediction, Topics
 from control.launcher import serving_job
+from control.stack import checkpoints_under
 from tests.e2e.helpers import collect, encoded, expected_window_ends, record_fault, replayed_readings, window_tally
 
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()
 
 
-def latest_checkpoint(root: Path) -> Path:
-    found = sorted(root.glob("*/chk-*/_metadata"), key=lambda p: int(p.parent.name.split("-")[1]))
+def latest_checkpoint(root: Path) -> str:
+    """The checkpoint ``sensorloop job resume`` would pick: the newest complete one."""
+    found = checkpoints_under(root)
     assert found, f"no completed checkpoint under {root}"
-    return found[-1].parent
+    return found[-1].location
 
 
 def test_restart_from_checkpoint_keeps_window_state(tmp_path, trained_registry):
