@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.calibration import MIN_WINDOWS, calibrate, class_bias_of
+from model.calibration import MIN_WINDOWS, calibrate, class_bias_of, uses_biases
 from model.datasets import load_basic_motions, sliding_windows
 from model.export import export_onnx
 from model.network import FLATNESS_BUFFERS, WindowTransformer
@@ -121,12 +121,13 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
                     note: str = "", calibration: tuple[np.ndarray, np.ndarray] | None = None,
                     int8_min_agreement: float | None = None, lda: bytes | None = None,
                     normal_windows: np.ndarray | None = None,
-                    confirmed_normal: np.ndarray | None = None, calibration_bias: bool = False) -> VersionMetadata:
+                    confirmed_normal: np.ndarray | None = None, calibration_mode: str = "temperature") -> VersionMetadata:
     """Export a network to ONNX and write it, with its weights, as the next registry version. With
     ``calibration`` (held-out windows and their labels, at least ``MIN_WINDOWS``), a temperature is
     fitted on them and baked into the exported probabilities; the version's metrics record it with
     the expected calibration error before and after (``model.calibration.calibrate``); with
-    ``calibration_bias`` one bias per class is fitted and baked in beside it.
+    ``calibration_mode`` "temperature_bias" one bias per class is fitted and baked in beside it, with "auto"
+    only when the biases lower the held-out windows' out-of-fold log-loss (``model.calibration.uses_biases``).
 
     With ``int8_min_agreement``, an INT8 graph (``model.quantize``) is made too and kept beside the
     model only when it predicts the same class as the FP32 graph on at least that share of the
@@ -151,7 +152,8 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
                    "anomaly_normal_windows": float(len(normal_windows)),
                    "anomaly_confirmed_normal": float(len(confirmed_normal) if confirmed_normal is not None else 0)}
     if classifies and calibration is not None and len(calibration[1]) >= MIN_WINDOWS:
-        fitted = calibrate(logits_of(net, calibration[0]), np.asarray(calibration[1]), bias=calibration_bias)
+        logits, labels = logits_of(net, calibration[0]), np.asarray(calibration[1])
+        fitted = calibrate(logits, labels, bias=uses_biases(calibration_mode, logits, labels))
         temperature, class_bias = fitted["temperature"], class_bias_of(fitted, spec.n_classes)
         metrics = {**metrics, **fitted}
     onnx_bytes, extra = export_onnx(net, spec, temperature=temperature, class_bias=class_bias), {}

@@ -109,7 +109,6 @@ class LabelJoiner:
         self.answers_needed = answers_needed
         self.shape = shape
         self.others = dict(others or {})
-        self.known = set(self.classes).union(*(t.classes for t in self.others.values()))
         self.creators, self.max_classes = frozenset(creators), max_classes
 
     def new_state(self) -> JoinState:
@@ -174,12 +173,13 @@ class LabelJoiner:
                 return [], [RefusedLabel(label, f"verdict: review {label.review_id!r} asked no anomaly question")]
             if not label.label:
                 return self._vote(state, label)
-        if state.request is not None:
-            known = self._classes_of(state.request)
-        else:  # the request (and so the model) is not known yet: any served model's class may wait for it
-            known = sorted(self.known) if self.others else self.classes
+        if state.request is None:
+            # the request is not known yet, and with it neither the model nor the classes of the version that asked
+            # (it may have learned one since this job started): the answer waits and is judged when it comes
+            return self._vote(state, label)
+        known = self._classes_of(state.request)
         if label.label not in known and not self._may_add(label.labeler, bool(label.new_class), known):
-            model = f" for model {state.request.model_name}" if state.request is not None and self.others else ""
+            model = f" for model {state.request.model_name}" if self.others else ""
             why = (f"; {label.labeler} may not name new classes (labeling.class_creators)" if label.new_class
                    and label.labeler not in self.creators else
                    f"; the model has the most classes allowed ({self.max_classes})" if label.new_class else "")

@@ -18,7 +18,7 @@ import logging
 import numpy as np
 import torch
 
-from model.calibration import MIN_WINDOWS, cross_fitted, decision_shift, softmax
+from model.calibration import MIN_WINDOWS, cross_fitted, decision_shift, softmax, uses_biases
 from model.network import WindowTransformer
 from model.online import OnlineTrainer
 from model.registry import ArtifactError, ModelRegistry
@@ -216,14 +216,19 @@ class LearningLoop:
 
     def _as_served(self):
         """The candidate as the gate judges it, and whether it is called with the held-out labels: with
-        ``calibration = "temperature_bias"`` (and enough held-out windows for its version to get biases) the
-        class it would serve depends on biases fitted on the held-out windows themselves, so each half of them
-        is judged with the temperature and biases fitted on the other half; else its raw outputs (a
-        temperature alone never changes the class)."""
-        net = self.trainer.net
-        if self.config.calibration != "temperature_bias" or len(self.gate.windows) < MIN_WINDOWS:
+        ``calibration = "temperature_bias"`` or ``"auto"`` (and enough held-out windows for its version to get
+        biases) the class it would serve depends on biases fitted on the held-out windows themselves, so each
+        half of them is judged with the temperature and biases fitted on the other half (with "auto", when the
+        biases would be chosen, ``model.calibration.uses_biases``); else its raw outputs (a temperature alone
+        never changes the class)."""
+        net, mode = self.trainer.net, self.config.calibration
+        if mode == "temperature" or len(self.gate.windows) < MIN_WINDOWS:
             return (lambda X: softmax(_logits(net, X))), False
-        return (lambda X, y: softmax(cross_fitted(_logits(net, X), y, bias=True))), True
+
+        def as_served(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+            logits = _logits(net, X)
+            return softmax(cross_fitted(logits, y, bias=uses_biases(mode, logits, y)))
+        return as_served, True
 
     def _propose(self, decision: GateDecision | SelfSupervisedDecision, at: int) -> Candidate | None:
         """The candidate a gate accepted, unless it ranks labeled anomalies clearly worse than the version in
@@ -656,7 +661,7 @@ class VersionPublisher:
                                calibration=calibration, int8_min_agreement=self.int8_min_agreement,
                                lda=candidate.lda, normal_windows=remembered if len(remembered) >= 32 else None,
                                confirmed_normal=confirmed,
-                               calibration_bias=loop.config.calibration == "temperature_bias")
+                               calibration_mode=loop.config.calibration)
         self.published += 1
         with_shift(candidate.net, decision_shift(meta.metrics, loop.spec.n_classes))  # judged as it serves
         weights = weights_bytes(candidate.net)

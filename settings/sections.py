@@ -243,9 +243,10 @@ class LearningSettings:
     class_balanced: bool = True  # one reservoir share per class, so rare classes are not crowded out
     seed: int = 0
     calibration: str = "temperature"  # what each published version's probabilities are calibrated by, fitted on the
-    #                                   gate's held-out windows: "temperature", or "temperature_bias" (one bias per class
+    #                                   gate's held-out windows: "temperature", "temperature_bias" (one bias per class
     #                                   too: fixes a model that is overconfident on some classes, and may change which
-    #                                   class is predicted; model.calibration)
+    #                                   class is predicted; model.calibration), or "auto" (the biases only when they
+    #                                   lower the held-out windows' out-of-fold log-loss)
     holdout: str = "hashed"  # the gate's held-out windows: "hashed" (1 in holdout_every of all answers) or
     #                          "audit" (1 in holdout_every of the answered audit windows: a uniform sample)
     holdout_every: int = 4  # 1 labeled window in this many is held out for the gate, never trained on
@@ -289,8 +290,8 @@ class LearningSettings:
             raise ValueError(f"lda_decay must be in [0, 1), got {self.lda_decay}")
         if self.holdout not in ("hashed", "audit"):
             raise ValueError(f"holdout must be hashed or audit, got {self.holdout!r}")
-        if self.calibration not in ("temperature", "temperature_bias"):
-            raise ValueError(f"calibration must be temperature or temperature_bias, got {self.calibration!r}")
+        if self.calibration not in ("temperature", "temperature_bias", "auto"):
+            raise ValueError(f"calibration must be temperature, temperature_bias or auto, got {self.calibration!r}")
 
 
 @dataclass(frozen=True)

@@ -71,16 +71,17 @@ def test_the_gate_judges_the_class_a_version_serves_not_its_raw_outputs():
     # the version in service leans to class 0 raw (about 0.5) but its biases serve every class right: a candidate
     # right 3 times in 4 is worse than what serves, although its raw outputs beat serving's
     served = with_shift(_Logits(), _shift_fitted_on(_Logits(), seed=2))
-    for calibration in ("temperature", "temperature_bias"):
+    for calibration in ("temperature", "temperature_bias", "auto"):
         d = _loop(calibration, _Right(), served)._judge()
         assert d.serving_accuracy > 0.95 and 0.65 < d.candidate_accuracy < 0.85 and not d.accept, d.reason
     # the other way round: the candidate's biases would fix its lean; with them, it serves better than the
     # version in service (judged out of fold on the held-out windows), and is accepted
-    d = _loop("temperature_bias", _Logits(), _Right())._judge()
-    assert d.candidate_accuracy > 0.95 and d.accept, d.reason
     X, y = _windows(1)
     expected = cross_fitted(X[:, 0, :2].astype(np.float64), y, bias=True).argmax(1) == y
-    assert d.candidate_accuracy == pytest.approx(expected.mean())
+    for calibration in ("temperature_bias", "auto"):  # "auto": the biases are chosen, as they would be on publish
+        d = _loop(calibration, _Logits(), _Right())._judge()
+        assert d.candidate_accuracy > 0.95 and d.accept, d.reason
+        assert d.candidate_accuracy == pytest.approx(expected.mean())
     # without biases it would serve its raw outputs, and that is what the gate judges
     d = _loop("temperature", _Logits(), _Right())._judge()
     assert d.candidate_accuracy < 0.6 and not d.accept, d.reason
@@ -108,10 +109,10 @@ def biased_registry(tmp_path_factory):
     net = WindowTransformer(spec)
     net.set_normalisation(X)
     fit(net, X, y, epochs=40, lr=3e-3, batch_size=32)
-    publish_version(registry, "m", net, spec, {}, calibration=(Xh, yh), calibration_bias=True)
+    publish_version(registry, "m", net, spec, {}, calibration=(Xh, yh), calibration_mode="temperature_bias")
     fit(net, X, y, epochs=5, lr=3e-3, batch_size=32)
     publish_version(registry, "m", net, spec, {}, calibration=(Xh[::-1].copy(), yh[::-1].copy()), parent_version=1,
-                    calibration_bias=True)
+                    calibration_mode="temperature_bias")
     return registry, Xh
 
 

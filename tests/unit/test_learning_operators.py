@@ -121,3 +121,20 @@ def test_a_new_class_joins_only_from_a_creator_marking_it_and_while_there_is_roo
                                                     1)[1][0].reason
     done, _ = j.on_label(full, Label("d:3", "cycle", "bob", 1), 1)  # v4 has it: anyone may answer with it
     assert done[0].label == "cycle"
+
+
+def test_an_answer_with_a_class_learned_since_the_job_started_waits_for_its_request():
+    """A version that learned "cycle" asked; its answer reached the join before its request (they come on two
+    topics): it waits and is learned from once the request shows the class. One naming a class no version has
+    is refused when the request comes, with the classes the version that asked knows."""
+    j = LabelJoiner(CLASSES, creators=frozenset({"ann"}))
+    learned = j.new_state()
+    assert j.on_label(learned, Label("d:4", "cycle", "bob", 1), 1) == ([], [])
+    asked_by_v4 = ReviewRequest("d:4", "d", 0, 1, ["x"], [[0.5], [0.7]], "run", 0.4,
+                                {**dict.fromkeys(CLASSES, 0.2), "cycle": 0.2}, 4, "audit", 0)
+    done, rejected = j.on_request(learned, asked_by_v4, 2)
+    assert not rejected and done[0].label == "cycle" and done[0].model_version == 4
+    unknown = j.new_state()
+    assert j.on_label(unknown, Label("d:5", "swim", "bob", 1), 1) == ([], [])
+    done, rejected = j.on_request(unknown, req("d:5"), 2)
+    assert not done and "unknown class 'swim'" in rejected[0].reason and "cycle" not in rejected[0].reason

@@ -227,7 +227,7 @@ def test_a_version_calibrated_with_class_biases_serves_them_in_both_runtimes(tmp
     net.set_normalisation(X)
     fit(net, X, y, epochs=40, lr=3e-3, batch_size=32)
     registry = ModelRegistry(str(tmp_path))
-    meta = publish_version(registry, "m", net, spec, {}, calibration=(Xh, yh), calibration_bias=True)
+    meta = publish_version(registry, "m", net, spec, {}, calibration=(Xh, yh), calibration_mode="temperature_bias")
     bias = class_bias_of(meta.metrics, 3)
     assert bias is not None and bias[2] < bias[0], bias  # the favoured class is pulled down
     expected = softmax(logits_of(net, Xh) / meta.metrics["temperature"] + bias)
@@ -237,5 +237,12 @@ def test_a_version_calibrated_with_class_biases_serves_them_in_both_runtimes(tmp
     plain = calibrate(logits_of(net, Xh), yh)
     assert meta.metrics["ece_after"] < plain["ece_after"], (meta.metrics["ece_after"], plain["ece_after"])
     assert class_bias_of(plain, 3) is None
-    with pytest.raises(ValueError, match="calibration must be temperature or temperature_bias"):
+    # "auto": the biases where they fix what the temperature leaves (these windows), none where a temperature is
+    # all it takes (windows like the training data)
+    auto = publish_version(registry, "m", net, spec, {}, calibration=(Xh, yh), calibration_mode="auto")
+    assert class_bias_of(auto.metrics, 3) is not None
+    Xs, ys = windows(600, 0.0)
+    assert class_bias_of(publish_version(registry, "m", net, spec, {}, calibration=(Xs, ys),
+                                         calibration_mode="auto").metrics, 3) is None
+    with pytest.raises(ValueError, match="calibration must be temperature, temperature_bias or auto"):
         LearningSettings(calibration="platt")
