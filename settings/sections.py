@@ -242,11 +242,11 @@ class LearningSettings:
     reservoir_capacity: int = 2000
     class_balanced: bool = True  # one reservoir share per class, so rare classes are not crowded out
     seed: int = 0
-    calibration: str = "temperature"  # what each published version's probabilities are calibrated by, fitted on the
-    #                                   gate's held-out windows: "temperature", "temperature_bias" (one bias per class
-    #                                   too: fixes a model that is overconfident on some classes, and may change which
-    #                                   class is predicted; model.calibration), or "auto" (the biases only when they
-    #                                   lower the held-out windows' out-of-fold log-loss)
+    calibration: str = "auto"  # what each published version's probabilities are calibrated by, fitted on the
+    #                            gate's held-out windows: "temperature", "temperature_bias" (one bias per class too:
+    #                            fixes a model that is overconfident on some classes, and may change which class is
+    #                            predicted; model.calibration), or "auto" (the biases only where the temperature
+    #                            leaves an ECE above chance and they lower it out of fold: calibration.biases_help)
     holdout: str = "hashed"  # the gate's held-out windows: "hashed" (1 in holdout_every of all answers) or
     #                          "audit" (1 in holdout_every of the answered audit windows: a uniform sample)
     holdout_every: int = 4  # 1 labeled window in this many is held out for the gate, never trained on
