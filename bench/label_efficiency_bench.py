@@ -44,6 +44,7 @@ import argparse
 import copy
 import sys
 from collections import deque
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, line_plot, print_table, save, wiimote_by_device  # noqa: E402
 from bench.learning_bench import bootstrap_net, features, run_river, stream as basic_motions_stream  # noqa: E402
+from model.augment import WindowAugmenter  # noqa: E402
 from model.network import WindowTransformer  # noqa: E402
 from model.online import OnlineTrainer  # noqa: E402
 from model.spec import ModelSpec  # noqa: E402
@@ -112,9 +114,10 @@ def run_strategy(net0, n_classes: int, X: np.ndarray, y: np.ndarray, fraction: f
     return hits, labeled
 
 
-def wiimote_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",), summary: bool = False):
+def wiimote_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",), summary: bool = False, augment: int = 0):
     """Windows (32 samples, stride 8) of PickupGestureWiimoteZ; devices 0-3's recordings train the first
-    model, devices 4-9's make the stream, in a shuffled order."""
+    model (``augment``: with that many augmented copies of each window per epoch, ``model.augment``), devices
+    4-9's make the stream, in a shuffled order."""
     classes, (Xtr, train_labels), (X, labels) = wiimote_by_device(4)
     spec = ModelSpec(window=32, channels=("acc_z",), classes=classes, d_model=32, n_heads=4, n_layers=2, d_ff=64,
                      tasks=tasks, summary_features=summary)
@@ -122,7 +125,7 @@ def wiimote_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",), summar
     net = WindowTransformer(spec)
     ytr, y = encode_labels(train_labels, classes), encode_labels(labels, classes)
     net.set_normalisation(Xtr)
-    fit(net, Xtr, ytr, epochs=25, seed=seed)
+    fit(net, Xtr, ytr, epochs=25, seed=seed, augment_copies=augment)
     order = np.random.default_rng(seed).permutation(len(y))
     return spec, net, Xtr, ytr, X[order], y[order]
 
@@ -165,12 +168,13 @@ SUMMARY_LEARNERS = {"sensorloop + window summary, confidence": (SGD, "confidence
                     "sensorloop LDA head + window summary, random": (LDA, "random")}
 
 
-def learners(fractions: list[float], heads: bool = False, summary: bool = False):
+def learners(fractions: list[float], heads: bool = False, summary: bool = False, augment: int = 0):
     """(name, fraction, run(spec, net0, Xtr, ytr, X, y) -> (hits, labeled)) of every learner compared; with
     ``heads``, also the learners whose network has an anomaly head beside the classes (trained with it from
     the start) and learns none, 5 % (``serving.unlabeled_share``'s default) or every window of the stream
     without its label too (their runs get that network); with ``summary``, the learners whose network's
-    classify head also reads the window summary (``SUMMARY_LEARNERS``, their runs get that network)."""
+    classify head also reads the window summary (``SUMMARY_LEARNERS``, their runs get that network); with
+    ``augment``, also river ARF warmed on the first data with as many augmented copies as the network saw."""
     from river import forest, tree
 
     for fraction in fractions:
@@ -193,6 +197,12 @@ def learners(fractions: list[float], heads: bool = False, summary: bool = False)
             yield (f"{name} (window features), random", fraction,
                    lambda s, n, Xtr, ytr, X, y, f=fraction, m=factory: run_river(m, features(Xtr), list(ytr),
                                                                                   features(X), list(y), f))
+    for fraction in (*fractions, 1.0) if augment else ():
+        def warmed_on_copies(s, n, Xtr, ytr, X, y, f=fraction):
+            Xa, ya = WindowAugmenter().expand(Xtr, ytr, augment, np.random.default_rng(0))
+            return run_river(lambda: forest.ARFClassifier(n_models=10, seed=0), features(Xa), list(ya),
+                             features(X), list(y), f)
+        yield "river ARF (window features, augmented first data), random", fraction, warmed_on_copies
 
 
 def main() -> None:
@@ -206,19 +216,25 @@ def main() -> None:
     parser.add_argument("--out", default="label_efficiency", help="name of the result files in bench/results")
     parser.add_argument("--learners", default="",
                         help="run only the learners whose names start with one of these ('|'-separated)")
+    parser.add_argument("--streams", default="", help="run only the streams whose names start with one of these "
+                                                       "('|'-separated)")
+    parser.add_argument("--augment", type=int, default=0,
+                        help="the Wiimote first model trained with this many augmented copies per window")
     args = parser.parse_args()
     only = tuple(p for p in args.learners.split("|") if p)
     torch.set_num_threads(1)
     fractions = [float(f) for f in args.fractions.split(",")]
-    streams = {"BasicMotions, gyroscope drift": basic_motions, "Wiimote gestures, unseen devices": wiimote_stream,
+    streams = {"BasicMotions, gyroscope drift": basic_motions,
+               "Wiimote gestures, unseen devices": partial(wiimote_stream, augment=args.augment),
                "SEA, abrupt change": sea_stream}
+    streams = {k: v for k, v in streams.items() if not args.streams or k.startswith(tuple(args.streams.split("|")))}
     runs: dict[tuple[str, str, float], list[tuple[float, int, float]]] = {}
     for name, make in streams.items():
         for seed in range(args.seeds):
             spec, net0, Xtr, ytr, X, y = make(seed)
             with_heads = make(seed, tasks=HEADS) if args.heads else None
             with_summary = make(seed, summary=True) if args.summary else None
-            for learner, fraction, run in learners(fractions, args.heads, args.summary):
+            for learner, fraction, run in learners(fractions, args.heads, args.summary, args.augment):
                 if only and not learner.startswith(only):
                     continue
                 own = with_heads if learner in HEADS_LEARNERS else with_summary if learner in SUMMARY_LEARNERS else None

@@ -87,7 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"not {model.name}")
     try:
         result = train_from_dataset(ModelRegistry(cfg.registry.path), model.spec_dict(), model.stride, dataset,
-                                    epochs=args.epochs, seed=args.seed, int8_min_agreement=cfg.int8_check(model.name))
+                                    epochs=args.epochs, seed=args.seed, int8_min_agreement=cfg.int8_check(model.name),
+                                    augment_copies=args.augment)
     except ValueError as exc:
         raise SystemExit(f"sensorloop: {exc}") from None
     print(f"{result.split}; trained on {result.train_windows} windows in {result.seconds:.1f}s")
@@ -118,6 +119,9 @@ def add_data_commands(sub) -> None:
     p.add_argument("--model", default=None, help="default: registry.model_name")
     p.add_argument("--dataset", required=True)
     p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--augment", type=int, default=0, metavar="N",
+                   help="also train on N augmented copies of each window per epoch (gain, offset, speed, noise): "
+                        "for people or sensors the dataset does not have")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--registry", default=None)
     p.set_defaults(func=cmd_train)

@@ -189,13 +189,13 @@ def cmd_job_submit(args: argparse.Namespace) -> int:
     from control.submit import SubmitError, submit
 
     cfg = config_of(args)
-    savepoint = args.from_savepoint
+    savepoint, kind = args.from_savepoint, "savepoint"
     if savepoint == "latest":
         point = latest_restore_point(cfg, args.job)
         if point is None:
             raise SystemExit(f"sensorloop: no savepoint of the {args.job} job recorded in {cfg.stack.run_dir} "
                              f"and no retained checkpoint under {cfg.flink.state_dir}/checkpoints/{args.job}")
-        savepoint = point.location
+        savepoint, kind = point.location, point.kind
         taken = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(point.taken_at))
         print(f"resuming the {args.job} job from its newest {point.kind} (taken {taken})")
     if args.local:
@@ -206,7 +206,7 @@ def cmd_job_submit(args: argparse.Namespace) -> int:
         submission = submit(args.job, cfg, bootstrap, jobmanager, savepoint)
     except SubmitError as exc:
         raise SystemExit(f"sensorloop: {exc}") from None
-    resumed = f" from {savepoint}" if savepoint else ""
+    resumed = f" from {kind} {savepoint}" if savepoint else ""
     print(f"submitted {args.job} job {submission.job_id} to {jobmanager}{resumed} "
           f"({time.monotonic() - started:.1f}s)")
     if args.wait_running:

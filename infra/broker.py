@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import subprocess
 import time
@@ -17,8 +18,24 @@ from schemas import Topics
 log = logging.getLogger(__name__)
 
 
+LISTEN_PORTS = (20000, 32000)  # below Linux's ephemeral range (32768-60999), where clients' own ends are
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    """A port free to listen on now, picked at random below the ephemeral range: a port the OS hands out for
+    ``bind(0)`` comes from the range every outgoing connection's local end is taken from too, so between this
+    answer and the server binding it a Kafka client of a job next door could take it (Flink's REST endpoint
+    then fails with "Could not start rest endpoint on any port")."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(*LISTEN_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # that range is full: whatever the OS has
         sock.bind((host, 0))
         return sock.getsockname()[1]
 

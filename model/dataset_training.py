@@ -85,8 +85,10 @@ class TrainResult:
 
 
 def train_from_dataset(registry: ModelRegistry, spec_dict: dict, stride: int, dataset: Dataset,
-                       epochs: int = 25, seed: int = 0, int8_min_agreement: float | None = None) -> TrainResult:
-    """Train on the dataset's training side, report on its held-out side, publish the next version."""
+                       epochs: int = 25, seed: int = 0, int8_min_agreement: float | None = None,
+                       augment_copies: int = 0) -> TrainResult:
+    """Train on the dataset's training side (with ``augment_copies`` augmented copies of each window per
+    epoch: ``model.train.fit``), report on its held-out side, publish the next version."""
     spec = ModelSpec.from_dict(spec_dict)
     if list(spec.channels) != dataset.channels or list(spec.classes) != dataset.classes:
         raise ValueError(f"dataset {dataset.dataset_id} was imported for channels {dataset.channels} and classes "
@@ -100,7 +102,7 @@ def train_from_dataset(registry: ModelRegistry, spec_dict: dict, stride: int, da
     net = WindowTransformer(spec)
     net.set_normalisation(X)
     started = time.perf_counter()
-    fit(net, X, y, epochs=epochs, seed=seed)
+    fit(net, X, y, epochs=epochs, seed=seed, augment_copies=augment_copies)
     seconds = time.perf_counter() - started
     report = class_report(yte, predict_proba(net, Xte).argmax(axis=1), spec.classes)
     recalls = [c["recall"] for c in report["per_class"].values() if c["support"]]

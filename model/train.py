@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.augment import WindowAugmenter
 from model.calibration import MIN_WINDOWS, calibrate, class_bias_of, uses_biases
 from model.datasets import load_basic_motions, sliding_windows
 from model.export import export_onnx
@@ -40,21 +41,33 @@ def encode_labels(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
 
 def fit(net: nn.Module, X: np.ndarray, y: np.ndarray | None, epochs: int = 20, lr: float = 2e-3,
         batch_size: int = 64, seed: int = 0, weight_decay: float = 1e-4,
-        future: np.ndarray | None = None) -> list[float]:
+        future: np.ndarray | None = None, augment_copies: int = 0) -> list[float]:
     """Plain mini-batch Adam training; returns the mean loss of each epoch. The loss is the cross-entropy on
     ``y`` (where the model classifies) plus the self-supervised objectives of its other heads
-    (``model.self_supervised``; the forecast's only with ``future``, the samples after each window)."""
+    (``model.self_supervised``; the forecast's only with ``future``, the samples after each window).
+
+    With ``augment_copies``, each epoch also trains on that many fresh augmented copies of every window
+    (``model.augment.WindowAugmenter``: gain, offset, speed and noise), for models that must serve people
+    or sensors the training data does not have. Not with ``future`` (a copy's following samples are unknown)."""
+    if augment_copies and future is not None:
+        raise ValueError("augment_copies cannot be used with a forecast target (future)")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    classifies = y is not None and net.spec.has("classify")
     Xt = torch.as_tensor(X, dtype=torch.float32)
-    yt = torch.as_tensor(y, dtype=torch.long) if y is not None and net.spec.has("classify") else None
+    yt = torch.as_tensor(y, dtype=torch.long) if classifies else None
     Ft = torch.as_tensor(future, dtype=torch.float32) if future is not None else None
     losses = []
     net.train()
     for _ in range(epochs):
-        order = rng.permutation(len(X))
+        if augment_copies:
+            Xe, ye = WindowAugmenter().expand(np.asarray(X, np.float32), y if classifies else np.zeros(len(X)),
+                                              augment_copies, rng)
+            Xt = torch.as_tensor(Xe)
+            yt = torch.as_tensor(ye, dtype=torch.long) if classifies else None
+        order = rng.permutation(len(Xt))
         total = 0.0
         for start in range(0, len(order), batch_size):
             idx = torch.as_tensor(order[start:start + batch_size])
@@ -66,7 +79,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray | None, epochs: int = 20, l
             opt.step()
             total += loss.item() * len(idx)
         sched.step()
-        losses.append(total / len(X))
+        losses.append(total / len(Xt))
     net.eval()
     return losses
 

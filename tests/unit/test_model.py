@@ -246,3 +246,25 @@ def test_a_version_calibrated_with_class_biases_serves_them_in_both_runtimes(tmp
                                          calibration_mode="auto").metrics, 3) is None
     with pytest.raises(ValueError, match="calibration must be temperature, temperature_bias or auto"):
         LearningSettings(calibration="platt")
+
+
+def test_training_with_augmented_copies_sees_fresh_copies_every_epoch():
+    """``fit(augment_copies=2)``: each epoch trains on the windows and two augmented copies of each, new
+    ones every epoch (gain, offset, speed and noise: ``model.augment``), and still learns the task."""
+    X, y = synthetic()
+    net = WindowTransformer(SPEC)
+    net.set_normalisation(X)
+    seen: list[torch.Tensor] = []
+    hook = net.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach().clone()))
+    fit(net, X, y, epochs=2, batch_size=64, augment_copies=2)
+    hook.remove()
+    epochs = [torch.cat(seen[:12]), torch.cat(seen[12:])]  # 768 windows an epoch: 12 batches of 64
+    assert len(seen) == 24 and all(len(e) == 3 * len(X) for e in epochs)
+    originals = {w.tobytes() for w in X.astype(np.float32)}
+    for e in epochs:  # each window once, and two copies of it that are not
+        assert sum(w.numpy().tobytes() in originals for w in e) == len(X)
+    assert not torch.equal(*(torch.sort(e.reshape(len(e), -1).sum(1)).values for e in epochs))  # fresh copies
+    Xv, yv = synthetic(seed=1)
+    assert accuracy(predict_proba(net, Xv), yv) > 0.9
+    with pytest.raises(ValueError, match="forecast"):
+        fit(net, X, y, epochs=1, augment_copies=1, future=X[:, :2])
