@@ -77,6 +77,7 @@ def score(probs: np.ndarray, strategy: str) -> float:
 
 SGD = LearningSettings(lr=2e-3, batch_size=8, replay_ratio=1.0, reservoir_capacity=500)
 LDA = LearningSettings(head="lda", batch_size=8, lda_decay=0.0)
+SERVED = LearningSettings(lr=2e-3, batch_size=8, replay_ratio=1.0, reservoir_capacity=500)  # the gate's defaults
 
 
 def run_strategy(net0, n_classes: int, X: np.ndarray, y: np.ndarray, fraction: float, strategy: str,
@@ -111,6 +112,44 @@ def run_strategy(net0, n_classes: int, X: np.ndarray, y: np.ndarray, fraction: f
             trainer.learn_one(X[i], int(y[i]))
         if unlabeled and unlabeled_rng.random() < unlabeled:
             trainer.learn_unlabeled(X[i])
+    return hits, labeled
+
+
+def run_served(net0, spec: ModelSpec, X: np.ndarray, y: np.ndarray, fraction: float, strategy: str,
+               seed: int = 1, settings: LearningSettings = SERVED) -> tuple[np.ndarray, int]:
+    """Prequential hits of the *served* version and labels used, with the learning job's own ``LearningLoop``
+    (the gate on held-out answers, its deployment rule): each window is predicted, and asked about by
+    ``strategy``, by the version in service; a candidate the gate accepts serves from the next window on."""
+    from operators.label_join import LabeledWindow
+    from operators.learning import LearningLoop
+
+    loop = LearningLoop(copy.deepcopy(net0), spec, 1, settings)
+    served = copy.deepcopy(net0).eval()
+    rng = np.random.default_rng(seed)
+    recent: deque = deque(maxlen=200)
+    hits, labeled, budget, version = np.zeros(len(X)), 0, 0.0, 1
+    for i in range(len(X)):
+        with torch.inference_mode():
+            probs = torch.softmax(served(torch.as_tensor(X[i:i + 1])), -1).numpy()[0]
+        hits[i] = probs.argmax() == y[i]
+        budget = min(budget + fraction, 8.0)
+        if strategy == "random":
+            wanted = rng.random() < fraction
+        else:
+            s = score(probs, strategy)
+            wanted = len(recent) < 20 or s >= np.quantile(recent, 1.0 - fraction)
+            recent.append(s)
+        if wanted and budget >= 1.0:
+            budget -= 1.0
+            labeled += 1
+            reason = "audit" if strategy == "random" else "low_confidence"
+            candidate = loop.learn(LabeledWindow(f"d:{i}", "d", X[i], spec.classes[int(y[i])],
+                                                 spec.classes[int(probs.argmax())], version, ["sim"], 1000 * i,
+                                                 reason=reason))
+            if candidate is not None:
+                version += 1
+                loop.accepted(candidate, version)
+                served = copy.deepcopy(candidate.net).eval()
     return hits, labeled
 
 
@@ -187,6 +226,9 @@ def learners(fractions: list[float], heads: bool = False, summary: bool = False,
         for strategy in STRATEGIES:
             yield (f"sensorloop, {strategy}", fraction,
                    lambda s, n, Xtr, ytr, X, y, f=fraction, q=strategy: run_strategy(n, s.n_classes, X, y, f, q))
+        for strategy in ("confidence", "random"):
+            yield (f"sensorloop served (learning loop and gate), {strategy}", fraction,
+                   lambda s, n, Xtr, ytr, X, y, f=fraction, q=strategy: run_served(n, s, X, y, f, q))
         for strategy in ("confidence", "random"):
             yield (f"sensorloop LDA head, {strategy}", fraction,
                    lambda s, n, Xtr, ytr, X, y, f=fraction, q=strategy: run_strategy(n, s.n_classes, X, y, f, q,
