@@ -95,6 +95,11 @@ class ValidationGate:
     def hold_out(self, window: np.ndarray, label: int) -> None:
         self.windows.append((np.asarray(window, np.float32), int(label)))
 
+    def forget_held_out(self) -> None:
+        """The stream changed (a drift): windows held out before it judge candidates by the old concept, and
+        would refuse the very candidates that learned the new one; evidence starts again."""
+        self.windows.clear()
+
     def judge(self, candidate: Predictor, serving: Predictor, must_beat: bool = False,
               out_of_fold: bool = False) -> GateDecision:
         """``must_beat``: the candidate must be strictly better (a first version against a baseline).

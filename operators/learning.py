@@ -185,6 +185,8 @@ class LearningLoop:
             self.drift_events += 1
             self.new_drifts.append("error")
             self.trainer.consolidate()
+            if self.config.gate_forgets_on_drift:
+                self.gate.forget_held_out()
         if self._held_out(item):
             self.gate.hold_out(item.values, label)
         else:

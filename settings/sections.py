@@ -254,6 +254,9 @@ class LearningSettings:
     gate_margin: float = 0.0
     gate_z: float = 0.0  # 1.645: a one-sided 95 % sign test (fewer, surer versions; slower after a drift)
     min_holdout: int = 30
+    gate_forgets_on_drift: bool = False  # a drift in serving's error empties the gate's held-out windows: those from
+    #                                      before it judge by the old concept and refuse candidates that learned the
+    #                                      new one (the gate then decides on fresh windows, early_z first)
     gate_early_z: float = 2.33  # with fewer than min_holdout held-out windows a candidate still passes when it
     #                              wins clearly at this z (a one-sided 99 % sign test); 0: always wait
     rollback_z: float = 3.0  # roll back the version in service when, on the same live audit windows, its

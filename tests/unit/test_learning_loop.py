@@ -209,3 +209,27 @@ def test_a_clearly_better_first_version_need_not_wait_for_min_holdout():
     Xtr, ltr = sliding_windows(load_basic_motions("train"), 32, 8)
     names = np.asarray(spec.classes)[predict_proba(early.net, Xtr).argmax(1)]
     assert (names == ltr).mean() > 0.6  # far above the majority class's 0.25
+
+
+def test_a_drift_empties_the_gates_held_out_windows_when_asked():
+    """``learning.gate_forgets_on_drift``: when serving's error drifts, the windows held out before the drift
+    (judging by the old concept) are dropped, so candidates that learned the new one are judged on new
+    windows; without the option they stay."""
+    torch.manual_seed(0)
+    net = WindowTransformer(SPEC)
+    X, y = data(300, 0)
+    net.set_normalisation(X)
+    Xd, yd = data(300, 1, offset=3.0)
+    kept = {}
+    for forgets in (False, True):
+        loop = LearningLoop(net, SPEC, version=1, config=LearningSettings(gate_every=10_000,
+                                                                          gate_forgets_on_drift=forgets))
+        held_before = 0
+        for i, (w, label) in enumerate(zip(np.concatenate([X, Xd]), np.concatenate([y, yd]))):
+            served = label if i < 300 else (label + 1) % 3  # right before the drift, wrong after it
+            loop.learn(LabeledWindow(f"d:{i}", "d", w, SPEC.classes[label], SPEC.classes[served], 1, ["sim"]))
+            if i == 299:
+                held_before = len(loop.gate.windows)
+        assert loop.drift_events >= 1 and held_before > 50
+        kept[forgets] = len(loop.gate.windows)
+    assert kept[False] > held_before and kept[True] < kept[False] - 50, (held_before, kept)
