@@ -82,6 +82,32 @@ SERVED_FORGETS = LearningSettings(lr=2e-3, batch_size=8, replay_ratio=1.0, reser
                                   gate_forgets_on_drift=True)
 
 
+class Asker:
+    """Which windows are asked about: by ``strategy``, the windows whose score is in the top ``fraction`` of
+    the last 200 (every strategy spends the same budget: ``fraction`` of the windows, at most 8 saved up),
+    or a random ``fraction``."""
+
+    def __init__(self, fraction: float, strategy: str, seed: int) -> None:
+        self.fraction, self.strategy = fraction, strategy
+        self.rng = np.random.default_rng(seed)
+        self.recent: deque = deque(maxlen=200)
+        self.budget, self.asked = 0.0, 0
+
+    def asks(self, probs: np.ndarray) -> bool:
+        self.budget = min(self.budget + self.fraction, 8.0)
+        if self.strategy == "random":
+            wanted = self.rng.random() < self.fraction
+        else:
+            s = score(probs, self.strategy)
+            wanted = len(self.recent) < 20 or s >= np.quantile(self.recent, 1.0 - self.fraction)
+            self.recent.append(s)
+        if not wanted or self.budget < 1.0:
+            return False
+        self.budget -= 1.0
+        self.asked += 1
+        return True
+
+
 def run_strategy(net0, n_classes: int, X: np.ndarray, y: np.ndarray, fraction: float, strategy: str,
                  seed: int = 1, settings: LearningSettings = SGD,
                  warm: tuple[np.ndarray, np.ndarray] | None = None,
@@ -94,27 +120,18 @@ def run_strategy(net0, n_classes: int, X: np.ndarray, y: np.ndarray, fraction: f
     trainer = OnlineTrainer(net, n_classes, settings)
     if warm is not None:
         trainer.warm_start(*warm)
-    rng, unlabeled_rng = np.random.default_rng(seed), np.random.default_rng(seed + 1)
-    recent: deque = deque(maxlen=200)
-    hits, labeled, budget = np.zeros(len(X)), 0, 0.0
+    unlabeled_rng = np.random.default_rng(seed + 1)
+    asker = Asker(fraction, strategy, seed)
+    hits = np.zeros(len(X))
     for i in range(len(X)):
         with torch.inference_mode():
             probs = torch.softmax(net.eval()(torch.as_tensor(X[i:i + 1])), -1).numpy()[0]
         hits[i] = probs.argmax() == y[i]
-        budget = min(budget + fraction, 8.0)
-        if strategy == "random":
-            wanted = rng.random() < fraction
-        else:
-            s = score(probs, strategy)
-            wanted = len(recent) < 20 or s >= np.quantile(recent, 1.0 - fraction)
-            recent.append(s)
-        if wanted and budget >= 1.0:
-            budget -= 1.0
-            labeled += 1
+        if asker.asks(probs):
             trainer.learn_one(X[i], int(y[i]))
         if unlabeled and unlabeled_rng.random() < unlabeled:
             trainer.learn_unlabeled(X[i])
-    return hits, labeled
+    return hits, asker.asked
 
 
 def run_served(net0, spec: ModelSpec, X: np.ndarray, y: np.ndarray, fraction: float, strategy: str,
@@ -127,23 +144,13 @@ def run_served(net0, spec: ModelSpec, X: np.ndarray, y: np.ndarray, fraction: fl
 
     loop = LearningLoop(copy.deepcopy(net0), spec, 1, settings)
     served = copy.deepcopy(net0).eval()
-    rng = np.random.default_rng(seed)
-    recent: deque = deque(maxlen=200)
-    hits, labeled, budget, version = np.zeros(len(X)), 0, 0.0, 1
+    asker = Asker(fraction, strategy, seed)
+    hits, version = np.zeros(len(X)), 1
     for i in range(len(X)):
         with torch.inference_mode():
             probs = torch.softmax(served(torch.as_tensor(X[i:i + 1])), -1).numpy()[0]
         hits[i] = probs.argmax() == y[i]
-        budget = min(budget + fraction, 8.0)
-        if strategy == "random":
-            wanted = rng.random() < fraction
-        else:
-            s = score(probs, strategy)
-            wanted = len(recent) < 20 or s >= np.quantile(recent, 1.0 - fraction)
-            recent.append(s)
-        if wanted and budget >= 1.0:
-            budget -= 1.0
-            labeled += 1
+        if asker.asks(probs):
             reason = "audit" if strategy == "random" else "low_confidence"
             candidate = loop.learn(LabeledWindow(f"d:{i}", "d", X[i], spec.classes[int(y[i])],
                                                  spec.classes[int(probs.argmax())], version, ["sim"], 1000 * i,
@@ -152,7 +159,7 @@ def run_served(net0, spec: ModelSpec, X: np.ndarray, y: np.ndarray, fraction: fl
                 version += 1
                 loop.accepted(candidate, version)
                 served = copy.deepcopy(candidate.net).eval()
-    return hits, labeled
+    return hits, asker.asked
 
 
 def wiimote_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",), summary: bool = False, augment: int = 0):
@@ -285,6 +292,7 @@ def main() -> None:
                 if only and not learner.startswith(only):
                     continue
                 own = with_heads if learner in HEADS_LEARNERS else with_summary if learner in SUMMARY_LEARNERS else None
+                torch.manual_seed(seed)  # dropout's draws: each run the same whichever learners ran before it
                 hits, labeled = run(*(own or (spec, net0, Xtr, ytr, X, y)))
                 runs.setdefault((name, learner, fraction), []).append(
                     (float(hits.mean()), labeled, float(hits[-len(hits) // 6:].mean())))
