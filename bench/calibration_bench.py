@@ -1,7 +1,8 @@
 """Calibration on people the model never saw: expected calibration error (ECE) before and after the
 temperature, and after the temperature with one bias per class (``learning.calibration =
-"temperature_bias"``), and what ``"auto"`` chooses (the biases when they lower the out-of-fold log-loss), next to the ECE a perfectly calibrated model reaches by chance on as many windows
-(``model.calibration.ece_noise``, 95th percentile).
+"temperature_bias"``), and what ``"auto"`` chooses (``model.calibration.biases_help``), next to the ECE a
+perfectly calibrated model reaches by chance on as many windows (``model.calibration.ece_noise``, 95th
+percentile).
 
 PickupGestureWiimoteZ as in the label-efficiency benchmark: a first model trained on devices 0-3, scored
 on the windows of devices 4-9 (896 windows; also their first 285, the size of a held-out set in the README
@@ -48,7 +49,8 @@ def main() -> None:
                          f"{accuracy_biased:.3f}", "biases" if auto else "temperature", f"{chosen['ece_after']:.3f}"])
             results.append({"seed": seed, "windows": n, "accuracy": accuracy, "ece_before": plain["ece_before"],
                             "ece_temperature": plain["ece_after"], "ece_noise_temperature": plain["ece_noise"],
-                            "ece_temperature_bias": biased["ece_after"], "ece_noise_temperature_bias": biased["ece_noise"],
+                            "ece_temperature_bias": biased["ece_after"],
+                            "ece_noise_temperature_bias": biased["ece_noise"],
                             "accuracy_with_bias": accuracy_biased, "auto_chose_biases": auto,
                             "ece_auto": chosen["ece_after"]})
     print_table("Wiimote, six unseen people: ECE (10 bins, cross-fitted)",

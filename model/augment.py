@@ -52,7 +52,8 @@ class WindowAugmenter:
         noise = rng.normal(0.0, self.noise_sd, X.shape) * sd
         return (warped * gain + offset + noise).astype(np.float32)
 
-    def expand(self, X: np.ndarray, y: np.ndarray, copies: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def expand(self, X: np.ndarray, y: np.ndarray, copies: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``X`` and ``copies`` fresh augmented copies of it, with their labels.
 
         >>> X, y = np.zeros((3, 8, 2), np.float32), np.array([0, 1, 2])

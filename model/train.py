@@ -134,7 +134,8 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
                     note: str = "", calibration: tuple[np.ndarray, np.ndarray] | None = None,
                     int8_min_agreement: float | None = None, lda: bytes | None = None,
                     normal_windows: np.ndarray | None = None,
-                    confirmed_normal: np.ndarray | None = None, calibration_mode: str = "temperature") -> VersionMetadata:
+                    confirmed_normal: np.ndarray | None = None,
+                    calibration_mode: str = "temperature") -> VersionMetadata:
     """Export a network to ONNX and write it, with its weights, as the next registry version. With
     ``calibration`` (held-out windows and their labels, at least ``MIN_WINDOWS``), a temperature is
     fitted on them and baked into the exported probabilities; the version's metrics record it with
