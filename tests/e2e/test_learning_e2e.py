@@ -31,11 +31,23 @@ THRESHOLD = 0.9  # every window under it is reviewed (as an audit or as unsure)
 GYRO_BIAS = DriftPlan(after=DRIFT_AFTER, offset={3: 4.0, 4: 4.0, 5: 4.0})
 
 
-def wait_all_tasks_running(rest_port: int, job: JobProcess, timeout_s: float = 180) -> None:
-    try:
-        FlinkRest(f"localhost:{rest_port}", timeout_s=2).wait_all_tasks_running(job.alive, timeout_s)
-    except FlinkRestError as exc:
-        raise AssertionError(f"{exc}:\n{job.log_tail(40)}") from None
+def wait_all_tasks_running(rest_port: int, job: JobProcess, timeout_s: float = 180, attempts: int = 3) -> int:
+    """Wait until every task of ``job`` (started on ``rest_port``) runs; returns its REST port. A port picked
+    free can be taken before the MiniCluster binds it: then the job starts again on another port (as
+    ``helpers.started`` does for the jobs it starts)."""
+    for attempt in range(attempts):
+        try:
+            FlinkRest(f"localhost:{rest_port}", timeout_s=2).wait_all_tasks_running(job.alive, timeout_s)
+            return rest_port
+        except FlinkRestError as exc:
+            taken = not job.alive() and "Could not start rest endpoint" in job.log_tail(400)
+            if not taken or attempt == attempts - 1:
+                raise AssertionError(f"{exc}:\n{job.log_tail(40)}") from None
+            job.stop()
+            rest_port = free_port()
+            job.args[job.args.index("--rest-port") + 1] = str(rest_port)
+            job.start()
+    raise AssertionError("unreachable")
 
 
 def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_path, registry_copy):
