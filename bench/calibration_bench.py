@@ -38,7 +38,7 @@ def main() -> None:
         with torch.inference_mode():
             logits = net.eval()(torch.as_tensor(X)).numpy()
         for n in (285, len(y)):
-            plain, biased = calibrate(logits[:n], y[:n]), calibrate(logits[:n], y[:n], bias=True)
+            plain, biased = calibrate(logits[:n], y[:n]), calibrate(logits[:n], y[:n], "temperature_bias")
             bias = class_bias_of(biased, spec.n_classes)
             accuracy = float((logits[:n].argmax(1) == y[:n]).mean())
             accuracy_biased = float((logits[:n] / biased["temperature"] + bias).argmax(1).__eq__(y[:n]).mean())

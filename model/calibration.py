@@ -165,6 +165,28 @@ def cross_fitted(logits: np.ndarray, labels: np.ndarray, bias: bool = False) -> 
 MODES = ("temperature", "temperature_bias", "auto")
 
 
+def out_of_fold(mode: str, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``logits`` calibrated out of fold (:func:`cross_fitted`) the way ``mode`` (``learning.calibration``)
+    calibrates a version on these held-out windows, and whether that calibration has per-class biases:
+    never (``"temperature"``), always (``"temperature_bias"``), or (``"auto"``) where :func:`biases_help`.
+    The gate judges a candidate by these, and :func:`calibrate` reports their ECE."""
+    if mode not in MODES:
+        raise ValueError(f"calibration must be one of {MODES}, got {mode!r}")
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels, int)
+    if mode == "temperature_bias":
+        return cross_fitted(logits, labels, bias=True), True
+    plain = cross_fitted(logits, labels, bias=False)
+    if mode == "temperature" or len(labels) < BIAS_MIN_PER_CLASS * logits.shape[1]:
+        return plain, False
+    left = ece(softmax(plain), labels)
+    if left <= ece_noise(softmax(plain)):
+        return plain, False
+    biased = cross_fitted(logits, labels, bias=True)
+    if _significantly_fewer_right(biased, logits, labels) or ece(softmax(biased), labels) >= left:
+        return plain, False
+    return biased, True
+
+
 def biases_help(logits: np.ndarray, labels: np.ndarray) -> bool:
     """Whether per-class biases are worth fitting beside the temperature: the temperature alone leaves an
     expected calibration error *out of fold* above what chance gives a perfectly calibrated model on as
@@ -184,15 +206,7 @@ def biases_help(logits: np.ndarray, labels: np.ndarray) -> bool:
     >>> biases_help(logits[:25] + np.array([3.0, 0.0, 0.0]), labels[:25])   # too few windows per class
     False
     """
-    logits, labels = np.asarray(logits, np.float64), np.asarray(labels, int)
-    if len(labels) < BIAS_MIN_PER_CLASS * logits.shape[1]:
-        return False
-    temperature_only = softmax(cross_fitted(logits, labels, bias=False))
-    left = ece(temperature_only, labels)
-    if left <= ece_noise(temperature_only):
-        return False
-    biased = cross_fitted(logits, labels, bias=True)
-    return not _significantly_fewer_right(biased, logits, labels) and ece(softmax(biased), labels) < left
+    return out_of_fold("auto", logits, labels)[1]
 
 
 def _significantly_fewer_right(logits: np.ndarray, than: np.ndarray, labels: np.ndarray, z: float = 1.96) -> bool:
@@ -203,25 +217,17 @@ def _significantly_fewer_right(logits: np.ndarray, than: np.ndarray, labels: np.
     return lost - won > z * np.sqrt(max(lost + won, 1))
 
 
-def uses_biases(mode: str, logits: np.ndarray, labels: np.ndarray) -> bool:
-    """Whether a version calibrated by ``mode`` (``learning.calibration``) on these held-out windows gets
-    per-class biases: never, always, or (``"auto"``) when :func:`biases_help`."""
-    if mode not in MODES:
-        raise ValueError(f"calibration must be one of {MODES}, got {mode!r}")
-    return mode == "temperature_bias" or (mode == "auto" and biases_help(logits, labels))
-
-
-def calibrate(logits: np.ndarray, labels: np.ndarray, bias: bool = False) -> dict[str, float]:
-    """The temperature (with ``bias``, also one bias per class: ``calibration_bias_<i>``) fitted on all the
-    windows, and the ECE before and after it measured by cross-fitting (each half scored with the
-    calibration fitted on the other half), so the "after" figure is not scored on the windows it was
-    fitted to; ``ece_noise``: the ECE a perfectly calibrated model with the "after" confidences reaches
-    by chance on this many windows (95th percentile).
+def calibrate(logits: np.ndarray, labels: np.ndarray, mode: str = "temperature") -> dict[str, float]:
+    """The temperature (and, where ``mode`` gives them, one bias per class: ``calibration_bias_<i>``;
+    :func:`out_of_fold`) fitted on all the windows, and the ECE before and after it measured by
+    cross-fitting (each half scored with the calibration fitted on the other half), so the "after" figure
+    is not scored on the windows it was fitted to; ``ece_noise``: the ECE a perfectly calibrated model with
+    the "after" confidences reaches by chance on this many windows (95th percentile).
 
     A bias can change which class is predicted (it corrects a model that favours some classes on this
     data); the temperature alone never does."""
     logits, labels = np.asarray(logits, np.float64), np.asarray(labels, int)
-    scaled = cross_fitted(logits, labels, bias)
+    scaled, bias = out_of_fold(mode, logits, labels)
     out = {"ece_before": ece(softmax(logits), labels), "ece_after": ece(softmax(scaled), labels),
            "ece_noise": ece_noise(softmax(scaled)), "calibration_windows": float(len(labels))}
     if not bias:

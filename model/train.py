@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from model.augment import WindowAugmenter
-from model.calibration import MIN_WINDOWS, calibrate, class_bias_of, uses_biases
+from model.calibration import MIN_WINDOWS, calibrate, class_bias_of
 from model.datasets import load_basic_motions, sliding_windows
 from model.export import export_onnx
 from model.network import FLATNESS_BUFFERS, WindowTransformer
@@ -141,7 +141,7 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
     fitted on them and baked into the exported probabilities; the version's metrics record it with
     the expected calibration error before and after (``model.calibration.calibrate``); with
     ``calibration_mode`` "temperature_bias" one bias per class is fitted and baked in beside it, with "auto"
-    only when the biases lower the held-out windows' out-of-fold log-loss (``model.calibration.uses_biases``).
+    only where they help (``model.calibration.biases_help``).
 
     With ``int8_min_agreement``, an INT8 graph (``model.quantize``) is made too and kept beside the
     model only when it predicts the same class as the FP32 graph on at least that share of the
@@ -167,7 +167,7 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
                    "anomaly_confirmed_normal": float(len(confirmed_normal) if confirmed_normal is not None else 0)}
     if classifies and calibration is not None and len(calibration[1]) >= MIN_WINDOWS:
         logits, labels = logits_of(net, calibration[0]), np.asarray(calibration[1])
-        fitted = calibrate(logits, labels, bias=uses_biases(calibration_mode, logits, labels))
+        fitted = calibrate(logits, labels, calibration_mode)
         temperature, class_bias = fitted["temperature"], class_bias_of(fitted, spec.n_classes)
         metrics = {**metrics, **fitted}
     onnx_bytes, extra = export_onnx(net, spec, temperature=temperature, class_bias=class_bias), {}

@@ -18,7 +18,7 @@ import logging
 import numpy as np
 import torch
 
-from model.calibration import MIN_WINDOWS, cross_fitted, decision_shift, softmax, uses_biases
+from model.calibration import MIN_WINDOWS, decision_shift, out_of_fold, softmax
 from model.network import WindowTransformer
 from model.online import OnlineTrainer
 from model.registry import ArtifactError, ModelRegistry
@@ -221,16 +221,12 @@ class LearningLoop:
         ``calibration = "temperature_bias"`` or ``"auto"`` (and enough held-out windows for its version to get
         biases) the class it would serve depends on biases fitted on the held-out windows themselves, so each
         half of them is judged with the temperature and biases fitted on the other half (with "auto", when the
-        biases would be chosen, ``model.calibration.uses_biases``); else its raw outputs (a temperature alone
+        biases would be chosen: ``model.calibration.out_of_fold``); else its raw outputs (a temperature alone
         never changes the class)."""
         net, mode = self.trainer.net, self.config.calibration
         if mode == "temperature" or len(self.gate.windows) < MIN_WINDOWS:
             return (lambda X: softmax(_logits(net, X))), False
-
-        def as_served(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-            logits = _logits(net, X)
-            return softmax(cross_fitted(logits, y, bias=uses_biases(mode, logits, y)))
-        return as_served, True
+        return (lambda X, y: softmax(out_of_fold(mode, _logits(net, X), y)[0])), True
 
     def _propose(self, decision: GateDecision | SelfSupervisedDecision, at: int) -> Candidate | None:
         """The candidate a gate accepted, unless it ranks labeled anomalies clearly worse than the version in

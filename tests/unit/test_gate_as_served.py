@@ -64,7 +64,7 @@ def _loop(calibration: str, candidate: torch.nn.Module, serving: torch.nn.Module
 def _shift_fitted_on(net: torch.nn.Module, seed: int) -> np.ndarray:
     X, y = _windows(seed)
     logits = net(torch.as_tensor(X)).double().numpy()
-    return decision_shift(calibrate(logits, y, bias=True), 2)
+    return decision_shift(calibrate(logits, y, "temperature_bias"), 2)
 
 
 def test_the_gate_judges_the_class_a_version_serves_not_its_raw_outputs():
