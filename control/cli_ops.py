@@ -292,9 +292,11 @@ def cmd_job_cancel(args: argparse.Namespace) -> int:
 
 def newest_savepoint(target_dir: str, job_id: str, since: float) -> str | None:
     """The savepoint Flink wrote for ``job_id`` into a local ``target_dir`` after ``since`` (epoch s)."""
-    if "://" in target_dir and not target_dir.startswith("file:"):
+    from control.stack import local_path
+
+    folder = local_path(target_dir)
+    if folder is None:
         return None
-    folder = Path(target_dir.removeprefix("file://").removeprefix("file:"))
     found = [p for p in folder.glob(f"savepoint-{job_id[:6]}-*") if (p / "_metadata").is_file()
              and p.stat().st_mtime >= since - 1]
     return max(found, key=lambda p: p.stat().st_mtime).as_uri() if found else None

@@ -140,7 +140,7 @@ class RestorePoint:
     taken_at: float  # epoch seconds
 
 
-def _local_path(location: str) -> Path | None:
+def local_path(location: str) -> Path | None:
     """The local folder of a ``file:`` URI or plain path; None for a remote URL (s3://)."""
     if location.startswith("file:"):
         return Path(location.removeprefix("file://").removeprefix("file:"))
@@ -155,7 +155,7 @@ def recorded_savepoints(cfg: Config, job: str) -> list[RestorePoint]:
         return []
     points = []
     for entry in known.get(job) or []:
-        folder = _local_path(entry["location"])
+        folder = local_path(entry["location"])
         if folder is None:
             points.append(RestorePoint(entry["location"], "savepoint", float(entry.get("taken_at", 0.0))))
         elif (folder / "_metadata").is_file():  # dated like a checkpoint: when Flink completed it
@@ -167,7 +167,7 @@ def retained_checkpoints(cfg: Config, job: str) -> list[RestorePoint]:
     """Complete checkpoints Flink kept for ``job`` under a local ``flink.state_dir`` (every run of the
     job: ``checkpoints/<job>/<job id>/chk-N``), oldest first. A checkpoint still being written has no
     ``_metadata`` yet and is left out; a remote state dir (s3://) is not listed."""
-    folder = _local_path(cfg.flink.state_dir.rstrip("/"))
+    folder = local_path(cfg.flink.state_dir.rstrip("/"))
     return [] if folder is None else checkpoints_under(folder / "checkpoints" / job)
 
 
@@ -188,8 +188,3 @@ def latest_restore_point(cfg: Config, job: str) -> RestorePoint | None:
     points = recorded_savepoints(cfg, job) + retained_checkpoints(cfg, job)
     return max(points, key=lambda point: point.taken_at) if points else None
 
-
-def latest_savepoint(cfg: Config, job: str) -> str | None:
-    """The newest recorded savepoint's location (still on disk where it is local)."""
-    points = recorded_savepoints(cfg, job)
-    return points[-1].location if points else None

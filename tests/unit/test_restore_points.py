@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from control.stack import latest_restore_point, latest_savepoint, record_savepoint
+from control.stack import latest_restore_point, record_savepoint, recorded_savepoints
 from settings import load_config
 
 
@@ -34,7 +34,7 @@ def test_a_job_killed_after_its_savepoint_resumes_from_the_newer_retained_checkp
 
     point = latest_restore_point(cfg, "serving")
     assert (point.kind, point.location) == ("checkpoint", newest.resolve().as_uri())
-    assert latest_savepoint(cfg, "serving") == savepoint.as_uri()
+    assert recorded_savepoints(cfg, "serving")[-1].location == savepoint.as_uri()
 
 
 def test_a_savepoint_taken_after_the_last_checkpoint_wins_and_a_deleted_one_is_skipped(tmp_path):
