@@ -101,21 +101,29 @@ def record_fault(fault: str, tally: dict, recover_s: float, **extra) -> dict:
     return row
 
 
-def started(make_job, attempts: int = 3):
-    """Start ``make_job(rest_port)`` and wait until every task runs (readings sent before are read too,
-    but later); returns the job and its REST client. A port picked free can be taken before the
-    MiniCluster binds it (by another process's outgoing connection): then the job starts again on
-    another port."""
+def wait_all_tasks_running(rest_port: int, job, timeout_s: float = 180, attempts: int = 3) -> int:
+    """Wait until every task of ``job`` (a started ``JobProcess`` with ``--rest-port rest_port``) runs; returns
+    its REST port. A port picked free can be taken before the MiniCluster binds it: then the job starts again
+    on another port. A job that does not come up is stopped, and the failure shows its log."""
     for attempt in range(attempts):
-        rest_port = free_port()
-        job = make_job(rest_port).start()
-        rest = FlinkRest(f"localhost:{rest_port}")
         try:
-            rest.wait_all_tasks_running(job.alive)
-            return job, rest
-        except FlinkRestError:
+            FlinkRest(f"localhost:{rest_port}", timeout_s=2).wait_all_tasks_running(job.alive, timeout_s)
+            return rest_port
+        except FlinkRestError as exc:
             taken = not job.alive() and "Could not start rest endpoint" in job.log_tail(400)
             job.stop()
             if not taken or attempt == attempts - 1:
-                raise
+                raise AssertionError(f"{exc}:\n{job.log_tail(40)}") from None
+            rest_port = free_port()
+            job.args[job.args.index("--rest-port") + 1] = str(rest_port)
+            job.start()
     raise AssertionError("unreachable")
+
+
+def started(make_job, attempts: int = 3):
+    """Start ``make_job(rest_port)`` and wait until every task runs (readings sent before are read too,
+    but later); returns the job and its REST client (on another port if the first was taken:
+    :func:`wait_all_tasks_running`)."""
+    rest_port = free_port()
+    job = make_job(rest_port).start()
+    return job, FlinkRest(f"localhost:{wait_all_tasks_running(rest_port, job, attempts=attempts)}")

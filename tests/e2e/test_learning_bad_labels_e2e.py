@@ -9,7 +9,7 @@ from infra.broker import EmbeddedBroker, ensure_topics, free_port
 from infra.kafka_tools import produce, read_until
 from schemas import DeadLetter, Label, ReviewRequest, Topics
 from control.launcher import learning_job
-from tests.e2e.test_learning_e2e import wait_all_tasks_running
+from tests.e2e.helpers import wait_all_tasks_running
 from tests.e2e.test_learning_restart_e2e import labeled_batch
 
 pytestmark = pytest.mark.e2e

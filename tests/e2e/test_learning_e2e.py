@@ -13,12 +13,11 @@ from model.registry import ModelRegistry
 from operators.replay import DriftPlan
 from operators.serving_model import load_from_registry
 from schemas import DriftEvent, ModelSnapshot, ReviewRequest, Topics
-from control.flink_rest import FlinkRest, FlinkRestError
-from control.launcher import JobProcess, learning_job, serving_job
+from control.launcher import learning_job, serving_job
 from control.replayer import ReplayStats, replay
 from labeling.simulated import run_simulated_labelers
 
-from tests.e2e.helpers import follow
+from tests.e2e.helpers import follow, wait_all_tasks_running
 
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()
@@ -29,25 +28,6 @@ DRIFT_AFTER = 2400  # readings (8 s at 300/s) before the devices' gyroscopes pic
 AUDIT_RATE = 0.5  # of all windows (the audit comes first); the budget never caps reviews here
 THRESHOLD = 0.9  # every window under it is reviewed (as an audit or as unsure)
 GYRO_BIAS = DriftPlan(after=DRIFT_AFTER, offset={3: 4.0, 4: 4.0, 5: 4.0})
-
-
-def wait_all_tasks_running(rest_port: int, job: JobProcess, timeout_s: float = 180, attempts: int = 3) -> int:
-    """Wait until every task of ``job`` (started on ``rest_port``) runs; returns its REST port. A port picked
-    free can be taken before the MiniCluster binds it: then the job starts again on another port (as
-    ``helpers.started`` does for the jobs it starts)."""
-    for attempt in range(attempts):
-        try:
-            FlinkRest(f"localhost:{rest_port}", timeout_s=2).wait_all_tasks_running(job.alive, timeout_s)
-            return rest_port
-        except FlinkRestError as exc:
-            taken = not job.alive() and "Could not start rest endpoint" in job.log_tail(400)
-            if not taken or attempt == attempts - 1:
-                raise AssertionError(f"{exc}:\n{job.log_tail(40)}") from None
-            job.stop()
-            rest_port = free_port()
-            job.args[job.args.index("--rest-port") + 1] = str(rest_port)
-            job.start()
-    raise AssertionError("unreachable")
 
 
 def test_labels_train_a_version_that_serving_swaps_in_and_accuracy_recovers(tmp_path, registry_copy):

@@ -17,8 +17,7 @@ from infra.kafka_tools import TopicTail
 from labeling.simulated import run_simulated_labelers
 from model.registry import ModelRegistry
 from schemas import DeadLetter, Label, ModelSnapshot, ReviewRequest, Topics
-from tests.e2e.helpers import follow
-from tests.e2e.test_learning_e2e import wait_all_tasks_running
+from tests.e2e.helpers import follow, wait_all_tasks_running
 from tests.unit.test_new_classes import OLD, three_class_registry
 
 pytestmark = pytest.mark.e2e

@@ -17,8 +17,7 @@ from model.registry import ModelRegistry
 from operators.inference import WindowScorer
 from operators.replay import DriftPlan
 from schemas import ModelSnapshot, ReviewRequest, Topics
-from tests.e2e.helpers import follow
-from tests.e2e.test_learning_e2e import wait_all_tasks_running
+from tests.e2e.helpers import follow, wait_all_tasks_running
 
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()
