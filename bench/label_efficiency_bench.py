@@ -78,8 +78,8 @@ def score(probs: np.ndarray, strategy: str) -> float:
 SGD = LearningSettings(lr=2e-3, batch_size=8, replay_ratio=1.0, reservoir_capacity=500)
 LDA = LearningSettings(head="lda", batch_size=8, lda_decay=0.0)
 SERVED = LearningSettings(lr=2e-3, batch_size=8, replay_ratio=1.0, reservoir_capacity=500)  # the gate's defaults
-SERVED_FORGETS = LearningSettings(lr=2e-3, batch_size=8, replay_ratio=1.0, reservoir_capacity=500,
-                                  gate_forgets_on_drift=True)
+SERVED_BEFORE = LearningSettings(lr=2e-3, batch_size=8, replay_ratio=1.0, reservoir_capacity=500, gate_every=32,
+                                 min_holdout=30, gate_forgets_on_drift=False)  # the gate's defaults until 2026-12
 
 
 class Asker:
@@ -238,9 +238,9 @@ def learners(fractions: list[float], heads: bool = False, summary: bool = False,
         for strategy in ("confidence", "random"):
             yield (f"sensorloop served (learning loop and gate), {strategy}", fraction,
                    lambda s, n, Xtr, ytr, X, y, f=fraction, q=strategy: run_served(n, s, X, y, f, q))
-            yield (f"sensorloop served (gate forgets on drift), {strategy}", fraction,
+            yield (f"sensorloop served (the gate's former defaults), {strategy}", fraction,
                    lambda s, n, Xtr, ytr, X, y, f=fraction, q=strategy: run_served(n, s, X, y, f, q,
-                                                                                    settings=SERVED_FORGETS))
+                                                                                    settings=SERVED_BEFORE))
         for strategy in ("confidence", "random"):
             yield (f"sensorloop LDA head, {strategy}", fraction,
                    lambda s, n, Xtr, ytr, X, y, f=fraction, q=strategy: run_strategy(n, s.n_classes, X, y, f, q,

@@ -250,11 +250,11 @@ class LearningSettings:
     holdout: str = "hashed"  # the gate's held-out windows: "hashed" (1 in holdout_every of all answers) or
     #                          "audit" (1 in holdout_every of the answered audit windows: a uniform sample)
     holdout_every: int = 4  # 1 labeled window in this many is held out for the gate, never trained on
-    gate_every: int = 32  # labeled windows between gate checks
+    gate_every: int = 8  # labeled windows between gate checks
     gate_margin: float = 0.0
     gate_z: float = 0.0  # 1.645: a one-sided 95 % sign test (fewer, surer versions; slower after a drift)
-    min_holdout: int = 30
-    gate_forgets_on_drift: bool = False  # a drift in serving's error empties the gate's held-out windows: those from
+    min_holdout: int = 20  # held-out windows before an ordinary (not worse) pass; before that only early_z
+    gate_forgets_on_drift: bool = True  # a drift in serving's error empties the gate's held-out windows: those from
     #                                      before it judge by the old concept and refuse candidates that learned the
     #                                      new one (the gate then decides on fresh windows, early_z first)
     gate_early_z: float = 2.33  # with fewer than min_holdout held-out windows a candidate still passes when it

@@ -205,7 +205,8 @@ def test_a_clearly_better_first_version_need_not_wait_for_min_holdout():
                 first[early_z] = (i + 1, c)
                 break
     (waited, _), (used, early) = first[0.0], first[2.33]
-    assert used < waited and early.decision.samples < 30 and early.decision.reason.startswith("accepted early")
+    assert used < waited and early.decision.samples < LearningSettings().min_holdout
+    assert early.decision.reason.startswith("accepted early")
     Xtr, ltr = sliding_windows(load_basic_motions("train"), 32, 8)
     names = np.asarray(spec.classes)[predict_proba(early.net, Xtr).argmax(1)]
     assert (names == ltr).mean() > 0.6  # far above the majority class's 0.25
