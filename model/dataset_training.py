@@ -110,7 +110,8 @@ def train_from_dataset(registry: ModelRegistry, spec_dict: dict, stride: int, da
                "train_windows": float(len(y)), "test_windows": float(len(yte))}
     fingerprint = dataset.manifest["fingerprint"]
     meta = publish_version(registry, dataset.manifest["model_name"], net, spec, metrics, data_seen=len(y),
-                           note=f"trained on dataset {dataset.dataset_id} (sha256:{fingerprint}); {split}",
+                           note=f"trained on dataset {dataset.dataset_id} (sha256:{fingerprint}); {split}"
+                                + (f"; {augment_copies} augmented copies of each window per epoch" if augment_copies else ""),
                            calibration=(Xte, yte), int8_min_agreement=int8_min_agreement, lda=lda_of(net, X, y))
     log.info("published %s v%d: %s", meta.model_name, meta.version, metrics)
     return TrainResult(meta, report, split, len(y), seconds)

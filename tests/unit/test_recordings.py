@@ -129,6 +129,12 @@ def test_a_first_model_from_a_second_real_dataset(tmp_path):
     assert result.report["accuracy"] > 2 * chance, text  # well above chance on devices it never saw
     meta = registry.metadata("wiimote", 1)
     assert report.manifest["fingerprint"] in meta.note and meta.spec["channels"] == ["acc_z"]
+    assert "augmented" not in meta.note
+
+    augmented = train_from_dataset(registry, model.spec_dict(), model.stride, store.load("wiimote"), epochs=15,
+                                   augment_copies=2)  # `sensorloop train --augment 2`
+    assert augmented.split == result.split and augmented.report["accuracy"] > 2 * chance
+    assert "2 augmented copies of each window per epoch" in registry.metadata("wiimote", 2).note
 
 
 def wiimote_csv(tmp_path):
