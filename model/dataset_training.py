@@ -109,9 +109,10 @@ def train_from_dataset(registry: ModelRegistry, spec_dict: dict, stride: int, da
     metrics = {"test_accuracy": report["accuracy"], "test_macro_recall": float(np.mean(recalls)),
                "train_windows": float(len(y)), "test_windows": float(len(yte))}
     fingerprint = dataset.manifest["fingerprint"]
-    meta = publish_version(registry, dataset.manifest["model_name"], net, spec, metrics, data_seen=len(y),
-                           note=f"trained on dataset {dataset.dataset_id} (sha256:{fingerprint}); {split}"
-                                + (f"; {augment_copies} augmented copies of each window per epoch" if augment_copies else ""),
+    note = f"trained on dataset {dataset.dataset_id} (sha256:{fingerprint}); {split}"
+    if augment_copies:
+        note += f"; {augment_copies} augmented copies of each window per epoch"
+    meta = publish_version(registry, dataset.manifest["model_name"], net, spec, metrics, data_seen=len(y), note=note,
                            calibration=(Xte, yte), int8_min_agreement=int8_min_agreement, lda=lda_of(net, X, y))
     log.info("published %s v%d: %s", meta.model_name, meta.version, metrics)
     return TrainResult(meta, report, split, len(y), seconds)
