@@ -268,11 +268,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     next_line, next_bad = started + 1.0, started + 5.0
     replayer.start()
+    watch_s, last_prediction = args.duration + args.drain, started
     try:
-        while time.monotonic() - started < args.duration + args.drain:
+        while (elapsed := time.monotonic() - started) < watch_s or (
+                elapsed < watch_s + args.start_timeout  # a job that started late, still catching up
+                and (monitor.predictions == 0 or time.monotonic() - last_prediction < args.drain)):
             for record in tail.poll(200):
                 if record.topic == topics.predictions:
                     monitor.observe_prediction(orjson.loads(record.value))
+                    last_prediction = time.monotonic()
                 elif record.topic == topics.review_requests:
                     monitor.observe_review()
                 elif record.topic == topics.labels:
@@ -613,6 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use this broker instead of the embedded one (default: broker.bootstrap)")
     p.add_argument("--duration", type=float, default=90.0, help="seconds of replay")
     p.add_argument("--drain", type=float, default=5.0, help="seconds to keep watching after the replay")
+    p.add_argument("--start-timeout", type=float, default=120.0,
+                   help="a serving job that started late (no prediction yet, or predictions still coming when "
+                        "the drain ends) is watched up to this much longer, until --drain seconds pass "
+                        "without a prediction")
     p.add_argument("--rate", type=float, default=400.0, help="readings per second")
     p.add_argument("--devices", type=int, default=16)
     p.add_argument("--interval", type=float, default=2.0, help="seconds between status lines")

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -131,37 +133,57 @@ def test_operator_cli_on_the_embedded_stack(tmp_path, registry_copy):
     assert result.returncode == 1 and "not running" in result.stdout
 
 
-def test_jobs_on_a_local_minicluster_are_managed_through_its_rest_api(tmp_path, trained_registry):
-    """``job submit --local``: the job on its own MiniCluster in the background, then the same
-    list / stop-with-savepoint / resume / cancel commands through that MiniCluster's REST API."""
+@dataclass
+class LocalJob:
+    """A serving job on its own local MiniCluster, as ``job submit --local`` started it, and a second REST
+    port for the job that replaces it."""
+    bootstrap: str
+    config: Path
+    port: int
+    second_port: int
+    submitted: str  # what ``job submit`` printed
+
+
+@contextmanager
+def local_serving_job(tmp_path: Path, registry: str):
+    """A broker, and the serving job submitted with ``--local`` on it; on the way out, whatever job still
+    answers on either port is cancelled."""
     from infra.broker import EmbeddedBroker, ensure_topics
 
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         ensure_topics(broker.bootstrap, TOPICS)
-        config = _config(tmp_path, trained_registry)
+        config = _config(tmp_path, registry)
         config.write_text(config.read_text().replace("[broker]\n", f'[broker]\nbootstrap = "{broker.bootstrap}"\n'))
         first_port, second_port = free_port(), free_port()
         out = cli(config, "job", "submit", "serving", "--local", "--rest-port", str(first_port), "--wait-running")
         assert "RUNNING on a local MiniCluster" in out
-        manage = ["--jobmanager", f"localhost:{first_port}"]
         try:
-            assert "sensorloop-serving  RUNNING" in cli(config, "job", "list", *manage)
-            readings = replayed_readings(n_devices=2, per_device=60)
-            first, second = readings[:len(readings) // 2], readings[len(readings) // 2:]
-            produce(broker.bootstrap, TOPICS.readings, encoded(first))
-            _predictions(broker.bootstrap, len(expected_window_ends(first, WINDOW, STRIDE)))
-            out = cli(config, "job", "savepoint", "serving", "--stop", *manage)
-            assert "(job stopped)" in out
-            produce(broker.bootstrap, TOPICS.readings, encoded(second))
-            out = cli(config, "job", "resume", "serving", "--local", "--rest-port", str(second_port), "--wait-running")
-            assert "RUNNING on a local MiniCluster" in out
-            expected = expected_window_ends(readings, WINDOW, STRIDE)
-            keys = [(p["device_id"], p["window_end"]) for p in _predictions(broker.bootstrap, len(expected))]
-            assert set(keys) == expected and len(keys) == len(expected)
+            yield LocalJob(broker.bootstrap, config, first_port, second_port, out)
         finally:
             for port in (first_port, second_port):
                 subprocess.run([sys.executable, "-m", "control.cli", "--config", str(config), "job", "cancel",
                                 "serving", "--jobmanager", f"localhost:{port}"], capture_output=True, timeout=60)
+
+
+def test_jobs_on_a_local_minicluster_are_managed_through_its_rest_api(tmp_path, trained_registry):
+    """``job submit --local``: the job on its own MiniCluster in the background, then the same
+    list / stop-with-savepoint / resume / cancel commands through that MiniCluster's REST API."""
+    with local_serving_job(tmp_path, trained_registry) as job:
+        manage = ["--jobmanager", f"localhost:{job.port}"]
+        assert "sensorloop-serving  RUNNING" in cli(job.config, "job", "list", *manage)
+        readings = replayed_readings(n_devices=2, per_device=60)
+        first, second = readings[:len(readings) // 2], readings[len(readings) // 2:]
+        produce(job.bootstrap, TOPICS.readings, encoded(first))
+        _predictions(job.bootstrap, len(expected_window_ends(first, WINDOW, STRIDE)))
+        out = cli(job.config, "job", "savepoint", "serving", "--stop", *manage)
+        assert "(job stopped)" in out
+        produce(job.bootstrap, TOPICS.readings, encoded(second))
+        out = cli(job.config, "job", "resume", "serving", "--local", "--rest-port", str(job.second_port),
+                  "--wait-running")
+        assert "RUNNING on a local MiniCluster" in out
+        expected = expected_window_ends(readings, WINDOW, STRIDE)
+        keys = [(p["device_id"], p["window_end"]) for p in _predictions(job.bootstrap, len(expected))]
+        assert set(keys) == expected and len(keys) == len(expected)
 
 
 def test_a_local_job_killed_with_sigkill_resumes_from_its_newest_checkpoint(tmp_path, trained_registry):
@@ -171,41 +193,30 @@ def test_a_local_job_killed_with_sigkill_resumes_from_its_newest_checkpoint(tmp_
     import signal
 
     from control.stack import checkpoints_under
-    from infra.broker import EmbeddedBroker, ensure_topics
 
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        ensure_topics(broker.bootstrap, TOPICS)
-        config = _config(tmp_path, trained_registry)
-        config.write_text(config.read_text().replace("[broker]\n", f'[broker]\nbootstrap = "{broker.bootstrap}"\n'))
-        first_port, second_port = free_port(), free_port()
-        out = cli(config, "job", "submit", "serving", "--local", "--rest-port", str(first_port), "--wait-running")
-        pid = int(out.split("(pid ", 1)[1].split(",", 1)[0])
-        try:
-            readings = replayed_readings(n_devices=2, per_device=60)
-            first, second = readings[:len(readings) // 2 + 3], readings[len(readings) // 2 + 3:]
-            produce(broker.bootstrap, TOPICS.readings, encoded(first))
-            _predictions(broker.bootstrap, len(expected_window_ends(first, WINDOW, STRIDE)))
-            predicted_at = time.time()
-            deadline = time.monotonic() + 60
-            while not [p for p in checkpoints_under(tmp_path / "state" / "checkpoints" / "serving")
-                       if p.taken_at > predicted_at + 0.5]:
-                assert time.monotonic() < deadline, "no checkpoint after the first readings were predicted"
-                time.sleep(0.5)
-            os.killpg(pid, signal.SIGKILL)  # a crash: no savepoint, no clean shutdown
-            produce(broker.bootstrap, TOPICS.readings, encoded(second))  # arrives while no job runs
+    with local_serving_job(tmp_path, trained_registry) as job:
+        pid = int(job.submitted.split("(pid ", 1)[1].split(",", 1)[0])
+        readings = replayed_readings(n_devices=2, per_device=60)
+        first, second = readings[:len(readings) // 2 + 3], readings[len(readings) // 2 + 3:]
+        produce(job.bootstrap, TOPICS.readings, encoded(first))
+        _predictions(job.bootstrap, len(expected_window_ends(first, WINDOW, STRIDE)))
+        predicted_at = time.time()
+        deadline = time.monotonic() + 60
+        while not [p for p in checkpoints_under(tmp_path / "state" / "checkpoints" / "serving")
+                   if p.taken_at > predicted_at + 0.5]:
+            assert time.monotonic() < deadline, "no checkpoint after the first readings were predicted"
+            time.sleep(0.5)
+        os.killpg(pid, signal.SIGKILL)  # a crash: no savepoint, no clean shutdown
+        produce(job.bootstrap, TOPICS.readings, encoded(second))  # arrives while no job runs
 
-            out = cli(config, "job", "resume", "serving", "--local", "--rest-port", str(second_port), "--wait-running")
-            assert "from its newest checkpoint" in out and "RUNNING on a local MiniCluster" in out, out
-            expected = expected_window_ends(readings, WINDOW, STRIDE)
-            # Records between the checkpoint and the kill are predicted again (the sink is at-least-once by
-            # default), so wait for every window rather than for a count.
-            records = read_until(broker.bootstrap, [TOPICS.predictions],
-                                 lambda rs: expected <= _window_keys(rs), 180)
-            assert _window_keys(records) == expected
-            # Resumed from that checkpoint, not from the start: the windows predicted before it come out once.
-            keys = [(p["device_id"], p["window_end"]) for p in map(orjson.loads, (r.value for r in records))]
-            assert all(keys.count(key) == 1 for key in expected_window_ends(first, WINDOW, STRIDE))
-        finally:
-            for port in (first_port, second_port):
-                subprocess.run([sys.executable, "-m", "control.cli", "--config", str(config), "job", "cancel",
-                                "serving", "--jobmanager", f"localhost:{port}"], capture_output=True, timeout=60)
+        out = cli(job.config, "job", "resume", "serving", "--local", "--rest-port", str(job.second_port),
+                  "--wait-running")
+        assert "from its newest checkpoint" in out and "RUNNING on a local MiniCluster" in out, out
+        expected = expected_window_ends(readings, WINDOW, STRIDE)
+        # Records between the checkpoint and the kill are predicted again (the sink is at-least-once by
+        # default), so wait for every window rather than for a count.
+        records = read_until(job.bootstrap, [TOPICS.predictions], lambda rs: expected <= _window_keys(rs), 180)
+        assert _window_keys(records) == expected
+        # Resumed from that checkpoint, not from the start: the windows predicted before it come out once.
+        keys = [(p["device_id"], p["window_end"]) for p in map(orjson.loads, (r.value for r in records))]
+        assert all(keys.count(key) == 1 for key in expected_window_ends(first, WINDOW, STRIDE))
