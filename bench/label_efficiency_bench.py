@@ -135,14 +135,20 @@ def run_strategy(net0, n_classes: int, X: np.ndarray, y: np.ndarray, fraction: f
 
 
 def run_served(net0, spec: ModelSpec, X: np.ndarray, y: np.ndarray, fraction: float, strategy: str,
-               seed: int = 1, settings: LearningSettings = SERVED) -> tuple[np.ndarray, int]:
+               seed: int = 1, settings: LearningSettings = SERVED,
+               warm: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, int]:
     """Prequential hits of the *served* version and labels used, with the learning job's own ``LearningLoop``
     (the gate on held-out answers, its deployment rule): each window is predicted, and asked about by
-    ``strategy``, by the version in service; a candidate the gate accepts serves from the next window on."""
+    ``strategy``, by the version in service; a candidate the gate accepts serves from the next window on.
+    ``warm``: the first model's training windows, which start an LDA head's statistics (as the statistics
+    stored with a version start the learning job's)."""
     from operators.label_join import LabeledWindow
     from operators.learning import LearningLoop
 
     loop = LearningLoop(copy.deepcopy(net0), spec, 1, settings)
+    if warm is not None and loop.trainer.lda is not None:
+        loop.trainer.warm_start(*warm)
+        loop.trainer.set_head()
     served = copy.deepcopy(net0).eval()
     asker = Asker(fraction, strategy, seed)
     hits, version = np.zeros(len(X)), 1
@@ -214,6 +220,10 @@ HEADS_LEARNERS = {"sensorloop + anomaly head, labels only, confidence": 0.0,
 SUMMARY_LEARNERS = {"sensorloop + window summary, confidence": (SGD, "confidence"),
                     "sensorloop LDA head + window summary, confidence": (LDA, "confidence"),
                     "sensorloop LDA head + window summary, random": (LDA, "random")}
+SERVED_LDA = LearningSettings(head="lda", batch_size=8, lda_decay=0.0)  # the gate's defaults, the LDA head
+SUMMARY_SERVED = {"sensorloop served + window summary, confidence": (SERVED, "confidence"),
+                  "sensorloop served + window summary, random": (SERVED, "random"),
+                  "sensorloop served, LDA head + window summary, confidence": (SERVED_LDA, "confidence")}
 
 
 def learners(fractions: list[float], heads: bool = False, summary: bool = False, augment: int = 0):
@@ -229,6 +239,9 @@ def learners(fractions: list[float], heads: bool = False, summary: bool = False,
         for name, (settings, strategy) in SUMMARY_LEARNERS.items() if summary else ():
             yield (name, fraction, lambda s, n, Xtr, ytr, X, y, f=fraction, q=strategy, c=settings: run_strategy(
                 n, s.n_classes, X, y, f, q, settings=c, warm=(Xtr, ytr) if c is LDA else None))
+        for name, (settings, strategy) in SUMMARY_SERVED.items() if summary else ():
+            yield (name, fraction, lambda s, n, Xtr, ytr, X, y, f=fraction, q=strategy, c=settings: run_served(
+                n, s, X, y, f, q, seed=1, settings=c, warm=(Xtr, ytr)))
         for name, share in HEADS_LEARNERS.items() if heads else ():
             yield (name, fraction, lambda s, n, Xtr, ytr, X, y, f=fraction, u=share: run_strategy(
                 n, s.n_classes, X, y, f, "confidence", unlabeled=u))
@@ -291,7 +304,8 @@ def main() -> None:
             for learner, fraction, run in learners(fractions, args.heads, args.summary, args.augment):
                 if only and not learner.startswith(only):
                     continue
-                own = with_heads if learner in HEADS_LEARNERS else with_summary if learner in SUMMARY_LEARNERS else None
+                own = (with_heads if learner in HEADS_LEARNERS
+                       else with_summary if learner in SUMMARY_LEARNERS or learner in SUMMARY_SERVED else None)
                 torch.manual_seed(seed)  # dropout's draws: each run the same whichever learners ran before it
                 hits, labeled = run(*(own or (spec, net0, Xtr, ytr, X, y)))
                 runs.setdefault((name, learner, fraction), []).append(

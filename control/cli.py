@@ -22,6 +22,23 @@ log = logging.getLogger("sensorloop")
 BOOTSTRAP_HELP = "Kafka bootstrap servers (default: broker.bootstrap from the configuration, else the embedded stack's)"
 
 
+def builtin_spec(args: argparse.Namespace):
+    """The built-in (BasicMotions) model's spec from ``setup``'s flags: its heads (``--tasks``), the forecast's
+    horizon, and whether its classify head reads the window summary (``--summary-features``).
+
+    >>> spec = builtin_spec(build_parser().parse_args(["setup", "--tasks", "classify,forecast", "--summary-features"]))
+    >>> spec.tasks, spec.horizon, spec.summary_features
+    (('classify', 'forecast'), 8, True)
+    >>> builtin_spec(build_parser().parse_args(["setup"])).summary_features
+    False
+    """
+    from model.spec import ModelSpec
+
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    return ModelSpec(tasks=tasks, horizon=args.horizon if "forecast" in tasks else 0,
+                     summary_features=args.summary_features)
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     """Connector jars (verified), Java helpers, and model version 1 if the registry has none."""
     from infra.jars import ensure_all
@@ -40,12 +57,10 @@ def cmd_setup(args: argparse.Namespace) -> int:
               f"`sensorloop data import FILE --model {args.model_name}` then `sensorloop train --dataset ID`")
         return 0
     if registry.latest_version(args.model_name) is None or args.retrain:
-        from model.spec import ModelSpec
         from model.train import bootstrap
 
-        tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
         try:
-            spec = ModelSpec(tasks=tasks, horizon=args.horizon if "forecast" in tasks else 0)
+            spec = builtin_spec(args)
         except ValueError as exc:
             raise SystemExit(f"sensorloop setup: {exc}") from None
         result = bootstrap(registry, args.model_name, spec=spec, epochs=args.epochs,
@@ -510,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tasks", default="classify",
                        help="heads of the built-in model, comma-separated: classify, anomaly, forecast")
         p.add_argument("--horizon", type=int, default=8, help="samples per channel a forecast head predicts")
+        p.add_argument("--summary-features", action="store_true",
+                       help="the built-in model's classify head also reads each channel's mean, deviation, minimum "
+                            "and maximum over the window (a model's summary_features)")
 
     p = sub.add_parser("setup", help="fetch and verify connector jars, build helpers, train model v1")
     model_args(p)
