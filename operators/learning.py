@@ -9,6 +9,7 @@ Plain Python: the Flink learning job keeps a loop in keyed state (it pickles) an
 from __future__ import annotations
 
 import copy
+import math
 import zlib
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -136,6 +137,7 @@ class LearningLoop:
         #                                            does not classify: the stream time, ``stream_clock``, then)
         self.stream_clock = 0  # the newest end time of an unlabeled window learned (the devices' clock, epoch ms)
         self.deferred = 0  # candidates the gate accepted that waited for the publish interval
+        self.refused = 0  # candidates the gate judged on held-out windows and refused
         self.new_classes: list[str] = []  # classes labelers added, in order
         self.shadow: tuple[int, torch.nn.Module] | None = None  # (version, net) in its shadow phase
         self.trial: ShadowTrial | None = None
@@ -200,6 +202,9 @@ class LearningLoop:
         self.trainer.update()
         decision = self._judge()
         if not decision.accept:
+            if not math.isnan(decision.candidate_accuracy):  # judged on held-out windows
+                self.refused += 1
+                log.info("candidate refused by the gate: %s", decision.reason)
             return None
         worse = self._self_supervised_worse()
         if worse is not None:
@@ -443,6 +448,7 @@ class LearningLoop:
         if "stream_clock" not in state:
             self.stream_clock = 0
         self.__dict__.setdefault("unlabeled_set_aside", 0)
+        self.__dict__.setdefault("refused", 0)
         self.__dict__.setdefault("called_normal", set())
         if "anomalies" not in state:
             self.anomalies, self.verdicts = deque(maxlen=500), {"normal": 0, "abnormal": 0}

@@ -153,6 +153,7 @@ class LearnAndPublish(KeyedProcessFunction):
         group.gauge("shadow_promoted", lambda: sum(p.promoted for p in publishers))
         group.gauge("shadow_withdrawn", lambda: sum(p.withdrawn for p in publishers))
         group.gauge("candidates_deferred", lambda: sum(loop.deferred for loop in self.loops.values()))
+        group.gauge("candidates_refused", lambda: sum(loop.refused for loop in self.loops.values()))
         group.gauge("labeled_windows_learned", lambda: self.learned)
         self.unlabeled_learned = 0
         group.gauge("unlabeled_windows_learned", lambda: self.unlabeled_learned)

@@ -138,6 +138,7 @@ def test_a_cold_start_publishes_a_first_version_only_once_it_beats_the_majority_
     # one class only: nothing beats "always that class", so no version is ever proposed
     single = LearningLoop(None, SPEC, version=0, config=LearningSettings())
     assert cold_start_labels(single, X, np.zeros_like(y), 600)[1] is None
+    assert single.refused > 0  # each check it judged and refused is counted (metric candidates_refused)
 
 
 def test_periodic_deployment_publishes_clear_improvements_at_once_and_the_rest_at_most_once_per_interval():
