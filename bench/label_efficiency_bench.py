@@ -148,7 +148,6 @@ def run_served(net0, spec: ModelSpec, X: np.ndarray, y: np.ndarray, fraction: fl
     loop = LearningLoop(copy.deepcopy(net0), spec, 1, settings)
     if warm is not None and loop.trainer.lda is not None:
         loop.trainer.warm_start(*warm)
-        loop.trainer.set_head()
     served = copy.deepcopy(net0).eval()
     asker = Asker(fraction, strategy, seed)
     hits, version = np.zeros(len(X)), 1
@@ -220,10 +219,9 @@ HEADS_LEARNERS = {"sensorloop + anomaly head, labels only, confidence": 0.0,
 SUMMARY_LEARNERS = {"sensorloop + window summary, confidence": (SGD, "confidence"),
                     "sensorloop LDA head + window summary, confidence": (LDA, "confidence"),
                     "sensorloop LDA head + window summary, random": (LDA, "random")}
-SERVED_LDA = LearningSettings(head="lda", batch_size=8, lda_decay=0.0)  # the gate's defaults, the LDA head
 SUMMARY_SERVED = {"sensorloop served + window summary, confidence": (SERVED, "confidence"),
                   "sensorloop served + window summary, random": (SERVED, "random"),
-                  "sensorloop served, LDA head + window summary, confidence": (SERVED_LDA, "confidence")}
+                  "sensorloop served, LDA head + window summary, confidence": (LDA, "confidence")}
 
 
 def learners(fractions: list[float], heads: bool = False, summary: bool = False, augment: int = 0):

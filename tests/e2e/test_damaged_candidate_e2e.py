@@ -22,7 +22,9 @@ from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_tools import produce, read_quiet
 from model.datasets import load_basic_motions, sliding_windows
 from model.registry import ModelRegistry
-from schemas import Label, ReviewRequest, Topics
+from schemas import Topics
+from settings import LearningSettings
+from tests.e2e.test_learning_restart_e2e import audit_answered
 
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()
@@ -33,8 +35,8 @@ REFUSAL = re.compile(r"candidate refused by the gate: refused(?: early)?: candid
 
 
 def held_out(review_id: str) -> bool:
-    """The learning loop's default hold-out rule (``holdout = "hashed"``, ``holdout_every = 4``)."""
-    return zlib.crc32(review_id.encode()) % 4 == 0
+    """The learning loop's default hold-out rule (``holdout = "hashed"``: one in ``holdout_every`` by the id's hash)."""
+    return zlib.crc32(review_id.encode()) % LearningSettings().holdout_every == 0
 
 
 def rotated_answers(classes: list[str]) -> tuple[list, list, int]:
@@ -48,9 +50,9 @@ def rotated_answers(classes: list[str]) -> tuple[list, list, int]:
         kept = held_out(rid)
         n_held += kept
         answer = true if kept else classes[(classes.index(true) + 1) % len(classes)]
-        requests.append((rid.encode(), ReviewRequest(rid, "device-d", 0, 1, ["a"] * 6, np.round(X[k], 4).tolist(),
-                                                     true, 0.5, {}, 1, "audit", 0).encode()))
-        labels.append((rid.encode(), Label(rid, answer, "sim", 1).encode()))
+        request, label = audit_answered(rid, X[k], true, answer)
+        requests.append(request)
+        labels.append(label)
     return requests, labels, n_held
 
 

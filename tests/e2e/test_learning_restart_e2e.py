@@ -22,6 +22,15 @@ TOPICS = Topics()
 NAME = "basic-motions"
 
 
+def audit_answered(rid: str, window: np.ndarray, predicted: str, answer: str) -> tuple[tuple, tuple]:
+    """An audit review request for ``window`` (served as ``predicted`` by v1) and a labeler's ``answer``, as
+    (key, value) records for ``review-requests`` and ``labels``."""
+    device = rid.split(":", 1)[0]
+    request = ReviewRequest(rid, device, 0, 1, ["a"] * 6, np.round(window, 4).tolist(), predicted, 0.5, {}, 1,
+                            "audit", 0)
+    return (rid.encode(), request.encode()), (rid.encode(), Label(rid, answer, "sim", 1).encode())
+
+
 def labeled_batch(start: int, count: int):
     """Review requests and their answers for real windows with a gyroscope bias."""
     X, y = sliding_windows(load_basic_motions("test"), 32, 4)
@@ -30,10 +39,9 @@ def labeled_batch(start: int, count: int):
     requests, labels = [], []
     for i in range(start, start + count):
         k = i % len(X)
-        rid = f"device-r:{1_700_000_000_000 + i}"
-        requests.append((rid.encode(), ReviewRequest(rid, "device-r", 0, 1, ["a"] * 6, np.round(X[k], 4).tolist(),
-                                                     "standing", 0.5, {}, 1, "audit", 0).encode()))
-        labels.append((rid.encode(), Label(rid, str(y[k]), "sim", 1).encode()))
+        request, label = audit_answered(f"device-r:{1_700_000_000_000 + i}", X[k], "standing", str(y[k]))
+        requests.append(request)
+        labels.append(label)
     return requests, labels
 
 
