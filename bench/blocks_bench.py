@@ -14,9 +14,12 @@ the same message rate.
 
 ``--stride 32`` cuts a window every 32 samples instead of 8: a quarter of the windows to score for the same
 samples, which shows how much of the job's time per sample is the model's (results ``blocks_stride32``).
+``--patch 4`` serves (and the plain consumer scores with) a model whose encoder reads 4 samples per token,
+trained here on BasicMotions into a registry of the run's own (results ``blocks_patch4``): the same windows for
+about a quarter of the model's work.
 
 Run: ``python bench/blocks_bench.py [--sizes 1,10,50,250] [--samples 600000] [--latency-sizes 1,10,25]
-[--stride 8]``.
+[--stride 8] [--patch 1]``.
 """
 
 from __future__ import annotations
@@ -85,6 +88,17 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: 
         sc.stop()
 
 
+def patch_registry(folder: Path, patch: int) -> str:
+    """A registry holding a BasicMotions model whose encoder reads ``patch`` samples per token."""
+    from model.registry import ModelRegistry
+    from model.spec import ModelSpec
+    from model.train import bootstrap
+
+    result = bootstrap(ModelRegistry(folder), spec=ModelSpec(patch=patch))
+    print(f"served model: {patch} samples per token, test accuracy {result.metadata.metrics['test_accuracy']:.3f}")
+    return str(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1,10,50,250")
@@ -94,11 +108,16 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=int, default=1000, help="messages per second of the latency runs")
     parser.add_argument("--stride", type=int, default=8,
                         help="samples between window ends (8: a window per 8 samples; the window is 32)")
+    parser.add_argument("--patch", type=int, default=1,
+                        help="samples per token of the served model (>1: a model trained here, in its own registry)")
     parser.add_argument("--no-ungrouped", dest="ungrouped", action="store_false",
                         help="skip the serving job with serving.group_ms = 0 (each message crosses into Python alone)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     latency_sizes = [int(s) for s in args.latency_sizes.split(",") if s]
+    keep = tempfile.TemporaryDirectory(prefix="blocks-registry-")
+    if args.patch > 1:
+        args.registry = patch_registry(Path(keep.name), args.patch)
     if latency_sizes:
         latency(latency_sizes, args.latency_rate, args.registry, ungrouped=args.ungrouped)
     if not sizes:
@@ -113,7 +132,7 @@ def main() -> None:
                                  group_ms=0) if args.ungrouped else None)
             passthrough = measure(work, "passthrough", size, samples, args.registry)
             plain = measure(work, "plain", size, samples, args.registry, stride=args.stride)
-            rows.append({"samples_per_message": size, "stride": args.stride, "samples": samples, "messages": serving["messages"],
+            rows.append({"samples_per_message": size, "stride": args.stride, "patch": args.patch, "samples": samples, "messages": serving["messages"],
                          "serving_samples_per_s": serving["samples_per_s"],
                          "ungrouped_samples_per_s": ungrouped["samples_per_s"] if ungrouped else None,
                          "plain_samples_per_s": plain["samples_per_s"],
@@ -129,8 +148,10 @@ def main() -> None:
     header = ["samples per message", "samples", "messages", "serving samples/s",
               "serving, messages not grouped", "grouped / not", "plain consumer samples/s", "serving / plain", "serving messages/s", "pass-through messages/s", "serving / pass-through (messages)",
               "windows out/expected"]
-    name = "blocks" if args.stride == 8 else f"blocks_stride{args.stride}"
-    print_table(f"Serving throughput with sample blocks (backlog, 64 devices, window 32, stride {args.stride})", header,
+    name = "blocks" + (f"_stride{args.stride}" if args.stride != 8 else "") + (f"_patch{args.patch}" if args.patch > 1
+                                                                                else "")
+    print_table(f"Serving throughput with sample blocks (backlog, 64 devices, window 32, stride {args.stride}, "
+                f"{args.patch} samples per token)", header,
                 [[r["samples_per_message"], r["samples"], r["messages"], r["serving_samples_per_s"],
                   r["ungrouped_samples_per_s"] or "-",
                   round(r["serving_samples_per_s"] / r["ungrouped_samples_per_s"], 2) if r["ungrouped_samples_per_s"] else "-",

@@ -24,19 +24,22 @@ BOOTSTRAP_HELP = "Kafka bootstrap servers (default: broker.bootstrap from the co
 
 def builtin_spec(args: argparse.Namespace):
     """The built-in (BasicMotions) model's spec from ``setup``'s flags: its heads (``--tasks``), the forecast's
-    horizon, and whether its classify head reads the window summary (``--summary-features``).
+    horizon, whether its classify head reads the window summary (``--summary-features``), and the samples per
+    token of its encoder (``--patch``).
 
     >>> spec = builtin_spec(build_parser().parse_args(["setup", "--tasks", "classify,forecast", "--summary-features"]))
     >>> spec.tasks, spec.horizon, spec.summary_features
     (('classify', 'forecast'), 8, True)
     >>> builtin_spec(build_parser().parse_args(["setup"])).summary_features
     False
+    >>> builtin_spec(build_parser().parse_args(["setup", "--patch", "4"])).tokens
+    8
     """
     from model.spec import ModelSpec
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     return ModelSpec(tasks=tasks, horizon=args.horizon if "forecast" in tasks else 0,
-                     summary_features=args.summary_features)
+                     summary_features=args.summary_features, patch=args.patch)
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
@@ -528,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--summary-features", action="store_true",
                        help="the built-in model's classify head also reads each channel's mean, deviation, minimum "
                             "and maximum over the window (a model's summary_features)")
+        p.add_argument("--patch", type=int, default=1,
+                       help="samples per token of the built-in model's encoder (a model's patch; 4: 8 tokens per "
+                            "32-sample window, about a quarter of the work per window)")
 
     p = sub.add_parser("setup", help="fetch and verify connector jars, build helpers, train model v1")
     model_args(p)

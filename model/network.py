@@ -111,8 +111,8 @@ class WindowTransformer(nn.Module):
         self.spec = spec
         self.register_buffer("mean", torch.zeros(spec.n_channels))
         self.register_buffer("std", torch.ones(spec.n_channels))
-        self.embed = nn.Linear(spec.n_channels, spec.d_model)
-        self.position = nn.Parameter(torch.randn(1, spec.window, spec.d_model) * 0.02)
+        self.embed = nn.Linear(spec.n_channels * spec.patch, spec.d_model)  # a token: patch samples, all channels
+        self.position = nn.Parameter(torch.randn(1, spec.tokens, spec.d_model) * 0.02)
         layer = nn.TransformerEncoderLayer(
             spec.d_model, spec.n_heads, spec.d_ff, spec.dropout, batch_first=True, norm_first=True
         )
@@ -185,6 +185,8 @@ class WindowTransformer(nn.Module):
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """Pooled representation of normalised windows (``[batch, d_model]``)."""
+        if self.spec.patch > 1:  # consecutive samples side by side: [batch, tokens, patch * channels]
+            z = z.reshape(-1, self.spec.tokens, self.spec.patch * self.spec.n_channels)
         return self.norm(self.encoder(self.embed(z) + self.position).mean(dim=1))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

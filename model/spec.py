@@ -16,7 +16,8 @@ class ModelSpec:
     """Shape and size of a window model: its ``tasks`` (heads on one encoder, from :data:`TASKS`), and for
     ``forecast`` the ``horizon`` (samples per channel it forecasts after a window). With
     ``summary_features`` the classify head reads, beside the encoder's features, each channel's mean,
-    deviation, minimum and maximum over the (normalised) window.
+    deviation, minimum and maximum over the (normalised) window. ``patch`` samples make one token of the
+    encoder (``window / patch`` tokens): a larger patch scores a window for a fraction of the work.
 
     >>> spec = ModelSpec()
     >>> spec.window, len(spec.channels), spec.classes[0], spec.tasks
@@ -29,6 +30,12 @@ class ModelSpec:
     Traceback (most recent call last):
     ...
     ValueError: tasks: unknown task 'speak' (known: classify, anomaly, forecast); forecast: horizon must be at least 1 sample
+    >>> ModelSpec(window=30, patch=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: patch: 4 samples per token does not divide the window (30)
+    >>> ModelSpec(patch=4).tokens
+    8
     """
 
     window: int = 32
@@ -43,9 +50,12 @@ class ModelSpec:
     tasks: tuple[str, ...] = ("classify",)
     horizon: int = 0
     summary_features: bool = False
+    patch: int = 1
 
     def __post_init__(self) -> None:
         problems = [f"tasks: unknown task {t!r} (known: {', '.join(TASKS)})" for t in self.tasks if t not in TASKS]
+        if self.patch < 1 or self.window % self.patch:
+            problems.append(f"patch: {self.patch} samples per token does not divide the window ({self.window})")
         if not self.tasks:
             problems.append("tasks: a model needs at least one of " + ", ".join(TASKS))
         if len(set(self.tasks)) != len(self.tasks):
@@ -68,6 +78,11 @@ class ModelSpec:
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def tokens(self) -> int:
+        """How many tokens the encoder reads per window (``patch`` samples each)."""
+        return self.window // self.patch
 
     @property
     def class_features(self) -> int:

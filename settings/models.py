@@ -23,7 +23,8 @@ from model.spec import TASKS
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 KEYS = ("channels", "units", "sample_rate_hz", "window", "stride", "classes", "d_model", "n_heads", "n_layers",
-        "d_ff", "dropout", "device_types", "devices", "precision", "tasks", "forecast_horizon", "summary_features")
+        "d_ff", "dropout", "device_types", "devices", "precision", "tasks", "forecast_horizon", "summary_features",
+        "patch")
 
 
 def _samples(value: Any, rate: float, key: str) -> int:
@@ -71,6 +72,7 @@ class ModelDeclaration:
     tasks: tuple[str, ...] = ("classify",)  # its heads: classify, anomaly, forecast (model.spec.TASKS)
     forecast_horizon: int = 0  # samples per channel the forecast head predicts after a window
     summary_features: bool = False  # the classify head also reads each channel's mean, deviation, min and max
+    patch: int = 1  # samples per token of the encoder (window / patch tokens: a larger patch is cheaper to score)
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any]) -> "ModelDeclaration":
@@ -140,6 +142,11 @@ class ModelDeclaration:
         summary = table.get("summary_features", False)
         if not isinstance(summary, bool):
             problems.append(f"summary_features: expected true or false, got {summary!r}")
+        patch = table.get("patch", 1)
+        if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+            problems.append(f"patch: expected a positive integer, got {patch!r}")
+        elif window >= 2 and window % patch:
+            problems.append(f"patch: {patch} samples per token does not divide the window ({window} samples)")
         precision = table.get("precision", "")
         if precision not in ("", "fp32", "int8"):
             problems.append(f"precision: expected \"fp32\" or \"int8\", got {precision!r}")
@@ -147,7 +154,7 @@ class ModelDeclaration:
             raise ValueError("; ".join(problems))
         return cls(name, channels, classes, float(rate), window, stride, units, dropout=float(dropout),
                    device_types=device_types, devices=devices, precision=precision, tasks=tasks,
-                   forecast_horizon=horizon, summary_features=summary is True, **sizes)
+                   forecast_horizon=horizon, summary_features=summary is True, patch=patch, **sizes)
 
     def spec_dict(self) -> dict[str, Any]:
         """The registry's model spec (``model.spec.ModelSpec.from_dict`` reads it)."""
@@ -156,7 +163,7 @@ class ModelDeclaration:
                 "dropout": self.dropout, "extra": {"sample_rate_hz": self.sample_rate_hz, "stride": self.stride,
                                                    "units": list(self.units)},
                 "tasks": list(self.tasks), "horizon": self.forecast_horizon,
-                "summary_features": self.summary_features}
+                "summary_features": self.summary_features, "patch": self.patch}
 
     def to_table(self) -> dict[str, Any]:
         """The TOML table it came from, window and stride in samples."""
@@ -178,4 +185,6 @@ class ModelDeclaration:
             table["forecast_horizon"] = self.forecast_horizon
         if self.summary_features:
             table["summary_features"] = True
+        if self.patch != 1:
+            table["patch"] = self.patch
         return table
