@@ -14,12 +14,12 @@ the same message rate.
 
 ``--stride 32`` cuts a window every 32 samples instead of 8: a quarter of the windows to score for the same
 samples, which shows how much of the job's time per sample is the model's (results ``blocks_stride32``).
-``--patch 4`` serves (and the plain consumer scores with) a model whose encoder reads 4 samples per token,
-trained here on BasicMotions into a registry of the run's own (results ``blocks_patch4``): the same windows for
-about a quarter of the model's work.
+``--patch 1,4`` serves (and the plain consumer scores with) each of these models in turn, one whose encoder reads 4
+samples per token trained here on BasicMotions into a registry of the run's own (results ``blocks_patch1_4``): the
+same windows for about a quarter of the model's work. The pass-through job runs once per size.
 
 Run: ``python bench/blocks_bench.py [--sizes 1,10,50,250] [--samples 600000] [--latency-sizes 1,10,25]
-[--stride 8] [--patch 1]``.
+[--stride 8] [--patch 1,4]``.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: 
                   "outputs": got, "expected": expected, "seconds": seconds, "samples_per_s": samples_per_s,
                   "messages_per_s": messages_per_s}
         if kind == "serving":
-            model = in_job_model_rate(stats_file)  # cumulative numbers the operator wrote every 5 s while scoring
+            model = in_job_model_rate(stats_file)  # cumulative numbers the operator wrote every second while scoring
             alone = standalone_onnx(registry, max(1, round(model["mean_batch"])), threads=1, repeats=3)
             result.update(mean_batch=model["mean_batch"], in_job_per_cpu_s=model["in_job_cpu"],
                           in_job_per_wall_s=model["in_job"], standalone=alone)
@@ -108,18 +108,19 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=int, default=1000, help="messages per second of the latency runs")
     parser.add_argument("--stride", type=int, default=8,
                         help="samples between window ends (8: a window per 8 samples; the window is 32)")
-    parser.add_argument("--patch", type=int, default=1,
-                        help="samples per token of the served model (>1: a model trained here, in its own registry)")
+    parser.add_argument("--patch", default="1",
+                        help="samples per token of the served model, comma-separated for several in one run (above "
+                             "1: a model trained here, in a registry of its own)")
     parser.add_argument("--no-ungrouped", dest="ungrouped", action="store_false",
                         help="skip the serving job with serving.group_ms = 0 (each message crosses into Python alone)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     latency_sizes = [int(s) for s in args.latency_sizes.split(",") if s]
+    patches = [int(p) for p in str(args.patch).split(",") if p]
     keep = tempfile.TemporaryDirectory(prefix="blocks-registry-")
-    if args.patch > 1:
-        args.registry = patch_registry(Path(keep.name), args.patch)
+    registries = {p: patch_registry(Path(keep.name) / f"patch{p}", p) if p > 1 else args.registry for p in patches}
     if latency_sizes:
-        latency(latency_sizes, args.latency_rate, args.registry, ungrouped=args.ungrouped)
+        latency(latency_sizes, args.latency_rate, registries[patches[0]], ungrouped=args.ungrouped)
     if not sizes:
         return
     rows = []
@@ -127,52 +128,58 @@ def main() -> None:
         work = Path(tmp)
         for size in sizes:
             samples = min(args.samples, 200_000 * size)  # single readings: 200,000 messages (a drain of several seconds)
-            serving = measure(work, "serving", size, samples, args.registry, stride=args.stride)
-            ungrouped = (measure(work, "serving", size, samples, args.registry, "-ungrouped", stride=args.stride,
-                                 group_ms=0) if args.ungrouped else None)
             passthrough = measure(work, "passthrough", size, samples, args.registry)
-            plain = measure(work, "plain", size, samples, args.registry, stride=args.stride)
-            rows.append({"samples_per_message": size, "stride": args.stride, "patch": args.patch, "samples": samples, "messages": serving["messages"],
-                         "serving_samples_per_s": serving["samples_per_s"],
-                         "ungrouped_samples_per_s": ungrouped["samples_per_s"] if ungrouped else None,
-                         "plain_samples_per_s": plain["samples_per_s"],
-                         "serving_vs_plain": serving["samples_per_s"] / plain["samples_per_s"],
-                         "serving_messages_per_s": serving["messages_per_s"],
-                         "passthrough_messages_per_s": passthrough["messages_per_s"],
-                         "serving_vs_passthrough": serving["messages_per_s"] / passthrough["messages_per_s"],
-                         "windows": f"{serving['outputs']}/{serving['expected']}",
-                         "windows_ungrouped": f"{ungrouped['outputs']}/{ungrouped['expected']}" if ungrouped else None,
-                         **{k: serving[k] for k in ("mean_batch", "in_job_per_cpu_s", "in_job_per_wall_s",
-                                                    "standalone")}})
-            print(rows[-1], flush=True)
-    header = ["samples per message", "samples", "messages", "serving samples/s",
-              "serving, messages not grouped", "grouped / not", "plain consumer samples/s", "serving / plain", "serving messages/s", "pass-through messages/s", "serving / pass-through (messages)",
-              "windows out/expected"]
-    name = "blocks" + (f"_stride{args.stride}" if args.stride != 8 else "") + (f"_patch{args.patch}" if args.patch > 1
-                                                                                else "")
-    print_table(f"Serving throughput with sample blocks (backlog, 64 devices, window 32, stride {args.stride}, "
-                f"{args.patch} samples per token)", header,
-                [[r["samples_per_message"], r["samples"], r["messages"], r["serving_samples_per_s"],
+            for patch, registry in registries.items():
+                tag = f"-patch{patch}"
+                serving = measure(work, "serving", size, samples, registry, tag, stride=args.stride)
+                ungrouped = (measure(work, "serving", size, samples, registry, tag + "-ungrouped", stride=args.stride,
+                                     group_ms=0) if args.ungrouped else None)
+                plain = measure(work, "plain", size, samples, registry, tag, stride=args.stride)
+                rows.append({"samples_per_message": size, "stride": args.stride, "patch": patch, "samples": samples,
+                             "messages": serving["messages"], "serving_samples_per_s": serving["samples_per_s"],
+                             "ungrouped_samples_per_s": ungrouped["samples_per_s"] if ungrouped else None,
+                             "plain_samples_per_s": plain["samples_per_s"],
+                             "serving_vs_plain": serving["samples_per_s"] / plain["samples_per_s"],
+                             "serving_messages_per_s": serving["messages_per_s"],
+                             "passthrough_messages_per_s": passthrough["messages_per_s"],
+                             "serving_vs_passthrough": serving["messages_per_s"] / passthrough["messages_per_s"],
+                             "windows": f"{serving['outputs']}/{serving['expected']}",
+                             "windows_ungrouped": f"{ungrouped['outputs']}/{ungrouped['expected']}" if ungrouped else None,
+                             **{k: serving[k] for k in ("mean_batch", "in_job_per_cpu_s", "in_job_per_wall_s",
+                                                        "standalone")}})
+                print(rows[-1], flush=True)
+    header = ["samples per message", "samples per token", "samples", "messages", "serving samples/s",
+              "serving, messages not grouped", "grouped / not", "plain consumer samples/s", "serving / plain",
+              "serving messages/s", "pass-through messages/s", "serving / pass-through (messages)", "windows out/expected"]
+    name = "blocks" + (f"_stride{args.stride}" if args.stride != 8 else "") + (
+        "_patch" + "_".join(map(str, patches)) if patches != [1] else "")
+    print_table(f"Serving throughput with sample blocks (backlog, 64 devices, window 32, stride {args.stride})", header,
+                [[r["samples_per_message"], r["patch"], r["samples"], r["messages"], r["serving_samples_per_s"],
                   r["ungrouped_samples_per_s"] or "-",
                   round(r["serving_samples_per_s"] / r["ungrouped_samples_per_s"], 2) if r["ungrouped_samples_per_s"] else "-",
                   r["plain_samples_per_s"], round(r["serving_vs_plain"], 2), r["serving_messages_per_s"],
                   r["passthrough_messages_per_s"], round(r["serving_vs_passthrough"], 2), r["windows"]] for r in rows])
     print_table("The model inside the job (windows per second of the inference thread's CPU time, and of its "
                 "wall-clock time) vs standalone ONNX Runtime, one thread, at the same mean batch size",
-                ["samples per message", "mean batch", "in job per CPU-second", "in job per wall-clock second",
-                 "standalone", "in job (CPU) / standalone"],
-                [[r["samples_per_message"], round(r["mean_batch"], 1), r["in_job_per_cpu_s"], r["in_job_per_wall_s"],
-                  r["standalone"], round(r["in_job_per_cpu_s"] / r["standalone"], 2)] for r in rows])
+                ["samples per message", "samples per token", "mean batch", "in job per CPU-second",
+                 "in job per wall-clock second", "standalone", "in job (CPU) / standalone"],
+                [[r["samples_per_message"], r["patch"], round(r["mean_batch"], 1), r["in_job_per_cpu_s"],
+                  r["in_job_per_wall_s"], r["standalone"], round(r["in_job_per_cpu_s"] / r["standalone"], 2)]
+                 for r in rows])
     print(f"results: {save(name, {'rows': rows})}")
-    sizes = [r["samples_per_message"] for r in rows]
-    line_plot(RESULTS / f"{name}.png",
-              [("serving job", sizes, [r["serving_samples_per_s"] for r in rows], {"marker": "o"}),
-               *([("serving job, messages not grouped (serving.group_ms = 0)", sizes,
-                   [r["ungrouped_samples_per_s"] for r in rows], {"marker": "x"})] if rows[0]["ungrouped_samples_per_s"] else []),
-               ("plain-Python consumer (bench/plain_consumer.py)", sizes, [r["plain_samples_per_s"] for r in rows],
-                {"marker": "^"}),
-               ("pass-through job (messages/s x samples per message)", sizes,
-                [r["passthrough_messages_per_s"] * r["samples_per_message"] for r in rows], {"marker": "s"})],
+    series = []
+    for patch in patches:
+        own = [r for r in rows if r["patch"] == patch]
+        sizes, token = [r["samples_per_message"] for r in own], f", {patch} samples per token" if patches != [1] else ""
+        series += [(f"serving job{token}", sizes, [r["serving_samples_per_s"] for r in own], {"marker": "o"}),
+                   *([(f"serving job, messages not grouped{token}", sizes, [r["ungrouped_samples_per_s"] for r in own],
+                       {"marker": "x"})] if own[0]["ungrouped_samples_per_s"] else []),
+                   (f"plain-Python consumer (bench/plain_consumer.py){token}", sizes,
+                    [r["plain_samples_per_s"] for r in own], {"marker": "^"})]
+    own = [r for r in rows if r["patch"] == patches[0]]
+    series.append(("pass-through job (messages/s x samples per message)", [r["samples_per_message"] for r in own],
+                   [r["passthrough_messages_per_s"] * r["samples_per_message"] for r in own], {"marker": "s"}))
+    line_plot(RESULTS / f"{name}.png", series,
               "samples per message", "samples/s", "Throughput with sample blocks", log2_x=True)
 
 def latency(sizes: list[int], messages_per_s: int, registry: str, seconds: float = 20.0, ungrouped: bool = True) -> None:

@@ -32,7 +32,8 @@ unlabeled windows): does the shared encoder's second objective cost the classes 
 ``--summary``, three more on a network whose classify head also reads each channel's mean, deviation,
 minimum and maximum over the window (``summary_features``; first model trained the same way): the
 gradient learner by confidence and the LDA head by confidence and at random. ``--learners`` runs a
-subset (name prefixes); ``--out`` names the result files.
+subset (name prefixes); ``--out`` names the result files. ``--patch 4`` builds every network of the 32-sample
+streams with 4 samples per token (a quarter of the work per window; SEA is skipped).
 
 Run: ``python bench/label_efficiency_bench.py [--fractions 0.05,0.1 --seeds 3 --heads --summary]``; writes
 bench/results/label_efficiency.{json,png} (``--out``: another name).
@@ -167,13 +168,14 @@ def run_served(net0, spec: ModelSpec, X: np.ndarray, y: np.ndarray, fraction: fl
     return hits, asker.asked
 
 
-def wiimote_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",), summary: bool = False, augment: int = 0):
+def wiimote_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",), summary: bool = False, augment: int = 0,
+                   patch: int = 1):
     """Windows (32 samples, stride 8) of PickupGestureWiimoteZ; devices 0-3's recordings train the first
     model (``augment``: with that many augmented copies of each window per epoch, ``model.augment``), devices
     4-9's make the stream, in a shuffled order."""
     classes, (Xtr, train_labels), (X, labels) = wiimote_by_device(4)
     spec = ModelSpec(window=32, channels=("acc_z",), classes=classes, d_model=32, n_heads=4, n_layers=2, d_ff=64,
-                     tasks=tasks, summary_features=summary)
+                     tasks=tasks, summary_features=summary, patch=patch)
     torch.manual_seed(seed)
     net = WindowTransformer(spec)
     ytr, y = encode_labels(train_labels, classes), encode_labels(labels, classes)
@@ -201,10 +203,10 @@ def sea_stream(seed: int = 0, tasks: tuple[str, ...] = ("classify",), summary: b
     return spec, net, X[:warmup], y[:warmup], X[warmup:], y[warmup:]
 
 
-def basic_motions(seed: int = 0, tasks: tuple[str, ...] = ("classify",), summary: bool = False):
+def basic_motions(seed: int = 0, tasks: tuple[str, ...] = ("classify",), summary: bool = False, patch: int = 1):
     from model.datasets import load_basic_motions, sliding_windows
 
-    spec = ModelSpec(tasks=tasks, summary_features=summary)
+    spec = ModelSpec(tasks=tasks, summary_features=summary, patch=patch)
     torch.manual_seed(0)
     net = bootstrap_net(spec)
     X, labels, _ = basic_motions_stream(3, seed)
@@ -278,6 +280,9 @@ def main() -> None:
                         help=f"also the network with heads {', '.join(HEADS)} learning windows unlabeled")
     parser.add_argument("--summary", action="store_true",
                         help="also the learners on a network whose classify head reads the window summary")
+    parser.add_argument("--patch", type=int, default=1,
+                        help="samples per token of every network (the 32-sample streams; SEA's 1-sample windows "
+                             "are skipped when it is above 1)")
     parser.add_argument("--out", default="label_efficiency", help="name of the result files in bench/results")
     parser.add_argument("--learners", default="",
                         help="run only the learners whose names start with one of these ('|'-separated)")
@@ -289,9 +294,12 @@ def main() -> None:
     only = tuple(p for p in args.learners.split("|") if p)
     torch.set_num_threads(1)
     fractions = [float(f) for f in args.fractions.split(",")]
-    streams = {"BasicMotions, gyroscope drift": basic_motions,
-               "Wiimote gestures, unseen devices": partial(wiimote_stream, augment=args.augment),
+    streams = {"BasicMotions, gyroscope drift": partial(basic_motions, patch=args.patch),
+               "Wiimote gestures, unseen devices": partial(wiimote_stream, augment=args.augment, patch=args.patch),
                "SEA, abrupt change": sea_stream}
+    if args.patch > 1:
+        print("SEA, abrupt change: skipped (its windows are 1 sample: nothing to patch)")
+        del streams["SEA, abrupt change"]
     streams = {k: v for k, v in streams.items() if not args.streams or k.startswith(tuple(args.streams.split("|")))}
     runs: dict[tuple[str, str, float], list[tuple[float, int, float]]] = {}
     for name, make in streams.items():

@@ -55,6 +55,9 @@ def autogroups_enabled() -> bool:
         return False
 
 
+COUNTER_NICE = 19  # the autogroup nice of the process that counts a drained job's outputs
+
+
 def yield_cpu(pid: int | str, nice: int = YIELD_NICE) -> None:
     """Lower the CPU priority of the scheduler autogroup (session) of ``pid`` to ``nice``, so that
     under contention other sessions get the cores first; raising a nice value needs no privilege."""
@@ -283,29 +286,35 @@ def drain(sc: Scenario, expected: int, timeout_s: float = 600.0) -> tuple[int, f
 
 def drain_gauged(sc: Scenario, expected: int, gauge, timeout_s: float = 600.0) -> tuple[int, float, float]:
     """:func:`drain`, and how much ``gauge()`` (e.g. the job's CPU seconds) grew from the first output to
-    the last (NaN without a gauge)."""
-    tail = TopicTail(sc.bootstrap, [sc.out_topic])
+    the last (NaN without a gauge). The outputs are counted by ``bench/output_count.py`` in a session that
+    yields the CPU to the job and the broker, and timed by their Kafka timestamps (when the job's sink
+    produced them); the gauge is read every 100 ms and interpolated at those times."""
     sc.start_job()
-    got, first, last, at_first, at_last = 0, None, None, float("nan"), float("nan")
-    deadline, idle_since = time.monotonic() + timeout_s, time.monotonic()
+    counter = subprocess.Popen([sys.executable, str(Path(__file__).with_name("output_count.py")), sc.bootstrap,
+                                sc.out_topic, str(expected), "--timeout", str(timeout_s)],
+                               stdout=subprocess.PIPE, start_new_session=True)
+    if autogroups_enabled():
+        yield_cpu(counter.pid, COUNTER_NICE)
+    readings: list[tuple[float, float]] = []  # (wall-clock ms, gauge)
     try:
-        while got < expected and time.monotonic() < deadline:
-            batch = tail.poll(200)
-            now = time.monotonic()
-            if batch:
-                if first is None and gauge is not None:
-                    at_first = gauge()
-                first, last, idle_since = first or now, now, now
-                at_last = gauge() if gauge is not None else at_last
-                got += len(batch)
-            elif first and now - idle_since > 20:
-                break
+        while counter.poll() is None:
+            if gauge is not None:
+                readings.append((time.time() * 1000.0, gauge()))
             if sc.job_died():
                 raise RuntimeError("job died:\n" + sc.job.log_tail())
+            time.sleep(0.1)
+        report = orjson.loads(counter.stdout.read())
     finally:
-        tail.close()
-    seconds = (last - first) if first and last and last > first else float("nan")
-    return got, seconds, at_last - at_first
+        if counter.poll() is None:
+            counter.kill()
+        counter.wait()
+    first, last = report["first_ms"], report["last_ms"]
+    seconds = (last - first) / 1000.0 if first is not None and last > first else float("nan")
+    grew = float("nan")
+    if readings and first is not None:
+        at, values = zip(*readings)
+        grew = float(np.interp(last, at, values) - np.interp(first, at, values))
+    return report["count"], seconds, grew
 
 
 def measure_throughput(work: Path, kind: str, count: int, registry: str, stride: int = 8,
@@ -331,7 +340,7 @@ def measure_throughput(work: Path, kind: str, count: int, registry: str, stride:
 
 def in_job_model_rate(stats_file: Path, since: float = 0.0) -> dict:
     """The model's own numbers inside the job from the lines the inference operator wrote
-    (cumulative, one every few seconds), counted from the last line before ``since`` (epoch s)."""
+    (cumulative, one a second while it scores), counted from the last line before ``since`` (epoch s)."""
     lines = [orjson.loads(line) for line in stats_file.read_text().splitlines()] if stats_file.exists() else []
     if not lines:
         raise RuntimeError(f"the inference operator wrote no stats to {stats_file}")
