@@ -95,15 +95,20 @@ class MicroBatcher(Generic[T]):
         self.policy = policy
 
     def add(self, store: PendingStore[T], item: T, now_ms: int) -> list[T] | None:
-        return self._due(store, store.append(item), now_ms)
+        return self.add_many(store, [item], now_ms)
 
     def add_many(self, store: PendingStore[T], items: list[T], now_ms: int) -> list[T] | None:
-        """As :meth:`add` for the items of one input record (a sample block's windows).
+        """As :meth:`add` for the items of one input record (a sample block's windows). Items that make the
+        batch full are handed over with the pending ones without being stored (in the job: not pickled into
+        keyed state only to be read back at once).
 
         >>> b, store = MicroBatcher(BatchPolicy(max_batch=3, max_wait_ms=10)), ListStore()
         >>> b.add_many(store, ["a", "b"], now_ms=0), b.add_many(store, ["c", "d"], now_ms=1)
         (None, ['a', 'b', 'c', 'd'])
         """
+        pending = store.count()
+        if pending + len(items) >= self.policy.max_batch:
+            return (store.take_all() if pending else []) + list(items)
         return self._due(store, store.extend(items), now_ms)
 
     def _due(self, store: PendingStore[T], count: int, now_ms: int) -> list[T] | None:

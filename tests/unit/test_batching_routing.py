@@ -101,3 +101,41 @@ def test_query_strategies_pick_different_windows_from_the_same_probabilities():
     assert r.decide("a:1", 0.48, 0, rows["split"]) == "low_confidence" and r.decide("a:2", 0.9, 0, rows["sure"]) is None
     with pytest.raises(ValueError, match="unknown query strategy"):
         ReviewRouter(0.5, 0.0, 10, strategy="random")
+
+
+class CountingStore(ListStore):
+    """A ListStore that remembers every item ever stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: list = []
+
+    def append(self, item) -> int:
+        self.stored.append(item)
+        return super().append(item)
+
+    def extend(self, items) -> int:
+        self.stored.extend(items)
+        return super().extend(items)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(st.integers(1, 8), st.lists(st.tuples(st.integers(1, 12), st.integers(0, 30)), max_size=30))
+def test_batches_keep_every_item_once_in_order_and_items_that_fill_a_batch_are_never_stored(max_batch, records):
+    """Records of 1-12 items arriving 0-30 ms apart: the batches and what stays pending are the input in
+    order; a batch leaves when it is full (or waited), and the items that filled it skipped the store."""
+    b, store = MicroBatcher(BatchPolicy(max_batch=max_batch, max_wait_ms=20)), CountingStore()
+    now, sent, out, filled = 0, [], [], []
+    for n, gap in records:
+        now += gap
+        items = list(range(len(sent), len(sent) + n))
+        sent += items
+        pending = store.count()
+        batch = b.add_many(store, items, now)
+        if pending + n >= max_batch:
+            assert batch is not None and len(batch) == pending + n
+            filled += items
+        if batch is not None:
+            out += batch
+    assert out + store.take_all() == sent
+    assert not set(filled) & set(store.stored)
