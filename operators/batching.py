@@ -95,7 +95,8 @@ class MicroBatcher(Generic[T]):
         self.policy = policy
 
     def add(self, store: PendingStore[T], item: T, now_ms: int) -> list[T] | None:
-        return self.add_many(store, [item], now_ms)
+        ready = self._pending_if_full_with(store, 1)
+        return ready + [item] if ready is not None else self._due(store, store.append(item), now_ms)
 
     def add_many(self, store: PendingStore[T], items: list[T], now_ms: int) -> list[T] | None:
         """As :meth:`add` for the items of one input record (a sample block's windows). Items that make the
@@ -106,10 +107,15 @@ class MicroBatcher(Generic[T]):
         >>> b.add_many(store, ["a", "b"], now_ms=0), b.add_many(store, ["c", "d"], now_ms=1)
         (None, ['a', 'b', 'c', 'd'])
         """
+        ready = self._pending_if_full_with(store, len(items))
+        return ready + list(items) if ready is not None else self._due(store, store.extend(items), now_ms)
+
+    def _pending_if_full_with(self, store: PendingStore[T], n: int) -> list[T] | None:
+        """The pending items, taken from the store, when ``n`` more make a full batch; else None."""
         pending = store.count()
-        if pending + len(items) >= self.policy.max_batch:
-            return (store.take_all() if pending else []) + list(items)
-        return self._due(store, store.extend(items), now_ms)
+        if pending + n < self.policy.max_batch:
+            return None
+        return store.take_all() if pending else []
 
     def _due(self, store: PendingStore[T], count: int, now_ms: int) -> list[T] | None:
         """After adding: the batch when it is due (the store emptied), else None."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -22,11 +24,6 @@ from settings.models import ModelDeclaration
 
 SPEC = ModelSpec(window=16, channels=("a", "b"), classes=("calm", "shaky"), d_model=16, n_heads=2, n_layers=1,
                  d_ff=32, dropout=0.0, patch=4)
-
-
-def with_(spec: ModelSpec, **changes) -> ModelSpec:
-    return ModelSpec(**{**spec.to_dict(), "channels": spec.channels, "classes": spec.classes,
-                        "tasks": spec.tasks, **changes})
 
 
 def noisy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +50,7 @@ def test_a_token_is_consecutive_samples_side_by_side():
 @settings(max_examples=12, deadline=None, derandomize=True)
 @given(batch=st.integers(1, 40), patch=st.sampled_from([2, 4, 8, 16]), seed=st.integers(0, 2**16))
 def test_the_exported_graph_gives_the_networks_outputs_for_any_batch(batch, patch, seed):
-    spec = with_(SPEC, patch=patch, tasks=("classify", "anomaly", "forecast"), horizon=2)
+    spec = replace(SPEC, patch=patch, tasks=("classify", "anomaly", "forecast"), horizon=2)
     torch.manual_seed(seed)
     net = WindowTransformer(spec).eval()
     X = np.random.default_rng(seed).normal(size=(batch, spec.window, 2)).astype(np.float32)

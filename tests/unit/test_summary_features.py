@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -44,8 +46,7 @@ def lda_accuracy(summary: bool) -> float:
     """An encoder blind to its input (embedding weights zero: every window's features are the same) with the
     LDA head learned on what the classify head reads: only the window summary can tell the classes apart."""
     torch.manual_seed(0)
-    spec = ModelSpec(**{**SPEC.to_dict(), "channels": SPEC.channels, "classes": SPEC.classes,
-                        "summary_features": summary})
+    spec = replace(SPEC, summary_features=summary)
     net = WindowTransformer(spec)
     with torch.no_grad():
         net.embed.weight.zero_()
@@ -65,8 +66,7 @@ def test_the_lda_head_reads_the_summary():
 
 @pytest.mark.parametrize("tasks", [("classify",), ("classify", "anomaly")])
 def test_a_model_with_the_summary_exports_the_same_probabilities_and_learns_with_a_still_channel(tasks):
-    spec = ModelSpec(**{**SPEC.to_dict(), "channels": SPEC.channels, "classes": SPEC.classes, "tasks": tasks,
-                        "summary_features": True})
+    spec = replace(SPEC, tasks=tasks, summary_features=True)
     torch.manual_seed(0)
     net = WindowTransformer(spec)
     X, y = noisy(64, seed=3)
