@@ -5,6 +5,7 @@ submits to)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -28,6 +29,15 @@ class JobRun:
     rest_port: int = 0  # a local MiniCluster's REST API (job list/cancel/savepoint); 0: a free port
     group_id: str = ""  # Kafka consumer group; empty: sensorloop-<job>
     stats_file: str = ""  # serving: append the model's throughput inside the job here (benchmarks)
+
+
+def quiet_embedded_logging() -> None:
+    """Called from operators' ``open``: PyFlink's thread-mode interpreter sets the root logger to DEBUG and
+    formats every record for Java whatever Java's log level, so libraries' debug lines (the Kafka client's,
+    several per fetch of a job's own clients) took the operators' interpreter. INFO and up pass (the Kafka
+    client's WARNING and up)."""
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
 def job_parser(job: str) -> argparse.ArgumentParser:

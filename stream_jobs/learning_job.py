@@ -21,7 +21,7 @@ from operators.serving_model import serving_spec
 from model.spec import ModelSpec
 from schemas import DeadLetter, Label, ReviewRequest, SchemaError, WindowSample
 from settings import Config
-from stream_jobs.flink_env import JobRun, make_env, parse_job_args
+from stream_jobs.flink_env import JobRun, make_env, parse_job_args, quiet_embedded_logging
 from stream_jobs.kafka_io import (
     DEAD_LETTERS,
     dead_letter_record,
@@ -41,6 +41,7 @@ class JoinAnswers(KeyedProcessFunction):
         self.ttl_ms, self.answers_needed = cfg.learning.label_ttl_ms, cfg.labeling.answers_needed
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        quiet_embedded_logging()
         (first, default), *others = self.targets.items()
         self.joiner = LabelJoiner(list(default.classes), self.ttl_ms, self.answers_needed, default.shape,
                                   dict(others) if others else None, first, self.labeling.creators,
@@ -130,6 +131,7 @@ class LearnAndPublish(KeyedProcessFunction):
         self.cfg, self.snapshot_every = cfg, snapshot_every
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        quiet_embedded_logging()
         torch.set_num_threads(1)
         cfg = self.cfg
         self.registry = ModelRegistry(cfg.registry.path)

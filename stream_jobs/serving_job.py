@@ -37,7 +37,7 @@ from operators.source_watch import SourceWatch
 from operators.windowing import SlidingWindower
 from schemas import DeadLetter, DriftEvent, ModelSnapshot, SchemaError
 from settings import Config
-from stream_jobs.flink_env import JobRun, make_env, parse_job_args
+from stream_jobs.flink_env import JobRun, make_env, parse_job_args, quiet_embedded_logging
 from stream_jobs.kafka_io import (
     DEAD_LETTERS,
     dead_letter_record,
@@ -70,6 +70,7 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.cfg, self.models = cfg, models
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        quiet_embedded_logging()
         s, topics = self.cfg.serving, self.cfg.topics
         named = len(self.models) > 1  # dead letters name the model when there is a choice
         self.parser = RoutedParser(
@@ -254,6 +255,7 @@ class InferBatches(KeyedCoProcessFunction):
         self.cfg, self.models, self.stats_file = cfg, models, stats_file
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        quiet_embedded_logging()
         s, registry = self.cfg.serving, self.cfg.registry
         verifier = AnnouncementVerifier.load(registry.verify_key) if registry.verify_key else None
         self.primary = self.models[0].name
