@@ -88,6 +88,8 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.state = runtime_context.get_state(ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY()))
         group = runtime_context.get_metrics_group()
         self.readings_in = group.counter("readings_in")
+        # records that crossed into Python: a group of one device's messages (ReadingGrouper) counts once
+        self.groups_in = group.counter("groups_in")
         self.samples = 0  # readings_in counts messages; a sample block adds its samples here (a gauge: no call per reading)
         group.gauge("samples_in", lambda: self.samples)
         self.dead = group.counter("dead_letters")
@@ -124,6 +126,7 @@ class ReadingsToWindows(KeyedProcessFunction):
                     report(went_back)
             messages.append(Message(partition, offset, ingest_ms, payload))
         self.readings_in.inc(len(messages))
+        self.groups_in.inc()
         out = self.intake.take(ctx.get_current_key(), messages, self.state.value(), now)
         self.samples += out.samples
         if out.late:

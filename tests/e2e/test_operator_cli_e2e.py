@@ -65,6 +65,11 @@ def _predictions(bootstrap: str, at_least: int) -> list[dict]:
     return [orjson.loads(r.value) for r in records]
 
 
+def _metric(status: str, name: str) -> int:
+    """A serving metric's value as ``sensorloop status`` prints it (``name=value``)."""
+    return int(float(status.split(f" {name}=", 1)[1].split(",", 1)[0].split()[0]))
+
+
 def _window_keys(records) -> list[tuple[str, int]]:
     """The (device, window end) of each prediction record, in order, repeats included."""
     return [(p["device_id"], p["window_end"]) for p in map(orjson.loads, (r.value for r in records))]
@@ -101,6 +106,20 @@ def test_operator_cli_on_the_embedded_stack(tmp_path, registry_copy):
         assert f"readings_in={len(first)}" in status and f"predictions={len(expected_first)}" in status, status
         assert "model v1: temperature" in status and "expected calibration error" in status, status
         assert "checkpoints: " in status and "STALLED" not in status, status
+        # a burst is grouped per device in Java before it crosses into Python (ReadingGrouper)
+        grouped = _metric(status, "groups_in")
+        assert 0 < grouped <= len(first) // 2, status
+
+        # readings of devices that send slower than serving.group_ms, with nothing else arriving, cross alone
+        slow = [dict(r, device_id=f"slow-{r['device_id']}") for r in replayed_readings(n_devices=3, per_device=4)]
+        for reading in slow:  # each device's next reading comes 0.75 s after its last
+            produce(bootstrap, TOPICS.readings, encoded([reading]))
+            time.sleep(0.25)
+        deadline = time.monotonic() + 60
+        while _metric(status := cli(config, "status"), "readings_in") < len(first) + len(slow):
+            assert time.monotonic() < deadline, status
+            time.sleep(1)
+        assert _metric(status, "groups_in") == grouped + len(slow), status
 
         out = cli(config, "job", "savepoint", "serving", "--stop")
         savepoint = out.split(": ", 1)[1].split()[0]

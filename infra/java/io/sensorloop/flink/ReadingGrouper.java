@@ -2,6 +2,7 @@ package io.sensorloop.flink;
 
 import java.io.ByteArrayOutputStream;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -14,6 +15,11 @@ import org.apache.flink.types.Row;
 /**
  * Groups the keyed source's Row(key, envelope) records of one key into one record, so that a device
  * sending one sample per message crosses into Python once per group instead of once per message.
+ *
+ * <p>When nothing is buffered, a record whose key's previous record came at least {@code maxDelayMs}
+ * earlier is sent on at once: while the job keeps up with devices that send slower than that, grouping
+ * would gain nothing and they pay no wait for it. A device sending faster is grouped from its second
+ * record on, and while a backlog is read something is nearly always buffered, so it is grouped as before.
  *
  * <p>All groups are sent on when one holds {@code maxRecords} records, when the oldest buffered record
  * has waited {@code maxDelayMs}, when more than {@code maxBytes} are buffered, before every checkpoint
@@ -32,6 +38,8 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     private final long maxDelayMs;
     private final long maxBytes;
     private transient Map<String, List<byte[]>> groups;
+    private transient Map<String, Long> lastSeen; // per key, when its latest record came (recent keys only)
+    private transient long lastSweep;
     private transient long buffered;
     private transient boolean timerSet;
 
@@ -48,6 +56,8 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     public void open() throws Exception {
         super.open();
         groups = new LinkedHashMap<>();
+        lastSeen = new HashMap<>();
+        lastSweep = 0;
         buffered = 0;
         timerSet = false;
     }
@@ -57,6 +67,15 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
         Row row = element.getValue();
         String key = (String) row.getField(0);
         byte[] envelope = (byte[]) row.getField(1);
+        if (maxDelayMs > 0) {
+            long now = getProcessingTimeService().getCurrentProcessingTime();
+            Long previous = lastSeen.put(key, now);
+            forgetQuietKeys(now);
+            if (groups.isEmpty() && (previous == null || now - previous >= maxDelayMs)) { // nothing waits
+                output.collect(new StreamRecord<>(row));
+                return;
+            }
+        }
         List<byte[]> group = groups.computeIfAbsent(key, k -> new ArrayList<>());
         group.add(envelope);
         buffered += envelope.length;
@@ -84,6 +103,15 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     public void finish() throws Exception {
         flushAll();
         super.finish();
+    }
+
+    /** Drops the keys not seen for {@code maxDelayMs} (they count as not busy either way), once a second. */
+    private void forgetQuietKeys(long now) {
+        if (now - lastSweep < 1000) {
+            return;
+        }
+        lastSweep = now;
+        lastSeen.values().removeIf(seen -> now - seen >= maxDelayMs);
     }
 
     private void flushAll() {
