@@ -20,8 +20,8 @@ from dataclasses import dataclass
 OPERATOR_PREFIX = "flink_taskmanager_job_task_operator_"
 GAUGES = {"batch_size", "inference_ms", "model_version", "prequential_accuracy_pct", "label_lag_ms",
           "model_versions_unusable", "source_resets", "source_stalled_partitions"}  # max over subtasks
-SERVING = ("readings_in", "groups_in", "samples_in", "windows", "late_readings", "dead_letters", "predictions", "review_requests",
-           "batches", "inference_us_total", "batch_size", "inference_ms", "model_version", "model_swaps",
+SERVING = ("readings_in", "groups_in", "samples_in", "windows", "late_readings", "dead_letters", "predictions",
+           "review_requests", "batches", "inference_us_total", "batch_size", "inference_ms", "model_version", "model_swaps",
            "model_refused", "confidence_drifts", "unscored_windows", "devices_expired",
            "model_versions_unusable", "source_resets", "source_stalled_partitions", "reviews_over_share",
            "anomalies", "forecasts", "unlabeled_windows")
