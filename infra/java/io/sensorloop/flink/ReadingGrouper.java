@@ -105,9 +105,12 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
         super.finish();
     }
 
-    /** Drops the keys not seen for {@code maxDelayMs} (they count as not busy either way), once a second. */
+    /**
+     * Drops the keys not seen for {@code maxDelayMs} (they count as not busy either way), every 100 ms at
+     * most, so the map holds about the keys of the last 100 ms however many devices there are.
+     */
     private void forgetQuietKeys(long now) {
-        if (now - lastSweep < 1000) {
+        if (now - lastSweep < Math.max(100, maxDelayMs)) {
             return;
         }
         lastSweep = now;
