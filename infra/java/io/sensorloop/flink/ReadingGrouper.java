@@ -106,8 +106,9 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     }
 
     /**
-     * Drops the keys not seen for {@code maxDelayMs} (they count as not busy either way), every 100 ms at
-     * most, so the map holds about the keys of the last 100 ms however many devices there are.
+     * Drops the keys not seen for {@code maxDelayMs} (they count as not busy either way), at most every
+     * 100 ms or every {@code maxDelayMs} if that is longer, so the map holds about the keys of that span
+     * however many devices there are.
      */
     private void forgetQuietKeys(long now) {
         if (now - lastSweep < Math.max(100, maxDelayMs)) {
