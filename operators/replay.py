@@ -48,7 +48,8 @@ class ReadingStream(Iterator[dict]):
         self.seq = [0] * n_devices
         self.emitted = 0
         self.drifting = set(range(int(round(n_devices * (drift.device_fraction if drift else 0)))))
-        self.current = [self._next_recording(i) for i in range(n_devices)]
+        self.rows: list[list[list[float]]] = [[] for _ in range(n_devices)]  # each device's current recording
+        self.current = [self._start_recording(i) for i in range(n_devices)]
 
     @property
     def drifted(self) -> bool:
@@ -64,29 +65,34 @@ class ReadingStream(Iterator[dict]):
             self.queues[device] = list(self.rng.permutation(self._allowed(device)))
         return int(self.queues[device].pop())
 
+    def _start_recording(self, device: int) -> int:
+        """Pick the device's next recording and round its rows once, as one array operation (with
+        the drift's gain and offset when the device drifts by now)."""
+        recording = self._next_recording(device)
+        series = np.array(self.rec.series[recording])
+        if self.drifted and device in self.drifting:
+            for channel, gain in self.drift.gain.items():
+                series[:, channel] *= gain
+            for channel, offset in self.drift.offset.items():
+                series[:, channel] += offset
+        self.rows[device] = np.round(series.astype(np.float64), 6).tolist()
+        return recording
+
     def __next__(self) -> dict:
         device = self.emitted % len(self.devices)
         if self.drift is not None and self.emitted == self.drift.after:
             for d in self.drifting:  # drifting devices switch to the new activity mix right away
                 self.queues[d] = []
-                self.current[d] = self._next_recording(d)
+                self.current[d] = self._start_recording(d)
                 self.position[d] = 0
-        series = self.rec.series[self.current[device]]
-        values = series[self.position[device]]
-        if self.drifted and device in self.drifting and (self.drift.gain or self.drift.offset):
-            values = values.copy()
-            for channel, gain in self.drift.gain.items():
-                values[channel] *= gain
-            for channel, offset in self.drift.offset.items():
-                values[channel] += offset
+        rows = self.rows[device]
         reading = {"device_id": self.devices[device], "seq": self.seq[device],
-                   "values": [round(float(v), 6) for v in values],
-                   "label": str(self.rec.labels[self.current[device]])}
+                   "values": rows[self.position[device]], "label": str(self.rec.labels[self.current[device]])}
         self.seq[device] += 1
         self.position[device] += 1
-        if self.position[device] >= series.shape[0]:
+        if self.position[device] >= len(rows):
             self.position[device] = 0
-            self.current[device] = self._next_recording(device)
+            self.current[device] = self._start_recording(device)
         self.emitted += 1
         return reading
 
