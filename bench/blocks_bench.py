@@ -88,6 +88,16 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: 
         sc.stop()
 
 
+def model_bound(row: dict) -> float:
+    """The messages/s the model alone allows: standalone windows/s on one thread, a window per ``stride``
+    samples, ``samples_per_message`` samples a message, with parsing, windowing and Kafka costing nothing.
+
+    >>> model_bound({"standalone": 20_000, "stride": 8, "samples_per_message": 50})
+    3200.0
+    """
+    return row["standalone"] * row["stride"] / row["samples_per_message"]
+
+
 def patch_registry(folder: Path, patch: int) -> str:
     """A registry holding a BasicMotions model whose encoder reads ``patch`` samples per token."""
     from model.registry import ModelRegistry
@@ -162,10 +172,11 @@ def main() -> None:
     print_table("The model inside the job (windows per second of the inference thread's CPU time, and of its "
                 "wall-clock time) vs standalone ONNX Runtime, one thread, at the same mean batch size",
                 ["samples per message", "samples per token", "mean batch", "in job per CPU-second",
-                 "in job per wall-clock second", "standalone", "in job (CPU) / standalone"],
+                 "in job per wall-clock second", "standalone", "in job (CPU) / standalone",
+                 "model-bound messages/s", "model bound / pass-through"],
                 [[r["samples_per_message"], r["patch"], round(r["mean_batch"], 1), r["in_job_per_cpu_s"],
-                  r["in_job_per_wall_s"], r["standalone"], round(r["in_job_per_cpu_s"] / r["standalone"], 2)]
-                 for r in rows])
+                  r["in_job_per_wall_s"], r["standalone"], round(r["in_job_per_cpu_s"] / r["standalone"], 2),
+                  round(model_bound(r)), round(model_bound(r) / r["passthrough_messages_per_s"], 2)] for r in rows])
     print(f"results: {save(name, {'rows': rows})}")
     series = []
     for patch in patches:
