@@ -40,6 +40,20 @@ def quiet_embedded_logging() -> None:
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
+def keyed_by_first_field(stream, key_type, value_type):
+    """Key a stream of ``Row(key, value)`` records by their first field, in Java, for a keyed Python
+    operator that then sees ``value`` alone. It is the shape PyFlink's ``key_by`` builds, without the
+    Python operator it adds to compute the key: that operator unpickled every record, called Python once
+    and pickled the record again, on the task thread of the operator before it."""
+    from pyflink.common import Types
+    from pyflink.datastream.data_stream import KeyedStream
+    from pyflink.java_gateway import get_gateway
+
+    j_keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
+                                          Types.ROW([key_type]).get_java_type_info())
+    return KeyedStream(j_keyed, value_type, stream)
+
+
 def job_parser(job: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"python -m stream_jobs.{job}_job",

@@ -13,7 +13,7 @@ import time
 import zlib
 from dataclasses import replace
 
-from pyflink.common import Types
+from pyflink.common import Row, Types
 from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
@@ -37,7 +37,7 @@ from operators.source_watch import SourceWatch
 from operators.windowing import SlidingWindower
 from schemas import DeadLetter, DriftEvent, ModelSnapshot, SchemaError
 from settings import Config
-from stream_jobs.flink_env import JobRun, make_env, parse_job_args, quiet_embedded_logging
+from stream_jobs.flink_env import JobRun, keyed_by_first_field, make_env, parse_job_args, quiet_embedded_logging
 from stream_jobs.kafka_io import (
     DEAD_LETTERS,
     dead_letter_record,
@@ -66,8 +66,12 @@ class ReadingsToWindows(KeyedProcessFunction):
     Flink keyed state (checkpointed).
     """
 
-    def __init__(self, cfg: Config, models: list[ServedModel]) -> None:
-        self.cfg, self.models = cfg, models
+    def __init__(self, cfg: Config, models: list[ServedModel], shards: int) -> None:
+        self.cfg, self.models, self.shards = cfg, models, shards
+
+    def _to_shard(self, windows) -> Row:
+        """Windows as ``Row(inference shard, windows)``, keyed in Java (``keyed_by_first_field``)."""
+        return Row(shard_of((windows[0] if isinstance(windows, list) else windows).device_id, self.shards), windows)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         quiet_embedded_logging()
@@ -143,7 +147,7 @@ class ReadingsToWindows(KeyedProcessFunction):
         windows = out.windows
         if windows:
             self.windows_out.inc(len(windows))
-            yield windows if len(windows) > 1 else windows[0]  # several travel on as one record (one pickle)
+            yield self._to_shard(windows if len(windows) > 1 else windows[0])  # several travel on as one record
         if state.pending:
             ctx.timer_service().register_processing_time_timer(now + IDLE_FLUSH_MS)
 
@@ -168,7 +172,7 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.state.update(state)
         for window in windows:
             self.windows_out.inc()
-            yield window
+            yield self._to_shard(window)
 
 
 class FanOutControls(KeyedProcessFunction):
@@ -388,14 +392,14 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     shards = cfg.serving.inference_shards or max(1, cfg.flink.parallelism)
     readings = keyed_source(env, cfg.broker.bootstrap, [topics.readings], group_id, "sensor-readings", "device_id",
                             group=(cfg.serving.group_readings, cfg.serving.group_ms))
-    windows = (readings.process(ReadingsToWindows(cfg, models), output_type=Types.PICKLED_BYTE_ARRAY())
+    windows = (readings.process(ReadingsToWindows(cfg, models, shards),
+                                output_type=Types.ROW([Types.INT(), Types.PICKLED_BYTE_ARRAY()]))
                .name("parse-and-window").uid("parse-and-window"))
     announcements = keyed_source(env, cfg.broker.bootstrap, [topics.model_snapshots, topics.drift_events],
                                  f"{group_id}-controls", "model-snapshots-and-drift-events", "model_name")
     controls = (announcements.process(FanOutControls(cfg, shards), output_type=Types.PICKLED_BYTE_ARRAY())
                 .name("model-announcements").uid("model-announcements"))
-    by_shard = windows.key_by(lambda w: shard_of((w[0] if isinstance(w, list) else w).device_id, shards),
-                              key_type=Types.INT())
+    by_shard = keyed_by_first_field(windows, Types.INT(), Types.PICKLED_BYTE_ARRAY())
     controls_by_shard = controls.key_by(lambda c: c.shard, key_type=Types.INT())
     scored = (by_shard.connect(controls_by_shard)
               .process(InferBatches(cfg, models, run.stats_file), output_type=Types.STRING())
