@@ -49,8 +49,8 @@ def keyed_by_first_field(stream, key_type, value_type):
     from pyflink.datastream.data_stream import KeyedStream
     from pyflink.java_gateway import get_gateway
 
-    j_keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
-                                          Types.ROW([key_type]).get_java_type_info())
+    selector = get_gateway().jvm.org.apache.flink.streaming.api.functions.python.KeyByKeySelector()
+    j_keyed = stream._j_data_stream.keyBy(selector, Types.ROW([key_type]).get_java_type_info())
     return KeyedStream(j_keyed, value_type, stream)
 
 

@@ -21,6 +21,7 @@ from pyflink.java_gateway import get_gateway
 
 from operators.outgoing import Outgoing, dead_letter_out
 from schemas import DeadLetter
+from stream_jobs.flink_env import keyed_by_first_field
 
 SEP = "\x1f"
 GROUP_MARK = 0  # first byte of a ReadingGrouper record holding several envelopes (a topic name never starts so)
@@ -116,10 +117,7 @@ def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[s
         grouper = jvm.io.sensorloop.flink.ReadingGrouper(most, wait_ms, GROUP_MAX_BYTES)
         j_rows = rows._j_data_stream.transform(f"{name}-groups", rows._j_data_stream.getType(), grouper)
         rows = DataStream(j_rows.uid(f"{name}-groups"))
-    # the same Row(key, value) + KeyByKeySelector shape PyFlink's own key_by builds, minus its Python map
-    j_keyed = rows._j_data_stream.keyBy(jvm.org.apache.flink.streaming.api.functions.python.KeyByKeySelector(),
-                                        Types.ROW([Types.STRING()]).get_java_type_info())
-    return KeyedStream(j_keyed, payload_type, rows)
+    return keyed_by_first_field(rows, Types.STRING(), payload_type)
 
 
 def routed_sink(bootstrap: str, exactly_once: bool = False, transactional_prefix: str = "sensorloop") -> KafkaSink:
