@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyflink.common import Configuration
-from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.common import Configuration, TypeInformation, Types
+from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
+from pyflink.java_gateway import get_gateway
 
 from infra.flink_cluster import state_uri
 from infra.jars import pipeline_jar_urls
@@ -40,15 +41,11 @@ def quiet_embedded_logging() -> None:
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
-def keyed_by_first_field(stream, key_type, value_type):
+def keyed_by_first_field(stream: DataStream, key_type: TypeInformation, value_type: TypeInformation) -> KeyedStream:
     """Key a stream of ``Row(key, value)`` records by their first field, in Java, for a keyed Python
     operator that then sees ``value`` alone. It is the shape PyFlink's ``key_by`` builds, without the
     Python operator it adds to compute the key: that operator unpickled every record, called Python once
     and pickled the record again, on the task thread of the operator before it."""
-    from pyflink.common import Types
-    from pyflink.datastream.data_stream import KeyedStream
-    from pyflink.java_gateway import get_gateway
-
     selector = get_gateway().jvm.org.apache.flink.streaming.api.functions.python.KeyByKeySelector()
     j_keyed = stream._j_data_stream.keyBy(selector, Types.ROW([key_type]).get_java_type_info())
     return KeyedStream(j_keyed, value_type, stream)
