@@ -25,6 +25,7 @@ Run: ``python bench/blocks_bench.py [--sizes 1,10,50,250] [--samples 600000] [--
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -36,8 +37,10 @@ from bench import plain_consumer  # noqa: E402
 from bench.serving_bench import (  # noqa: E402
     Scenario,
     drain,
+    drain_gauged,
     expected_windows,
     in_job_model_rate,
+    job_cpu_split,
     measure_latency,
     standalone_onnx,
 )
@@ -63,9 +66,12 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: 
                        samples_per_message=size)
         expected = expected_windows(samples, DEVICES, 32, stride) if kind != "passthrough" else stats.messages
         if kind == "plain":
-            got, seconds = plain_consumer.run(sc.bootstrap, expected, registry, stride=stride)
+            got, seconds, cpu = plain_consumer.run(sc.bootstrap, expected, registry, stride=stride,
+                                                   gauge=lambda: {"consumer": own_cpu_s(), "broker": sc.broker_cpu_s()})
+        elif kind == "serving":
+            got, seconds, cpu = drain_gauged(sc, expected, lambda: job_cpu_split(sc))
         else:
-            got, seconds = drain(sc, expected)
+            (got, seconds), cpu = drain(sc, expected), {}
         # serving and plain: the first prediction comes once each device's first window is full; samples
         # before it are not timed. Pass-through: every message is an output.
         if kind != "passthrough":
@@ -77,7 +83,8 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: 
             samples_per_s = messages_per_s * size
         result = {"kind": kind, "samples_per_message": size, "samples": samples, "messages": stats.messages,
                   "outputs": got, "expected": expected, "seconds": seconds, "samples_per_s": samples_per_s,
-                  "messages_per_s": messages_per_s}
+                  "messages_per_s": messages_per_s,
+                  "cores": {k: v / seconds for k, v in cpu.items()} if isinstance(cpu, dict) else {}}
         if kind == "serving":
             model = in_job_model_rate(stats_file)  # cumulative numbers the operator wrote every second while scoring
             alone = standalone_onnx(registry, max(1, round(model["mean_batch"])), threads=1, repeats=3)
@@ -86,6 +93,23 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: 
         return result
     finally:
         sc.stop()
+
+
+def own_cpu_s() -> float:
+    """CPU seconds this process has used (the plain consumer runs in it)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def per_cpu_s(row: dict, kind: str) -> float:
+    """Samples per CPU-second of ``kind`` (serving: the job and its broker; plain: the consumer and its broker).
+
+    >>> per_cpu_s({"plain_samples_per_s": 40_000, "plain_cores": {"consumer": 0.75, "broker": 0.25}}, "plain")
+    40000.0
+    """
+    cores = row[f"{kind}_cores"]
+    used = cores.get("job", cores.get("consumer", float("nan"))) + cores.get("broker", float("nan"))
+    return row[f"{kind}_samples_per_s"] / used
 
 
 def model_bound(row: dict) -> float:
@@ -154,6 +178,7 @@ def main() -> None:
                              "passthrough_messages_per_s": passthrough["messages_per_s"],
                              "serving_vs_passthrough": serving["messages_per_s"] / passthrough["messages_per_s"],
                              "windows": f"{serving['outputs']}/{serving['expected']}",
+                             "serving_cores": serving["cores"], "plain_cores": plain["cores"],
                              "windows_ungrouped": f"{ungrouped['outputs']}/{ungrouped['expected']}" if ungrouped else None,
                              **{k: serving[k] for k in ("mean_batch", "in_job_per_cpu_s", "in_job_per_wall_s",
                                                         "standalone")}})
@@ -177,6 +202,17 @@ def main() -> None:
                 [[r["samples_per_message"], r["patch"], round(r["mean_batch"], 1), r["in_job_per_cpu_s"],
                   r["in_job_per_wall_s"], r["standalone"], round(r["in_job_per_cpu_s"] / r["standalone"], 2),
                   round(model_bound(r)), round(model_bound(r) / r["passthrough_messages_per_s"], 2)] for r in rows])
+    print_table("Where the CPU went from the first prediction to the last, in cores (this machine has "
+                f"{os.cpu_count()}): the serving job (all its threads; its two Python operators' task threads, which "
+                "share one interpreter lock; the broker) and the plain consumer (its process; the broker)",
+                ["samples per message", "samples per token", "job", "parse-and-window thread", "inference thread",
+                 "broker (job)", "plain consumer", "broker (plain)", "serving samples per CPU-second (job + broker)",
+                 "plain samples per CPU-second (consumer + broker)", "serving / plain, per CPU-second"],
+                [[r["samples_per_message"], r["patch"],
+                  *(r["serving_cores"].get(k, float("nan")) for k in ("job", "parse", "inference", "broker")),
+                  *(r["plain_cores"].get(k, float("nan")) for k in ("consumer", "broker")),
+                  per_cpu_s(r, "serving"), per_cpu_s(r, "plain"), per_cpu_s(r, "serving") / per_cpu_s(r, "plain")]
+                 for r in rows])
     print(f"results: {save(name, {'rows': rows})}")
     series = []
     for patch in patches:

@@ -36,9 +36,20 @@ def wiimote_by_device(first_devices: int, window: int = 32, stride: int = 8, wit
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> str:
-    """Print (and return) a Markdown table."""
+    """Print (and return) a Markdown table; floats get one decimal, or two below 10 (ratios, cores).
+
+    >>> _ = print_table("t", ["a", "b", "c"], [[0.678, 19002.78, "x"]])
+    ### t
+    <BLANKLINE>
+    | a | b | c |
+    |---|---|---|
+    | 0.68 | 19,002.8 | x |
+    <BLANKLINE>
+    """
     def cell(v):
-        return f"{v:,.1f}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}"
+        return str(v)
 
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

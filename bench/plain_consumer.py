@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import orjson
@@ -25,10 +26,20 @@ from model.runtime import OnnxRunner  # noqa: E402
 from schemas import Topics  # noqa: E402
 
 
+class PlainRun(NamedTuple):
+    """What :func:`run` did: predictions sent, seconds from the first to the last, and how much the
+    ``gauge`` given to it grew in between (NaN without one)."""
+
+    sent: int
+    seconds: float
+    gauge_grew: float | dict[str, float] = float("nan")
+
+
 def run(bootstrap: str, expected: int, registry: str = "var/registry", window: int = 32, stride: int = 8,
-        max_batch: int = 64, timeout_s: float = 600.0, idle_s: float = 20.0) -> tuple[int, float]:
+        max_batch: int = 64, timeout_s: float = 600.0, idle_s: float = 20.0,
+        gauge: Callable[[], dict[str, float]] | None = None) -> PlainRun:
     """Consume the readings topic from the start until ``expected`` predictions are out (or it goes
-    quiet); returns (predictions, seconds from the first prediction to the last)."""
+    quiet). ``gauge`` (e.g. CPU seconds by name) is read at the first prediction and after the last."""
     from kafka import KafkaConsumer, KafkaProducer
 
     topics = Topics()
@@ -42,9 +53,10 @@ def run(bootstrap: str, expected: int, registry: str = "var/registry", window: i
     rings: dict[str, list] = {}  # device -> [ring array, samples seen, ring of timestamps]
     pending: list[tuple[str, int, np.ndarray]] = []
     sent, first, last = 0, None, None
+    at_first, at_last = None, None
 
     def flush() -> None:
-        nonlocal sent, first, last
+        nonlocal sent, first, last, at_first, at_last
         if not pending:
             return
         probs = runner.predict_proba(np.stack([w for _, _, w in pending]))
@@ -56,7 +68,11 @@ def run(bootstrap: str, expected: int, registry: str = "var/registry", window: i
                  "model_name": "basic-motions", "emitted_at": now}))
         sent += len(pending)
         pending.clear()
+        if first is None and gauge is not None:
+            at_first = gauge()
         first, last = first or time.monotonic(), time.monotonic()
+        if gauge is not None and sent >= expected:
+            at_last = gauge()
 
     started = quiet_since = time.monotonic()
     try:
@@ -99,7 +115,10 @@ def run(bootstrap: str, expected: int, registry: str = "var/registry", window: i
         producer.flush()
         producer.close()
         consumer.close()
-    return sent, (last - first) if first and last and last > first else float("nan")
+    seconds = (last - first) if first and last and last > first else float("nan")
+    if at_first is None or at_last is None:
+        return PlainRun(sent, seconds)
+    return PlainRun(sent, seconds, {k: at_last[k] - at_first[k] for k in at_first})
 
 
 def main() -> None:
@@ -108,7 +127,7 @@ def main() -> None:
     parser.add_argument("--expected", type=int, required=True)
     parser.add_argument("--registry", default="var/registry")
     args = parser.parse_args()
-    sent, seconds = run(args.bootstrap, args.expected, args.registry)
+    sent, seconds, _ = run(args.bootstrap, args.expected, args.registry)
     print(f"{sent} predictions in {seconds:.2f} s ({sent / seconds:,.0f}/s)")
 
 

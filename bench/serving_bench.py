@@ -185,8 +185,8 @@ class Scenario:
         return float(ts[-1] if isinstance(ts, list) else ts)
 
     def broker_cpu_s(self) -> float:
-        """CPU seconds the broker process has used so far."""
-        return process_cpu_s(self.broker.process.pid)
+        """CPU seconds the broker (its process and any it started) has used so far."""
+        return sum(process_cpu_s(p) for p in process_tree(self.broker.process.pid))
 
 
 def wait_first_output(sc: Scenario, tail: TopicTail, timeout_s: float = 120.0) -> None:
@@ -284,18 +284,49 @@ def drain(sc: Scenario, expected: int, timeout_s: float = 600.0) -> tuple[int, f
     return got, seconds
 
 
-def drain_gauged(sc: Scenario, expected: int, gauge, timeout_s: float = 600.0) -> tuple[int, float, float]:
-    """:func:`drain`, and how much ``gauge()`` (e.g. the job's CPU seconds) grew from the first output to
-    the last (NaN without a gauge). The outputs are counted by ``bench/output_count.py`` in a session that
-    yields the CPU to the job and the broker, and timed by their Kafka timestamps (when the job's sink
-    produced them); the gauge is read every 100 ms and interpolated at those times."""
+def job_cpu_split(sc: Scenario) -> dict[str, float]:
+    """CPU seconds used so far by the serving job (all its processes), its two Python operators' task threads
+    (``parse``: parse-and-window, ``inference``; summed over subtasks), and the broker (a gauge for
+    :func:`drain_gauged`)."""
+    threads = thread_cpu_s(process_tree(sc.job.process.pid))
+    return {"job": sum(threads.values()),
+            "parse": sum(v for n, v in threads.items() if n.startswith("parse-and-wind")),
+            "inference": sum(v for n, v in threads.items() if n.startswith("inference (")),
+            "broker": sc.broker_cpu_s()}
+
+
+def grown(readings: list[tuple[float, float | dict[str, float]]], first: float, last: float) -> float | dict:
+    """How much a gauge read at ``readings`` (wall-clock ms, value or values by name) grew from ``first`` to
+    ``last`` (ms), interpolated between readings.
+
+    >>> grown([(0, 0.0), (100, 1.0), (200, 3.0)], 50, 150)
+    1.5
+    >>> grown([(0, {"a": 0.0}), (100, {"a": 2.0})], 0, 50)
+    {'a': 1.0}
+    """
+    at = [t for t, _ in readings]
+
+    def growth(values: list[float]) -> float:
+        return float(np.interp(last, at, values) - np.interp(first, at, values))
+
+    if isinstance(readings[0][1], dict):
+        return {k: growth([v[k] for _, v in readings]) for k in readings[0][1]}
+    return growth([v for _, v in readings])
+
+
+def drain_gauged(sc: Scenario, expected: int, gauge, timeout_s: float = 600.0) -> tuple[int, float, float | dict]:
+    """:func:`drain`, and how much ``gauge()`` (e.g. the job's CPU seconds, or a dict of such figures) grew
+    from the first output to the last (NaN without a gauge). The outputs are counted by
+    ``bench/output_count.py`` in a session that yields the CPU to the job and the broker, and timed by their
+    Kafka timestamps (when the job's sink produced them); the gauge is read every 100 ms and interpolated at
+    those times."""
     sc.start_job()
     counter = subprocess.Popen([sys.executable, str(Path(__file__).with_name("output_count.py")), sc.bootstrap,
                                 sc.out_topic, str(expected), "--timeout", str(timeout_s)],
                                stdout=subprocess.PIPE, start_new_session=True)
     if autogroups_enabled():
         yield_cpu(counter.pid, COUNTER_NICE)
-    readings: list[tuple[float, float]] = []  # (wall-clock ms, gauge)
+    readings: list[tuple[float, float | dict[str, float]]] = []  # (wall-clock ms, gauge)
     try:
         while counter.poll() is None:
             if gauge is not None:
@@ -310,10 +341,7 @@ def drain_gauged(sc: Scenario, expected: int, gauge, timeout_s: float = 600.0) -
         counter.wait()
     first, last = report["first_ms"], report["last_ms"]
     seconds = (last - first) / 1000.0 if first is not None and last > first else float("nan")
-    grew = float("nan")
-    if readings and first is not None:
-        at, values = zip(*readings)
-        grew = float(np.interp(last, at, values) - np.interp(first, at, values))
+    grew = grown(readings, first, last) if readings and first is not None else float("nan")
     return report["count"], seconds, grew
 
 
