@@ -28,7 +28,10 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -93,6 +96,55 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: 
         return result
     finally:
         sc.stop()
+
+
+def intake_us_per_sample(size: int, samples: int = 120_000) -> float:
+    """CPU microseconds per sample of the serving job's intake alone: decoding, validating and windowing the
+    replayer's messages of ``size`` samples from 64 devices (``operators.device_intake.DeviceIntake``, one
+    message at a time, no Flink), the Python work every message costs before any framework or model."""
+    from model.datasets import load_basic_motions
+    from model.spec import BASIC_MOTIONS_CHANNELS
+    from operators.device_intake import DeviceIntake, Message
+    from operators.model_routing import ServedModel
+    from operators.replay import BlockPacker, ReadingStream
+
+    stream, packer = ReadingStream(load_basic_motions("test"), DEVICES, 0), BlockPacker(size)
+    payloads = []
+    for i in range(samples):
+        block = packer.add({**next(stream), "ts": 1_700_000_000_000 + i // DEVICES})
+        if block is not None:
+            message = block if size > 1 else {**block, "ts": block["ts"][0], "values": block["values"][0]}
+            payloads.append((message["device_id"], orjson.dumps(message)))
+    intake = DeviceIntake.for_models([ServedModel("m", tuple(BASIC_MOTIONS_CHANNELS), 32, 8)])
+    states: dict = {}
+    started = time.process_time()
+    for offset, (device, payload) in enumerate(payloads):
+        out = intake.take(device, [Message(0, offset, 0, payload)], states.get(device), 0)
+        if out.dead_letters:
+            raise RuntimeError(f"the intake refused a replayed message: {out.dead_letters[0].reason}")
+        states[device] = out.state
+    return (time.process_time() - started) * 1e6 / (len(payloads) * size)
+
+
+def cpu_budget(row: dict) -> dict:
+    """CPU microseconds per sample: the job's two Python threads, and what of it the intake alone and the model
+    alone (its calls inside the job, per CPU-second of the inference thread) account for; the rest is the
+    operators' framework (records into and out of Python, keyed state, window records between the two
+    operators, the inference operator's own Python). Beside it, the whole plain consumer.
+
+    >>> b = cpu_budget({"serving_samples_per_s": 25_000, "serving_cores": {"parse": 0.5, "inference": 0.5},
+    ...                 "intake_us": 10.0, "in_job_per_cpu_s": 10_000, "stride": 8,
+    ...                 "plain_samples_per_s": 40_000, "plain_cores": {"consumer": 1.0}})
+    >>> {k: round(v, 1) for k, v in b.items()}
+    {'python': 40.0, 'intake': 10.0, 'model': 12.5, 'framework': 17.5, 'plain': 25.0}
+    """
+    cores = row["serving_cores"]
+    threads = cores.get("parse", float("nan")) + cores.get("inference", float("nan"))
+    python = threads * 1e6 / row["serving_samples_per_s"]
+    model = 1e6 / (row["in_job_per_cpu_s"] * row["stride"])
+    plain = row["plain_cores"].get("consumer", float("nan")) * 1e6 / row["plain_samples_per_s"]
+    return {"python": python, "intake": row["intake_us"], "model": model,
+            "framework": python - row["intake_us"] - model, "plain": plain}
 
 
 def own_cpu_s() -> float:
@@ -162,6 +214,7 @@ def main() -> None:
         work = Path(tmp)
         for size in sizes:
             samples = min(args.samples, 200_000 * size)  # single readings: 200,000 messages (a drain of several seconds)
+            intake_us = intake_us_per_sample(size)
             passthrough = measure(work, "passthrough", size, samples, args.registry)
             for patch, registry in registries.items():
                 tag = f"-patch{patch}"
@@ -178,7 +231,7 @@ def main() -> None:
                              "passthrough_messages_per_s": passthrough["messages_per_s"],
                              "serving_vs_passthrough": serving["messages_per_s"] / passthrough["messages_per_s"],
                              "windows": f"{serving['outputs']}/{serving['expected']}",
-                             "serving_cores": serving["cores"], "plain_cores": plain["cores"],
+                             "serving_cores": serving["cores"], "plain_cores": plain["cores"], "intake_us": intake_us,
                              "windows_ungrouped": f"{ungrouped['outputs']}/{ungrouped['expected']}" if ungrouped else None,
                              **{k: serving[k] for k in ("mean_batch", "in_job_per_cpu_s", "in_job_per_wall_s",
                                                         "standalone")}})
@@ -213,6 +266,12 @@ def main() -> None:
                   *(r["plain_cores"].get(k, float("nan")) for k in ("consumer", "broker")),
                   per_cpu_s(r, "serving"), per_cpu_s(r, "plain"), per_cpu_s(r, "serving") / per_cpu_s(r, "plain")]
                  for r in rows])
+    print_table("CPU microseconds per sample: the job's two Python threads, of which the intake alone (decode, "
+                "validate, window; measured apart, no Flink), the model (its calls in the job) and the rest (the "
+                "operators' framework); beside it the whole plain consumer",
+                ["samples per message", "samples per token", "job's Python threads", "intake", "model",
+                 "framework (the rest)", "plain consumer (all of it)"],
+                [[r["samples_per_message"], r["patch"], *cpu_budget(r).values()] for r in rows])
     print(f"results: {save(name, {'rows': rows})}")
     series = []
     for patch in patches:
