@@ -45,6 +45,7 @@ from bench.serving_bench import (  # noqa: E402
     in_job_model_rate,
     job_cpu_split,
     measure_latency,
+    process_cpu_s,
     standalone_onnx,
 )
 from control.replayer import replay  # noqa: E402
@@ -69,8 +70,10 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: 
                        samples_per_message=size)
         expected = expected_windows(samples, DEVICES, 32, stride) if kind != "passthrough" else stats.messages
         if kind == "plain":
-            got, seconds, cpu = plain_consumer.run(sc.bootstrap, expected, registry, stride=stride,
-                                                   gauge=lambda: {"consumer": own_cpu_s(), "broker": sc.broker_cpu_s()})
+            def plain_cpu() -> dict[str, float]:  # the plain consumer runs in this process
+                return {"consumer": process_cpu_s(os.getpid()), "broker": sc.broker_cpu_s()}
+
+            got, seconds, cpu = plain_consumer.run(sc.bootstrap, expected, registry, stride=stride, gauge=plain_cpu)
         elif kind == "serving":
             got, seconds, cpu = drain_gauged(sc, expected, lambda: job_cpu_split(sc))
         else:
@@ -108,12 +111,13 @@ def intake_us_per_sample(size: int, samples: int = 120_000) -> float:
     from operators.model_routing import ServedModel
     from operators.replay import BlockPacker, ReadingStream
 
-    stream, packer = ReadingStream(load_basic_motions("test"), DEVICES, 0), BlockPacker(size)
+    stream = ReadingStream(load_basic_motions("test"), DEVICES, 0)
+    packer = BlockPacker(size) if size > 1 else None  # as the replayer sends them
     payloads = []
     for i in range(samples):
-        block = packer.add({**next(stream), "ts": 1_700_000_000_000 + i // DEVICES})
-        if block is not None:
-            message = block if size > 1 else {**block, "ts": block["ts"][0], "values": block["values"][0]}
+        reading = {**next(stream), "ts": 1_700_000_000_000 + i // DEVICES}
+        message = reading if packer is None else packer.add(reading)
+        if message is not None:
             payloads.append((message["device_id"], orjson.dumps(message)))
     intake = DeviceIntake.for_models([ServedModel("m", tuple(BASIC_MOTIONS_CHANNELS), 32, 8)])
     states: dict = {}
@@ -145,12 +149,6 @@ def cpu_budget(row: dict) -> dict:
     plain = row["plain_cores"].get("consumer", float("nan")) * 1e6 / row["plain_samples_per_s"]
     return {"python": python, "intake": row["intake_us"], "model": model,
             "framework": python - row["intake_us"] - model, "plain": plain}
-
-
-def own_cpu_s() -> float:
-    """CPU seconds this process has used (the plain consumer runs in it)."""
-    t = os.times()
-    return t.user + t.system
 
 
 def per_cpu_s(row: dict, kind: str) -> float:
