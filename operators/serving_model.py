@@ -23,6 +23,7 @@ from model.calibration import class_bias_of
 from model.runtime import OnnxRunner, Runner, TorchRunner
 from model.spec import ModelSpec, output_names
 from operators.device_normalisation import adapt
+from operators.python_thread import on_python_thread
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,15 @@ def weights_reference(net) -> np.ndarray:
 
 def input_reference(onnx_bytes: bytes, n_channels: int) -> np.ndarray | None:
     """The per-channel input mean and deviation ``[[means], [deviations]]`` an exported network normalises
-    by (its ``mean`` and ``std`` initializers), or None when the graph has none of that shape."""
+    by (its ``mean`` and ``std`` initializers), or None when the graph has none of that shape. ``onnx`` is
+    called on a Python thread of its own (``operators.python_thread``: on a Flink task thread it can abort)."""
+    found = on_python_thread(_normalising_initializers, onnx_bytes, n_channels)
+    if set(found) != {"mean", "std"}:
+        return None
+    return np.stack([found["mean"], found["std"]]).astype(np.float32)
+
+
+def _normalising_initializers(onnx_bytes: bytes, n_channels: int) -> dict[str, np.ndarray]:
     import onnx
     from onnx import numpy_helper
 
@@ -212,9 +221,7 @@ def input_reference(onnx_bytes: bytes, n_channels: int) -> np.ndarray | None:
         name = tensor.name.rsplit(".", 1)[-1] if tensor.name in ("mean", "std", "net.mean", "net.std") else None
         if name is not None and tuple(tensor.dims) == (n_channels,):
             found[name] = numpy_helper.to_array(tensor)
-    if set(found) != {"mean", "std"}:
-        return None
-    return np.stack([found["mean"], found["std"]]).astype(np.float32)
+    return found
 
 
 def load_from_registry(root: str, name: str, version: int | None = None, runtime: str = "onnx",

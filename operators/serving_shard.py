@@ -115,6 +115,10 @@ class InferenceShard:
         batch = self.batcher.poll(store, now_ms)
         return self._score(batch, now_ms) if batch else []
 
+    def flush(self, store: PendingStore, now_ms: int) -> list[Outgoing]:
+        """Score every pending window now, due or not (the sharded layout does so before each checkpoint)."""
+        return self._score(store.take_all(), now_ms) if store.count() else []
+
     def on_control(self, store: PendingStore, control: ControlMessage, now_ms: int
                    ) -> tuple[list[Outgoing], ModelSnapshot | None]:
         """A drift event or a model announcement; returns the outputs and the snapshot now served (if swapped)."""
@@ -125,8 +129,7 @@ class InferenceShard:
         if message.stage is not None:
             refused = self.shadow_stage(message)
             return ([self._refusal(control, message, refused, now_ms)] if refused and control.shard == 0 else []), None
-        pending = store.take_all() if store.count() else []
-        out = self._score(pending, now_ms) if pending else []  # windows that came first: the old model
+        out = self.flush(store, now_ms)  # windows that came first: the old model
         refused = self.swap(message)
         if refused is None:
             return out, message if message.model_name == self.model_name else None

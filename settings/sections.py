@@ -164,8 +164,12 @@ class ServingSettings:
     device_normalisation_halflife: int = 0  # windows after which a device's older windows count half (0: all the same)
     unlabeled_share: float = 0.05  # share of the windows of a model with anomaly or forecast heads passed to the
     #                                learning side unlabeled (topics.windows) for their self-supervised objectives
-    group_readings: int = 32  # up to this many messages of one device are grouped in Java (ReadingGrouper) and cross
-    #                           into Python as one record (one state read and write); 1: each message alone
+    layout: str = "sharded"  # "sharded": one Python operator keyed by inference shard parses, windows and scores,
+    #                          a shard's messages of many devices crossing into Python together; "per_device": the
+    #                          earlier layout (window state keyed by device, a second operator scores), whose
+    #                          savepoints the sharded layout cannot read
+    group_readings: int = 32  # up to this many messages of one device (one shard: sharded layout) are grouped in
+    #                           Java (ReadingGrouper) and cross into Python as one record; 1: each message alone
     group_ms: int = 10  # the longest a message waits for its group (the latency grouping may add); 0: no grouping
     canary_share: float = 0.0  # during a version's shadow phase, the share of devices (by a hash of their id) it
     #                            serves as a canary; the rest keep the version in service (0: shadow only)
@@ -186,6 +190,8 @@ class ServingSettings:
         _share(self, "confidence_threshold", "audit_rate")
         if not 0.0 <= self.confidence_drift_delta < 1.0:
             raise ValueError("confidence_drift_delta must lie in [0, 1)")
+        if self.layout not in ("sharded", "per_device"):
+            raise ValueError(f"layout must be sharded or per_device, got {self.layout!r}")
         if self.runtime not in ("onnx", "torch"):
             raise ValueError(f"runtime must be 'onnx' or 'torch', got {self.runtime!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -83,16 +83,42 @@ def unpack_group(data) -> list[bytes]:
     return envelopes
 
 
+CHECKPOINT_MARK = b"\x01"  # ReadingGrouper's record to a shard before each checkpoint barrier
+SHARD_MARK = 2  # first byte of a ReadingGrouper record holding one shard's (key, envelope) pairs
+
+
+def unpack_shard_group(data: bytes) -> list[tuple[str, bytes]]:
+    """The ``(key, envelope)`` pairs of a shard's group from ``ReadingGrouper`` (``shards > 0``): after the
+    mark, each as a 4-byte big-endian length and the key's UTF-8 bytes, then a length and the envelope.
+
+    >>> unpack_shard_group(b"\x02" + (2).to_bytes(4, "big") + b"d1" + (3).to_bytes(4, "big") + b"a\nb")
+    [('d1', b'a\nb')]
+    """
+    if not data or data[0] != SHARD_MARK:
+        raise ValueError(f"not a shard group (first byte {data[:1]!r})")
+    pairs, at, end = [], 1, len(data)
+    while at < end:
+        n = int.from_bytes(data[at:at + 4], "big")
+        key = data[at + 4:at + 4 + n].decode()
+        at += 4 + n
+        n = int.from_bytes(data[at:at + 4], "big")
+        pairs.append((key, bytes(data[at + 4:at + 4 + n])))
+        at += 4 + n
+    return pairs
+
+
 def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[str], group_id: str,
                  name: str, key_field: str = "device_id", from_committed: bool = True,
-                 group: tuple[int, int] = (1, 0)) -> KeyedStream:
+                 group: tuple[int, int] = (1, 0), shards: int = 0) -> KeyedStream:
     """KafkaSource over ``topics`` keyed by a top-level JSON field of the payload, read in Java.
 
     Elements are the enveloped bytes; the source resumes from committed offsets (and from
     checkpointed ones when restored). ``name`` is also the source's uid, which keys its offsets
     in savepoints. ``group = (most messages, most milliseconds)``: when both allow it, messages of
     one key are grouped in Java (``ReadingGrouper``, stateless: it sends everything on before each
-    checkpoint) into records that ``unpack_group`` splits."""
+    checkpoint) into records that ``unpack_group`` splits. With ``shards > 0`` the stream is keyed by
+    shard instead (an INT: the CRC-32 of the key modulo ``shards``), always through the grouper, whose
+    records ``unpack_shard_group`` splits, with a ``CHECKPOINT_MARK`` record before each checkpoint."""
     jvm = get_gateway().jvm
     if from_committed:  # PyFlink's own helper points at the shaded SQL-connector class
         offsets = KafkaOffsetsInitializer(
@@ -113,6 +139,11 @@ def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[s
     rows = env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), name,
                            type_info=Types.ROW([Types.STRING(), payload_type])).uid(name)
     most, wait_ms = group
+    if shards > 0:
+        grouper = jvm.io.sensorloop.flink.ReadingGrouper(most, wait_ms, GROUP_MAX_BYTES, shards)
+        row_type = Types.ROW([Types.INT(), payload_type]).get_java_type_info()
+        j_rows = rows._j_data_stream.transform(f"{name}-shard-groups", row_type, grouper)
+        return keyed_by_first_field(DataStream(j_rows.uid(f"{name}-shard-groups")), Types.INT(), payload_type)
     if most > 1 and wait_ms > 0:
         grouper = jvm.io.sensorloop.flink.ReadingGrouper(most, wait_ms, GROUP_MAX_BYTES)
         j_rows = rows._j_data_stream.transform(f"{name}-groups", rows._j_data_stream.getType(), grouper)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import gc
 import logging
 import time
-import zlib
 from dataclasses import replace
 
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, RuntimeContext
-from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
 from model.registry import ArtifactError, ModelRegistry
 from model.spec import ModelSpec
@@ -33,12 +32,14 @@ from operators.serving_model import (
     untrained_model,
 )
 from operators.serving_shard import InferenceShard
+from operators.shard_serving import IDLE_FLUSH_MS, DeviceTable, ShardServing, shard_of
 from operators.source_watch import SourceWatch
 from operators.windowing import SlidingWindower
 from schemas import DeadLetter, DriftEvent, ModelSnapshot, SchemaError
 from settings import Config
 from stream_jobs.flink_env import JobRun, keyed_by_first_field, make_env, parse_job_args, quiet_embedded_logging
 from stream_jobs.kafka_io import (
+    CHECKPOINT_MARK,
     DEAD_LETTERS,
     dead_letter_record,
     keyed_source,
@@ -47,12 +48,42 @@ from stream_jobs.kafka_io import (
     routed_sink,
     split_envelope,
     unpack_group,
+    unpack_shard_group,
 )
 from stream_jobs.source_probe import KafkaRecordProbe, SourceWatchThread, report
 
 log = logging.getLogger(__name__)
-IDLE_FLUSH_MS = 2_000
+SHARDED_MIN_SHARDS = 8
 STATS_EVERY_S = 1.0  # with --stats-file: the model's cumulative numbers, a line a second (benchmarks)
+
+
+def device_intake(cfg: Config, models: list[ServedModel]) -> DeviceIntake:
+    """The serving job's intake: a parser and windower (and per-device normaliser) per served model."""
+    s, topics = cfg.serving, cfg.topics
+    named = len(models) > 1  # dead letters name the model when there is a choice
+    parser = RoutedParser(
+        {m.name: ReadingParser(m.channels, topics.readings, s.max_message_bytes, s.max_abs_value,
+                               s.max_future_ms, m.name if named else None, s.max_block_samples)
+         for m in models},
+        DeviceRouter.for_config(cfg))
+    windowers = {m.name: SlidingWindower(m.window, m.stride, len(m.channels), s.max_out_of_order_ms,
+                                         s.max_seq_gap_buffer, s.reset_gap_ms, s.seq_gap_timeout_ms,
+                                         s.max_seq_jump) for m in models}
+    normalisers = ({m.name: DeviceNormaliser(s.device_normalisation_windows, s.device_normalisation_halflife)
+                    for m in models} if s.device_normalisation_windows else None)
+    return DeviceIntake(parser, windowers, cfg.registry.model_name, s.device_expiry_ms, normalisers)
+
+
+def source_watch(cfg: Config, group) -> tuple[SourceWatch, SourceWatchThread | None]:
+    """The readings source's watch (offsets going back, records gone) with its gauges on ``group``."""
+    watch = SourceWatch(cfg.topics.readings)
+    group.gauge("source_resets", lambda: watch.resets)
+    group.gauge("source_stalled_partitions", watch.stalled_partitions)
+    watcher = None
+    if cfg.serving.source_check_ms > 0:
+        watcher = SourceWatchThread(watch, KafkaRecordProbe(cfg.broker.bootstrap, cfg.topics.readings),
+                                    cfg.serving.source_check_ms / 1000).start()
+    return watch, watcher
 
 
 class ReadingsToWindows(KeyedProcessFunction):
@@ -75,20 +106,8 @@ class ReadingsToWindows(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         quiet_embedded_logging()
-        s, topics = self.cfg.serving, self.cfg.topics
-        named = len(self.models) > 1  # dead letters name the model when there is a choice
-        self.parser = RoutedParser(
-            {m.name: ReadingParser(m.channels, topics.readings, s.max_message_bytes, s.max_abs_value,
-                                   s.max_future_ms, m.name if named else None, s.max_block_samples)
-             for m in self.models},
-            DeviceRouter.for_config(self.cfg))
-        self.windowers = {m.name: SlidingWindower(m.window, m.stride, len(m.channels), s.max_out_of_order_ms,
-                                                  s.max_seq_gap_buffer, s.reset_gap_ms, s.seq_gap_timeout_ms,
-                                                  s.max_seq_jump) for m in self.models}
-        normalisers = ({m.name: DeviceNormaliser(s.device_normalisation_windows, s.device_normalisation_halflife)
-                        for m in self.models} if s.device_normalisation_windows else None)
-        self.intake = DeviceIntake(self.parser, self.windowers, self.cfg.registry.model_name, s.device_expiry_ms,
-                                   normalisers)
+        self.intake = device_intake(self.cfg, self.models)
+        self.windowers = self.intake.windowers
         self.state = runtime_context.get_state(ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY()))
         group = runtime_context.get_metrics_group()
         self.readings_in = group.counter("readings_in")
@@ -100,13 +119,7 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.windows_out = group.counter("windows")
         self.late = group.counter("late_readings")
         self.expired = group.counter("devices_expired")
-        self.watch = SourceWatch(topics.readings)
-        group.gauge("source_resets", lambda: self.watch.resets)
-        group.gauge("source_stalled_partitions", self.watch.stalled_partitions)
-        self.watcher = None
-        if s.source_check_ms > 0:
-            self.watcher = SourceWatchThread(self.watch, KafkaRecordProbe(self.cfg.broker.bootstrap, topics.readings),
-                                             s.source_check_ms / 1000).start()
+        self.watch, self.watcher = source_watch(self.cfg, group)
 
     def close(self) -> None:
         if getattr(self, "watcher", None) is not None:
@@ -173,6 +186,156 @@ class ReadingsToWindows(KeyedProcessFunction):
         for window in windows:
             self.windows_out.inc()
             yield self._to_shard(window)
+
+
+class ServeShards(KeyedCoProcessFunction):
+    """The sharded layout's one Python operator, keyed by shard: a shard's grouped messages of many devices on
+    the first input (``ReadingGrouper`` with shards), announcements and drift events on the second.
+
+    ``operators.shard_serving.ShardServing`` validates, windows and scores; each shard's device states are
+    held in memory and written to the ``devices`` map state (device id -> window state) when the grouper's
+    marker before a checkpoint barrier comes, and pending windows are scored then, so a checkpoint holds
+    every device's state and no pending window. Sweeps on timers (expiry, held readings of idle devices)
+    write their changes at once."""
+
+    def __init__(self, cfg: Config, models: list[ServedModel], shards: int, stats_file: str = "") -> None:
+        self.cfg, self.models, self.shard_count, self.stats_file = cfg, models, shards, stats_file
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        quiet_embedded_logging()
+        group = runtime_context.get_metrics_group()
+        self.inference = open_inference_shards(self.cfg, self.models, self.stats_file, group)
+        self.serving = ShardServing(device_intake(self.cfg, self.models), self.inference,
+                                    self.cfg.serving.device_expiry_ms, IDLE_FLUSH_MS)
+        self.versions = ServedVersions(runtime_context, self.inference)
+        self.devices = runtime_context.get_map_state(
+            MapStateDescriptor("devices", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
+        self.tables: dict[int, DeviceTable] = {}
+        self.batch_timer: int | None = None
+        self.readings_in = group.counter("readings_in")
+        self.groups_in = group.counter("groups_in")  # records of messages that crossed into Python (markers aside)
+        self.samples = 0
+        group.gauge("samples_in", lambda: self.samples)
+        self.dead = group.counter("dead_letters")
+        self.windows_out = group.counter("windows")
+        self.late = group.counter("late_readings")
+        self.expired = group.counter("devices_expired")
+        self.orphaned = group.counter("devices_orphaned")
+        self.watch, self.watcher = source_watch(self.cfg, group)
+        self.next_report = time.monotonic() + STATS_EVERY_S
+
+    def close(self) -> None:
+        if getattr(self, "watcher", None) is not None:
+            self.watcher.stop()
+        for shard in getattr(self, "inference", {}).values():
+            shard.report()
+
+    def _table(self, shard: int, ctx) -> DeviceTable:
+        """The shard's devices, read from state the first time after a (re)start. Devices stored under this
+        shard that now hash elsewhere (``serving.inference_shards`` changed) cannot move to their new key:
+        their state is dropped and counted (``devices_orphaned``); their next windows start afresh."""
+        table = self.tables.get(shard)
+        if table is None:
+            states, orphans = {}, []
+            for device, state in self.devices.items():
+                if shard_of(device, self.shard_count) == shard:
+                    states[device] = state
+                else:
+                    orphans.append(device)
+            for device in orphans:
+                self.devices.remove(device)
+            if orphans:
+                self.orphaned.inc(len(orphans))
+                log.warning("shard %d: %d devices stored here now hash to other shards (inference_shards changed); "
+                            "their windows start afresh", shard, len(orphans))
+            table = self.tables[shard] = DeviceTable(states)
+            if states:  # a restored shard: sweep it once for expiry and held readings
+                table.sweep_at = ctx.timer_service().current_processing_time() + IDLE_FLUSH_MS
+                ctx.timer_service().register_processing_time_timer(table.sweep_at)
+        return table
+
+    def _store(self, table: DeviceTable) -> None:
+        stored, removed = table.take_changes()
+        for device, state in stored.items():  # one put each: MapState.put_all took the JVM down in thread mode
+            self.devices.put(device, state)
+        for device in removed:
+            self.devices.remove(device)
+
+    def _emit(self, outgoing):
+        if time.monotonic() >= self.next_report:
+            self.next_report = time.monotonic() + STATS_EVERY_S
+            for shard in self.inference.values():
+                shard.report()
+        return map(routed, outgoing)
+
+    def _schedule_batch(self, ctx) -> None:
+        due = self.serving.due_at()
+        if due is not None and (self.batch_timer is None or due < self.batch_timer):
+            self.batch_timer = due
+            ctx.timer_service().register_processing_time_timer(due)
+
+    def _dead_letter(self, letter: DeadLetter):
+        self.dead.inc()
+        return DEAD_LETTERS, dead_letter_record(self.cfg.topics.dead_letters, letter)
+
+    def process_element1(self, value, ctx: KeyedCoProcessFunction.Context):
+        """A shard's group of messages, or the marker before a checkpoint barrier."""
+        self.versions.check_restored()
+        timers = ctx.timer_service()
+        now = timers.current_processing_time()
+        table = self._table(ctx.get_current_key(), ctx)
+        if value == CHECKPOINT_MARK:
+            self._store(table)
+            yield from self._emit(self.serving.flush(now))
+            return
+        records = []
+        for device, envelope in unpack_shard_group(value):
+            _, partition, offset, ingest_ms, payload = split_envelope(envelope)
+            if not records:  # groups keep the offset order of their first messages (ReadingGrouper)
+                went_back = self.watch.see(partition, offset)
+                if went_back is not None:
+                    report(went_back)
+            records.append((device, Message(partition, offset, ingest_ms, payload)))
+        served = self.serving.take(table, records, now)
+        self.readings_in.inc(served.messages)
+        self.groups_in.inc()
+        self.samples += served.samples
+        if served.late:
+            self.late.inc(served.late)
+        if served.windows:
+            self.windows_out.inc(served.windows)
+        for letter in served.dead_letters:
+            yield self._dead_letter(letter)
+        yield from self._emit(served.outgoing)
+        if served.sweep_at is not None:
+            timers.register_processing_time_timer(served.sweep_at)
+        self._schedule_batch(ctx)
+
+    def process_element2(self, control: ControlMessage, ctx: KeyedCoProcessFunction.Context):
+        self.versions.check_restored()
+        outcome = self.serving.control(control, ctx.timer_service().current_processing_time())
+        if control.message.model_name in self.inference:
+            self.versions.keep(control.message.model_name, outcome.accepted, outcome.shadow, outcome.shadow_changed)
+        yield from self._emit(outcome.outgoing)
+        self._schedule_batch(ctx)
+
+    def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
+        now = ctx.timer_service().current_processing_time()
+        if self.batch_timer is not None and timestamp >= self.batch_timer:
+            self.batch_timer = None
+        table = self._table(ctx.get_current_key(), ctx)
+        if table.sweep_at is not None and timestamp >= table.sweep_at:
+            served = self.serving.sweep(table, now)
+            self._store(table)  # a timer may come after the checkpoint's marker: its changes are written now
+            if served.expired:
+                self.expired.inc(served.expired)
+            if served.windows:
+                self.windows_out.inc(served.windows)
+            yield from self._emit(served.outgoing)
+            if served.sweep_at is not None:
+                ctx.timer_service().register_processing_time_timer(served.sweep_at)
+        yield from self._emit(self.serving.poll(now))
+        self._schedule_batch(ctx)
 
 
 class FanOutControls(KeyedProcessFunction):
@@ -263,56 +426,14 @@ class InferBatches(KeyedCoProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         quiet_embedded_logging()
-        s, registry = self.cfg.serving, self.cfg.registry
-        verifier = AnnouncementVerifier.load(registry.verify_key) if registry.verify_key else None
         self.primary = self.models[0].name
-        self.shards: dict[str, InferenceShard] = {}
-        self.stores: dict[str, PendingState] = {}
-        self.accepted, self.shadowed = {}, {}
-        unusable = 0
-        group = runtime_context.get_metrics_group()
-        for i, served in enumerate(self.models):
-            name = served.name
-            model, passed_over = starting_model(self.cfg, name, name == registry.model_name)
-            for reason in passed_over:
-                log.error("serving %s v%d: a newer version cannot be served: %s", name, model.version, reason)
-            unusable += len(passed_over)
-            mismatch = input_mismatch(model.spec, served.window, served.channels)
-            if mismatch:  # build_serving_job checked the same; the registry changed in between
-                raise ArtifactError(f"{name} v{model.version} cannot serve: {mismatch}")
-            settings = replace(s, window=served.window, stride=served.stride)
-            shard = InferenceShard(settings, name, self.cfg.topics, model,
-                                   lambda snap, settings=settings, precision=self.cfg.precision_of(name): load_snapshot(
-                                       snap, settings.runtime, settings.device, settings.inference_threads,
-                                       registry.path, verifier, precision),
-                                   self.stats_file)
-            suffix = "" if i == 0 else f"-{name}"
-            self.shards[name] = shard
-            self.stores[name] = PendingState(runtime_context, suffix)
-            self.accepted[name] = runtime_context.get_state(
-                ValueStateDescriptor("accepted" + suffix, Types.PICKLED_BYTE_ARRAY()))
-            self.shadowed[name] = runtime_context.get_state(
-                ValueStateDescriptor("shadow" + suffix, Types.PICKLED_BYTE_ARRAY()))
-            if len(self.models) > 1:  # per model: flink_..._operator_model_<metric>{model="<name>"}
-                _shard_gauges(group.add_group("model", name), [shard])
-        gc.collect()
-        gc.freeze()  # the loaded libraries and models stay out of the collector's way on the hot path
-        self.restore_checked = False
-        _shard_gauges(group, list(self.shards.values()))
-        group.gauge("model_versions_unusable", lambda: unusable)
+        self.shards = open_inference_shards(self.cfg, self.models, self.stats_file, runtime_context.get_metrics_group())
+        self.stores = {name: PendingState(runtime_context, _suffix(i, name)) for i, name in enumerate(self.shards)}
+        self.versions = ServedVersions(runtime_context, self.shards)
         self.next_report = time.monotonic() + STATS_EVERY_S
 
     def _check_restored(self) -> None:
-        """Once per shard after a (re)start: serve the versions this shard had accepted."""
-        if not self.restore_checked:
-            self.restore_checked = True
-            for name, shard in self.shards.items():
-                restored = self.accepted[name].value()
-                if restored is not None:
-                    shard.swap(restored)
-                shadow = self.shadowed[name].value()
-                if shadow is not None:
-                    shard.shadow_stage(shadow)
+        self.versions.check_restored()
 
     def _emit(self, outgoing):
         if time.monotonic() >= self.next_report:
@@ -342,13 +463,8 @@ class InferBatches(KeyedCoProcessFunction):
             return  # another model's announcement or drift event
         outgoing, accepted = self.shards[name].on_control(self.stores[name], control,
                                                           ctx.timer_service().current_processing_time())
-        if accepted is not None:
-            self.accepted[name].update(accepted)
         shadow = self.shards[name].shadow_snapshot
-        if shadow is None:
-            self.shadowed[name].clear()
-        elif control.message is shadow:
-            self.shadowed[name].update(shadow)
+        self.versions.keep(name, accepted, shadow, shadow is None or control.message is shadow)
         yield from self._emit(outgoing)
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
@@ -359,6 +475,78 @@ class InferBatches(KeyedCoProcessFunction):
     def close(self) -> None:
         for shard in getattr(self, "shards", {}).values():
             shard.report()
+
+
+def _suffix(i: int, name: str) -> str:
+    """What tells a model's state apart: the first served model keeps the unsuffixed names of one-model jobs."""
+    return "" if i == 0 else f"-{name}"
+
+
+def open_inference_shards(cfg: Config, models: list[ServedModel], stats_file: str, group) -> dict[str, InferenceShard]:
+    """An ``InferenceShard`` per served model, serving the version it starts with, and their gauges on ``group``."""
+    s, registry = cfg.serving, cfg.registry
+    verifier = AnnouncementVerifier.load(registry.verify_key) if registry.verify_key else None
+    shards: dict[str, InferenceShard] = {}
+    unusable = 0
+    for served in models:
+        name = served.name
+        model, passed_over = starting_model(cfg, name, name == registry.model_name)
+        for reason in passed_over:
+            log.error("serving %s v%d: a newer version cannot be served: %s", name, model.version, reason)
+        unusable += len(passed_over)
+        mismatch = input_mismatch(model.spec, served.window, served.channels)
+        if mismatch:  # build_serving_job checked the same; the registry changed in between
+            raise ArtifactError(f"{name} v{model.version} cannot serve: {mismatch}")
+        settings = replace(s, window=served.window, stride=served.stride)
+        shards[name] = InferenceShard(settings, name, cfg.topics, model,
+                                      lambda snap, settings=settings, precision=cfg.precision_of(name): load_snapshot(
+                                          snap, settings.runtime, settings.device, settings.inference_threads,
+                                          registry.path, verifier, precision),
+                                      stats_file)
+        if len(models) > 1:  # per model: flink_..._operator_model_<metric>{model="<name>"}
+            _shard_gauges(group.add_group("model", name), [shards[name]])
+    gc.collect()
+    gc.freeze()  # the loaded libraries and models stay out of the collector's way on the hot path
+    _shard_gauges(group, list(shards.values()))
+    group.gauge("model_versions_unusable", lambda: unusable)
+    return shards
+
+
+class ServedVersions:
+    """The announcements a key (an inference shard) accepted and the version in its shadow phase, per model,
+    in keyed state: a restored job serves and shadows the same versions (``check_restored``)."""
+
+    def __init__(self, runtime_context: RuntimeContext, shards: dict[str, InferenceShard]) -> None:
+        self.shards = shards
+        self.accepted, self.shadowed = {}, {}
+        for i, name in enumerate(shards):
+            self.accepted[name] = runtime_context.get_state(
+                ValueStateDescriptor("accepted" + _suffix(i, name), Types.PICKLED_BYTE_ARRAY()))
+            self.shadowed[name] = runtime_context.get_state(
+                ValueStateDescriptor("shadow" + _suffix(i, name), Types.PICKLED_BYTE_ARRAY()))
+        self.restore_checked = False
+
+    def check_restored(self) -> None:
+        """Once after a (re)start, under the first key seen: serve the versions it had accepted."""
+        if not self.restore_checked:
+            self.restore_checked = True
+            for name, shard in self.shards.items():
+                restored = self.accepted[name].value()
+                if restored is not None:
+                    shard.swap(restored)
+                shadow = self.shadowed[name].value()
+                if shadow is not None:
+                    shard.shadow_stage(shadow)
+
+    def keep(self, name: str, accepted: ModelSnapshot | None, shadow: ModelSnapshot | None, shadow_changed: bool) -> None:
+        """Under the current key: the snapshot now served (None: unchanged) and the shadow (if it changed)."""
+        if accepted is not None:
+            self.accepted[name].update(accepted)
+        if shadow_changed:
+            if shadow is None:
+                self.shadowed[name].clear()
+            else:
+                self.shadowed[name].update(shadow)
 
 
 def _shard_gauges(group, shards: list[InferenceShard]) -> None:
@@ -372,9 +560,14 @@ def _shard_gauges(group, shards: list[InferenceShard]) -> None:
     group.gauge("reviews_over_share", lambda: sum(s.scorer.router.over_share for s in shards))
 
 
-def shard_of(device_id: str, shards: int) -> int:
-    """Inference shard of a device (one micro-batcher per shard)."""
-    return zlib.crc32(device_id.encode()) % shards
+def inference_shard_count(cfg: Config) -> int:
+    """``serving.inference_shards``, else: the parallelism (``per_device`` layout), or at least
+    ``SHARDED_MIN_SHARDS`` (``sharded``: device states live under their shard, so the count is kept
+    across rescales up to it)."""
+    if cfg.serving.inference_shards:
+        return cfg.serving.inference_shards
+    parallelism = max(1, cfg.flink.parallelism)
+    return max(SHARDED_MIN_SHARDS, parallelism) if cfg.serving.layout == "sharded" else parallelism
 
 
 def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
@@ -389,22 +582,30 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
         models = served_models(cfg)
     except ValueError as exc:
         raise SystemExit(f"sensorloop serving job: {exc} (serving.window = {cfg.serving.window})") from None
-    shards = cfg.serving.inference_shards or max(1, cfg.flink.parallelism)
+    shards = inference_shard_count(cfg)
+    sharded = cfg.serving.layout == "sharded"
     readings = keyed_source(env, cfg.broker.bootstrap, [topics.readings], group_id, "sensor-readings", "device_id",
-                            group=(cfg.serving.group_readings, cfg.serving.group_ms))
-    windows = (readings.process(ReadingsToWindows(cfg, models, shards),
-                                output_type=Types.ROW([Types.INT(), Types.PICKLED_BYTE_ARRAY()]))
-               .name("parse-and-window").uid("parse-and-window"))
+                            group=(cfg.serving.group_readings, cfg.serving.group_ms), shards=shards if sharded else 0)
     announcements = keyed_source(env, cfg.broker.bootstrap, [topics.model_snapshots, topics.drift_events],
                                  f"{group_id}-controls", "model-snapshots-and-drift-events", "model_name")
     controls = (announcements.process(FanOutControls(cfg, shards), output_type=Types.PICKLED_BYTE_ARRAY())
                 .name("model-announcements").uid("model-announcements"))
-    by_shard = keyed_by_first_field(windows, Types.INT(), Types.PICKLED_BYTE_ARRAY())
     controls_by_shard = controls.key_by(lambda c: c.shard, key_type=Types.INT())
-    scored = (by_shard.connect(controls_by_shard)
-              .process(InferBatches(cfg, models, run.stats_file), output_type=Types.STRING())
-              .name("inference").uid("inference"))
-    out = scored.union(windows.get_side_output(DEAD_LETTERS), controls.get_side_output(DEAD_LETTERS))
+    if sharded:
+        scored = (readings.connect(controls_by_shard)
+                  .process(ServeShards(cfg, models, shards, run.stats_file), output_type=Types.STRING())
+                  .name("serve-shards").uid("serve-shards"))
+        dead = [scored.get_side_output(DEAD_LETTERS)]
+    else:
+        windows = (readings.process(ReadingsToWindows(cfg, models, shards),
+                                    output_type=Types.ROW([Types.INT(), Types.PICKLED_BYTE_ARRAY()]))
+                   .name("parse-and-window").uid("parse-and-window"))
+        by_shard = keyed_by_first_field(windows, Types.INT(), Types.PICKLED_BYTE_ARRAY())
+        scored = (by_shard.connect(controls_by_shard)
+                  .process(InferBatches(cfg, models, run.stats_file), output_type=Types.STRING())
+                  .name("inference").uid("inference"))
+        dead = [windows.get_side_output(DEAD_LETTERS)]
+    out = scored.union(*dead, controls.get_side_output(DEAD_LETTERS))
     out.sink_to(routed_sink(cfg.broker.bootstrap, cfg.flink.exactly_once, f"{group_id}-tx")).name(
         "kafka-out").uid("kafka-out")
 

@@ -1,11 +1,15 @@
 package io.sensorloop.flink;
 
 import java.io.ByteArrayOutputStream;
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
+import java.util.zip.CRC32;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
@@ -29,33 +33,60 @@ import org.apache.flink.types.Row;
  * their partition's offset order (which the serving job's source watch checks). A group of one record is sent as it came; a larger group is
  * {@code 0x00} followed by each envelope as a 4-byte big-endian length and its bytes (an envelope
  * starts with its topic's name, never with {@code 0x00}).
+ *
+ * <p>With {@code shards > 0} records are grouped by shard instead of by key: a key's shard is the CRC-32 of
+ * its UTF-8 bytes modulo {@code shards} (Python's {@code zlib.crc32(key.encode()) % shards}), the output is
+ * Row(shard, group) with the shard as an Integer, and every group, even of one record, is {@code 0x02}
+ * followed by (4-byte length, key bytes, 4-byte length, envelope) for each record. Before each checkpoint
+ * barrier, after sending every group on, it sends Row(shard, {@code 0x01}) for every shard it sent records
+ * of since the last barrier: the keyed Python operator after it keeps what those records changed in memory
+ * and writes it to Flink state when that marker comes, so the state is complete when the barrier reaches it
+ * (checkpoints are aligned: a channel's marker always comes after its records and before its barrier).
  */
 public class ReadingGrouper extends AbstractStreamOperator<Row>
         implements OneInputStreamOperator<Row, Row>, ProcessingTimeCallback {
     private static final long serialVersionUID = 1L;
     public static final byte MARK = 0;
+    public static final byte CHECKPOINT_MARK = 1;
+    public static final byte SHARD_MARK = 2;
     private final int maxRecords;
     private final long maxDelayMs;
     private final long maxBytes;
-    private transient Map<String, List<byte[]>> groups;
-    private transient Map<String, Long> lastSeen; // per key, when its latest record came (recent keys only)
+    private final int shards;
+    private transient Map<Object, List<byte[]>> groups;
+    private transient Set<Integer> sentShards; // shards sent records of since the last checkpoint barrier
+    private transient Map<Object, Long> lastSeen; // per key, when its latest record came (recent keys only)
     private transient long lastSweep;
     private transient long buffered;
     private transient boolean timerSet;
 
     public ReadingGrouper(int maxRecords, long maxDelayMs, long maxBytes) {
-        if (maxRecords < 1 || maxDelayMs < 0 || maxBytes < 1) {
-            throw new IllegalArgumentException("ReadingGrouper: maxRecords and maxBytes must be >= 1, maxDelayMs >= 0");
+        this(maxRecords, maxDelayMs, maxBytes, 0);
+    }
+
+    public ReadingGrouper(int maxRecords, long maxDelayMs, long maxBytes, int shards) {
+        if (maxRecords < 1 || maxDelayMs < 0 || maxBytes < 1 || shards < 0) {
+            throw new IllegalArgumentException(
+                    "ReadingGrouper: maxRecords and maxBytes must be >= 1, maxDelayMs and shards >= 0");
         }
         this.maxRecords = maxRecords;
         this.maxDelayMs = maxDelayMs;
         this.maxBytes = maxBytes;
+        this.shards = shards;
+    }
+
+    /** The shard of {@code key}: CRC-32 of its UTF-8 bytes modulo {@code shards}, as Python's zlib.crc32. */
+    public static int shardOf(String key, int shards) {
+        CRC32 crc = new CRC32();
+        crc.update(key.getBytes(StandardCharsets.UTF_8));
+        return (int) (crc.getValue() % shards);
     }
 
     @Override
     public void open() throws Exception {
         super.open();
         groups = new LinkedHashMap<>();
+        sentShards = new LinkedHashSet<>();
         lastSeen = new HashMap<>();
         lastSweep = 0;
         buffered = 0;
@@ -67,16 +98,23 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
         Row row = element.getValue();
         String key = (String) row.getField(0);
         byte[] envelope = (byte[]) row.getField(1);
+        Object groupKey = key;
+        if (shards > 0) {
+            groupKey = shardOf(key, shards);
+            envelope = keyed(key, envelope);
+        }
         if (maxDelayMs > 0) {
             long now = getProcessingTimeService().getCurrentProcessingTime();
-            Long previous = lastSeen.put(key, now);
+            Long previous = lastSeen.put(groupKey, now);
             forgetQuietKeys(now);
             if (groups.isEmpty() && (previous == null || now - previous >= maxDelayMs)) { // nothing waits
-                output.collect(new StreamRecord<>(row));
+                List<byte[]> alone = new ArrayList<>(1);
+                alone.add(envelope);
+                send(groupKey, alone);
                 return;
             }
         }
-        List<byte[]> group = groups.computeIfAbsent(key, k -> new ArrayList<>());
+        List<byte[]> group = groups.computeIfAbsent(groupKey, k -> new ArrayList<>());
         group.add(envelope);
         buffered += envelope.length;
         if (group.size() >= maxRecords || buffered > maxBytes || maxDelayMs == 0) {
@@ -97,6 +135,10 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     @Override
     public void prepareSnapshotPreBarrier(long checkpointId) throws Exception {
         flushAll();
+        for (Integer shard : sentShards) {
+            output.collect(new StreamRecord<>(Row.of(shard, new byte[] {CHECKPOINT_MARK})));
+        }
+        sentShards.clear();
     }
 
     @Override
@@ -119,11 +161,52 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     }
 
     private void flushAll() {
-        for (Map.Entry<String, List<byte[]>> entry : groups.entrySet()) {
-            output.collect(new StreamRecord<>(Row.of(entry.getKey(), pack(entry.getValue()))));
+        for (Map.Entry<Object, List<byte[]>> entry : groups.entrySet()) {
+            send(entry.getKey(), entry.getValue());
         }
         groups.clear();
         buffered = 0;
+    }
+
+    private void send(Object groupKey, List<byte[]> group) {
+        if (shards > 0) {
+            sentShards.add((Integer) groupKey);
+            output.collect(new StreamRecord<>(Row.of(groupKey, packKeyed(group))));
+        } else {
+            output.collect(new StreamRecord<>(Row.of(groupKey, pack(group))));
+        }
+    }
+
+    /** (4-byte length, key bytes, 4-byte length, envelope): one record of a shard's group. */
+    static byte[] keyed(String key, byte[] envelope) {
+        byte[] k = key.getBytes(StandardCharsets.UTF_8);
+        ByteArrayOutputStream out = new ByteArrayOutputStream(8 + k.length + envelope.length);
+        writeInt(out, k.length);
+        out.write(k, 0, k.length);
+        writeInt(out, envelope.length);
+        out.write(envelope, 0, envelope.length);
+        return out.toByteArray();
+    }
+
+    /** SHARD_MARK followed by the records made by {@link #keyed}, as they are. */
+    static byte[] packKeyed(List<byte[]> group) {
+        int size = 1;
+        for (byte[] record : group) {
+            size += record.length;
+        }
+        ByteArrayOutputStream out = new ByteArrayOutputStream(size);
+        out.write(SHARD_MARK);
+        for (byte[] record : group) {
+            out.write(record, 0, record.length);
+        }
+        return out.toByteArray();
+    }
+
+    private static void writeInt(ByteArrayOutputStream out, int n) {
+        out.write(n >>> 24);
+        out.write(n >>> 16);
+        out.write(n >>> 8);
+        out.write(n);
     }
 
     /** One envelope as it is; several as MARK, then (4-byte big-endian length, bytes) for each. */
@@ -138,12 +221,8 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
         ByteArrayOutputStream out = new ByteArrayOutputStream(size);
         out.write(MARK);
         for (byte[] envelope : group) {
-            int n = envelope.length;
-            out.write(n >>> 24);
-            out.write(n >>> 16);
-            out.write(n >>> 8);
-            out.write(n);
-            out.write(envelope, 0, n);
+            writeInt(out, envelope.length);
+            out.write(envelope, 0, envelope.length);
         }
         return out.toByteArray();
     }
