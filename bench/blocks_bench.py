@@ -131,19 +131,19 @@ def intake_us_per_sample(size: int, samples: int = 120_000) -> float:
 
 
 def cpu_budget(row: dict) -> dict:
-    """CPU microseconds per sample: the job's two Python threads, and what of it the intake alone and the model
+    """CPU microseconds per sample: the job's Python threads, and what of it the intake alone and the model
     alone (its calls inside the job, per CPU-second of the inference thread) account for; the rest is the
-    operators' framework (records into and out of Python, keyed state, window records between the two
-    operators, the inference operator's own Python). Beside it, the whole plain consumer.
+    operators' framework (records into and out of Python, keyed state, the per-device layout's window records
+    between its two operators, the inference code's own Python). Beside it, the whole plain consumer.
 
-    >>> b = cpu_budget({"serving_samples_per_s": 25_000, "serving_cores": {"parse": 0.5, "inference": 0.5},
+    >>> b = cpu_budget({"serving_samples_per_s": 25_000, "serving_cores": {"parse": 0.5, "inference": 0.5, "serve": 0},
     ...                 "intake_us": 10.0, "in_job_per_cpu_s": 10_000, "stride": 8,
     ...                 "plain_samples_per_s": 40_000, "plain_cores": {"consumer": 1.0}})
     >>> {k: round(v, 1) for k, v in b.items()}
     {'python': 40.0, 'intake': 10.0, 'model': 12.5, 'framework': 17.5, 'plain': 25.0}
     """
     cores = row["serving_cores"]
-    threads = cores.get("parse", float("nan")) + cores.get("inference", float("nan"))
+    threads = sum(cores.get(k, 0.0) for k in ("parse", "inference", "serve")) or float("nan")
     python = threads * 1e6 / row["serving_samples_per_s"]
     model = 1e6 / (row["in_job_per_cpu_s"] * row["stride"])
     plain = row["plain_cores"].get("consumer", float("nan")) * 1e6 / row["plain_samples_per_s"]
@@ -172,6 +172,28 @@ def model_bound(row: dict) -> float:
     return row["standalone"] * row["stride"] / row["samples_per_message"]
 
 
+def serving_row(work: Path, size: int, samples: int, registry: str, patch: int, layout: str, stride: int,
+                ungrouped: bool, plain: dict, passthrough: dict, intake_us: float) -> dict:
+    """The serving job in ``layout`` (and, with ``ungrouped``, with each message crossing alone) beside the plain
+    consumer's and the pass-through job's runs on the same messages."""
+    tag = f"-patch{patch}-{layout}"
+    serving = measure(work, "serving", size, samples, registry, tag, stride=stride, layout=layout)
+    alone = (measure(work, "serving", size, samples, registry, tag + "-ungrouped", stride=stride, layout=layout,
+                     group_ms=0) if ungrouped else None)
+    return {"samples_per_message": size, "stride": stride, "patch": patch, "layout": layout, "samples": samples,
+            "messages": serving["messages"], "serving_samples_per_s": serving["samples_per_s"],
+            "ungrouped_samples_per_s": alone["samples_per_s"] if alone else None,
+            "plain_samples_per_s": plain["samples_per_s"],
+            "serving_vs_plain": serving["samples_per_s"] / plain["samples_per_s"],
+            "serving_messages_per_s": serving["messages_per_s"],
+            "passthrough_messages_per_s": passthrough["messages_per_s"],
+            "serving_vs_passthrough": serving["messages_per_s"] / passthrough["messages_per_s"],
+            "windows": f"{serving['outputs']}/{serving['expected']}",
+            "serving_cores": serving["cores"], "plain_cores": plain["cores"], "intake_us": intake_us,
+            "windows_ungrouped": f"{alone['outputs']}/{alone['expected']}" if alone else None,
+            **{k: serving[k] for k in ("mean_batch", "in_job_per_cpu_s", "in_job_per_wall_s", "standalone")}}
+
+
 def patch_registry(folder: Path, patch: int) -> str:
     """A registry holding a BasicMotions model whose encoder reads ``patch`` samples per token."""
     from model.registry import ModelRegistry
@@ -195,12 +217,16 @@ def main() -> None:
     parser.add_argument("--patch", default="1",
                         help="samples per token of the served model, comma-separated for several in one run (above "
                              "1: a model trained here, in a registry of its own)")
+    parser.add_argument("--layouts", default="sharded",
+                        help="serving.layout of the serving job, comma-separated for several in one run "
+                             "(sharded, per_device)")
     parser.add_argument("--no-ungrouped", dest="ungrouped", action="store_false",
                         help="skip the serving job with serving.group_ms = 0 (each message crosses into Python alone)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     latency_sizes = [int(s) for s in args.latency_sizes.split(",") if s]
     patches = [int(p) for p in str(args.patch).split(",") if p]
+    layouts = [x for x in args.layouts.split(",") if x]
     keep = tempfile.TemporaryDirectory(prefix="blocks-registry-")
     registries = {p: patch_registry(Path(keep.name) / f"patch{p}", p) if p > 1 else args.registry for p in patches}
     if latency_sizes:
@@ -215,72 +241,63 @@ def main() -> None:
             intake_us = intake_us_per_sample(size)
             passthrough = measure(work, "passthrough", size, samples, args.registry)
             for patch, registry in registries.items():
-                tag = f"-patch{patch}"
-                serving = measure(work, "serving", size, samples, registry, tag, stride=args.stride)
-                ungrouped = (measure(work, "serving", size, samples, registry, tag + "-ungrouped", stride=args.stride,
-                                     group_ms=0) if args.ungrouped else None)
-                plain = measure(work, "plain", size, samples, registry, tag, stride=args.stride)
-                rows.append({"samples_per_message": size, "stride": args.stride, "patch": patch, "samples": samples,
-                             "messages": serving["messages"], "serving_samples_per_s": serving["samples_per_s"],
-                             "ungrouped_samples_per_s": ungrouped["samples_per_s"] if ungrouped else None,
-                             "plain_samples_per_s": plain["samples_per_s"],
-                             "serving_vs_plain": serving["samples_per_s"] / plain["samples_per_s"],
-                             "serving_messages_per_s": serving["messages_per_s"],
-                             "passthrough_messages_per_s": passthrough["messages_per_s"],
-                             "serving_vs_passthrough": serving["messages_per_s"] / passthrough["messages_per_s"],
-                             "windows": f"{serving['outputs']}/{serving['expected']}",
-                             "serving_cores": serving["cores"], "plain_cores": plain["cores"], "intake_us": intake_us,
-                             "windows_ungrouped": f"{ungrouped['outputs']}/{ungrouped['expected']}" if ungrouped else None,
-                             **{k: serving[k] for k in ("mean_batch", "in_job_per_cpu_s", "in_job_per_wall_s",
-                                                        "standalone")}})
-                print(rows[-1], flush=True)
-    header = ["samples per message", "samples per token", "samples", "messages", "serving samples/s",
+                plain = measure(work, "plain", size, samples, registry, f"-patch{patch}", stride=args.stride)
+                for layout in layouts:
+                    rows.append(serving_row(work, size, samples, registry, patch, layout, args.stride, args.ungrouped,
+                                            plain, passthrough, intake_us))
+                    print(rows[-1], flush=True)
+    header = ["samples per message", "samples per token", "layout", "samples", "messages", "serving samples/s",
               "serving, messages not grouped", "grouped / not", "plain consumer samples/s", "serving / plain",
               "serving messages/s", "pass-through messages/s", "serving / pass-through (messages)", "windows out/expected"]
     name = "blocks" + (f"_stride{args.stride}" if args.stride != 8 else "") + (
         "_patch" + "_".join(map(str, patches)) if patches != [1] else "")
     print_table(f"Serving throughput with sample blocks (backlog, 64 devices, window 32, stride {args.stride})", header,
-                [[r["samples_per_message"], r["patch"], r["samples"], r["messages"], r["serving_samples_per_s"],
+                [[r["samples_per_message"], r["patch"], r["layout"], r["samples"], r["messages"], r["serving_samples_per_s"],
                   r["ungrouped_samples_per_s"] or "-",
                   round(r["serving_samples_per_s"] / r["ungrouped_samples_per_s"], 2) if r["ungrouped_samples_per_s"] else "-",
                   r["plain_samples_per_s"], round(r["serving_vs_plain"], 2), r["serving_messages_per_s"],
                   r["passthrough_messages_per_s"], round(r["serving_vs_passthrough"], 2), r["windows"]] for r in rows])
     print_table("The model inside the job (windows per second of the inference thread's CPU time, and of its "
                 "wall-clock time) vs standalone ONNX Runtime, one thread, at the same mean batch size",
-                ["samples per message", "samples per token", "mean batch", "in job per CPU-second",
+                ["samples per message", "samples per token", "layout", "mean batch", "in job per CPU-second",
                  "in job per wall-clock second", "standalone", "in job (CPU) / standalone",
                  "model-bound messages/s", "model bound / pass-through"],
-                [[r["samples_per_message"], r["patch"], round(r["mean_batch"], 1), r["in_job_per_cpu_s"],
+                [[r["samples_per_message"], r["patch"], r["layout"], round(r["mean_batch"], 1), r["in_job_per_cpu_s"],
                   r["in_job_per_wall_s"], r["standalone"], round(r["in_job_per_cpu_s"] / r["standalone"], 2),
                   round(model_bound(r)), round(model_bound(r) / r["passthrough_messages_per_s"], 2)] for r in rows])
     print_table("Where the CPU went from the first prediction to the last, in cores (this machine has "
-                f"{os.cpu_count()}): the serving job (all its threads; its two Python operators' task threads, which "
-                "share one interpreter lock; the broker) and the plain consumer (its process; the broker)",
-                ["samples per message", "samples per token", "job", "parse-and-window thread", "inference thread",
-                 "broker (job)", "plain consumer", "broker (plain)", "serving samples per CPU-second (job + broker)",
+                f"{os.cpu_count()}): the serving job (all its threads; its Python operators' task threads, which "
+                "share one interpreter lock: serve-shards, or parse-and-window and inference; the broker) and the "
+                "plain consumer (its process; the broker)",
+                ["samples per message", "samples per token", "layout", "job", "serve-shards thread",
+                 "parse-and-window thread", "inference thread", "broker (job)", "plain consumer", "broker (plain)", "serving samples per CPU-second (job + broker)",
                  "plain samples per CPU-second (consumer + broker)", "serving / plain, per CPU-second"],
-                [[r["samples_per_message"], r["patch"],
-                  *(r["serving_cores"].get(k, float("nan")) for k in ("job", "parse", "inference", "broker")),
+                [[r["samples_per_message"], r["patch"], r["layout"],
+                  *(r["serving_cores"].get(k, float("nan")) for k in ("job", "serve", "parse", "inference", "broker")),
                   *(r["plain_cores"].get(k, float("nan")) for k in ("consumer", "broker")),
                   per_cpu_s(r, "serving"), per_cpu_s(r, "plain"), per_cpu_s(r, "serving") / per_cpu_s(r, "plain")]
                  for r in rows])
-    print_table("CPU microseconds per sample: the job's two Python threads, of which the intake alone (decode, "
+    print_table("CPU microseconds per sample: the job's Python threads, of which the intake alone (decode, "
                 "validate, window; measured apart, no Flink), the model (its calls in the job) and the rest (the "
                 "operators' framework); beside it the whole plain consumer",
-                ["samples per message", "samples per token", "job's Python threads", "intake", "model",
+                ["samples per message", "samples per token", "layout", "job's Python threads", "intake", "model",
                  "framework (the rest)", "plain consumer (all of it)"],
-                [[r["samples_per_message"], r["patch"], *cpu_budget(r).values()] for r in rows])
+                [[r["samples_per_message"], r["patch"], r["layout"], *cpu_budget(r).values()] for r in rows])
     print(f"results: {save(name, {'rows': rows})}")
     series = []
     for patch in patches:
-        own = [r for r in rows if r["patch"] == patch]
-        sizes, token = [r["samples_per_message"] for r in own], f", {patch} samples per token" if patches != [1] else ""
-        series += [(f"serving job{token}", sizes, [r["serving_samples_per_s"] for r in own], {"marker": "o"}),
-                   *([(f"serving job, messages not grouped{token}", sizes, [r["ungrouped_samples_per_s"] for r in own],
-                       {"marker": "x"})] if own[0]["ungrouped_samples_per_s"] else []),
-                   (f"plain-Python consumer (bench/plain_consumer.py){token}", sizes,
-                    [r["plain_samples_per_s"] for r in own], {"marker": "^"})]
-    own = [r for r in rows if r["patch"] == patches[0]]
+        token = f", {patch} samples per token" if patches != [1] else ""
+        for layout in layouts:
+            own = [r for r in rows if r["patch"] == patch and r["layout"] == layout]
+            sizes, named = [r["samples_per_message"] for r in own], token + (f", {layout}" if layouts != ["sharded"] else "")
+            series += [(f"serving job{named}", sizes, [r["serving_samples_per_s"] for r in own], {"marker": "o"}),
+                       *([(f"serving job, messages not grouped{named}", sizes,
+                           [r["ungrouped_samples_per_s"] for r in own], {"marker": "x"})]
+                         if own[0]["ungrouped_samples_per_s"] else [])]
+        own = [r for r in rows if r["patch"] == patch and r["layout"] == layouts[0]]
+        series.append((f"plain-Python consumer (bench/plain_consumer.py){token}", [r["samples_per_message"] for r in own],
+                       [r["plain_samples_per_s"] for r in own], {"marker": "^"}))
+    own = [r for r in rows if r["patch"] == patches[0] and r["layout"] == layouts[0]]
     series.append(("pass-through job (messages/s x samples per message)", [r["samples_per_message"] for r in own],
                    [r["passthrough_messages_per_s"] * r["samples_per_message"] for r in own], {"marker": "s"}))
     line_plot(RESULTS / f"{name}.png", series,

@@ -285,13 +285,14 @@ def drain(sc: Scenario, expected: int, timeout_s: float = 600.0) -> tuple[int, f
 
 
 def job_cpu_split(sc: Scenario) -> dict[str, float]:
-    """CPU seconds used so far by the serving job (all its processes), its two Python operators' task threads
-    (``parse``: parse-and-window, ``inference``; summed over subtasks), and the broker (a gauge for
-    :func:`drain_gauged`)."""
+    """CPU seconds used so far by the serving job (all its processes), its Python operators' task threads
+    (summed over subtasks; the per-device layout's ``parse``: parse-and-window, and ``inference``, the sharded
+    layout's ``serve``: serve-shards), and the broker (a gauge for :func:`drain_gauged`)."""
     threads = thread_cpu_s(process_tree(sc.job.process.pid))
     return {"job": sum(threads.values()),
             "parse": sum(v for n, v in threads.items() if n.startswith("parse-and-wind")),
             "inference": sum(v for n, v in threads.items() if n.startswith("inference (")),
+            "serve": sum(v for n, v in threads.items() if n.startswith("serve-shards")),
             "broker": sc.broker_cpu_s()}
 
 

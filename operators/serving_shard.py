@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -40,6 +41,10 @@ from settings import ServingSettings
 
 log = logging.getLogger(__name__)
 SnapshotLoader = Callable[[ModelSnapshot], ServingModel]
+
+
+def _now(score: Callable[[], list[Outgoing]]) -> list[Outgoing]:
+    return score()
 
 
 @dataclass
@@ -93,6 +98,9 @@ class InferenceShard:
         self.tally = ShardTally()
         self.shadow_snapshot: ModelSnapshot | None = None
         self.sampler = WindowSampler(settings.unlabeled_share)  # unlabeled windows for the self-supervised heads
+        # how a due batch is scored: at once (the default), or handed to a ScoringPipeline, which scores it on a
+        # thread of its own and hands the outputs back later (then they are not in the returned list)
+        self.submit: Callable[[Callable[[], list[Outgoing]]], list[Outgoing]] = _now
 
     @property
     def model(self) -> ServingModel:
@@ -100,12 +108,12 @@ class InferenceShard:
 
     def on_window(self, store: PendingStore, window: Window, now_ms: int) -> list[Outgoing]:
         batch = self.batcher.add(store, window, now_ms)
-        return self._score(batch, now_ms) if batch else []
+        return self.submit(partial(self._score, batch, now_ms)) if batch else []
 
     def on_windows(self, store: PendingStore, windows: list[Window], now_ms: int) -> list[Outgoing]:
         """The windows one sample block completed (one store write for all of them)."""
         batch = self.batcher.add_many(store, windows, now_ms)
-        return self._score(batch, now_ms) if batch else []
+        return self.submit(partial(self._score, batch, now_ms)) if batch else []
 
     def due_at(self, store: PendingStore) -> int | None:
         """When the pending batch must be flushed (for the job's timer)."""
@@ -113,11 +121,11 @@ class InferenceShard:
 
     def on_timer(self, store: PendingStore, now_ms: int) -> list[Outgoing]:
         batch = self.batcher.poll(store, now_ms)
-        return self._score(batch, now_ms) if batch else []
+        return self.submit(partial(self._score, batch, now_ms)) if batch else []
 
     def flush(self, store: PendingStore, now_ms: int) -> list[Outgoing]:
         """Score every pending window now, due or not (the sharded layout does so before each checkpoint)."""
-        return self._score(store.take_all(), now_ms) if store.count() else []
+        return self.submit(partial(self._score, store.take_all(), now_ms)) if store.count() else []
 
     def on_control(self, store: PendingStore, control: ControlMessage, now_ms: int
                    ) -> tuple[list[Outgoing], ModelSnapshot | None]:

@@ -5,7 +5,8 @@ devices, so one record crosses into Python for many devices' messages, and the o
 does the rest in Python without another crossing: :class:`ShardServing` validates and windows each
 device's messages (``DeviceIntake``), keeps each shard's device states in a :class:`DeviceTable` in
 memory, and scores the windows in micro-batches across all the operator's shards (an ``InferenceShard``
-per served model). The job writes a table's changes to Flink state and scores the pending windows when
+per served model), on a thread of its own (``operators.scoring_pipeline``) so the model runs while the next
+messages are parsed; ``collect`` hands back the outputs of the batches scored so far. The job writes a table's changes to Flink state and scores the pending windows when
 the marker that comes before each checkpoint barrier reaches the shard, so the checkpoint holds every
 device's state and no window waits across it.
 
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from operators.batching import ListStore
 from operators.device_intake import DeviceIntake, Message
 from operators.outgoing import Outgoing
+from operators.scoring_pipeline import ScoringPipeline
 from operators.serving_model import ControlMessage
 from operators.serving_shard import InferenceShard
 from operators.windowing import DeviceState, SlidingWindower, Window
@@ -116,11 +118,16 @@ class ShardServing:
     ``intake`` validates and windows; ``shards`` (per served model, the first is the default) batch and
     score across every shard of the operator. Devices silent for ``device_expiry_ms`` (0: never) are
     forgotten, and readings held back for a gap are used once their device has been idle ``idle_ms``.
+    With ``threaded`` scoring, the outputs of ``take``, ``poll`` and ``flush`` come back through ``collect``
+    and ``drain``; a sweep and an announcement wait for every batch (their outputs come with them).
     """
 
     def __init__(self, intake: DeviceIntake, shards: dict[str, InferenceShard], device_expiry_ms: int = 0,
-                 idle_ms: int = IDLE_FLUSH_MS) -> None:
+                 idle_ms: int = IDLE_FLUSH_MS, threaded: bool = False) -> None:
         self.intake, self.shards = intake, shards
+        self.pipeline = ScoringPipeline(threaded)
+        for shard in shards.values():
+            shard.submit = self.pipeline.submit
         self.primary = next(iter(shards))
         self.stores = {name: ListStore() for name in shards}
         self.expiry_ms, self.idle_ms = device_expiry_ms, idle_ms
@@ -172,7 +179,7 @@ class ShardServing:
             else:
                 held = True
         served.windows = len(windows)
-        served.outgoing = self._batch(windows, now_ms) + self.flush(now_ms)
+        served.outgoing = self._batch(windows, now_ms) + self.flush(now_ms) + self.drain()
         table.sweep_at = served.sweep_at = (now_ms + self.idle_ms // 2 if held
                                             else self._next_expiry_sweep(table, now_ms))
         return served
@@ -208,11 +215,25 @@ class ShardServing:
         return out
 
     def flush(self, now_ms: int) -> list[Outgoing]:
-        """Every pending window scored now (before a checkpoint)."""
+        """Every pending window handed over to be scored now (before a checkpoint: then ``drain``)."""
         out: list[Outgoing] = []
         for name, shard in self.shards.items():
             out += shard.flush(self.stores[name], now_ms)
         return out
+
+    def collect(self) -> list[Outgoing]:
+        """The outputs of the batches scored since the last call (threaded scoring; else nothing)."""
+        return self.pipeline.done()
+
+    def drain(self) -> list[Outgoing]:
+        """The outputs of every batch handed over, once all are scored."""
+        return self.pipeline.wait()
+
+    def busy(self) -> bool:
+        return self.pipeline.in_flight > 0
+
+    def close(self) -> None:
+        self.pipeline.close()
 
     def control(self, control: ControlMessage, now_ms: int) -> ControlOutcome:
         """An announcement or drift event. The job sends a copy to every shard; the operator's shards share
@@ -225,7 +246,10 @@ class ShardServing:
             first = self.controls[seen]
             return ControlOutcome([], first.accepted, first.shadow, first.shadow_changed)
         shard = self.shards[name]
+        earlier = self.flush(now_ms) + self.drain()  # windows that came first: the old model, and no batch may
+        #                                              be scored while the model or its review budget changes
         outgoing, accepted = shard.on_control(self.stores[name], control, now_ms)
+        outgoing = earlier + outgoing + self.drain()
         shadow = shard.shadow_snapshot
         outcome = ControlOutcome(outgoing, accepted, shadow, shadow is None or control.message is shadow)
         self.controls[seen] = outcome

@@ -54,6 +54,7 @@ from stream_jobs.source_probe import KafkaRecordProbe, SourceWatchThread, report
 
 log = logging.getLogger(__name__)
 SHARDED_MIN_SHARDS = 8
+OUTPUTS_MS = 5  # while batches are being scored on the scoring thread, their outputs go out within about this
 STATS_EVERY_S = 1.0  # with --stats-file: the model's cumulative numbers, a line a second (benchmarks)
 
 
@@ -206,12 +207,12 @@ class ServeShards(KeyedCoProcessFunction):
         group = runtime_context.get_metrics_group()
         self.inference = open_inference_shards(self.cfg, self.models, self.stats_file, group)
         self.serving = ShardServing(device_intake(self.cfg, self.models), self.inference,
-                                    self.cfg.serving.device_expiry_ms, IDLE_FLUSH_MS)
+                                    self.cfg.serving.device_expiry_ms, IDLE_FLUSH_MS, threaded=True)
         self.versions = ServedVersions(runtime_context, self.inference)
         self.devices = runtime_context.get_map_state(
             MapStateDescriptor("devices", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
         self.tables: dict[int, DeviceTable] = {}
-        self.batch_timer: int | None = None
+        self.next_timer: int | None = None  # the earliest timer set for batches and outputs (any shard's key)
         self.readings_in = group.counter("readings_in")
         self.groups_in = group.counter("groups_in")  # records of messages that crossed into Python (markers aside)
         self.samples = 0
@@ -227,6 +228,8 @@ class ServeShards(KeyedCoProcessFunction):
     def close(self) -> None:
         if getattr(self, "watcher", None) is not None:
             self.watcher.stop()
+        if getattr(self, "serving", None) is not None:
+            self.serving.close()
         for shard in getattr(self, "inference", {}).values():
             shard.report()
 
@@ -268,10 +271,14 @@ class ServeShards(KeyedCoProcessFunction):
                 shard.report()
         return map(routed, outgoing)
 
-    def _schedule_batch(self, ctx) -> None:
+    def _schedule(self, ctx, now: int) -> None:
+        """A timer for the earliest due batch, or soon while batches are being scored (their outputs go out on
+        the next record or this timer)."""
         due = self.serving.due_at()
-        if due is not None and (self.batch_timer is None or due < self.batch_timer):
-            self.batch_timer = due
+        if self.serving.busy():
+            due = min(due, now + OUTPUTS_MS) if due is not None else now + OUTPUTS_MS
+        if due is not None and (self.next_timer is None or due < self.next_timer):
+            self.next_timer = due
             ctx.timer_service().register_processing_time_timer(due)
 
     def _dead_letter(self, letter: DeadLetter):
@@ -284,9 +291,9 @@ class ServeShards(KeyedCoProcessFunction):
         timers = ctx.timer_service()
         now = timers.current_processing_time()
         table = self._table(ctx.get_current_key(), ctx)
-        if value == CHECKPOINT_MARK:
+        if value == CHECKPOINT_MARK:  # the checkpoint holds every device's state and no window waits across it
             self._store(table)
-            yield from self._emit(self.serving.flush(now))
+            yield from self._emit(self.serving.flush(now) + self.serving.drain())
             return
         records = []
         for device, envelope in unpack_shard_group(value):
@@ -306,23 +313,23 @@ class ServeShards(KeyedCoProcessFunction):
             self.windows_out.inc(served.windows)
         for letter in served.dead_letters:
             yield self._dead_letter(letter)
-        yield from self._emit(served.outgoing)
+        yield from self._emit(served.outgoing + self.serving.collect())
         if served.sweep_at is not None:
             timers.register_processing_time_timer(served.sweep_at)
-        self._schedule_batch(ctx)
+        self._schedule(ctx, now)
 
     def process_element2(self, control: ControlMessage, ctx: KeyedCoProcessFunction.Context):
         self.versions.check_restored()
         outcome = self.serving.control(control, ctx.timer_service().current_processing_time())
         if control.message.model_name in self.inference:
             self.versions.keep(control.message.model_name, outcome.accepted, outcome.shadow, outcome.shadow_changed)
-        yield from self._emit(outcome.outgoing)
-        self._schedule_batch(ctx)
+        yield from self._emit(outcome.outgoing + self.serving.collect())
+        self._schedule(ctx, ctx.timer_service().current_processing_time())
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
         now = ctx.timer_service().current_processing_time()
-        if self.batch_timer is not None and timestamp >= self.batch_timer:
-            self.batch_timer = None
+        if self.next_timer is not None and timestamp >= self.next_timer:
+            self.next_timer = None
         table = self._table(ctx.get_current_key(), ctx)
         if table.sweep_at is not None and timestamp >= table.sweep_at:
             served = self.serving.sweep(table, now)
@@ -334,8 +341,10 @@ class ServeShards(KeyedCoProcessFunction):
             yield from self._emit(served.outgoing)
             if served.sweep_at is not None:
                 ctx.timer_service().register_processing_time_timer(served.sweep_at)
-        yield from self._emit(self.serving.poll(now))
-        self._schedule_batch(ctx)
+        # everything handed over is scored and sent before the timer ends: a timer may come after the
+        # checkpoint's marker, and the checkpoint must not hold windows taken but never sent
+        yield from self._emit(self.serving.poll(now) + self.serving.drain())
+        self._schedule(ctx, now)
 
 
 class FanOutControls(KeyedProcessFunction):

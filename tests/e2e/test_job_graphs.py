@@ -26,10 +26,11 @@ def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy
     serving_env = make_env(cfg, "serving")
     build_serving_job(serving_env, cfg)
     serving = uids(serving_env)
-    for name in ("parse-and-window", "model-announcements", "inference"):
+    for name in ("serve-shards", "model-announcements"):  # the sharded layout, the default
         assert serving[name] == name, serving
     assert serving["Source: sensor-readings"] == "sensor-readings"
-    assert serving["sensor-readings-groups"] == "sensor-readings-groups"  # ReadingGrouper, on by default
+    assert serving["sensor-readings-shard-groups"] == "sensor-readings-shard-groups"  # ReadingGrouper by shard
+    assert "parse-and-window" not in serving and "inference" not in serving
     assert serving["Source: model-snapshots-and-drift-events"] == "model-snapshots-and-drift-events"
     assert serving["kafka-out: Writer"] == "kafka-out"
 
@@ -42,11 +43,42 @@ def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy
     assert learning["kafka-out: Writer"] == "kafka-out"
 
 
-def test_grouping_off_leaves_the_source_feeding_python_directly(tmp_path, registry_copy):
-    cfg = config(tmp_path, registry_copy).with_values({"serving.group_ms": 0})
+def test_the_per_device_layout_keeps_its_operators_and_uids(tmp_path, registry_copy):
+    cfg = config(tmp_path, registry_copy).with_values({"serving.layout": "per_device"})
+    env = make_env(cfg, "serving")
+    build_serving_job(env, cfg)
+    serving = uids(env)
+    for name in ("parse-and-window", "model-announcements", "inference"):
+        assert serving[name] == name, serving
+    assert serving["sensor-readings-groups"] == "sensor-readings-groups"  # ReadingGrouper by device, on by default
+    assert "serve-shards" not in serving
+
+
+def test_per_device_grouping_off_leaves_the_source_feeding_python_directly(tmp_path, registry_copy):
+    cfg = config(tmp_path, registry_copy).with_values({"serving.group_ms": 0, "serving.layout": "per_device"})
     env = make_env(cfg, "serving")
     build_serving_job(env, cfg)
     assert "sensor-readings-groups" not in uids(env)
+
+
+def test_java_puts_a_device_on_the_shard_python_computes(tmp_path, registry_copy):
+    """ReadingGrouper.shardOf (Java, which groups) and shard_of (Python, which keeps the device's state)
+    agree, for ids of any script and length."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from pyflink.java_gateway import get_gateway
+
+    from operators.shard_serving import shard_of
+
+    make_env(config(tmp_path, registry_copy), "serving")  # the JVM, with the helper jar
+    grouper = get_gateway().jvm.io.sensorloop.flink.ReadingGrouper
+
+    @settings(max_examples=200, deadline=None, derandomize=True)
+    @given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=40), st.integers(1, 64))
+    def agree(device, shards):
+        assert grouper.shardOf(device, shards) == shard_of(device, shards)
+
+    agree()
 
 
 def test_the_local_jvm_runs_with_the_configured_options(tmp_path, registry_copy):
