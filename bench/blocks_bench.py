@@ -143,7 +143,7 @@ def cpu_budget(row: dict) -> dict:
     {'python': 40.0, 'intake': 10.0, 'model': 12.5, 'framework': 17.5, 'plain': 25.0}
     """
     cores = row["serving_cores"]
-    threads = sum(cores.get(k, 0.0) for k in ("parse", "inference", "serve")) or float("nan")
+    threads = sum(cores.get(k, 0.0) for k in ("parse", "inference", "serve", "scoring")) or float("nan")
     python = threads * 1e6 / row["serving_samples_per_s"]
     model = 1e6 / (row["in_job_per_cpu_s"] * row["stride"])
     plain = row["plain_cores"].get("consumer", float("nan")) * 1e6 / row["plain_samples_per_s"]
@@ -173,14 +173,16 @@ def model_bound(row: dict) -> float:
 
 
 def serving_row(work: Path, size: int, samples: int, registry: str, patch: int, layout: str, stride: int,
-                ungrouped: bool, plain: dict, passthrough: dict, intake_us: float) -> dict:
+                ungrouped: bool, plain: dict, passthrough: dict, intake_us: float, threads: int = 1) -> dict:
     """The serving job in ``layout`` (and, with ``ungrouped``, with each message crossing alone) beside the plain
     consumer's and the pass-through job's runs on the same messages."""
     tag = f"-patch{patch}-{layout}"
-    serving = measure(work, "serving", size, samples, registry, tag, stride=stride, layout=layout)
+    serving = measure(work, "serving", size, samples, registry, tag, stride=stride, layout=layout,
+                      inference_threads=threads)
     alone = (measure(work, "serving", size, samples, registry, tag + "-ungrouped", stride=stride, layout=layout,
-                     group_ms=0) if ungrouped else None)
+                     inference_threads=threads, group_ms=0) if ungrouped else None)
     return {"samples_per_message": size, "stride": stride, "patch": patch, "layout": layout, "samples": samples,
+            "inference_threads": threads,
             "messages": serving["messages"], "serving_samples_per_s": serving["samples_per_s"],
             "ungrouped_samples_per_s": alone["samples_per_s"] if alone else None,
             "plain_samples_per_s": plain["samples_per_s"],
@@ -220,6 +222,9 @@ def main() -> None:
     parser.add_argument("--layouts", default="sharded",
                         help="serving.layout of the serving job, comma-separated for several in one run "
                              "(sharded, per_device)")
+    parser.add_argument("--inference-threads", type=int, default=1,
+                        help="serving.inference_threads of the serving job (ONNX Runtime's threads per batch; the "
+                             "plain consumer keeps 1)")
     parser.add_argument("--no-ungrouped", dest="ungrouped", action="store_false",
                         help="skip the serving job with serving.group_ms = 0 (each message crosses into Python alone)")
     args = parser.parse_args()
@@ -244,7 +249,7 @@ def main() -> None:
                 plain = measure(work, "plain", size, samples, registry, f"-patch{patch}", stride=args.stride)
                 for layout in layouts:
                     rows.append(serving_row(work, size, samples, registry, patch, layout, args.stride, args.ungrouped,
-                                            plain, passthrough, intake_us))
+                                            plain, passthrough, intake_us, args.inference_threads))
                     print(rows[-1], flush=True)
     header = ["samples per message", "samples per token", "layout", "samples", "messages", "serving samples/s",
               "serving, messages not grouped", "grouped / not", "plain consumer samples/s", "serving / plain",
@@ -269,11 +274,12 @@ def main() -> None:
                 f"{os.cpu_count()}): the serving job (all its threads; its Python operators' task threads, which "
                 "share one interpreter lock: serve-shards, or parse-and-window and inference; the broker) and the "
                 "plain consumer (its process; the broker)",
-                ["samples per message", "samples per token", "layout", "job", "serve-shards thread",
+                ["samples per message", "samples per token", "layout", "job", "serve-shards thread", "scoring thread",
                  "parse-and-window thread", "inference thread", "broker (job)", "plain consumer", "broker (plain)", "serving samples per CPU-second (job + broker)",
                  "plain samples per CPU-second (consumer + broker)", "serving / plain, per CPU-second"],
                 [[r["samples_per_message"], r["patch"], r["layout"],
-                  *(r["serving_cores"].get(k, float("nan")) for k in ("job", "serve", "parse", "inference", "broker")),
+                  *(r["serving_cores"].get(k, float("nan"))
+                    for k in ("job", "serve", "scoring", "parse", "inference", "broker")),
                   *(r["plain_cores"].get(k, float("nan")) for k in ("consumer", "broker")),
                   per_cpu_s(r, "serving"), per_cpu_s(r, "plain"), per_cpu_s(r, "serving") / per_cpu_s(r, "plain")]
                  for r in rows])

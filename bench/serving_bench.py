@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import RESULTS, line_plot, print_table, save  # noqa: E402
 from infra.broker import EmbeddedBroker, create_topics, ensure_topics  # noqa: E402
 from infra.kafka_tools import TopicTail  # noqa: E402
+from operators.scoring_pipeline import THREAD_NAME  # noqa: E402
 from schemas import Topics  # noqa: E402
 from control.launcher import JobProcess, job_process, serving_job  # noqa: E402
 from control.replayer import DEFAULT_LINGER_MS, replay  # noqa: E402
@@ -287,12 +288,14 @@ def drain(sc: Scenario, expected: int, timeout_s: float = 600.0) -> tuple[int, f
 def job_cpu_split(sc: Scenario) -> dict[str, float]:
     """CPU seconds used so far by the serving job (all its processes), its Python operators' task threads
     (summed over subtasks; the per-device layout's ``parse``: parse-and-window, and ``inference``, the sharded
-    layout's ``serve``: serve-shards), and the broker (a gauge for :func:`drain_gauged`)."""
+    layout's ``serve``: serve-shards, and ``scoring``, its scoring threads), and the broker (a gauge for
+    :func:`drain_gauged`)."""
     threads = thread_cpu_s(process_tree(sc.job.process.pid))
     return {"job": sum(threads.values()),
             "parse": sum(v for n, v in threads.items() if n.startswith("parse-and-wind")),
             "inference": sum(v for n, v in threads.items() if n.startswith("inference (")),
             "serve": sum(v for n, v in threads.items() if n.startswith("serve-shards")),
+            "scoring": sum(v for n, v in threads.items() if n.startswith(THREAD_NAME)),
             "broker": sc.broker_cpu_s()}
 
 

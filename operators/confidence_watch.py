@@ -18,8 +18,7 @@ import math
 
 from typing import Iterable
 
-from river import drift
-
+from operators.python_thread import import_on_python_thread
 from schemas import DriftEvent
 
 
@@ -33,7 +32,7 @@ class ConfidenceWatch:
 
     def reset(self) -> None:
         """Start over (a new model has its own confidence level)."""
-        self.detector = drift.ADWIN(delta=self.delta)
+        self.detector = import_on_python_thread("river.drift").ADWIN(delta=self.delta)
 
     def observe(self, confidences: Iterable[float], model_version: int, now_ms: int) -> DriftEvent | None:
         """Feed one micro-batch's confidences; a DriftEvent when their mean fell significantly."""

@@ -12,14 +12,14 @@ True
 
 from __future__ import annotations
 
-from river import drift
+from operators.python_thread import import_on_python_thread
 
 
 class DriftMonitor:
     """ADWIN on the 0/1 error of labeled windows (what serving said before the label came)."""
 
     def __init__(self, delta: float = 0.002) -> None:
-        self.detectors = {"error": drift.ADWIN(delta=delta)}
+        self.detectors = {"error": import_on_python_thread("river.drift").ADWIN(delta=delta)}
         self.drifts = {name: 0 for name in self.detectors}
 
     def update(self, correct: bool) -> list[str]:

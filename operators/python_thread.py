@@ -5,8 +5,11 @@ In PyFlink's thread mode an operator's Python runs on its Flink task thread, und
 that take or check the interpreter lock through that API misbehave there: a pybind11 module waits
 forever while it loads (scipy.spatial), and the nanobind-built ``onnx`` module aborts the whole JVM
 ("PyGILState_Check() failure"). :func:`on_python_thread` runs such a call on a short-lived Python
-thread instead, whose thread state the API knows, and hands back its result or exception.
+thread instead, whose thread state the API knows, and hands back its result or exception;
+:func:`import_on_python_thread` imports a module that way (the first time).
 
+>>> import_on_python_thread("json").dumps([1])
+'[1]'
 >>> on_python_thread(sum, [1, 2, 3])
 6
 >>> on_python_thread(int, "x")
@@ -17,7 +20,10 @@ ValueError: invalid literal for int() with base 10: 'x'
 
 from __future__ import annotations
 
+import importlib
+import sys
 import threading
+from types import ModuleType
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -40,3 +46,11 @@ def on_python_thread(fn: Callable[..., T], *args) -> T:
     if not ok:
         raise value
     return value
+
+
+def import_on_python_thread(name: str) -> ModuleType:
+    """Module ``name``, imported on a Python thread of its own unless it already was (river.drift, which pulls
+    in scikit-learn and SciPy's pybind11 modules, hangs when first imported on a Flink task thread)."""
+    if name in sys.modules:
+        return importlib.import_module(name)  # waits, if another thread is still importing it
+    return on_python_thread(importlib.import_module, name)

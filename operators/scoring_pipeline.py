@@ -18,11 +18,23 @@ oldest, so a model slower than the intake slows the intake instead of piling up 
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
+THREAD_NAME = "sl-scoring"  # the worker's name in ps, top -H and /proc (Linux), beside the Flink task threads
+
+
+def _name_native_thread() -> None:
+    """Give the worker's OS thread a name (Python names only its own thread object)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(15, THREAD_NAME.encode(), 0, 0, 0)  # PR_SET_NAME
+        except (OSError, AttributeError):
+            pass
 
 
 class ScoringPipeline:
@@ -30,7 +42,8 @@ class ScoringPipeline:
     runs each at once on the caller's thread."""
 
     def __init__(self, threaded: bool = True, max_in_flight: int = 2) -> None:
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="sensorloop-scoring") if threaded else None
+        self.executor = (ThreadPoolExecutor(1, thread_name_prefix=THREAD_NAME, initializer=_name_native_thread)
+                         if threaded else None)
         self.max_in_flight = max_in_flight
         self.pending: deque[Future] = deque()
         self.early: list = []  # outputs of batches waited for to make room, handed back by the next done/wait

@@ -332,8 +332,12 @@ class ServeShards(KeyedCoProcessFunction):
             self.next_timer = None
         table = self._table(ctx.get_current_key(), ctx)
         if table.sweep_at is not None and timestamp >= table.sweep_at:
+            # a timer may come after the checkpoint's marker: the sweep's changes are written now, and its windows
+            # are scored and sent now (ShardServing.sweep waits for them), so the checkpoint cannot hold a state
+            # whose windows were never sent. A batch due on a timer comes from records before the next marker,
+            # which waits for it.
             served = self.serving.sweep(table, now)
-            self._store(table)  # a timer may come after the checkpoint's marker: its changes are written now
+            self._store(table)
             if served.expired:
                 self.expired.inc(served.expired)
             if served.windows:
@@ -341,9 +345,7 @@ class ServeShards(KeyedCoProcessFunction):
             yield from self._emit(served.outgoing)
             if served.sweep_at is not None:
                 ctx.timer_service().register_processing_time_timer(served.sweep_at)
-        # everything handed over is scored and sent before the timer ends: a timer may come after the
-        # checkpoint's marker, and the checkpoint must not hold windows taken but never sent
-        yield from self._emit(self.serving.poll(now) + self.serving.drain())
+        yield from self._emit(self.serving.poll(now) + self.serving.collect())
         self._schedule(ctx, now)
 
 
