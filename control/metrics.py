@@ -22,7 +22,7 @@ GAUGES = {"batch_size", "inference_ms", "model_version", "prequential_accuracy_p
           "model_versions_unusable", "source_resets", "source_stalled_partitions"}  # max over subtasks
 SERVING = ("readings_in", "groups_in", "samples_in", "windows", "late_readings", "dead_letters", "predictions",
            "review_requests", "batches", "inference_us_total", "batch_size", "inference_ms", "model_version", "model_swaps",
-           "model_refused", "confidence_drifts", "unscored_windows", "devices_expired",
+           "model_refused", "confidence_drifts", "unscored_windows", "devices_expired", "devices_orphaned",
            "model_versions_unusable", "source_resets", "source_stalled_partitions", "reviews_over_share",
            "anomalies", "forecasts", "unlabeled_windows")
 LEARNING = ("labeled_windows", "labeled_windows_learned", "unlabeled_windows_in", "unlabeled_windows_learned",

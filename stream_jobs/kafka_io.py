@@ -91,8 +91,8 @@ def unpack_shard_group(data: bytes) -> list[tuple[str, bytes]]:
     """The ``(key, envelope)`` pairs of a shard's group from ``ReadingGrouper`` (``shards > 0``): after the
     mark, each as a 4-byte big-endian length and the key's UTF-8 bytes, then a length and the envelope.
 
-    >>> unpack_shard_group(b"\x02" + (2).to_bytes(4, "big") + b"d1" + (3).to_bytes(4, "big") + b"a\nb")
-    [('d1', b'a\nb')]
+    >>> unpack_shard_group(b"\\x02" + (2).to_bytes(4, "big") + b"d1" + (3).to_bytes(4, "big") + b"a\\nb")
+    [('d1', b'a\\nb')]
     """
     if not data or data[0] != SHARD_MARK:
         raise ValueError(f"not a shard group (first byte {data[:1]!r})")
