@@ -6,9 +6,10 @@ does the rest in Python without another crossing: :class:`ShardServing` validate
 device's messages (``DeviceIntake``), keeps each shard's device states in a :class:`DeviceTable` in
 memory, and scores the windows in micro-batches across all the operator's shards (an ``InferenceShard``
 per served model), on a thread of its own (``operators.scoring_pipeline``) so the model runs while the next
-messages are parsed; ``collect`` hands back the outputs of the batches scored so far. The job writes a table's changes to Flink state and scores the pending windows when
-the marker that comes before each checkpoint barrier reaches the shard, so the checkpoint holds every
-device's state and no window waits across it.
+messages are parsed; ``collect`` hands back the outputs of the batches scored so far. The job writes a
+table's changes to Flink state and scores the pending windows when the marker that comes before each
+checkpoint barrier reaches the shard, so the checkpoint holds every device's state and no window waits
+across it.
 
 >>> from operators.model_routing import ServedModel
 >>> from operators.device_intake import DeviceIntake, Message
