@@ -137,6 +137,9 @@ def make_env(cfg: Config, job: str, run: JobRun = JobRun()) -> StreamExecutionEn
     config.set_string("execution.buffer-timeout.interval", f"{flink.buffer_timeout_ms} ms")
     config.set_string("execution.checkpointing.interval", f"{flink.checkpoint_interval_ms} ms")
     config.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
+    # aligned barriers: the serving job's sharded layout writes device states at a marker each channel sends
+    # just before its barrier, which an unaligned barrier would overtake
+    config.set_string("execution.checkpointing.unaligned.enabled", "false")
     config.set_string("execution.checkpointing.dir", state_uri(f"{state}/checkpoints/{job}"))
     config.set_string("execution.checkpointing.savepoint-dir", state_uri(f"{state}/savepoints/{job}"))
     config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
