@@ -172,7 +172,7 @@ class ShardServing:
                 continue
             if not state.pending:
                 continue
-            model = self._model_of(state)
+            model = self._served(state.model_name)
             windower = self.intake.windowers[model]
             if windower.idle(state, now_ms, self.idle_ms):
                 windows += self.intake.with_stats(state, windower.flush(state), model)
@@ -190,14 +190,14 @@ class ShardServing:
             return None
         return now_ms + max(SWEEP_MIN_MS, self.expiry_ms // 10)
 
-    def _model_of(self, state: DeviceState) -> str:
-        return state.model_name if state.model_name in self.shards else self.primary
+    def _served(self, model_name: str) -> str:
+        """The served model a device state or window names (one kept by a one-model job names none: the first)."""
+        return model_name if model_name in self.shards else self.primary
 
     def _batch(self, windows: list[Window], now_ms: int) -> list[Outgoing]:
         by_model: dict[str, list[Window]] = {}
         for window in windows:
-            name = window.model_name if window.model_name in self.shards else self.primary
-            by_model.setdefault(name, []).append(window)
+            by_model.setdefault(self._served(window.model_name), []).append(window)
         out: list[Outgoing] = []
         for name, items in by_model.items():
             out += self.shards[name].on_windows(self.stores[name], items, now_ms)

@@ -61,6 +61,13 @@ def split_envelope(data) -> tuple[str, int, int, int, bytes]:
     return topic.decode(), int(partition), int(offset), int(timestamp), payload
 
 
+def _prefixed(data: bytes, at: int) -> tuple[bytes, int]:
+    """The bytes of the 4-byte big-endian length-prefixed field at ``at`` (``ReadingGrouper``'s framing), and
+    where the next field starts."""
+    n = int.from_bytes(data[at:at + 4], "big")
+    return bytes(data[at + 4:at + 4 + n]), at + 4 + n
+
+
 def unpack_group(data) -> list[bytes]:
     """The envelopes of a record (its bytes, or the ``Row(key, bytes)`` of a keyed source) from
     ``ReadingGrouper``: the record itself when it is one envelope, else
@@ -77,9 +84,8 @@ def unpack_group(data) -> list[bytes]:
         return [data]
     envelopes, at, end = [], 1, len(data)
     while at < end:
-        n = int.from_bytes(data[at:at + 4], "big")
-        envelopes.append(bytes(data[at + 4:at + 4 + n]))
-        at += 4 + n
+        envelope, at = _prefixed(data, at)
+        envelopes.append(envelope)
     return envelopes
 
 
@@ -98,12 +104,9 @@ def unpack_shard_group(data: bytes) -> list[tuple[str, bytes]]:
         raise ValueError(f"not a shard group (first byte {data[:1]!r})")
     pairs, at, end = [], 1, len(data)
     while at < end:
-        n = int.from_bytes(data[at:at + 4], "big")
-        key = data[at + 4:at + 4 + n].decode()
-        at += 4 + n
-        n = int.from_bytes(data[at:at + 4], "big")
-        pairs.append((key, bytes(data[at + 4:at + 4 + n])))
-        at += 4 + n
+        key, at = _prefixed(data, at)
+        envelope, at = _prefixed(data, at)
+        pairs.append((key.decode(), envelope))
     return pairs
 
 
