@@ -15,7 +15,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 from model.registry import ArtifactError, ModelRegistry
 from model.spec import ModelSpec
 from model.signing import AnnouncementVerifier
-from operators.device_intake import DeviceIntake
+from operators.device_intake import DeviceIntake, Message
 from operators.device_normalisation import DeviceNormaliser
 from operators.model_routing import DeviceRouter, ServedModel
 from operators.parse import ReadingParser, RoutedParser
@@ -29,10 +29,10 @@ from operators.serving_model import (
 from operators.serving_shard import InferenceShard
 from operators.source_watch import SourceWatch
 from operators.windowing import SlidingWindower
-from schemas import ModelSnapshot
+from schemas import DeadLetter, ModelSnapshot
 from settings import Config
-from stream_jobs.kafka_io import routed
-from stream_jobs.source_probe import KafkaRecordProbe, SourceWatchThread
+from stream_jobs.kafka_io import DEAD_LETTERS, dead_letter_record, routed, split_envelope
+from stream_jobs.source_probe import KafkaRecordProbe, SourceWatchThread, report
 
 log = logging.getLogger(__name__)
 STATS_EVERY_S = 1.0  # with --stats-file: the model's cumulative numbers, a line a second (benchmarks)
@@ -55,16 +55,56 @@ def device_intake(cfg: Config, models: list[ServedModel]) -> DeviceIntake:
     return DeviceIntake(parser, windowers, cfg.registry.model_name, s.device_expiry_ms, normalisers)
 
 
-def source_watch(cfg: Config, group) -> tuple[SourceWatch, SourceWatchThread | None]:
-    """The readings source's watch (offsets going back, records gone) with its gauges on ``group``."""
-    watch = SourceWatch(cfg.topics.readings)
-    group.gauge("source_resets", lambda: watch.resets)
-    group.gauge("source_stalled_partitions", watch.stalled_partitions)
-    watcher = None
-    if cfg.serving.source_check_ms > 0:
-        watcher = SourceWatchThread(watch, KafkaRecordProbe(cfg.broker.bootstrap, cfg.topics.readings),
-                                    cfg.serving.source_check_ms / 1000).start()
-    return watch, watcher
+class IntakeCounts:
+    """What both layouts do with the readings records that cross into Python, beside validating and windowing
+    them: split them into messages, check the source's offsets (``SourceWatch``: offsets going back, records
+    gone), count them under the same metric names, and turn bad input into dead letters."""
+
+    def __init__(self, cfg: Config, group) -> None:
+        self.dead_letters_topic = cfg.topics.dead_letters
+        self.readings_in = group.counter("readings_in")
+        self.groups_in = group.counter("groups_in")  # records that crossed into Python: a group counts once
+        self.samples = 0  # samples of the messages counted in readings_in (a gauge: no call per reading)
+        group.gauge("samples_in", lambda: self.samples)
+        self.dead = group.counter("dead_letters")
+        self.windows = group.counter("windows")
+        self.late = group.counter("late_readings")
+        self.expired = group.counter("devices_expired")
+        self.watch = SourceWatch(cfg.topics.readings)
+        group.gauge("source_resets", lambda: self.watch.resets)
+        group.gauge("source_stalled_partitions", self.watch.stalled_partitions)
+        self.watcher = None
+        if cfg.serving.source_check_ms > 0:
+            self.watcher = SourceWatchThread(self.watch, KafkaRecordProbe(cfg.broker.bootstrap, cfg.topics.readings),
+                                             cfg.serving.source_check_ms / 1000).start()
+
+    def messages(self, envelopes: list[bytes]) -> list[Message]:
+        """The messages of one record (a group, or one message), counted. A group keeps the offset order of
+        its first messages only (``ReadingGrouper``), so the first one's offset is what the watch checks."""
+        messages = []
+        for envelope in envelopes:
+            _, partition, offset, ingest_ms, payload = split_envelope(envelope)
+            if not messages:
+                went_back = self.watch.see(partition, offset)
+                if went_back is not None:
+                    report(went_back)
+            messages.append(Message(partition, offset, ingest_ms, payload))
+        self.readings_in.inc(len(messages))
+        self.groups_in.inc()
+        return messages
+
+    def took(self, samples: int, late: int) -> None:
+        self.samples += samples
+        if late:
+            self.late.inc(late)
+
+    def dead_letter(self, letter: DeadLetter):
+        self.dead.inc()
+        return DEAD_LETTERS, dead_letter_record(self.dead_letters_topic, letter)
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
 
 
 def starting_model(cfg: Config, name: str, primary: bool):

@@ -10,23 +10,20 @@ from pyflink.common import Row, Types
 from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
-from operators.device_intake import Message
 from operators.model_routing import ServedModel
 from operators.serving_model import ControlMessage
 from operators.shard_serving import IDLE_FLUSH_MS, shard_of
 from operators.windowing import SlidingWindower
-from schemas import DeadLetter
 from settings import Config
 from stream_jobs.flink_env import quiet_embedded_logging
-from stream_jobs.kafka_io import DEAD_LETTERS, dead_letter_record, split_envelope, unpack_group
-from stream_jobs.source_probe import report
+from stream_jobs.kafka_io import unpack_group
 from stream_jobs.serving_parts import (
+    IntakeCounts,
     Outputs,
     ServedVersions,
     _suffix,
     device_intake,
     open_inference_shards,
-    source_watch,
 )
 
 log = logging.getLogger(__name__)
@@ -55,47 +52,22 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.intake = device_intake(self.cfg, self.models)
         self.windowers = self.intake.windowers
         self.state = runtime_context.get_state(ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY()))
-        group = runtime_context.get_metrics_group()
-        self.readings_in = group.counter("readings_in")
-        # records that crossed into Python: a group of one device's messages (ReadingGrouper) counts once
-        self.groups_in = group.counter("groups_in")
-        self.samples = 0  # readings_in counts messages; a sample block adds its samples here (a gauge: no call per reading)
-        group.gauge("samples_in", lambda: self.samples)
-        self.dead = group.counter("dead_letters")
-        self.windows_out = group.counter("windows")
-        self.late = group.counter("late_readings")
-        self.expired = group.counter("devices_expired")
-        self.watch, self.watcher = source_watch(self.cfg, group)
+        self.counts = IntakeCounts(self.cfg, runtime_context.get_metrics_group())
 
     def close(self) -> None:
-        if getattr(self, "watcher", None) is not None:
-            self.watcher.stop()
-
-    def _dead_letter(self, letter: DeadLetter):
-        self.dead.inc()
-        return DEAD_LETTERS, dead_letter_record(self.cfg.topics.dead_letters, letter)
+        if getattr(self, "counts", None) is not None:
+            self.counts.stop()
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         """One message of a device, or a group of its messages (``ReadingGrouper``): each is validated and
         windowed in order as if it came alone (``DeviceIntake``), with one state read and write and one record
         for all the windows they complete."""
         now = ctx.timer_service().current_processing_time()
-        messages = []
-        for i, envelope in enumerate(unpack_group(value)):
-            _, partition, offset, ingest_ms, payload = split_envelope(envelope)
-            if i == 0:  # groups keep the offset order of their first messages only (ReadingGrouper)
-                went_back = self.watch.see(partition, offset)
-                if went_back is not None:
-                    report(went_back)
-            messages.append(Message(partition, offset, ingest_ms, payload))
-        self.readings_in.inc(len(messages))
-        self.groups_in.inc()
+        messages = self.counts.messages(unpack_group(value))
         out = self.intake.take(ctx.get_current_key(), messages, self.state.value(), now)
-        self.samples += out.samples
-        if out.late:
-            self.late.inc(out.late)
+        self.counts.took(out.samples, out.late)
         for letter in out.dead_letters:
-            yield self._dead_letter(letter)
+            yield self.counts.dead_letter(letter)
         if not out.changed:
             return
         state = out.state
@@ -105,7 +77,7 @@ class ReadingsToWindows(KeyedProcessFunction):
             ctx.timer_service().register_processing_time_timer(expiry_check)
         windows = out.windows
         if windows:
-            self.windows_out.inc(len(windows))
+            self.counts.windows.inc(len(windows))
             yield self._to_shard(windows if len(windows) > 1 else windows[0])  # several travel on as one record
         if state.pending:
             ctx.timer_service().register_processing_time_timer(now + IDLE_FLUSH_MS)
@@ -120,7 +92,7 @@ class ReadingsToWindows(KeyedProcessFunction):
         windower = self.windowers[model]
         if windower.expired(state, now, self.cfg.serving.device_expiry_ms):
             self.state.clear()  # held readings older than the expiry are of no use to any window
-            self.expired.inc()
+            self.counts.expired.inc()
             return
         if not state.pending:
             return
@@ -130,7 +102,7 @@ class ReadingsToWindows(KeyedProcessFunction):
         windows = self.intake.with_stats(state, windower.flush(state), model)
         self.state.update(state)
         for window in windows:
-            self.windows_out.inc()
+            self.counts.windows.inc()
             yield self._to_shard(window)
 
 

@@ -9,16 +9,13 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedCoProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor
 
-from operators.device_intake import Message
 from operators.model_routing import ServedModel
 from operators.serving_model import ControlMessage
 from operators.shard_serving import IDLE_FLUSH_MS, DeviceTable, ShardServing, shard_of
-from schemas import DeadLetter
 from settings import Config
 from stream_jobs.flink_env import quiet_embedded_logging
-from stream_jobs.kafka_io import CHECKPOINT_MARK, DEAD_LETTERS, dead_letter_record, split_envelope, unpack_shard_group
-from stream_jobs.source_probe import report
-from stream_jobs.serving_parts import Outputs, ServedVersions, device_intake, open_inference_shards, source_watch
+from stream_jobs.kafka_io import CHECKPOINT_MARK, unpack_shard_group
+from stream_jobs.serving_parts import IntakeCounts, Outputs, ServedVersions, device_intake, open_inference_shards
 
 log = logging.getLogger(__name__)
 OUTPUTS_MS = 5  # while batches are being scored on the scoring thread, their outputs go out within about this
@@ -48,21 +45,13 @@ class ServeShards(KeyedCoProcessFunction):
             MapStateDescriptor("devices", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
         self.tables: dict[int, DeviceTable] = {}
         self.next_timer: int | None = None  # the earliest timer set for batches and outputs (any shard's key)
-        self.readings_in = group.counter("readings_in")
-        self.groups_in = group.counter("groups_in")  # records of messages that crossed into Python (markers aside)
-        self.samples = 0
-        group.gauge("samples_in", lambda: self.samples)
-        self.dead = group.counter("dead_letters")
-        self.windows_out = group.counter("windows")
-        self.late = group.counter("late_readings")
-        self.expired = group.counter("devices_expired")
+        self.counts = IntakeCounts(self.cfg, group)  # the markers are not counted
         self.orphaned = group.counter("devices_orphaned")
-        self.watch, self.watcher = source_watch(self.cfg, group)
         self.outputs = Outputs(self.inference)
 
     def close(self) -> None:
-        if getattr(self, "watcher", None) is not None:
-            self.watcher.stop()
+        if getattr(self, "counts", None) is not None:
+            self.counts.stop()
         if getattr(self, "serving", None) is not None:
             self.serving.close()
         for shard in getattr(self, "inference", {}).values():
@@ -112,10 +101,6 @@ class ServeShards(KeyedCoProcessFunction):
             self.next_timer = due
             ctx.timer_service().register_processing_time_timer(due)
 
-    def _dead_letter(self, letter: DeadLetter):
-        self.dead.inc()
-        return DEAD_LETTERS, dead_letter_record(self.cfg.topics.dead_letters, letter)
-
     def process_element1(self, value, ctx: KeyedCoProcessFunction.Context):
         """A shard's group of messages, or the marker before a checkpoint barrier."""
         self.versions.check_restored()
@@ -126,24 +111,14 @@ class ServeShards(KeyedCoProcessFunction):
             self._store(table)
             yield from self._emit(self.serving.flush(now) + self.serving.drain())
             return
-        records = []
-        for device, envelope in unpack_shard_group(value):
-            _, partition, offset, ingest_ms, payload = split_envelope(envelope)
-            if not records:  # groups keep the offset order of their first messages (ReadingGrouper)
-                went_back = self.watch.see(partition, offset)
-                if went_back is not None:
-                    report(went_back)
-            records.append((device, Message(partition, offset, ingest_ms, payload)))
-        served = self.serving.take(table, records, now)
-        self.readings_in.inc(served.messages)
-        self.groups_in.inc()
-        self.samples += served.samples
-        if served.late:
-            self.late.inc(served.late)
+        pairs = unpack_shard_group(value)
+        messages = self.counts.messages([envelope for _, envelope in pairs])
+        served = self.serving.take(table, [(device, m) for (device, _), m in zip(pairs, messages)], now)
+        self.counts.took(served.samples, served.late)
         if served.windows:
-            self.windows_out.inc(served.windows)
+            self.counts.windows.inc(served.windows)
         for letter in served.dead_letters:
-            yield self._dead_letter(letter)
+            yield self.counts.dead_letter(letter)
         yield from self._emit(served.outgoing + self.serving.collect())
         if served.sweep_at is not None:
             timers.register_processing_time_timer(served.sweep_at)
@@ -170,9 +145,9 @@ class ServeShards(KeyedCoProcessFunction):
             served = self.serving.sweep(table, now)
             self._store(table)
             if served.expired:
-                self.expired.inc(served.expired)
+                self.counts.expired.inc(served.expired)
             if served.windows:
-                self.windows_out.inc(served.windows)
+                self.counts.windows.inc(served.windows)
             yield from self._emit(served.outgoing)
             if served.sweep_at is not None:
                 ctx.timer_service().register_processing_time_timer(served.sweep_at)

@@ -33,14 +33,16 @@ def broker(tmp_path):
         yield b
 
 
-def test_readings_to_predictions_reviews_and_dead_letters(broker, trained_registry, tmp_path):
+@pytest.mark.parametrize("layout", ["sharded", "per_device"])
+def test_readings_to_predictions_reviews_and_dead_letters(broker, trained_registry, tmp_path, layout):
+    """Either serving layout (``serving.layout``) serves every window once and dead-letters bad input."""
     first = replayed_readings(n_devices=8, per_device=64)
     second = replayed_readings(n_devices=8, per_device=64, start_seq=64)
     expected = expected_window_ends(first + second, window=32, stride=8)
     assert len(expected) == 8 * 13
     job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
                       state_dir=str(tmp_path / "ck"), confidence_threshold=0.999, audit_rate=0.0,
-                      review_budget_per_minute=100_000)
+                      review_budget_per_minute=100_000, layout=layout)
     with job:
         produce(broker.bootstrap, TOPICS.readings, encoded(first))
         produce(broker.bootstrap, TOPICS.readings, [(b"device-x", raw) for raw, _ in BAD])
