@@ -18,8 +18,11 @@ samples, which shows how much of the job's time per sample is the model's (resul
 samples per token trained here on BasicMotions into a registry of the run's own (results ``blocks_patch1_4``): the
 same windows for about a quarter of the model's work. The pass-through job runs once per size.
 
+``--layouts sharded,per_device`` runs the serving job in each ``serving.layout`` on the same messages (one row
+each); ``--inference-threads`` sets its ONNX Runtime threads per batch (the plain consumer keeps one).
+
 Run: ``python bench/blocks_bench.py [--sizes 1,10,50,250] [--samples 600000] [--latency-sizes 1,10,25]
-[--stride 8] [--patch 1,4]``.
+[--stride 8] [--patch 1,4] [--layouts sharded] [--inference-threads 1]``.
 """
 
 from __future__ import annotations
