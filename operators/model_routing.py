@@ -56,7 +56,7 @@ class DeviceRouter:
             return model
         if isinstance(device_id, str):
             for pattern, model in self.patterns:
-                if fnmatch.fnmatchcase(device_id, pattern):
+                if pattern == "*" or fnmatch.fnmatchcase(device_id, pattern):
                     return model
         if self.default is not None:
             return self.default

@@ -200,6 +200,11 @@ class SlidingWindower:
         seq = reading.seq
         if state.next_seq is None:
             state.next_seq = seq
+        if seq == state.next_seq and not state.pending:  # the common case: in order, nothing held back
+            state.next_seq = seq + 1
+            windows: list[Window] = []
+            self._commit(state, reading.ts, reading.values, reading.label, ingest_ms, windows)
+            return windows, []
         silent = (self.reset_gap_ms and state.last_ts is not None and not state.pending
                   and reading.ts - state.last_ts > self.reset_gap_ms)
         if silent and seq != state.next_seq:
@@ -214,7 +219,7 @@ class SlidingWindower:
                                            f"(next expected {state.next_seq})")]
         heapq.heappush(state.pending, (seq, reading.ts, reading.values, reading.label, ingest_ms))
         state.pending_keys.add(seq)
-        windows: list[Window] = []
+        windows = []
         self._drain_sequenced(state, windows)
         if state.pending:
             oldest_ts = min(item[1] for item in state.pending)

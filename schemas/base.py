@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Iterable, Mapping
 
 import orjson
@@ -117,6 +118,9 @@ def require_choice(obj: Mapping[str, Any], name: str, choices: tuple[str, ...], 
     return value
 
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+
+
 def require_id(obj: Mapping[str, Any], name: str, max_len: int = 128) -> str:
     """An identifier (device, review, model, labeler): a string without control characters.
 
@@ -126,7 +130,7 @@ def require_id(obj: Mapping[str, Any], name: str, max_len: int = 128) -> str:
     schemas.base.SchemaError: id: must not contain control characters
     """
     value = require_str(obj, name, max_len)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if _CONTROL_CHARACTER.search(value):
         raise SchemaError(name, "must not contain control characters")
     return value
 
@@ -164,6 +168,9 @@ def require_float(obj: Mapping[str, Any], name: str, low: float | None = None, h
     return value
 
 
+_FLOATS = {float}
+
+
 def finite_floats(values: Iterable[Any], name: str, max_abs: float = math.inf) -> list[float]:
     """Validate a sequence of finite numbers of magnitude at most ``max_abs``, naming the first bad element.
 
@@ -172,6 +179,10 @@ def finite_floats(values: Iterable[Any], name: str, max_abs: float = math.inf) -
     ...
     schemas.base.SchemaError: values[1]: magnitude 1e+308 above the limit 1e+09
     """
+    if type(values) is list and set(map(type, values)) == _FLOATS:  # noqa: E721 (the common case, in C loops)
+        # NaN or an infinity anywhere makes the sum non-finite; a finite sum clears every element
+        if math.isfinite(sum(values)) and (max_abs == math.inf or max(map(abs, values)) <= max_abs):
+            return list(values)
     out = []
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, (int, float)):

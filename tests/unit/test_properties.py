@@ -4,6 +4,7 @@ named refusal, never an exception from inside."""
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -15,6 +16,7 @@ from operators.label_join import LabelJoiner
 from operators.parse import ReadingParser
 from operators.windowing import SlidingWindower
 from schemas import DeadLetter, DriftEvent, Label, ModelSnapshot, ReviewRequest, SchemaError, SensorReading
+from schemas.base import finite_floats, require_id
 from schemas.blocks import SampleBlock
 from settings import Config, ConfigError, load_config
 
@@ -70,6 +72,45 @@ def test_any_payload_becomes_a_reading_or_a_dead_letter_that_keeps_its_contract(
     else:
         assert isinstance(out, SensorReading) and len(out.values) == 3
         assert all(abs(v) <= 1e9 for v in out.values) and 0 <= out.ts <= 2**53 - 1
+
+
+def _finite_floats_one_by_one(values: list, max_abs: float) -> list[float] | str:
+    """What ``finite_floats`` must give, checked one element at a time: the floats, or the first bad index."""
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"values[{i}]"
+        try:
+            f = float(v)
+        except OverflowError:
+            return f"values[{i}]"
+        if not math.isfinite(f) or abs(f) > max_abs:
+            return f"values[{i}]"
+    return [float(v) for v in values]
+
+
+@BOUNDED
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=12)  # floats only: the fast path
+       | st.lists(st.floats(-1e308, 1e308), max_size=12)
+       | st.lists(st.floats() | st.integers(min_value=-2**1100, max_value=2**1100) | st.booleans(), max_size=12),
+       st.sampled_from([math.inf, 1e9, 1.0]))
+def test_finite_floats_takes_a_list_exactly_when_each_element_passes_alone(values, max_abs):
+    expected = _finite_floats_one_by_one(values, max_abs)
+    try:
+        got = finite_floats(values, "values", max_abs)
+    except SchemaError as exc:
+        assert exc.field == expected
+    else:
+        assert got == expected and all(type(v) is float for v in got) and got is not values
+
+
+@BOUNDED
+@given(st.text(max_size=40))
+def test_an_id_is_refused_exactly_when_it_is_empty_long_or_holds_a_control_character(text):
+    bad = not text or len(text) > 128 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+    try:
+        assert require_id({"id": text}, "id") == text and not bad
+    except SchemaError:
+        assert bad
 
 
 readings = st.builds(SensorReading, st.sampled_from(["a", "b"]), st.integers(min_value=0, max_value=2**53 - 1),
