@@ -168,8 +168,8 @@ class ServingSettings:
     #                          a shard's messages of many devices crossing into Python together; "per_device": the
     #                          earlier layout (window state keyed by device, a second operator scores), whose
     #                          savepoints the sharded layout cannot read
-    group_readings: int = 32  # up to this many messages of one device (one shard: sharded layout) are grouped in
-    #                           Java (ReadingGrouper) and cross into Python as one record; 1: each message alone
+    group_readings: int = 256  # up to this many messages of one device (one shard: sharded layout) are grouped in
+    #                            Java (ReadingGrouper) and cross into Python as one record; 1: each message alone
     group_ms: int = 10  # the longest a message waits for its group (the latency grouping may add); 0: no grouping
     canary_share: float = 0.0  # during a version's shadow phase, the share of devices (by a hash of their id) it
     #                            serves as a canary; the rest keep the version in service (0: shadow only)

@@ -55,6 +55,18 @@ def device_intake(cfg: Config, models: list[ServedModel]) -> DeviceIntake:
     return DeviceIntake(parser, windowers, cfg.registry.model_name, s.device_expiry_ms, normalisers)
 
 
+class LocalCounter:
+    """A counter kept in Python that Flink reads as a gauge under the same name (Prometheus shows a Flink
+    counter as a gauge too): ``inc`` stays in Python, where a Flink counter's calls into Java each time."""
+
+    def __init__(self, group, name: str) -> None:
+        self.count = 0
+        group.gauge(name, lambda: self.count)
+
+    def inc(self, n: int = 1) -> None:
+        self.count += n
+
+
 class IntakeCounts:
     """What both layouts do with the readings records that cross into Python, beside validating and windowing
     them: split them into messages, check the source's offsets (``SourceWatch``: offsets going back, records
@@ -62,14 +74,14 @@ class IntakeCounts:
 
     def __init__(self, cfg: Config, group) -> None:
         self.dead_letters_topic = cfg.topics.dead_letters
-        self.readings_in = group.counter("readings_in")
-        self.groups_in = group.counter("groups_in")  # records that crossed into Python: a group counts once
+        self.readings_in = LocalCounter(group, "readings_in")
+        self.groups_in = LocalCounter(group, "groups_in")  # records that crossed into Python: a group counts once
         self.samples = 0  # samples of the messages counted in readings_in (a gauge: no call per reading)
         group.gauge("samples_in", lambda: self.samples)
-        self.dead = group.counter("dead_letters")
-        self.windows = group.counter("windows")
-        self.late = group.counter("late_readings")
-        self.expired = group.counter("devices_expired")
+        self.dead = LocalCounter(group, "dead_letters")
+        self.windows = LocalCounter(group, "windows")
+        self.late = LocalCounter(group, "late_readings")
+        self.expired = LocalCounter(group, "devices_expired")
         self.watch = SourceWatch(cfg.topics.readings)
         group.gauge("source_resets", lambda: self.watch.resets)
         group.gauge("source_stalled_partitions", self.watch.stalled_partitions)

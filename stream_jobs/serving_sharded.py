@@ -15,7 +15,14 @@ from operators.shard_serving import IDLE_FLUSH_MS, DeviceTable, ShardServing, sh
 from settings import Config
 from stream_jobs.flink_env import quiet_embedded_logging
 from stream_jobs.kafka_io import CHECKPOINT_MARK, unpack_shard_group
-from stream_jobs.serving_parts import IntakeCounts, Outputs, ServedVersions, device_intake, open_inference_shards
+from stream_jobs.serving_parts import (
+    IntakeCounts,
+    LocalCounter,
+    Outputs,
+    ServedVersions,
+    device_intake,
+    open_inference_shards,
+)
 
 log = logging.getLogger(__name__)
 OUTPUTS_MS = 5  # while batches are being scored on the scoring thread, their outputs go out within about this
@@ -46,7 +53,7 @@ class ServeShards(KeyedCoProcessFunction):
         self.tables: dict[int, DeviceTable] = {}
         self.next_timer: int | None = None  # the earliest timer set for batches and outputs (any shard's key)
         self.counts = IntakeCounts(self.cfg, group)  # the markers are not counted
-        self.orphaned = group.counter("devices_orphaned")
+        self.orphaned = LocalCounter(group, "devices_orphaned")
         self.outputs = Outputs(self.inference)
 
     def close(self) -> None:

@@ -73,7 +73,7 @@ def test_message_grouping_settings_refuse_what_cannot_group(tmp_path):
     with pytest.raises(ConfigError, match="group_ms must be >= 0, got -1"):
         load_config(None, env={}, flags={"serving.group_ms": "-1"})
     off = load_config(None, env={"SENSORLOOP_SERVING_GROUP_MS": "0"}).serving
-    assert (off.group_ms, off.group_readings) == (0, 32)
+    assert (off.group_ms, off.group_readings) == (0, 256)
 
 
 def test_unreadable_files_are_named(tmp_path):
