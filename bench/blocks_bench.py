@@ -9,8 +9,8 @@ messages on another fresh broker. Ratios are within one run (the machine is shar
 
 Latency: at ``--latency-rate`` messages/s (1,000) for each of ``--latency-sizes`` samples per message,
 p50/p99 from a message's Kafka timestamp to the moment a consumer receives the prediction of a window
-it completes (``serving_bench.measure_latency``, 20 s after a warm-up), next to the pass-through job at
-the same message rate.
+it completes (``serving_bench.measure_latency``, 20 s after a warm-up), next to the plain consumer (in a
+process of its own, ``--follow``) and the pass-through job at the same message rate.
 
 ``--stride 32`` cuts a window every 32 samples instead of 8: a quarter of the windows to score for the same
 samples, which shows how much of the job's time per sample is the model's (results ``blocks_stride32``).
@@ -323,19 +323,25 @@ def latency(sizes: list[int], messages_per_s: int, registry: str, seconds: float
                                      samples_per_message=size, group_ms=0) if ungrouped else None)
             passthrough = measure_latency(Path(tmp), "passthrough", rate, seconds, registry, tag=f"-b{size}",
                                           samples_per_message=size)
+            plain = measure_latency(Path(tmp), "plain", rate, seconds, registry, tag=f"-b{size}", stride=8,
+                                    samples_per_message=size)
             rows.append({"samples_per_message": size, "messages_per_s": messages_per_s, "samples_per_s": rate,
                          "serving_sent_samples_per_s": serving["sent_per_s"],
                          "serving_p50_ms": serving["p50_ms"], "serving_p99_ms": serving["p99_ms"],
                          "ungrouped_p50_ms": alone["p50_ms"] if alone else None,
                          "ungrouped_p99_ms": alone["p99_ms"] if alone else None,
                          "passthrough_p50_ms": passthrough["p50_ms"], "passthrough_p99_ms": passthrough["p99_ms"],
-                         "windows": serving["outputs"]})
+                         "plain_p50_ms": plain["p50_ms"], "plain_p99_ms": plain["p99_ms"],
+                         "windows": serving["outputs"], "plain_windows": plain["outputs"]})
             print(rows[-1], flush=True)
     print_table(f"Latency at {messages_per_s:,} messages/s (message timestamp -> prediction received)",
                 ["samples per message", "samples/s sent", "serving p50 ms", "serving p99 ms",
-                 "not grouped p50 ms", "not grouped p99 ms", "pass-through p50 ms", "pass-through p99 ms", "predictions"],
+                 "not grouped p50 ms", "not grouped p99 ms", "plain consumer p50 ms", "plain consumer p99 ms",
+                 "pass-through p50 ms", "pass-through p99 ms", "predictions (serving / plain)"],
                 [[r["samples_per_message"], round(r["serving_sent_samples_per_s"]), r["serving_p50_ms"],
-                  r["serving_p99_ms"], r["ungrouped_p50_ms"] or "-", r["ungrouped_p99_ms"] or "-", r["passthrough_p50_ms"], r["passthrough_p99_ms"], r["windows"]] for r in rows])
+                  r["serving_p99_ms"], r["ungrouped_p50_ms"] or "-", r["ungrouped_p99_ms"] or "-", r["plain_p50_ms"],
+                  r["plain_p99_ms"], r["passthrough_p50_ms"], r["passthrough_p99_ms"],
+                  f"{r['windows']} / {r['plain_windows']}"] for r in rows])
     print(f"results: {save('blocks_latency', {'rows': rows})}")
 
 

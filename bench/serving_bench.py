@@ -143,8 +143,8 @@ def start_sender(bootstrap: str, rate: float, seconds: float, stdout=subprocess.
 
 
 class Scenario:
-    """A fresh broker and one job (none for ``broker``: the consumer reads the readings
-    themselves); ``stop`` tears both down."""
+    """A fresh broker and one job (none for ``broker``: the consumer reads the readings themselves;
+    ``plain``: ``bench/plain_consumer.py --follow`` in a process of its own); ``stop`` tears both down."""
 
     def __init__(self, work: Path, name: str, job_kind: str, **job_options) -> None:
         self.broker = EmbeddedBroker(log_path=work / f"{name}-broker.log").start()
@@ -160,6 +160,11 @@ class Scenario:
             self.out_topic = TOPICS.predictions
         elif job_kind == "broker":
             self.out_topic = TOPICS.readings
+        elif job_kind == "plain":
+            self.job = JobProcess("bench.plain_consumer", ["--bootstrap", self.bootstrap, "--follow", "--registry",
+                                                           job_options.get("registry", "var/registry"),
+                                                           "--stride", str(job_options.get("stride", 8))], log)
+            self.out_topic = TOPICS.predictions
         else:
             self.job = job_process("passthrough", log, bootstrap=self.bootstrap, state_dir=str(work / f"{name}-ck"))
             self.out_topic = PASS_TOPIC
@@ -180,7 +185,7 @@ class Scenario:
     def ingest_ms(self, value: bytes) -> float:
         """When the reading behind an output record entered Kafka."""
         record = orjson.loads(value)
-        if self.kind == "serving":
+        if self.kind in ("serving", "plain"):
             return record["emitted_at"] - record["latency_ms"]
         ts = record["ts"]  # the replayer's blocks carry a time per sample: the newest was stamped when sent
         return float(ts[-1] if isinstance(ts, list) else ts)
@@ -202,7 +207,7 @@ def wait_first_output(sc: Scenario, tail: TopicTail, timeout_s: float = 120.0) -
 
 def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry: str, tag: str = "",
                     linger_ms: int = DEFAULT_LINGER_MS, samples_per_message: int = 1, **job_options) -> dict:
-    options = {"registry": registry, **job_options} if kind == "serving" else {}
+    options = {"registry": registry, **job_options} if kind in ("serving", "plain") else {}
     sc = Scenario(work, f"lat-{kind}-{int(rate)}{tag}", kind, **options)
     try:
         sc.start_job()
@@ -244,7 +249,7 @@ def measure_latency(work: Path, kind: str, rate: float, seconds: float, registry
                 ingest = sc.ingest_ms(record.value)
                 if ingest >= measure_from:
                     latencies.append(received - ingest)
-                    if sc.kind == "serving":
+                    if sc.kind in ("serving", "plain"):
                         in_job.append(orjson.loads(record.value)["latency_ms"])
                     outputs += 1
             if sender.poll() is not None:

@@ -221,3 +221,18 @@ def test_canary_devices_are_served_by_the_shadow_and_say_so_in_their_requests():
         mine = r["device_id"] in canary
         assert (r["model_version"], r["predicted"], r["shadow_version"], r["shadow_predicted"]) == (
             (2, "b", 1, "a") if mine else (1, "a", 2, "b"))
+
+
+
+def test_windows_beyond_a_full_batch_are_scored_in_batches_of_at_most_max_batch_each_once():
+    shard = InferenceShard.for_tests(max_batch=4)
+    store = ListStore()
+    assert shard.on_window(store, shard.example_window("a", 9), now_ms=0) == []  # pending, not yet due
+    out = shard.on_windows(store, [shard.example_window("b", end) for end in range(10, 20)], now_ms=1)
+    ends = sorted((p["device_id"], p["window_end"]) for p in payloads(out, Topics().predictions))
+    assert ends == [("a", 9)] + [("b", end) for end in range(10, 20)]
+    assert (shard.tally.batches, shard.tally.last_batch_size, store.count()) == (3, 3, 0)
+    store.extend([shard.example_window("c", end) for end in range(20, 29)])  # as a restored store may hold
+    flushed = shard.flush(store, now_ms=2)
+    assert sorted(p["window_end"] for p in payloads(flushed, Topics().predictions)) == list(range(20, 29))
+    assert (shard.tally.batches, shard.tally.last_batch_size, shard.tally.predictions) == (6, 1, 20)
