@@ -53,8 +53,8 @@ def run(bootstrap: str, expected: int, registry: str = "var/registry", window: i
     classes = loaded.metadata.spec["classes"]
     runner = OnnxRunner(loaded.onnx_bytes, prefer="cpu", threads=1)
     consumer = KafkaConsumer(topics.readings, bootstrap_servers=bootstrap, group_id=None,
-                             auto_offset_reset="latest" if follow else "earliest", enable_auto_commit=False, max_poll_records=5000,
-                             fetch_max_bytes=64 * 1024 * 1024, fetch_max_wait_ms=20)
+                             auto_offset_reset="latest" if follow else "earliest", enable_auto_commit=False,
+                             max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024, fetch_max_wait_ms=20)
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024, acks=1)
     rings: dict[str, list] = {}  # device -> [ring array, samples seen, ring of timestamps]
     pending: list[tuple[str, int, np.ndarray, int]] = []  # device, window end, window, Kafka timestamp
