@@ -76,8 +76,7 @@ class IntakeCounts:
         self.dead_letters_topic = cfg.topics.dead_letters
         self.readings_in = LocalCounter(group, "readings_in")
         self.groups_in = LocalCounter(group, "groups_in")  # records that crossed into Python: a group counts once
-        self.samples = 0  # samples of the messages counted in readings_in (a gauge: no call per reading)
-        group.gauge("samples_in", lambda: self.samples)
+        self.samples = LocalCounter(group, "samples_in")  # samples of the messages counted in readings_in
         self.dead = LocalCounter(group, "dead_letters")
         self.windows = LocalCounter(group, "windows")
         self.late = LocalCounter(group, "late_readings")
@@ -106,9 +105,8 @@ class IntakeCounts:
         return messages
 
     def took(self, samples: int, late: int) -> None:
-        self.samples += samples
-        if late:
-            self.late.inc(late)
+        self.samples.inc(samples)
+        self.late.inc(late)
 
     def dead_letter(self, letter: DeadLetter):
         self.dead.inc()

@@ -167,15 +167,12 @@ class InferBatches(KeyedCoProcessFunction):
         self.versions = ServedVersions(runtime_context, self.shards)
         self.outputs = Outputs(self.shards)
 
-    def _check_restored(self) -> None:
-        self.versions.check_restored()
-
     def _emit(self, outgoing):
         return self.outputs.routed(outgoing)
 
     def process_element1(self, window, ctx: KeyedCoProcessFunction.Context):
         """A window, or the list of windows one sample block completed."""
-        self._check_restored()
+        self.versions.check_restored()
         first = window[0] if isinstance(window, list) else window
         name = first.model_name or self.primary
         shard, store = self.shards[name], self.stores[name]
@@ -188,7 +185,7 @@ class InferBatches(KeyedCoProcessFunction):
             ctx.timer_service().register_processing_time_timer(due)
 
     def process_element2(self, control: ControlMessage, ctx: KeyedCoProcessFunction.Context):
-        self._check_restored()
+        self.versions.check_restored()
         name = control.message.model_name
         if name not in self.shards:
             return  # another model's announcement or drift event
