@@ -9,6 +9,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from infra.jvm_scratch import remove_scratch
 from settings.config import sections
 
 
@@ -48,6 +49,7 @@ class JobProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        remove_scratch(self.process.pid)  # what a killed JVM leaves in its temporary directory
 
     def log_tail(self, lines: int = 40, only: str | None = None) -> str:
         """The end of the job's output, and of its local MiniCluster's log (which the job names); with

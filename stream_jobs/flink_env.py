@@ -5,6 +5,7 @@ submits to)."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ from pyflink.java_gateway import get_gateway
 
 from infra.flink_cluster import state_uri
 from infra.jars import pipeline_jar_urls
+from infra.jvm_scratch import claim_scratch, remove_scratch
 from settings import Config, ConfigError, load_config, parse_assignments
 
 
@@ -92,10 +94,12 @@ def under_flink_run() -> bool:
     return "PYFLINK_GATEWAY_PORT" in os.environ
 
 
-def prepare_local_jvm(job: str, jvm_options: str, log_dir: str) -> Path | None:
-    """Before PyFlink starts its own JVM (a local MiniCluster): add ``jvm_options`` to ``JVM_ARGS`` and
-    give the MiniCluster's log a file of its own under ``log_dir`` (PyFlink's default is one shared
-    file that the next start overwrites). Returns that log file; None under ``flink run``."""
+def prepare_local_jvm(job: str, jvm_options: str, log_dir: str, scratch: Path | None = None) -> Path | None:
+    """Before PyFlink starts its own JVM (a local MiniCluster): add ``jvm_options`` to ``JVM_ARGS``, give
+    the MiniCluster's log a file of its own under ``log_dir`` (PyFlink's default is one shared file that
+    the next start overwrites) and its temporary files a folder of this process's own under ``scratch``
+    (``infra.jvm_scratch``; unless ``JVM_ARGS`` names a ``java.io.tmpdir``), removed when the process
+    exits or by the next job start after it was killed. Returns that log file; None under ``flink run``."""
     from pyflink import java_gateway
 
     if under_flink_run():
@@ -110,6 +114,10 @@ def prepare_local_jvm(job: str, jvm_options: str, log_dir: str) -> Path | None:
                                "set the JVM options before the process's first PyFlink call")
         return None
     folder.mkdir(parents=True, exist_ok=True)
+    if not any(option.startswith("-Djava.io.tmpdir=") for option in current + missing):
+        own = claim_scratch(os.getpid(), scratch)
+        atexit.register(remove_scratch, os.getpid(), scratch)
+        missing.append(f"-Djava.io.tmpdir={own}")
     os.environ["JVM_ARGS"] = " ".join(current + missing)
     os.environ["FLINK_LOG_DIR"] = str(folder)
     os.environ["FLINK_IDENT_STRING"] = ident

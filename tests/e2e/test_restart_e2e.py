@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from infra.broker import EmbeddedBroker, ensure_topics
+from infra.jvm_scratch import scratch_dir
 from infra.kafka_tools import produce
 from schemas import Prediction, Topics
 from control.launcher import serving_job
@@ -47,13 +48,18 @@ def test_restart_from_checkpoint_keeps_window_state(tmp_path, trained_registry):
             os.killpg(job.process.pid, signal.SIGKILL)  # a crash: no clean shutdown
             job.process.wait()
         killed_ms = int(time.time() * 1000)
+        left_behind = scratch_dir(job.process.pid)  # the killed JVM's temporary files: Flink's RPC jar among them
+        assert any(f.name.startswith("flink-rpc") for f in left_behind.iterdir()), list(left_behind.iterdir())
         produce(broker.bootstrap, TOPICS.readings, encoded(second))
         restored = latest_checkpoint(checkpoints / "checkpoints" / "serving")  # flink.state_dir/checkpoints/<job>
         job = serving_job(broker.bootstrap, tmp_path / "job-b.log", savepoint_path=str(restored), **options)
         with job:
             out = collect(broker.bootstrap, {TOPICS.predictions: len(everything)}, 240, job, "read_committed")
+            assert not left_behind.exists(), "the next job start did not sweep a killed job's scratch folder"
+            assert scratch_dir(job.process.pid).is_dir()
             time.sleep(3)
             out = collect(broker.bootstrap, {TOPICS.predictions: len(everything) + 1}, 6, None, "read_committed")
+    assert not scratch_dir(job.process.pid).exists(), "stopping the job left its scratch folder"
     predictions = [Prediction.decode(r.value) for r in out[TOPICS.predictions]]
     keys = [(p.device_id, p.window_end) for p in predictions]
     # windows spanning the crash (readings 8..39 before, 40..47 after) prove the state was restored

@@ -145,11 +145,19 @@ def test_a_local_minicluster_gets_jvm_options_and_a_log_file_of_its_own(monkeypa
     monkeypatch.setenv("JVM_ARGS", "-Xss2m")
     for name in ("FLINK_LOG_DIR", "FLINK_IDENT_STRING"):
         monkeypatch.delenv(name, raising=False)
-    log_file = prepare_local_jvm("serving", "-XX:TieredStopAtLevel=1", str(tmp_path / "logs"))
+    scratch = tmp_path / "scratch"
+    log_file = prepare_local_jvm("serving", "-XX:TieredStopAtLevel=1", str(tmp_path / "logs"), scratch)
     assert log_file.parent == tmp_path / "logs" and "sensorloop-serving-" in log_file.name
     assert os.environ["FLINK_LOG_DIR"] == str(tmp_path / "logs") and os.environ["FLINK_IDENT_STRING"] in log_file.name
-    prepare_local_jvm("serving", "-XX:TieredStopAtLevel=1", str(tmp_path / "logs"))  # already there: unchanged
-    assert os.environ["JVM_ARGS"] == "-Xss2m -XX:TieredStopAtLevel=1"
+    own = scratch / str(os.getpid())
+    assert own.is_dir()
+    prepare_local_jvm("serving", "-XX:TieredStopAtLevel=1", str(tmp_path / "logs"), scratch)  # already there
+    assert os.environ["JVM_ARGS"] == f"-Xss2m -XX:TieredStopAtLevel=1 -Djava.io.tmpdir={own}"
+    ours = os.environ["JVM_ARGS"]
+    monkeypatch.setenv("JVM_ARGS", "-Djava.io.tmpdir=/var/tmp/mine")  # the user's own choice is kept
+    prepare_local_jvm("serving", "", str(tmp_path / "logs"), scratch)
+    assert os.environ["JVM_ARGS"] == "-Djava.io.tmpdir=/var/tmp/mine"
+    monkeypatch.setenv("JVM_ARGS", ours)
     monkeypatch.setattr(java_gateway, "_gateway", object())
     assert prepare_local_jvm("serving", "-XX:TieredStopAtLevel=1", str(tmp_path)) is None  # the running JVM has it
     with pytest.raises(RuntimeError, match="already runs without -XX:\\+UseSerialGC"):

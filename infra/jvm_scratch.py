@@ -1,0 +1,78 @@
+"""Scratch space for a local MiniCluster's JVM: one folder per job process, removed when the job is gone.
+
+Flink unpacks its RPC system (a 24 MB jar) and keeps the MiniCluster's working directory in the JVM's
+temporary directory, and removes them only when the cluster shuts down cleanly. A job that is killed
+(``kill -9``, a supervisor's stop, a test's teardown) left about 33 MB in ``/tmp`` on every start, and a
+few hundred starts filled a disk. A local job's JVM therefore gets ``-Djava.io.tmpdir`` pointing at
+``<tmp>/sensorloop-jvm/<pid of the job's Python process>``: whoever stops the job removes that folder, and
+every local job start removes the folders of processes that are gone.
+
+>>> import tempfile
+>>> root = Path(tempfile.mkdtemp())
+>>> mine = claim_scratch(os.getpid(), root)
+>>> mine.name == str(os.getpid()) and mine.is_dir()
+True
+>>> (root / "999999999").mkdir()            # a job that was killed and left its folder behind
+>>> sweep_orphans(root)
+[999999999]
+>>> sorted(p.name for p in root.iterdir()) == [str(os.getpid())]
+True
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+SCRATCH_FOLDER = "sensorloop-jvm"
+
+
+def scratch_root() -> Path:
+    """Where every local job's JVM scratch folder lives: ``sensorloop-jvm`` in the system's temp directory."""
+    return Path(tempfile.gettempdir()) / SCRATCH_FOLDER
+
+
+def scratch_dir(pid: int, root: Path | None = None) -> Path:
+    """The scratch folder of the job whose Python process is ``pid``."""
+    return (root or scratch_root()) / str(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """True while a process ``pid`` exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_scratch(pid: int, root: Path | None = None) -> None:
+    """Remove the scratch folder of the job ``pid`` (after it ended); nothing if there is none."""
+    shutil.rmtree(scratch_dir(pid, root), ignore_errors=True)
+
+
+def sweep_orphans(root: Path | None = None) -> list[int]:
+    """Remove the scratch folders whose process is gone; returns their pids, smallest first."""
+    root = root or scratch_root()
+    try:
+        entries = list(root.iterdir())
+    except FileNotFoundError:
+        return []
+    removed = []
+    for entry in entries:
+        if entry.name.isdigit() and entry.is_dir() and not process_alive(int(entry.name)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(int(entry.name))
+    return sorted(removed)
+
+
+def claim_scratch(pid: int, root: Path | None = None) -> Path:
+    """Sweep the orphans, then create (or reuse) the scratch folder of ``pid`` and return it."""
+    sweep_orphans(root)
+    folder = scratch_dir(pid, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
