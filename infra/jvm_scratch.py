@@ -17,6 +17,7 @@ True
 [999999999]
 >>> sorted(p.name for p in root.iterdir()) == [str(os.getpid())]
 True
+>>> shutil.rmtree(root)
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ bash scripts/bootstrap.sh
 # each local job's JVM keeps its scratch files under $TMPDIR/sensorloop-jvm (removed when it is gone);
 # brokers, checkpoints and logs go to pytest's temporary folders: say so early when the disk is nearly full
 free_kb=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR==2 {print $4}')
-if [ "${free_kb:-0}" -lt 4000000 ]; then
-  echo "warning: only $((free_kb / 1024)) MB free under ${TMPDIR:-/tmp}; the end-to-end tests need about 4 GB" >&2
+if [ "${free_kb:-0}" -lt 2000000 ]; then
+  echo "warning: only $((free_kb / 1024)) MB free under ${TMPDIR:-/tmp}; the tests use about 1 GB at their peak" >&2
 fi
 workers="${SENSORLOOP_TEST_WORKERS:-2}"
 if [ "$workers" -le 0 ]; then
