@@ -76,6 +76,17 @@ def majority_label(labels: list) -> str | None:
     return None if None in labels else Counter(labels).most_common(1)[0][0]
 
 
+def _ring_run(ring: np.ndarray, start: int, count: int) -> tuple[np.ndarray, ...]:
+    """``count`` consecutive slots of a ring from ``start`` on, as one or two slices (it may wrap around).
+
+    >>> [a.tolist() for a in _ring_run(np.arange(5), 3, 4)]
+    [[3, 4], [0, 1]]
+    """
+    if start + count <= len(ring):
+        return (ring[start:start + count],)
+    return ring[start:], ring[:start + count - len(ring)]
+
+
 @dataclass(slots=True)
 class UnusableReading:
     """A reading the windower could not use, and why."""
@@ -339,14 +350,18 @@ class SlidingWindower:
         return True
 
     def _commit_block(self, state: DeviceState, block: SampleBlock, ingest_ms: int) -> list[Window]:
-        """Append the block to the device's ring and cut every window it completes, as arrays."""
+        """Append the block to the device's ring and cut every window it completes, as arrays (slices of the
+        ring rather than index arrays: a block of 10 samples costs a few numpy calls, not a dozen)."""
         length, stride, n, first = self.length, self.stride, len(block), state.count
         held = min(first, length - 1)  # earlier samples the first windows reach back to
-        slots = np.arange(first - held, first) % length
-        values = np.concatenate((state.ring[slots], block.values)) if held else block.values
-        ts = np.concatenate((state.ts[slots], block.ts)) if held else block.ts
         block_labels = block.labels or [None] * n
-        labels = [state.labels[k] for k in slots] + block_labels
+        if held:
+            start = (first - held) % length  # the ring's slot of the oldest held sample
+            values = np.concatenate((*_ring_run(state.ring, start, held), block.values))
+            ts = np.concatenate((*_ring_run(state.ts, start, held), block.ts))
+            labels = (state.labels[start:] + state.labels[:start])[:held] + block_labels
+        else:
+            values, ts, labels = block.values, block.ts, block_labels
         offset = first - held  # global sample index of values[0]
         end = max(first, length - 1)
         end += (stride - (end + 1 - length) % stride) % stride  # the first window end at or after it
@@ -357,11 +372,14 @@ class SlidingWindower:
                                   values[lo:lo + length].copy(), majority_label(labels[lo:lo + length]), ingest_ms,
                                   state.model_name))
         tail = min(n, length)
-        last = np.arange(first + n - tail, first + n) % length
-        state.ring[last] = block.values[n - tail:]
-        state.ts[last] = block.ts[n - tail:]
-        for slot, label in zip(last.tolist(), block_labels[n - tail:]):
-            state.labels[slot] = label
+        at = (first + n - tail) % length  # the slot the block's last ``tail`` samples start at
+        split = min(tail, length - at)
+        for ring, new in ((state.ring, block.values[n - tail:]), (state.ts, block.ts[n - tail:])):
+            ring[at:at + split] = new[:split]
+            ring[:tail - split] = new[split:]
+        kept = block_labels[n - tail:]
+        state.labels[at:at + split] = kept[:split]
+        state.labels[:tail - split] = kept[split:]
         state.count += n
         state.last_ts = int(block.ts[-1])
         state.max_ts = state.last_ts if state.max_ts is None else max(state.max_ts, state.last_ts)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import chain
+from operator import lt
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -123,6 +124,7 @@ def _rows(raw: Any, channel_names: Sequence[str] | None, max_samples: int) -> li
 
 
 _NUMBERS = frozenset((float, int))
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _plain_rows(rows: list, channels: int) -> bool:
@@ -143,12 +145,15 @@ def _matrix(rows: list, channels: int, max_abs: float) -> np.ndarray:
             finite_floats(row, f"values[{i}]", max_abs)
         raise
     magnitude = np.abs(values)
+    peak = magnitude.max()  # NaN when any value is NaN: then no comparison holds
+    if peak <= max_abs and peak <= _FLOAT32_MAX:  # the usual block: two checks, then the cast
+        return values.astype(np.float32)
     bad = ~np.isfinite(values) | (magnitude > max_abs)
     if bad.any():
         i, j = (int(k) for k in np.argwhere(bad)[0])
         finite_floats(rows[i], f"values[{i}]", max_abs)  # raises with the reason for that sample
         raise SchemaError(f"values[{i}][{j}]", "out of range")
-    if (magnitude > np.finfo(np.float32).max).any():
+    if (magnitude > _FLOAT32_MAX).any():
         raise SchemaError("values", "a value beyond float32 range")
     return values.astype(np.float32)
 
@@ -174,8 +179,11 @@ def _times(obj: Mapping[str, Any], n: int) -> np.ndarray:
             raise SchemaError("interval_ms", "give either a ts per sample or interval_ms, not both")
         if len(raw) != n:
             raise SchemaError("ts", f"{len(raw)} times for {n} samples")
-        if set(map(type, raw)) == {int} and min(raw) >= 0 and max(raw) <= MAX_SAFE_INT:
-            return _increasing(np.asarray(raw, np.int64))  # the common case, checked at C speed
+        if set(map(type, raw)) == {int}:  # the common case, checked at C speed
+            if all(map(lt, raw, raw[1:])) and raw[0] >= 0 and raw[-1] <= MAX_SAFE_INT:
+                return np.array(raw, np.int64)
+            if min(raw) >= 0 and max(raw) <= MAX_SAFE_INT:
+                return _increasing(np.asarray(raw, np.int64))  # names the first time not after the one before
         ts = [require_int({f"ts[{k}]": t}, f"ts[{k}]", minimum=0) for k, t in enumerate(raw)]
     else:
         first = require_int(obj, "ts", minimum=0)
