@@ -98,7 +98,8 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: 
             model = in_job_model_rate(stats_file)  # cumulative numbers the operator wrote every second while scoring
             alone = standalone_onnx(registry, max(1, round(model["mean_batch"])), threads=1, repeats=3)
             result.update(mean_batch=model["mean_batch"], in_job_per_cpu_s=model["in_job_cpu"],
-                          in_job_per_wall_s=model["in_job"], standalone=alone)
+                          in_job_per_wall_s=model["in_job"], runqueue_share=model["runqueue_share"],
+                          standalone=alone)
         return result
     finally:
         sc.stop()
@@ -165,6 +166,18 @@ def per_cpu_s(row: dict, kind: str) -> float:
     return row[f"{kind}_samples_per_s"] / used
 
 
+def call_shares(row: dict) -> list[str]:
+    """Of the model calls' wall-clock time inside the job: the shares on the CPU, waiting in the run queue,
+    and waiting otherwise (for the interpreter lock after ONNX Runtime returns, mostly).
+
+    >>> call_shares({"in_job_per_cpu_s": 10_000, "in_job_per_wall_s": 5_000, "runqueue_share": 0.2})
+    ['50 %', '20 %', '30 %']
+    """
+    on_cpu = row["in_job_per_wall_s"] / row["in_job_per_cpu_s"]
+    queued = row["runqueue_share"]
+    return [f"{100 * on_cpu:.0f} %", f"{100 * queued:.0f} %", f"{100 * max(0.0, 1 - on_cpu - queued):.0f} %"]
+
+
 def model_bound(row: dict) -> float:
     """The messages/s the model alone allows: standalone windows/s on one thread, a window per ``stride``
     samples, ``samples_per_message`` samples a message, with parsing, windowing and Kafka costing nothing.
@@ -196,7 +209,8 @@ def serving_row(work: Path, size: int, samples: int, registry: str, patch: int, 
             "windows": f"{serving['outputs']}/{serving['expected']}",
             "serving_cores": serving["cores"], "plain_cores": plain["cores"], "intake_us": intake_us,
             "windows_ungrouped": f"{alone['outputs']}/{alone['expected']}" if alone else None,
-            **{k: serving[k] for k in ("mean_batch", "in_job_per_cpu_s", "in_job_per_wall_s", "standalone")}}
+            **{k: serving[k] for k in ("mean_batch", "in_job_per_cpu_s", "in_job_per_wall_s", "runqueue_share",
+                                       "standalone")}}
 
 
 def patch_registry(folder: Path, patch: int) -> str:
@@ -266,12 +280,15 @@ def main() -> None:
                   r["plain_samples_per_s"], round(r["serving_vs_plain"], 2), r["serving_messages_per_s"],
                   r["passthrough_messages_per_s"], round(r["serving_vs_passthrough"], 2), r["windows"]] for r in rows])
     print_table("The model inside the job (windows per second of the inference thread's CPU time, and of its "
-                "wall-clock time) vs standalone ONNX Runtime, one thread, at the same mean batch size",
+                "wall-clock time) vs standalone ONNX Runtime, one thread, at the same mean batch size. Of the model "
+                "calls' wall-clock time: on the CPU, waiting for a CPU (run queue), and waiting otherwise (the "
+                "interpreter lock, to return from ONNX Runtime)",
                 ["samples per message", "samples per token", "layout", "mean batch", "in job per CPU-second",
-                 "in job per wall-clock second", "standalone", "in job (CPU) / standalone",
-                 "model-bound messages/s", "model bound / pass-through"],
+                 "in job per wall-clock second", "on CPU", "run queue", "other waits", "standalone",
+                 "in job (CPU) / standalone", "model-bound messages/s", "model bound / pass-through"],
                 [[r["samples_per_message"], r["patch"], r["layout"], round(r["mean_batch"], 1), r["in_job_per_cpu_s"],
-                  r["in_job_per_wall_s"], r["standalone"], round(r["in_job_per_cpu_s"] / r["standalone"], 2),
+                  r["in_job_per_wall_s"], *call_shares(r), r["standalone"],
+                  round(r["in_job_per_cpu_s"] / r["standalone"], 2),
                   round(model_bound(r)), round(model_bound(r) / r["passthrough_messages_per_s"], 2)] for r in rows])
     print_table("Where the CPU went from the first prediction to the last, in cores (this machine has "
                 f"{os.cpu_count()}): the serving job (all its threads; its Python operators' task threads, which "

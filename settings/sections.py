@@ -171,6 +171,9 @@ class ServingSettings:
     group_readings: int = 256  # up to this many messages of one device (one shard: sharded layout) are grouped in
     #                            Java (ReadingGrouper) and cross into Python as one record; 1: each message alone
     group_ms: int = 10  # the longest a message waits for its group (the latency grouping may add); 0: no grouping
+    switch_interval_ms: float = 1.0  # the sharded layout's interpreter hands the lock between its threads at least
+    #                                  this often (Python's default 5 ms kept the scoring thread waiting for it after
+    #                                  each model call while the task thread parsed)
     canary_share: float = 0.0  # during a version's shadow phase, the share of devices (by a hash of their id) it
     #                            serves as a canary; the rest keep the version in service (0: shadow only)
 
@@ -183,6 +186,8 @@ class ServingSettings:
                   "group_ms", "device_normalisation_windows", "device_normalisation_halflife")
         if not self.max_abs_value > 0:
             raise ValueError(f"max_abs_value must be > 0, got {self.max_abs_value}")
+        if not 0.05 <= self.switch_interval_ms <= 100:
+            raise ValueError(f"switch_interval_ms must lie in [0.05, 100], got {self.switch_interval_ms}")
         if 0 < self.anomaly_device_windows < 10:
             raise ValueError(f"anomaly_device_windows must be 0 (off) or at least 10, got {self.anomaly_device_windows}")
         if not (isinstance(self.anomaly_threshold, (int, float)) and 0 < self.anomaly_threshold < 1e6):

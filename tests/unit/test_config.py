@@ -76,6 +76,14 @@ def test_message_grouping_settings_refuse_what_cannot_group(tmp_path):
     assert (off.group_ms, off.group_readings) == (0, 256)
 
 
+def test_the_interpreters_switch_interval_is_bounded(tmp_path):
+    assert load_config(None, env={}).serving.switch_interval_ms == 1.0
+    assert load_config(None, env={"SENSORLOOP_SERVING_SWITCH_INTERVAL_MS": "0.5"}).serving.switch_interval_ms == 0.5
+    for wrong in ("0", "-1", "1000", "nan"):
+        with pytest.raises(ConfigError, match="switch_interval_ms must lie in"):
+            load_config(None, env={}, flags={"serving.switch_interval_ms": wrong})
+
+
 def test_unreadable_files_are_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml", env={})
