@@ -18,6 +18,7 @@ from pathlib import Path
 
 from infra.broker import broker_answers, ensure_topics
 from infra.flink_cluster import LocalFlinkCluster, rest_answers
+from infra.processes import process_alive
 from settings import Config
 
 STATE_FILE = "stack.json"
@@ -42,18 +43,6 @@ def read_state(run_dir: str | os.PathLike[str]) -> StackState | None:
         return StackState(**json.loads((Path(run_dir) / STATE_FILE).read_text()))
     except (OSError, ValueError, TypeError):
         return None
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def start_stack(cfg: Config, timeout_s: float = 90.0) -> StackState:
@@ -104,11 +93,11 @@ def stop_stack(cfg: Config) -> list[str]:
     if cluster.conf_dir.exists():
         cluster.stop()
         stopped.append("flink")
-    if state and _pid_alive(state.broker_pid):
+    if state and process_alive(state.broker_pid):
         try:
             os.kill(state.broker_pid, signal.SIGTERM)  # `sensorloop broker` stops Tansu on SIGTERM
             for _ in range(100):
-                if not _pid_alive(state.broker_pid):
+                if not process_alive(state.broker_pid):
                     break
                 time.sleep(0.1)
             else:

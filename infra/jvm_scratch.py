@@ -7,7 +7,7 @@ few hundred starts filled a disk. A local job's JVM therefore gets ``-Djava.io.t
 ``<tmp>/sensorloop-jvm/<pid of the job's Python process>``: whoever stops the job removes that folder, and
 every local job start removes the folders of processes that are gone.
 
->>> import tempfile
+>>> import os, tempfile
 >>> root = Path(tempfile.mkdtemp())
 >>> mine = claim_scratch(os.getpid(), root)
 >>> mine.name == str(os.getpid()) and mine.is_dir()
@@ -22,10 +22,11 @@ True
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from infra.processes import process_alive
 
 SCRATCH_FOLDER = "sensorloop-jvm"
 
@@ -38,17 +39,6 @@ def scratch_root() -> Path:
 def scratch_dir(pid: int, root: Path | None = None) -> Path:
     """The scratch folder of the job whose Python process is ``pid``."""
     return (root or scratch_root()) / str(pid)
-
-
-def process_alive(pid: int) -> bool:
-    """True while a process ``pid`` exists (one of another user counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_scratch(pid: int, root: Path | None = None) -> None:
