@@ -4,10 +4,10 @@ Flink unpacks its RPC system (a 24 MB jar) and keeps the MiniCluster's working d
 temporary directory, and removes them only when the cluster shuts down cleanly. A job that is killed
 (``kill -9``, a supervisor's stop, a test's teardown) left about 33 MB in ``/tmp`` on every start, and a
 few hundred starts filled a disk. A local job's JVM therefore gets ``-Djava.io.tmpdir`` pointing at
-``<tmp>/sensorloop-jvm/<pid of the job's Python process>``: whoever stops the job removes that folder, and
-every local job start removes the folders of processes that are gone.
+``<tmp>/sensorloop-jvm-<uid>/<pid of the job's Python process>``: whoever stops the job removes that
+folder, and every local job start removes the folders of processes that are gone.
 
->>> import os, tempfile
+>>> import tempfile
 >>> root = Path(tempfile.mkdtemp())
 >>> mine = claim_scratch(os.getpid(), root)
 >>> mine.name == str(os.getpid()) and mine.is_dir()
@@ -22,6 +22,7 @@ True
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,8 +33,10 @@ SCRATCH_FOLDER = "sensorloop-jvm"
 
 
 def scratch_root() -> Path:
-    """Where every local job's JVM scratch folder lives: ``sensorloop-jvm`` in the system's temp directory."""
-    return Path(tempfile.gettempdir()) / SCRATCH_FOLDER
+    """Where the local jobs' JVM scratch folders of this user live: ``sensorloop-jvm-<uid>`` in the system's
+    temp directory (one user's root would refuse another user's jobs their folders)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"{SCRATCH_FOLDER}-{uid}"
 
 
 def scratch_dir(pid: int, root: Path | None = None) -> Path:

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-# each local job's JVM keeps its scratch files under $TMPDIR/sensorloop-jvm (removed when it is gone);
+# each local job's JVM keeps its scratch files under $TMPDIR/sensorloop-jvm-<uid> (removed when it is gone);
 # brokers, checkpoints and logs go to pytest's temporary folders: say so early when the disk is nearly full
 free_kb=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR==2 {print $4}')
 if [ "${free_kb:-0}" -lt 2000000 ]; then
