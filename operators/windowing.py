@@ -374,12 +374,10 @@ class SlidingWindower:
         tail = min(n, length)
         at = (first + n - tail) % length  # the slot the block's last ``tail`` samples start at
         split = min(tail, length - at)
-        for ring, new in ((state.ring, block.values[n - tail:]), (state.ts, block.ts[n - tail:])):
+        for ring, new in ((state.ring, block.values[n - tail:]), (state.ts, block.ts[n - tail:]),
+                          (state.labels, block_labels[n - tail:])):  # arrays and the label list alike
             ring[at:at + split] = new[:split]
             ring[:tail - split] = new[split:]
-        kept = block_labels[n - tail:]
-        state.labels[at:at + split] = kept[:split]
-        state.labels[:tail - split] = kept[split:]
         state.count += n
         state.last_ts = int(block.ts[-1])
         state.max_ts = state.last_ts if state.max_ts is None else max(state.max_ts, state.last_ts)
