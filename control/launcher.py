@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from infra.jvm_scratch import remove_scratch
+from infra.processes import process_start
 from settings.config import sections
 
 
@@ -20,6 +21,7 @@ class JobProcess:
                  env: dict[str, str] | None = None) -> None:
         self.module, self.args, self.log_path, self.env = module, args, Path(log_path), env
         self.process: subprocess.Popen | None = None
+        self.started = ""
 
     def start(self) -> "JobProcess":
         if self.alive():
@@ -28,6 +30,7 @@ class JobProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args], stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
+        self.started = process_start(self.process.pid)  # with the pid, names this process once the pid is reused
         return self
 
     def alive(self) -> bool:
@@ -49,7 +52,7 @@ class JobProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        remove_scratch(self.process.pid)  # what a killed JVM leaves in its temporary directory
+        remove_scratch(self.process.pid, started=self.started)  # what a killed JVM leaves in its temp directory
 
     def log_tail(self, lines: int = 40, only: str | None = None) -> str:
         """The end of the job's output, and of its local MiniCluster's log (which the job names); with

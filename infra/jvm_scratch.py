@@ -4,18 +4,19 @@ Flink unpacks its RPC system (a 24 MB jar) and keeps the MiniCluster's working d
 temporary directory, and removes them only when the cluster shuts down cleanly. A job that is killed
 (``kill -9``, a supervisor's stop, a test's teardown) left about 33 MB in ``/tmp`` on every start, and a
 few hundred starts filled a disk. A local job's JVM therefore gets ``-Djava.io.tmpdir`` pointing at
-``<tmp>/sensorloop-jvm-<uid>/<pid of the job's Python process>``: whoever stops the job removes that
+``<tmp>/sensorloop-jvm-<uid>/<pid of the job's Python process>-<its start time>``: whoever stops the job removes that
 folder, and every local job start removes the folders of processes that are gone.
 
 >>> import tempfile
 >>> root = Path(tempfile.mkdtemp())
 >>> mine = claim_scratch(os.getpid(), root)
->>> mine.name == str(os.getpid()) and mine.is_dir()
+>>> mine == scratch_dir(os.getpid(), root) and mine.is_dir()
 True
->>> (root / "999999999").mkdir()            # a job that was killed and left its folder behind
->>> sweep_orphans(root)
-[999999999]
->>> sorted(p.name for p in root.iterdir()) == [str(os.getpid())]
+>>> (root / "999999999-5").mkdir()          # a job that was killed and left its folder behind
+>>> (root / f"{os.getpid()}-1").mkdir()     # a job that had this process's pid before it
+>>> sorted(sweep_orphans(root)) == sorted([999999999, os.getpid()])
+True
+>>> [p for p in root.iterdir()] == [mine]
 True
 >>> shutil.rmtree(root)
 """
@@ -27,7 +28,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from infra.processes import process_alive
+from infra.processes import process_alive, process_start
 
 SCRATCH_FOLDER = "sensorloop-jvm"
 
@@ -39,14 +40,22 @@ def scratch_root() -> Path:
     return Path(tempfile.gettempdir()) / f"{SCRATCH_FOLDER}-{uid}"
 
 
-def scratch_dir(pid: int, root: Path | None = None) -> Path:
-    """The scratch folder of the job whose Python process is ``pid``."""
-    return (root or scratch_root()) / str(pid)
+def scratch_dir(pid: int, root: Path | None = None, started: str | None = None) -> Path:
+    """The scratch folder of the job whose Python process is ``pid``, named ``<pid>-<start time>`` so that a
+    later process given the same pid has a folder of its own (``started``: the start time when the process
+    may be gone; else it is read now)."""
+    started = process_start(pid) if started is None else started
+    return (root or scratch_root()) / f"{pid}-{started}"
 
 
-def remove_scratch(pid: int, root: Path | None = None) -> None:
+def remove_scratch(pid: int, root: Path | None = None, started: str | None = None) -> None:
     """Remove the scratch folder of the job ``pid`` (after it ended); nothing if there is none."""
-    shutil.rmtree(scratch_dir(pid, root), ignore_errors=True)
+    shutil.rmtree(scratch_dir(pid, root, started), ignore_errors=True)
+
+
+def _gone(name: str) -> bool:
+    pid, _, started = name.partition("-")
+    return pid.isdigit() and not (process_alive(int(pid)) and process_start(int(pid)) == started)
 
 
 def sweep_orphans(root: Path | None = None) -> list[int]:
@@ -58,9 +67,9 @@ def sweep_orphans(root: Path | None = None) -> list[int]:
         return []
     removed = []
     for entry in entries:
-        if entry.name.isdigit() and entry.is_dir() and not process_alive(int(entry.name)):
+        if entry.is_dir() and _gone(entry.name):
             shutil.rmtree(entry, ignore_errors=True)
-            removed.append(int(entry.name))
+            removed.append(int(entry.name.partition("-")[0]))
     return sorted(removed)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def process_alive(pid: int | None) -> bool:
@@ -20,3 +21,17 @@ def process_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_start(pid: int) -> str:
+    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc``; "" where unknown): with the pid,
+    it names one process, not whichever later process reuses the pid.
+
+    >>> process_start(os.getpid()) == process_start(os.getpid()) != ""
+    True
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]

@@ -57,10 +57,11 @@ def test_restart_from_checkpoint_keeps_window_state(tmp_path, trained_registry):
             out = collect(broker.bootstrap, {TOPICS.predictions: len(everything)}, 240, job, "read_committed")
             # swept by the next local job start (this one's, or another test worker's)
             assert not left_behind.exists(), "no job start removed a killed job's scratch folder"
-            assert scratch_dir(job.process.pid).is_dir()
+            own = scratch_dir(job.process.pid)  # named by the running process's pid and start time
+            assert own.is_dir()
             time.sleep(3)
             out = collect(broker.bootstrap, {TOPICS.predictions: len(everything) + 1}, 6, None, "read_committed")
-    assert not scratch_dir(job.process.pid).exists(), "stopping the job left its scratch folder"
+    assert not own.exists(), "stopping the job left its scratch folder"
     predictions = [Prediction.decode(r.value) for r in out[TOPICS.predictions]]
     keys = [(p.device_id, p.window_end) for p in predictions]
     # windows spanning the crash (readings 8..39 before, 40..47 after) prove the state was restored

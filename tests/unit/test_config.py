@@ -147,6 +147,7 @@ def test_a_local_minicluster_gets_jvm_options_and_a_log_file_of_its_own(monkeypa
     from pyflink import java_gateway
 
     from stream_jobs.flink_env import prepare_local_jvm
+    from infra.jvm_scratch import scratch_dir
 
     monkeypatch.setattr(java_gateway, "_gateway", None)
     monkeypatch.delenv("PYFLINK_GATEWAY_PORT", raising=False)
@@ -157,7 +158,7 @@ def test_a_local_minicluster_gets_jvm_options_and_a_log_file_of_its_own(monkeypa
     log_file = prepare_local_jvm("serving", "-XX:TieredStopAtLevel=1", str(tmp_path / "logs"), scratch)
     assert log_file.parent == tmp_path / "logs" and "sensorloop-serving-" in log_file.name
     assert os.environ["FLINK_LOG_DIR"] == str(tmp_path / "logs") and os.environ["FLINK_IDENT_STRING"] in log_file.name
-    own = scratch / str(os.getpid())
+    own = scratch_dir(os.getpid(), scratch)
     assert own.is_dir()
     prepare_local_jvm("serving", "-XX:TieredStopAtLevel=1", str(tmp_path / "logs"), scratch)  # already there
     assert os.environ["JVM_ARGS"] == f"-Xss2m -XX:TieredStopAtLevel=1 -Djava.io.tmpdir={own}"
