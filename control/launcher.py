@@ -22,6 +22,7 @@ class JobProcess:
         self.module, self.args, self.log_path, self.env = module, args, Path(log_path), env
         self.process: subprocess.Popen | None = None
         self.started = ""
+        self.stopped = False  # its process group was killed: once its pid is free, another process may get it
 
     def start(self) -> "JobProcess":
         if self.alive():
@@ -31,13 +32,15 @@ class JobProcess:
         self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args], stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
         self.started = process_start(self.process.pid)  # with the pid, names this process once the pid is reused
+        self.stopped = False
         return self
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        if self.process is None:
+        """SIGTERM, then SIGKILL after ``timeout_s``, to the job's process group; a second stop does nothing."""
+        if self.process is None or self.stopped:
             return
         if self.process.poll() is None:
             try:
@@ -52,6 +55,7 @@ class JobProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        self.stopped = True
         remove_scratch(self.process.pid, started=self.started)  # what a killed JVM leaves in its temp directory
 
     def log_tail(self, lines: int = 40, only: str | None = None) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 from infra.processes import process_alive, process_start
 
 SCRATCH_FOLDER = "sensorloop-jvm"
+SCRATCH_ENV = "SENSORLOOP_JVM_SCRATCH"  # the folder a process gave its JVM; its children inherit the name with JVM_ARGS
 
 
 def scratch_root() -> Path:

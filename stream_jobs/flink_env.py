@@ -20,7 +20,7 @@ from pyflink.java_gateway import get_gateway
 
 from infra.flink_cluster import state_uri
 from infra.jars import pipeline_jar_urls
-from infra.jvm_scratch import claim_scratch, remove_scratch
+from infra.jvm_scratch import SCRATCH_ENV, claim_scratch, remove_scratch, scratch_dir
 from settings import Config, ConfigError, load_config, parse_assignments
 
 
@@ -98,13 +98,18 @@ def prepare_local_jvm(job: str, jvm_options: str, log_dir: str, scratch: Path | 
     """Before PyFlink starts its own JVM (a local MiniCluster): add ``jvm_options`` to ``JVM_ARGS``, give
     the MiniCluster's log a file of its own under ``log_dir`` (PyFlink's default is one shared file that
     the next start overwrites) and its temporary files a folder of this process's own under ``scratch``
-    (``infra.jvm_scratch``; unless ``JVM_ARGS`` names a ``java.io.tmpdir``), removed when the process
-    exits or by the next job start after it was killed. Returns that log file; None under ``flink run``."""
+    (``infra.jvm_scratch``; unless ``JVM_ARGS`` names a ``java.io.tmpdir`` of the user's), removed when the
+    process exits or by the next job start after it was killed. A child process inherits ``JVM_ARGS`` with its
+    parent's folder in it (``SENSORLOOP_JVM_SCRATCH`` names that folder): it gets a folder of its own instead,
+    since the parent removes its folder when it exits. Returns that log file; None under ``flink run``."""
     from pyflink import java_gateway
 
     if under_flink_run():
         return None
     current = os.environ.get("JVM_ARGS", "").split()
+    inherited = os.environ.get(SCRATCH_ENV)
+    if inherited and inherited != str(scratch_dir(os.getpid(), scratch)):  # a parent's folder, not the user's choice
+        current = [option for option in current if option != f"-Djava.io.tmpdir={inherited}"]
     missing = [option for option in jvm_options.split() if option not in current]
     ident = f"sensorloop-{job}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     folder = Path(log_dir).resolve()
@@ -118,6 +123,7 @@ def prepare_local_jvm(job: str, jvm_options: str, log_dir: str, scratch: Path | 
         own = claim_scratch(os.getpid(), scratch)
         atexit.register(remove_scratch, os.getpid(), scratch)
         missing.append(f"-Djava.io.tmpdir={own}")
+        os.environ[SCRATCH_ENV] = str(own)
     os.environ["JVM_ARGS"] = " ".join(current + missing)
     os.environ["FLINK_LOG_DIR"] = str(folder)
     os.environ["FLINK_IDENT_STRING"] = ident

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -152,7 +155,7 @@ def test_a_local_minicluster_gets_jvm_options_and_a_log_file_of_its_own(monkeypa
     monkeypatch.setattr(java_gateway, "_gateway", None)
     monkeypatch.delenv("PYFLINK_GATEWAY_PORT", raising=False)
     monkeypatch.setenv("JVM_ARGS", "-Xss2m")
-    for name in ("FLINK_LOG_DIR", "FLINK_IDENT_STRING"):
+    for name in ("FLINK_LOG_DIR", "FLINK_IDENT_STRING", "SENSORLOOP_JVM_SCRATCH"):
         monkeypatch.delenv(name, raising=False)
     scratch = tmp_path / "scratch"
     log_file = prepare_local_jvm("serving", "-XX:TieredStopAtLevel=1", str(tmp_path / "logs"), scratch)
@@ -163,6 +166,18 @@ def test_a_local_minicluster_gets_jvm_options_and_a_log_file_of_its_own(monkeypa
     prepare_local_jvm("serving", "-XX:TieredStopAtLevel=1", str(tmp_path / "logs"), scratch)  # already there
     assert os.environ["JVM_ARGS"] == f"-Xss2m -XX:TieredStopAtLevel=1 -Djava.io.tmpdir={own}"
     ours = os.environ["JVM_ARGS"]
+    # A job process this one starts inherits JVM_ARGS with this process's folder in it, which this process
+    # removes when it exits: the child's JVM gets a folder of its own.
+    child = subprocess.run(
+        [sys.executable, "-c", "import os, sys; from pathlib import Path; "
+         "from stream_jobs.flink_env import prepare_local_jvm; "
+         "prepare_local_jvm('serving', '-XX:TieredStopAtLevel=1', sys.argv[1], Path(sys.argv[2])); "
+         "print(os.getpid(), os.environ['JVM_ARGS'])", str(tmp_path / "logs"), str(scratch)],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert child.returncode == 0, child.stderr
+    pid, child_args = child.stdout.strip().split(" ", 1)
+    assert child_args.startswith("-Xss2m -XX:TieredStopAtLevel=1 -Djava.io.tmpdir=") and str(own) not in child_args
+    assert f"-Djava.io.tmpdir={scratch}/{pid}-" in child_args and own.is_dir()
     monkeypatch.setenv("JVM_ARGS", "-Djava.io.tmpdir=/var/tmp/mine")  # the user's own choice is kept
     prepare_local_jvm("serving", "", str(tmp_path / "logs"), scratch)
     assert os.environ["JVM_ARGS"] == "-Djava.io.tmpdir=/var/tmp/mine"
