@@ -1,4 +1,4 @@
-"""``JobProcess``: a job in its own process group, stopped once, its scratch folder removed."""
+"""``JobProcess``: a job in its own process group, whose stop signals that group once."""
 
 from __future__ import annotations
 
