@@ -7,6 +7,7 @@ Sources hand Python ``b"topic partition offset timestamp\\n" + payload``, keyed 
 
 from __future__ import annotations
 
+import struct
 import time
 
 from pyflink.common import Types, WatermarkStrategy
@@ -61,11 +62,14 @@ def split_envelope(data) -> tuple[str, int, int, int, bytes]:
     return topic.decode(), int(partition), int(offset), int(timestamp), payload
 
 
+_LENGTH = struct.Struct(">I").unpack_from  # ReadingGrouper's 4-byte big-endian length before each field
+
+
 def _prefixed(data: bytes, at: int) -> tuple[bytes, int]:
     """The bytes of the 4-byte big-endian length-prefixed field at ``at`` (``ReadingGrouper``'s framing), and
     where the next field starts."""
-    n = int.from_bytes(data[at:at + 4], "big")
-    return bytes(data[at + 4:at + 4 + n]), at + 4 + n
+    (n,) = _LENGTH(data, at)
+    return data[at + 4:at + 4 + n], at + 4 + n
 
 
 def unpack_group(data) -> list[bytes]:
@@ -82,6 +86,7 @@ def unpack_group(data) -> list[bytes]:
         data = data[1]
     if not data or data[0] != GROUP_MARK:
         return [data]
+    data = bytes(data)  # its envelopes as bytes
     envelopes, at, end = [], 1, len(data)
     while at < end:
         envelope, at = _prefixed(data, at)
@@ -102,11 +107,17 @@ def unpack_shard_group(data: bytes) -> list[tuple[str, bytes]]:
     """
     if not data or data[0] != SHARD_MARK:
         raise ValueError(f"not a shard group (first byte {data[:1]!r})")
+    data = bytes(data)
     pairs, at, end = [], 1, len(data)
-    while at < end:
-        key, at = _prefixed(data, at)
-        envelope, at = _prefixed(data, at)
-        pairs.append((key.decode(), envelope))
+    while at < end:  # _prefixed twice, inlined: this loop runs once per message
+        (n,) = _LENGTH(data, at)
+        at += 4
+        key = data[at:at + n].decode()
+        at += n
+        (n,) = _LENGTH(data, at)
+        at += 4
+        pairs.append((key, data[at:at + n]))
+        at += n
     return pairs
 
 

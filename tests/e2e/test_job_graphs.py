@@ -81,6 +81,35 @@ def test_java_puts_a_device_on_the_shard_python_computes(tmp_path, registry_copy
     agree()
 
 
+def test_python_unpacks_the_groups_java_packs(tmp_path, registry_copy):
+    """What ReadingGrouper packs (by device: ``pack``; by shard: ``packKeyed`` over ``keyed`` records),
+    ``unpack_group`` and ``unpack_shard_group`` give back pair for pair, for keys of any script and
+    envelopes of any bytes and length."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from pyflink.java_gateway import get_gateway
+
+    from stream_jobs.kafka_io import unpack_group, unpack_shard_group
+
+    make_env(config(tmp_path, registry_copy), "serving")  # the JVM, with the helper jar
+    jvm = get_gateway().jvm
+    grouper = jvm.io.sensorloop.flink.ReadingGrouper
+    keys = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+    envelopes = st.binary(min_size=1, max_size=300).filter(lambda e: e[0] != 0)  # an envelope starts with a topic
+
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    @given(st.lists(st.tuples(keys, envelopes), min_size=1, max_size=20))
+    def round_trip(pairs):
+        keyed, plain = jvm.java.util.ArrayList(), jvm.java.util.ArrayList()
+        for key, envelope in pairs:
+            keyed.add(grouper.keyed(key, envelope))
+            plain.add(envelope)
+        assert unpack_shard_group(bytes(grouper.packKeyed(keyed))) == pairs
+        assert unpack_group(bytes(grouper.pack(plain))) == [envelope for _, envelope in pairs]
+
+    round_trip()
+
+
 def test_the_local_jvm_runs_with_the_configured_options(tmp_path, registry_copy):
     from pyflink.java_gateway import get_gateway
 

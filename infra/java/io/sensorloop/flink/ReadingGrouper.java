@@ -178,7 +178,7 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     }
 
     /** (4-byte length, key bytes, 4-byte length, envelope): one record of a shard's group. */
-    static byte[] keyed(String key, byte[] envelope) {
+    public static byte[] keyed(String key, byte[] envelope) {
         byte[] k = key.getBytes(StandardCharsets.UTF_8);
         ByteArrayOutputStream out = new ByteArrayOutputStream(8 + k.length + envelope.length);
         writeInt(out, k.length);
@@ -189,7 +189,7 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     }
 
     /** SHARD_MARK followed by the records made by {@link #keyed}, as they are. */
-    static byte[] packKeyed(List<byte[]> group) {
+    public static byte[] packKeyed(List<byte[]> group) {
         int size = 1;
         for (byte[] record : group) {
             size += record.length;
@@ -210,7 +210,7 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     }
 
     /** One envelope as it is; several as MARK, then (4-byte big-endian length, bytes) for each. */
-    static byte[] pack(List<byte[]> group) {
+    public static byte[] pack(List<byte[]> group) {
         if (group.size() == 1) {
             return group.get(0);
         }
