@@ -109,15 +109,10 @@ def unpack_shard_group(data: bytes) -> list[tuple[str, bytes]]:
         raise ValueError(f"not a shard group (first byte {data[:1]!r})")
     data = bytes(data)
     pairs, at, end = [], 1, len(data)
-    while at < end:  # _prefixed twice, inlined: this loop runs once per message
-        (n,) = _LENGTH(data, at)
-        at += 4
-        key = data[at:at + n].decode()
-        at += n
-        (n,) = _LENGTH(data, at)
-        at += 4
-        pairs.append((key, data[at:at + n]))
-        at += n
+    while at < end:
+        key, at = _prefixed(data, at)
+        envelope, at = _prefixed(data, at)
+        pairs.append((key.decode(), envelope))
     return pairs
 
 
