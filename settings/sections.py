@@ -41,6 +41,14 @@ class BrokerSettings:
     embedded_port: int = 9092
     storage: str = "memory://tansu/"  # Tansu storage engine; s3://bucket/ keeps records across restarts
     storage_endpoint: str = ""  # the S3-compatible endpoint of s3:// storage (credentials: AWS_* variables)
+    # how long the jobs' sources let the broker hold a fetch that finds nothing: the readings source, and the
+    # sources of rare records (announcements, drift events, answers, unlabeled windows). The embedded broker
+    # answers a waiting fetch only when the wait ends, so these bound its latency; Apache Kafka answers at once.
+    fetch_wait_ms: int = 10
+    rare_fetch_wait_ms: int = 250
+
+    def __post_init__(self) -> None:
+        _at_least(self, 0, "fetch_wait_ms", "rare_fetch_wait_ms")
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,8 @@ class FlinkSettings:
     # transaction timeout (10 min) when exactly_once is on: its open transactions commit only on a checkpoint.
     tolerable_checkpoint_failures: int = 60
     restart_max_backoff_ms: int = 60_000  # restarts never stop: 1 s, 2 s, 4 s ... up to this, reset after 10 min
+    # process mode only: the longest and largest bundle of elements sent to the Python worker (thread mode has
+    # no bundles)
     bundle_time_ms: int = 5
     bundle_size: int = 500
     buffer_timeout_ms: int = 5

@@ -118,7 +118,7 @@ def unpack_shard_group(data: bytes) -> list[tuple[str, bytes]]:
 
 def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[str], group_id: str,
                  name: str, key_field: str = "device_id", from_committed: bool = True,
-                 group: tuple[int, int] = (1, 0), shards: int = 0) -> KeyedStream:
+                 group: tuple[int, int] = (1, 0), shards: int = 0, fetch_wait_ms: int = 10) -> KeyedStream:
     """KafkaSource over ``topics`` keyed by a top-level JSON field of the payload, read in Java.
 
     Elements are the enveloped bytes; the source resumes from committed offsets (and from
@@ -127,7 +127,10 @@ def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[s
     one key are grouped in Java (``ReadingGrouper``, stateless: it sends everything on before each
     checkpoint) into records that ``unpack_group`` splits. With ``shards > 0`` the stream is keyed by
     shard instead (an INT: the CRC-32 of the key modulo ``shards``), always through the grouper, whose
-    records ``unpack_shard_group`` splits, with a ``CHECKPOINT_MARK`` record before each checkpoint."""
+    records ``unpack_shard_group`` splits, with a ``CHECKPOINT_MARK`` record before each checkpoint.
+    ``fetch_wait_ms``: how long the broker may hold a fetch that finds nothing (``broker.fetch_wait_ms`` for
+    readings, ``broker.rare_fetch_wait_ms`` for rare records: the embedded broker answers only when the wait
+    ends, and polling every 10 ms was most of an idle job's CPU and of its broker's)."""
     jvm = get_gateway().jvm
     if from_committed:  # PyFlink's own helper points at the shaded SQL-connector class
         offsets = KafkaOffsetsInitializer(
@@ -141,7 +144,7 @@ def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[s
                .set_group_id(group_id)
                .set_starting_offsets(offsets)
                .set_property("partition.discovery.interval.ms", "10000")
-               .set_property("fetch.max.wait.ms", "10")
+               .set_property("fetch.max.wait.ms", str(fetch_wait_ms))
                .set_property("commit.offsets.on.checkpoint", "true"))
     builder._j_builder.setDeserializer(jvm.io.sensorloop.flink.JsonKeyedDeserializer(key_field))
     payload_type = Types.PRIMITIVE_ARRAY(Types.BYTE())

@@ -236,14 +236,14 @@ def build_learning_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     targets = join_targets(cfg, specs)
     default = next(iter(targets))
     records = keyed_source(env, cfg.broker.bootstrap, [topics.review_requests, topics.labels], group_id,
-                           "reviews-and-labels", "review_id")
+                           "reviews-and-labels", "review_id", fetch_wait_ms=cfg.broker.rare_fetch_wait_ms)
     labeled = (records.process(JoinAnswers(cfg, targets), output_type=Types.PICKLED_BYTE_ARRAY())
                .name("join-answers").uid("join-answers"))
     items, dead = labeled, [labeled.get_side_output(DEAD_LETTERS)]
     if any(spec.has("anomaly") or spec.has("forecast") for spec in specs.values()):
         horizons = {name: spec.horizon if spec.has("forecast") else 0 for name, spec in specs.items()}
         raw = keyed_source(env, cfg.broker.bootstrap, [topics.windows], f"{group_id}-windows", "unlabeled-windows",
-                           "model_name")
+                           "model_name", fetch_wait_ms=cfg.broker.rare_fetch_wait_ms)
         windows = (raw.process(DecodeWindows(cfg, targets, horizons), output_type=Types.PICKLED_BYTE_ARRAY())
                    .name("unlabeled-windows").uid("decode-unlabeled-windows"))
         items, dead = labeled.union(windows), dead + [windows.get_side_output(DEAD_LETTERS)]

@@ -72,9 +72,11 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     shards = inference_shard_count(cfg)
     sharded = cfg.serving.layout == "sharded"
     readings = keyed_source(env, cfg.broker.bootstrap, [topics.readings], group_id, "sensor-readings", "device_id",
-                            group=(cfg.serving.group_readings, cfg.serving.group_ms), shards=shards if sharded else 0)
+                            group=(cfg.serving.group_readings, cfg.serving.group_ms), shards=shards if sharded else 0,
+                            fetch_wait_ms=cfg.broker.fetch_wait_ms)
     announcements = keyed_source(env, cfg.broker.bootstrap, [topics.model_snapshots, topics.drift_events],
-                                 f"{group_id}-controls", "model-snapshots-and-drift-events", "model_name")
+                                 f"{group_id}-controls", "model-snapshots-and-drift-events", "model_name",
+                                 fetch_wait_ms=cfg.broker.rare_fetch_wait_ms)
     controls = (announcements.process(FanOutControls(cfg, shards), output_type=Types.PICKLED_BYTE_ARRAY())
                 .name("model-announcements").uid("model-announcements"))
     controls_by_shard = controls.key_by(lambda c: c.shard, key_type=Types.INT())

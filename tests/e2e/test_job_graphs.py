@@ -43,6 +43,51 @@ def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy
     assert learning["kafka-out: Writer"] == "kafka-out"
 
 
+def _field(obj, name: str):
+    """A private field of a Java object (or of one of its superclasses)."""
+    cls = obj.getClass()
+    while cls is not None:
+        try:
+            found = cls.getDeclaredField(name)
+        except Exception:  # py4j wraps NoSuchFieldException
+            cls = cls.getSuperclass()
+            continue
+        found.setAccessible(True)
+        return found.get(obj)
+    raise KeyError(name)
+
+
+def source_fetch_waits(env) -> dict[str, str]:
+    """``fetch.max.wait.ms`` of each KafkaSource in the job graph, by source name."""
+    graph = env._generate_stream_graph(clear_transformations=False)
+    waits = {}
+    for node in graph.getStreamNodes().toArray():
+        factory = node.getOperatorFactory()
+        if factory is not None and factory.getClass().getSimpleName() == "SourceOperatorFactory":
+            waits[node.getOperatorName()] = _field(_field(factory, "source"), "props").getProperty("fetch.max.wait.ms")
+    return waits
+
+
+def test_only_the_readings_source_polls_the_broker_every_10_ms(tmp_path, registry_copy):
+    """The embedded broker answers a waiting fetch only when its wait ends: by default the readings source
+    asks every 10 ms for latency, the sources of rare records every 250 ms (an idle job's polling was most of
+    its CPU and of its broker's); both are settings. Thread mode's bundle timer, which ends no bundle there,
+    runs once a second."""
+    cfg = config(tmp_path, registry_copy)
+    serving_env = make_env(cfg, "serving")
+    build_serving_job(serving_env, cfg)
+    assert source_fetch_waits(serving_env) == {"Source: sensor-readings": "10",
+                                                "Source: model-snapshots-and-drift-events": "250"}
+    configured = serving_env._j_stream_execution_environment.getConfiguration()
+    assert configured.toMap().get("python.fn-execution.bundle.time") == "1000"
+    cfg = cfg.with_values({"broker.fetch_wait_ms": 100, "broker.rare_fetch_wait_ms": 1000})
+    serving_env, learning_env = make_env(cfg, "serving"), make_env(cfg, "learning")
+    build_serving_job(serving_env, cfg)
+    build_learning_job(learning_env, cfg)
+    assert sorted(source_fetch_waits(serving_env).values()) == ["100", "1000"]
+    assert source_fetch_waits(learning_env) == {"Source: reviews-and-labels": "1000"}
+
+
 def test_the_per_device_layout_keeps_its_operators_and_uids(tmp_path, registry_copy):
     cfg = config(tmp_path, registry_copy).with_values({"serving.layout": "per_device"})
     env = make_env(cfg, "serving")
