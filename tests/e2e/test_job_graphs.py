@@ -68,6 +68,28 @@ def source_fetch_waits(env) -> dict[str, str]:
     return waits
 
 
+def sink_producer_settings(env, *names: str) -> dict[str, tuple]:
+    """Producer settings of each KafkaSink's writer in the job graph, by operator name."""
+    graph = env._generate_stream_graph(clear_transformations=False)
+    found = {}
+    for node in graph.getStreamNodes().toArray():
+        factory = node.getOperatorFactory()
+        if factory is not None and factory.getClass().getSimpleName() == "SinkWriterOperatorFactory":
+            props = _field(_field(factory, "sink"), "kafkaProducerConfig")
+            found[node.getOperatorName()] = tuple(props.getProperty(n) for n in names)
+    return found
+
+
+def test_both_jobs_sinks_send_batches_of_up_to_256_kb(tmp_path, registry_copy):
+    """Kafka's 16 KB default batch made a produce request of every few dozen predictions, a cost the broker
+    felt; a batch still leaves after 2 ms."""
+    cfg = config(tmp_path, registry_copy)
+    for job, build in (("serving", build_serving_job), ("learning", build_learning_job)):
+        env = make_env(cfg, job)
+        build(env, cfg)
+        assert sink_producer_settings(env, "batch.size", "linger.ms") == {"kafka-out: Writer": ("262144", "2")}
+
+
 def test_only_the_readings_source_polls_the_broker_every_10_ms(tmp_path, registry_copy):
     """The embedded broker answers a waiting fetch only when its wait ends: by default the readings source
     asks every 10 ms for latency, the sources of rare records every 250 ms (an idle job's polling was most of
