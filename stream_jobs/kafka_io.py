@@ -135,7 +135,7 @@ def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[s
     records ``unpack_shard_group`` splits, with a ``CHECKPOINT_MARK`` record before each checkpoint.
     ``fetch_wait_ms``: how long the broker may hold a fetch that finds nothing (``broker.fetch_wait_ms`` for
     readings, ``broker.rare_fetch_wait_ms`` for rare records: the embedded broker answers only when the wait
-    ends, and polling every 10 ms was most of an idle job's CPU and of its broker's)."""
+    ends, so a source polls at this period and costs the job and the broker CPU even while nothing comes)."""
     jvm = get_gateway().jvm
     if from_committed:  # PyFlink's own helper points at the shaded SQL-connector class
         offsets = KafkaOffsetsInitializer(

@@ -92,8 +92,8 @@ def test_both_jobs_sinks_send_batches_of_up_to_256_kb(tmp_path, registry_copy):
 
 def test_only_the_readings_source_polls_the_broker_every_10_ms(tmp_path, registry_copy):
     """The embedded broker answers a waiting fetch only when its wait ends: by default the readings source
-    asks every 10 ms for latency, the sources of rare records every 250 ms (an idle job's polling was most of
-    its CPU and of its broker's); both are settings. Thread mode's bundle timer, which ends no bundle there,
+    asks every 10 ms for latency, the sources of rare records every 250 ms (polling costs the job and the
+    broker CPU even while nothing comes); both are settings. Thread mode's bundle timer, which ends no bundle there,
     runs once a second."""
     cfg = config(tmp_path, registry_copy)
     serving_env = make_env(cfg, "serving")
