@@ -29,8 +29,8 @@ GROUP_MARK = 0  # first byte of a ReadingGrouper record holding several envelope
 GROUP_MAX_BYTES = 8 * 1024 * 1024  # ReadingGrouper sends every group on when more than this is held
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())  # each job's side output for bad input
 # the sinks' producer batches per partition: Kafka's 16 KB default made a produce request of every few dozen
-# predictions, and at 50 samples per message the embedded broker spent 0.15-0.17 of a core on them (0.11-0.13
-# with 256 KB; a batch still leaves after linger.ms, so latency is unchanged)
+# predictions: draining blocks of 50 samples, the embedded broker used 0.15-0.17 of a core with it and 0.11-0.13
+# with 256 KB (a batch still leaves after linger.ms, so latency is unchanged)
 SINK_BATCH_BYTES = 256 * 1024
 SINK_LINGER_MS = 2
 
