@@ -23,22 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import print_table, save  # noqa: E402
-from bench.serving_bench import Scenario, process_tree, thread_cpu_s, wait_first_output  # noqa: E402
+from bench.serving_bench import CpuSplit, Scenario, process_tree, wait_first_output  # noqa: E402
 from control.replayer import replay  # noqa: E402
 from infra.kafka_tools import TopicTail  # noqa: E402
 from schemas import Topics  # noqa: E402
 
 CASES = {"announcements every 250 ms (default)": {}, "announcements every 10 ms": {"rare_fetch_wait_ms": 10}}
-
-
-def busiest(used: dict[str, float], seconds: float, top: int = 4) -> str:
-    """The ``top`` threads by CPU, as ``name cores`` (thread names as the kernel cut them).
-
-    >>> busiest({"a": 1.0, "b": 3.0, "c": 0.0}, 10.0, top=2)
-    'b 0.30, a 0.10'
-    """
-    ranked = sorted(used.items(), key=lambda kv: -kv[1])[:top]
-    return ", ".join(f"{name.strip()} {cpu / seconds:.2f}" for name, cpu in ranked)
 
 
 def idle_cost(work: Path, name: str, seconds: float, settle: float, **options) -> dict:
@@ -56,14 +46,11 @@ def idle_cost(work: Path, name: str, seconds: float, settle: float, **options) -
         sender.join()
         tail.close()
         time.sleep(settle)
-        pids = process_tree(sc.job.process.pid)
-        job_before, broker_before, started = thread_cpu_s(pids), sc.broker_cpu_s(), time.monotonic()
+        cpu = CpuSplit({"job": process_tree(sc.job.process.pid), "broker": [sc.broker.process.pid]})
         time.sleep(seconds)
-        job_after, broker_after = thread_cpu_s(pids), sc.broker_cpu_s()
-        took = time.monotonic() - started
-        used = {n: v - job_before.get(n, 0.0) for n, v in job_after.items()}
-        return {"job_cores": sum(used.values()) / took, "broker_cores": (broker_after - broker_before) / took,
-                "busiest": busiest(used, took)}
+        split = cpu.stop()  # % of one core; the job's busiest threads by name (as the kernel cut them)
+        return {"job_cores": split["job"] / 100, "broker_cores": split["broker"] / 100,
+                "busiest": ", ".join(f"{name.strip()} {pct / 100:.2f}" for name, pct in split["job_threads"].items())}
     finally:
         sc.stop()
 

@@ -21,7 +21,7 @@ from pyflink.java_gateway import get_gateway
 from infra.flink_cluster import state_uri
 from infra.jars import pipeline_jar_urls
 from infra.jvm_scratch import SCRATCH_ENV, claim_scratch, remove_scratch, scratch_dir
-from settings import Config, ConfigError, load_config, parse_assignments
+from settings import Config, ConfigError, FlinkSettings, load_config, parse_assignments
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,12 @@ class JobRun:
 THREAD_MODE_BUNDLE_TIMER_MS = 1000
 
 
-def bundle_timer_ms(flink) -> int:
+def bundle_timer_ms(flink: FlinkSettings) -> int:
     """The period of Flink's timer that ends a Python operator's bundle. Process mode sends elements to the
     Python worker in bundles, so ``flink.bundle_time_ms`` bounds how long one may wait. Thread mode has no
     bundles (its operators call Python for each element; ending a bundle does nothing), so the timer only
     costs CPU: at 5 ms it took 0.035 of a core in an idle serving job, and it runs once a second instead.
 
-    >>> from settings.sections import FlinkSettings
     >>> bundle_timer_ms(FlinkSettings()), bundle_timer_ms(FlinkSettings(execution_mode="process"))
     (1000, 5)
     """

@@ -13,7 +13,7 @@ from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSi
 from pyflink.java_gateway import get_gateway
 
 from stream_jobs.flink_env import job_parser, make_env, parse_job_args
-from stream_jobs.kafka_io import SINK_BATCH_BYTES, SINK_LINGER_MS
+from stream_jobs.kafka_io import batched
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     # stamped when produced, as the serving job's outputs are (not with the copied record's timestamp); with a
     # 2 MB producer buffer (32 MB by default: thousands of sample blocks) a stamp is never far ahead of the broker
     builder._j_builder.setRecordSerializer(get_gateway().jvm.io.sensorloop.flink.ProducedAtSerializer(target))
-    sink = (builder.set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
-            .set_property("linger.ms", str(SINK_LINGER_MS)).set_property("batch.size", str(SINK_BATCH_BYTES))
+    sink = (batched(builder.set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE))
             .set_property("buffer.memory", str(2 * 1024 * 1024)).build())
     (env.from_source(source, WatermarkStrategy.no_watermarks(), "sensor-readings", type_info=Types.STRING())
      .sink_to(sink).name("kafka-out"))

@@ -57,27 +57,24 @@ def _field(obj, name: str):
     raise KeyError(name)
 
 
+def factories(env, kind: str) -> dict:
+    """The operator factories of class ``kind`` in the job graph, by operator name."""
+    graph = env._generate_stream_graph(clear_transformations=False)
+    nodes = [(node.getOperatorName(), node.getOperatorFactory()) for node in graph.getStreamNodes().toArray()]
+    return {name: factory for name, factory in nodes
+            if factory is not None and factory.getClass().getSimpleName() == kind}
+
+
 def source_fetch_waits(env) -> dict[str, str]:
     """``fetch.max.wait.ms`` of each KafkaSource in the job graph, by source name."""
-    graph = env._generate_stream_graph(clear_transformations=False)
-    waits = {}
-    for node in graph.getStreamNodes().toArray():
-        factory = node.getOperatorFactory()
-        if factory is not None and factory.getClass().getSimpleName() == "SourceOperatorFactory":
-            waits[node.getOperatorName()] = _field(_field(factory, "source"), "props").getProperty("fetch.max.wait.ms")
-    return waits
+    return {name: _field(_field(factory, "source"), "props").getProperty("fetch.max.wait.ms")
+            for name, factory in factories(env, "SourceOperatorFactory").items()}
 
 
 def sink_producer_settings(env, *names: str) -> dict[str, tuple]:
     """Producer settings of each KafkaSink's writer in the job graph, by operator name."""
-    graph = env._generate_stream_graph(clear_transformations=False)
-    found = {}
-    for node in graph.getStreamNodes().toArray():
-        factory = node.getOperatorFactory()
-        if factory is not None and factory.getClass().getSimpleName() == "SinkWriterOperatorFactory":
-            props = _field(_field(factory, "sink"), "kafkaProducerConfig")
-            found[node.getOperatorName()] = tuple(props.getProperty(n) for n in names)
-    return found
+    return {name: tuple(_field(_field(factory, "sink"), "kafkaProducerConfig").getProperty(n) for n in names)
+            for name, factory in factories(env, "SinkWriterOperatorFactory").items()}
 
 
 def test_both_jobs_sinks_send_batches_of_up_to_256_kb(tmp_path, registry_copy):
