@@ -112,22 +112,39 @@ def thread_cpu_s(pids: list[int]) -> dict[str, float]:
     return out
 
 
+def processes_cpu_s(pids: list[int]) -> float:
+    """CPU seconds used so far by the processes ``pids``, threads that have ended included (a process's own
+    figure keeps them; summing its live threads would not); NaN once one of them has ended."""
+    return sum(process_cpu_s(pid) for pid in pids)
+
+
+def thread_growth(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each thread name used between two readings of :func:`thread_cpu_s`. A name some of whose
+    threads ended in between shows what its live threads used, never less than nothing.
+
+    >>> thread_growth({"a": 5.0, "b": 1.0}, {"a": 2.0, "b": 1.5, "c": 0.5})
+    {'a': 0.0, 'b': 0.5, 'c': 0.5}
+    """
+    return {name: max(0.0, cpu - before.get(name, 0.0)) for name, cpu in after.items()}
+
+
 class CpuSplit:
     """Where the CPU went while a run was measured, in % of one core, per part (a list of
     processes), with the job's busiest threads."""
 
     def __init__(self, parts: dict[str, list[int]]) -> None:
         self.parts = parts
-        self.started, self.before = time.monotonic(), {k: thread_cpu_s(p) for k, p in parts.items()}
+        self.started = time.monotonic()
+        self.before = {k: processes_cpu_s(p) for k, p in parts.items()}
+        self.job_threads = thread_cpu_s(parts["job"]) if "job" in parts else {}
 
     def stop(self, top_threads: int = 4) -> dict:
         seconds = time.monotonic() - self.started
-        used = {k: {n: v - self.before[k].get(n, 0.0) for n, v in thread_cpu_s(p).items()}
-                for k, p in self.parts.items()}
-        # a part whose processes all ended before the end has no figure
-        split = {k: round(100 * sum(v.values()) / seconds, 1) if v else float("nan") for k, v in used.items()}
-        if "job" in used:
-            busiest = sorted(used["job"].items(), key=lambda kv: -kv[1])[:top_threads]
+        # a part one of whose processes ended before the end has no figure (NaN)
+        split = {k: round(100 * (processes_cpu_s(p) - self.before[k]) / seconds, 1) for k, p in self.parts.items()}
+        if "job" in self.parts:
+            used = thread_growth(self.job_threads, thread_cpu_s(self.parts["job"]))
+            busiest = sorted(used.items(), key=lambda kv: -kv[1])[:top_threads]
             split["job_threads"] = {n: round(100 * v / seconds, 1) for n, v in busiest}
         return split
 
@@ -295,8 +312,9 @@ def job_cpu_split(sc: Scenario) -> dict[str, float]:
     (summed over subtasks; the per-device layout's ``parse``: parse-and-window, and ``inference``, the sharded
     layout's ``serve``: serve-shards, and ``scoring``, its scoring threads), and the broker (a gauge for
     :func:`drain_gauged`)."""
-    threads = thread_cpu_s(process_tree(sc.job.process.pid))
-    return {"job": sum(threads.values()),
+    pids = process_tree(sc.job.process.pid)
+    threads = thread_cpu_s(pids)
+    return {"job": processes_cpu_s(pids),
             "parse": sum(v for n, v in threads.items() if n.startswith("parse-and-wind")),
             "inference": sum(v for n, v in threads.items() if n.startswith("inference (")),
             "serve": sum(v for n, v in threads.items() if n.startswith("serve-shards")),
