@@ -33,20 +33,25 @@ class ConfidenceWatch:
     def reset(self) -> None:
         """Start over (a new model has its own confidence level)."""
         self.detector = import_on_python_thread("river.drift").ADWIN(delta=self.delta)
+        self.total, self.width = 0.0, 0  # ADWIN's window (sum, length), followed here: reading it costs calls
 
     def observe(self, confidences: Iterable[float], model_version: int, now_ms: int) -> DriftEvent | None:
         """Feed one micro-batch's confidences; a DriftEvent when their mean fell significantly."""
         fell = False
+        d, total, width = self.detector, self.total, self.width
         for confidence in confidences:
             if not math.isfinite(confidence):
                 continue  # a non-finite confidence would leave ADWIN's estimate NaN for good
-            d = self.detector
-            total, width = d.estimation * d.width + float(confidence), d.width + 1
-            d.update(float(confidence))
-            if d.drift_detected and width > d.width:
-                # ADWIN dropped the older part of its window: compare that part's mean with what is left
-                older = (total - d.estimation * d.width) / (width - d.width)
-                fell = fell or d.estimation < older - self.min_fall
+            x = float(confidence)
+            d.update(x)
+            total += x  # ADWIN adds each value to its window's sum, and drops values only when it detects a change
+            width += 1
+            if d.drift_detected:
+                if width > d.width:  # it dropped the older part of its window: compare that part's mean with the rest
+                    older = (total - d.total) / (width - d.width)
+                    fell = fell or d.estimation < older - self.min_fall
+                total, width = 0.0, 0  # its next update starts a fresh window
+        self.total, self.width = total, width
         if not fell or (self.last_event_ms is not None and now_ms - self.last_event_ms < self.min_gap_ms):
             return None
         self.last_event_ms = now_ms

@@ -343,9 +343,11 @@ class SlidingWindower:
         elif self.max_out_of_order_ms:
             return False
         if self.reset_gap_ms:
-            gaps = np.diff(block.ts)
-            if (gaps.size and gaps.max() > self.reset_gap_ms) or (
-                    state.last_ts is not None and int(block.ts[0]) - state.last_ts > self.reset_gap_ms):
+            first, last = int(block.ts[0]), int(block.ts[-1])
+            if state.last_ts is not None and first - state.last_ts > self.reset_gap_ms:
+                return False
+            # its times increase, so no gap inside it exceeds its whole span: most blocks need no look at each gap
+            if last - first > self.reset_gap_ms and np.diff(block.ts).max() > self.reset_gap_ms:
                 return False
         return True
 
@@ -355,31 +357,36 @@ class SlidingWindower:
         length, stride, n, first = self.length, self.stride, len(block), state.count
         held = min(first, length - 1)  # earlier samples the first windows reach back to
         block_labels = block.labels or [None] * n
-        if held:
-            start = (first - held) % length  # the ring's slot of the oldest held sample
-            values = np.concatenate((*_ring_run(state.ring, start, held), block.values))
-            ts = np.concatenate((*_ring_run(state.ts, start, held), block.ts))
-            labels = (state.labels[start:] + state.labels[:start])[:held] + block_labels
-        else:
-            values, ts, labels = block.values, block.ts, block_labels
-        offset = first - held  # global sample index of values[0]
+        block_ts = block.ts.tolist()
         end = max(first, length - 1)
         end += (stride - (end + 1 - length) % stride) % stride  # the first window end at or after it
         windows = []
-        for e in range(end, first + n, stride):
-            lo = e - length + 1 - offset
-            windows.append(Window(state.device_id, int(ts[lo]), int(ts[lo + length - 1]),
-                                  values[lo:lo + length].copy(), majority_label(labels[lo:lo + length]), ingest_ms,
-                                  state.model_name))
+        if end < first + n:  # the block completes windows: they may reach back into the ring
+            if held:
+                start = (first - held) % length  # the ring's slot of the oldest held sample
+                values = np.concatenate((*_ring_run(state.ring, start, held), block.values))
+                labels = (state.labels[start:] + state.labels[:start])[:held] + block_labels
+            else:
+                values, labels = block.values, block_labels
+            offset = first - held  # global sample index of values[0]
+            ring_ts = state.ts
+            for e in range(end, first + n, stride):
+                lo = e - length + 1  # global sample index of the window's first sample
+                begins = block_ts[lo - first] if lo >= first else int(ring_ts[lo % length])
+                windows.append(Window(state.device_id, begins, block_ts[e - first],
+                                      values[lo - offset:lo - offset + length].copy(),
+                                      majority_label(labels[lo - offset:lo - offset + length]), ingest_ms,
+                                      state.model_name))
         tail = min(n, length)
         at = (first + n - tail) % length  # the slot the block's last ``tail`` samples start at
         split = min(tail, length - at)
         for ring, new in ((state.ring, block.values[n - tail:]), (state.ts, block.ts[n - tail:]),
                           (state.labels, block_labels[n - tail:])):  # arrays and the label list alike
             ring[at:at + split] = new[:split]
-            ring[:tail - split] = new[split:]
+            if split < tail:  # it wraps around the ring's end
+                ring[:tail - split] = new[split:]
         state.count += n
-        state.last_ts = int(block.ts[-1])
+        state.last_ts = block_ts[-1]
         state.max_ts = state.last_ts if state.max_ts is None else max(state.max_ts, state.last_ts)
         if block.seq is not None:
             state.next_seq = block.seq + n

@@ -127,6 +127,28 @@ _NUMBERS = frozenset((float, int))
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def _plain_matrix(rows: list, channels: int, max_abs: float) -> np.ndarray | None:
+    """The usual block as a float32 array, checked in C loops over one flat list: rows of ``channels`` JSON
+    numbers, all finite (a finite sum clears every element) and within ``max_abs`` and float32's range;
+    None for anything else, which :func:`_matrix` then checks value by value and names.
+
+    >>> _plain_matrix([[1, 2.5], [3, -4]], 2, 10).tolist(), _plain_matrix([[1, 2.5], [3, -40]], 2, 10)
+    ([[1.0, 2.5], [3.0, -4.0]], None)
+    """
+    if set(map(type, rows)) != {list} or set(map(len, rows)) != {channels} or not channels:
+        return None
+    flat = list(chain.from_iterable(rows))
+    if not set(map(type, flat)) <= _NUMBERS:
+        return None
+    limit = min(max_abs, _FLOAT32_MAX)
+    try:  # an integer too large for a float cannot be summed with floats or tested for finiteness
+        if not (math.isfinite(sum(flat)) and max(flat) <= limit and min(flat) >= -limit):
+            return None
+    except OverflowError:
+        return None
+    return np.array(flat, np.float32).reshape(len(rows), channels)
+
+
 def _plain_rows(rows: list, channels: int) -> bool:
     """Whether every row is a list of ``channels`` JSON numbers (the common case, checked at C speed; bool and
     str are refused as in a single reading)."""
@@ -136,6 +158,9 @@ def _plain_rows(rows: list, channels: int) -> bool:
 
 def _matrix(rows: list, channels: int, max_abs: float) -> np.ndarray:
     """The rows as a float32 [n, channels] array; the first bad sample or value is named."""
+    fast = _plain_matrix(rows, channels, max_abs)
+    if fast is not None:
+        return fast
     if not _plain_rows(rows, channels):
         _name_bad_row(rows, channels)
     try:

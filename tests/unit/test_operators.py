@@ -1,6 +1,8 @@
 import time
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model.datasets import Recordings
 from model.spec import ModelSpec
@@ -67,6 +69,47 @@ def test_a_nan_confidence_does_not_blind_the_confidence_watch():
     watch.observe([0.95] * 300 + [float("nan")], 1, 0)
     assert watch.detector.estimation == watch.detector.estimation  # not NaN
     assert any(watch.observe([0.5] * 50, 1, i) is not None for i in range(20))  # a real fall is still seen
+
+
+def _falls_read_from_adwin(batches: list[list[float]], delta: float, min_fall: float) -> list[bool]:
+    """Per batch, whether ADWIN cut its window and the part it dropped had a mean above the rest by more than
+    ``min_fall``, with ADWIN's window sum and length read from the detector before and after every value."""
+    from river.drift import ADWIN
+
+    d, out = ADWIN(delta=delta), []
+    for batch in batches:
+        fell = False
+        for x in batch:
+            if x != x:
+                continue
+            total, width = d.estimation * d.width + x, d.width + 1
+            d.update(x)
+            if d.drift_detected and width > d.width:
+                fell = fell or d.estimation < (total - d.estimation * d.width) / (width - d.width) - min_fall
+        out.append(fell)
+    return out
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(levels=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 400)), min_size=1, max_size=6),
+       noise=st.floats(0.0, 0.3), batch=st.integers(1, 130), seed=st.integers(0, 2**16),
+       nans=st.floats(0.0, 0.05))
+def test_the_confidence_watch_follows_adwins_window_as_reading_it_would(levels, noise, batch, seed, nans):
+    """The watch keeps its own copy of ADWIN's window sum and length instead of reading them around every value;
+    on streams of shifting confidence levels (and now and then a NaN) it reports a fall in exactly the batches
+    in which reading them from the detector finds one."""
+    from operators.confidence_watch import ConfidenceWatch
+
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([np.clip(level + noise * rng.standard_normal(n), 0, 1) for level, n in levels])
+    values[rng.random(len(values)) < nans] = np.nan
+    batches = [values[i:i + batch].tolist() for i in range(0, len(values), batch)]
+    watch = ConfidenceWatch("m", delta=0.01, min_gap_ms=0, min_fall=0.02)
+    got = [watch.observe(b, 1, i) is not None for i, b in enumerate(batches)]
+    assert got == _falls_read_from_adwin(batches, 0.01, 0.02)
+    d = watch.detector
+    if not d.drift_detected:
+        assert watch.width == d.width and abs(watch.total - d.total) <= 1e-9 * max(1.0, d.width)
 
 
 def test_scorer_swap_changes_version_between_batches():
