@@ -51,6 +51,15 @@ class Intake:
     samples: int = 0
 
 
+@dataclass
+class _BlockRun:
+    """Sample blocks of one device and model, each carrying on the one before, waiting to be windowed."""
+
+    model: str = ""
+    blocks: list[tuple[SampleBlock, int]] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+
+
 class DeviceIntake:
     """Validates and windows each device's messages for the served ``models`` (``parser`` picks a model per
     reading, ``windowers`` cut its windows); ``normalisers`` (per model) learn each device's input statistics.
@@ -76,20 +85,27 @@ class DeviceIntake:
         return cls(parser, windowers, models[0].name, 0, normalisers)
 
     def take(self, key: str, messages: list[Message], state: DeviceState | None, now_ms: int) -> Intake:
-        """Validate and window ``messages`` of device ``key`` in order, starting from ``state``."""
+        """Validate and window ``messages`` of device ``key`` in order, starting from ``state``. Sample blocks
+        that carry on one another are windowed together (``SlidingWindower.add_blocks``: the same windows as
+        one at a time, in one pass)."""
         out = Intake(state)
-        for partition, offset, ingest_ms, payload in messages:
+        run = _BlockRun()
+        for message in messages:
+            partition, offset, ingest_ms, payload = message
             parsed = self.parser.parse(payload, partition, offset, now_ms)
             if isinstance(parsed, DeadLetter):
+                self._window(out, run)
                 out.dead_letters.append(parsed)
                 continue
             model, reading = parsed
             if reading.device_id != key:  # e.g. a duplicated "device_id" field
+                self._window(out, run)
                 out.dead_letters.append(self.parser.dead_letter(
                     model, payload, partition, offset, "device_id: ambiguous (appears more than once)", "device_id"))
                 continue
             usable = self._device_state(model, out.state)
             if isinstance(usable, str):
+                self._window(out, run)
                 out.dead_letters.append(self.parser.dead_letter(model, payload, partition, offset, usable,
                                                                 "device_type"))
                 continue
@@ -97,17 +113,42 @@ class DeviceIntake:
             windower = self.windowers[model]
             if isinstance(reading, SampleBlock):
                 out.samples += len(reading)
-                done, rejections = windower.add_block(usable, reading, ingest_ms)
-            else:
-                out.samples += 1
-                done, rejections = windower.add(usable, reading, ingest_ms)
-            out.windows.extend(self.with_stats(usable, done, model))
-            for rejection in rejections:
-                out.late += 1
-                out.dead_letters.append(self.parser.dead_letter(
-                    model, payload, partition, offset, rejection.reason,
-                    "seq" if reading.seq is not None else "ts", "window"))
+                if not (run.blocks and run.model == model and windower.continues(run.blocks[-1][0], reading)):
+                    self._window(out, run)
+                    run.model = model
+                run.blocks.append((reading, ingest_ms))
+                run.messages.append(message)
+                continue
+            self._window(out, run)
+            out.samples += 1
+            done, rejections = windower.add(usable, reading, ingest_ms)
+            self._use(out, model, done, rejections, message, reading.seq is not None)
+        self._window(out, run)
         return out
+
+    def _window(self, out: Intake, run: "_BlockRun") -> None:
+        """Window the blocks gathered in ``run`` (if any) and empty it: in one pass when its first block takes
+        the fast path, else one by one (each refusal names its own message)."""
+        if not run.blocks:
+            return
+        windower = self.windowers[run.model]
+        if len(run.blocks) > 1 and windower.takes_on(out.state, run.blocks[0][0]):
+            self._use(out, run.model, windower.add_blocks(out.state, run.blocks))
+        else:
+            for (block, ingest_ms), message in zip(run.blocks, run.messages):
+                done, rejections = windower.add_block(out.state, block, ingest_ms)
+                self._use(out, run.model, done, rejections, message, block.seq is not None)
+        run.blocks, run.messages = [], []
+
+    def _use(self, out: Intake, model: str, windows: list[Window], rejections: list | None = None,
+             message: Message | None = None, sequenced: bool = False) -> None:
+        """A message's (or a run's) windows, given their input statistics, and its refusals as dead letters."""
+        out.windows.extend(self.with_stats(out.state, windows, model))
+        for rejection in rejections or ():
+            out.late += 1
+            out.dead_letters.append(self.parser.dead_letter(
+                model, message.payload, message.partition, message.offset, rejection.reason,
+                "seq" if sequenced else "ts", "window"))
 
     def with_stats(self, state: DeviceState, windows: list[Window], model: str) -> list[Window]:
         """``windows`` of the device, each given the input statistics of the device's windows before it (when

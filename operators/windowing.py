@@ -21,6 +21,7 @@ A reading behind what was already used is late: it is refused with a reason.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field, fields
 
@@ -306,6 +307,51 @@ class SlidingWindower:
             return windows, refusals
         return self._commit_block(state, block, ingest_ms), []
 
+    def continues(self, before: SampleBlock, block: SampleBlock) -> bool:
+        """Whether ``block`` takes the fast path right after ``before`` was used on it: it carries on its
+        sequence (or neither has one, and readings are not reordered), starts after it, and no silence
+        before it or inside it resets the window. :meth:`add_blocks` windows such a run at once."""
+        if (before.seq is None) != (block.seq is None):
+            return False
+        if block.seq is None:
+            if self.max_out_of_order_ms:
+                return False
+        elif block.seq != before.seq + len(before):
+            return False
+        gap = int(block.ts[0]) - int(before.ts[-1])
+        if gap <= 0:
+            return False
+        if self.reset_gap_ms:
+            if gap > self.reset_gap_ms:
+                return False
+            span = int(block.ts[-1]) - int(block.ts[0])
+            if span > self.reset_gap_ms and np.diff(block.ts).max() > self.reset_gap_ms:
+                return False
+        return True
+
+    def takes_on(self, state: DeviceState, block: SampleBlock) -> bool:
+        """Whether :meth:`add_block` would append ``block`` on the fast path: not late, and in order with
+        nothing held back."""
+        return self._late_block(state, block) is None and self._in_order(state, block)
+
+    def add_blocks(self, state: DeviceState, blocks: list[tuple[SampleBlock, int]]) -> list[Window]:
+        """Take a run of ``(block, ingest_ms)`` whose first block :meth:`takes_on` and in which each block
+        :meth:`continues` the one before, in one pass: the same windows and state as :meth:`add_block` on each
+        in turn (each window keeps the ``ingest_ms`` of the block its last sample came in)."""
+        first = blocks[0][0]
+        state.device_id = first.device_id
+        parts = [block for block, _ in blocks]
+        labels = None
+        if any(block.labels for block in parts):
+            labels = [label for block in parts for label in (block.labels or [None] * len(block))]
+        joined = SampleBlock(first.device_id, np.concatenate([b.ts for b in parts]),
+                             np.concatenate([b.values for b in parts]), first.seq, labels, first.device_type)
+        ends, total = [], 0
+        for block in parts:
+            total += len(block)
+            ends.append(total)  # the joined block's sample index after each part's last
+        return self._commit_block(state, joined, blocks[0][1], (ends, [ingest for _, ingest in blocks]))
+
     def _late_block(self, state: DeviceState, block: SampleBlock) -> str | None:
         n = len(block)
         if block.seq is not None:
@@ -351,9 +397,11 @@ class SlidingWindower:
                 return False
         return True
 
-    def _commit_block(self, state: DeviceState, block: SampleBlock, ingest_ms: int) -> list[Window]:
+    def _commit_block(self, state: DeviceState, block: SampleBlock, ingest_ms: int,
+                      ingests: tuple[list[int], list[int]] | None = None) -> list[Window]:
         """Append the block to the device's ring and cut every window it completes, as arrays (slices of the
-        ring rather than index arrays: a block of 10 samples costs a few numpy calls, not a dozen)."""
+        ring rather than index arrays: a block of 10 samples costs a few numpy calls, not a dozen). ``ingests``:
+        for a block joined from several, the sample index after each part's last and each part's ``ingest_ms``."""
         length, stride, n, first = self.length, self.stride, len(block), state.count
         held = min(first, length - 1)  # earlier samples the first windows reach back to
         block_labels = block.labels or [None] * n
@@ -373,6 +421,8 @@ class SlidingWindower:
             for e in range(end, first + n, stride):
                 lo = e - length + 1  # global sample index of the window's first sample
                 begins = block_ts[lo - first] if lo >= first else int(ring_ts[lo % length])
+                if ingests is not None:  # the part the window's last sample came in
+                    ingest_ms = ingests[1][bisect_right(ingests[0], e - first)]
                 windows.append(Window(state.device_id, begins, block_ts[e - first],
                                       values[lo - offset:lo - offset + length].copy(),
                                       majority_label(labels[lo - offset:lo - offset + length]), ingest_ms,
