@@ -119,10 +119,14 @@ class DeviceIntake:
                 run.blocks.append((reading, ingest_ms))
                 run.messages.append(message)
                 continue
-            self._window(out, run)
+            if run.blocks:
+                self._window(out, run)
             out.samples += 1
             done, rejections = windower.add(usable, reading, ingest_ms)
-            self._use(out, model, done, rejections, message, reading.seq is not None)
+            if done:
+                out.windows.extend(self.with_stats(usable, done, model))
+            if rejections:
+                self._use(out, model, [], rejections, message, reading.seq is not None)
         self._window(out, run)
         return out
 
