@@ -321,13 +321,7 @@ class SlidingWindower:
         gap = int(block.ts[0]) - int(before.ts[-1])
         if gap <= 0:
             return False
-        if self.reset_gap_ms:
-            if gap > self.reset_gap_ms:
-                return False
-            span = int(block.ts[-1]) - int(block.ts[0])
-            if span > self.reset_gap_ms and np.diff(block.ts).max() > self.reset_gap_ms:
-                return False
-        return True
+        return not (self.reset_gap_ms and (gap > self.reset_gap_ms or self._silence_inside(block)))
 
     def takes_on(self, state: DeviceState, block: SampleBlock) -> bool:
         """Whether :meth:`add_block` would append ``block`` on the fast path: not late, and in order with
@@ -389,13 +383,17 @@ class SlidingWindower:
         elif self.max_out_of_order_ms:
             return False
         if self.reset_gap_ms:
-            first, last = int(block.ts[0]), int(block.ts[-1])
-            if state.last_ts is not None and first - state.last_ts > self.reset_gap_ms:
+            if state.last_ts is not None and int(block.ts[0]) - state.last_ts > self.reset_gap_ms:
                 return False
-            # its times increase, so no gap inside it exceeds its whole span: most blocks need no look at each gap
-            if last - first > self.reset_gap_ms and np.diff(block.ts).max() > self.reset_gap_ms:
+            if self._silence_inside(block):
                 return False
         return True
+
+    def _silence_inside(self, block: SampleBlock) -> bool:
+        """Whether two of the block's samples lie more than ``reset_gap_ms`` apart. Its times increase, so no gap
+        exceeds its whole span: most blocks need no look at each gap."""
+        return (int(block.ts[-1]) - int(block.ts[0]) > self.reset_gap_ms
+                and np.diff(block.ts).max() > self.reset_gap_ms)
 
     def _commit_block(self, state: DeviceState, block: SampleBlock, ingest_ms: int,
                       ingests: tuple[list[int], list[int]] | None = None) -> list[Window]:

@@ -135,10 +135,8 @@ def _plain_matrix(rows: list, channels: int, max_abs: float) -> np.ndarray | Non
     >>> _plain_matrix([[1, 2.5], [3, -4]], 2, 10).tolist(), _plain_matrix([[1, 2.5], [3, -40]], 2, 10)
     ([[1.0, 2.5], [3.0, -4.0]], None)
     """
-    if set(map(type, rows)) != {list} or set(map(len, rows)) != {channels} or not channels:
-        return None
-    flat = list(chain.from_iterable(rows))
-    if not set(map(type, flat)) <= _NUMBERS:
+    flat = _plain_rows(rows, channels)
+    if not flat:  # not plain rows, or rows of no channels
         return None
     limit = min(max_abs, _FLOAT32_MAX)
     try:  # an integer too large for a float cannot be summed with floats or tested for finiteness
@@ -149,11 +147,13 @@ def _plain_matrix(rows: list, channels: int, max_abs: float) -> np.ndarray | Non
     return np.array(flat, np.float32).reshape(len(rows), channels)
 
 
-def _plain_rows(rows: list, channels: int) -> bool:
-    """Whether every row is a list of ``channels`` JSON numbers (the common case, checked at C speed; bool and
-    str are refused as in a single reading)."""
-    return (set(map(type, rows)) == {list} and set(map(len, rows)) == {channels}
-            and set(map(type, chain.from_iterable(rows))) <= _NUMBERS)
+def _plain_rows(rows: list, channels: int) -> list | None:
+    """The rows' values as one flat list when every row is a list of ``channels`` JSON numbers (the common case,
+    checked at C speed; bool and str are refused as in a single reading), else None."""
+    if set(map(type, rows)) != {list} or set(map(len, rows)) != {channels}:
+        return None
+    flat = list(chain.from_iterable(rows))
+    return flat if set(map(type, flat)) <= _NUMBERS else None
 
 
 def _matrix(rows: list, channels: int, max_abs: float) -> np.ndarray:
@@ -161,7 +161,7 @@ def _matrix(rows: list, channels: int, max_abs: float) -> np.ndarray:
     fast = _plain_matrix(rows, channels, max_abs)
     if fast is not None:
         return fast
-    if not _plain_rows(rows, channels):
+    if _plain_rows(rows, channels) is None:
         _name_bad_row(rows, channels)
     try:
         values = np.asarray(rows, np.float64)

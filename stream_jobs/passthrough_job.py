@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     source = (KafkaSource.builder().set_bootstrap_servers(bootstrap)
               .set_topics(cfg.topics.readings).set_group_id(run.group_id or "sensorloop-passthrough")
               .set_starting_offsets(KafkaOffsetsInitializer.earliest())
-              .set_property("fetch.max.wait.ms", "10")
+              .set_property("fetch.max.wait.ms", str(cfg.broker.fetch_wait_ms))  # as the serving job's readings
               .set_value_only_deserializer(SimpleStringSchema()).build())
     builder = KafkaSink.builder().set_bootstrap_servers(bootstrap)
     # stamped when produced, as the serving job's outputs are (not with the copied record's timestamp); with a
