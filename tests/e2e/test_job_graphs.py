@@ -145,6 +145,64 @@ def test_java_puts_a_device_on_the_shard_python_computes(tmp_path, registry_copy
     agree()
 
 
+class ReferenceGroupRate:
+    """GroupRate (Java) as its documentation states it, to check the Java against."""
+
+    def __init__(self, wait_ms: int, sparse_wait_ms: int, span_ms: int, min_per_group: float) -> None:
+        self.wait, self.sparse_wait, self.span, self.bar = wait_ms, min(wait_ms, sparse_wait_ms), span_ms, min_per_group
+        self.start, self.records, self.keys, self.sparse = None, 0, set(), False
+
+    def record(self, key, now: int) -> bool:
+        if self.start is None:
+            self.start = now
+        elif now - self.start >= self.span:
+            self.sparse = self.records / max(1, len(self.keys)) * self.wait / (now - self.start) < self.bar
+            self.start, self.records, self.keys = now, 0, set()
+        self.records += 1
+        self.keys.add(key)
+        return self.sparse
+
+    def wait_ms(self) -> int:
+        return self.sparse_wait if self.sparse else self.wait
+
+
+def test_the_grouper_waits_briefly_while_the_stream_is_too_thin_to_group(tmp_path, registry_copy):
+    """GroupRate: 1,000 messages/s over 8 shards (1.25 records per 10 ms group) waits 2 ms once the first
+    100 ms span has shown the rate; 10,000/s keeps the full 10 ms; and for any stream of keys and times the
+    Java decides as its documented rule does (Hypothesis, against a reference)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from pyflink.java_gateway import get_gateway
+
+    make_env(config(tmp_path, registry_copy), "serving")  # the JVM, with the helper jar
+    jvm = get_gateway().jvm.io.sensorloop.flink
+    grouper = jvm.ReadingGrouper
+
+    def waits(per_second: int, seconds: float = 0.35) -> list[int]:
+        rate = jvm.GroupRate(10, grouper.SPARSE_DELAY_MS, grouper.RATE_SPAN_MS, grouper.MIN_PER_GROUP)
+        out = []
+        for i in range(int(per_second * seconds)):
+            rate.record(i % 8, 1_000 * i // per_second)
+            out.append(rate.waitMs())
+        return out
+
+    thin, busy = waits(1_000), waits(10_000)
+    assert thin[:99] == [10] * 99 and set(thin[100:]) == {2}  # the first span counts as dense
+    assert set(busy) == {10}
+
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 40)), max_size=120),
+           st.integers(0, 20), st.integers(0, 5), st.integers(1, 60), st.floats(0, 4))
+    def same_as_reference(stream, wait, sparse_wait, span, bar):
+        java, reference, now = jvm.GroupRate(wait, sparse_wait, span, bar), ReferenceGroupRate(wait, sparse_wait, span, bar), 0
+        for key, step in stream:
+            now += step
+            assert java.record(f"k{key}", now) == reference.record(f"k{key}", now)
+            assert java.waitMs() == reference.wait_ms()
+
+    same_as_reference()
+
+
 def test_python_unpacks_the_groups_java_packs(tmp_path, registry_copy):
     """What ReadingGrouper packs (by device: ``pack``; by shard: ``packKeyed`` over ``keyed`` records),
     ``unpack_group`` and ``unpack_shard_group`` give back pair for pair, for keys of any script and

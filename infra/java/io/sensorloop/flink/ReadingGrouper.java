@@ -24,9 +24,13 @@ import org.apache.flink.types.Row;
  * earlier is sent on at once: while the job keeps up with devices that send slower than that, grouping
  * would gain nothing and they pay no wait for it. A device sending faster is grouped from its second
  * record on, and while a backlog is read something is nearly always buffered, so it is grouped as before.
+ * While the whole stream is too thin for groups of {@code maxDelayMs} to form ({@link GroupRate}: fewer than
+ * {@link #MIN_PER_GROUP} records per key within it, measured over spans of {@link #RATE_SPAN_MS}), buffered
+ * records wait at most {@link #SPARSE_DELAY_MS} instead: enough to group a burst (a fetch's worth at a
+ * time, or what a backpressured source sends at once), too short to add much latency at low rates.
  *
  * <p>All groups are sent on when one holds {@code maxRecords} records, when the oldest buffered record
- * has waited {@code maxDelayMs}, when more than {@code maxBytes} are buffered, before every checkpoint
+ * has waited {@code maxDelayMs} (or the sparse wait), when more than {@code maxBytes} are buffered, before every checkpoint
  * barrier ({@code prepareSnapshotPreBarrier}: nothing is buffered across a checkpoint, so the operator
  * has no state and exactly-once holds) and at the end of input. Records of one key keep their order,
  * and groups go out in the order of their first records, so the first records of the groups keep
@@ -49,6 +53,9 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     public static final byte MARK = 0;
     public static final byte CHECKPOINT_MARK = 1;
     public static final byte SHARD_MARK = 2;
+    public static final long RATE_SPAN_MS = 100;
+    public static final double MIN_PER_GROUP = 2.0;
+    public static final long SPARSE_DELAY_MS = 2;
     private final int maxRecords;
     private final long maxDelayMs;
     private final long maxBytes;
@@ -59,6 +66,7 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     private transient long lastSweep;
     private transient long buffered;
     private transient boolean timerSet;
+    private transient GroupRate rate;
 
     public ReadingGrouper(int maxRecords, long maxDelayMs, long maxBytes) {
         this(maxRecords, maxDelayMs, maxBytes, 0);
@@ -91,6 +99,7 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
         lastSweep = 0;
         buffered = 0;
         timerSet = false;
+        rate = new GroupRate(maxDelayMs, SPARSE_DELAY_MS, RATE_SPAN_MS, MIN_PER_GROUP);
     }
 
     @Override
@@ -107,6 +116,7 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
             long now = getProcessingTimeService().getCurrentProcessingTime();
             Long previous = lastSeen.put(groupKey, now);
             forgetQuietKeys(now);
+            rate.record(groupKey, now);
             if (groups.isEmpty() && (previous == null || now - previous >= maxDelayMs)) { // nothing waits
                 List<byte[]> alone = new ArrayList<>(1);
                 alone.add(envelope);
@@ -122,7 +132,7 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
         } else if (!timerSet) {
             timerSet = true;
             long now = getProcessingTimeService().getCurrentProcessingTime();
-            getProcessingTimeService().registerTimer(now + maxDelayMs, this);
+            getProcessingTimeService().registerTimer(now + rate.waitMs(), this);
         }
     }
 
