@@ -180,7 +180,8 @@ class ServingSettings:
     #                          savepoints the sharded layout cannot read
     group_readings: int = 256  # up to this many messages of one device (one shard: sharded layout) are grouped in
     #                            Java (ReadingGrouper) and cross into Python as one record; 1: each message alone
-    group_ms: int = 10  # the longest a message waits for its group (the latency grouping may add); 0: no grouping
+    group_ms: int = 10  # the longest a message waits for its group (the latency grouping may add); 0: no grouping.
+    #                     While fewer than 2 messages per shard come within it, the wait is 2 ms (ReadingGrouper)
     switch_interval_ms: float = 1.0  # the sharded layout's interpreter hands the lock between its threads at least
     #                                  this often (Python's default 5 ms kept the scoring thread waiting for it after
     #                                  each model call while the task thread parsed)
