@@ -53,10 +53,11 @@ class Intake:
 
 @dataclass
 class _BlockRun:
-    """Sample blocks of one device and model, each carrying on the one before, waiting to be windowed."""
+    """Sample blocks of one device and model, each carrying on the one before, waiting to be windowed (with the
+    messages they came in)."""
 
     model: str = ""
-    blocks: list[tuple[SampleBlock, int]] = field(default_factory=list)
+    blocks: list[SampleBlock] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
 
 
@@ -113,14 +114,13 @@ class DeviceIntake:
             windower = self.windowers[model]
             if isinstance(reading, SampleBlock):
                 out.samples += len(reading)
-                if not (run.blocks and run.model == model and windower.continues(run.blocks[-1][0], reading)):
+                if not (run.blocks and run.model == model and windower.continues(run.blocks[-1], reading)):
                     self._window(out, run)
                     run.model = model
-                run.blocks.append((reading, ingest_ms))
+                run.blocks.append(reading)
                 run.messages.append(message)
                 continue
-            if run.blocks:
-                self._window(out, run)
+            self._window(out, run)
             out.samples += 1
             done, rejections = windower.add(usable, reading, ingest_ms)
             if done:
@@ -136,11 +136,12 @@ class DeviceIntake:
         if not run.blocks:
             return
         windower = self.windowers[run.model]
-        if len(run.blocks) > 1 and windower.takes_on(out.state, run.blocks[0][0]):
-            self._use(out, run.model, windower.add_blocks(out.state, run.blocks))
+        if len(run.blocks) > 1 and windower.takes_on(out.state, run.blocks[0]):
+            self._use(out, run.model, windower.add_blocks(
+                out.state, [(block, message.ingest_ms) for block, message in zip(run.blocks, run.messages)]))
         else:
-            for (block, ingest_ms), message in zip(run.blocks, run.messages):
-                done, rejections = windower.add_block(out.state, block, ingest_ms)
+            for block, message in zip(run.blocks, run.messages):
+                done, rejections = windower.add_block(out.state, block, message.ingest_ms)
                 self._use(out, run.model, done, rejections, message, block.seq is not None)
         run.blocks, run.messages = [], []
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections import Counter
+from itertools import accumulate
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -340,10 +341,7 @@ class SlidingWindower:
             labels = [label for block in parts for label in (block.labels or [None] * len(block))]
         joined = SampleBlock(first.device_id, np.concatenate([b.ts for b in parts]),
                              np.concatenate([b.values for b in parts]), first.seq, labels, first.device_type)
-        ends, total = [], 0
-        for block in parts:
-            total += len(block)
-            ends.append(total)  # the joined block's sample index after each part's last
+        ends = list(accumulate(map(len, parts)))  # the joined block's sample index after each part's last
         return self._commit_block(state, joined, blocks[0][1], (ends, [ingest for _, ingest in blocks]))
 
     def _late_block(self, state: DeviceState, block: SampleBlock) -> str | None:

@@ -127,16 +127,15 @@ _NUMBERS = frozenset((float, int))
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _plain_matrix(rows: list, channels: int, max_abs: float) -> np.ndarray | None:
-    """The usual block as a float32 array, checked in C loops over one flat list: rows of ``channels`` JSON
-    numbers, all finite (a finite sum clears every element) and within ``max_abs`` and float32's range;
-    None for anything else, which :func:`_matrix` then checks value by value and names.
+def _plain_matrix(flat: list, channels: int, max_abs: float) -> np.ndarray | None:
+    """The usual block as a float32 [n, channels] array from its plain rows' flat values (:func:`_plain_rows`),
+    checked in C loops: all finite (a finite sum clears every element) and within ``max_abs`` and float32's
+    range; None for anything else, which :func:`_matrix` then checks value by value and names.
 
-    >>> _plain_matrix([[1, 2.5], [3, -4]], 2, 10).tolist(), _plain_matrix([[1, 2.5], [3, -40]], 2, 10)
+    >>> _plain_matrix([1, 2.5, 3, -4], 2, 10).tolist(), _plain_matrix([1, 2.5, 3, -40], 2, 10)
     ([[1.0, 2.5], [3.0, -4.0]], None)
     """
-    flat = _plain_rows(rows, channels)
-    if not flat:  # not plain rows, or rows of no channels
+    if not flat:  # rows of no channels
         return None
     limit = min(max_abs, _FLOAT32_MAX)
     try:  # an integer too large for a float cannot be summed with floats or tested for finiteness
@@ -144,7 +143,7 @@ def _plain_matrix(rows: list, channels: int, max_abs: float) -> np.ndarray | Non
             return None
     except OverflowError:
         return None
-    return np.array(flat, np.float32).reshape(len(rows), channels)
+    return np.array(flat, np.float32).reshape(-1, channels)
 
 
 def _plain_rows(rows: list, channels: int) -> list | None:
@@ -158,11 +157,13 @@ def _plain_rows(rows: list, channels: int) -> list | None:
 
 def _matrix(rows: list, channels: int, max_abs: float) -> np.ndarray:
     """The rows as a float32 [n, channels] array; the first bad sample or value is named."""
-    fast = _plain_matrix(rows, channels, max_abs)
-    if fast is not None:
-        return fast
-    if _plain_rows(rows, channels) is None:
+    flat = _plain_rows(rows, channels)
+    if flat is None:
         _name_bad_row(rows, channels)
+    else:
+        fast = _plain_matrix(flat, channels, max_abs)
+        if fast is not None:
+            return fast
     try:
         values = np.asarray(rows, np.float64)
     except OverflowError:  # an integer beyond float range: find and name it

@@ -18,7 +18,7 @@ public final class GroupRate {
     private final long sparseWaitMs;
     private final long spanMs;
     private final double minPerGroup;
-    private transient Set<Object> keys;
+    private final Set<Object> keys = new HashSet<>();
     private long spanStart = Long.MIN_VALUE;
     private long records;
     private boolean sparse;
@@ -36,9 +36,6 @@ public final class GroupRate {
 
     /** Counts a record of {@code key} at {@code nowMs} (times never going back); returns {@link #sparse}. */
     public boolean record(Object key, long nowMs) {
-        if (keys == null) {
-            keys = new HashSet<>();
-        }
         if (spanStart == Long.MIN_VALUE) {
             spanStart = nowMs;
         } else if (nowMs - spanStart >= spanMs) {
