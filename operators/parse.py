@@ -8,7 +8,7 @@ from typing import Sequence
 
 from schemas import DeadLetter, SchemaError, SensorReading
 from schemas.base import decode_json
-from schemas.blocks import MAX_BLOCK_SAMPLES, SampleBlock, reading_from_dict
+from schemas.blocks import MAX_BLOCK_SAMPLES, SampleBlock, holds_no_bools, reading_from_dict
 
 RAW_PREVIEW_BYTES = 16 * 1024
 
@@ -64,7 +64,8 @@ class ReadingParser:
         """As ``parse``, for a payload already decoded (``raw`` is kept for the dead letter); a sample
         block (``schemas.blocks``) is checked sample by sample."""
         try:
-            reading = reading_from_dict(obj, self.channel_names, self.max_abs, self.max_block_samples)
+            reading = reading_from_dict(obj, self.channel_names, self.max_abs, self.max_block_samples,
+                                        holds_no_bools(raw))
         except SchemaError as exc:
             return self.dead_letter(raw, partition, offset, str(exc), exc.field)
         last = reading.ts if isinstance(reading, SensorReading) else int(reading.ts[-1])

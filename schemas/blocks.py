@@ -88,12 +88,14 @@ class SampleBlock:
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], channel_names: Sequence[str] | None = None, max_abs: float = math.inf,
-                  max_samples: int = MAX_BLOCK_SAMPLES) -> "SampleBlock":
+                  max_samples: int = MAX_BLOCK_SAMPLES, no_bools: bool = False) -> "SampleBlock":
+        """``no_bools``: the caller knows ``obj`` holds no JSON ``true`` or ``false`` (:func:`holds_no_bools` of
+        the payload it was decoded from), so NumPy may read the numbers' types (it would take a bool for 1 or 0)."""
         check_fields(obj, cls.REQUIRED, cls.OPTIONAL)
         check_version(obj)
         device_id = require_id(obj, "device_id")
         rows = _rows(obj["values"], channel_names, max_samples)
-        values = _matrix(rows, len(channel_names) if channel_names else len(rows[0]), max_abs)
+        values = _matrix(rows, len(channel_names) if channel_names else len(rows[0]), max_abs, no_bools)
         ts = _times(obj, len(rows))
         seq = require_int(obj, "seq", minimum=0) if obj.get("seq") is not None else None
         labels = _labels(obj, len(rows))
@@ -155,8 +157,48 @@ def _plain_rows(rows: list, channels: int) -> list | None:
     return flat if set(map(type, flat)) <= _NUMBERS else None
 
 
-def _matrix(rows: list, channels: int, max_abs: float) -> np.ndarray:
-    """The rows as a float32 [n, channels] array; the first bad sample or value is named."""
+def holds_no_bools(raw: bytes | str) -> bool:
+    """Whether a JSON payload cannot hold a boolean: neither literal is anywhere in it (one inside a string only
+    makes this say False).
+
+    >>> holds_no_bools(b'{"values": [[1, 0]]}'), holds_no_bools(b'{"values": [[1, false]]}')
+    (True, False)
+    """
+    if isinstance(raw, str):
+        return "true" not in raw and "false" not in raw
+    return b"true" not in raw and b"false" not in raw
+
+
+def _typed_matrix(rows: list, channels: int, max_abs: float) -> np.ndarray | None:
+    """The usual block as a float32 [n, channels] array, NumPy telling the values' types as it reads them (for rows
+    that hold no bool, which it would read as a number): rows of ``channels`` JSON numbers give an integer or float
+    array. Checked like :func:`_plain_matrix`; None for anything else, which :func:`_matrix` then checks value by
+    value and names.
+
+    >>> _typed_matrix([[1, 2.5], [3, -4]], 2, 10).tolist(), _typed_matrix([[1, "2"], [3, 4]], 2, 10)
+    ([[1.0, 2.5], [3.0, -4.0]], None)
+    """
+    try:
+        values = np.array(rows)
+    except (ValueError, OverflowError, TypeError):  # ragged rows, an integer too large for a float
+        return None
+    if values.ndim != 2 or values.shape[1] != channels or not values.size or values.dtype.kind not in "fi":
+        return None  # strings, nulls and objects give other kinds; unsigned: an integer beyond int64
+    if values.dtype.kind == "i":
+        values = values.astype(np.float64)  # the absolute value of int64's minimum is negative
+    peak = np.abs(values).max()  # NaN when any value is NaN: then no comparison holds
+    if not (peak <= max_abs and peak <= _FLOAT32_MAX):
+        return None
+    return values.astype(np.float32)
+
+
+def _matrix(rows: list, channels: int, max_abs: float, no_bools: bool = False) -> np.ndarray:
+    """The rows as a float32 [n, channels] array; the first bad sample or value is named. ``no_bools``: the rows
+    hold no bool (NumPy may tell the types)."""
+    if no_bools:
+        fast = _typed_matrix(rows, channels, max_abs)
+        if fast is not None:
+            return fast
     flat = _plain_rows(rows, channels)
     if flat is None:
         _name_bad_row(rows, channels)
@@ -224,6 +266,8 @@ def _times(obj: Mapping[str, Any], n: int) -> np.ndarray:
                 raise SchemaError("interval_ms", f"must be a positive number of milliseconds, got {interval!r}")
             last = first + int(round((n - 1) * interval))
             require_int({"ts": last}, "ts", minimum=0)  # the last sample's time stays a safe integer
+            if type(interval) is int:  # whole milliseconds: increasing by construction
+                return np.arange(first, last + 1, interval, dtype=np.int64)
             ts = first + np.round(np.arange(n) * float(interval)).astype(np.int64)  # round half to even, as round()
     return _increasing(np.asarray(ts, np.int64))
 
@@ -253,11 +297,12 @@ def _labels(obj: Mapping[str, Any], n: int) -> list | None:
 def decode_reading(raw: bytes | str, channel_names: Sequence[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
                    max_abs: float = math.inf, max_samples: int = MAX_BLOCK_SAMPLES) -> SensorReading | SampleBlock:
     """A single reading or a sample block, whichever the payload is."""
-    return reading_from_dict(decode_json(raw, max_bytes), channel_names, max_abs, max_samples)
+    return reading_from_dict(decode_json(raw, max_bytes), channel_names, max_abs, max_samples, holds_no_bools(raw))
 
 
 def reading_from_dict(obj: Mapping[str, Any], channel_names: Sequence[str] | None = None, max_abs: float = math.inf,
-                      max_samples: int = MAX_BLOCK_SAMPLES) -> SensorReading | SampleBlock:
+                      max_samples: int = MAX_BLOCK_SAMPLES, no_bools: bool = False) -> SensorReading | SampleBlock:
+    """A single reading or a sample block (``no_bools``: as :meth:`SampleBlock.from_dict`)."""
     if is_block(obj):
-        return SampleBlock.from_dict(obj, channel_names, max_abs, max_samples)
+        return SampleBlock.from_dict(obj, channel_names, max_abs, max_samples, no_bools)
     return SensorReading.from_dict(obj, channel_names=channel_names, max_abs=max_abs)

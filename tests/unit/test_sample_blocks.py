@@ -120,14 +120,38 @@ def test_blocks_of_odd_json_are_refused_at_the_first_bad_sample_as_a_sample_by_s
     max_abs = 1e9
     expected = _reference_refusal(ts, rows, max_abs)
     obj = {"device_id": "d", "ts": ts, "values": rows}
-    try:
-        got = SampleBlock.from_dict(obj, CHANNELS, max_abs=max_abs)
-    except SchemaError as exc:
-        assert expected is not None, f"refused a good block: {exc}"
-        assert str(exc).startswith(expected), (str(exc), expected)
-        return
-    assert expected is None, f"accepted a block a sample-by-sample check refuses: {expected}"
-    assert got.ts.tolist() == ts and np.array_equal(got.values, np.asarray(rows, np.float32))
+    # with no bool in the block, also the path where NumPy tells the types (a parser's payload without true/false)
+    for no_bools in (False, True) if not _holds_bool(obj) else (False,):
+        try:
+            got = SampleBlock.from_dict(obj, CHANNELS, max_abs=max_abs, no_bools=no_bools)
+        except SchemaError as exc:
+            assert expected is not None, f"refused a good block: {exc}"
+            assert str(exc).startswith(expected), (str(exc), expected)
+            continue
+        assert expected is None, f"accepted a block a sample-by-sample check refuses: {expected}"
+        assert got.ts.tolist() == ts and np.array_equal(got.values, np.asarray(rows, np.float32))
+        assert got.values.dtype == np.float32 and got.values.shape == (len(rows), len(CHANNELS))
+
+
+def _holds_bool(value) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, list) and any(map(_holds_bool, value))
+
+
+def test_a_parsed_block_with_a_bool_among_its_numbers_is_refused_at_that_value():
+    """The parser lets NumPy tell the types only when the payload holds no true or false: NumPy would read them
+    as 1 and 0."""
+    parser = ReadingParser(CHANNELS, "sensor-readings")
+    for raw, field in ((b'{"device_id": "d", "ts": [1, 2], "values": [[1.5, 2], [3, true]]}', "values[1][1]"),
+                       (b'{"device_id": "d", "ts": [1, 2], "values": {"x": [false, 2], "y": [3, 4]}}', "values[0][0]")):
+        letter = parser.parse(raw, 0, 5)
+        assert isinstance(letter, DeadLetter) and letter.field == field, letter
+        assert letter.reason.endswith("must be a number, got bool")
+    labelled = parser.parse(b'{"device_id": "d", "ts": [1, 2], "values": [[1, 2], [3, 4]], "label": "not false"}', 0, 6)
+    assert labelled.values.tolist() == [[1, 2], [3, 4]]  # a string holding the word only takes the value-by-value check
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
