@@ -25,7 +25,6 @@ from schemas import DeadLetter
 from stream_jobs.flink_env import keyed_by_first_field
 
 SEP = "\x1f"
-RECORD_SEP = "\x1e"  # between routed records that one output record of a Python operator joins (split_routed)
 GROUP_MARK = 0  # first byte of a ReadingGrouper record holding several envelopes (a topic name never starts so)
 GROUP_MAX_BYTES = 8 * 1024 * 1024  # ReadingGrouper sends every group on when more than this is held
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())  # each job's side output for bad input
@@ -170,15 +169,6 @@ def batched(builder):
     embedded broker used 0.15-0.17 of a core with it and 0.11-0.13 with 256 KB (a batch still leaves after
     ``linger.ms``, so latency is unchanged). Every sink here, the pass-through baseline's too, is built so."""
     return builder.set_property("linger.ms", "2").set_property("batch.size", str(256 * 1024))
-
-
-def split_routed(joined: DataStream) -> DataStream:
-    """The routed records of a stream whose elements join several with ``RECORD_SEP`` (``RoutedSplitter``, in
-    Java and chained to the operator before it)."""
-    jvm = get_gateway().jvm
-    j_split = joined._j_data_stream.flatMap(jvm.io.sensorloop.flink.RoutedSplitter(),
-                                            Types.STRING().get_java_type_info())
-    return DataStream(j_split.name("split-outputs").uid("split-outputs"))
 
 
 def routed_sink(bootstrap: str, exactly_once: bool = False, transactional_prefix: str = "sensorloop") -> KafkaSink:

@@ -19,8 +19,7 @@ from operators.serving_model import ControlMessage
 from schemas import DeadLetter, DriftEvent, ModelSnapshot, SchemaError
 from settings import Config
 from stream_jobs.flink_env import JobRun, keyed_by_first_field, make_env, parse_job_args
-from stream_jobs.kafka_io import (DEAD_LETTERS, dead_letter_record, keyed_source, now_ms, routed_sink, split_envelope,
-                                  split_routed)
+from stream_jobs.kafka_io import DEAD_LETTERS, dead_letter_record, keyed_source, now_ms, routed_sink, split_envelope
 from stream_jobs.serving_per_device import InferBatches, ReadingsToWindows
 from stream_jobs.serving_sharded import ServeShards
 
@@ -86,7 +85,6 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
                   .process(ServeShards(cfg, models, shards, run.stats_file), output_type=Types.STRING())
                   .name("serve-shards").uid("serve-shards"))
         dead = [scored.get_side_output(DEAD_LETTERS)]
-        scored = split_routed(scored)
     else:
         windows = (readings.process(ReadingsToWindows(cfg, models, shards),
                                     output_type=Types.ROW([Types.INT(), Types.PICKLED_BYTE_ARRAY()]))

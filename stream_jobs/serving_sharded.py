@@ -15,7 +15,7 @@ from operators.serving_model import ControlMessage
 from operators.shard_serving import IDLE_FLUSH_MS, DeviceTable, ShardServing, shard_of
 from settings import Config
 from stream_jobs.flink_env import quiet_embedded_logging
-from stream_jobs.kafka_io import CHECKPOINT_MARK, RECORD_SEP, unpack_shard_group
+from stream_jobs.kafka_io import CHECKPOINT_MARK, unpack_shard_group
 from stream_jobs.serving_parts import (
     IntakeCounts,
     LocalCounter,
@@ -100,10 +100,7 @@ class ServeShards(KeyedCoProcessFunction):
             self.devices.remove(device)
 
     def _emit(self, outgoing):
-        """The outputs as one record, routed records joined by ``RECORD_SEP`` (``split_routed`` splits it in Java):
-        one crossing out of Python per call instead of one per output."""
-        if outgoing:
-            yield RECORD_SEP.join(self.outputs.routed(outgoing))
+        return self.outputs.routed(outgoing)
 
     def _schedule(self, ctx, now: int) -> None:
         """A timer for the earliest due batch, or soon while batches are being scored (their outputs go out on

@@ -33,7 +33,6 @@ def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy
     assert "parse-and-window" not in serving and "inference" not in serving
     assert serving["Source: model-snapshots-and-drift-events"] == "model-snapshots-and-drift-events"
     assert serving["kafka-out: Writer"] == "kafka-out"
-    assert serving["split-outputs"] == "split-outputs"  # RoutedSplitter: stateless, but a fixed uid all the same
 
     learning_env = make_env(cfg, "learning")
     build_learning_job(learning_env, cfg)
@@ -229,45 +228,6 @@ def test_python_unpacks_the_groups_java_packs(tmp_path, registry_copy):
             plain.add(envelope)
         assert unpack_shard_group(bytes(grouper.packKeyed(keyed))) == pairs
         assert unpack_group(bytes(grouper.pack(plain))) == [envelope for _, envelope in pairs]
-
-    round_trip()
-
-
-def test_java_splits_the_outputs_python_joins_into_one_record(tmp_path, registry_copy):
-    """The sharded serving operator hands each call's outputs to Java as one record (routed records joined by
-    ``RECORD_SEP``); ``RoutedSplitter`` gives back each routed record, for outputs of any topic, key and JSON
-    payload (strings of any script, control characters included: JSON escapes them)."""
-    import orjson
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-    from pyflink.java_gateway import get_gateway
-
-    from operators.outgoing import Outgoing
-    from schemas.base import SchemaError, require_id
-    from stream_jobs.kafka_io import RECORD_SEP, routed
-
-    make_env(config(tmp_path, registry_copy), "serving")  # the JVM, with the helper jar
-    splitter = get_gateway().jvm.io.sensorloop.flink.RoutedSplitter
-
-    def is_id(text: str) -> bool:
-        try:
-            return require_id({"id": text}, "id") == text
-        except SchemaError:
-            return False
-
-    topics = st.sampled_from(["predictions", "review-requests", "dead-letters", "forecasts"])
-    keys = st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30).filter(is_id))
-    payloads = st.recursive(st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False), st.integers(-2**53, 2**53),
-                                      st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)),
-                            lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                    st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                            max_leaves=12)
-
-    @settings(max_examples=150, deadline=None, derandomize=True)
-    @given(st.lists(st.tuples(topics, keys, payloads), min_size=1, max_size=12))
-    def round_trip(outputs):
-        records = [routed(Outgoing(topic, key, orjson.dumps(payload))) for topic, key, payload in outputs]
-        assert list(splitter.split(RECORD_SEP.join(records))) == records
 
     round_trip()
 
