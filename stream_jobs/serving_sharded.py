@@ -50,7 +50,8 @@ class ServeShards(KeyedCoProcessFunction):
         group = runtime_context.get_metrics_group()
         self.inference = open_inference_shards(self.cfg, self.models, self.stats_file, group)
         self.serving = ShardServing(device_intake(self.cfg, self.models), self.inference,
-                                    self.cfg.serving.device_expiry_ms, IDLE_FLUSH_MS, threaded=True)
+                                    self.cfg.serving.device_expiry_ms, IDLE_FLUSH_MS,
+                                    threaded=self.cfg.serving.scoring_thread)
         self.versions = ServedVersions(runtime_context, self.inference)
         self.devices = runtime_context.get_map_state(
             MapStateDescriptor("devices", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))

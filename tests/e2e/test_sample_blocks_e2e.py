@@ -39,7 +39,8 @@ def test_blocks_and_single_readings_make_every_window_once_and_a_bad_block_is_re
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         ensure_topics(broker.bootstrap, TOPICS)
         job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
-                          state_dir=str(tmp_path / "ck"), audit_rate=0.0)
+                          state_dir=str(tmp_path / "ck"), audit_rate=0.0,
+                          scoring_thread=True)  # the other end-to-end tests score on the task thread (the default)
         with job:
             produce(broker.bootstrap, TOPICS.readings, messages + encoded(singles))
             out = collect(broker.bootstrap, {TOPICS.predictions: len(expected), TOPICS.dead_letters: 1},
