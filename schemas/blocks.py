@@ -186,10 +186,17 @@ def _typed_matrix(rows: list, channels: int, max_abs: float) -> np.ndarray | Non
         return None  # strings, nulls and objects give other kinds; unsigned: an integer beyond int64
     if values.dtype.kind == "i":
         values = values.astype(np.float64)  # the absolute value of int64's minimum is negative
+    return _float32_within(values, max_abs)
+
+
+def _float32_within(values: np.ndarray, max_abs: float) -> np.ndarray | None:
+    """``values`` (floats) as float32 when all are finite and within ``max_abs`` and float32's range, else None.
+
+    >>> _float32_within(np.array([1.5, -2.0]), 2.0).dtype, _float32_within(np.array([1.0, np.nan]), 2.0)
+    (dtype('float32'), None)
+    """
     peak = np.abs(values).max()  # NaN when any value is NaN: then no comparison holds
-    if not (peak <= max_abs and peak <= _FLOAT32_MAX):
-        return None
-    return values.astype(np.float32)
+    return values.astype(np.float32) if peak <= max_abs and peak <= _FLOAT32_MAX else None
 
 
 def _matrix(rows: list, channels: int, max_abs: float, no_bools: bool = False) -> np.ndarray:
@@ -212,10 +219,10 @@ def _matrix(rows: list, channels: int, max_abs: float, no_bools: bool = False) -
         for i, row in enumerate(rows):
             finite_floats(row, f"values[{i}]", max_abs)
         raise
+    checked = _float32_within(values, max_abs)
+    if checked is not None:
+        return checked
     magnitude = np.abs(values)
-    peak = magnitude.max()  # NaN when any value is NaN: then no comparison holds
-    if peak <= max_abs and peak <= _FLOAT32_MAX:  # the usual block: two checks, then the cast
-        return values.astype(np.float32)
     bad = ~np.isfinite(values) | (magnitude > max_abs)
     if bad.any():
         i, j = (int(k) for k in np.argwhere(bad)[0])

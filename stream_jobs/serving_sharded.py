@@ -44,8 +44,9 @@ class ServeShards(KeyedCoProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         quiet_embedded_logging()
-        # the task thread parses while the scoring thread waits to take the lock back after each model call: a
-        # shorter switch interval than Python's 5 ms cut that wait from about a quarter of the model calls' time
+        # with serving.scoring_thread, the task thread parses while the scoring thread waits to take the lock back
+        # after each model call: a shorter switch interval than Python's 5 ms cut that wait from about a quarter of
+        # the model calls' time
         sys.setswitchinterval(self.cfg.serving.switch_interval_ms / 1000)
         group = runtime_context.get_metrics_group()
         self.inference = open_inference_shards(self.cfg, self.models, self.stats_file, group)
