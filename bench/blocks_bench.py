@@ -105,14 +105,10 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: 
         sc.stop()
 
 
-def intake_us_per_sample(size: int, samples: int = 120_000) -> float:
-    """CPU microseconds per sample of the serving job's intake alone: decoding, validating and windowing the
-    replayer's messages of ``size`` samples from 64 devices (``operators.device_intake.DeviceIntake``, one
-    message at a time, no Flink), the Python work every message costs before any framework or model."""
+def replayed_payloads(size: int, samples: int) -> list[tuple[str, bytes]]:
+    """``(device, payload)`` of the replayer's BasicMotions messages of ``size`` samples from 64 devices, in the
+    order it sends them."""
     from model.datasets import load_basic_motions
-    from model.spec import BASIC_MOTIONS_CHANNELS
-    from operators.device_intake import DeviceIntake, Message
-    from operators.model_routing import ServedModel
     from operators.replay import BlockPacker, ReadingStream
 
     stream = ReadingStream(load_basic_motions("test"), DEVICES, 0)
@@ -123,6 +119,18 @@ def intake_us_per_sample(size: int, samples: int = 120_000) -> float:
         message = reading if packer is None else packer.add(reading)
         if message is not None:
             payloads.append((message["device_id"], orjson.dumps(message)))
+    return payloads
+
+
+def intake_us_per_sample(size: int, samples: int = 120_000) -> float:
+    """CPU microseconds per sample of the serving job's intake alone: decoding, validating and windowing the
+    replayer's messages of ``size`` samples from 64 devices (``operators.device_intake.DeviceIntake``, one
+    message at a time, no Flink), the Python work every message costs before any framework or model."""
+    from model.spec import BASIC_MOTIONS_CHANNELS
+    from operators.device_intake import DeviceIntake, Message
+    from operators.model_routing import ServedModel
+
+    payloads = replayed_payloads(size, samples)
     intake = DeviceIntake.for_models([ServedModel("m", tuple(BASIC_MOTIONS_CHANNELS), 32, 8)])
     states: dict = {}
     started = time.process_time()
@@ -134,25 +142,89 @@ def intake_us_per_sample(size: int, samples: int = 120_000) -> float:
     return (time.process_time() - started) * 1e6 / (len(payloads) * size)
 
 
-def cpu_budget(row: dict) -> dict:
-    """CPU microseconds per sample: the job's Python threads, and what of it the intake alone and the model
-    alone (its calls inside the job, per CPU-second of the inference thread) account for; the rest is the
-    operators' framework (records into and out of Python, keyed state, the per-device layout's window records
-    between its two operators, the inference code's own Python). Beside it, the whole plain consumer.
+class _NoMetrics:
+    """A metrics group that keeps nothing (the operator driven without Flink)."""
 
-    >>> b = cpu_budget({"serving_samples_per_s": 25_000, "serving_cores": {"parse": 0.5, "inference": 0.5, "serve": 0},
-    ...                 "intake_us": 10.0, "in_job_per_cpu_s": 10_000, "stride": 8,
+    def gauge(self, *_args, **_kwargs) -> None:
+        return None
+
+    def add_group(self, *_args) -> "_NoMetrics":
+        return self
+
+
+def operator_us_per_sample(size: int, registry: str, stride: int = 8, samples: int = 400_000) -> dict[str, float]:
+    """CPU microseconds per sample of the sharded layout's operator alone, no Flink and no Kafka:
+    ``ShardServing`` built as ``ServeShards.open`` builds it (the job's intake and inference shards, scoring on
+    the calling thread), given the replayer's messages in groups of up to ``serving.group_readings`` per shard
+    (as ``ReadingGrouper`` sends them in a drain), every output made into the routed record the job hands to
+    Java. ``operator``: all of it on this thread; ``model``: its ONNX Runtime calls; ``predictions``: how many
+    it made (every window of every device). The job's task thread per
+    sample less ``operator`` is what Flink adds (records into and out of Python, timers, state) and what the
+    job's other threads and the broker on the other core cost the same work."""
+    import os
+
+    from operators.device_intake import Message
+    from operators.shard_serving import IDLE_FLUSH_MS, DeviceTable, ShardServing, shard_of
+    from settings import load_config
+    from stream_jobs.kafka_io import routed
+    from stream_jobs.serving_job import inference_shard_count, served_models
+    from stream_jobs.serving_parts import device_intake, open_inference_shards
+
+    cfg = load_config(None, {**os.environ, "SENSORLOOP_REGISTRY_PATH": registry,
+                             "SENSORLOOP_SERVING_STRIDE": str(stride)})
+    models, shards = served_models(cfg), inference_shard_count(cfg)
+    inference = open_inference_shards(cfg, models, "", _NoMetrics())
+    serving = ShardServing(device_intake(cfg, models), inference, cfg.serving.device_expiry_ms, IDLE_FLUSH_MS,
+                           threaded=False)
+    groups, filling = [], {}
+    for offset, (device, payload) in enumerate(replayed_payloads(size, samples)):
+        shard = shard_of(device, shards)
+        group = filling.setdefault(shard, [])
+        group.append((device, Message(0, offset, 0, payload)))
+        if len(group) >= cfg.serving.group_readings:
+            groups.append((shard, filling.pop(shard)))
+    groups += filling.items()
+    tables = {shard: DeviceTable() for shard in range(shards)}
+    now, predictions = 1_700_000_010_000, 0
+    started = time.thread_time()
+    for shard, group in groups:
+        served = serving.take(tables[shard], group, now)
+        if served.dead_letters:
+            raise RuntimeError(f"the operator refused a replayed message: {served.dead_letters[0].reason}")
+        for out in served.outgoing:
+            routed(out)
+            predictions += out.topic == cfg.topics.predictions
+    for out in serving.flush(now) + serving.drain():
+        routed(out)
+        predictions += out.topic == cfg.topics.predictions
+    spent = time.thread_time() - started
+    model = sum(shard.scorer.stats.inference_cpu_s for shard in inference.values())
+    serving.close()
+    return {"operator": spent * 1e6 / samples, "model": model * 1e6 / samples, "predictions": predictions}
+
+
+def cpu_budget(row: dict) -> dict:
+    """CPU microseconds per sample: the job's Python threads (``python``); the sharded operator alone on the same
+    messages without Flink (``operator``, :func:`operator_us_per_sample`), split into the intake alone
+    (``intake``), its model calls (``model``) and the inference code's own Python (``scoring_rest``: batching,
+    predictions, review routing, the confidence watch, routed records); ``framework``: the job's threads less the
+    operator alone (records into and out of Python, timers, state, and what sharing the machine with the job's
+    Java threads and the broker costs the same Python work). Beside it, the whole plain consumer.
+
+    >>> b = cpu_budget({"serving_samples_per_s": 25_000, "serving_cores": {"parse": 0, "inference": 0, "serve": 1.0},
+    ...                 "intake_us": 10.0, "operator_us": {"operator": 30.0, "model": 12.5},
     ...                 "plain_samples_per_s": 40_000, "plain_cores": {"consumer": 1.0}})
     >>> {k: round(v, 1) for k, v in b.items()}
-    {'python': 40.0, 'intake': 10.0, 'model': 12.5, 'framework': 17.5, 'plain': 25.0}
+    {'python': 40.0, 'operator': 30.0, 'intake': 10.0, 'model': 12.5, 'scoring_rest': 7.5, 'framework': 10.0, 'plain': 25.0}
     """
     cores = row["serving_cores"]
     threads = sum(cores.get(k, 0.0) for k in ("parse", "inference", "serve", "scoring")) or float("nan")
     python = threads * 1e6 / row["serving_samples_per_s"]
-    model = 1e6 / (row["in_job_per_cpu_s"] * row["stride"])
+    alone = row["operator_us"]
     plain = row["plain_cores"].get("consumer", float("nan")) * 1e6 / row["plain_samples_per_s"]
-    return {"python": python, "intake": row["intake_us"], "model": model,
-            "framework": python - row["intake_us"] - model, "plain": plain}
+    return {"python": python, "operator": alone["operator"], "intake": row["intake_us"], "model": alone["model"],
+            "scoring_rest": alone["operator"] - row["intake_us"] - alone["model"],
+            "framework": python - alone["operator"], "plain": plain}
 
 
 def per_cpu_s(row: dict, kind: str) -> float:
@@ -189,7 +261,8 @@ def model_bound(row: dict) -> float:
 
 
 def serving_row(work: Path, size: int, samples: int, registry: str, patch: int, layout: str, stride: int,
-                ungrouped: bool, plain: dict, passthrough: dict, intake_us: float, threads: int = 1) -> dict:
+                ungrouped: bool, plain: dict, passthrough: dict, intake_us: float, threads: int = 1,
+                operator_us: dict | None = None) -> dict:
     """The serving job in ``layout`` (and, with ``ungrouped``, with each message crossing alone) beside the plain
     consumer's and the pass-through job's runs on the same messages."""
     tag = f"-patch{patch}-{layout}"
@@ -208,6 +281,7 @@ def serving_row(work: Path, size: int, samples: int, registry: str, patch: int, 
             "serving_vs_passthrough": serving["messages_per_s"] / passthrough["messages_per_s"],
             "windows": f"{serving['outputs']}/{serving['expected']}",
             "serving_cores": serving["cores"], "plain_cores": plain["cores"], "intake_us": intake_us,
+            "operator_us": operator_us or {"operator": float("nan"), "model": float("nan")},
             "windows_ungrouped": f"{alone['outputs']}/{alone['expected']}" if alone else None,
             **{k: serving[k] for k in ("mean_batch", "in_job_per_cpu_s", "in_job_per_wall_s", "runqueue_share",
                                        "standalone")}}
@@ -264,9 +338,11 @@ def main() -> None:
             passthrough = measure(work, "passthrough", size, samples, args.registry)
             for patch, registry in registries.items():
                 plain = measure(work, "plain", size, samples, registry, f"-patch{patch}", stride=args.stride)
+                operator_us = operator_us_per_sample(size, registry, args.stride)
                 for layout in layouts:
                     rows.append(serving_row(work, size, samples, registry, patch, layout, args.stride, args.ungrouped,
-                                            plain, passthrough, intake_us, args.inference_threads))
+                                            plain, passthrough, intake_us, args.inference_threads,
+                                            operator_us if layout == "sharded" else None))
                     print(rows[-1], flush=True)
     header = ["samples per message", "samples per token", "layout", "samples", "messages", "serving samples/s",
               "serving, messages not grouped", "grouped / not", "plain consumer samples/s", "serving / plain",
@@ -303,11 +379,12 @@ def main() -> None:
                   *(r["plain_cores"].get(k, float("nan")) for k in ("consumer", "broker")),
                   per_cpu_s(r, "serving"), per_cpu_s(r, "plain"), per_cpu_s(r, "serving") / per_cpu_s(r, "plain")]
                  for r in rows])
-    print_table("CPU microseconds per sample: the job's Python threads, of which the intake alone (decode, "
-                "validate, window; measured apart, no Flink), the model (its calls in the job) and the rest (the "
-                "operators' framework); beside it the whole plain consumer",
-                ["samples per message", "samples per token", "layout", "job's Python threads", "intake", "model",
-                 "framework (the rest)", "plain consumer (all of it)"],
+    print_table("CPU microseconds per sample: the job's Python threads; the sharded operator alone on the same "
+                "messages (no Flink, no Kafka), of which the intake (decode, validate, window), the model and the rest "
+                "of the scoring code; what the job's threads spend beyond the operator alone (Flink, and sharing the "
+                "machine); beside it the whole plain consumer",
+                ["samples per message", "samples per token", "layout", "job's Python threads", "operator alone",
+                 "intake", "model", "rest of scoring", "job beyond the operator alone", "plain consumer (all of it)"],
                 [[r["samples_per_message"], r["patch"], r["layout"], *cpu_budget(r).values()] for r in rows])
     print(f"results: {save(name, {'rows': rows})}")
     series = []
