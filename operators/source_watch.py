@@ -23,6 +23,19 @@ sensor-readings partition 0: offsets went back from 42 to 3: the topic was reset
 (1, 2)
 >>> watch.see(0, 4) is None, watch.stalled_partitions()   # reading again
 (True, 0)
+
+A job restored from a checkpoint has read nothing yet, and its watch knows no offset. If the broker lost the
+topic meanwhile, the job resumes beyond the partition's end and reads nothing for ever. So the watch also takes
+the offsets the job's consumer group committed (the source commits its position with every checkpoint), for
+partitions it has not read: the record before each is the last one the job read.
+
+>>> restored = SourceWatch("sensor-readings")
+>>> [r.partition for r in restored.check(gone, committed=lambda: {0: 162, 1: 0})]   # 1: nothing read yet
+[]
+>>> print(restored.check(gone, committed=lambda: {0: 162})[0].message())
+sensor-readings partition 0: the broker no longer has offset 161, the last the job's consumer group committed as read: the topic was reset or lost (an in-memory broker restarted?); the restored job will wait until the partition grows past that offset
+>>> restored.see(0, 5) is None   # reading again from an older position (a savepoint, say) is no reset
+True
 """
 
 from __future__ import annotations
@@ -33,6 +46,8 @@ from typing import Callable
 
 # for {partition: offset}, whether the broker still holds each: True, False, or None when it cannot tell
 RecordProbe = Callable[[dict[int, int]], dict[int, "bool | None"]]
+# {partition: offset} that the job's consumer group committed (the next offset to read); {} when unknown
+CommittedOffsets = Callable[[], dict[int, int]]
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,7 @@ class SourceWatch:
     def __init__(self, topic: str, confirmations: int = 2) -> None:
         self.topic, self.confirmations = topic, confirmations
         self.newest: dict[int, int] = {}
+        self.committed: set[int] = set()  # partitions whose newest offset came from the group's commit, not a read
         self.misses: dict[int, int] = {}
         self.stalled: set[int] = set()
         self.resets = 0
@@ -71,14 +87,20 @@ class SourceWatch:
             self.newest[partition] = offset
             self.stalled.discard(partition)
             self.misses.pop(partition, None)
+            if partition in self.committed:  # a restored job may resume before its group's commit (a savepoint)
+                self.committed.discard(partition)
+                return None
             if previous is None or offset > previous:
                 return None
             self.resets += 1
         return SourceReset(self.topic, partition, previous,
                            f"offsets went back from {previous} to {offset}: the topic was reset or recreated")
 
-    def check(self, record_exists: RecordProbe) -> list[SourceReset]:
-        """Ask the broker for the newest record read on each partition; the newly stalled ones."""
+    def check(self, record_exists: RecordProbe, committed: CommittedOffsets | None = None) -> list[SourceReset]:
+        """Ask the broker for the newest record read on each partition; the newly stalled ones. ``committed``:
+        the job's group's committed offsets, taken for partitions not read yet (see the module's doc)."""
+        if committed is not None:
+            self._take_committed(committed)
         with self.lock:
             positions = {p: o for p, o in self.newest.items() if p not in self.stalled}
         answers = record_exists(positions) if positions else {}
@@ -98,12 +120,26 @@ class SourceWatch:
                     continue
                 self.stalled.add(partition)
                 self.resets += 1
-            found.append(SourceReset(
-                self.topic, partition, offset,
-                f"the broker no longer has offset {offset}, which the job already read: the topic was "
-                "reset or lost (an in-memory broker restarted?); the job will wait until the partition "
-                "grows past that offset"))
+                restored = partition in self.committed
+            if restored:
+                reason = (f"the broker no longer has offset {offset}, the last the job's consumer group committed as "
+                          "read: the topic was reset or lost (an in-memory broker restarted?); the restored job will "
+                          "wait until the partition grows past that offset")
+            else:
+                reason = (f"the broker no longer has offset {offset}, which the job already read: the topic was "
+                          "reset or lost (an in-memory broker restarted?); the job will wait until the partition "
+                          "grows past that offset")
+            found.append(SourceReset(self.topic, partition, offset, reason))
         return found
+
+    def _take_committed(self, committed: CommittedOffsets) -> None:
+        """The group's committed offsets as the newest read, for partitions this watch has not read."""
+        offsets = committed()
+        with self.lock:
+            for partition, offset in offsets.items():
+                if offset > 0 and partition not in self.newest:
+                    self.newest[partition] = offset - 1
+                    self.committed.add(partition)
 
     def stalled_partitions(self) -> int:
         with self.lock:

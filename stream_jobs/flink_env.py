@@ -49,6 +49,12 @@ def bundle_timer_ms(flink: FlinkSettings) -> int:
     return THREAD_MODE_BUNDLE_TIMER_MS if flink.execution_mode == "thread" else flink.bundle_time_ms
 
 
+def subtask_index(runtime_context) -> int:
+    """This parallel subtask's index (0 to parallelism - 1). PyFlink's ``get_index_of_this_subtask`` calls
+    ``RuntimeContext.getIndexOfThisSubtask``, which Flink 2 moved to ``getTaskInfo()``."""
+    return int(runtime_context._runtime_context.getTaskInfo().getIndexOfThisSubtask())
+
+
 def quiet_embedded_logging() -> None:
     """Called from operators' ``open``: PyFlink's thread-mode interpreter sets the root logger to DEBUG and
     formats every record for Java whatever Java's log level, so libraries' debug lines (the Kafka client's,

@@ -82,11 +82,11 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     controls_by_shard = controls.key_by(lambda c: c.shard, key_type=Types.INT())
     if sharded:
         scored = (readings.connect(controls_by_shard)
-                  .process(ServeShards(cfg, models, shards, run.stats_file), output_type=Types.STRING())
+                  .process(ServeShards(cfg, models, shards, run.stats_file, group_id), output_type=Types.STRING())
                   .name("serve-shards").uid("serve-shards"))
         dead = [scored.get_side_output(DEAD_LETTERS)]
     else:
-        windows = (readings.process(ReadingsToWindows(cfg, models, shards),
+        windows = (readings.process(ReadingsToWindows(cfg, models, shards, group_id),
                                     output_type=Types.ROW([Types.INT(), Types.PICKLED_BYTE_ARRAY()]))
                    .name("parse-and-window").uid("parse-and-window"))
         by_shard = keyed_by_first_field(windows, Types.INT(), Types.PICKLED_BYTE_ARRAY())

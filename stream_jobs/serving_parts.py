@@ -72,7 +72,9 @@ class IntakeCounts:
     them: split them into messages, check the source's offsets (``SourceWatch``: offsets going back, records
     gone), count them under the same metric names, and turn bad input into dead letters."""
 
-    def __init__(self, cfg: Config, group) -> None:
+    def __init__(self, cfg: Config, group, committed_group: str | None = None) -> None:
+        """``committed_group``: the job's consumer group, for the one subtask whose watch also checks the offsets
+        the group committed on partitions it has not read (a job restored after the broker lost the topic)."""
         self.dead_letters_topic = cfg.topics.dead_letters
         self.readings_in = LocalCounter(group, "readings_in")
         self.groups_in = LocalCounter(group, "groups_in")  # records that crossed into Python: a group counts once
@@ -86,8 +88,9 @@ class IntakeCounts:
         group.gauge("source_stalled_partitions", self.watch.stalled_partitions)
         self.watcher = None
         if cfg.serving.source_check_ms > 0:
-            self.watcher = SourceWatchThread(self.watch, KafkaRecordProbe(cfg.broker.bootstrap, cfg.topics.readings),
-                                             cfg.serving.source_check_ms / 1000).start()
+            probe = KafkaRecordProbe(cfg.broker.bootstrap, cfg.topics.readings, group_id=committed_group)
+            self.watcher = SourceWatchThread(self.watch, probe, cfg.serving.source_check_ms / 1000,
+                                             committed=committed_group is not None).start()
 
     def messages(self, envelopes: list[bytes]) -> list[Message]:
         """The messages of one record (a group, or one message), counted. A group keeps the offset order of

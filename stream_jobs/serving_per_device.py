@@ -15,7 +15,7 @@ from operators.serving_model import ControlMessage
 from operators.shard_serving import IDLE_FLUSH_MS, shard_of
 from operators.windowing import SlidingWindower
 from settings import Config
-from stream_jobs.flink_env import quiet_embedded_logging
+from stream_jobs.flink_env import quiet_embedded_logging, subtask_index
 from stream_jobs.kafka_io import unpack_group
 from stream_jobs.serving_parts import (
     IntakeCounts,
@@ -40,8 +40,9 @@ class ReadingsToWindows(KeyedProcessFunction):
     Flink keyed state (checkpointed).
     """
 
-    def __init__(self, cfg: Config, models: list[ServedModel], shards: int) -> None:
+    def __init__(self, cfg: Config, models: list[ServedModel], shards: int, group_id: str | None = None) -> None:
         self.cfg, self.models, self.shards = cfg, models, shards
+        self.group_id = group_id  # the readings source's consumer group (its committed offsets: SourceWatch)
 
     def _to_shard(self, windows) -> Row:
         """Windows as ``Row(inference shard, windows)``, keyed in Java (``keyed_by_first_field``)."""
@@ -52,7 +53,8 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.intake = device_intake(self.cfg, self.models)
         self.windowers = self.intake.windowers
         self.state = runtime_context.get_state(ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY()))
-        self.counts = IntakeCounts(self.cfg, runtime_context.get_metrics_group())
+        self.counts = IntakeCounts(self.cfg, runtime_context.get_metrics_group(),
+                                   self.group_id if subtask_index(runtime_context) == 0 else None)
 
     def close(self) -> None:
         if getattr(self, "counts", None) is not None:

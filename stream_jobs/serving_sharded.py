@@ -14,7 +14,7 @@ from operators.model_routing import ServedModel
 from operators.serving_model import ControlMessage
 from operators.shard_serving import IDLE_FLUSH_MS, DeviceTable, ShardServing, shard_of
 from settings import Config
-from stream_jobs.flink_env import quiet_embedded_logging
+from stream_jobs.flink_env import quiet_embedded_logging, subtask_index
 from stream_jobs.kafka_io import CHECKPOINT_MARK, unpack_shard_group
 from stream_jobs.serving_parts import (
     IntakeCounts,
@@ -39,8 +39,10 @@ class ServeShards(KeyedCoProcessFunction):
     every device's state and no pending window. Sweeps on timers (expiry, held readings of idle devices)
     write their changes at once."""
 
-    def __init__(self, cfg: Config, models: list[ServedModel], shards: int, stats_file: str = "") -> None:
+    def __init__(self, cfg: Config, models: list[ServedModel], shards: int, stats_file: str = "",
+                 group_id: str | None = None) -> None:
         self.cfg, self.models, self.shard_count, self.stats_file = cfg, models, shards, stats_file
+        self.group_id = group_id  # the readings source's consumer group (its committed offsets: SourceWatch)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         quiet_embedded_logging()
@@ -58,7 +60,8 @@ class ServeShards(KeyedCoProcessFunction):
             MapStateDescriptor("devices", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
         self.tables: dict[int, DeviceTable] = {}
         self.next_timer: int | None = None  # the earliest timer set for batches and outputs (any shard's key)
-        self.counts = IntakeCounts(self.cfg, group)  # the markers are not counted
+        self.counts = IntakeCounts(self.cfg, group,  # the markers are not counted
+                                   self.group_id if subtask_index(runtime_context) == 0 else None)
         self.orphaned = LocalCounter(group, "devices_orphaned")
         self.outputs = Outputs(self.inference)
 

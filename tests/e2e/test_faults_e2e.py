@@ -33,6 +33,30 @@ def predictions_until(bootstrap: str, job, expected: set, timeout_s: float) -> l
     return read_until(bootstrap, [TOPICS.predictions], every_window, timeout_s)
 
 
+def back_empty(broker: EmbeddedBroker, port: int, tmp_path: Path) -> tuple[EmbeddedBroker, float]:
+    """The in-memory broker killed and started again on its port: every topic, offset and group comes back
+    empty; the topics are created again and a few new readings sent (fewer than the job had read). Also
+    when (``time.monotonic()``) it answered again."""
+    broker.kill()
+    broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log").start()
+    back_at = time.monotonic()
+    ensure_topics(broker.bootstrap, TOPICS)
+    produce(broker.bootstrap, TOPICS.readings, encoded(replayed_readings(n_devices=1, per_device=8, seed=5)))
+    return broker, back_at
+
+
+def first_stall_report(job, since: float, timeout_s: float = 60.0) -> tuple[str | None, float]:
+    """The job's first ``source stalled or reset`` log line (None if none came within ``timeout_s`` of ``since``,
+    a ``time.monotonic()``), and the seconds from ``since`` until it was seen."""
+    reported = None
+    while time.monotonic() - since < timeout_s and reported is None:
+        assert job.alive(), job.log_tail(60)
+        lines = [line for line in job.log_tail(100_000).splitlines() if "source stalled or reset" in line]
+        reported = lines[0] if lines else None
+        time.sleep(0.5)
+    return reported, time.monotonic() - since
+
+
 def window_key(record) -> tuple[str, int]:
     p = orjson.loads(record.value)
     return p["device_id"], p["window_end"]
@@ -51,18 +75,8 @@ def test_a_broker_reset_under_a_running_job_is_reported_within_seconds(tmp_path,
         produce(broker.bootstrap, TOPICS.readings, encoded(first))
         predictions_until(broker.bootstrap, job, expected_window_ends(first, 32, 8), 180)
         assert "source stalled or reset" not in job.log_tail(100_000)  # no false alarm on a healthy stream
-        broker.kill()  # memory storage: every topic, offset and group comes back empty
-        broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log").start()
-        reset_at = time.monotonic()
-        ensure_topics(broker.bootstrap, TOPICS)
-        produce(broker.bootstrap, TOPICS.readings, encoded(replayed_readings(n_devices=1, per_device=8, seed=5)))
-        reported = None
-        while time.monotonic() - reset_at < 60 and reported is None:
-            assert job.alive(), job.log_tail(60)
-            lines = [line for line in job.log_tail(100_000).splitlines() if "source stalled or reset" in line]
-            reported = lines[0] if lines else None
-            time.sleep(0.5)
-        detect_s = time.monotonic() - reset_at
+        broker, back_at = back_empty(broker, port, tmp_path)
+        reported, detect_s = first_stall_report(job, back_at)
     finally:
         if job is not None:
             job.stop()
@@ -71,6 +85,47 @@ def test_a_broker_reset_under_a_running_job_is_reported_within_seconds(tmp_path,
     assert "sensor-readings partition" in reported and "no longer has offset" in reported
     record_fault("broker restart, in-memory storage: reported", dict(unit="reset reported", sent=1, out=1,
                                                                      duplicates=0, lost=0), detect_s)
+
+
+def test_a_job_restored_after_the_broker_lost_its_topics_reports_it(tmp_path, trained_registry):
+    """The job crashes (SIGKILL) and the in-memory broker restarts empty; the job restored from its last checkpoint
+    resumes beyond every partition's end, where it would read nothing for ever. Its watch has read no offset yet,
+    so it checks the ones the job's consumer group committed (the restored source commits its position with its
+    first checkpoint), and reports the loss. The broker's reset alone under a running job is the test above; a
+    sink that fails on the reset restores the job in just this way."""
+    from control.stack import checkpoints_under
+
+    first = replayed_readings(n_devices=4, per_device=40)
+    port = free_port()
+    broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log").start()
+    options = dict(registry=trained_registry, source_check_ms=1000, group_id="restored-reset-test",
+                   state_dir=str(tmp_path / "flink"), checkpoint_interval_ms=1000)
+    job = None
+    try:
+        ensure_topics(broker.bootstrap, TOPICS)
+        job, _ = started(lambda rest_port: serving_job(broker.bootstrap, tmp_path / "job-a.log", rest_port=rest_port,
+                                                       **options))
+        produce(broker.bootstrap, TOPICS.readings, encoded(first))
+        predictions_until(broker.bootstrap, job, expected_window_ends(first, 32, 8), 180)
+        time.sleep(2.5)  # one more checkpoint, so the restored position is past these readings
+        os.killpg(job.process.pid, signal.SIGKILL)
+        job.process.wait()
+        job = None
+        broker, _ = back_empty(broker, port, tmp_path)
+        found = checkpoints_under(tmp_path / "flink" / "checkpoints" / "serving")
+        assert found, "no completed checkpoint to restore"
+        job, _ = started(lambda rest_port: serving_job(broker.bootstrap, tmp_path / "job-b.log", rest_port=rest_port,
+                                                       savepoint_path=found[-1].location, **options))
+        restored_at = time.monotonic()
+        reported, detect_s = first_stall_report(job, restored_at)
+    finally:
+        if job is not None:
+            job.stop()
+        broker.stop()
+    assert reported is not None, "the restored job never reported the lost topic"
+    assert "sensor-readings partition" in reported and "consumer group committed" in reported
+    record_fault("broker restart, in-memory storage, job restored: reported",
+                 dict(unit="reset reported", sent=1, out=1, duplicates=0, lost=0), detect_s)
 
 
 @pytest.fixture

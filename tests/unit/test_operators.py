@@ -206,3 +206,29 @@ def test_status_line_reads_well():
     m.observe_dead_letter()
     line = status_line(m.snapshot(10, 1.0))
     assert "dead letters 1" in line and "model v-" in line
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.dictionaries(st.integers(0, 7), st.integers(0, 10_000), max_size=6), st.data())
+def test_the_source_watch_reports_a_committed_offset_only_when_the_broker_lost_that_record(committed, data):
+    """A restored job's watch takes its group's committed offsets for the partitions it has not read: it reports
+    exactly the partitions whose last committed record the broker no longer has (after two checks), and a read
+    from an older position (a savepoint) afterwards is no reset."""
+    from operators.source_watch import SourceWatch
+
+    lost = data.draw(st.sets(st.sampled_from(sorted(committed)) if committed else st.nothing()))
+    watch = SourceWatch("sensor-readings")
+    asked: list[dict[int, int]] = []
+
+    def probe(positions: dict[int, int]) -> dict[int, bool]:
+        asked.append(dict(positions))
+        return {p: p not in lost for p in positions}
+
+    reports = watch.check(probe, lambda: committed) + watch.check(probe, lambda: committed)
+    expected = {p for p in lost if committed[p] > 0}  # offset 0 committed: nothing was read there
+    assert {r.partition for r in reports} == expected
+    assert all(r.seen_offset == committed[r.partition] - 1 for r in reports)
+    assert all(a == {p: o - 1 for p, o in committed.items() if o > 0} for a in asked[:1])
+    for partition in committed:
+        assert watch.see(partition, 0) is None
+    assert watch.stalled_partitions() == 0
