@@ -36,6 +36,12 @@ partitions it has not read: the record before each is the last one the job read.
 sensor-readings partition 0: the broker no longer has offset 161, the last the job's consumer group committed as read: the topic was reset or lost (an in-memory broker restarted?); the restored job will wait until the partition grows past that offset
 >>> restored.see(0, 5) is None   # reading again from an older position (a savepoint, say) is no reset
 True
+
+A partition that only other subtasks read is followed by the group's commits, which move on:
+
+>>> elsewhere = SourceWatch("sensor-readings")
+>>> [elsewhere.check(gone, committed=lambda at=at: {0: at}) for at in (10, 20, 30)]
+[[], [], []]
 """
 
 from __future__ import annotations
@@ -133,13 +139,19 @@ class SourceWatch:
         return found
 
     def _take_committed(self, committed: CommittedOffsets) -> None:
-        """The group's committed offsets as the newest read, for partitions this watch has not read."""
+        """The group's committed offsets as the newest read, for partitions this watch has not read. They are
+        taken again while the group commits further (other subtasks read the partition), so the record checked
+        is never an old one that the broker's retention may have deleted since."""
         offsets = committed()
         with self.lock:
             for partition, offset in offsets.items():
-                if offset > 0 and partition not in self.newest:
-                    self.newest[partition] = offset - 1
-                    self.committed.add(partition)
+                if offset <= 0 or (partition in self.newest and partition not in self.committed):
+                    continue  # nothing read there yet, or read by this watch's own job
+                if self.newest.get(partition, offset - 1) != offset - 1:  # the job reads on there
+                    self.misses.pop(partition, None)
+                    self.stalled.discard(partition)
+                self.newest[partition] = offset - 1
+                self.committed.add(partition)
 
     def stalled_partitions(self) -> int:
         with self.lock:
