@@ -127,15 +127,12 @@ class SourceWatch:
                 self.stalled.add(partition)
                 self.resets += 1
                 restored = partition in self.committed
-            if restored:
-                reason = (f"the broker no longer has offset {offset}, the last the job's consumer group committed as "
-                          "read: the topic was reset or lost (an in-memory broker restarted?); the restored job will "
-                          "wait until the partition grows past that offset")
-            else:
-                reason = (f"the broker no longer has offset {offset}, which the job already read: the topic was "
-                          "reset or lost (an in-memory broker restarted?); the job will wait until the partition "
-                          "grows past that offset")
-            found.append(SourceReset(self.topic, partition, offset, reason))
+            read, job = (("the last the job's consumer group committed as read", "the restored job") if restored
+                         else ("which the job already read", "the job"))
+            found.append(SourceReset(
+                self.topic, partition, offset,
+                f"the broker no longer has offset {offset}, {read}: the topic was reset or lost (an in-memory broker "
+                f"restarted?); {job} will wait until the partition grows past that offset"))
         return found
 
     def _take_committed(self, committed: CommittedOffsets) -> None:

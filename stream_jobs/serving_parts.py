@@ -89,8 +89,7 @@ class IntakeCounts:
         self.watcher = None
         if cfg.serving.source_check_ms > 0:
             probe = KafkaRecordProbe(cfg.broker.bootstrap, cfg.topics.readings, group_id=committed_group)
-            self.watcher = SourceWatchThread(self.watch, probe, cfg.serving.source_check_ms / 1000,
-                                             committed=committed_group is not None).start()
+            self.watcher = SourceWatchThread(self.watch, probe, cfg.serving.source_check_ms / 1000).start()
 
     def messages(self, envelopes: list[bytes]) -> list[Message]:
         """The messages of one record (a group, or one message), counted. A group keeps the offset order of

@@ -94,11 +94,11 @@ def report(reset: SourceReset) -> None:
 
 
 class SourceWatchThread:
-    """Checks ``watch`` against the broker every ``interval_s`` on a daemon thread; logs each reset. With
-    ``committed``, partitions not read yet are checked at the offsets the job's group committed."""
+    """Checks ``watch`` against the broker every ``interval_s`` on a daemon thread; logs each reset. A probe with
+    the job's group id also has partitions not read yet checked at the offsets the group committed."""
 
-    def __init__(self, watch: SourceWatch, probe: KafkaRecordProbe, interval_s: float, committed: bool = False) -> None:
-        self.watch, self.probe, self.interval_s, self.committed = watch, probe, interval_s, committed
+    def __init__(self, watch: SourceWatch, probe: KafkaRecordProbe, interval_s: float) -> None:
+        self.watch, self.probe, self.interval_s = watch, probe, interval_s
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"source-watch-{watch.topic}", daemon=True)
 
@@ -109,7 +109,7 @@ class SourceWatchThread:
     def _run(self) -> None:
         while not self.stop_event.wait(self.interval_s):
             try:
-                for reset in self.watch.check(self.probe, self.probe.committed if self.committed else None):
+                for reset in self.watch.check(self.probe, self.probe.committed):
                     report(reset)
             except Exception:  # noqa: BLE001 - the watch must never take the job down
                 log.exception("source watch check failed")
