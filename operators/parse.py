@@ -6,9 +6,18 @@ import math
 import time
 from typing import Sequence
 
+import orjson
+
 from schemas import DeadLetter, SchemaError, SensorReading
 from schemas.base import decode_json
-from schemas.blocks import MAX_BLOCK_SAMPLES, SampleBlock, holds_no_bools, reading_from_dict
+from schemas.blocks import (
+    MAX_BLOCK_SAMPLES,
+    BlockRun,
+    SampleBlock,
+    decode_block_run,
+    holds_no_bools,
+    reading_from_dict,
+)
 
 RAW_PREVIEW_BYTES = 16 * 1024
 
@@ -75,6 +84,16 @@ class ReadingParser:
                                     f"(at most {self.max_future_ms // 1000} s allowed)", "ts")
         return reading
 
+    def parse_run(self, objs: list[dict], now_ms: int | None = None) -> BlockRun | None:
+        """Decoded sample blocks of one device that carry on one another, checked and joined at once
+        (:func:`schemas.blocks.decode_block_run`; the payloads hold no JSON bool); None when any is of another
+        kind or would be refused: then ``parse_object`` on each names what is wrong."""
+        run = decode_block_run(objs, self.channel_names, self.max_abs, self.max_block_samples)
+        if run is None or (self.max_future_ms and now_ms is not None
+                           and int(run.block.ts[-1]) - now_ms > self.max_future_ms):
+            return None
+        return run
+
     def dead_letter(self, raw: bytes, partition: int, offset: int, reason: str,
                     field: str | None = None, stage: str = "parse") -> DeadLetter:
         return DeadLetter(self.source_topic, partition, offset, reason, raw_text(raw), field, stage,
@@ -113,6 +132,32 @@ class RoutedParser:
             return letter
         reading = self.parsers[model].parse_object(obj, raw, partition, offset, now_ms)
         return reading if isinstance(reading, DeadLetter) else (model, reading)
+
+    def parse_run(self, payloads: list[bytes], now_ms: int | None = None) -> tuple[str, BlockRun] | None:
+        """Sample blocks of one device, one per payload, each carrying on the one before: their model and the
+        blocks joined (``ReadingParser.parse_run``), or None where any payload is not such a block or would be
+        refused (then ``parse`` on each names what is wrong).
+
+        >>> from operators.model_routing import DeviceRouter
+        >>> p = RoutedParser({"a": ReadingParser(["x"], "r")}, DeviceRouter({}, [("*", "a")]))
+        >>> model, run = p.parse_run([b'{"device_id": "d", "ts": [1, 2], "values": [[1], [2]]}',
+        ...                           b'{"device_id": "d", "ts": [3], "values": [[3]]}'])
+        >>> model, run.block.values.ravel().tolist(), run.ends
+        ('a', [1.0, 2.0, 3.0], [2, 3])
+        >>> p.parse_run([b'{"device_id": "d", "ts": [1], "values": [[true]]}']) is None
+        True
+        """
+        if max(map(len, payloads)) > self.fallback.max_bytes or not holds_no_bools(b"".join(payloads)):
+            return None  # (a bool made of two payloads' bytes only sends them the longer way)
+        try:
+            objs = list(map(orjson.loads, payloads))
+            if set(map(type, objs)) != {dict}:
+                return None
+            model = self.router.route(objs[0].get("device_id"), objs[0].get("device_type"))
+        except (orjson.JSONDecodeError, SchemaError):
+            return None
+        run = self.parsers[model].parse_run(objs, now_ms)
+        return None if run is None else (model, run)
 
     def dead_letter(self, model: str | None, raw: bytes, partition: int, offset: int, reason: str,
                     field: str | None = None, stage: str = "parse") -> DeadLetter:

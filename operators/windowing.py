@@ -334,7 +334,6 @@ class SlidingWindower:
         :meth:`continues` the one before, in one pass: the same windows and state as :meth:`add_block` on each
         in turn (each window keeps the ``ingest_ms`` of the block its last sample came in)."""
         first = blocks[0][0]
-        state.device_id = first.device_id
         parts = [block for block, _ in blocks]
         labels = None
         if any(block.labels for block in parts):
@@ -342,7 +341,14 @@ class SlidingWindower:
         joined = SampleBlock(first.device_id, np.concatenate([b.ts for b in parts]),
                              np.concatenate([b.values for b in parts]), first.seq, labels, first.device_type)
         ends = list(accumulate(map(len, parts)))  # the joined block's sample index after each part's last
-        return self._commit_block(state, joined, blocks[0][1], (ends, [ingest for _, ingest in blocks]))
+        return self.add_run(state, joined, ends, [ingest for _, ingest in blocks])
+
+    def add_run(self, state: DeviceState, block: SampleBlock, ends: list[int], ingests: list[int]) -> list[Window]:
+        """Take blocks already joined into one (``schemas.blocks.decode_block_run``) that :meth:`takes_on`:
+        ``ends`` is the sample index after each part's last, ``ingests`` each part's ``ingest_ms``. The same
+        windows and state as :meth:`add_blocks` on the parts."""
+        state.device_id = block.device_id
+        return self._commit_block(state, block, ingests[0], (ends, ingests))
 
     def _late_block(self, state: DeviceState, block: SampleBlock) -> str | None:
         n = len(block)

@@ -32,14 +32,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import chain
-from operator import lt
-from typing import Any, Mapping, Sequence
+from operator import lt, sub
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from schemas.base import (
     DEFAULT_MAX_BYTES,
     MAX_SAFE_INT,
+    SCHEMA_VERSION,
     SchemaError,
     check_fields,
     check_version,
@@ -299,6 +300,90 @@ def _labels(obj: Mapping[str, Any], n: int) -> list | None:
     if not isinstance(raw, list) or len(raw) != n:
         raise SchemaError("labels", f"must be a list of {n} labels (null where unknown)")
     return [None if v is None else require_str({f"labels[{k}]": v}, f"labels[{k}]") for k, v in enumerate(raw)]
+
+
+class BlockRun(NamedTuple):
+    """Blocks of one device that carry on one another, joined: ``block`` holds every sample, ``ends`` the sample
+    index after each message's last."""
+
+    block: SampleBlock
+    ends: list[int]
+
+
+_RUN_FIELDS = frozenset(SampleBlock.REQUIRED + SampleBlock.OPTIONAL)
+_RUN_REQUIRED = frozenset(SampleBlock.REQUIRED)
+
+
+def decode_block_run(objs: Sequence[Mapping[str, Any]], channel_names: Sequence[str], max_abs: float = math.inf,
+                     max_samples: int = MAX_BLOCK_SAMPLES) -> BlockRun | None:
+    """Several decoded sample blocks of one device, checked and joined at once, when each is the usual kind (rows of
+    JSON numbers, no bools: the caller has looked at the payloads' bytes) and each carries on the one before (the
+    same device and type, times increasing across them, ``seq`` continuing). None for anything else: then each
+    block is decoded alone (:meth:`SampleBlock.from_dict`), which names what is wrong with which. Every block
+    accepted here is one ``from_dict`` accepts, with the same samples.
+
+    >>> run = decode_block_run([{"device_id": "d", "ts": [1, 2], "values": [[1, 2], [3, 4]], "seq": 0},
+    ...                         {"device_id": "d", "ts": 5, "interval_ms": 1, "values": [[5, 6]], "seq": 2}], ["x", "y"])
+    >>> run.block.ts.tolist(), run.block.values.tolist(), run.block.seq, run.ends
+    ([1, 2, 5], [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], 0, [2, 3])
+    >>> decode_block_run([{"device_id": "d", "ts": [1, 2], "values": [[1, 2], [3, 4]]},
+    ...                   {"device_id": "d", "ts": [2, 3], "values": [[5, 6], [7, 8]]}], ["x", "y"]) is None
+    True
+    """
+    first = objs[0]
+    device_id, device_type, seq = first.get("device_id"), first.get("device_type"), first.get("seq")
+    rows: list = []
+    times: list = []  # the times of each block: its ts list, or an array from ts and interval_ms
+    labels: list = []
+    ends: list[int] = []
+    try:
+        require_id(first, "device_id")
+        if device_type is not None:
+            require_id(first, "device_type")
+        for obj in objs:
+            fields = obj.keys()
+            if not (fields <= _RUN_FIELDS and fields >= _RUN_REQUIRED) or obj.get("schema_version", SCHEMA_VERSION) \
+                    != SCHEMA_VERSION or obj["device_id"] != device_id or obj.get("device_type") != device_type:
+                return None
+            block_rows, ts = obj["values"], obj["ts"]
+            n = len(block_rows) if type(block_rows) is list else 0
+            if not n or n > max_samples or type(block_rows[0]) is not list:
+                return None
+            block_seq = obj.get("seq")
+            if seq is None:
+                if block_seq is not None:
+                    return None
+            elif type(block_seq) is not int or block_seq != seq + (ends[-1] if ends else 0) \
+                    or not 0 <= block_seq <= MAX_SAFE_INT:
+                return None  # not an integer, or not carrying on the block before
+            if type(ts) is list:
+                if len(ts) != n or "interval_ms" in obj:
+                    return None
+                times.append(ts)
+            else:
+                times.append(_times(obj, n))
+            labels.append(_labels(obj, n))
+            rows += block_rows
+            ends.append(ends[-1] + n if ends else n)
+        flat_times = [t for block in times if type(block) is list for t in block]
+        if set(map(type, flat_times)) - {int}:
+            return None
+        if len(flat_times) == ends[-1]:  # every block gave its times as a list
+            ts = np.array(flat_times, np.int64)
+        else:
+            ts = np.concatenate([np.asarray(block, np.int64) for block in times])
+    except (SchemaError, OverflowError):
+        return None
+    if ts[0] < 0 or ts[-1] > MAX_SAFE_INT or (len(ts) > 1 and np.diff(ts).min() <= 0):
+        return None
+    values = _typed_matrix(rows, len(channel_names), max_abs)
+    if values is None:
+        return None
+    joined = None
+    if any(labels):
+        joined = [label for part, n in zip(labels, map(sub, ends, [0] + ends[:-1]))
+                  for label in (part or [None] * n)]
+    return BlockRun(SampleBlock(device_id, ts, values, seq, joined, device_type), ends)
 
 
 def decode_reading(raw: bytes | str, channel_names: Sequence[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES,

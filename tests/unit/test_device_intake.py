@@ -3,6 +3,8 @@ exactly what the same messages give one at a time, whatever bad messages sit amo
 
 from __future__ import annotations
 
+import json
+
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -50,9 +52,11 @@ def summary(intake_out) -> tuple:
 @given(messages(), st.data())
 def test_a_group_gives_what_its_messages_give_one_at_a_time(stream, data):
     intake = DeviceIntake.for_models([ServedModel("m", ("x", "y"), 4, 2)], normalise_after=2)
+    one_by_one = DeviceIntake.for_models([ServedModel("m", ("x", "y"), 4, 2)], normalise_after=2)
+    one_by_one.joined_runs = False
     alone, state = [], None
     for message in stream:
-        out = intake.take("d", [message], state, now_ms=0)
+        out = one_by_one.take("d", [message], state, now_ms=0)
         state = out.state
         alone.append(out)
     cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(stream) - 1)), max_size=5)))
@@ -108,6 +112,8 @@ def test_blocks_that_carry_on_one_another_are_windowed_together_as_they_would_be
     messages, reset_gap_ms = stream
     intake = DeviceIntake.for_models([ServedModel("m", ("x", "y"), 4, 2)])
     intake.windowers["m"] = SlidingWindower(4, 2, 2, reset_gap_ms=reset_gap_ms, max_seq_gap_buffer=4)
+    one_by_one = DeviceIntake(intake.parser, intake.windowers, "m")
+    one_by_one.joined_runs = False
 
     def described(outs, state):
         windows = [(w.start, w.end, w.values.tolist(), w.truth, w.ingest_ms) for o in outs for w in o.windows]
@@ -118,7 +124,7 @@ def test_blocks_that_carry_on_one_another_are_windowed_together_as_they_would_be
 
     alone, state = [], None
     for message in messages:
-        alone.append(intake.take("d", [message], state, now_ms=0))
+        alone.append(one_by_one.take("d", [message], state, now_ms=0))
         state = alone[-1].state
     expected = described(alone, state)
     cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(messages) - 1)), max_size=3)))
@@ -141,3 +147,136 @@ def test_each_bad_message_in_a_group_is_its_own_dead_letter_and_the_rest_are_use
     assert sorted(reasons) == list(range(100, 100 + len(BAD))) and clean.dead_letters == []
     assert reasons[102] == ("values", "values: expected 2 channels, got 1")
     assert reasons[103][0] == "device_id" and reasons[104][0] == "device_id"
+
+
+TWISTS = ["interval", "float interval", "no seq", "float seq", "seq jump", "unknown field", "schema 2", "schema 1",
+          "ts back", "ts float", "ts str", "ts short", "ts and interval", "value str", "value null", "value bool",
+          "value huge", "value big int", "row short", "row nested", "columns", "empty", "too many", "device type",
+          "label", "labels", "labels short", "label int", "other device", "keyed wrong", "not an object", "future"]
+
+
+def hostile_block(draw, ts: int, seq: int, n: int, twist: str) -> tuple[dict, int, int]:
+    """A block that carries on ``ts`` and ``seq``, odd or wrong in the way ``twist`` names: returns it with the time
+    and sequence number the next block would carry on from."""
+    times = [ts + i for i in range(n)]
+    obj: dict = {"device_id": "d", "ts": times, "values": [[float(t), 1.0] for t in times], "seq": seq}
+    nxt = (ts + n, seq + n)
+    if twist == "interval":
+        obj["ts"], obj["interval_ms"] = ts, 1
+    elif twist == "float interval":
+        obj["ts"], obj["interval_ms"] = ts, 1.0
+    elif twist == "no seq":
+        del obj["seq"]
+    elif twist == "float seq":
+        obj["seq"] = float(seq)
+    elif twist == "seq jump":
+        obj["seq"] = seq + 2
+        nxt = (ts + n, seq + n + 2)
+    elif twist == "unknown field":
+        obj["colour"] = "red"
+    elif twist in ("schema 2", "schema 1"):
+        obj["schema_version"] = int(twist[-1])
+    elif twist == "ts back":
+        obj["ts"] = [t - 3 for t in times]
+    elif twist == "ts float":
+        obj["ts"][-1] += 0.5
+    elif twist == "ts str":
+        obj["ts"][0] = str(ts)
+    elif twist == "ts short":
+        obj["ts"] = times[:-1] or [ts, ts + 1]
+    elif twist == "ts and interval":
+        obj["interval_ms"] = 1
+    elif twist.startswith("value"):
+        obj["values"][draw(st.integers(0, n - 1))][1] = {"value str": "1", "value null": None, "value bool": True,
+                                                        "value huge": 1e300, "value big int": 2**70}[twist]
+    elif twist == "row short":
+        obj["values"][-1] = [1.0]
+    elif twist == "row nested":
+        obj["values"][0] = [[1.0], [2.0]]
+    elif twist == "columns":
+        obj["values"] = {"x": [float(t) for t in times], "y": [1.0] * n}
+    elif twist == "empty":
+        obj["values"], obj["ts"] = [], []
+    elif twist == "too many":  # the parser below allows 6 samples per block
+        obj["ts"] = [ts + i for i in range(7)]
+        obj["values"] = [[float(t), 1.0] for t in obj["ts"]]
+        nxt = (ts + 7, seq + 7)
+    elif twist == "device type":
+        obj["device_type"] = "m"
+    elif twist == "label":
+        obj["label"] = draw(st.sampled_from(["a", "b"]))
+    elif twist == "labels":
+        obj["labels"] = [draw(st.sampled_from(["a", None])) for _ in range(n)]
+    elif twist == "labels short":
+        obj["labels"] = ["a"] * (n - 1)
+    elif twist == "label int":
+        obj["label"] = 3
+    elif twist == "other device":
+        obj["device_id"] = "e"
+    elif twist == "not an object":
+        obj = [obj]
+    elif twist == "future":
+        obj["ts"] = [t + 10**9 for t in times]
+    return obj, *nxt
+
+
+@st.composite
+def hostile_runs(draw) -> list[Message]:
+    """A device's sample blocks carrying on one another, one of them (or none) odd or wrong in one way, or now and
+    then a NaN literal."""
+    out, ts, seq = [], 1000, 0
+    count = draw(st.integers(1, 10))
+    twist, at = draw(st.sampled_from(["none", *TWISTS])), draw(st.integers(0, count - 1))
+    for offset in range(count):
+        obj, ts, seq = hostile_block(draw, ts, seq, draw(st.integers(1, 5)), twist if offset == at else "none")
+        if twist == "keyed wrong":  # every block names a device other than the key Java grouped them by
+            obj["device_id"] = "e"
+        raw = json.dumps(obj).encode()  # (orjson refuses an integer beyond 64 bits)
+        if draw(st.integers(0, 30)) == 0:
+            raw = raw.replace(b"1.0", b"NaN", 1)
+        out.append(Message(0, offset, 500 + offset, raw))
+    return out
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(hostile_runs(), st.data())
+def test_a_group_checked_and_joined_at_once_gives_what_its_messages_give_one_by_one(messages, data):
+    """``DeviceIntake`` first tries a device's group as one run of blocks (``RoutedParser.parse_run``): whatever the
+    blocks hold, the windows, dead letters (the same reasons, naming the same messages) and the device's state are
+    those of taking each message alone on the one-by-one path."""
+    model = ServedModel("m", ("x", "y"), 4, 2)
+    joined = DeviceIntake.for_models([model])
+    joined.parser.parsers["m"].max_abs = 1e9
+    joined.parser.parsers["m"].max_future_ms = 60_000
+    joined.parser.parsers["m"].max_block_samples = 6
+    one_by_one = DeviceIntake(joined.parser, joined.windowers, "m")
+    one_by_one.joined_runs = False
+    now_ms = 10_000
+
+    def described(intake, groups):
+        state, windows, letters, counts = None, [], [], [0, 0]
+        for group in groups:
+            out = intake.take("d", group, state, now_ms)
+            state = out.state if out.state is not None else state
+            windows += [(w.start, w.end, w.values.tolist(), w.truth, w.ingest_ms) for w in out.windows]
+            letters += [(d.offset, d.field, d.reason) for d in out.dead_letters]
+            counts = [counts[0] + out.late, counts[1] + out.samples]
+        kept = None if state is None else (state.count, state.last_ts, state.next_seq, state.ring.tolist(),
+                                           state.ts.tolist(), list(state.labels))
+        return windows, letters, counts, kept
+
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(messages) - 1)), max_size=3)))
+    groups = [messages[a:b] for a, b in zip([0, *cuts], [*cuts, len(messages)]) if a < b]
+    assert described(joined, groups) == described(one_by_one, [[m] for m in messages])
+
+
+def test_a_busy_devices_group_of_blocks_is_checked_and_joined_at_once():
+    """The replayer's blocks (a ts per sample, seq, label) take the joined path: no message is decoded alone."""
+    intake = DeviceIntake.for_models([ServedModel("m", ("x", "y"), 4, 2)])
+    blocks = [orjson.dumps({"device_id": "d", "ts": [10 * k + i for i in range(10)], "seq": 10 * k,
+                            "values": [[float(i), 1.0] for i in range(10)], "label": "a"}) for k in range(5)]
+    calls = []
+    decode_one = intake.parser.parse
+    intake.parser.parse = lambda *a: calls.append(a) or decode_one(*a)
+    out = intake.take("d", [Message(0, k, 0, raw) for k, raw in enumerate(blocks)], None, now_ms=0)
+    assert calls == [] and out.samples == 50 and len(out.windows) == 24 and out.state.next_seq == 50
