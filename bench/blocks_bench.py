@@ -122,24 +122,56 @@ def replayed_payloads(size: int, samples: int) -> list[tuple[str, bytes]]:
     return payloads
 
 
+def shard_groups(size: int, samples: int, shards: int, group_readings: int) -> list[tuple[int, list]]:
+    """The replayer's messages of ``size`` samples as the sharded layout's operator gets them in a drain:
+    ``(shard, [(device, Message), ...])``, up to ``group_readings`` messages of one shard per group
+    (``ReadingGrouper``), in the order they fill."""
+    from operators.device_intake import Message
+    from operators.shard_serving import shard_of
+
+    groups, filling = [], {}
+    for offset, (device, payload) in enumerate(replayed_payloads(size, samples)):
+        shard = shard_of(device, shards)
+        group = filling.setdefault(shard, [])
+        group.append((device, Message(0, offset, 0, payload)))
+        if len(group) >= group_readings:
+            groups.append((shard, filling.pop(shard)))
+    return groups + list(filling.items())
+
+
+def _default_config(**env: str):
+    import os
+
+    from settings import load_config
+
+    return load_config(None, {**os.environ, **env})
+
+
 def intake_us_per_sample(size: int, samples: int = 120_000) -> float:
     """CPU microseconds per sample of the serving job's intake alone: decoding, validating and windowing the
-    replayer's messages of ``size`` samples from 64 devices (``operators.device_intake.DeviceIntake``, one
-    message at a time, no Flink), the Python work every message costs before any framework or model."""
+    replayer's messages of ``size`` samples from 64 devices (``operators.device_intake.DeviceIntake``, each
+    device's messages of a group at once, in the groups of :func:`shard_groups`; no Flink), the Python work every
+    message costs before any framework or model."""
     from model.spec import BASIC_MOTIONS_CHANNELS
-    from operators.device_intake import DeviceIntake, Message
+    from operators.device_intake import DeviceIntake
     from operators.model_routing import ServedModel
+    from stream_jobs.serving_job import inference_shard_count
 
-    payloads = replayed_payloads(size, samples)
+    cfg = _default_config()
+    groups = shard_groups(size, samples, inference_shard_count(cfg), cfg.serving.group_readings)
     intake = DeviceIntake.for_models([ServedModel("m", tuple(BASIC_MOTIONS_CHANNELS), 32, 8)])
     states: dict = {}
     started = time.process_time()
-    for offset, (device, payload) in enumerate(payloads):
-        out = intake.take(device, [Message(0, offset, 0, payload)], states.get(device), 0)
-        if out.dead_letters:
-            raise RuntimeError(f"the intake refused a replayed message: {out.dead_letters[0].reason}")
-        states[device] = out.state
-    return (time.process_time() - started) * 1e6 / (len(payloads) * size)
+    for _, group in groups:
+        by_device: dict = {}
+        for device, message in group:
+            by_device.setdefault(device, []).append(message)
+        for device, messages in by_device.items():
+            out = intake.take(device, messages, states.get(device), 0)
+            if out.dead_letters:
+                raise RuntimeError(f"the intake refused a replayed message: {out.dead_letters[0].reason}")
+            states[device] = out.state
+    return (time.process_time() - started) * 1e6 / sum(len(group) * size for _, group in groups)
 
 
 class _NoMetrics:
@@ -161,29 +193,17 @@ def operator_us_per_sample(size: int, registry: str, stride: int = 8, samples: i
     it made (every window of every device). The job's task thread per
     sample less ``operator`` is what Flink adds (records into and out of Python, timers, state) and what the
     job's other threads and the broker on the other core cost the same work."""
-    import os
-
-    from operators.device_intake import Message
-    from operators.shard_serving import IDLE_FLUSH_MS, DeviceTable, ShardServing, shard_of
-    from settings import load_config
+    from operators.shard_serving import IDLE_FLUSH_MS, DeviceTable, ShardServing
     from stream_jobs.kafka_io import routed
     from stream_jobs.serving_job import inference_shard_count, served_models
     from stream_jobs.serving_parts import device_intake, open_inference_shards
 
-    cfg = load_config(None, {**os.environ, "SENSORLOOP_REGISTRY_PATH": registry,
-                             "SENSORLOOP_SERVING_STRIDE": str(stride)})
+    cfg = _default_config(SENSORLOOP_REGISTRY_PATH=registry, SENSORLOOP_SERVING_STRIDE=str(stride))
     models, shards = served_models(cfg), inference_shard_count(cfg)
     inference = open_inference_shards(cfg, models, "", _NoMetrics())
     serving = ShardServing(device_intake(cfg, models), inference, cfg.serving.device_expiry_ms, IDLE_FLUSH_MS,
                            threaded=False)
-    groups, filling = [], {}
-    for offset, (device, payload) in enumerate(replayed_payloads(size, samples)):
-        shard = shard_of(device, shards)
-        group = filling.setdefault(shard, [])
-        group.append((device, Message(0, offset, 0, payload)))
-        if len(group) >= cfg.serving.group_readings:
-            groups.append((shard, filling.pop(shard)))
-    groups += filling.items()
+    groups = shard_groups(size, samples, shards, cfg.serving.group_readings)
     tables = {shard: DeviceTable() for shard in range(shards)}
     now, predictions = 1_700_000_010_000, 0
     started = time.thread_time()

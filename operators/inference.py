@@ -6,7 +6,7 @@ import os
 import threading
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -55,6 +55,20 @@ class ScoreStats:
     inference_s: float = 0.0
     inference_cpu_s: float = 0.0
     inference_runqueue_s: float = 0.0
+
+
+@dataclass
+class ScoringBatch:
+    """Windows on their way through the model: stacked (``values``), with the versions that score them;
+    ``outputs`` (by output name), ``shadow_probs`` and ``seconds`` once :meth:`WindowScorer.run` has run."""
+
+    windows: list[Window]
+    values: np.ndarray
+    model: ServingModel
+    shadow: ServingModel | None
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    shadow_probs: np.ndarray | None = None
+    seconds: float = 0.0
 
 
 def _tops(model: ServingModel, probs: np.ndarray | None, anomaly: np.ndarray | None = None, n: int = 0
@@ -122,28 +136,46 @@ class WindowScorer:
         """:meth:`score`, with the forecasts of a model that has a forecast head."""
         if not windows:
             return [], [], [], []
-        model = self.model
+        return self.publish(self.run(self.prepare(windows)), now_ms, clock)
 
-        batch = np.stack([w.values for w in windows])
+    def prepare(self, windows: list[Window]) -> ScoringBatch:
+        """A batch of windows (at least one) for :meth:`run`, with the versions in service now."""
+        return ScoringBatch(windows, np.stack([w.values for w in windows]), self.model, self.shadow)
+
+    def run(self, batch: ScoringBatch) -> ScoringBatch:
+        """The model calls of a batch and nothing else (a thread of their own may make them: they touch no
+        state but the time counters)."""
+        model = batch.model
         waited = thread_runqueue_s()
         started, started_cpu = time.perf_counter(), time.thread_time()
         heads = model.spec.tasks != ("classify",)
-        outputs = model.runner.predict(batch) if heads else {"probabilities": model.runner.predict_proba(batch)}
-        probs, anomaly, forecast = outputs.get("probabilities"), outputs.get("anomaly"), outputs.get("forecast")
-        self.stats.inference_s += time.perf_counter() - started
+        batch.outputs = (model.runner.predict(batch.values) if heads
+                         else {"probabilities": model.runner.predict_proba(batch.values)})
+        batch.seconds = time.perf_counter() - started
+        self.stats.inference_s += batch.seconds
         self.stats.inference_cpu_s += time.thread_time() - started_cpu
         waited_after = thread_runqueue_s()
         if waited is not None and waited_after is not None:
             self.stats.inference_runqueue_s += waited_after - waited
         self.stats.batches += 1
-        self.stats.windows += len(windows)
+        self.stats.windows += len(batch.windows)
+        if batch.shadow is not None and batch.outputs.get("probabilities") is not None:
+            batch.shadow_probs = batch.shadow.runner.predict_proba(batch.values)
+        return batch
+
+    def publish(self, batch: ScoringBatch, now_ms: int, clock: Callable[[], int] | None = None
+                ) -> tuple[list[Prediction], list[ReviewRequest], list[Forecast], list[Window]]:
+        """What a batch the model has run over gives: predictions, review requests, forecasts, and the windows
+        it gave no finite probabilities for."""
+        windows, model, outputs = batch.windows, batch.model, batch.outputs
+        probs, anomaly, forecast = outputs.get("probabilities"), outputs.get("anomaly"), outputs.get("forecast")
         if probs is None and anomaly is None:  # a cold start of a model that does not classify: nothing to say yet
             return [], [], [], []
         classifies = probs is not None
-        shadow = self.shadow if classifies else None
+        shadow = batch.shadow if classifies else None
         scored = [_tops(model, probs, anomaly, len(windows))]
         if shadow is not None:
-            scored.append(_tops(shadow, shadow.runner.predict_proba(batch)))
+            scored.append(_tops(shadow, batch.shadow_probs))
         # the probabilities published, to 6 decimals, rounded for the whole batch at once
         rounded = [np.round(np.asarray(rows, np.float64), 6).tolist() if classifies else None
                    for _, rows, _, _ in scored]

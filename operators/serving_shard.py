@@ -29,7 +29,7 @@ from model.registry import ArtifactError
 from operators.batching import BatchPolicy, MicroBatcher, PendingStore
 from operators.confidence_watch import ConfidenceWatch
 from operators.device_baseline import DeviceScoreBaseline
-from operators.inference import WindowScorer
+from operators.inference import ScoringBatch, WindowScorer
 from operators.outgoing import Outgoing, dead_letter_out
 from operators.parse import raw_text
 from operators.routing import ReviewRouter, boosted_budget
@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 SnapshotLoader = Callable[[ModelSnapshot], ServingModel]
 
 
-def _now(score: Callable[[], list[Outgoing]]) -> list[Outgoing]:
-    return score()
+def _now(run: Callable[[], ScoringBatch], finish: Callable[[ScoringBatch], list[Outgoing]]) -> list[Outgoing]:
+    return finish(run())
 
 
 @dataclass
@@ -98,9 +98,11 @@ class InferenceShard:
         self.tally = ShardTally()
         self.shadow_snapshot: ModelSnapshot | None = None
         self.sampler = WindowSampler(settings.unlabeled_share)  # unlabeled windows for the self-supervised heads
-        # how a due batch is scored: at once (the default), or handed to a ScoringPipeline, which scores it on a
-        # thread of its own and hands the outputs back later (then they are not in the returned list)
-        self.submit: Callable[[Callable[[], list[Outgoing]]], list[Outgoing]] = _now
+        # how a due batch is scored: at once (the default), or handed to a ScoringPipeline, which runs the model
+        # over it on a thread of its own and makes its outputs later, on this thread (then they are not in the
+        # returned list)
+        self.submit: Callable[[Callable[[], ScoringBatch], Callable[[ScoringBatch], list[Outgoing]]],
+                              list[Outgoing]] = _now
 
     @property
     def model(self) -> ServingModel:
@@ -119,7 +121,8 @@ class InferenceShard:
         out: list[Outgoing] = []
         step = self.settings.max_batch
         for at in range(0, len(windows or ()), step):
-            out += self.submit(partial(self._score, windows[at:at + step], now_ms))
+            out += self.submit(partial(self.scorer.run, self._prepare(windows[at:at + step])),
+                               partial(self._publish, now_ms=now_ms))
         return out
 
     def due_at(self, store: PendingStore) -> int | None:
@@ -219,22 +222,27 @@ class InferenceShard:
         log.info("drift (%s): review budget %d/min for %d s", event.signal, budget,
                  (self.boost_until - now_ms) // 1000)
 
-    def _score(self, windows: list[Window], now_ms: int) -> list[Outgoing]:
-        if self.boost_until is not None and now_ms >= self.boost_until:
-            self.scorer.router.set_budget(self.settings.review_budget_per_minute)
-            self.boost_until = None
+    def _prepare(self, windows: list[Window]) -> ScoringBatch:
+        """A batch for the model in service (its windows normalised per device first, where configured)."""
         if self.model.adapt(windows) and self.unadapted_warned != self.model.version:  # per-device input normalisation
             self.unadapted_warned = self.model.version
             log.warning("%s v%d has no input mean and deviation (%s): windows are served as their devices sent them, "
                         "not normalised per device", self.model_name, self.model.version,
                         "a cold start's version 0" if self.model.version == 0 else "its graph has no mean/std")
-        model_s = self.scorer.stats.inference_s
-        predictions, reviews, forecasts, unscored = self.scorer.score_all(windows, now_ms)
-        model_s = self.scorer.stats.inference_s - model_s
+        return self.scorer.prepare(windows)
+
+    def _publish(self, batch: ScoringBatch, now_ms: int) -> list[Outgoing]:
+        """The outputs of a batch the model has run over: predictions, review requests, forecasts, unlabeled
+        windows, dead letters for windows it could not score, and a drift event when confidence falls."""
+        if self.boost_until is not None and now_ms >= self.boost_until:
+            self.scorer.router.set_budget(self.settings.review_budget_per_minute)
+            self.boost_until = None
+        windows = batch.windows
+        predictions, reviews, forecasts, unscored = self.scorer.publish(batch, now_ms)
         t = self.tally
-        t.last_batch_size, t.last_inference_ms = len(windows), model_s * 1000.0
+        t.last_batch_size, t.last_inference_ms = len(windows), batch.seconds * 1000.0
         t.batches += 1
-        t.inference_us_total += int(model_s * 1e6)
+        t.inference_us_total += int(batch.seconds * 1e6)
         t.predictions += len(predictions)
         t.review_requests += len(reviews)
         t.anomalies += sum(r.reason == "anomaly" for r in reviews)

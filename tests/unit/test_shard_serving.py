@@ -4,12 +4,15 @@ checkpoint marker, sweeps forget and flush, and an announcement's copies act onc
 
 from __future__ import annotations
 
+import threading
+
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.device_intake import DeviceIntake, Message
 from operators.model_routing import ServedModel
+from operators.scoring_pipeline import THREAD_NAME
 from operators.serving_model import ControlMessage
 from operators.serving_shard import InferenceShard
 from operators.shard_serving import DeviceTable, ShardServing
@@ -90,6 +93,23 @@ def test_threaded_scoring_hands_outputs_back_in_order_and_waits_before_a_swap():
     assert runs[True] == runs[False] and len(runs[True]) == 7 and {v for *_, v in runs[True]} == {1}
     s.take(table, [reading("b", 7)], now_ms=3)
     assert {orjson.loads(o.payload)["model_version"] for o in s.flush(now_ms=4) + s.drain()} == {2}
+    s.close()
+
+
+def test_the_scoring_thread_runs_only_the_model_and_the_outputs_are_made_on_the_callers_thread():
+    """With ``threaded`` scoring the worker makes the model calls and nothing else: predictions, review routing
+    and the confidence watch run on the operator's thread when the outputs are collected."""
+    s, table = serving(max_batch=2, threaded=True), DeviceTable()
+    shard = s.shards["toy"]
+    threads: dict[str, set] = {"model": set(), "publish": set()}
+    model_call, publish = shard.model.runner.predict_proba, shard.scorer.publish
+    shard.model.runner.predict_proba = lambda x: threads["model"].add(threading.current_thread().name) or model_call(x)
+    shard.scorer.publish = lambda *a, **k: threads["publish"].add(threading.current_thread().name) or publish(*a, **k)
+    out = s.take(table, [reading(d, ts) for ts in range(1, 9) for d in ("a", "b", "c")], now_ms=0).outgoing
+    out += s.collect() + s.flush(now_ms=1) + s.drain()
+    assert len(predictions(out)) == 15 and not s.busy()
+    assert threads["publish"] == {threading.current_thread().name}
+    assert len(threads["model"]) == 1 and next(iter(threads["model"])).startswith(THREAD_NAME)
     s.close()
 
 
