@@ -316,16 +316,20 @@ _RUN_REQUIRED = frozenset(SampleBlock.REQUIRED)
 
 def decode_block_run(objs: Sequence[Mapping[str, Any]], channel_names: Sequence[str], max_abs: float = math.inf,
                      max_samples: int = MAX_BLOCK_SAMPLES) -> BlockRun | None:
-    """Several decoded sample blocks of one device, checked and joined at once, when each is the usual kind (rows of
-    JSON numbers, no bools: the caller has looked at the payloads' bytes) and each carries on the one before (the
-    same device and type, times increasing across them, ``seq`` continuing). None for anything else: then each
-    block is decoded alone (:meth:`SampleBlock.from_dict`), which names what is wrong with which. Every block
-    accepted here is one ``from_dict`` accepts, with the same samples.
+    """Several decoded sample blocks (or single readings, blocks of one sample here) of one device, checked and
+    joined at once, when each is the usual kind (rows of JSON numbers, no bools: the caller has looked at the
+    payloads' bytes) and each carries on the one before (the same device and type, times increasing across them,
+    ``seq`` continuing). None for anything else: then each is decoded alone (:func:`reading_from_dict`), which
+    names what is wrong with which. Every message accepted here is one ``reading_from_dict`` accepts, with the
+    same samples.
 
     >>> run = decode_block_run([{"device_id": "d", "ts": [1, 2], "values": [[1, 2], [3, 4]], "seq": 0},
     ...                         {"device_id": "d", "ts": 5, "interval_ms": 1, "values": [[5, 6]], "seq": 2}], ["x", "y"])
     >>> run.block.ts.tolist(), run.block.values.tolist(), run.block.seq, run.ends
     ([1, 2, 5], [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], 0, [2, 3])
+    >>> decode_block_run([{"device_id": "d", "ts": 7, "values": [1, 2]}, {"device_id": "d", "ts": 9, "values": [3, 4]}],
+    ...                  ["x", "y"]).block.ts.tolist()
+    [7, 9]
     >>> decode_block_run([{"device_id": "d", "ts": [1, 2], "values": [[1, 2], [3, 4]]},
     ...                   {"device_id": "d", "ts": [2, 3], "values": [[5, 6], [7, 8]]}], ["x", "y"]) is None
     True
@@ -347,7 +351,13 @@ def decode_block_run(objs: Sequence[Mapping[str, Any]], channel_names: Sequence[
                 return None
             block_rows, ts = obj["values"], obj["ts"]
             n = len(block_rows) if type(block_rows) is list else 0
-            if not n or n > max_samples or type(block_rows[0]) is not list:
+            if not n:
+                return None
+            if type(block_rows[0]) is not list:  # a single reading: one sample, its time an integer
+                if type(ts) is not int or "interval_ms" in obj or "labels" in obj:
+                    return None  # (interval_ms or labels would make it a block of rows that are not lists)
+                block_rows, ts, n = [block_rows], [ts], 1
+            elif n > max_samples:
                 return None
             block_seq = obj.get("seq")
             if seq is None:

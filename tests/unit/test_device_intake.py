@@ -152,7 +152,9 @@ def test_each_bad_message_in_a_group_is_its_own_dead_letter_and_the_rest_are_use
 TWISTS = ["interval", "float interval", "no seq", "float seq", "seq jump", "unknown field", "schema 2", "schema 1",
           "ts back", "ts float", "ts str", "ts short", "ts and interval", "value str", "value null", "value bool",
           "value huge", "value big int", "row short", "row nested", "columns", "empty", "too many", "device type",
-          "label", "labels", "labels short", "label int", "other device", "keyed wrong", "not an object", "future"]
+          "label", "labels", "labels short", "label int", "other device", "keyed wrong", "not an object", "future",
+          "single", "single labelled", "single with interval", "single with labels", "single ts list",
+          "single named", "single short", "single str", "single huge", "singles"]
 
 
 def hostile_block(draw, ts: int, seq: int, n: int, twist: str) -> tuple[dict, int, int]:
@@ -217,6 +219,25 @@ def hostile_block(draw, ts: int, seq: int, n: int, twist: str) -> tuple[dict, in
         obj = [obj]
     elif twist == "future":
         obj["ts"] = [t + 10**9 for t in times]
+    elif twist.startswith("single"):  # a single reading: one sample, values a flat list
+        obj = {"device_id": "d", "ts": ts, "values": [float(ts), 1.0], "seq": seq}
+        nxt = (ts + 1, seq + 1)
+        if twist == "single labelled":
+            obj["label"] = "a"
+        elif twist == "single with interval":
+            obj["interval_ms"] = 1
+        elif twist == "single with labels":
+            obj["labels"] = ["a"]
+        elif twist == "single ts list":
+            obj["ts"] = [ts]
+        elif twist == "single named":
+            obj["values"] = {"x": float(ts), "y": 1.0}
+        elif twist == "single short":
+            obj["values"] = [1.0]
+        elif twist == "single str":
+            obj["values"][1] = "1"
+        elif twist == "single huge":
+            obj["values"][1] = 1e300
     return obj, *nxt
 
 
@@ -228,7 +249,8 @@ def hostile_runs(draw) -> list[Message]:
     count = draw(st.integers(1, 10))
     twist, at = draw(st.sampled_from(["none", *TWISTS])), draw(st.integers(0, count - 1))
     for offset in range(count):
-        obj, ts, seq = hostile_block(draw, ts, seq, draw(st.integers(1, 5)), twist if offset == at else "none")
+        odd = twist if offset == at or twist == "singles" else "none"  # singles: every message a single reading
+        obj, ts, seq = hostile_block(draw, ts, seq, draw(st.integers(1, 5)), odd)
         if twist == "keyed wrong":  # every block names a device other than the key Java grouped them by
             obj["device_id"] = "e"
         raw = json.dumps(obj).encode()  # (orjson refuses an integer beyond 64 bits)
