@@ -85,9 +85,9 @@ class ReadingParser:
         return reading
 
     def parse_run(self, objs: list[dict], now_ms: int | None = None) -> BlockRun | None:
-        """Decoded sample blocks of one device that carry on one another, checked and joined at once
-        (:func:`schemas.blocks.decode_block_run`; the payloads hold no JSON bool); None when any is of another
-        kind or would be refused: then ``parse_object`` on each names what is wrong."""
+        """Decoded sample blocks (or single readings) of one device that carry on one another, checked and joined
+        at once (:func:`schemas.blocks.decode_block_run`; the payloads hold no JSON bool); None when any is of
+        another kind or would be refused: then ``parse_object`` on each names what is wrong."""
         run = decode_block_run(objs, self.channel_names, self.max_abs, self.max_block_samples)
         if run is None or (self.max_future_ms and now_ms is not None
                            and int(run.block.ts[-1]) - now_ms > self.max_future_ms):
@@ -134,9 +134,9 @@ class RoutedParser:
         return reading if isinstance(reading, DeadLetter) else (model, reading)
 
     def parse_run(self, payloads: list[bytes], now_ms: int | None = None) -> tuple[str, BlockRun] | None:
-        """Sample blocks of one device, one per payload, each carrying on the one before: their model and the
-        blocks joined (``ReadingParser.parse_run``), or None where any payload is not such a block or would be
-        refused (then ``parse`` on each names what is wrong).
+        """Sample blocks or single readings of one device, one per payload, each carrying on the one before: their
+        model and the samples joined (``ReadingParser.parse_run``), or None where any payload is not such a
+        message or would be refused (then ``parse`` on each names what is wrong).
 
         >>> from operators.model_routing import DeviceRouter
         >>> p = RoutedParser({"a": ReadingParser(["x"], "r")}, DeviceRouter({}, [("*", "a")]))

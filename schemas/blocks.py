@@ -324,7 +324,8 @@ def decode_block_run(objs: Sequence[Mapping[str, Any]], channel_names: Sequence[
     same samples.
 
     >>> run = decode_block_run([{"device_id": "d", "ts": [1, 2], "values": [[1, 2], [3, 4]], "seq": 0},
-    ...                         {"device_id": "d", "ts": 5, "interval_ms": 1, "values": [[5, 6]], "seq": 2}], ["x", "y"])
+    ...                         {"device_id": "d", "ts": 5, "interval_ms": 1, "values": [[5, 6]], "seq": 2}],
+    ...                        ["x", "y"])
     >>> run.block.ts.tolist(), run.block.values.tolist(), run.block.seq, run.ends
     ([1, 2, 5], [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], 0, [2, 3])
     >>> decode_block_run([{"device_id": "d", "ts": 7, "values": [1, 2]}, {"device_id": "d", "ts": 9, "values": [3, 4]}],
@@ -336,6 +337,7 @@ def decode_block_run(objs: Sequence[Mapping[str, Any]], channel_names: Sequence[
     """
     first = objs[0]
     device_id, device_type, seq = first.get("device_id"), first.get("device_type"), first.get("seq")
+    singles = True  # every message a single reading so far
     rows: list = []
     times: list = []  # the times of each block: its ts list, or an array from ts and interval_ms
     labels: list = []
@@ -359,6 +361,8 @@ def decode_block_run(objs: Sequence[Mapping[str, Any]], channel_names: Sequence[
                 block_rows, ts, n = [block_rows], [ts], 1
             elif n > max_samples:
                 return None
+            else:
+                singles = False
             block_seq = obj.get("seq")
             if seq is None:
                 if block_seq is not None:
@@ -384,7 +388,10 @@ def decode_block_run(objs: Sequence[Mapping[str, Any]], channel_names: Sequence[
             ts = np.concatenate([np.asarray(block, np.int64) for block in times])
     except (SchemaError, OverflowError):
         return None
-    if ts[0] < 0 or ts[-1] > MAX_SAFE_INT or (len(ts) > 1 and np.diff(ts).min() <= 0):
+    # times increase; single readings that carry sequence numbers may share one (they are used in seq order)
+    if len(ts) > 1 and np.diff(ts).min() < (0 if singles and seq is not None else 1):
+        return None
+    if ts[0] < 0 or ts[-1] > MAX_SAFE_INT:
         return None
     values = _typed_matrix(rows, len(channel_names), max_abs)
     if values is None:

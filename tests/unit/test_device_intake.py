@@ -52,6 +52,7 @@ def summary(intake_out) -> tuple:
 @given(messages(), st.data())
 def test_a_group_gives_what_its_messages_give_one_at_a_time(stream, data):
     intake = DeviceIntake.for_models([ServedModel("m", ("x", "y"), 4, 2)], normalise_after=2)
+    intake.joined_min_bytes = 0
     one_by_one = DeviceIntake.for_models([ServedModel("m", ("x", "y"), 4, 2)], normalise_after=2)
     one_by_one.joined_runs = False
     alone, state = [], None
@@ -111,6 +112,7 @@ def test_blocks_that_carry_on_one_another_are_windowed_together_as_they_would_be
     their last sample came in), refusals and the device's state are what the messages give one at a time."""
     messages, reset_gap_ms = stream
     intake = DeviceIntake.for_models([ServedModel("m", ("x", "y"), 4, 2)])
+    intake.joined_min_bytes = 0
     intake.windowers["m"] = SlidingWindower(4, 2, 2, reset_gap_ms=reset_gap_ms, max_seq_gap_buffer=4)
     one_by_one = DeviceIntake(intake.parser, intake.windowers, "m")
     one_by_one.joined_runs = False
@@ -154,7 +156,8 @@ TWISTS = ["interval", "float interval", "no seq", "float seq", "seq jump", "unkn
           "value huge", "value big int", "row short", "row nested", "columns", "empty", "too many", "device type",
           "label", "labels", "labels short", "label int", "other device", "keyed wrong", "not an object", "future",
           "single", "single labelled", "single with interval", "single with labels", "single ts list",
-          "single named", "single short", "single str", "single huge", "singles"]
+          "single named", "single short", "single str", "single huge", "single same ts", "single ts back", "singles",
+          "singles same ts", "singles same ts no seq", "ts repeat"]
 
 
 def hostile_block(draw, ts: int, seq: int, n: int, twist: str) -> tuple[dict, int, int]:
@@ -182,6 +185,8 @@ def hostile_block(draw, ts: int, seq: int, n: int, twist: str) -> tuple[dict, in
         obj["ts"] = [t - 3 for t in times]
     elif twist == "ts float":
         obj["ts"][-1] += 0.5
+    elif twist == "ts repeat":  # two samples of the block at one time
+        obj["ts"][-1] = obj["ts"][0]
     elif twist == "ts str":
         obj["ts"][0] = str(ts)
     elif twist == "ts short":
@@ -238,6 +243,13 @@ def hostile_block(draw, ts: int, seq: int, n: int, twist: str) -> tuple[dict, in
             obj["values"][1] = "1"
         elif twist == "single huge":
             obj["values"][1] = 1e300
+        elif twist.startswith(("single same ts", "singles same ts")):  # the time of the sample before
+            obj["ts"] = ts - 1
+            nxt = (ts, seq + 1)
+            if twist.endswith("no seq"):
+                del obj["seq"]
+        elif twist == "single ts back":
+            obj["ts"] = ts - 2
     return obj, *nxt
 
 
@@ -249,7 +261,7 @@ def hostile_runs(draw) -> list[Message]:
     count = draw(st.integers(1, 10))
     twist, at = draw(st.sampled_from(["none", *TWISTS])), draw(st.integers(0, count - 1))
     for offset in range(count):
-        odd = twist if offset == at or twist == "singles" else "none"  # singles: every message a single reading
+        odd = twist if offset == at or twist.startswith("singles") else "none"  # singles: every message one reading
         obj, ts, seq = hostile_block(draw, ts, seq, draw(st.integers(1, 5)), odd)
         if twist == "keyed wrong":  # every block names a device other than the key Java grouped them by
             obj["device_id"] = "e"
@@ -260,7 +272,7 @@ def hostile_runs(draw) -> list[Message]:
     return out
 
 
-@settings(max_examples=400, deadline=None, derandomize=True)
+@settings(max_examples=800, deadline=None, derandomize=True)
 @given(hostile_runs(), st.data())
 def test_a_group_checked_and_joined_at_once_gives_what_its_messages_give_one_by_one(messages, data):
     """``DeviceIntake`` first tries a device's group as one run of blocks (``RoutedParser.parse_run``): whatever the
@@ -268,6 +280,7 @@ def test_a_group_checked_and_joined_at_once_gives_what_its_messages_give_one_by_
     those of taking each message alone on the one-by-one path."""
     model = ServedModel("m", ("x", "y"), 4, 2)
     joined = DeviceIntake.for_models([model])
+    joined.joined_min_bytes = 0  # every group of two or more messages tried as one run
     joined.parser.parsers["m"].max_abs = 1e9
     joined.parser.parsers["m"].max_future_ms = 60_000
     joined.parser.parsers["m"].max_block_samples = 6
@@ -302,3 +315,19 @@ def test_a_busy_devices_group_of_blocks_is_checked_and_joined_at_once():
     intake.parser.parse = lambda *a: calls.append(a) or decode_one(*a)
     out = intake.take("d", [Message(0, k, 0, raw) for k, raw in enumerate(blocks)], None, now_ms=0)
     assert calls == [] and out.samples == 50 and len(out.windows) == 24 and out.state.next_seq == 50
+    # single readings with sequence numbers, sent in one millisecond (as a backlog's replay sends them)
+    readings = [orjson.dumps({"device_id": "d", "ts": 60, "seq": 50 + k, "values": [float(k), 1.0]}) for k in range(16)]
+    out = intake.take("d", [Message(0, 5 + k, 0, raw) for k, raw in enumerate(readings)], out.state, now_ms=0)
+    assert calls == [] and out.samples == 16 and len(out.windows) == 8 and out.state.next_seq == 66
+
+
+def test_a_lone_message_or_a_few_small_ones_are_taken_one_by_one():
+    """Below ``joined_min_bytes`` (or alone) a device's messages skip the joined run, which would cost more."""
+    intake = DeviceIntake.for_models([ServedModel("m", ("x", "y"), 4, 2)])
+    runs = []
+    intake.parser.parse_run = lambda *a: runs.append(a)
+    few = [orjson.dumps({"device_id": "d", "ts": k, "seq": k, "values": [1.0, 2.0]}) for k in range(4)]
+    out = intake.take("d", [Message(0, k, 0, raw) for k, raw in enumerate(few)], None, now_ms=0)
+    out = intake.take("d", [Message(0, 9, 0, orjson.dumps({"device_id": "d", "ts": [4, 5], "seq": 4,
+                                                           "values": [[1.0, 2.0]] * 2}))], out.state, now_ms=0)
+    assert runs == [] and out.state.next_seq == 6
