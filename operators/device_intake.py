@@ -96,10 +96,12 @@ class DeviceIntake:
         return cls(parser, windowers, models[0].name, 0, normalisers)
 
     def take(self, key: str, messages: list[Message], state: DeviceState | None, now_ms: int) -> Intake:
-        """Validate and window ``messages`` of device ``key`` in order, starting from ``state``. Sample blocks
-        that carry on one another are windowed together (``SlidingWindower.add_blocks``: the same windows as
-        one at a time, in one pass)."""
-        if self.joined_runs and len(messages) > 1 and sum(len(m.payload) for m in messages) >= self.joined_min_bytes:
+        """Validate and window ``messages`` of device ``key`` in order, starting from ``state``. Two or more
+        messages holding ``joined_min_bytes`` are first tried as one run (:meth:`_take_joined`). Else sample
+        blocks that carry on one another are windowed together (``SlidingWindower.add_blocks``: the same windows
+        as one at a time, in one pass)."""
+        size = sum(len(message.payload) for message in messages)
+        if self.joined_runs and len(messages) > 1 and size >= self.joined_min_bytes:
             joined = self._take_joined(key, messages, state, now_ms)
             if joined is not None:
                 return joined

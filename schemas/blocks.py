@@ -319,17 +319,17 @@ def decode_block_run(objs: Sequence[Mapping[str, Any]], channel_names: Sequence[
     """Several decoded sample blocks (or single readings, blocks of one sample here) of one device, checked and
     joined at once, when each is the usual kind (rows of JSON numbers, no bools: the caller has looked at the
     payloads' bytes) and each carries on the one before (the same device and type, times increasing across them,
-    ``seq`` continuing). None for anything else: then each is decoded alone (:func:`reading_from_dict`), which
-    names what is wrong with which. Every message accepted here is one ``reading_from_dict`` accepts, with the
-    same samples.
+    ``seq`` continuing; single readings that carry ``seq`` may share a time, as one by one). None for anything
+    else: then each is decoded alone (:func:`reading_from_dict`), which names what is wrong with which. Every
+    message accepted here is one ``reading_from_dict`` accepts, with the same samples.
 
     >>> run = decode_block_run([{"device_id": "d", "ts": [1, 2], "values": [[1, 2], [3, 4]], "seq": 0},
     ...                         {"device_id": "d", "ts": 5, "interval_ms": 1, "values": [[5, 6]], "seq": 2}],
     ...                        ["x", "y"])
     >>> run.block.ts.tolist(), run.block.values.tolist(), run.block.seq, run.ends
     ([1, 2, 5], [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], 0, [2, 3])
-    >>> decode_block_run([{"device_id": "d", "ts": 7, "values": [1, 2]}, {"device_id": "d", "ts": 9, "values": [3, 4]}],
-    ...                  ["x", "y"]).block.ts.tolist()
+    >>> decode_block_run([{"device_id": "d", "ts": 7, "values": [1, 2]},
+    ...                   {"device_id": "d", "ts": 9, "values": [3, 4]}], ["x", "y"]).block.ts.tolist()
     [7, 9]
     >>> decode_block_run([{"device_id": "d", "ts": [1, 2], "values": [[1, 2], [3, 4]]},
     ...                   {"device_id": "d", "ts": [2, 3], "values": [[5, 6], [7, 8]]}], ["x", "y"]) is None
