@@ -79,8 +79,8 @@ class DeviceIntake:
         self.parser, self.windowers = parser, windowers
         self.default_model, self.device_expiry_ms = default_model, device_expiry_ms
         self.normalisers = normalisers or {}
-        self.joined_runs = True  # try a device's messages as one run first (False: always one by one)
-        self.joined_min_bytes = JOINED_MIN_BYTES
+        # a device's two or more messages holding this many bytes are first tried as one run (None: never)
+        self.joined_min_bytes: int | None = JOINED_MIN_BYTES
 
     @classmethod
     def for_models(cls, models: list[ServedModel], topic: str = "sensor-readings", normalise_after: int = 0,
@@ -101,7 +101,7 @@ class DeviceIntake:
         blocks that carry on one another are windowed together (``SlidingWindower.add_blocks``: the same windows
         as one at a time, in one pass)."""
         size = sum(len(message.payload) for message in messages)
-        if self.joined_runs and len(messages) > 1 and size >= self.joined_min_bytes:
+        if self.joined_min_bytes is not None and len(messages) > 1 and size >= self.joined_min_bytes:
             joined = self._take_joined(key, messages, state, now_ms)
             if joined is not None:
                 return joined

@@ -54,7 +54,7 @@ def test_a_group_gives_what_its_messages_give_one_at_a_time(stream, data):
     intake = DeviceIntake.for_models([ServedModel("m", ("x", "y"), 4, 2)], normalise_after=2)
     intake.joined_min_bytes = 0
     one_by_one = DeviceIntake.for_models([ServedModel("m", ("x", "y"), 4, 2)], normalise_after=2)
-    one_by_one.joined_runs = False
+    one_by_one.joined_min_bytes = None
     alone, state = [], None
     for message in stream:
         out = one_by_one.take("d", [message], state, now_ms=0)
@@ -115,7 +115,7 @@ def test_blocks_that_carry_on_one_another_are_windowed_together_as_they_would_be
     intake.joined_min_bytes = 0
     intake.windowers["m"] = SlidingWindower(4, 2, 2, reset_gap_ms=reset_gap_ms, max_seq_gap_buffer=4)
     one_by_one = DeviceIntake(intake.parser, intake.windowers, "m")
-    one_by_one.joined_runs = False
+    one_by_one.joined_min_bytes = None
 
     def described(outs, state):
         windows = [(w.start, w.end, w.values.tolist(), w.truth, w.ingest_ms) for o in outs for w in o.windows]
@@ -285,7 +285,7 @@ def test_a_group_checked_and_joined_at_once_gives_what_its_messages_give_one_by_
     joined.parser.parsers["m"].max_future_ms = 60_000
     joined.parser.parsers["m"].max_block_samples = 6
     one_by_one = DeviceIntake(joined.parser, joined.windowers, "m")
-    one_by_one.joined_runs = False
+    one_by_one.joined_min_bytes = None
     now_ms = 10_000
 
     def described(intake, groups):
