@@ -72,9 +72,9 @@ class IntakeCounts:
     them: split them into messages, check the source's offsets (``SourceWatch``: offsets going back, records
     gone), count them under the same metric names, and turn bad input into dead letters."""
 
-    def __init__(self, cfg: Config, group, committed_group: str | None = None) -> None:
-        """``committed_group``: the job's consumer group, for the one subtask whose watch also checks the offsets
-        the group committed on partitions it has not read (a job restored after the broker lost the topic)."""
+    def __init__(self, cfg: Config, group, group_id: str | None = None, subtask: int = 0) -> None:
+        """``group_id``: the job's consumer group; the first ``subtask``'s watch also checks the offsets the group
+        committed on partitions it has not read (a job restored after the broker lost the topic)."""
         self.dead_letters_topic = cfg.topics.dead_letters
         self.readings_in = LocalCounter(group, "readings_in")
         self.groups_in = LocalCounter(group, "groups_in")  # records that crossed into Python: a group counts once
@@ -88,7 +88,8 @@ class IntakeCounts:
         group.gauge("source_stalled_partitions", self.watch.stalled_partitions)
         self.watcher = None
         if cfg.serving.source_check_ms > 0:
-            probe = KafkaRecordProbe(cfg.broker.bootstrap, cfg.topics.readings, group_id=committed_group)
+            probe = KafkaRecordProbe(cfg.broker.bootstrap, cfg.topics.readings,
+                                     group_id=group_id if subtask == 0 else None)
             self.watcher = SourceWatchThread(self.watch, probe, cfg.serving.source_check_ms / 1000).start()
 
     def messages(self, envelopes: list[bytes]) -> list[Message]:

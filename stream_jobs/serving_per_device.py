@@ -53,8 +53,8 @@ class ReadingsToWindows(KeyedProcessFunction):
         self.intake = device_intake(self.cfg, self.models)
         self.windowers = self.intake.windowers
         self.state = runtime_context.get_state(ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY()))
-        self.counts = IntakeCounts(self.cfg, runtime_context.get_metrics_group(),
-                                   self.group_id if subtask_index(runtime_context) == 0 else None)
+        self.counts = IntakeCounts(self.cfg, runtime_context.get_metrics_group(), self.group_id,
+                                   subtask_index(runtime_context))
 
     def close(self) -> None:
         if getattr(self, "counts", None) is not None:

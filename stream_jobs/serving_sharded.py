@@ -60,8 +60,8 @@ class ServeShards(KeyedCoProcessFunction):
             MapStateDescriptor("devices", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
         self.tables: dict[int, DeviceTable] = {}
         self.next_timer: int | None = None  # the earliest timer set for batches and outputs (any shard's key)
-        self.counts = IntakeCounts(self.cfg, group,  # the markers are not counted
-                                   self.group_id if subtask_index(runtime_context) == 0 else None)
+        self.counts = IntakeCounts(self.cfg, group, self.group_id,  # the markers are not counted
+                                   subtask_index(runtime_context))
         self.orphaned = LocalCounter(group, "devices_orphaned")
         self.outputs = Outputs(self.inference)
 
