@@ -133,11 +133,14 @@ class ShardServing:
         self.stores = {name: ListStore() for name in shards}
         self.expiry_ms, self.idle_ms = device_expiry_ms, idle_ms
         self.controls: OrderedDict[tuple, ControlOutcome] = OrderedDict()  # recent controls, by where they were read
+        self.sending: set[DeviceTable] = set()  # shards whose messages came since the readings last paused
 
     def take(self, table: DeviceTable, records: list[tuple[str, Message]], now_ms: int) -> Served:
         """A shard's ``(device, message)`` records: each device's messages in their order, as if they came
         alone; their windows join the pending batches (scored when a batch is full)."""
         by_device: dict[str, list[Message]] = {}
+        if records:
+            self.sending.add(table)
         for device, message in records:
             by_device.setdefault(device, []).append(message)
         served = Served(messages=len(records))
@@ -184,6 +187,27 @@ class ShardServing:
         table.sweep_at = served.sweep_at = (now_ms + self.idle_ms // 2 if held
                                             else self._next_expiry_sweep(table, now_ms))
         return served
+
+    def quiet(self, table: DeviceTable, now_ms: int) -> list[Outgoing]:
+        """The readings paused after the shard's messages (the grouper's marker). Once every shard whose
+        messages came since the last pause has been told so, the windows waiting for a fuller batch are handed
+        over to be scored now: no more are coming soon, and waiting out ``max_wait_ms`` would only add latency.
+
+        >>> from operators.model_routing import ServedModel
+        >>> from operators.device_intake import DeviceIntake, Message
+        >>> serving = ShardServing(DeviceIntake.for_models([ServedModel("toy", ("x", "y"), 4, 1)]),
+        ...                        {"toy": InferenceShard.for_tests(max_batch=8, max_wait_ms=60_000)})
+        >>> first, second = DeviceTable(), DeviceTable()
+        >>> def readings(device):
+        ...     return [(device, Message(0, ts, 0, b'{"device_id": "%s", "ts": %d, "values": [1, 2]}' % (device.encode(), ts)))
+        ...             for ts in range(4)]
+        >>> [len(serving.take(table, readings(device), now_ms=0).outgoing) for table, device in ((first, "a"), (second, "b"))]
+        [0, 0]
+        >>> len(serving.quiet(first, now_ms=5)), len(serving.quiet(second, now_ms=5))  # once both shards paused
+        (0, 2)
+        """
+        self.sending.discard(table)
+        return [] if self.sending else self.flush(now_ms)
 
     def _next_expiry_sweep(self, table: DeviceTable, now_ms: int) -> int | None:
         if not self.expiry_ms or not table.states:

@@ -137,7 +137,9 @@ class ServingSettings:
     seq_gap_timeout_ms: int = 1_000
     reset_gap_ms: int = 10_000
     max_batch: int = 64
-    max_wait_ms: int = 10
+    max_wait_ms: int = 10  # the longest a window waits for a fuller batch (but see quiet_ms)
+    quiet_ms: int = 1  # sharded layout: once no reading has come for this long (a burst ended), the windows
+    #                    waiting for a fuller batch are scored at once, not after max_wait_ms; 0: off
     inference_shards: int = 0  # micro-batch keys (devices hash onto them); 0: flink.parallelism. Rescaling keeps
     #                            each shard's pending batches and served version: set it to the highest
     #                            parallelism the job will be rescaled to (fewer, larger batches below it)
@@ -197,7 +199,7 @@ class ServingSettings:
         _at_least(self, 0, "model_version", "inference_shards", "max_out_of_order_ms", "seq_gap_timeout_ms",
                   "max_wait_ms", "review_budget_per_minute", "reset_gap_ms", "drift_budget_per_minute", "drift_boost_seconds",
                   "max_future_ms", "max_seq_jump", "device_expiry_ms", "source_check_ms", "anomaly_device_windows",
-                  "group_ms", "device_normalisation_windows", "device_normalisation_halflife")
+                  "group_ms", "device_normalisation_windows", "device_normalisation_halflife", "quiet_ms")
         if not self.max_abs_value > 0:
             raise ValueError(f"max_abs_value must be > 0, got {self.max_abs_value}")
         if not 0.05 <= self.switch_interval_ms <= 100:

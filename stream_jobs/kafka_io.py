@@ -96,6 +96,7 @@ def unpack_group(data) -> list[bytes]:
 
 CHECKPOINT_MARK = b"\x01"  # ReadingGrouper's record to a shard before each checkpoint barrier
 SHARD_MARK = 2  # first byte of a ReadingGrouper record holding one shard's (key, envelope) pairs
+QUIET_MARK = b"\x03"  # ReadingGrouper's record to a shard once the readings paused after its records (quiet_ms)
 
 
 def unpack_shard_group(data: bytes) -> list[tuple[str, bytes]]:
@@ -118,7 +119,8 @@ def unpack_shard_group(data: bytes) -> list[tuple[str, bytes]]:
 
 def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[str], group_id: str,
                  name: str, key_field: str = "device_id", from_committed: bool = True,
-                 group: tuple[int, int] = (1, 0), shards: int = 0, *, fetch_wait_ms: int) -> KeyedStream:
+                 group: tuple[int, int] = (1, 0), shards: int = 0, *, fetch_wait_ms: int,
+                 quiet_ms: int = 0) -> KeyedStream:
     """KafkaSource over ``topics`` keyed by a top-level JSON field of the payload, read in Java.
 
     Elements are the enveloped bytes; the source resumes from committed offsets (and from
@@ -127,7 +129,9 @@ def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[s
     one key are grouped in Java (``ReadingGrouper``, stateless: it sends everything on before each
     checkpoint) into records that ``unpack_group`` splits. With ``shards > 0`` the stream is keyed by
     shard instead (an INT: the CRC-32 of the key modulo ``shards``), always through the grouper, whose
-    records ``unpack_shard_group`` splits, with a ``CHECKPOINT_MARK`` record before each checkpoint.
+    records ``unpack_shard_group`` splits, with a ``CHECKPOINT_MARK`` record before each checkpoint and, with
+    ``quiet_ms > 0``, a ``QUIET_MARK`` record to every shard it sent records of once no record has come for
+    ``quiet_ms`` (the input paused: a burst ended).
     ``fetch_wait_ms``: how long the broker may hold a fetch that finds nothing (``broker.fetch_wait_ms`` for
     readings, ``broker.rare_fetch_wait_ms`` for rare records: the embedded broker answers only when the wait
     ends, so a source polls at this period and costs the job and the broker CPU even while nothing comes)."""
@@ -152,7 +156,7 @@ def keyed_source(env: StreamExecutionEnvironment, bootstrap: str, topics: list[s
                            type_info=Types.ROW([Types.STRING(), payload_type])).uid(name)
     most, wait_ms = group
     if shards > 0:
-        grouper = jvm.io.sensorloop.flink.ReadingGrouper(most, wait_ms, GROUP_MAX_BYTES, shards)
+        grouper = jvm.io.sensorloop.flink.ReadingGrouper(most, wait_ms, GROUP_MAX_BYTES, shards, quiet_ms)
         row_type = Types.ROW([Types.INT(), payload_type]).get_java_type_info()
         j_rows = rows._j_data_stream.transform(f"{name}-shard-groups", row_type, grouper)
         return keyed_by_first_field(DataStream(j_rows.uid(f"{name}-shard-groups")), Types.INT(), payload_type)

@@ -73,7 +73,7 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
     sharded = cfg.serving.layout == "sharded"
     readings = keyed_source(env, cfg.broker.bootstrap, [topics.readings], group_id, "sensor-readings", "device_id",
                             group=(cfg.serving.group_readings, cfg.serving.group_ms), shards=shards if sharded else 0,
-                            fetch_wait_ms=cfg.broker.fetch_wait_ms)
+                            fetch_wait_ms=cfg.broker.fetch_wait_ms, quiet_ms=cfg.serving.quiet_ms)
     announcements = keyed_source(env, cfg.broker.bootstrap, [topics.model_snapshots, topics.drift_events],
                                  f"{group_id}-controls", "model-snapshots-and-drift-events", "model_name",
                                  fetch_wait_ms=cfg.broker.rare_fetch_wait_ms)

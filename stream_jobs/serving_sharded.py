@@ -15,7 +15,7 @@ from operators.serving_model import ControlMessage
 from operators.shard_serving import IDLE_FLUSH_MS, DeviceTable, ShardServing, shard_of
 from settings import Config
 from stream_jobs.flink_env import quiet_embedded_logging, subtask_index
-from stream_jobs.kafka_io import CHECKPOINT_MARK, unpack_shard_group
+from stream_jobs.kafka_io import CHECKPOINT_MARK, QUIET_MARK, unpack_shard_group
 from stream_jobs.serving_parts import (
     IntakeCounts,
     LocalCounter,
@@ -118,7 +118,8 @@ class ServeShards(KeyedCoProcessFunction):
             ctx.timer_service().register_processing_time_timer(due)
 
     def process_element1(self, value, ctx: KeyedCoProcessFunction.Context):
-        """A shard's group of messages, or the marker before a checkpoint barrier."""
+        """A shard's group of messages, the marker before a checkpoint barrier, or the marker that the
+        readings paused."""
         self.versions.check_restored()
         timers = ctx.timer_service()
         now = timers.current_processing_time()
@@ -126,6 +127,10 @@ class ServeShards(KeyedCoProcessFunction):
         if value == CHECKPOINT_MARK:  # the checkpoint holds every device's state and no window waits across it
             self._store(table)
             yield from self._emit(self.serving.flush(now) + self.serving.drain())
+            return
+        if value == QUIET_MARK:  # the readings paused after this shard's records: no fuller batch is coming soon
+            yield from self._emit(self.serving.quiet(table, now) + self.serving.collect())
+            self._schedule(ctx, now)
             return
         pairs = unpack_shard_group(value)
         messages = self.counts.messages([envelope for _, envelope in pairs])

@@ -203,6 +203,54 @@ def test_the_grouper_waits_briefly_while_the_stream_is_too_thin_to_group(tmp_pat
     same_as_reference()
 
 
+def test_the_grouper_tells_the_shards_it_sent_to_once_the_readings_pause(tmp_path, registry_copy):
+    """QuietWatch (Java): the shards sent to since the last pause are handed over, in the order first sent,
+    once no record came for ``quietMs`` after the last one, and not while records keep coming; for any stream
+    of records, sends and checks it decides as a reference written from its documentation (Hypothesis)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from pyflink.java_gateway import get_gateway
+
+    make_env(config(tmp_path, registry_copy), "serving")  # the JVM, with the helper jar
+    jvm = get_gateway().jvm.io.sensorloop.flink
+    ms = 1_000_000
+    watch = jvm.QuietWatch(1)
+    watch.record(0)
+    watch.sent(5)
+    watch.sent(2)
+    watch.sent(5)
+    assert list(watch.takeIfQuiet(ms - 1)) == [] and watch.remainingNs(ms - 1) == 1
+    watch.record(ms - 1)  # a record came: the pause starts again
+    assert list(watch.takeIfQuiet(ms)) == [] and watch.waiting()
+    assert list(watch.takeIfQuiet(2 * ms - 1)) == [5, 2] and not watch.waiting()
+    assert list(watch.takeIfQuiet(10 * ms)) == []  # told once
+    with pytest.raises(Exception, match="quietMs"):
+        jvm.QuietWatch(0)
+    with pytest.raises(Exception, match="quietMs"):
+        jvm.ReadingGrouper(10, 10, 1000, 8, -1)
+
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    @given(st.integers(1, 5), st.lists(st.tuples(st.sampled_from(["record", "sent", "check"]), st.integers(0, 7),
+                                                 st.integers(0, 3 * ms)), max_size=80))
+    def same_as_reference(quiet_ms, events):
+        java, now, last, sent = jvm.QuietWatch(quiet_ms), 0, 0, []
+        for kind, shard, step in events:
+            now += step
+            if kind == "record":
+                java.record(now)
+                last = now
+            elif kind == "sent":
+                java.sent(shard)
+                sent += [shard] if shard not in sent else []
+            else:
+                quiet = bool(sent) and now - last >= quiet_ms * ms
+                assert list(java.takeIfQuiet(now)) == (sent if quiet else [])
+                sent = [] if quiet else sent
+            assert java.waiting() == bool(sent) and java.remainingNs(now) == max(0, last + quiet_ms * ms - now)
+
+    same_as_reference()
+
+
 def test_python_unpacks_the_groups_java_packs(tmp_path, registry_copy):
     """What ReadingGrouper packs (by device: ``pack``; by shard: ``packKeyed`` over ``keyed`` records),
     ``unpack_group`` and ``unpack_shard_group`` give back pair for pair, for keys of any script and

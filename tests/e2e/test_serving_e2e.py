@@ -188,3 +188,25 @@ def test_per_device_normalisation_through_the_job(broker, trained_registry, tmp_
             compared += ref is not None
             stats = norm.observe(stats, window)
         assert compared == 7
+
+
+def test_a_burst_too_small_for_a_batch_is_scored_once_the_readings_pause(broker, trained_registry, tmp_path):
+    """A few devices' burst completes far fewer windows than a batch holds. With ``max_wait_ms`` and the
+    checkpoint interval (whose marker also scores pending windows) at ten minutes, only the grouper's marker
+    that the readings paused (``serving.quiet_ms``) can get them scored within the test: they come, each
+    once; a second burst later is scored the same way."""
+    first = replayed_readings(n_devices=4, per_device=40)
+    second = replayed_readings(n_devices=4, per_device=24, start_seq=40)
+    expected = expected_window_ends(first + second, window=32, stride=8)
+    assert len(expected_window_ends(first, window=32, stride=8)) == 4 * 2 and len(expected) == 4 * 5
+    job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=trained_registry,
+                      state_dir=str(tmp_path / "ck"), audit_rate=0.0, max_wait_ms=600_000,
+                      checkpoint_interval_ms=600_000, quiet_ms=1)
+    with job:
+        produce(broker.bootstrap, TOPICS.readings, encoded(first))
+        out = collect(broker.bootstrap, {TOPICS.predictions: 4 * 2}, timeout_s=180, job=job)
+        produce(broker.bootstrap, TOPICS.readings, encoded(second))
+        out = collect(broker.bootstrap, {TOPICS.predictions: len(expected)}, timeout_s=120, job=job)
+        assert job.alive()
+    keys = [(p.device_id, p.window_end) for p in map(Prediction.decode, (r.value for r in out[TOPICS.predictions]))]
+    assert set(keys) == expected and len(keys) == len(expected), "every window once"

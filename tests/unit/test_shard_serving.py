@@ -133,6 +133,26 @@ def test_windows_wait_for_a_full_batch_and_a_flush_scores_them():
     assert predictions(s.flush(now_ms=20)) == [("a", 5)] and s.due_at() is None
 
 
+def test_windows_are_scored_once_every_shard_that_sent_has_paused():
+    """The grouper's marker that the readings paused (``quiet``) hands the pending windows over at once, but
+    only when no shard whose messages came since the last pause is still without its marker; without markers
+    they wait for a full batch or ``max_wait_ms`` as before, and a shard sending again must pause again."""
+    for threaded in (False, True):
+        s, first, second = serving(max_batch=100, threaded=threaded), DeviceTable(), DeviceTable()
+        out = s.take(first, [reading("a", ts) for ts in range(1, 6)], now_ms=0).outgoing
+        out += s.take(second, [reading("b", ts) for ts in range(1, 5)], now_ms=1).outgoing
+        assert out == [] and s.due_at() == 10
+        assert s.quiet(first, now_ms=2) == [] and s.poll(now_ms=2) == []  # the second shard may send more
+        s.take(first, [reading("a", 6)], now_ms=3)  # the first sends again: it must pause again too
+        assert s.quiet(second, now_ms=4) == [] and s.due_at() == 10
+        out = s.quiet(first, now_ms=5) + s.drain()
+        assert predictions(out) == [("a", 4), ("a", 5), ("a", 6), ("b", 4)] and s.due_at() is None
+        assert s.quiet(first, now_ms=6) == [] and s.quiet(second, now_ms=6) == []  # nothing pending: no-ops
+        s.take(second, [reading("b", 5)], now_ms=7)
+        assert s.quiet(second, now_ms=8) + s.drain() != [] and s.due_at() is None
+        s.close()
+
+
 def test_a_sweep_forgets_silent_devices_and_schedules_the_next():
     s, table = serving(expiry_ms=60_000), DeviceTable()
     served = s.take(table, [reading("a", 1)], now_ms=0)

@@ -46,6 +46,12 @@ import org.apache.flink.types.Row;
  * of since the last barrier: the keyed Python operator after it keeps what those records changed in memory
  * and writes it to Flink state when that marker comes, so the state is complete when the barrier reaches it
  * (checkpoints are aligned: a channel's marker always comes after its records and before its barrier).
+ *
+ * <p>With shards and {@code quietMs > 0}, once no record has come for {@code quietMs} after the last one
+ * ({@link QuietWatch}), it sends Row(shard, {@code 0x03}) for every shard it sent records of since the last
+ * such pause: the Python operator then scores the windows it holds at once instead of waiting up to its
+ * batch wait for windows that are not coming (a burst of messages would otherwise leave its last windows
+ * waiting; a backlog never pauses, so its batches stay full).
  */
 public class ReadingGrouper extends AbstractStreamOperator<Row>
         implements OneInputStreamOperator<Row, Row>, ProcessingTimeCallback {
@@ -53,6 +59,7 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     public static final byte MARK = 0;
     public static final byte CHECKPOINT_MARK = 1;
     public static final byte SHARD_MARK = 2;
+    public static final byte QUIET_MARK = 3;
     public static final long RATE_SPAN_MS = 100;
     public static final double MIN_PER_GROUP = 2.0;
     public static final long SPARSE_DELAY_MS = 2;
@@ -60,6 +67,7 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     private final long maxDelayMs;
     private final long maxBytes;
     private final int shards;
+    private final long quietMs;
     private transient Map<Object, List<byte[]>> groups;
     private transient Set<Integer> sentShards; // shards sent records of since the last checkpoint barrier
     private transient Map<Object, Long> lastSeen; // per key, when its latest record came (recent keys only)
@@ -67,20 +75,27 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     private transient long buffered;
     private transient boolean timerSet;
     private transient GroupRate rate;
+    private transient QuietWatch quiet; // null: no quiet markers
+    private transient boolean quietTimerSet;
 
     public ReadingGrouper(int maxRecords, long maxDelayMs, long maxBytes) {
         this(maxRecords, maxDelayMs, maxBytes, 0);
     }
 
     public ReadingGrouper(int maxRecords, long maxDelayMs, long maxBytes, int shards) {
-        if (maxRecords < 1 || maxDelayMs < 0 || maxBytes < 1 || shards < 0) {
+        this(maxRecords, maxDelayMs, maxBytes, shards, 0);
+    }
+
+    public ReadingGrouper(int maxRecords, long maxDelayMs, long maxBytes, int shards, long quietMs) {
+        if (maxRecords < 1 || maxDelayMs < 0 || maxBytes < 1 || shards < 0 || quietMs < 0) {
             throw new IllegalArgumentException(
-                    "ReadingGrouper: maxRecords and maxBytes must be >= 1, maxDelayMs and shards >= 0");
+                    "ReadingGrouper: maxRecords and maxBytes must be >= 1, maxDelayMs, shards and quietMs >= 0");
         }
         this.maxRecords = maxRecords;
         this.maxDelayMs = maxDelayMs;
         this.maxBytes = maxBytes;
         this.shards = shards;
+        this.quietMs = quietMs;
     }
 
     /** The shard of {@code key}: CRC-32 of its UTF-8 bytes modulo {@code shards}, as Python's zlib.crc32. */
@@ -100,10 +115,15 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
         buffered = 0;
         timerSet = false;
         rate = new GroupRate(maxDelayMs, SPARSE_DELAY_MS, RATE_SPAN_MS, MIN_PER_GROUP);
+        quiet = shards > 0 && quietMs > 0 ? new QuietWatch(quietMs) : null;
+        quietTimerSet = false;
     }
 
     @Override
     public void processElement(StreamRecord<Row> element) throws Exception {
+        if (quiet != null) {
+            quiet.record(System.nanoTime());
+        }
         Row row = element.getValue();
         String key = (String) row.getField(0);
         byte[] envelope = (byte[]) row.getField(1);
@@ -154,7 +174,40 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     @Override
     public void finish() throws Exception {
         flushAll();
+        if (quiet != null) {
+            markQuiet(quiet.takeAll());
+        }
         super.finish();
+    }
+
+    /** Sends the quiet markers once the input has paused, or checks again when it may have. */
+    private void onQuietCheck(long time) {
+        quietTimerSet = false;
+        if (!groups.isEmpty()) { // their flush sends them on and checks again
+            return;
+        }
+        List<Object> keys = quiet.takeIfQuiet(System.nanoTime());
+        if (keys.isEmpty()) {
+            armQuietCheck();
+        } else {
+            markQuiet(keys);
+        }
+    }
+
+    private void armQuietCheck() {
+        if (quietTimerSet || !quiet.waiting()) {
+            return;
+        }
+        quietTimerSet = true;
+        long waitMs = Math.max(1L, (quiet.remainingNs(System.nanoTime()) + 999_999L) / 1_000_000L);
+        long now = getProcessingTimeService().getCurrentProcessingTime();
+        getProcessingTimeService().registerTimer(now + waitMs, this::onQuietCheck);
+    }
+
+    private void markQuiet(List<Object> keys) {
+        for (Object shard : keys) {
+            output.collect(new StreamRecord<>(Row.of(shard, new byte[] {QUIET_MARK})));
+        }
     }
 
     /**
@@ -182,6 +235,10 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
         if (shards > 0) {
             sentShards.add((Integer) groupKey);
             output.collect(new StreamRecord<>(Row.of(groupKey, packKeyed(group))));
+            if (quiet != null) {
+                quiet.sent(groupKey);
+                armQuietCheck();
+            }
         } else {
             output.collect(new StreamRecord<>(Row.of(groupKey, pack(group))));
         }
