@@ -9,7 +9,8 @@ per served model), on a thread of its own (``operators.scoring_pipeline``) so th
 messages are parsed; ``collect`` hands back the outputs of the batches scored so far. The job writes a
 table's changes to Flink state and scores the pending windows when the marker that comes before each
 checkpoint barrier reaches the shard, so the checkpoint holds every device's state and no window waits
-across it.
+across it. Java's marker that the readings paused (``quiet``) gets pending windows scored without waiting out
+``max_wait_ms``.
 
 >>> from operators.model_routing import ServedModel
 >>> from operators.device_intake import DeviceIntake, Message
@@ -199,9 +200,10 @@ class ShardServing:
         ...                        {"toy": InferenceShard.for_tests(max_batch=8, max_wait_ms=60_000)})
         >>> first, second = DeviceTable(), DeviceTable()
         >>> def readings(device):
-        ...     return [(device, Message(0, ts, 0, b'{"device_id": "%s", "ts": %d, "values": [1, 2]}' % (device.encode(), ts)))
-        ...             for ts in range(4)]
-        >>> [len(serving.take(table, readings(device), now_ms=0).outgoing) for table, device in ((first, "a"), (second, "b"))]
+        ...     body = b'{"device_id": "%s", "ts": %d, "values": [1, 2]}'
+        ...     return [(device, Message(0, ts, 0, body % (device.encode(), ts))) for ts in range(4)]
+        >>> [len(serving.take(table, readings(device), now_ms=0).outgoing)
+        ...  for table, device in ((first, "a"), (second, "b"))]
         [0, 0]
         >>> len(serving.quiet(first, now_ms=5)), len(serving.quiet(second, now_ms=5))  # once both shards paused
         (0, 2)

@@ -229,9 +229,10 @@ def test_the_grouper_tells_the_shards_it_sent_to_once_the_readings_pause(tmp_pat
     with pytest.raises(Exception, match="quietMs"):
         jvm.ReadingGrouper(10, 10, 1000, 8, -1)
 
+    event = st.tuples(st.sampled_from(["record", "sent", "check"]), st.integers(0, 7), st.integers(0, 3 * ms))
+
     @settings(max_examples=150, deadline=None, derandomize=True)
-    @given(st.integers(1, 5), st.lists(st.tuples(st.sampled_from(["record", "sent", "check"]), st.integers(0, 7),
-                                                 st.integers(0, 3 * ms)), max_size=80))
+    @given(st.integers(1, 5), st.lists(event, max_size=80))
     def same_as_reference(quiet_ms, events):
         java, now, last, sent = jvm.QuietWatch(quiet_ms), 0, 0, []
         for kind, shard, step in events:
