@@ -100,8 +100,8 @@ class DeviceIntake:
         messages holding ``joined_min_bytes`` are first tried as one run (:meth:`_take_joined`). Else sample
         blocks that carry on one another are windowed together (``SlidingWindower.add_blocks``: the same windows
         as one at a time, in one pass)."""
-        size = sum(len(message.payload) for message in messages)
-        if self.joined_min_bytes is not None and len(messages) > 1 and size >= self.joined_min_bytes:
+        if (self.joined_min_bytes is not None and len(messages) > 1
+                and sum(len(message.payload) for message in messages) >= self.joined_min_bytes):
             joined = self._take_joined(key, messages, state, now_ms)
             if joined is not None:
                 return joined
