@@ -187,8 +187,8 @@ class ServingSettings:
     scoring_thread: bool = False  # sharded layout: score batches on a thread of their own, beside the task thread
     #                               that parses (they share the interpreter lock). Off, the task thread scores them
     #                               itself: on 2 cores that moved 36-40 % more samples/s at 10 samples per message
-    #                               (6-16 % more since only the model runs on that thread); on, a burst of messages
-    #                               goes through sooner (p99 at 1,000 messages/s: 76-85 ms against 85-113)
+    #                               (6-16 % more since only the model runs on that thread); on, the p99 at 1,000
+    #                               messages/s was lower in three pairs and mixed in six more (81-157 ms against 88-115)
     switch_interval_ms: float = 1.0  # the sharded layout's interpreter hands the lock between its threads at least
     #                                  this often (Python's default 5 ms kept the scoring thread waiting for it after
     #                                  each model call while the task thread parsed)
