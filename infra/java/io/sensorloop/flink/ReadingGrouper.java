@@ -165,9 +165,7 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     @Override
     public void prepareSnapshotPreBarrier(long checkpointId) throws Exception {
         flushAll();
-        for (Integer shard : sentShards) {
-            output.collect(new StreamRecord<>(Row.of(shard, new byte[] {CHECKPOINT_MARK})));
-        }
+        mark(sentShards, CHECKPOINT_MARK);
         sentShards.clear();
     }
 
@@ -175,7 +173,7 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
     public void finish() throws Exception {
         flushAll();
         if (quiet != null) {
-            markQuiet(quiet.takeAll());
+            mark(quiet.takeAll(), QUIET_MARK);
         }
         super.finish();
     }
@@ -190,7 +188,7 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
         if (keys.isEmpty()) {
             armQuietCheck();
         } else {
-            markQuiet(keys);
+            mark(keys, QUIET_MARK);
         }
     }
 
@@ -204,9 +202,10 @@ public class ReadingGrouper extends AbstractStreamOperator<Row>
         getProcessingTimeService().registerTimer(now + waitMs, this::onQuietCheck);
     }
 
-    private void markQuiet(List<Object> keys) {
-        for (Object shard : keys) {
-            output.collect(new StreamRecord<>(Row.of(shard, new byte[] {QUIET_MARK})));
+    /** Sends the one-byte record {@code marker} to each shard of {@code targets}. */
+    private void mark(Iterable<?> targets, byte marker) {
+        for (Object shard : targets) {
+            output.collect(new StreamRecord<>(Row.of(shard, new byte[] {marker})));
         }
     }
 
