@@ -28,7 +28,7 @@ from stream_jobs.kafka_io import (
     keyed_source,
     now_ms,
     routed,
-    routed_sink,
+    sink_routed,
     split_envelope,
 )
 
@@ -251,8 +251,7 @@ def build_learning_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
                  .process(LearnAndPublish(cfg), output_type=Types.STRING())
                  .name("learn-and-publish").uid("learn-and-publish"))
     out = published.union(*dead)
-    out.sink_to(routed_sink(cfg.broker.bootstrap, cfg.flink.exactly_once, f"{group_id}-tx")).name(
-        "kafka-out").uid("kafka-out")
+    sink_routed(out, cfg.broker.bootstrap, cfg.flink.exactly_once, f"{group_id}-tx")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,7 @@ from operators.serving_model import ControlMessage
 from schemas import DeadLetter, DriftEvent, ModelSnapshot, SchemaError
 from settings import Config
 from stream_jobs.flink_env import JobRun, keyed_by_first_field, make_env, parse_job_args
-from stream_jobs.kafka_io import DEAD_LETTERS, dead_letter_record, keyed_source, now_ms, routed_sink, split_envelope
+from stream_jobs.kafka_io import DEAD_LETTERS, dead_letter_record, keyed_source, now_ms, sink_routed, split_envelope
 from stream_jobs.serving_per_device import InferBatches, ReadingsToWindows
 from stream_jobs.serving_sharded import ServeShards
 
@@ -95,8 +95,7 @@ def build_serving_job(env, cfg: Config, run: JobRun = JobRun()) -> None:
                   .name("inference").uid("inference"))
         dead = [windows.get_side_output(DEAD_LETTERS)]
     out = scored.union(*dead, controls.get_side_output(DEAD_LETTERS))
-    out.sink_to(routed_sink(cfg.broker.bootstrap, cfg.flink.exactly_once, f"{group_id}-tx")).name(
-        "kafka-out").uid("kafka-out")
+    sink_routed(out, cfg.broker.bootstrap, cfg.flink.exactly_once, f"{group_id}-tx")
 
 
 def main(argv: list[str] | None = None) -> None:

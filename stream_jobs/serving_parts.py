@@ -31,7 +31,7 @@ from operators.source_watch import SourceWatch
 from operators.windowing import SlidingWindower
 from schemas import DeadLetter, ModelSnapshot
 from settings import Config
-from stream_jobs.kafka_io import DEAD_LETTERS, dead_letter_record, routed, split_envelope
+from stream_jobs.kafka_io import DEAD_LETTERS, dead_letter_record, packed, split_envelope
 from stream_jobs.source_probe import KafkaRecordProbe, SourceWatchThread, report
 
 log = logging.getLogger(__name__)
@@ -207,8 +207,8 @@ class ServedVersions:
 
 
 class Outputs:
-    """Outputs as routed records; about once a second the shards append their model's numbers to the stats
-    file (benchmarks)."""
+    """A call's outputs as one packed routed record (``kafka_io.packed``); about once a second the shards append
+    their model's numbers to the stats file (benchmarks)."""
 
     def __init__(self, shards: dict[str, InferenceShard]) -> None:
         self.shards = shards
@@ -219,7 +219,7 @@ class Outputs:
             self.next_report = time.monotonic() + STATS_EVERY_S
             for shard in self.shards.values():
                 shard.report()
-        return map(routed, outgoing)
+        return packed(outgoing)
 
 
 def _shard_gauges(group, shards: list[InferenceShard]) -> None:

@@ -33,6 +33,7 @@ def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy
     assert "parse-and-window" not in serving and "inference" not in serving
     assert serving["Source: model-snapshots-and-drift-events"] == "model-snapshots-and-drift-events"
     assert serving["kafka-out: Writer"] == "kafka-out"
+    assert serving["kafka-out-unpack"] == "kafka-out-unpack"  # RoutedSplitter
 
     learning_env = make_env(cfg, "learning")
     build_learning_job(learning_env, cfg)
@@ -41,6 +42,7 @@ def test_stateful_operators_of_both_jobs_have_fixed_uids(tmp_path, registry_copy
         assert learning[name] == name, learning
     assert learning["Source: reviews-and-labels"] == "reviews-and-labels"
     assert learning["kafka-out: Writer"] == "kafka-out"
+    assert learning["kafka-out-unpack"] == "kafka-out-unpack"
 
 
 def _field(obj, name: str):
@@ -277,6 +279,46 @@ def test_python_unpacks_the_groups_java_packs(tmp_path, registry_copy):
             plain.add(envelope)
         assert unpack_shard_group(bytes(grouper.packKeyed(keyed))) == pairs
         assert unpack_group(bytes(grouper.pack(plain))) == [envelope for _, envelope in pairs]
+
+    round_trip()
+
+
+def test_the_sink_unpacks_what_the_serving_operator_packs(tmp_path, registry_copy):
+    """``RoutedSplitter`` turns what ``packed`` joined back into the routed records one by one, for any ids and
+    any JSON payloads (whose strings may hold both separators: JSON escapes them), and it runs in the sink's
+    task, off the Python operator's thread."""
+    import orjson
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from pyflink.java_gateway import get_gateway
+
+    from operators.outgoing import Outgoing
+    from stream_jobs.kafka_io import packed, routed
+
+    cfg = config(tmp_path, registry_copy)
+    env = make_env(cfg, "serving")
+    build_serving_job(env, cfg)
+    tasks = [vertex.getName() for vertex in env._generate_stream_graph(clear_transformations=False)
+             .getJobGraph().getVerticesAsArray()]
+    assert any("kafka-out-unpack" in name and "kafka-out: Writer" in name for name in tasks), tasks
+    assert not any("kafka-out-unpack" in name and "serve-shards" in name for name in tasks), tasks
+
+    jvm = get_gateway().jvm
+    splitter = jvm.io.sensorloop.flink.RoutedSplitter()
+    ids = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20)
+    payloads = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.text(max_size=30),
+                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                       max_size=4), max_leaves=8)
+    outputs = st.builds(Outgoing, st.sampled_from(["predictions", "review-requests", "dead-letters"]),
+                        st.none() | ids, payloads.map(orjson.dumps))
+
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    @given(st.lists(outputs, max_size=12))
+    def round_trip(outgoing):
+        got = jvm.java.util.ArrayList()
+        for record in packed(outgoing):
+            splitter.flatMap(record, jvm.org.apache.flink.api.common.functions.util.ListCollector(got))
+        assert list(got) == [routed(out) for out in outgoing]
 
     round_trip()
 
