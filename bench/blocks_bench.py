@@ -188,13 +188,13 @@ def operator_us_per_sample(size: int, registry: str, stride: int = 8, samples: i
     """CPU microseconds per sample of the sharded layout's operator alone, no Flink and no Kafka:
     ``ShardServing`` built as ``ServeShards.open`` builds it (the job's intake and inference shards, scoring on
     the calling thread), given the replayer's messages in groups of up to ``serving.group_readings`` per shard
-    (as ``ReadingGrouper`` sends them in a drain), every output made into the routed record the job hands to
-    Java. ``operator``: all of it on this thread; ``model``: its ONNX Runtime calls; ``predictions``: how many
+    (as ``ReadingGrouper`` sends them in a drain), each call's outputs packed into the one record the job
+    hands to Java (``kafka_io.packed``). ``operator``: all of it on this thread; ``model``: its ONNX Runtime calls; ``predictions``: how many
     it made (every window of every device). The job's task thread per
     sample less ``operator`` is what Flink adds (records into and out of Python, timers, state) and what the
     job's other threads and the broker on the other core cost the same work."""
     from operators.shard_serving import IDLE_FLUSH_MS, DeviceTable, ShardServing
-    from stream_jobs.kafka_io import routed
+    from stream_jobs.kafka_io import packed
     from stream_jobs.serving_job import inference_shard_count, served_models
     from stream_jobs.serving_parts import device_intake, open_inference_shards
 
@@ -206,17 +206,19 @@ def operator_us_per_sample(size: int, registry: str, stride: int = 8, samples: i
     groups = shard_groups(size, samples, shards, cfg.serving.group_readings)
     tables = {shard: DeviceTable() for shard in range(shards)}
     now, predictions = 1_700_000_010_000, 0
+
+    def hand_over(outgoing) -> int:
+        """What the job does with a call's outputs; how many are predictions."""
+        packed(outgoing)
+        return sum(out.topic == cfg.topics.predictions for out in outgoing)
+
     started = time.thread_time()
     for shard, group in groups:
         served = serving.take(tables[shard], group, now)
         if served.dead_letters:
             raise RuntimeError(f"the operator refused a replayed message: {served.dead_letters[0].reason}")
-        for out in served.outgoing:
-            routed(out)
-            predictions += out.topic == cfg.topics.predictions
-    for out in serving.flush(now) + serving.drain():
-        routed(out)
-        predictions += out.topic == cfg.topics.predictions
+        predictions += hand_over(served.outgoing)
+    predictions += hand_over(serving.flush(now) + serving.drain())
     spent = time.thread_time() - started
     model = sum(shard.scorer.stats.inference_cpu_s for shard in inference.values())
     serving.close()

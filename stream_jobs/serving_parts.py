@@ -214,7 +214,7 @@ class Outputs:
         self.shards = shards
         self.next_report = time.monotonic() + STATS_EVERY_S
 
-    def routed(self, outgoing):
+    def packed(self, outgoing) -> list[str]:
         if time.monotonic() >= self.next_report:
             self.next_report = time.monotonic() + STATS_EVERY_S
             for shard in self.shards.values():

@@ -170,7 +170,7 @@ class InferBatches(KeyedCoProcessFunction):
         self.outputs = Outputs(self.shards)
 
     def _emit(self, outgoing):
-        return self.outputs.routed(outgoing)
+        return self.outputs.packed(outgoing)
 
     def process_element1(self, window, ctx: KeyedCoProcessFunction.Context):
         """A window, or the list of windows one sample block completed."""

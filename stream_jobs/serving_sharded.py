@@ -105,7 +105,7 @@ class ServeShards(KeyedCoProcessFunction):
             self.devices.remove(device)
 
     def _emit(self, outgoing):
-        return self.outputs.routed(outgoing)
+        return self.outputs.packed(outgoing)
 
     def _schedule(self, ctx, now: int) -> None:
         """A timer for the earliest due batch, or soon while batches are being scored (their outputs go out on
