@@ -161,7 +161,8 @@ def start_sender(bootstrap: str, rate: float, seconds: float, stdout=subprocess.
 
 class Scenario:
     """A fresh broker and one job (none for ``broker``: the consumer reads the readings themselves;
-    ``plain``: ``bench/plain_consumer.py --follow`` in a process of its own); ``stop`` tears both down."""
+    ``plain``: ``bench/plain_consumer.py --follow`` in a process of its own; ``stack``: the serving job on a
+    session cluster of several TaskManager JVMs, ``bench.stack_job``); ``stop`` tears both down."""
 
     def __init__(self, work: Path, name: str, job_kind: str, **job_options) -> None:
         self.broker = EmbeddedBroker(log_path=work / f"{name}-broker.log").start()
@@ -174,6 +175,11 @@ class Scenario:
         self.job: JobProcess | None = None
         if job_kind == "serving":
             self.job = serving_job(self.bootstrap, log, state_dir=str(work / f"{name}-ck"), **job_options)
+            self.out_topic = TOPICS.predictions
+        elif job_kind == "stack":  # the serving job on a session cluster of its own (options: taskmanagers, ...)
+            from bench.stack_job import StackJob
+
+            self.job = StackJob(work, name, self.bootstrap, **job_options)
             self.out_topic = TOPICS.predictions
         elif job_kind == "broker":
             self.out_topic = TOPICS.readings
@@ -202,7 +208,7 @@ class Scenario:
     def ingest_ms(self, value: bytes) -> float:
         """When the reading behind an output record entered Kafka."""
         record = orjson.loads(value)
-        if self.kind in ("serving", "plain"):
+        if self.kind in ("serving", "plain", "stack"):
             return record["emitted_at"] - record["latency_ms"]
         ts = record["ts"]  # the replayer's blocks carry a time per sample: the newest was stamped when sent
         return float(ts[-1] if isinstance(ts, list) else ts)

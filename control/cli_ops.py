@@ -41,7 +41,8 @@ def progress_bar(done: float, total: float, width: int = 30, label: str = "") ->
 # command-line flags that set a configuration key (when given)
 FLAG_KEYS = {"bootstrap": "broker.bootstrap", "jobmanager": "flink.jobmanager", "registry": "registry.path",
              "model_name": "registry.model_name", "audit_rate": "serving.audit_rate",
-             "review_budget": "serving.review_budget_per_minute"}
+             "review_budget": "serving.review_budget_per_minute", "parallelism": "flink.parallelism",
+             "taskmanagers": "stack.taskmanagers"}
 
 
 def config_of(args: argparse.Namespace) -> Config:
@@ -140,7 +141,8 @@ def cmd_stack_start(args: argparse.Namespace) -> int:
     ensure_all(cfg.flink.jars_dir)
     state = start_stack(cfg)
     print(f"broker      {state.bootstrap}{'' if state.broker_pid else ' (external)'}")
-    print(f"flink       {state.jobmanager}  (web UI and REST API)")
+    print(f"flink       {state.jobmanager}  (web UI and REST API; {cfg.stack.taskmanagers} TaskManager"
+          f"{'s' if cfg.stack.taskmanagers > 1 else ''} × {cfg.stack.taskmanager_slots} slots)")
     print(f"prometheus  localhost:{state.prometheus_ports}  (/metrics)")
     print(f"logs        {Path(cfg.stack.run_dir).resolve()}")
     return 0
@@ -179,8 +181,9 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
     broker_ok = broker_answers(state.bootstrap, 2.0)
     overview = rest_answers(state.jobmanager)
     print(table([["broker", state.bootstrap, "up" if broker_ok else "DOWN"],
-                 ["flink", state.jobmanager, f"up, {overview['slots-available']}/{overview['slots-total']} slots free"
-                  if overview else "DOWN"]], ["part", "address", "state"]))
+                 ["flink", state.jobmanager, f"up, {overview['taskmanagers']} TaskManagers, "
+                  f"{overview['slots-available']}/{overview['slots-total']} slots free" if overview else "DOWN"]],
+                ["part", "address", "state"]))
     return 0 if broker_ok and overview else 1
 
 
@@ -207,8 +210,8 @@ def cmd_job_submit(args: argparse.Namespace) -> int:
     except SubmitError as exc:
         raise SystemExit(f"sensorloop: {exc}") from None
     resumed = f" from {kind} {savepoint}" if savepoint else ""
-    print(f"submitted {args.job} job {submission.job_id} to {jobmanager}{resumed} "
-          f"({time.monotonic() - started:.1f}s)")
+    print(f"submitted {args.job} job {submission.job_id} to {jobmanager}{resumed} at parallelism "
+          f"{cfg.flink.parallelism} ({time.monotonic() - started:.1f}s)")
     if args.wait_running:
         state = _rest(args).wait_state(submission.job_id, ("RUNNING", "FAILED", "CANCELED", "FINISHED"))
         if state == "RUNNING":
@@ -265,13 +268,29 @@ def _submit_local(args: argparse.Namespace, cfg: Config, savepoint: str | None) 
     raise SystemExit(f"sensorloop: the {args.job} job did not start within 180 s; see {log_path}")
 
 
+def spread(placement: dict[str, list[str]]) -> str:
+    """A running job's parallelism and the TaskManagers its subtasks run on, from ``FlinkRest.placement``.
+
+    >>> spread({"source": ["tm-a", "tm-b"], "serve-shards": ["tm-a", "tm-b"], "sink": ["tm-a"]})
+    '2 on 2 TaskManagers'
+    >>> spread({})
+    '-'
+    """
+    if not placement:
+        return "-"
+    managers = {manager for subtasks in placement.values() for manager in subtasks}
+    return f"{max(map(len, placement.values()))} on {len(managers)} TaskManager{'s' if len(managers) > 1 else ''}"
+
+
 def cmd_job_list(args: argparse.Namespace) -> int:
-    jobs = _rest(args).jobs()
+    rest = _rest(args)
+    jobs = rest.jobs()
     if not args.all:
         jobs = [j for j in jobs if j.state not in ("FINISHED", "CANCELED", "FAILED")]
-    rows = [[j.job_id, j.name, j.state, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time_ms / 1000)),
+    rows = [[j.job_id, j.name, j.state, spread(rest.placement(j.job_id)) if j.state == "RUNNING" else "-",
+             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time_ms / 1000)),
              f"{j.duration_ms / 1000:.0f}s"] for j in jobs]
-    print(table(rows, ["job id", "name", "state", "started", "running for"]) if rows else "no jobs"
+    print(table(rows, ["job id", "name", "state", "parallelism", "started", "running for"]) if rows else "no jobs"
           + ("" if args.all else " running (--all lists finished ones too)"))
     return 0
 
@@ -406,8 +425,10 @@ def add_operator_commands(sub) -> None:
 
     p = sub.add_parser("stack", help="the embedded stack: broker + Flink session cluster in the background")
     q = p.add_subparsers(dest="stack_command", required=True)
-    q.add_parser("start", help="start broker, topics and Flink (REST/web UI, Prometheus)").set_defaults(
-        func=cmd_stack_start)
+    r = q.add_parser("start", help="start broker, topics and Flink (REST/web UI, Prometheus)")
+    r.add_argument("--taskmanagers", type=int, default=None,
+                   help="TaskManager processes (default: stack.taskmanagers, 1); a job's subtasks spread over them")
+    r.set_defaults(func=cmd_stack_start)
     r = q.add_parser("stop", help="stop Flink and the broker")
     r.add_argument("--savepoint", action="store_true", help="stop running jobs with a savepoint first")
     r.set_defaults(func=cmd_stack_stop)
@@ -429,6 +450,8 @@ def add_operator_commands(sub) -> None:
                        help="savepoint or checkpoint path, or 'latest' (the newest recorded savepoint "
                             "or retained checkpoint)")
         r.add_argument("--wait-running", action="store_true", help="wait until the job and all its tasks run")
+        r.add_argument("--parallelism", type=int, default=None,
+                       help="the job's parallelism (default: flink.parallelism); from a savepoint this rescales it")
         r.add_argument("--local", action="store_true",
                        help="run it on its own local MiniCluster in the background instead of a cluster")
         r.add_argument("--rest-port", type=int, default=0, help="with --local: its REST port (default: a free one)")

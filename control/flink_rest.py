@@ -83,6 +83,14 @@ class FlinkRest:
     def job(self, job_id: str) -> dict:
         return self._call("GET", f"/jobs/{job_id}")
 
+    def placement(self, job_id: str) -> dict[str, list[str]]:
+        """Where each task's subtasks run: task name -> the TaskManager id of subtask 0, 1, ..."""
+        placed = {}
+        for vertex in self.job(job_id).get("vertices", []):
+            subtasks = self._call("GET", f"/jobs/{job_id}/vertices/{vertex['id']}").get("subtasks", [])
+            placed[vertex["name"]] = [t.get("taskmanager-id", "?") for t in sorted(subtasks, key=lambda t: t["subtask"])]
+        return placed
+
     def find(self, ref: str) -> JobSummary:
         """A job by id, id prefix, or name (the newest running one of that name)."""
         jobs = self.jobs()

@@ -65,6 +65,7 @@ def flink_configuration(settings: StackSettings, state_dir: str, log_dir: Path) 
         "taskmanager.host": "localhost",
         "taskmanager.bind-host": "localhost",
         "taskmanager.numberOfTaskSlots": settings.taskmanager_slots,
+        "taskmanager.load-balance.mode": "SLOTS",  # a job's subtasks spread over the TaskManagers, not packed
         "taskmanager.memory.process.size": settings.taskmanager_memory,
         "rest.address": "localhost",
         "rest.bind-address": "localhost",
@@ -141,17 +142,22 @@ class LocalFlinkCluster:
                                "stack.rest_port")
         self.prepare()
         self._daemon("jobmanager.sh", "start")
-        self._daemon("taskmanager.sh", "start")
+        for _ in range(self.settings.taskmanagers):  # each its own JVM; flink-daemon.sh numbers their pid and logs
+            self._daemon("taskmanager.sh", "start")
+        wanted = self.settings.taskmanagers
         deadline = time.monotonic() + timeout_s
+        overview = None
         while time.monotonic() < deadline:
             overview = rest_answers(self.rest_url)
-            if overview and overview.get("taskmanagers", 0) >= 1:
-                log.info("Flink cluster up on %s (%s slots)", self.rest_url, overview.get("slots-total"))
+            if overview and overview.get("taskmanagers", 0) >= wanted:
+                log.info("Flink cluster up on %s (%s TaskManagers, %s slots)", self.rest_url,
+                         overview.get("taskmanagers"), overview.get("slots-total"))
                 return self
             time.sleep(0.5)
         self.stop()
-        raise TimeoutError(f"Flink cluster did not come up on {self.rest_url} within {timeout_s:.0f}s; "
-                           f"logs in {self.log_dir}")
+        registered = overview.get("taskmanagers", 0) if overview else 0
+        raise TimeoutError(f"Flink cluster did not come up on {self.rest_url} within {timeout_s:.0f}s "
+                           f"({registered} of {wanted} TaskManagers registered); logs in {self.log_dir}")
 
     def stop(self) -> None:
         for script in ("taskmanager.sh", "jobmanager.sh"):

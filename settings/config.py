@@ -161,6 +161,10 @@ def _check_across(cfg: Config) -> list[str]:
     if not (low.isdigit() and (not high or (high.isdigit() and int(high) >= int(low)))):
         problems.append(f"stack.prometheus_ports: expected a port or a range like 9249-9259, "
                         f"got {cfg.stack.prometheus_ports!r}")
+    elif (count := int(high or low) - int(low) + 1) < cfg.stack.taskmanagers + 1:
+        problems.append(f"stack.prometheus_ports: {cfg.stack.prometheus_ports} holds {count} port"
+                        f"{'s' if count > 1 else ''}; the JobManager and {cfg.stack.taskmanagers} TaskManagers "
+                        f"need {cfg.stack.taskmanagers + 1}")
     sizes = {"stack.taskmanager_memory": cfg.stack.taskmanager_memory,
              "stack.jobmanager_memory": cfg.stack.jobmanager_memory,
              "flink.local_taskmanager_memory": cfg.flink.local_taskmanager_memory}

@@ -115,14 +115,16 @@ class StackSettings:
     run_dir: str = "var/stack"
     rest_port: int = 8081
     rpc_port: int = 6123
-    taskmanager_slots: int = 4
-    taskmanager_memory: str = "2g"
+    taskmanagers: int = 1  # TaskManager processes; slots are spread evenly over them (one subtask per process
+    #                        first), so a job at parallelism N runs on N processes when the stack has N
+    taskmanager_slots: int = 4  # per TaskManager
+    taskmanager_memory: str = "2g"  # per TaskManager
     jobmanager_memory: str = "1g"
-    prometheus_ports: str = "9249-9259"
+    prometheus_ports: str = "9249-9259"  # one port each for the JobManager and every TaskManager
     taskmanager_jvm_options: str = C1_ONLY  # "" for the JVM's defaults (C2: long runs, cores to spare)
 
     def __post_init__(self) -> None:
-        _at_least(self, 1, "taskmanager_slots")
+        _at_least(self, 1, "taskmanagers", "taskmanager_slots")
 
 
 @dataclass(frozen=True)

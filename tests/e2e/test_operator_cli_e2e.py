@@ -1,10 +1,11 @@
-"""The operator CLI end to end on the embedded stack (Tansu broker + a real Flink session cluster):
-stack start, job submit, status (Prometheus metrics), model rollback seen in predictions,
-stop-with-savepoint, resume from it with state intact, cancel, stack stop."""
+"""The operator CLI end to end on the embedded stack (Tansu broker + a real Flink session cluster of two
+TaskManagers): stack start, job submit, status (Prometheus metrics), model rollback seen in predictions,
+stop-with-savepoint and resume from it rescaled 1 → 2 → 1 with state intact, cancel, stack stop."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from control.flink_rest import FlinkRest
 from infra.broker import free_port
 from infra.kafka_tools import produce, read_until
 from model.registry import ModelRegistry
@@ -80,10 +82,11 @@ def test_operator_cli_on_the_embedded_stack(tmp_path, registry_copy):
     v1 = registry.load(NAME, 1)
     registry.publish(NAME, v1.onnx_bytes, v1.weights_bytes, v1.metadata.spec, {"test_accuracy": 0.99}, 1)  # v2
     config = _config(tmp_path, registry_copy)
-    out = cli(config, "stack", "start")
-    bootstrap = out.split()[1]
+    out = cli(config, "stack", "start", "--taskmanagers", "2")
+    bootstrap, rest = out.split()[1], FlinkRest(out.split()[3])
+    assert "2 TaskManagers × 4 slots" in out
     try:
-        assert "up" in cli(config, "stack", "status")
+        assert "up, 2 TaskManagers, 8/8 slots free" in cli(config, "stack", "status")
         out = cli(config, "job", "submit", "serving", "--wait-running")
         first_job = out.split()[3]
         assert "is RUNNING" in out
@@ -94,8 +97,8 @@ def test_operator_cli_on_the_embedded_stack(tmp_path, registry_copy):
         while "model_version=1," not in (status := cli(config, "status")):  # the swap, seen in the job's metrics
             assert time.monotonic() < deadline, status
             time.sleep(1)
-        readings = replayed_readings(n_devices=4, per_device=100)
-        first, second = readings[:len(readings) // 2], readings[len(readings) // 2:]
+        readings = replayed_readings(n_devices=4, per_device=120)
+        first, second, third = (readings[k * len(readings) // 3:(k + 1) * len(readings) // 3] for k in range(3))
         produce(bootstrap, TOPICS.readings, encoded(first))
         expected_first = expected_window_ends(first, WINDOW, STRIDE)
         before = _predictions(bootstrap, len(expected_first))
@@ -127,15 +130,34 @@ def test_operator_cli_on_the_embedded_stack(tmp_path, registry_copy):
         assert "FINISHED" in cli(config, "job", "list", "--all")
 
         produce(bootstrap, TOPICS.readings, encoded(second))  # arrives while no job runs
-        out = cli(config, "job", "resume", "serving", "--wait-running")
-        assert f"from savepoint {savepoint}" in out
+        out = cli(config, "job", "resume", "serving", "--parallelism", "2", "--wait-running")
+        assert f"from savepoint {savepoint} at parallelism 2" in out
+        placement = rest.placement(re.search(r"submitted serving job ([0-9a-f]{32})", out).group(1))
+        serving = [subtasks for name, subtasks in placement.items() if "serve-shards" in name]
+        assert serving and all(len(set(subtasks)) == 2 for subtasks in serving), placement  # one per TaskManager
+        assert "2 on 2 TaskManagers" in cli(config, "job", "list")
+        expected_two = expected_window_ends(first + second, WINDOW, STRIDE)
+        so_far = _predictions(bootstrap, len(expected_two))
+        keys = [(p["device_id"], p["window_end"]) for p in so_far]
+        # Windows spanning the savepoint need the per-device buffers from it; the Kafka offsets come from it too.
+        assert set(keys) == expected_two and len(keys) == len(expected_two)
+
+        out = cli(config, "job", "savepoint", "serving", "--stop")  # and back to one subtask
+        second_savepoint = out.split(": ", 1)[1].split()[0]
+        produce(bootstrap, TOPICS.readings, encoded(third))
+        out = cli(config, "job", "resume", "serving", "--parallelism", "1", "--wait-running")
+        assert f"from savepoint {second_savepoint} at parallelism 1" in out
+        assert "1 on 1 TaskManager " in cli(config, "job", "list")
         expected_all = expected_window_ends(readings, WINDOW, STRIDE)
         everything = _predictions(bootstrap, len(expected_all))
         keys = [(p["device_id"], p["window_end"]) for p in everything]
-        # Windows spanning the savepoint need the per-device buffers from it; the Kafka offsets come from it too.
         assert set(keys) == expected_all and len(keys) == len(expected_all)
+        for part in (second, third):  # each device's window across each rescale came from the moved window state
+            resumed = part[0]["ts"]
+            spanning = {p["device_id"] for p in everything if p["window_start"] < resumed <= p["window_end"]}
+            assert len(spanning) == 4, (resumed, spanning)
         after = everything[len(before):]
-        # The rolled-back model is keyed state: the resumed job still serves v1, not the registry's latest v2.
+        # The rolled-back model is keyed state: the rescaled jobs still serve v1, not the registry's latest v2.
         assert {p["model_version"] for p in after} == {1}
 
         assert "is RUNNING" in cli(config, "job", "submit", "learning", "--wait-running")

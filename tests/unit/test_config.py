@@ -197,6 +197,33 @@ def test_the_stacks_taskmanager_gets_its_jvm_options(tmp_path):
     conf = flink_configuration(StackSettings(taskmanager_jvm_options="-XX:+UseSerialGC"), str(tmp_path), tmp_path)
     assert conf["env.java.opts.taskmanager"] == "-XX:+UseSerialGC"
     assert "add-opens" in conf["env"]["java"]["opts"]["all"]  # the shipped Java 17 options stay
+    assert conf["taskmanager.load-balance.mode"] == "SLOTS"  # a job's subtasks spread over the TaskManagers
+
+
+def test_the_stack_needs_a_metrics_port_for_each_of_its_processes(tmp_path):
+    path = write(tmp_path, '[stack]\ntaskmanagers = 3\nprometheus_ports = "9300-9303"\n')
+    assert load_config(path, env={}).stack.taskmanagers == 3
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={"SENSORLOOP_STACK_PROMETHEUS_PORTS": "9300-9302"})
+    assert "stack.prometheus_ports: 9300-9302 holds 3 ports; the JobManager and 3 TaskManagers need 4" in str(caught.value)
+    with pytest.raises(ConfigError, match="holds 11 ports; the JobManager and 20 TaskManagers need 21"):
+        load_config("", env={"SENSORLOOP_STACK_TASKMANAGERS": "20"})  # the default range: 9249-9259
+    with pytest.raises(ConfigError, match="taskmanagers must be >= 1"):
+        load_config("", env={"SENSORLOOP_STACK_TASKMANAGERS": "0"})
+
+
+def test_job_and_stack_flags_set_the_parallelism_and_the_taskmanagers(tmp_path, monkeypatch):
+    from control.cli import build_parser
+    from control.cli_ops import config_of
+
+    monkeypatch.chdir(tmp_path)
+    resume = build_parser().parse_args(["job", "resume", "serving", "--parallelism", "2"])
+    assert config_of(resume).flink.parallelism == 2 and resume.from_savepoint == "latest"
+    assert config_of(build_parser().parse_args(["job", "submit", "learning"])).flink.parallelism == 1
+    start = build_parser().parse_args(["stack", "start", "--taskmanagers", "3"])
+    assert config_of(start).stack.taskmanagers == 3
+    with pytest.raises(SystemExit):  # validated like the file: every problem listed, exit 2
+        config_of(build_parser().parse_args(["job", "submit", "serving", "--parallelism", "0"]))
 
 
 GESTURES = """
