@@ -54,10 +54,13 @@ def measure(work: Path, parallelism: int, size: int, samples: int, registry: str
         replay(sc.bootstrap, TOPICS.readings, rate=0, count=samples, n_devices=DEVICES, samples_per_message=size)
         expected = expected_windows(samples, DEVICES, 32, 8)
         got, seconds, cpu = drain_gauged(sc, expected, gauge)
-        spread = len({manager for subtasks in sc.job.placement().values() for manager in subtasks}) if on_stack else 0
+        cluster = "MiniCluster"
+        if on_stack:  # the TaskManagers the job's subtasks ran on
+            spread = len({manager for subtasks in sc.job.placement().values() for manager in subtasks})
+            cluster = f"{spread} TaskManager JVM{'s' if spread > 1 else ''}"
         timed = samples * got / expected - DEVICES * 32  # samples before the first full windows are not timed
-        return {"parallelism": parallelism, "cluster": f"{spread} TaskManager JVM{'s' if spread > 1 else ''}" if on_stack else "MiniCluster",
-                "samples_per_message": size, "samples": samples, "windows": got,
+        return {"parallelism": parallelism, "cluster": cluster, "samples_per_message": size, "samples": samples,
+                "windows": got,
                 "expected": expected, "seconds": seconds, "job_cpu_s": cpu, "samples_per_s": timed / seconds,
                 "samples_per_cpu_s": timed / cpu, "cores_used": cpu / seconds}
     finally:

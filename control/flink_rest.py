@@ -88,7 +88,8 @@ class FlinkRest:
         placed = {}
         for vertex in self.job(job_id).get("vertices", []):
             subtasks = self._call("GET", f"/jobs/{job_id}/vertices/{vertex['id']}").get("subtasks", [])
-            placed[vertex["name"]] = [t.get("taskmanager-id", "?") for t in sorted(subtasks, key=lambda t: t["subtask"])]
+            ordered = sorted(subtasks, key=lambda t: t["subtask"])
+            placed[vertex["name"]] = [t.get("taskmanager-id", "?") for t in ordered]
         return placed
 
     def find(self, ref: str) -> JobSummary:
