@@ -13,7 +13,9 @@ The jobs register their metrics on Flink operators (``readings_in``, ``predictio
 from __future__ import annotations
 
 import re
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -115,10 +117,38 @@ def endpoints(ports: str, host: str = "localhost") -> list[str]:
     return [f"http://{host}:{port}/metrics" for port in range(int(low), int(high or low) + 1)]
 
 
-def scrape(urls: list[str], timeout_s: float = 2.0) -> tuple[list[Sample], list[str]]:
-    """Samples from every URL that answers, and the URLs that did."""
-    samples, answered = [], []
+DNS_PREFIX = "dns+"  # dns+http://taskmanager:9249/metrics: every address the name resolves to
+
+
+def expand(urls: list[str]) -> list[str]:
+    """Each ``dns+`` URL as one URL per IPv4 address its host name resolves to (a compose service's replicas,
+    a Kubernetes headless service's pods: every TaskManager); other URLs as they are. A name that does not
+    resolve stays, without the prefix, as one URL that will not answer.
+
+    >>> expand(["dns+http://localhost:9249/metrics", "http://jobmanager:9249/metrics"])
+    ['http://127.0.0.1:9249/metrics', 'http://jobmanager:9249/metrics']
+    """
+    out = []
     for url in urls:
+        if not url.startswith(DNS_PREFIX):
+            out.append(url)
+            continue
+        parts = urllib.parse.urlsplit(url.removeprefix(DNS_PREFIX))
+        try:
+            found = socket.getaddrinfo(parts.hostname, parts.port, socket.AF_INET, socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError):
+            out.append(parts.geturl())
+            continue
+        port = f":{parts.port}" if parts.port else ""
+        out += [parts._replace(netloc=f"{address}{port}").geturl()
+                for address in sorted({info[4][0] for info in found})]
+    return out
+
+
+def scrape(urls: list[str], timeout_s: float = 2.0) -> tuple[list[Sample], list[str]]:
+    """Samples from every URL that answers (``dns+`` URLs expanded first), and the URLs that did."""
+    samples, answered = [], []
+    for url in expand(urls):
         try:
             with urllib.request.urlopen(url, timeout=timeout_s) as response:
                 samples += parse_prometheus(response.read().decode(errors="replace"))

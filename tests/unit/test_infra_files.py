@@ -180,3 +180,41 @@ def test_unknown_environment_settings_are_refused():
     with pytest.raises(ConfigError, match=r"SENSORLOOP_FLINK_PARALELISM: no setting flink.paralelism "
                                           r"\(did you mean \$SENSORLOOP_FLINK_PARALLELISM\?\)"):
         load_config(path=None, env={"SENSORLOOP_FLINK_PARALELISM": "2"})
+
+
+def test_status_reads_every_taskmanager_of_every_job():
+    """``flink.metrics_urls`` on a cluster names each job's TaskManagers by a name that resolves to all of them
+    (``dns+``): on Kubernetes a headless service that selects the FlinkDeployment's TaskManager pods (the native
+    Kubernetes labels ``app: <deployment>``, ``component: taskmanager``), in compose the replicated service."""
+    from urllib.parse import urlsplit
+
+    config_map = next(d for p in K8S for d in _documents(p) if d["kind"] == "ConfigMap")
+    urls = load_config_text(config_map["data"]["sensorloop.toml"]).flink.metrics_urls.split(",")
+    services = {d["metadata"]["name"]: d for p in K8S for d in _documents(p) if d["kind"] == "Service"}
+    deployments = {d["metadata"]["name"]: d for p in K8S for d in _documents(p) if d["kind"] == "FlinkDeployment"}
+    named = set()
+    for url in urls:
+        assert url.startswith("dns+http://"), url
+        parts = urlsplit(url.removeprefix("dns+"))
+        service = services[parts.hostname]["spec"]
+        assert service["clusterIP"] == "None" and service["selector"]["component"] == "taskmanager"
+        deployment = deployments[service["selector"]["app"]]
+        assert str(parts.port) == deployment["spec"]["flinkConfiguration"]["metrics.reporter.prom.port"]
+        named.add(deployment["metadata"]["name"])
+    assert named == set(deployments)
+    compose = _compose_services()
+    url = compose["jobmanager"]["environment"]["SENSORLOOP_FLINK_METRICS_URLS"]
+    assert url.startswith("dns+http://") and urlsplit(url.removeprefix("dns+")).hostname == "taskmanager"
+    assert compose["taskmanager"]["deploy"]["replicas"] > 1
+    properties = dict(line.split(": ", 1) for line in
+                      compose["taskmanager"]["environment"]["FLINK_PROPERTIES"].strip().splitlines())
+    assert properties["taskmanager.load-balance.mode"] == "SLOTS"  # a job's subtasks spread over the replicas
+
+
+def load_config_text(text: str):
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
+        f.write(text)
+        f.flush()
+        return load_config(f.name, env={})
