@@ -141,6 +141,11 @@ def test_operator_cli_on_the_embedded_stack(tmp_path, registry_copy):
         keys = [(p["device_id"], p["window_end"]) for p in so_far]
         # Windows spanning the savepoint need the per-device buffers from it; the Kafka offsets come from it too.
         assert set(keys) == expected_two and len(keys) == len(expected_two)
+        # `status` sums the job's counters over both TaskManagers' reporter ports (the resumed job counts from 0)
+        deadline = time.monotonic() + 60
+        while _metric(status := cli(config, "status"), "predictions") != len(expected_two) - len(expected_first):
+            assert time.monotonic() < deadline, status
+            time.sleep(1)
 
         out = cli(config, "job", "savepoint", "serving", "--stop")  # and back to one subtask
         second_savepoint = out.split(": ", 1)[1].split()[0]
