@@ -25,12 +25,12 @@ def free_port_range(count: int, tries: int = 50) -> int:
     """The first of ``count`` consecutive ports that nothing listens on now."""
     for _ in range(tries):
         first = free_port()
-        if first + count < 65536 and all(free_port_is(first + k) for k in range(1, count)):
+        if first + count < 65536 and all(port_is_free(first + k) for k in range(1, count)):
             return first
     raise RuntimeError(f"no {count} consecutive free ports found")
 
 
-def free_port_is(port: int) -> bool:
+def port_is_free(port: int) -> bool:
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
