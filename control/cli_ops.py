@@ -181,7 +181,8 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
     broker_ok = broker_answers(state.bootstrap, 2.0)
     overview = rest_answers(state.jobmanager)
     print(table([["broker", state.bootstrap, "up" if broker_ok else "DOWN"],
-                 ["flink", state.jobmanager, f"up, {overview['taskmanagers']} TaskManagers, "
+                 ["flink", state.jobmanager, f"up, {overview['taskmanagers']} TaskManager"
+                  f"{'s' if overview['taskmanagers'] != 1 else ''}, "
                   f"{overview['slots-available']}/{overview['slots-total']} slots free" if overview else "DOWN"]],
                 ["part", "address", "state"]))
     return 0 if broker_ok and overview else 1
