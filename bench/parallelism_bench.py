@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import print_table, save  # noqa: E402
+from control.flink_rest import spread  # noqa: E402
 from bench.serving_bench import Scenario, drain_gauged, expected_windows, process_cpu_s, process_tree  # noqa: E402
 from control.replayer import replay  # noqa: E402
 from schemas import Topics  # noqa: E402
@@ -54,10 +55,7 @@ def measure(work: Path, parallelism: int, size: int, samples: int, registry: str
         replay(sc.bootstrap, TOPICS.readings, rate=0, count=samples, n_devices=DEVICES, samples_per_message=size)
         expected = expected_windows(samples, DEVICES, 32, 8)
         got, seconds, cpu = drain_gauged(sc, expected, gauge)
-        cluster = "MiniCluster"
-        if on_stack:  # the TaskManagers the job's subtasks ran on
-            spread = len({manager for subtasks in sc.job.placement().values() for manager in subtasks})
-            cluster = f"{spread} TaskManager JVM{'s' if spread > 1 else ''}"
+        cluster = f"stack: {spread(sc.job.placement())}" if on_stack else "MiniCluster"  # where the subtasks ran
         timed = samples * got / expected - DEVICES * 32  # samples before the first full windows are not timed
         return {"parallelism": parallelism, "cluster": cluster, "samples_per_message": size, "samples": samples,
                 "windows": got,

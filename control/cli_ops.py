@@ -269,21 +269,9 @@ def _submit_local(args: argparse.Namespace, cfg: Config, savepoint: str | None) 
     raise SystemExit(f"sensorloop: the {args.job} job did not start within 180 s; see {log_path}")
 
 
-def spread(placement: dict[str, list[str]]) -> str:
-    """A running job's parallelism and the TaskManagers its subtasks run on, from ``FlinkRest.placement``.
-
-    >>> spread({"source": ["tm-a", "tm-b"], "serve-shards": ["tm-a", "tm-b"], "sink": ["tm-a"]})
-    '2 on 2 TaskManagers'
-    >>> spread({})
-    '-'
-    """
-    if not placement:
-        return "-"
-    managers = {manager for subtasks in placement.values() for manager in subtasks}
-    return f"{max(map(len, placement.values()))} on {len(managers)} TaskManager{'s' if len(managers) > 1 else ''}"
-
-
 def cmd_job_list(args: argparse.Namespace) -> int:
+    from control.flink_rest import spread
+
     rest = _rest(args)
     jobs = rest.jobs()
     if not args.all:

@@ -168,3 +168,17 @@ class FlinkRest:
                 pass
             time.sleep(0.5)
         raise FlinkRestError(f"no job with every task running at {self.url} after {timeout_s:.0f}s")
+
+
+def spread(placement: dict[str, list[str]]) -> str:
+    """A running job's parallelism and the TaskManagers its subtasks run on, from ``FlinkRest.placement``.
+
+    >>> spread({"source": ["tm-a", "tm-b"], "serve-shards": ["tm-a", "tm-b"], "sink": ["tm-a"]})
+    '2 on 2 TaskManagers'
+    >>> spread({})
+    '-'
+    """
+    if not placement:
+        return "-"
+    managers = {manager for subtasks in placement.values() for manager in subtasks}
+    return f"{max(map(len, placement.values()))} on {len(managers)} TaskManager{'s' if len(managers) > 1 else ''}"
