@@ -15,7 +15,7 @@ runs in one JVM, and in thread mode their Python shares one interpreter and its 
 TaskManagers each subtask has an interpreter of its own. CPU there counts the JobManager and every
 TaskManager.
 
-Run: ``python bench/parallelism_bench.py [--parallelism 1,2,4] [--stack 1,2] [--sizes 1,50]``.
+Run: ``python bench/parallelism_bench.py [--parallelism 1,2,4] [--stack 1,2] [--sizes 1,50] [--patch 4]``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.blocks_bench import patch_registry  # noqa: E402
 from bench.common import print_table, save  # noqa: E402
 from control.flink_rest import spread  # noqa: E402
 from bench.serving_bench import Scenario, drain_gauged, expected_windows, process_cpu_s, process_tree  # noqa: E402
@@ -72,15 +73,18 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,50")
     parser.add_argument("--samples", type=int, default=300_000, help="samples per run with blocks (60,000 single)")
     parser.add_argument("--registry", default="var/registry")
+    parser.add_argument("--patch", type=int, default=1,
+                        help="samples per token of the served model (above 1: one trained here, in a registry of its own)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="parallelism-bench-") as tmp:
+        registry = patch_registry(Path(tmp) / f"patch{args.patch}", args.patch) if args.patch > 1 else args.registry
         for size in (int(s) for s in args.sizes.split(",")):
             samples = min(args.samples, 60_000 * size)
             runs = [(int(v), False) for v in args.parallelism.split(",") if v]
             runs += [(int(v), True) for v in args.stack.split(",") if v]
             for p, on_stack in runs:
-                rows.append(measure(Path(tmp), p, size, samples, args.registry, on_stack))
+                rows.append(measure(Path(tmp), p, size, samples, registry, on_stack))
                 print(rows[-1], flush=True)
     base = {}
     for r in rows:  # each size's first row is the baseline
