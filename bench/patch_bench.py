@@ -2,9 +2,10 @@
 
 For each patch, ONNX Runtime alone on one thread scores a random-weight BasicMotions network (window 32, six
 channels) at each batch size (windows/s, the median of ``--rounds`` timed loops, the patches interleaved so the
-machine's drift hits them alike), in the graph the export writes and in the graph it wrote before the encoder was
-flattened (``model.flat_encoder``), per CPU-second and their ratio; then ``model.train.bootstrap`` trains the first BasicMotions model at each patch
-and seed, as ``sensorloop setup --patch`` does, and reports its test accuracy and training time.
+machine's drift hits them alike), in the graph the export writes and in the graph it wrote before the encoder
+was flattened (``model.flat_encoder``), per CPU-second and their ratio; then ``model.train.bootstrap`` trains the
+first BasicMotions model at each patch and seed, as ``sensorloop setup --patch`` does, and reports its test
+accuracy and training time (``--seeds 0``: the speeds only).
 
 Run: ``python bench/patch_bench.py [--patches 1,2,4,8] [--batches 1,32,128,256] [--seeds 3]``; writes
 bench/results/patch.json.

@@ -35,7 +35,8 @@ class FlatEncoderLayer(nn.Module):
         super().__init__()
         attention = layer.self_attn
         if not attention._qkv_same_embed_dim or attention.in_proj_bias is None or not attention.batch_first:
-            raise ValueError("FlatEncoderLayer needs batch-first self-attention with one packed, biased input projection")
+            raise ValueError("FlatEncoderLayer needs batch-first self-attention with one packed, biased input "
+                             "projection")
         self.layer, self.tokens = layer, tokens
         self.heads, self.width = attention.num_heads, attention.embed_dim
         self.scale = 1.0 / math.sqrt(self.width // self.heads)
