@@ -73,3 +73,17 @@ def test_a_layer_it_cannot_flatten_is_refused_by_name():
     layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=False)
     with pytest.raises(ValueError, match="batch-first"):
         FlatEncoder(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), tokens=4)
+
+
+def test_its_fp16_graph_loads_and_agrees_on_the_cpu():
+    """``bench/gpu_bench.py`` converts the export to FP16 for the CUDA provider; the converted flat graph loads and
+    scores on the CPU provider too (the nested graph's FP16 conversion crashed ONNX Runtime's CPU session here),
+    within FP16's precision of the FP32 graph."""
+    from bench.gpu_bench import fp16
+
+    torch.manual_seed(2)
+    fp32 = export_onnx(WindowTransformer(SPEC), SPEC)
+    X = np.random.default_rng(2).normal(size=(9, SPEC.window, 3)).astype(np.float32)
+    half = OnnxRunner(fp16(fp32)).predict_proba(X)
+    assert half.dtype == np.float32 and half.shape == (9, 3)
+    np.testing.assert_allclose(half, OnnxRunner(fp32).predict_proba(X), atol=1e-2)
