@@ -26,12 +26,18 @@ BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 
 
 def windows_per_second(runner, batch: np.ndarray, seconds: float) -> float:
+    return timed_windows(runner, batch, seconds)[0]
+
+
+def timed_windows(runner, batch: np.ndarray, seconds: float) -> tuple[float, float]:
+    """Windows per wall-clock second and per CPU-second of this thread (ONNX Runtime with one intra-op thread
+    computes on the calling thread, so the second is what the model costs whatever else the machine runs)."""
     runner.predict_proba(batch)  # warm-up
-    done, started = 0, time.perf_counter()
+    done, started, cpu = 0, time.perf_counter(), time.thread_time()
     while time.perf_counter() - started < seconds:
         runner.predict_proba(batch)
         done += len(batch)
-    return done / (time.perf_counter() - started)
+    return done / (time.perf_counter() - started), done / max(time.thread_time() - cpu, 1e-9)
 
 
 def measure(seconds: float, batches: list[int]) -> list[dict]:

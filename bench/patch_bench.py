@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import print_table, save  # noqa: E402
+from bench.inference_bench import timed_windows  # noqa: E402
 from model.export import export_onnx  # noqa: E402
 from model.network import WindowTransformer  # noqa: E402
 from model.registry import ModelRegistry  # noqa: E402
@@ -34,17 +34,6 @@ from model.train import bootstrap  # noqa: E402
 
 
 GRAPHS = ("flat", "nested")  # the encoder as exported now (model.flat_encoder) and as nn.TransformerEncoder exports
-
-
-def timed_loop(runner, batch: np.ndarray, seconds: float) -> tuple[float, float]:
-    """Windows per wall-clock second and per CPU-second of this thread (ONNX Runtime with one intra-op thread
-    computes on the calling thread, so the second is what the model costs whatever else the machine runs)."""
-    runner.predict_proba(batch)  # warm-up
-    done, started, cpu = 0, time.perf_counter(), time.thread_time()
-    while time.perf_counter() - started < seconds:
-        runner.predict_proba(batch)
-        done += len(batch)
-    return done / (time.perf_counter() - started), done / max(time.thread_time() - cpu, 1e-9)
 
 
 def speeds(patches: list[int], batches: list[int], rounds: int, seconds: float
@@ -63,7 +52,7 @@ def speeds(patches: list[int], batches: list[int], rounds: int, seconds: float
     for _ in range(rounds):
         for batch in batches:
             for (patch, graph), runner in runners.items():
-                times.setdefault((patch, graph, batch), []).append(timed_loop(runner, x[batch], seconds))
+                times.setdefault((patch, graph, batch), []).append(timed_windows(runner, x[batch], seconds))
     return {key: (float(np.median([w for w, _ in v])), float(np.median([c for _, c in v]))) for key, v in times.items()}
 
 
