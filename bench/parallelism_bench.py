@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.blocks_bench import patch_registry  # noqa: E402
 from bench.common import print_table, save  # noqa: E402
-from control.flink_rest import spread  # noqa: E402
 from bench.serving_bench import Scenario, drain_gauged, expected_windows, process_cpu_s, process_tree  # noqa: E402
+from control.flink_rest import spread  # noqa: E402
 from control.replayer import replay  # noqa: E402
 from schemas import Topics  # noqa: E402
 

@@ -134,6 +134,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_stack_start(args: argparse.Namespace) -> int:
+    from control.flink_rest import taskmanagers
     from control.stack import start_stack
     from infra.jars import ensure_all
 
@@ -141,8 +142,8 @@ def cmd_stack_start(args: argparse.Namespace) -> int:
     ensure_all(cfg.flink.jars_dir)
     state = start_stack(cfg)
     print(f"broker      {state.bootstrap}{'' if state.broker_pid else ' (external)'}")
-    print(f"flink       {state.jobmanager}  (web UI and REST API; {cfg.stack.taskmanagers} TaskManager"
-          f"{'s' if cfg.stack.taskmanagers > 1 else ''} × {cfg.stack.taskmanager_slots} slots)")
+    print(f"flink       {state.jobmanager}  (web UI and REST API; {taskmanagers(cfg.stack.taskmanagers)}"
+          f" × {cfg.stack.taskmanager_slots} slots)")
     print(f"prometheus  localhost:{state.prometheus_ports}  (/metrics)")
     print(f"logs        {Path(cfg.stack.run_dir).resolve()}")
     return 0
@@ -170,6 +171,7 @@ def cmd_stack_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_stack_status(args: argparse.Namespace) -> int:
+    from control.flink_rest import taskmanagers
     from infra.broker import broker_answers
     from infra.flink_cluster import rest_answers
     from control.stack import read_state
@@ -181,8 +183,7 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
     broker_ok = broker_answers(state.bootstrap, 2.0)
     overview = rest_answers(state.jobmanager)
     print(table([["broker", state.bootstrap, "up" if broker_ok else "DOWN"],
-                 ["flink", state.jobmanager, f"up, {overview['taskmanagers']} TaskManager"
-                  f"{'s' if overview['taskmanagers'] != 1 else ''}, "
+                 ["flink", state.jobmanager, f"up, {taskmanagers(overview['taskmanagers'])}, "
                   f"{overview['slots-available']}/{overview['slots-total']} slots free" if overview else "DOWN"]],
                 ["part", "address", "state"]))
     return 0 if broker_ok and overview else 1

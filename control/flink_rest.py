@@ -170,15 +170,26 @@ class FlinkRest:
         raise FlinkRestError(f"no job with every task running at {self.url} after {timeout_s:.0f}s")
 
 
+def taskmanagers(count: int) -> str:
+    """``count`` TaskManagers, in words.
+
+    >>> taskmanagers(1), taskmanagers(2)
+    ('1 TaskManager', '2 TaskManagers')
+    """
+    return f"{count} TaskManager{'' if count == 1 else 's'}"
+
+
 def spread(placement: dict[str, list[str]]) -> str:
     """A running job's parallelism and the TaskManagers its subtasks run on, from ``FlinkRest.placement``.
 
     >>> spread({"source": ["tm-a", "tm-b"], "serve-shards": ["tm-a", "tm-b"], "sink": ["tm-a"]})
     '2 on 2 TaskManagers'
+    >>> spread({"source": ["tm-a"]})
+    '1 on 1 TaskManager'
     >>> spread({})
     '-'
     """
     if not placement:
         return "-"
     managers = {manager for subtasks in placement.values() for manager in subtasks}
-    return f"{max(map(len, placement.values()))} on {len(managers)} TaskManager{'s' if len(managers) > 1 else ''}"
+    return f"{max(map(len, placement.values()))} on {taskmanagers(len(managers))}"
