@@ -26,7 +26,8 @@ INT8_FILE = "model-int8.onnx"
 
 
 def quantize_int8(onnx_bytes: bytes) -> bytes:
-    """The dynamically quantized (INT8 weights) version of an ONNX graph."""
+    """The dynamically quantized (INT8 weights) version of an ONNX graph (tied weights untied first,
+    :func:`untie_initializers`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().disabled, was = True, logging.getLogger().disabled  # it logs a pre-processing hint
@@ -34,12 +35,49 @@ def quantize_int8(onnx_bytes: bytes) -> bytes:
         with tempfile.TemporaryDirectory(prefix="quantize-") as folder:
             source, target = os.path.join(folder, "fp32.onnx"), os.path.join(folder, "int8.onnx")
             with open(source, "wb") as fh:
-                fh.write(onnx_bytes)
+                fh.write(untie_initializers(onnx_bytes))
             quantize_dynamic(source, target, weight_type=QuantType.QInt8)
             with open(target, "rb") as fh:
                 return fh.read()
     finally:
         logging.getLogger().disabled = was
+
+
+def untie_initializers(onnx_bytes: bytes) -> bytes:
+    """The graph with every ``Identity`` of a weight replaced by a copy of that weight under the
+    Identity's output name. PyTorch's exporter stores equal parameters once and reads the others through
+    ``Identity`` nodes (the layers of an untrained ``nn.TransformerEncoder`` are copies of one another);
+    ONNX Runtime's quantizer then finds a ``Gemm`` whose weight is no initializer and writes a graph that
+    does not load. A graph without such nodes comes back unchanged.
+
+    >>> import onnx
+    >>> from onnx import TensorProto, helper, numpy_helper
+    >>> w = numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")
+    >>> graph = helper.make_graph(
+    ...     [helper.make_node("Identity", ["w"], ["w2"]), helper.make_node("MatMul", ["x", "w"], ["h"]),
+    ...      helper.make_node("MatMul", ["h", "w2"], ["y"])], "g",
+    ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+    ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [w])
+    >>> untied = onnx.load_from_string(untie_initializers(helper.make_model(graph).SerializeToString())).graph
+    >>> [n.op_type for n in untied.node], sorted(i.name for i in untied.initializer)
+    (['MatMul', 'MatMul'], ['w', 'w2'])
+    """
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    tied = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in weights
+            and n.output[0] not in {o.name for o in graph.output}]
+    if not tied:
+        return onnx_bytes
+    for node in tied:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(weights[node.input[0]])
+        copy.name = node.output[0]
+        graph.initializer.append(copy)
+        graph.node.remove(node)
+    return model.SerializeToString()
 
 
 @dataclass(frozen=True)

@@ -177,19 +177,34 @@ def publish_version(registry: ModelRegistry, name: str, net: nn.Module, spec: Mo
         log.warning("%s: INT8 is checked on class agreement, and this model does not classify: none kept", name)
     elif int8_min_agreement is not None:
         if calibration is not None and len(calibration[0]):
-            int8 = quantize_int8(onnx_bytes)
-            check = agreement(onnx_bytes, int8, np.asarray(calibration[0], np.float32))
-            metrics = {**metrics, "int8_agreement": check.top1, "int8_max_prob_diff": check.max_prob_diff,
-                       "int8_windows": float(check.windows)}
-            if check.accepts(int8_min_agreement):
+            int8, checked = int8_graph(name, onnx_bytes, np.asarray(calibration[0], np.float32), int8_min_agreement)
+            metrics = {**metrics, **checked}
+            if int8 is not None:
                 extra[INT8_FILE] = int8
-            else:
-                log.warning("%s: INT8 graph refused: same class on %.3f of %d held-out windows (at least %.3f "
-                            "needed)", name, check.top1, check.windows, int8_min_agreement)
         else:
             log.warning("%s: no held-out windows to check an INT8 graph against: none kept", name)
     return registry.publish(name, onnx_bytes, weights_bytes(net), spec.to_dict(), metrics=metrics,
                             parent_version=parent_version, data_seen=data_seen, note=note, extra=extra)
+
+
+def int8_graph(name: str, onnx_bytes: bytes, held_out: np.ndarray, min_agreement: float
+               ) -> tuple[bytes | None, dict[str, float]]:
+    """The INT8 graph of a version when it predicts the FP32 graph's class on at least ``min_agreement`` of the
+    held-out windows (else None; the log says why), and the metrics of the check. A graph the quantizer or
+    ONNX Runtime refuses gives none and ``int8_failed``: the version is published and serves FP32."""
+    try:
+        int8 = quantize_int8(onnx_bytes)
+        check = agreement(onnx_bytes, int8, held_out)
+    except Exception as exc:  # noqa: BLE001 (whatever the quantizer raised, the FP32 version stands)
+        log.warning("%s: no INT8 graph could be made (%s: %s): none kept", name, type(exc).__name__, exc)
+        return None, {"int8_failed": 1.0}
+    metrics = {"int8_agreement": check.top1, "int8_max_prob_diff": check.max_prob_diff,
+               "int8_windows": float(check.windows)}
+    if check.accepts(min_agreement):
+        return int8, metrics
+    log.warning("%s: INT8 graph refused: same class on %.3f of %d held-out windows (at least %.3f needed)",
+                name, check.top1, check.windows, min_agreement)
+    return None, metrics
 
 
 def basic_motions_windows(split: str, spec: ModelSpec, stride: int

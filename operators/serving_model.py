@@ -172,7 +172,9 @@ def build_serving_model(loaded: LoadedVersion, runtime: str = "onnx", device: st
         why = ("the torch runtime serves the weights" if runtime != "onnx" else
                "its announcement names none" if INT8_FILE in meta.artifacts else
                f"INT8 agreement {meta.metrics['int8_agreement']:.3f} was below the minimum when it was published"
-               if "int8_agreement" in meta.metrics else "it was published without one")
+               if "int8_agreement" in meta.metrics else
+               "no INT8 graph could be made when it was published" if "int8_failed" in meta.metrics
+               else "it was published without one")
         log.warning("%s v%d has no INT8 graph to serve (%s): serving FP32", meta.model_name, meta.version, why)
     try:
         if runtime == "onnx":

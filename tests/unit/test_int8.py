@@ -71,6 +71,48 @@ def test_an_int8_graph_that_disagrees_is_refused_and_serving_says_it_serves_fp32
     assert any("has no INT8 graph to serve (INT8 agreement" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("n_layers,patch", [(2, 1), (3, 4)])
+def test_an_untrained_models_int8_graph_loads_and_agrees(n_layers, patch):
+    """The layers of an untrained encoder are copies of one another, which the exporter stores once and reads
+    through Identity nodes; the quantizer's graph of that did not load (ONNX Runtime: incompatible dimensions)."""
+    import onnx
+
+    from model.export import export_onnx
+    from model.network import WindowTransformer
+    from model.quantize import agreement, quantize_int8
+
+    spec = ModelSpec(n_layers=n_layers, patch=patch)
+    fp32 = export_onnx(WindowTransformer(spec).eval(), spec)
+    assert "Identity" in {n.op_type for n in onnx.load_from_string(fp32).graph.node}  # the case this is about
+    int8 = quantize_int8(fp32)
+    assert "MatMulInteger" in {n.op_type for n in onnx.load_from_string(int8).graph.node}
+    check = agreement(fp32, int8, np.random.default_rng(0).normal(size=(64, 32, 6)).astype(np.float32))
+    assert check.windows == 64 and check.top1 >= 0.9
+
+
+def test_a_graph_the_quantizer_refuses_is_published_fp32_and_serving_says_why(registry_copy, monkeypatch, caplog):
+    import model.train as train
+
+    def refuse(onnx_bytes):
+        raise RuntimeError("Incompatible dimensions for matrix multiplication")
+
+    registry = ModelRegistry(registry_copy)
+    v1 = registry.load(NAME, 1)
+    spec = ModelSpec.from_dict(v1.metadata.spec)
+    monkeypatch.setattr(train, "quantize_int8", refuse)
+    X, y = held_out()
+    with caplog.at_level(logging.WARNING):
+        meta = publish_version(registry, NAME, load_network(spec, v1.weights_bytes), spec, {}, calibration=(X, y),
+                               int8_min_agreement=0.98)
+        model = load_from_registry(registry_copy, NAME, meta.version, precision="int8")
+    assert INT8_FILE not in meta.artifacts and meta.metrics["int8_failed"] == 1.0
+    assert "int8_agreement" not in meta.metrics
+    assert model.precision == "fp32" and model.runner.predict_proba(X[:4]).shape == (4, len(spec.classes))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("no INT8 graph could be made (RuntimeError: Incompatible dimensions" in m for m in messages)
+    assert any("no INT8 graph could be made when it was published): serving FP32" in m for m in messages)
+
+
 def test_precision_is_chosen_per_model(tmp_path):
     path = tmp_path / "sensorloop.toml"
     path.write_text('[serving]\nprecision = "int8"\n[models.g]\nchannels = ["x"]\nsample_rate_hz = 10\nwindow = 8\n'
