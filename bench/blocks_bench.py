@@ -76,7 +76,8 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: 
             def plain_cpu() -> dict[str, float]:  # the plain consumer runs in this process
                 return {"consumer": process_cpu_s(os.getpid()), "broker": sc.broker_cpu_s()}
 
-            got, seconds, cpu = plain_consumer.run(sc.bootstrap, expected, registry, stride=stride, gauge=plain_cpu)
+            got, seconds, cpu = plain_consumer.run(sc.bootstrap, expected, registry, stride=stride, gauge=plain_cpu,
+                                                   precision=job_options.get("precision", "fp32"))
         elif kind == "serving":
             got, seconds, cpu = drain_gauged(sc, expected, lambda: job_cpu_split(sc))
         else:
@@ -96,7 +97,8 @@ def measure(work: Path, kind: str, size: int, samples: int, registry: str, tag: 
                   "cores": {k: v / seconds for k, v in cpu.items()} if isinstance(cpu, dict) else {}}
         if kind == "serving":
             model = in_job_model_rate(stats_file)  # cumulative numbers the operator wrote every second while scoring
-            alone = standalone_onnx(registry, max(1, round(model["mean_batch"])), threads=1, repeats=3)
+            alone = standalone_onnx(registry, max(1, round(model["mean_batch"])), threads=1, repeats=3,
+                                    precision=job_options.get("precision", "fp32"))
             result.update(mean_batch=model["mean_batch"], in_job_per_cpu_s=model["in_job_cpu"],
                           in_job_per_wall_s=model["in_job"], runqueue_share=model["runqueue_share"],
                           standalone=alone)
@@ -309,14 +311,19 @@ def serving_row(work: Path, size: int, samples: int, registry: str, patch: int, 
                                        "standalone")}}
 
 
-def patch_registry(folder: Path, patch: int) -> str:
-    """A registry holding a BasicMotions model whose encoder reads ``patch`` samples per token."""
-    from model.registry import ModelRegistry
+def patch_registry(folder: Path, patch: int, int8: bool = False) -> str:
+    """A registry holding a BasicMotions model whose encoder reads ``patch`` samples per token (``int8``: with
+    the INT8 graph a publish keeps when it agrees with FP32 on 0.98 of the held-out windows)."""
+    from model.registry import INT8_FILE, ModelRegistry
     from model.spec import ModelSpec
     from model.train import bootstrap
 
-    result = bootstrap(ModelRegistry(folder), spec=ModelSpec(patch=patch))
-    print(f"served model: {patch} samples per token, test accuracy {result.metadata.metrics['test_accuracy']:.3f}")
+    result = bootstrap(ModelRegistry(folder), spec=ModelSpec(patch=patch), int8_min_agreement=0.98 if int8 else None)
+    metrics = result.metadata.metrics
+    print(f"served model: {patch} samples per token, test accuracy {metrics['test_accuracy']:.3f}"
+          + (f", INT8 agreement {metrics.get('int8_agreement', float('nan')):.3f}" if int8 else ""))
+    if int8 and INT8_FILE not in result.metadata.artifacts:
+        raise SystemExit("the trained model's INT8 graph was refused: see the log above")
     return str(folder)
 
 

@@ -1,7 +1,14 @@
 """Inference throughput (windows/s) vs batch size: ONNX Runtime (FP32, and the INT8 graph that
-``serving.precision = "int8"`` serves, ``model.quantize``) and torch eager, same model.
+``serving.precision = "int8"`` serves, ``model.quantize``) and torch eager, same model (random weights;
+``--patch 4``: an encoder that reads 4 samples per token). INT8 against FP32 is given per wall-clock second
+and per CPU-second of the measuring thread (ONNX Runtime runs on it with one intra-op thread).
 
-Run: ``python bench/inference_bench.py [--seconds 1.0]``; writes bench/results/inference.{json,png}.
+Then the trained model in ``--registry`` (its latest BasicMotions version) and its INT8 graph on BasicMotions'
+held-out windows (window 32, stride 16): accuracy of each, how often they predict the same class, and the
+largest difference of any class probability.
+
+Run: ``python bench/inference_bench.py [--seconds 1.0] [--patch 1] [--registry var/registry]``; writes
+bench/results/inference.{json,png}.
 """
 
 from __future__ import annotations
@@ -40,21 +47,44 @@ def timed_windows(runner, batch: np.ndarray, seconds: float) -> tuple[float, flo
     return done / (time.perf_counter() - started), done / max(time.thread_time() - cpu, 1e-9)
 
 
-def measure(seconds: float, batches: list[int]) -> list[dict]:
-    spec = ModelSpec()
+def measure(seconds: float, batches: list[int], patch: int = 1) -> list[dict]:
+    spec = ModelSpec(patch=patch)
     net = WindowTransformer(spec).eval()
     fp32 = export_onnx(net, spec)
-    onnx = OnnxRunner(fp32)
-    int8 = OnnxRunner(quantize_int8(fp32))
+    onnx = OnnxRunner(fp32, threads=1)
+    int8 = OnnxRunner(quantize_int8(fp32), threads=1)
     torch_runner = TorchRunner(net)
     rng = np.random.default_rng(0)
     rows = []
     for b in batches:
         x = rng.normal(size=(b, spec.window, spec.n_channels)).astype(np.float32)
-        rows.append({"batch": b, "onnx": windows_per_second(onnx, x, seconds),
-                     "onnx_int8": windows_per_second(int8, x, seconds),
-                     "torch": windows_per_second(torch_runner, x, seconds), "provider": onnx.provider})
+        (onnx_wall, onnx_cpu), (int8_wall, int8_cpu) = timed_windows(onnx, x, seconds), timed_windows(int8, x, seconds)
+        rows.append({"batch": b, "onnx": onnx_wall, "onnx_int8": int8_wall, "onnx_cpu": onnx_cpu,
+                     "onnx_int8_cpu": int8_cpu, "torch": windows_per_second(torch_runner, x, seconds),
+                     "provider": onnx.provider})
     return rows
+
+
+def trained_agreement(registry: str) -> dict:
+    """The registry's latest BasicMotions version and its INT8 graph (made here, as a publish makes it) on the
+    held-out windows: accuracy of each, the share of windows with the same class, the largest probability
+    difference."""
+    from model.datasets import load_basic_motions, sliding_windows
+    from model.quantize import agreement
+    from model.registry import ModelRegistry
+    from model.train import encode_labels
+
+    loaded = ModelRegistry(registry).load("basic-motions")
+    spec = ModelSpec.from_dict(loaded.metadata.spec)
+    X, labels = sliding_windows(load_basic_motions("test"), spec.window, 16)
+    y = np.asarray(encode_labels(labels, spec.classes))
+    int8 = quantize_int8(loaded.onnx_bytes)
+    check = agreement(loaded.onnx_bytes, int8, X.astype(np.float32))
+    accuracy = {name: float((OnnxRunner(graph, prefer="cpu", threads=1).predict_proba(X.astype(np.float32))
+                             .argmax(1) == y).mean()) for name, graph in (("fp32", loaded.onnx_bytes), ("int8", int8))}
+    return {"version": loaded.metadata.version, "patch": spec.patch, "windows": check.windows,
+            "fp32_accuracy": accuracy["fp32"], "int8_accuracy": accuracy["int8"], "same_class": check.top1,
+            "max_prob_diff": check.max_prob_diff, "fp32_kb": len(loaded.onnx_bytes) / 1024, "int8_kb": len(int8) / 1024}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -69,13 +99,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=1.0, help="measuring time per point")
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    parser.add_argument("--patch", type=int, default=1, help="samples per token of the random-weight model")
+    parser.add_argument("--registry", default="var/registry", help="the trained model's registry ('' to skip it)")
     args = parser.parse_args()
-    rows = measure(args.seconds, [int(b) for b in args.batches.split(",")])
-    print_table("Inference throughput (windows/s)",
-                ["batch", "ONNX Runtime", "ONNX Runtime INT8", "INT8 / FP32", "torch eager", "ONNX / torch"],
-                [[r["batch"], r["onnx"], r["onnx_int8"], f"{r['onnx_int8'] / r['onnx']:.2f}x", r["torch"],
-                  f"{r['onnx'] / r['torch']:.2f}x"] for r in rows])
-    save("inference", {"rows": rows})
+    rows = measure(args.seconds, [int(b) for b in args.batches.split(",")], args.patch)
+    print_table(f"Inference throughput (windows/s), {args.patch} sample(s) per token",
+                ["batch", "ONNX Runtime", "ONNX Runtime INT8", "INT8 / FP32", "INT8 / FP32 per CPU-second",
+                 "torch eager", "ONNX / torch"],
+                [[r["batch"], r["onnx"], r["onnx_int8"], f"{r['onnx_int8'] / r['onnx']:.2f}x",
+                  f"{r['onnx_int8_cpu'] / r['onnx_cpu']:.2f}x", r["torch"], f"{r['onnx'] / r['torch']:.2f}x"]
+                 for r in rows])
+    trained = trained_agreement(args.registry) if args.registry else None
+    if trained:
+        print_table(f"Trained model v{trained['version']} ({trained['patch']} sample(s) per token) on "
+                    f"{trained['windows']} held-out windows",
+                    ["graph", "accuracy", "same class as FP32", "largest probability difference", "size (KB)"],
+                    [["FP32", f"{trained['fp32_accuracy']:.3f}", "", "", f"{trained['fp32_kb']:.0f}"],
+                     ["INT8", f"{trained['int8_accuracy']:.3f}", f"{trained['same_class']:.3f}",
+                      f"{trained['max_prob_diff']:.4f}", f"{trained['int8_kb']:.0f}"]])
+    save("inference", {"rows": rows, "patch": args.patch, "trained": trained})
     try:
         plot(rows, RESULTS / "inference.png")
         print(f"plot: {RESULTS / 'inference.png'}")

@@ -42,16 +42,20 @@ class PlainRun(NamedTuple):
 
 def run(bootstrap: str, expected: int, registry: str = "var/registry", window: int = 32, stride: int = 8,
         max_batch: int = 64, timeout_s: float = 600.0, idle_s: float = 20.0,
-        gauge: Callable[[], dict[str, float]] | None = None, follow: bool = False) -> PlainRun:
+        gauge: Callable[[], dict[str, float]] | None = None, follow: bool = False,
+        precision: str = "fp32") -> PlainRun:
     """Consume the readings topic from the start until ``expected`` predictions are out (or it goes
     quiet). ``gauge`` (e.g. CPU seconds by name) is read at the first prediction and after the last.
-    ``follow``: from the end of the topic, until the process is stopped."""
+    ``follow``: from the end of the topic, until the process is stopped. ``precision="int8"`` scores with
+    the version's INT8 graph (as the job does with ``serving.precision = "int8"``)."""
     from kafka import KafkaConsumer, KafkaProducer
 
     topics = Topics()
-    loaded = ModelRegistry(registry).load("basic-motions")
+    loaded = ModelRegistry(registry).load("basic-motions", int8=precision == "int8")
+    if precision == "int8" and loaded.int8_bytes is None:
+        raise SystemExit(f"basic-motions v{loaded.metadata.version} in {registry} has no INT8 graph")
     classes = loaded.metadata.spec["classes"]
-    runner = OnnxRunner(loaded.onnx_bytes, prefer="cpu", threads=1)
+    runner = OnnxRunner(loaded.int8_bytes if precision == "int8" else loaded.onnx_bytes, prefer="cpu", threads=1)
     consumer = KafkaConsumer(topics.readings, bootstrap_servers=bootstrap, group_id=None,
                              auto_offset_reset="latest" if follow else "earliest", enable_auto_commit=False,
                              max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024, fetch_max_wait_ms=20)
@@ -137,10 +141,12 @@ def main() -> None:
     parser.add_argument("--follow", action="store_true", help="from the end of the topic, until stopped")
     parser.add_argument("--registry", default="var/registry")
     parser.add_argument("--stride", type=int, default=8)
+    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     args = parser.parse_args()
     if not args.follow and args.expected < 1:
         parser.error("--expected N (a backlog) or --follow")
-    sent, seconds, _ = run(args.bootstrap, args.expected, args.registry, stride=args.stride, follow=args.follow)
+    sent, seconds, _ = run(args.bootstrap, args.expected, args.registry, stride=args.stride, follow=args.follow,
+                           precision=args.precision)
     print(f"{sent} predictions in {seconds:.2f} s ({sent / seconds:,.0f}/s)")
 
 

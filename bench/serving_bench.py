@@ -186,7 +186,8 @@ class Scenario:
         elif job_kind == "plain":
             self.job = JobProcess("bench.plain_consumer", ["--bootstrap", self.bootstrap, "--follow", "--registry",
                                                            job_options.get("registry", "var/registry"),
-                                                           "--stride", str(job_options.get("stride", 8))], log)
+                                                           "--stride", str(job_options.get("stride", 8)),
+                                                           "--precision", job_options.get("precision", "fp32")], log)
             self.out_topic = TOPICS.predictions
         else:
             self.job = job_process("passthrough", log, bootstrap=self.bootstrap, state_dir=str(work / f"{name}-ck"))
@@ -416,12 +417,13 @@ def in_job_model_rate(stats_file: Path, since: float = 0.0) -> dict:
             "runqueue_share": d["model_runqueue_seconds"] / d["model_seconds"]}
 
 
-def standalone_onnx(registry: str, batch: int, seconds: float = 2.0, threads: int = 0, repeats: int = 1) -> float:
+def standalone_onnx(registry: str, batch: int, seconds: float = 2.0, threads: int = 0, repeats: int = 1,
+                    precision: str = "fp32") -> float:
     """Windows/s of ONNX Runtime alone at ``batch``: the median of ``repeats`` timed loops."""
     from bench.inference_bench import windows_per_second
     from operators.serving_model import load_from_registry
 
-    model = load_from_registry(registry, "basic-motions", threads=threads)
+    model = load_from_registry(registry, "basic-motions", threads=threads, precision=precision)
     x = np.random.default_rng(0).normal(size=(batch, model.spec.window, model.spec.n_channels)).astype(np.float32)
     return float(np.median([windows_per_second(model.runner, x, seconds) for _ in range(repeats)]))
 
