@@ -67,8 +67,8 @@ def untie_initializers(onnx_bytes: bytes) -> bytes:
     model = onnx.load_from_string(onnx_bytes)
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
-    tied = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in weights
-            and n.output[0] not in {o.name for o in graph.output}]
+    outputs = {o.name for o in graph.output}
+    tied = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in weights and n.output[0] not in outputs]
     if not tied:
         return onnx_bytes
     for node in tied:

@@ -90,8 +90,10 @@ def test_an_untrained_models_int8_graph_loads_and_agrees(n_layers, patch):
     assert check.windows == 64 and check.top1 >= 0.9
 
 
-def test_a_graph_the_quantizer_refuses_is_published_fp32_and_serving_says_why(registry_copy, monkeypatch, caplog):
+def test_a_graph_the_quantizer_refuses_is_published_fp32_and_serving_says_why(registry_copy, monkeypatch, caplog,
+                                                                               capsys):
     import model.train as train
+    from control.cli import _version_table
 
     def refuse(onnx_bytes):
         raise RuntimeError("Incompatible dimensions for matrix multiplication")
@@ -111,6 +113,10 @@ def test_a_graph_the_quantizer_refuses_is_published_fp32_and_serving_says_why(re
     messages = [r.getMessage() for r in caplog.records]
     assert any("no INT8 graph could be made (RuntimeError: Incompatible dimensions" in m for m in messages)
     assert any("no INT8 graph could be made when it was published): serving FP32" in m for m in messages)
+    _version_table(registry_copy, NAME)  # `model list`: the version's INT8 column says it failed
+    rows = {cells[0]: cells for cells in map(str.split, capsys.readouterr().out.splitlines())
+            if cells and cells[0].isdigit()}
+    assert "failed" in rows[str(meta.version)] and "failed" not in rows["1"]
 
 
 def test_precision_is_chosen_per_model(tmp_path):
