@@ -210,3 +210,52 @@ def test_a_burst_too_small_for_a_batch_is_scored_once_the_readings_pause(broker,
         assert job.alive()
     keys = [(p.device_id, p.window_end) for p in map(Prediction.decode, (r.value for r in out[TOPICS.predictions]))]
     assert set(keys) == expected and len(keys) == len(expected), "every window once"
+
+
+def test_an_int8_version_is_what_the_job_serves_with_serving_precision_int8(broker, registry_copy, tmp_path):
+    """``serving.precision = "int8"`` in the real job: a version published with its INT8 graph is served from
+    that graph. Every window is predicted once, and each prediction's probabilities are the INT8 graph's on that
+    window (to the 6 decimals published), not the FP32 graph's; the job's log names the INT8 provider. The job
+    scores each window alone, as this test does: INT8 quantizes a batch's activations with the batch's range."""
+    import numpy as np
+
+    from model.datasets import load_basic_motions, sliding_windows
+    from model.registry import INT8_FILE, ModelRegistry
+    from model.spec import ModelSpec
+    from model.train import encode_labels, load_network, publish_version
+    from operators.serving_model import load_from_registry
+
+    registry = ModelRegistry(registry_copy)
+    v1 = registry.load("basic-motions", 1)
+    spec = ModelSpec.from_dict(v1.metadata.spec)
+    X, labels = sliding_windows(load_basic_motions("test"), 32, 16)
+    meta = publish_version(registry, "basic-motions", load_network(spec, v1.weights_bytes), spec, {},
+                           calibration=(X, encode_labels(labels, spec.classes)), int8_min_agreement=0.98)
+    assert INT8_FILE in meta.artifacts
+    readings = replayed_readings(n_devices=3, per_device=120)
+    expected = expected_window_ends(readings, window=32, stride=8)
+    job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=registry_copy, state_dir=str(tmp_path / "ck"),
+                      audit_rate=0.0, precision="int8", max_batch=1)  # (INT8 scales a batch's activations by
+    # the batch's range: a window's probabilities move a little with the windows scored beside it, so each alone)
+    with job:
+        produce(broker.bootstrap, TOPICS.readings, encoded(readings))
+        out = collect(broker.bootstrap, {TOPICS.predictions: len(expected)}, timeout_s=180, job=job)
+        assert job.alive()
+    predictions = {(p.device_id, p.window_end): p for p in map(Prediction.decode,
+                                                               (r.value for r in out[TOPICS.predictions]))}
+    assert set(predictions) == expected and len(out[TOPICS.predictions]) == len(expected), "every window once"
+    assert {p.model_version for p in predictions.values()} == {meta.version}
+    windows, keys = [], []
+    for device in sorted({r["device_id"] for r in readings}):
+        mine = [r for r in readings if r["device_id"] == device]
+        values = np.asarray([r["values"] for r in mine], np.float32)
+        for end in range(31, len(mine), 8):
+            windows.append(values[end - 31:end + 1])
+            keys.append((device, mine[end]["ts"]))
+    graphs = {precision: np.concatenate([model.runner.predict_proba(w[None]) for w in windows])  # one by one
+              for precision, model in ((p, load_from_registry(registry_copy, "basic-motions", meta.version,
+                                                             precision=p)) for p in ("int8", "fp32"))}
+    served = np.asarray([[predictions[k].probabilities[c] for c in spec.classes] for k in keys])
+    assert np.abs(served - graphs["int8"]).max() < 2e-6, "the job's probabilities are the INT8 graph's"
+    assert np.abs(served - graphs["fp32"]).max() > 1e-3  # the two graphs differ: the test tells which one served
+    assert f"serving basic-motions v{meta.version} on CPUExecutionProvider (int8)" in job.log_tail(200, "serving ")

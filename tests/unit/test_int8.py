@@ -90,6 +90,27 @@ def test_an_untrained_models_int8_graph_loads_and_agrees(n_layers, patch):
     assert check.windows == 64 and check.top1 >= 0.9
 
 
+def test_fp32_scores_a_window_alike_in_any_batch_and_int8_nearly(trained_registry):
+    """FP32 gives a window the same probabilities whatever windows share its batch (a replay scores it alike).
+    INT8 quantizes a batch's activations with the batch's range, so its probabilities move a little with the
+    batch: measured here, on the held-out windows in shuffled batches of 64 against each window alone."""
+    from model.quantize import quantize_int8
+    from model.runtime import OnnxRunner
+
+    loaded = ModelRegistry(trained_registry).load(NAME, 1)
+    X = held_out()[0].astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(X))
+    for graph, worst in ((loaded.onnx_bytes, 1e-6), (quantize_int8(loaded.onnx_bytes), 0.1)):
+        runner = OnnxRunner(graph, prefer="cpu", threads=1)
+        alone = np.concatenate([runner.predict_proba(x[None]) for x in X])
+        batched = np.empty_like(alone)
+        for k in range(0, len(X), 64):
+            batched[order[k:k + 64]] = runner.predict_proba(X[order[k:k + 64]])
+        moved = np.abs(batched - alone).max(axis=1)
+        assert moved.max() < worst and np.median(moved) < 1e-3, (moved.max(), np.median(moved))
+        assert (batched.argmax(1) == alone.argmax(1)).mean() >= 0.99
+
+
 def test_a_graph_the_quantizer_refuses_is_published_fp32_and_serving_says_why(registry_copy, monkeypatch, caplog,
                                                                                capsys):
     import model.train as train
