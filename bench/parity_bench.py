@@ -154,8 +154,9 @@ def main() -> None:
                       summary([r["serving"][1] - r["plain"][1] for r in t["runs"]]),
                       summary([r["serving"][0] for r in t["runs"]]), summary([r["plain"][0] for r in t["runs"]])]
                      for t in latency])
-    saved = save("parity", {"patch": args.patch, "precision": args.precision, "throughput": throughput,
-                            "latency": latency, "precision_pairs": precision})
+    saved = save("parity" if args.precision == "fp32" else f"parity_{args.precision}",
+                 {"patch": args.patch, "precision": args.precision, "throughput": throughput, "latency": latency,
+                  "precision_pairs": precision})
     print(f"results: {saved}")
 
 
