@@ -30,13 +30,15 @@ from bench.common import print_table, save  # noqa: E402
 from bench.serving_bench import measure_latency  # noqa: E402
 
 
-def pair_order(pairs: int) -> list[tuple[str, str]]:
+def pair_order(pairs: int, sides: tuple[str, str] = ("plain", "serving")) -> list[tuple[str, str]]:
     """The two sides of each pair, the first side flipping from pair to pair.
 
     >>> pair_order(3)
     [('plain', 'serving'), ('serving', 'plain'), ('plain', 'serving')]
+    >>> pair_order(2, ("fp32", "int8"))
+    [('fp32', 'int8'), ('int8', 'fp32')]
     """
-    return [("plain", "serving") if i % 2 == 0 else ("serving", "plain") for i in range(pairs)]
+    return [sides if i % 2 == 0 else sides[::-1] for i in range(pairs)]
 
 
 def summary(values: list[float]) -> str:
@@ -70,8 +72,7 @@ def precision_pairs(work: Path, size: int, samples: int, registry: str, pairs: i
     """Drains of the same backlog by the serving job with ``serving.precision`` FP32 and INT8, in alternating
     pairs: what the INT8 graph buys the job itself."""
     runs: list[dict[str, float]] = []
-    for first, second in pair_order(pairs):
-        order = [("fp32" if kind == "plain" else "int8") for kind in (first, second)]
+    for order in pair_order(pairs, ("fp32", "int8")):
         runs.append({precision: measure(work, "serving", size, samples, registry, f"-{precision}{len(runs)}",
                                         stride=stride, precision=precision)["samples_per_s"] for precision in order})
         print({"samples_per_message": size, **runs[-1], "int8/fp32": round(runs[-1]["int8"] / runs[-1]["fp32"], 3)},
