@@ -234,9 +234,9 @@ def test_an_int8_version_is_what_the_job_serves_with_serving_precision_int8(brok
     assert INT8_FILE in meta.artifacts
     readings = replayed_readings(n_devices=3, per_device=120)
     expected = expected_window_ends(readings, window=32, stride=8)
+    # each window scored alone: a window's INT8 probabilities move a little with the windows batched beside it
     job = serving_job(broker.bootstrap, tmp_path / "job.log", registry=registry_copy, state_dir=str(tmp_path / "ck"),
-                      audit_rate=0.0, precision="int8", max_batch=1)  # (INT8 scales a batch's activations by
-    # the batch's range: a window's probabilities move a little with the windows scored beside it, so each alone)
+                      audit_rate=0.0, precision="int8", max_batch=1)
     with job:
         produce(broker.bootstrap, TOPICS.readings, encoded(readings))
         out = collect(broker.bootstrap, {TOPICS.predictions: len(expected)}, timeout_s=180, job=job)
