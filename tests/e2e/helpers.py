@@ -32,18 +32,22 @@ def encoded(readings: list[dict]) -> list[tuple[bytes, bytes]]:
     return [(r["device_id"].encode(), orjson.dumps(r)) for r in readings]
 
 
-def expected_window_ends(readings: list[dict], window: int, stride: int) -> set[tuple[str, int]]:
-    """(device, window end ts) of every window the readings make, fed in sequence order."""
-    ends = set()
+def expected_windows(readings: list[dict], window: int, stride: int) -> dict[tuple[str, int], list[dict]]:
+    """Every window the readings make, fed in sequence order: its readings by (device, window end ts)."""
+    windows = {}
     by_device: dict[str, list[dict]] = {}
     for r in readings:
         by_device.setdefault(r["device_id"], []).append(r)
     for device, items in by_device.items():
         items.sort(key=lambda r: r["seq"])
-        for i in range(window - 1, len(items), 1):
-            if (i + 1 - window) % stride == 0:
-                ends.add((device, items[i]["ts"]))
-    return ends
+        for i in range(window - 1, len(items), stride):
+            windows[(device, items[i]["ts"])] = items[i + 1 - window:i + 1]
+    return windows
+
+
+def expected_window_ends(readings: list[dict], window: int, stride: int) -> set[tuple[str, int]]:
+    """(device, window end ts) of every window the readings make, fed in sequence order."""
+    return set(expected_windows(readings, window, stride))
 
 
 def collect(bootstrap: str, topic_counts: dict[str, int], timeout_s: float, job=None,
