@@ -70,7 +70,7 @@ def trained_agreement(registry: str) -> dict:
     held-out windows: accuracy of each, the share of windows with the same class, the largest probability
     difference."""
     from model.datasets import load_basic_motions, sliding_windows
-    from model.quantize import agreement
+    from model.quantize import compare, probabilities
     from model.registry import ModelRegistry
     from model.train import encode_labels
 
@@ -79,9 +79,10 @@ def trained_agreement(registry: str) -> dict:
     X, labels = sliding_windows(load_basic_motions("test"), spec.window, 16)
     y = np.asarray(encode_labels(labels, spec.classes))
     int8 = quantize_int8(loaded.onnx_bytes)
-    check = agreement(loaded.onnx_bytes, int8, X.astype(np.float32))
-    accuracy = {name: float((OnnxRunner(graph, prefer="cpu", threads=1).predict_proba(X.astype(np.float32))
-                             .argmax(1) == y).mean()) for name, graph in (("fp32", loaded.onnx_bytes), ("int8", int8))}
+    probs = {name: probabilities(graph, X.astype(np.float32)) for name, graph in (("fp32", loaded.onnx_bytes),
+                                                                                   ("int8", int8))}
+    check = compare(probs["fp32"], probs["int8"])
+    accuracy = {name: float((p.argmax(1) == y).mean()) for name, p in probs.items()}
     return {"version": loaded.metadata.version, "patch": spec.patch, "windows": check.windows,
             "fp32_accuracy": accuracy["fp32"], "int8_accuracy": accuracy["int8"], "same_class": check.top1,
             "max_prob_diff": check.max_prob_diff, "fp32_kb": len(loaded.onnx_bytes) / 1024, "int8_kb": len(int8) / 1024}

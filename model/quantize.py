@@ -94,8 +94,16 @@ class Agreement:
 
 def agreement(fp32: bytes, int8: bytes, X: np.ndarray) -> Agreement:
     """Score ``X`` with both graphs (ONNX Runtime on the CPU)."""
+    return compare(*(probabilities(graph, X) for graph in (fp32, int8)))
+
+
+def probabilities(graph: bytes, X: np.ndarray) -> np.ndarray:
+    """A graph's class probabilities for ``X`` (ONNX Runtime on the CPU, one thread)."""
     from model.runtime import OnnxRunner
 
-    a = OnnxRunner(fp32, prefer="cpu", threads=1).predict_proba(X)
-    b = OnnxRunner(int8, prefer="cpu", threads=1).predict_proba(X)
-    return Agreement(len(X), float((a.argmax(1) == b.argmax(1)).mean()), float(np.abs(a - b).max()))
+    return OnnxRunner(graph, prefer="cpu", threads=1).predict_proba(X)
+
+
+def compare(fp32: np.ndarray, int8: np.ndarray) -> Agreement:
+    """How closely one set of class probabilities follows another on the same windows."""
+    return Agreement(len(fp32), float((fp32.argmax(1) == int8.argmax(1)).mean()), float(np.abs(fp32 - int8).max()))
