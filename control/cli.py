@@ -403,8 +403,10 @@ def _version_table(root: str, name: str) -> int:
         accuracy = m.metrics.get("holdout_accuracy", m.metrics.get("test_accuracy"))
         ece = m.metrics.get("ece_after")
         agreed = m.metrics.get("int8_agreement")
-        int8 = ("failed" if "int8_failed" in m.metrics else "-") if agreed is None else \
-            f"{'yes' if INT8_FILE in m.artifacts else 'refused'} ({agreed:.3f})"
+        if agreed is not None:
+            int8 = f"{'yes' if INT8_FILE in m.artifacts else 'refused'} ({agreed:.3f})"
+        else:
+            int8 = "failed" if "int8_failed" in m.metrics else "-"
         rows.append([v, m.parent_version or "-", created, m.sha256[:12], m.data_seen,
                      "-" if accuracy is None else f"{accuracy:.3f}", "-" if ece is None else f"{ece:.3f}", int8,
                      registry.stage(name, v) or "-", m.note or "-"])
