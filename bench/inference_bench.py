@@ -5,7 +5,9 @@ and per CPU-second of the measuring thread (ONNX Runtime runs on it with one int
 
 Then the trained model in ``--registry`` (its latest BasicMotions version) and its INT8 graph on BasicMotions'
 held-out windows (window 32, stride 16): accuracy of each, how often they predict the same class, and the
-largest difference of any class probability.
+largest difference of any class probability; and how far each graph's probabilities for a window move with the
+windows batched beside it (held-out windows at stride 8 in 20 shuffled orders, batches of 64, against each
+window scored alone).
 
 Run: ``python bench/inference_bench.py [--seconds 1.0] [--patch 1] [--registry var/registry]``; writes
 bench/results/inference.{json,png}.
@@ -79,13 +81,37 @@ def trained_agreement(registry: str) -> dict:
     X, labels = sliding_windows(load_basic_motions("test"), spec.window, 16)
     y = np.asarray(encode_labels(labels, spec.classes))
     int8 = quantize_int8(loaded.onnx_bytes)
-    probs = {name: probabilities(graph, X.astype(np.float32)) for name, graph in (("fp32", loaded.onnx_bytes),
-                                                                                   ("int8", int8))}
+    graphs = {"fp32": loaded.onnx_bytes, "int8": int8}
+    probs = {name: probabilities(graph, X.astype(np.float32)) for name, graph in graphs.items()}
     check = compare(probs["fp32"], probs["int8"])
     accuracy = {name: float((p.argmax(1) == y).mean()) for name, p in probs.items()}
-    return {"version": loaded.metadata.version, "patch": spec.patch, "windows": check.windows,
+    dense, _ = sliding_windows(load_basic_motions("test"), spec.window, 8)
+    moved = {name: batch_dependence(graph, dense.astype(np.float32)) for name, graph in graphs.items()}
+    return {"batch_dependence": moved, "version": loaded.metadata.version, "patch": spec.patch,
+            "windows": check.windows,
             "fp32_accuracy": accuracy["fp32"], "int8_accuracy": accuracy["int8"], "same_class": check.top1,
             "max_prob_diff": check.max_prob_diff, "fp32_kb": len(loaded.onnx_bytes) / 1024, "int8_kb": len(int8) / 1024}
+
+
+def batch_dependence(graph: bytes, X: np.ndarray, batch: int = 64, shuffles: int = 20) -> dict:
+    """How far a graph's probabilities for a window move with its batch-mates: ``X`` in ``shuffles`` random orders,
+    scored in batches of ``batch``, against each window scored alone (largest, 99th percentile and median move of
+    a window's largest-moving probability; windows whose class changed, of all scored)."""
+    from model.runtime import OnnxRunner
+
+    runner = OnnxRunner(graph, prefer="cpu", threads=1)
+    alone = np.concatenate([runner.predict_proba(x[None]) for x in X])
+    rng, moved, changed = np.random.default_rng(0), [], 0
+    for _ in range(shuffles):
+        order = rng.permutation(len(X))
+        for k in range(0, len(X), batch):
+            part = order[k:k + batch]
+            probs = runner.predict_proba(X[part])
+            moved.append(np.abs(probs - alone[part]).max(axis=1))
+            changed += int((probs.argmax(1) != alone[part].argmax(1)).sum())
+    moved = np.concatenate(moved)
+    return {"largest": float(moved.max()), "p99": float(np.percentile(moved, 99)), "median": float(np.median(moved)),
+            "class_changed": changed, "scored": len(moved)}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -118,6 +144,12 @@ def main() -> None:
                     [["FP32", f"{trained['fp32_accuracy']:.3f}", "", "", f"{trained['fp32_kb']:.0f}"],
                      ["INT8", f"{trained['int8_accuracy']:.3f}", f"{trained['same_class']:.3f}",
                       f"{trained['max_prob_diff']:.4f}", f"{trained['int8_kb']:.0f}"]])
+        moved = trained["batch_dependence"]
+        print_table("How far a window's probabilities move with its batch-mates (shuffled batches of 64 against "
+                    "each window alone)",
+                    ["graph", "largest", "p99", "median", "class changed"],
+                    [[name.upper(), f"{m['largest']:.2g}", f"{m['p99']:.2g}", f"{m['median']:.2g}",
+                      f"{m['class_changed']} of {m['scored']:,}"] for name, m in moved.items()])
     save("inference", {"rows": rows, "patch": args.patch, "trained": trained})
     try:
         plot(rows, RESULTS / "inference.png")
